@@ -1,0 +1,25 @@
+"""The FastAPI application factory."""
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from api import problems
+from api.routes import datasets, health, jobs, kinds
+from core.jobs.db import make_engine, make_sessionmaker
+from core.settings import Settings, get_settings
+from core.techniques import registry
+from workers.app import make_celery
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="gradlab", version="1.0.0",
+                  description="Training-analysis jobs: submit a spec, poll status, metrics, results and artifacts.")
+    app.state.settings = settings
+    app.state.engine = make_engine(settings.resolved_database_url)
+    app.state.sessions = make_sessionmaker(app.state.engine)
+    app.state.celery = make_celery(settings)
+    problems.install(app, set(registry()))
+    for module in (jobs, kinds, datasets, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,53 @@
+"""Uploaded datasets: .npz or .csv, size-capped, parsed without pickle, stored as a canonical .npz."""
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from sqlalchemy.orm import Session
+
+from api.deps import db, parse_id
+from api.problems import Problem
+from api.schemas import DatasetOut
+from core.data.uploads import UploadRejected, parse_upload
+from core.jobs.models import Dataset, utcnow
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+def _out(ds: Dataset) -> DatasetOut:
+    return DatasetOut(id=ds.id, filename=ds.filename, format=ds.format, rows=ds.rows, columns=ds.columns,
+                      has_labels=ds.has_labels, size=ds.size, sha256=ds.sha256, created_at=ds.created_at)
+
+
+@router.post("", status_code=201, response_model=DatasetOut,
+             responses={413: {"description": "upload too large"}, 422: {"description": "not a dataset"}})
+def upload(request: Request, file: UploadFile = File(...), label_column: str | None = Form(None, max_length=128),
+           session: Session = Depends(db)):
+    cap = request.app.state.settings.max_upload_bytes
+    data = file.file.read(cap + 1)
+    if len(data) > cap:
+        raise Problem(413, f"file: uploads are capped at {cap} bytes")
+    filename = re.sub(r"[^A-Za-z0-9._-]", "_", (file.filename or "upload").rsplit("/", 1)[-1])[:255]
+    try:
+        parsed = parse_upload(filename, data, label_column)
+    except UploadRejected as exc:
+        field = str(exc).split(":", 1)[0]
+        raise Problem(422, str(exc), errors=[{"field": field, "message": str(exc), "type": "invalid_upload"}])
+    blob = parsed.to_npz()
+    ds = Dataset(id=uuid.uuid4(), filename=filename, format=filename.rsplit(".", 1)[-1].lower(),
+                 rows=int(parsed.x.shape[0]), columns=int(parsed.x.shape[1]), has_labels=parsed.y is not None,
+                 size=len(blob), sha256=hashlib.sha256(blob).hexdigest(), data=blob, created_at=utcnow())
+    session.add(ds)
+    session.commit()
+    return _out(ds)
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut)
+def get_dataset(dataset_id: str, session: Session = Depends(db)):
+    ds = session.get(Dataset, parse_id(dataset_id, "dataset"))
+    if ds is None:
+        raise Problem(404, f"dataset {dataset_id} not found")
+    return _out(ds)

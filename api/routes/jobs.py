@@ -1,0 +1,110 @@
+"""Jobs: submit, read, list, cancel, metrics and artifacts."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.deps import db, parse_id
+from api.problems import Problem
+from api.schemas import (ArtifactOut, JobOut, JobPage, JobRequest, MetricPage, MetricRow)
+from core.data import uploaded_dataset_ids
+from core.jobs import store
+from core.jobs.models import Artifact, Dataset, Job
+from core.jobs.states import JobStatus
+from workers.publish import publish
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _job(session: Session, raw_id: str) -> Job:
+    job = session.get(Job, parse_id(raw_id))
+    if job is None:
+        raise Problem(404, f"job {raw_id} not found")
+    return job
+
+
+@router.post("", status_code=201, response_model=JobOut,
+             responses={200: {"description": "replay of an earlier request with the same Idempotency-Key"},
+                        409: {"description": "Idempotency-Key reused with another body"}})
+def submit(body: JobRequest, request: Request, response: Response, session: Session = Depends(db),
+           idempotency_key: Annotated[str | None, Header(max_length=255)] = None):
+    params = body.params.model_dump(mode="json")
+    for ds in uploaded_dataset_ids(body.params):
+        if session.get(Dataset, parse_id(ds, "dataset")) is None:
+            raise Problem(422, f"params.dataset: dataset {ds} not found",
+                          errors=[{"field": "params.dataset", "message": "no such dataset", "type": "not_found"}])
+    canonical = body.model_dump(mode="json")
+    try:
+        job, created = store.create_job(session, kind=body.kind, params=params, seed=body.seed, device=body.device,
+                                        timeout_s=body.timeout_s, idempotency_key=idempotency_key,
+                                        body_hash=store.request_fingerprint(canonical))
+    except store.IdempotencyConflict as exc:
+        raise Problem(409, str(exc)) from None
+    if created:
+        if publish(request.app.state.celery, job.id, job.queue):
+            store.mark_published(session, job.id)
+    else:
+        response.status_code = 200
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.of(job)
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(session: Session = Depends(db), status: JobStatus | None = None,
+              kind: Annotated[str | None, Query(max_length=64)] = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 50,
+              cursor: Annotated[str | None, Query(max_length=200)] = None):
+    try:
+        jobs, nxt = store.list_jobs(session, status=status, kind=kind, limit=limit, cursor=cursor)
+    except (ValueError, UnicodeDecodeError):
+        raise Problem(400, "cursor: not a cursor returned by this API") from None
+    return JobPage(items=[JobOut.of(j) for j in jobs], next_cursor=nxt)
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, session: Session = Depends(db)):
+    return JobOut.of(_job(session, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses={409: {"description": "job already finished"}})
+def cancel_job(job_id: str, session: Session = Depends(db)):
+    job = _job(session, job_id)
+    try:
+        return JobOut.of(store.cancel(session, job.id))
+    except store.TransitionRefused as exc:
+        raise Problem(409, f"job {job_id} is already {exc.status}; only queued or running jobs can be cancelled")
+
+
+@router.get("/{job_id}/metrics", response_model=MetricPage)
+def metrics(job_id: str, session: Session = Depends(db),
+            name: Annotated[str | None, Query(max_length=128)] = None,
+            after_step: Annotated[int | None, Query(ge=-1, le=2**62)] = None,
+            cursor: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+            limit: Annotated[int, Query(ge=1, le=10000)] = 1000):
+    job = _job(session, job_id)
+    rows, nxt = store.read_metrics(session, job.id, name=name, after_step=after_step, cursor=cursor, limit=limit)
+    return MetricPage(items=[MetricRow(step=r.step, name=r.name, value=r.value) for r in rows], next_cursor=nxt)
+
+
+@router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
+def list_artifacts(job_id: str, session: Session = Depends(db)):
+    job = _job(session, job_id)
+    rows = session.execute(select(Artifact.name, Artifact.media_type, Artifact.size, Artifact.sha256)
+                           .where(Artifact.job_id == job.id).order_by(Artifact.name)).all()
+    return [ArtifactOut(name=n, media_type=m, size=s, sha256=h, url=f"/v1/jobs/{job.id}/artifacts/{n}")
+            for n, m, s, h in rows]
+
+
+@router.get("/{job_id}/artifacts/{name}", response_class=Response,
+            responses={200: {"content": {"image/png": {}, "application/json": {}, "application/x-npy": {}}}})
+def get_artifact(job_id: str, name: str, session: Session = Depends(db)):
+    job = _job(session, job_id)
+    art = session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name))
+    if art is None:
+        raise Problem(404, f"artifact {name!r} not found for job {job_id}")
+    return Response(art.data, media_type=art.media_type,
+                    headers={"Content-Disposition": f'attachment; filename="{art.name}"',
+                             "X-Content-Type-Options": "nosniff", "ETag": f'"{art.sha256}"'})

@@ -1,0 +1,113 @@
+"""HTTP request and response bodies. The job-creation body is a discriminated union on ``kind``, one member per
+registered technique, so FastAPI validates each kind's params and publishes their schemas in OpenAPI."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from core.jobs.models import Job
+from core.techniques import registry
+
+MAX_SEED = 2**63 - 1
+
+
+class JobRequestBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    timeout_s: int = Field(3600, ge=1, le=24 * 3600)
+
+
+def _job_request_models() -> list[type[JobRequestBase]]:
+    models = []
+    for name, kind in registry().items():
+        model_name = "".join(p.title() for p in name.split("_")) + "Job"
+        models.append(create_model(model_name, __base__=JobRequestBase,
+                                   kind=(Literal[name], ...), params=(kind.params, ...)))
+    return models
+
+
+JobRequest = Annotated[Union[tuple(_job_request_models())], Field(discriminator="kind")]
+
+
+class ErrorOut(BaseModel):
+    type: str
+    message: str
+
+
+class JobOut(BaseModel):
+    id: UUID
+    kind: str
+    status: str
+    progress: float
+    message: str
+    params: dict[str, Any]
+    seed: int
+    device_requested: str
+    device: str | None
+    timeout_s: int
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: dict[str, Any] | None = None
+    error: ErrorOut | None = None
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, job: Job) -> "JobOut":
+        base = f"/v1/jobs/{job.id}"
+        return cls(id=job.id, kind=job.kind, status=job.status, progress=job.progress, message=job.message,
+                   params=job.params, seed=job.seed, device_requested=job.device_requested, device=job.device,
+                   timeout_s=job.timeout_s, attempt=job.attempt, created_at=job.created_at,
+                   started_at=job.started_at, finished_at=job.finished_at,
+                   result=job.result if job.status == "succeeded" else None,
+                   error=ErrorOut(type=job.error_type, message=job.error_message or "") if job.error_type else None,
+                   links={"self": base, "metrics": f"{base}/metrics", "artifacts": f"{base}/artifacts",
+                          "cancel": f"{base}/cancel"})
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class MetricRow(BaseModel):
+    step: int
+    name: str
+    value: float | None
+
+
+class MetricPage(BaseModel):
+    items: list[MetricRow]
+    next_cursor: int | None
+
+
+class ArtifactOut(BaseModel):
+    name: str
+    media_type: str
+    size: int
+    sha256: str
+    url: str
+
+
+class KindOut(BaseModel):
+    name: str
+    description: str
+    params_schema: dict[str, Any]
+    example: dict[str, Any]
+
+
+class DatasetOut(BaseModel):
+    id: UUID
+    filename: str
+    format: str
+    rows: int
+    columns: int
+    has_labels: bool
+    size: int
+    sha256: str
+    created_at: datetime

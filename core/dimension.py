@@ -1,0 +1,83 @@
+"""How many embedding dimensions a vocabulary of N items needs: n > 8.33·ln N (TECHNIQUES.md §1).
+
+Vectors spread uniformly on a sphere of radius √n give pair entropy H ≈ ln N² + h_n with h_n/n → −½·ln φ;
+asking H < 0 gives n > 2·ln N / (½·ln φ). Everything here works in log space: e^(n·cos θ) overflows for large n.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+GOLDEN_RATIO = (1 + math.sqrt(5)) / 2
+ENTROPY_PER_DIM_LIMIT = -0.5 * math.log(GOLDEN_RATIO)  # −0.240606…
+EXACT_COEFFICIENT = 2 / (0.5 * math.log(GOLDEN_RATIO))  # 8.3123…
+POST_COEFFICIENT = 8.33
+
+
+def dimension_bound(vocab_size: int, coefficient: float = POST_COEFFICIENT) -> float:
+    """coefficient · ln N, the real-valued bound."""
+    if vocab_size < 2:
+        raise ValueError("vocab_size must be at least 2")
+    return coefficient * math.log(vocab_size)
+
+
+def min_dimension(vocab_size: int, coefficient: float = POST_COEFFICIENT) -> int:
+    """The smallest integer strictly above coefficient · ln N."""
+    return math.floor(dimension_bound(vocab_size, coefficient)) + 1
+
+
+def entropy_per_dim(n: int, grid: int = 400_001) -> float:
+    """h_n / n by numerical integration over the angle θ between two random directions in n dimensions.
+
+    The angle has density ∝ sin^(n−2) θ on [0, π]; the expectations are ratios of integrals on one grid, so
+    the grid spacing cancels and everything is a log-sum-exp.
+    """
+    if n < 2:
+        raise ValueError("n must be at least 2")
+    theta = np.linspace(0.0, math.pi, grid)[1:-1]
+    cos = np.cos(theta)
+    log_density = (n - 2) * np.log(np.sin(theta))
+    log_w = log_density + n * cos
+    log_norm = np.logaddexp.reduce(log_density)
+    log_mean_exp = np.logaddexp.reduce(log_w) - log_norm           # ln E[e^(n cos θ)]
+    weights = np.exp(log_w - log_w.max())
+    mean_cos_tilted = float(np.sum(cos * weights) / np.sum(weights))  # E[cos θ e^(n cos θ)] / E[e^(n cos θ)]
+    return float((log_mean_exp - n * mean_cos_tilted) / n)
+
+
+def low_rank_target(vocab_size: int, rank: int, generator: torch.Generator, scale: float = 1.0) -> torch.Tensor:
+    """A target N×N joint distribution exp(<u_i, v_j>)/Z whose logits have exactly the given rank."""
+    u = torch.randn(vocab_size, rank, generator=generator, dtype=torch.float64)
+    v = torch.randn(vocab_size, rank, generator=generator, dtype=torch.float64)
+    logits = scale * (u @ v.T) / math.sqrt(rank) * 3.0
+    return torch.softmax(logits.flatten(), dim=0).reshape(vocab_size, vocab_size)
+
+
+def fit_pair_distribution(target: torch.Tensor, dim: int, steps: int, lr: float, generator: torch.Generator,
+                          on_step=None) -> float:
+    """Fit exp(<u_i, v_j>)/Z with n=dim to ``target`` by Adam on KL(target ‖ model); returns the final KL (nats)."""
+    n_items = target.shape[0]
+    u = (0.1 * torch.randn(n_items, dim, generator=generator, dtype=torch.float64)).requires_grad_()
+    v = (0.1 * torch.randn(n_items, dim, generator=generator, dtype=torch.float64)).requires_grad_()
+    opt = torch.optim.Adam([u, v], lr=lr)
+    flat_t = target.flatten()
+    entropy_t = -(flat_t * torch.log(flat_t)).sum()
+    kl = torch.tensor(float("nan"))
+    for step in range(steps):
+        opt.zero_grad()
+        log_q = torch.log_softmax((u @ v.T).flatten(), dim=0)
+        kl = -(flat_t * log_q).sum() - entropy_t
+        kl.backward()
+        opt.step()
+        if on_step is not None:
+            on_step(step, float(kl.detach()))
+    return float(kl.detach())
+
+
+def elbow(dims: list[int], losses: list[float], tolerance: float = 0.05) -> int:
+    """The smallest n whose loss is within ``tolerance`` of the total drop above the best loss."""
+    best, worst = min(losses), max(losses)
+    threshold = best + tolerance * (worst - best)
+    return next(d for d, loss in zip(dims, losses) if loss <= threshold)

@@ -1,0 +1,1 @@
+"""The job lifecycle: states, SQL models and the store that moves jobs between states."""

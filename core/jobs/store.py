@@ -1,0 +1,264 @@
+"""Every change of a job's state, as compare-and-set updates on the database (the source of truth).
+
+A transition only happens when the row is still in the state the caller believes it is in, so a duplicate
+message, a second worker or a sweeper racing a slow worker can never run a job twice to completion.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.jobs.models import Artifact, Job, Metric, utcnow
+from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+
+class TransitionRefused(Exception):
+    """The job is not in a state that allows the requested transition."""
+
+    def __init__(self, status: str):
+        super().__init__(f"job is {status}")
+        self.status = status
+
+
+def request_fingerprint(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def create_job(session: Session, *, kind: str, params: dict, seed: int, device: str, timeout_s: int,
+               idempotency_key: str | None = None, body_hash: str | None = None) -> tuple[Job, bool]:
+    """Insert a queued job and commit. Returns (job, created); with a known key, the earlier job and False."""
+    if idempotency_key is not None:
+        earlier = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        if earlier is not None:
+            return _same_request(earlier, body_hash), False
+    job = Job(id=uuid.uuid4(), kind=kind, status=JobStatus.queued, params=params, seed=seed,
+              device_requested=device, queue=QUEUE_FOR_DEVICE[device], timeout_s=timeout_s, progress=0.0,
+              message="queued", attempt=0, idempotency_key=idempotency_key, request_hash=body_hash,
+              created_at=utcnow())
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two requests with the same key raced; the other insert won.
+        session.rollback()
+        earlier = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        if earlier is None:
+            raise
+        return _same_request(earlier, body_hash), False
+    return job, True
+
+
+def _same_request(job: Job, body_hash: str | None) -> Job:
+    if job.request_hash != body_hash:
+        raise IdempotencyConflict("Idempotency-Key was already used with a different request body")
+    return job
+
+
+def mark_published(session: Session, job_id: uuid.UUID) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(published_at=utcnow()))
+    session.commit()
+
+
+def claim(session: Session, job_id: uuid.UUID, worker: str) -> Job | None:
+    """queued -> running for this worker; None when someone else has it (or it is already finished).
+
+    A new attempt starts clean: metrics and artifacts of an attempt that died are removed in the same transaction.
+    """
+    now = utcnow()
+    res = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.running, attempt=Job.attempt + 1, worker=worker, started_at=now,
+                heartbeat_at=now, progress=0.0, message="running")
+        .execution_options(synchronize_session=False))
+    if res.rowcount != 1:
+        session.rollback()
+        return None
+    session.execute(delete(Metric).where(Metric.job_id == job_id))
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+    session.commit()
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def _owned(job_id: uuid.UUID, attempt: int):
+    return and_(Job.id == job_id, Job.status == JobStatus.running, Job.attempt == attempt)
+
+
+def record_device(session: Session, job_id: uuid.UUID, attempt: int, device: str) -> None:
+    session.execute(update(Job).where(_owned(job_id, attempt)).values(device=device))
+    session.commit()
+
+
+def beat(session: Session, job_id: uuid.UUID, attempt: int, progress: float | None, message: str | None,
+         metric_rows: list[tuple[int, str, float | None]]) -> bool:
+    """Heartbeat, latest progress and buffered metrics in one transaction; False if the job is no longer ours."""
+    values: dict = {"heartbeat_at": utcnow()}
+    if progress is not None:
+        values["progress"] = progress
+    if message is not None:
+        values["message"] = message
+    res = session.execute(update(Job).where(_owned(job_id, attempt)).values(**values)
+                          .execution_options(synchronize_session=False))
+    if res.rowcount != 1:
+        session.rollback()
+        return False
+    if metric_rows:
+        session.execute(insert(Metric), [{"job_id": job_id, "step": s, "name": n, "value": v}
+                                         for s, n, v in metric_rows])
+    session.commit()
+    return True
+
+
+def put_artifact(session: Session, job_id: uuid.UUID, attempt: int, name: str, data: bytes, media_type: str) -> bool:
+    """Store (or replace) a named artifact; False if the job is no longer ours."""
+    if session.scalar(select(Job.id).where(_owned(job_id, attempt))) is None:
+        return False
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
+    session.add(Artifact(job_id=job_id, name=name, media_type=media_type, size=len(data),
+                         sha256=hashlib.sha256(data).hexdigest(), data=data, created_at=utcnow()))
+    session.commit()
+    return True
+
+
+def finish(session: Session, job_id: uuid.UUID, attempt: int, status: JobStatus, *, result: dict | None = None,
+           error_type: str | None = None, error_message: str | None = None) -> bool:
+    """running -> terminal, only for the attempt that owns the job."""
+    values = {"status": status, "finished_at": utcnow(), "result": result, "error_type": error_type,
+              "error_message": error_message}
+    if status == JobStatus.succeeded:
+        values.update(progress=1.0, message="succeeded")
+    else:
+        values["message"] = status.value
+    res = session.execute(update(Job).where(_owned(job_id, attempt)).values(**values)
+                          .execution_options(synchronize_session=False))
+    session.commit()
+    return res.rowcount == 1
+
+
+def fail_queued(session: Session, job_id: uuid.UUID, error_type: str, error_message: str) -> bool:
+    """queued -> failed, for a job that can never be claimed (e.g. a device no worker has)."""
+    res = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
+                          .values(status=JobStatus.failed, finished_at=utcnow(), error_type=error_type,
+                                  error_message=error_message, message="failed"))
+    session.commit()
+    return res.rowcount == 1
+
+
+def cancel(session: Session, job_id: uuid.UUID) -> Job:
+    """queued or running -> cancelled. A running job's worker sees it at its next heartbeat and stops."""
+    res = session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
+        .values(status=JobStatus.cancelled, finished_at=utcnow(), message="cancelled")
+        .execution_options(synchronize_session=False))
+    session.commit()
+    job = session.get(Job, job_id, populate_existing=True)
+    if res.rowcount != 1:
+        raise TransitionRefused(job.status)
+    return job
+
+
+def status_of(session: Session, job_id: uuid.UUID) -> tuple[str, int] | None:
+    row = session.execute(select(Job.status, Job.attempt).where(Job.id == job_id)).first()
+    return (row[0], row[1]) if row else None
+
+
+@dataclass
+class SweepOutcome:
+    republish: list[tuple[uuid.UUID, str]]  # (job id, queue)
+    retried: list[uuid.UUID]
+    failed: list[uuid.UUID]
+
+
+def sweep(session: Session, *, heartbeat_timeout_s: float, requeue_queued_after_s: float,
+          max_attempts: int, now: datetime | None = None) -> SweepOutcome:
+    """Recover from lost messages and dead workers.
+
+    - running with a stale heartbeat: back to queued (a retry) while attempts remain, else failed;
+    - queued and not published for a while (broker lost the message, or publishing failed): publish again.
+    Each change is a compare-and-set, so several sweepers at once are harmless.
+    """
+    now = now or utcnow()
+    out = SweepOutcome([], [], [])
+    stale = now - timedelta(seconds=heartbeat_timeout_s)
+    dead = session.execute(select(Job.id, Job.attempt, Job.queue).where(
+        Job.status == JobStatus.running, Job.heartbeat_at < stale)).all()
+    for job_id, attempt, queue in dead:
+        if attempt >= max_attempts:
+            res = session.execute(update(Job).where(_owned(job_id, attempt), Job.heartbeat_at < stale).values(
+                status=JobStatus.failed, finished_at=now, message="failed", error_type="worker_lost",
+                error_message=f"the worker running this job stopped responding on each of {attempt} attempts "
+                              f"(killed, out of memory, or lost); giving up"))
+            if res.rowcount == 1:
+                out.failed.append(job_id)
+        else:
+            res = session.execute(update(Job).where(_owned(job_id, attempt), Job.heartbeat_at < stale).values(
+                status=JobStatus.queued, published_at=now, worker=None,
+                message=f"retrying: worker lost on attempt {attempt}"))
+            if res.rowcount == 1:
+                out.retried.append(job_id)
+                out.republish.append((job_id, queue))
+        session.commit()
+    cutoff = now - timedelta(seconds=requeue_queued_after_s)
+    waiting = session.execute(select(Job.id, Job.queue).where(
+        Job.status == JobStatus.queued, or_(Job.published_at.is_(None), Job.published_at < cutoff))).all()
+    for job_id, queue in waiting:
+        res = session.execute(update(Job).where(
+            Job.id == job_id, Job.status == JobStatus.queued,
+            or_(Job.published_at.is_(None), Job.published_at < cutoff)).values(published_at=now))
+        if res.rowcount == 1:
+            out.republish.append((job_id, queue))
+        session.commit()
+    return out
+
+
+def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{job_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Raises ValueError on anything that is not a cursor this service made."""
+    raw = base64.urlsafe_b64decode(cursor.encode()).decode()
+    ts, jid = raw.split("|")
+    return datetime.fromisoformat(ts), uuid.UUID(jid)
+
+
+def list_jobs(session: Session, *, status: str | None, kind: str | None, limit: int,
+              cursor: str | None) -> tuple[list[Job], str | None]:
+    """Newest first, keyset-paginated on (created_at, id): stable while new jobs arrive."""
+    q = select(Job)
+    if status:
+        q = q.where(Job.status == status)
+    if kind:
+        q = q.where(Job.kind == kind)
+    if cursor:
+        ts, jid = decode_cursor(cursor)
+        q = q.where(or_(Job.created_at < ts, and_(Job.created_at == ts, Job.id < jid)))
+    rows = list(session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    nxt = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
+    return rows[:limit], nxt
+
+
+def read_metrics(session: Session, job_id: uuid.UUID, *, name: str | None, after_step: int | None,
+                 cursor: int | None, limit: int) -> tuple[list[Metric], int | None]:
+    """Metric rows in the order they were logged; ``cursor`` is the last row id seen."""
+    q = select(Metric).where(Metric.job_id == job_id)
+    if name:
+        q = q.where(Metric.name == name)
+    if after_step is not None:
+        q = q.where(Metric.step > after_step)
+    if cursor is not None:
+        q = q.where(Metric.id > cursor)
+    rows = list(session.scalars(q.order_by(Metric.id).limit(limit + 1)))
+    nxt = rows[limit - 1].id if len(rows) > limit else None
+    return rows[:limit], nxt

@@ -1,0 +1,57 @@
+"""Service settings, read from the environment (prefix ``GRADLAB_``).
+
+The defaults are the embedded configuration: a SQLite file and kombu's filesystem
+transport under ``data_dir``, so that ``gradlab up`` needs no server at all.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRADLAB_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("data"), description="SQLite file and filesystem broker live here.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in data_dir.")
+    broker_url: str | None = Field(default=None, description="Celery broker URL; default: filesystem in data_dir.")
+    queues: str = Field(default="cpu,gpu,auto", description="Comma-separated queues a worker consumes.")
+
+    heartbeat_interval_s: float = 2.0
+    heartbeat_timeout_s: float = 30.0
+    requeue_queued_after_s: float = 60.0
+    sweep_interval_s: float = 5.0
+    max_attempts: int = 3
+    cancel_poll_interval_s: float = 0.5
+    metric_flush_rows: int = 2000
+    metric_flush_interval_s: float = 1.0
+
+    max_upload_bytes: int = 32 * 1024 * 1024
+    max_artifact_bytes: int = 64 * 1024 * 1024
+    max_timeout_s: int = 24 * 3600
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'gradlab.sqlite3').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def queue_list(self) -> list[str]:
+        return [q.strip() for q in self.queues.split(",") if q.strip()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,473 @@
+"""Job kind ``eg_stepsize``: EG-adapted step sizes against fixed rates, momentum, Adam and hypergradient descent.
+
+Every optimizer trains the same model from the same initialization on the same minibatches, at its base rate times
+each of ``lr_scales`` (so deliberately bad rates, 10x too large or too small, can be compared), optionally under a
+distribution shift that rotates the inputs every ``shift_every`` steps. The result holds loss/accuracy curves, the
+per-layer trajectories of the adapted quantities (ν, p, s, α) and how long each run took to recover after a shift.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Annotated, Literal, Union
+from uuid import UUID
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from core.data import load_arrays
+from core.optim.eg import EGFunnel, EGStepSize, HypergradientSGD
+from core.plots import to_png
+from core.techniques.base import Kind, Params, RunContext
+
+import matplotlib.pyplot as plt  # noqa: E402  (after core.plots, which selects the Agg backend)
+
+MEMORY_BUDGET = 4 * 2**30
+WORK_BUDGET = 2e13  # multiply-adds in all runs together: tens of minutes on a CPU worker
+MAX_EVAL_POINTS = 1000
+DIVERGED_LOSS = 1e6
+QUANTITY_LABELS = {"nu": "ν (multiplier of lr)", "p": "p (per-coordinate gain)", "s": "s (scale)",
+                   "alpha": "α (learning rate)"}
+
+
+class SGDSpec(Params):
+    name: Literal["sgd"] = "sgd"
+    lr: float = Field(0.1, gt=0, le=100)
+
+
+class MomentumSpec(Params):
+    name: Literal["momentum"] = "momentum"
+    lr: float = Field(0.01, gt=0, le=100)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class AdamSpec(Params):
+    name: Literal["adam"] = "adam"
+    lr: float = Field(3e-3, gt=0, le=10)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0, le=1)
+
+
+class HypergradientSpec(Params):
+    name: Literal["hypergradient"] = "hypergradient"
+    lr: float = Field(0.1, gt=0, le=100)
+    beta: float = Field(1e-3, ge=0, le=10, description="rate of α ← α + β <g_{t-1}, g_t>")
+
+
+class EGStepSizeSpec(Params):
+    name: Literal["eg_stepsize"] = "eg_stepsize"
+    lr: float = Field(0.1, gt=0, le=100)
+    gamma: float = Field(100.0, ge=0, le=1e6, description="EG rate of ν; the product g_{t-1} g_t is not scale free")
+    granularity: Literal["coordinate", "layer", "global"] = "coordinate"
+    max_log_step: float = Field(0.1, gt=0, le=10, description="clamp of each step's change of log ν")
+    max_log_nu: float = Field(10.0, gt=0, le=50, description="clamp of log ν")
+
+
+class EGFunnelSpec(Params):
+    name: Literal["eg_funnel"] = "eg_funnel"
+    lr: float = Field(0.01, gt=0, le=100)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    gamma_p: float = Field(100.0, ge=0, le=1e6, description="EG rate of the per-coordinate gains p")
+    gamma_s: float = Field(1.0, ge=0, le=1e6, description="EG rate of the scale s")
+    beta: float = Field(0.9, ge=0, lt=1, description="EMA factor of the gradients that drive p")
+    scale: Literal["layer", "global"] = "layer"
+    max_log_step: float = Field(0.1, gt=0, le=10)
+    max_log_gain: float = Field(10.0, gt=0, le=50)
+
+
+OptimizerSpec = Annotated[Union[SGDSpec, MomentumSpec, AdamSpec, HypergradientSpec, EGStepSizeSpec, EGFunnelSpec],
+                          Field(discriminator="name")]
+
+
+def _default_optimizers() -> list:
+    return [SGDSpec(), MomentumSpec(), AdamSpec(), HypergradientSpec(), EGStepSizeSpec(), EGFunnelSpec()]
+
+
+def param_count(dim: int, classes: int, model: str, hidden: int, depth: int) -> int:
+    """Weights and biases of the classifier ``_build_model`` makes."""
+    widths = [dim] + ([hidden] * depth if model == "mlp" else []) + [classes]
+    return sum(a * b + b for a, b in zip(widths, widths[1:]))
+
+
+class EGStepSizeParams(Params):
+    dataset: Literal["digits", "clusters"] | UUID = "digits"
+    model: Literal["linear", "mlp"] = "mlp"
+    hidden: int = Field(64, ge=2, le=1024, description="width of each hidden layer (mlp)")
+    depth: int = Field(1, ge=1, le=4, description="number of hidden layers (mlp)")
+    optimizers: list[OptimizerSpec] = Field(default_factory=_default_optimizers, min_length=1, max_length=8)
+    lr_scales: list[float] = Field(default_factory=lambda: [0.1, 1.0, 10.0], min_length=1, max_length=5,
+                                   description="each optimizer runs at lr times each scale")
+    steps: int = Field(300, ge=1, le=20000)
+    batch_size: int = Field(64, ge=1, le=4096)
+    eval_every: int = Field(10, ge=1, le=20000, description="steps between held-out evaluations")
+    eval_size: int = Field(512, ge=16, le=8192, description="at most this many held-out samples")
+    shift_every: int = Field(0, ge=0, le=20000, description="rotate the inputs every this many steps; 0: never")
+    shift_angle: float = Field(60.0, gt=0, le=180, description="degrees each shift rotates every random plane")
+    recovery_tol: float = Field(0.1, ge=0, le=10, description="recovered: loss <= pre-shift loss x (1 + tol)")
+    seeds: int = Field(1, ge=1, le=5)
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if any(not 1e-4 <= s <= 1e4 for s in self.lr_scales):
+            raise ValueError("lr_scales: each scale must be in [1e-4, 1e4]")
+        if math.ceil(self.steps / self.eval_every) > MAX_EVAL_POINTS:
+            raise ValueError(f"eval_every: more than {MAX_EVAL_POINTS} evaluations per run; raise eval_every")
+        if self.shift_every and self.shift_every % self.eval_every:
+            raise ValueError("shift_every: must be a multiple of eval_every so the pre-shift loss is measured")
+        check_budget(self, dim=64, classes=10)
+        return self
+
+
+def check_budget(params: EGStepSizeParams, dim: int, classes: int) -> None:
+    """Refuse a job whose memory or total work would not fit one worker (builtins: dim 64, 10 classes)."""
+    n = param_count(dim, classes, params.model, params.hidden, params.depth)
+    width = dim + classes + (params.hidden * params.depth if params.model == "mlp" else 0)
+    need = 4 * (12 * n + 3 * params.batch_size * width + 2 * params.eval_size * width + 2 * dim * dim)
+    if need > MEMORY_BUDGET:
+        raise ValueError(f"hidden: model, optimizer state and activations need {need / 2**30:.1f} GiB (> 4 GiB)")
+    runs = len(params.optimizers) * len(params.lr_scales) * params.seeds
+    work = runs * params.steps * (3 * params.batch_size * n + params.batch_size * dim * dim)
+    if work > WORK_BUDGET:
+        raise ValueError(f"steps: {work:.1e} multiply-adds over {runs} runs exceeds {WORK_BUDGET:.0e}")
+
+
+def plane_rotation(dim: int, angle: float, rng: np.random.Generator) -> np.ndarray:
+    """An orthogonal ``dim × dim`` matrix turning ⌊dim/2⌋ random orthogonal planes by ``angle`` radians each.
+
+    For even ``dim`` every vector turns by exactly ``angle``: ``<x, x R> = cos(angle) |x|²``.
+    """
+    q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
+    q = q * np.sign(np.diag(r))
+    block = np.eye(dim)
+    c, s = math.cos(angle), math.sin(angle)
+    for i in range(0, dim - 1, 2):
+        block[i:i + 2, i:i + 2] = [[c, s], [-s, c]]
+    return q @ block @ q.T
+
+
+def _labels(spec_names: list[str]) -> list[str]:
+    """Names for the optimizers; a repeated name gets a suffix (``eg_stepsize``, ``eg_stepsize_2``)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in spec_names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out
+
+
+def _build_model(dim: int, classes: int, params: EGStepSizeParams) -> torch.nn.Sequential:
+    layers: OrderedDict[str, torch.nn.Module] = OrderedDict()
+    width = dim
+    if params.model == "mlp":
+        for i in range(1, params.depth + 1):
+            layers[f"fc{i}"] = torch.nn.Linear(width, params.hidden)
+            layers[f"act{i}"] = torch.nn.ReLU()
+            width = params.hidden
+    layers["out"] = torch.nn.Linear(width, classes)
+    return torch.nn.Sequential(layers)
+
+
+def make_optimizer(spec, lr: float, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer a spec names, at learning rate ``lr`` (the spec's rate times the run's scale)."""
+    ps = list(model.parameters())
+    if spec.name == "sgd":
+        return torch.optim.SGD(ps, lr=lr)
+    if spec.name == "momentum":
+        return torch.optim.SGD(ps, lr=lr, momentum=spec.momentum)
+    if spec.name == "adam":
+        return torch.optim.Adam(ps, lr=lr, betas=(spec.beta1, spec.beta2), eps=spec.eps)
+    if spec.name == "hypergradient":
+        return HypergradientSGD(ps, lr=lr, beta=spec.beta)
+    if spec.name == "eg_stepsize":
+        return EGStepSize(ps, lr=lr, gamma=spec.gamma, granularity=spec.granularity,
+                          max_log_step=spec.max_log_step, max_log_nu=spec.max_log_nu)
+    return EGFunnel(ps, lr=lr, momentum=spec.momentum, gamma_p=spec.gamma_p, gamma_s=spec.gamma_s, beta=spec.beta,
+                    scale=spec.scale, max_log_step=spec.max_log_step, max_log_gain=spec.max_log_gain)
+
+
+def adapted_quantities(opt: torch.optim.Optimizer, named: list[tuple[str, torch.Tensor]]) -> dict:
+    """Per-layer (mean, min, max) of what the optimizer adapts: ν, p and s, or α; empty for fixed rates."""
+    stats = lambda t: (float(t.mean()), float(t.min()), float(t.max()))  # noqa: E731
+    out: dict[str, dict[str, tuple[float, float, float]]] = {}
+    if isinstance(opt, EGStepSize):
+        out["nu"] = {name: stats(opt.state[p]["nu"]) for name, p in named if opt.state[p]}
+    elif isinstance(opt, EGFunnel):
+        out["p"] = {name: stats(opt.state[p]["p"]) for name, p in named if opt.state[p]}
+        out["s"] = {name: stats(opt.state[p]["s"]) for name, p in named if opt.state[p]}
+    elif isinstance(opt, HypergradientSGD):
+        alpha = opt.param_groups[0]["lr"]
+        out["alpha"] = {"all": (alpha, alpha, alpha)}
+    return out
+
+
+def rate_factor(opt: torch.optim.Optimizer, base_lr: float) -> float | None:
+    """Geometric-mean factor by which the optimizer moved its rate from ``base_lr`` (None for fixed rates)."""
+    logs = []
+    if isinstance(opt, EGStepSize):
+        logs = [opt.state[p]["log_nu"].expand_as(p).flatten() for p in opt.state]
+    elif isinstance(opt, EGFunnel):
+        logs = [(opt.state[p]["log_p"] + opt.state[p]["log_s"]).flatten() for p in opt.state]
+    elif isinstance(opt, HypergradientSGD):
+        return opt.param_groups[0]["lr"] / base_lr
+    if not logs:
+        return None
+    return math.exp(float(torch.cat(logs).mean()))
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _seed_pair(seed: int, i: int) -> tuple[int, int]:
+    a, b = np.random.SeedSequence(entropy=seed, spawn_key=(i,)).generate_state(2)
+    return int(a), int(b)
+
+
+class _Data:
+    """Standardized train / held-out tensors and, per seed, the rotation in force after each shift."""
+
+    def __init__(self, params: EGStepSizeParams, ctx: RunContext):
+        arrays = load_arrays(params.dataset, ctx)
+        x, y = arrays.get("x"), arrays.get("y")
+        if y is None:
+            raise ValueError("dataset: needs integer labels 'y' for classification")
+        x, y = np.asarray(x, dtype=np.float32), np.asarray(y)
+        if x.ndim != 2 or y.shape != (x.shape[0],) or x.shape[0] < 10:
+            raise ValueError("dataset: x must be (n, d) with n >= 10 and y must be (n,)")
+        if not np.isfinite(x).all():
+            raise ValueError("dataset: x holds NaN or infinity")
+        _, y = np.unique(y, return_inverse=True)
+        self.classes = int(y.max()) + 1
+        if self.classes < 2:
+            raise ValueError("dataset: needs at least two classes")
+        self.dim = x.shape[1]
+        check_budget(params, self.dim, self.classes)
+        order = np.random.default_rng(ctx.seed).permutation(x.shape[0])
+        n_eval = min(params.eval_size, max(1, x.shape[0] // 5))
+        train, held = order[n_eval:], order[:n_eval]
+        mean, std = x[train].mean(0), x[train].std(0)
+        std[std == 0] = 1.0
+        x = (x - mean) / std
+        dev = ctx.device
+        self.x_train = torch.as_tensor(x[train], device=dev)
+        self.y_train = torch.as_tensor(y[train], dtype=torch.long, device=dev)
+        self.x_eval = torch.as_tensor(x[held], device=dev)
+        self.y_eval = torch.as_tensor(y[held], dtype=torch.long, device=dev)
+        self.n_train = len(train)
+
+    def rotations(self, params: EGStepSizeParams, rng: np.random.Generator, device) -> list[torch.Tensor | None]:
+        """Rotation in force during each shift period: identity first, then a new random turn per shift."""
+        n_shifts = (params.steps - 1) // params.shift_every if params.shift_every else 0
+        out: list[torch.Tensor | None] = [None]
+        current = np.eye(self.dim)
+        for _ in range(n_shifts):
+            current = current @ plane_rotation(self.dim, math.radians(params.shift_angle), rng)
+            out.append(torch.as_tensor(current, dtype=torch.float32, device=device))
+        return out
+
+
+def _evaluate(model, x, y, rotation) -> tuple[float, float]:
+    with torch.no_grad():
+        logits = model(x if rotation is None else x @ rotation)
+        loss = float(torch.nn.functional.cross_entropy(logits, y))
+        acc = float((logits.argmax(1) == y).float().mean())
+    return loss, acc
+
+
+def _train(params, spec, lr, init, data: _Data, rotations, batch_seed, ctx, tag, record_rates) -> dict:
+    """One optimizer at one rate on one seed: evaluation curve, adapted quantities, recovery after shifts."""
+    model = _build_model(data.dim, data.classes, params).to(ctx.device)
+    model.load_state_dict(init)
+    named = list(model.named_parameters())
+    opt = make_optimizer(spec, lr, model)
+    gen = torch.Generator().manual_seed(batch_seed)
+    period, rotation = 0, rotations[0]
+    curve = {"test_loss": [], "test_acc": [], "train_loss": []}
+    rates: dict = {}
+    shifts: list[dict] = []
+    window: list[float] = []
+    diverged_at = None
+    for t in range(params.steps + 1):
+        if t % params.eval_every == 0 or t == params.steps:
+            loss, acc = _evaluate(model, data.x_eval, data.y_eval, rotation)
+            train_loss = float(np.mean(window)) if window else None
+            window = []
+            for key, value in (("test_loss", loss), ("test_acc", acc), ("train_loss", train_loss)):
+                curve[key].append(_finite(value) if value is not None else None)
+                if value is not None and math.isfinite(value):
+                    ctx.metric(t, f"{tag}/{key}", value)
+            if shifts and shifts[-1]["recovery_steps"] is None and math.isfinite(loss):
+                if loss <= shifts[-1]["pre_shift_loss"] * (1 + params.recovery_tol):
+                    shifts[-1]["recovery_steps"] = t - shifts[-1]["step"]
+            if record_rates:
+                for quantity, layers in adapted_quantities(opt, named).items():
+                    for layer, stat in layers.items():
+                        series = rates.setdefault(quantity, {}).setdefault(
+                            layer, {"step": [], "mean": [], "min": [], "max": []})
+                        series["step"].append(t)
+                        for key, value in zip(("mean", "min", "max"), stat):
+                            series[key].append(_finite(value))
+                        ctx.metric(t, f"{tag}/{quantity}/{layer}/mean", stat[0])
+            if params.shift_every and 0 < t < params.steps and t % params.shift_every == 0:
+                period += 1
+                rotation = rotations[period]
+                shock, _ = _evaluate(model, data.x_eval, data.y_eval, rotation)
+                shifts.append({"step": t, "pre_shift_loss": _finite(loss), "post_shift_loss": _finite(shock),
+                               "recovery_steps": None})
+                if not math.isfinite(loss):
+                    shifts[-1]["recovery_steps"] = None
+        if t == params.steps:
+            break
+        ctx.check_cancelled()
+        idx = torch.randint(data.n_train, (params.batch_size,), generator=gen).to(ctx.device)
+        xb = data.x_train[idx]
+        if rotation is not None:
+            xb = xb @ rotation
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(xb), data.y_train[idx])
+        value = float(loss)
+        if not math.isfinite(value) or value > DIVERGED_LOSS:
+            diverged_at = t
+            break
+        loss.backward()
+        opt.step()
+        window.append(value)
+    n_points = len(range(0, params.steps, params.eval_every)) + 1
+    for key in curve:
+        curve[key].extend([None] * (n_points - len(curve[key])))
+    return {"curve": curve, "rates": rates, "shifts": shifts, "diverged_at": diverged_at,
+            "rate_factor": rate_factor(opt, lr) if diverged_at is None else None}
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    return None if not values or any(v is None for v in values) else float(np.mean(values))
+
+
+def run(params: EGStepSizeParams, ctx: RunContext) -> dict:
+    data = _Data(params, ctx)
+    labels = _labels([spec.name for spec in params.optimizers])
+    eval_steps = sorted(set(range(0, params.steps, params.eval_every)) | {params.steps})
+    seeds = [_seed_pair(ctx.seed, i) for i in range(params.seeds)]
+    inits, rotations = [], []
+    for model_seed, shift_seed in seeds:
+        torch.manual_seed(model_seed)
+        inits.append(_build_model(data.dim, data.classes, params).state_dict())
+        rotations.append(data.rotations(params, np.random.default_rng(shift_seed), ctx.device))
+    total = len(labels) * len(params.lr_scales) * params.seeds
+    runs, curves, rates = [], {}, {}
+    done = 0
+    for label, spec in zip(labels, params.optimizers):
+        for scale in params.lr_scales:
+            key = f"x{scale:g}"
+            per_seed = []
+            for i, (model_seed, _) in enumerate(seeds):
+                lr = spec.lr * scale
+                out = _train(params, spec, lr, inits[i], data, rotations[i], model_seed + 1, ctx,
+                             f"{label}/{key}/seed{i}", record_rates=i == 0)
+                per_seed.append(out)
+                runs.append({"optimizer": label, "lr_scale": scale, "lr": lr, "seed": i,
+                             "diverged_at": out["diverged_at"],
+                             "final_test_loss": out["curve"]["test_loss"][-1],
+                             "final_test_acc": out["curve"]["test_acc"][-1],
+                             "rate_factor": out["rate_factor"], "shifts": out["shifts"]})
+                done += 1
+                ctx.progress(done / total, f"{label} lr x{scale:g} seed {i}")
+            curves.setdefault(label, {})[key] = {
+                name: [_mean_or_none([o["curve"][name][j] for o in per_seed]) for j in range(len(eval_steps))]
+                for name in ("test_loss", "test_acc", "train_loss")}
+            if per_seed[0]["rates"]:
+                rates.setdefault(label, {})[key] = per_seed[0]["rates"]
+    summary = _summary(runs, labels, params.lr_scales)
+    shift_steps = [s["step"] for s in runs[0]["shifts"]] if params.shift_every else []
+    ctx.artifact("loss.png", _plot_curves(curves, eval_steps, shift_steps, params, "test_loss"), "image/png")
+    ctx.artifact("accuracy.png", _plot_curves(curves, eval_steps, shift_steps, params, "test_acc"), "image/png")
+    if rates:
+        ctx.artifact("rates.png", _plot_rates(rates, params, shift_steps), "image/png")
+    return {"optimizers": labels, "lr_scales": params.lr_scales, "seeds": params.seeds, "classes": data.classes,
+            "input_dim": data.dim, "eval_steps": eval_steps, "shift_steps": shift_steps, "summary": summary,
+            "runs": runs, "curves": curves, "rates": rates}
+
+
+def _summary(runs: list[dict], labels: list[str], scales: list[float]) -> list[dict]:
+    """Per optimizer and rate scale: seed-averaged final loss/accuracy, divergences, rate factor, recovery."""
+    out = []
+    for label in labels:
+        for scale in scales:
+            group = [r for r in runs if r["optimizer"] == label and r["lr_scale"] == scale]
+            recoveries = [s["recovery_steps"] for r in group for s in r["shifts"]]
+            factors = [r["rate_factor"] for r in group if r["rate_factor"] is not None]
+            out.append({
+                "optimizer": label, "lr_scale": scale,
+                "final_test_loss": _mean_or_none([r["final_test_loss"] for r in group]),
+                "final_test_acc": _mean_or_none([r["final_test_acc"] for r in group]),
+                "diverged_runs": sum(r["diverged_at"] is not None for r in group),
+                "rate_factor": float(np.exp(np.mean(np.log(factors)))) if factors and min(factors) > 0 else None,
+                "shifts": len(recoveries),
+                "recovered_shifts": sum(v is not None for v in recoveries),
+                "mean_recovery_steps": float(np.mean([v for v in recoveries if v is not None]))
+                if any(v is not None for v in recoveries) else None,
+            })
+    return out
+
+
+def _shift_lines(ax, shift_steps: list[int]) -> None:
+    for i, s in enumerate(shift_steps):
+        ax.axvline(s, color="gray", ls=":", lw=1, label="input rotation" if i == 0 else None)
+
+
+def _plot_curves(curves: dict, eval_steps: list[int], shift_steps: list[int], params, metric: str) -> bytes:
+    scales = [f"x{s:g}" for s in params.lr_scales]
+    fig, axes = plt.subplots(1, len(scales), figsize=(4.2 * len(scales), 3.8), dpi=100, squeeze=False,
+                             sharey=True)
+    for ax, key in zip(axes[0], scales):
+        for label, per_scale in curves.items():
+            ys = [np.nan if v is None else v for v in per_scale[key][metric]]
+            ax.plot(eval_steps, ys, label=label)
+        _shift_lines(ax, shift_steps)
+        ax.set_title(f"lr {key.replace('x', '× ')}")
+        ax.set_xlabel("training step")
+        if metric == "test_loss":
+            ax.set_yscale("log")
+    axes[0][0].set_ylabel("held-out cross-entropy (nats)" if metric == "test_loss" else "held-out accuracy")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(("Loss" if metric == "test_loss" else "Accuracy") + f" (mean of {params.seeds} seed(s); "
+                 "gaps: diverged)")
+    return to_png(fig)
+
+
+def _plot_rates(rates: dict, params, shift_steps: list[int]) -> bytes:
+    rows = [(label, q) for label in rates for q in next(iter(rates[label].values()))]
+    scales = [f"x{s:g}" for s in params.lr_scales]
+    fig, axes = plt.subplots(len(rows), len(scales), figsize=(4.2 * len(scales), 2.8 * len(rows)), dpi=100,
+                             squeeze=False)
+    for r, (label, quantity) in enumerate(rows):
+        for c, key in enumerate(scales):
+            ax = axes[r][c]
+            for layer, series in rates[label].get(key, {}).get(quantity, {}).items():
+                nan = lambda vs: [np.nan if v is None else v for v in vs]  # noqa: E731
+                line, = ax.plot(series["step"], nan(series["mean"]), label=layer)
+                ax.fill_between(series["step"], nan(series["min"]), nan(series["max"]), color=line.get_color(),
+                                alpha=0.15)
+            _shift_lines(ax, shift_steps)
+            ax.set_yscale("log")
+            ax.set_title(f"{label}, lr {key.replace('x', '× ')}", fontsize=9)
+            ax.set_xlabel("training step")
+            ax.set_ylabel(QUANTITY_LABELS[quantity], fontsize=8)
+            if c == len(scales) - 1:
+                ax.legend(fontsize=7, title="layer: mean, band min-max", title_fontsize=7)
+    return to_png(fig)
+
+
+KIND = Kind(
+    name="eg_stepsize",
+    description="Exponentiated-gradient step-size adaptation vs fixed rates, momentum, Adam and hypergradient SGD.",
+    params=EGStepSizeParams,
+    run=run,
+    example={"dataset": "digits", "model": "mlp", "hidden": 32, "depth": 1,
+             "optimizers": [{"name": "sgd"}, {"name": "momentum"}, {"name": "adam"}, {"name": "hypergradient"},
+                            {"name": "eg_stepsize"}, {"name": "eg_funnel"}],
+             "lr_scales": [0.1, 1.0, 10.0], "steps": 300, "batch_size": 64, "eval_every": 10,
+             "shift_every": 100, "shift_angle": 60.0, "seeds": 1},
+)

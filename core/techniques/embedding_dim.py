@@ -1,0 +1,130 @@
+"""Job kind ``embedding_dim``: the n > 8.33·ln N rule, h_n/n by integration, and an optional empirical sweep."""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from core import dimension
+from core.plots import new_figure, to_png
+from core.techniques.base import Kind, Params, RunContext
+
+
+class SweepParams(BaseModel):
+    """Fit exp(<u,v>)/Z to a synthetic N×N target of known rank for a range of n, and find the elbow."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    vocab_size: int = Field(128, ge=8, le=1024)
+    target_rank: int = Field(16, ge=1, le=256)
+    dims: list[int] = Field(default_factory=lambda: [2, 4, 8, 12, 16, 24, 32, 48],
+                            min_length=2, max_length=32)
+    steps: int = Field(300, ge=10, le=5000)
+    lr: float = Field(0.05, gt=0, le=1.0)
+
+    @model_validator(mode="after")
+    def _bounded(self):
+        if any(d < 1 or d > 512 for d in self.dims):
+            raise ValueError("dims: each dimension must be in [1, 512]")
+        work = self.vocab_size ** 2 * sum(self.dims) * self.steps
+        if work > 2e11:
+            raise ValueError(f"steps: vocab_size² · sum(dims) · steps = {work:.2e} exceeds 2e11")
+        return self
+
+
+class EmbeddingDimParams(Params):
+    vocab_sizes: list[int] = Field(min_length=1, max_length=64)
+    coefficient: float | Literal["exact"] = Field(dimension.POST_COEFFICIENT)
+    entropy_dims: list[int] = Field(default_factory=lambda: [16, 64, 128, 512], min_length=1, max_length=32)
+    sweep: SweepParams | None = None
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        if any(v < 2 or v > 10**15 for v in self.vocab_sizes):
+            raise ValueError("vocab_sizes: each vocabulary size must be in [2, 1e15]")
+        if any(n < 2 or n > 100_000 for n in self.entropy_dims):
+            raise ValueError("entropy_dims: each n must be in [2, 100000]")
+        if not isinstance(self.coefficient, str) and not 0 < self.coefficient <= 1000:
+            raise ValueError("coefficient: must be in (0, 1000] or 'exact'")
+        return self
+
+
+def run(params: EmbeddingDimParams, ctx: RunContext) -> dict:
+    coefficient = dimension.EXACT_COEFFICIENT if params.coefficient == "exact" else float(params.coefficient)
+    dims = [{"vocab_size": n, "bound": dimension.dimension_bound(n, coefficient),
+             "min_dimension": dimension.min_dimension(n, coefficient)} for n in params.vocab_sizes]
+    ctx.progress(0.05, "dimension bounds")
+
+    entropy = []
+    for i, n in enumerate(sorted(params.entropy_dims)):
+        ctx.check_cancelled()
+        value = dimension.entropy_per_dim(n)
+        entropy.append({"n": n, "h_n_over_n": value})
+        ctx.metric(n, "entropy_per_dim", value)
+        ctx.progress(0.05 + 0.25 * (i + 1) / len(params.entropy_dims), f"h_n/n at n={n}")
+    result = {"coefficient": coefficient, "dimensions": dims, "entropy_per_dim": entropy,
+              "entropy_per_dim_limit": dimension.ENTROPY_PER_DIM_LIMIT}
+    ctx.artifact("entropy_per_dim.png", _entropy_plot(entropy), "image/png")
+
+    if params.sweep is not None:
+        result["sweep"] = _sweep(params.sweep, coefficient, ctx)
+    ctx.progress(1.0, "done")
+    return result
+
+
+def _sweep(sp: SweepParams, coefficient: float, ctx: RunContext) -> dict:
+    gen = torch.Generator().manual_seed(ctx.seed)
+    target = dimension.low_rank_target(sp.vocab_size, sp.target_rank, gen)
+    dims = sorted(sp.dims)
+    losses = []
+    for i, n in enumerate(dims):
+        def on_step(step: int, kl: float, n=n) -> None:
+            ctx.check_cancelled()
+            if step % 10 == 0 or step == sp.steps - 1:
+                ctx.metric(step, f"fit_kl/n={n}", kl)
+
+        losses.append(dimension.fit_pair_distribution(target, n, sp.steps, sp.lr, gen, on_step))
+        ctx.metric(n, "fit_kl_final", losses[-1])
+        ctx.progress(0.3 + 0.65 * (i + 1) / len(dims), f"fitted n={n}")
+    knee = dimension.elbow(dims, losses)
+    formula = dimension.min_dimension(sp.vocab_size, coefficient)
+    ctx.artifact("sweep.png", _sweep_plot(dims, losses, knee, formula, sp), "image/png")
+    return {"vocab_size": sp.vocab_size, "target_rank": sp.target_rank, "dims": dims, "fit_kl": losses,
+            "elbow": knee, "formula_dimension": formula}
+
+
+def _entropy_plot(entropy: list[dict]) -> bytes:
+    fig, ax = new_figure()
+    ax.plot([e["n"] for e in entropy], [e["h_n_over_n"] for e in entropy], "o-", label="h_n / n (integration)")
+    ax.axhline(dimension.ENTROPY_PER_DIM_LIMIT, color="gray", ls="--", label="limit −½·ln φ = −0.2406")
+    ax.set_xscale("log")
+    ax.set_xlabel("embedding dimension n")
+    ax.set_ylabel("entropy per dimension h_n / n (nats)")
+    ax.set_title("Pair entropy per dimension of uniform vectors on the sphere")
+    ax.legend()
+    return to_png(fig)
+
+
+def _sweep_plot(dims, losses, knee, formula, sp: SweepParams) -> bytes:
+    fig, ax = new_figure()
+    ax.plot(dims, losses, "o-", label="KL(target ‖ fit) after training")
+    ax.axvline(knee, color="C1", ls="--", label=f"elbow n={knee}")
+    ax.axvline(sp.target_rank, color="C2", ls=":", label=f"target rank {sp.target_rank}")
+    ax.axvline(formula, color="gray", ls="-.", label=f"formula n={formula} (N={sp.vocab_size})")
+    ax.set_xlabel("embedding dimension n")
+    ax.set_ylabel("fit loss (nats)")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_title("Empirical fit of exp(<u,v>)/Z to a synthetic pair distribution")
+    ax.legend()
+    return to_png(fig)
+
+
+KIND = Kind(
+    name="embedding_dim",
+    description="Minimum embedding dimension n > 8.33·ln N, entropy per dimension, and an empirical fit sweep.",
+    params=EmbeddingDimParams,
+    run=run,
+    example={"vocab_sizes": [512, 100000, 5000000], "coefficient": 8.33, "entropy_dims": [16, 64, 128, 512],
+             "sweep": {"vocab_size": 64, "target_rank": 8, "dims": [2, 4, 6, 8, 12, 16, 24], "steps": 200}},
+)

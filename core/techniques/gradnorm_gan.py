@@ -1,0 +1,595 @@
+"""Job kind ``gradnorm_gan``: gradient-normalized critics (GN, GraN, plain) beside GP, spectral norm and clipping.
+
+One job trains one GAN with one Lipschitz constraint on the critic and then measures, rather than assumes, how
+Lipschitz the constrained critic is (gradient norms on real, fake and interpolated points; finite-difference slopes
+between sample pairs), how good the samples are (mode coverage on the 2-D mixtures; a classifier trained by the job
+on the real data for labelled sets such as digits), and what the constraint costs per step (wall time, bytes saved
+for backward, CUDA peak when on a GPU). Running the same spec with each ``constraint`` gives the comparison.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from contextlib import nullcontext
+from typing import Literal
+from uuid import UUID
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from core import plots
+from core.data import load_arrays
+from core.gan import (
+    MIXTURES,
+    GradNormalized,
+    classifier_scores,
+    frechet_distance,
+    mixture,
+    mode_coverage,
+    probe_critic,
+    summarize_probes,
+)
+from core.techniques.base import Kind, Params
+
+MEMORY_LIMIT_BYTES = 4 * 2**30
+WORK_LIMIT_FLOPS = 2e14
+MAX_INPUT_DIM = 4096
+DATASET_DIMS = {"ring8": 2, "grid25": 2, "digits": 64}
+NORMALIZED = {"gn": "gn", "gran": "gran", "plain_norm": "plain"}
+CLASSIFIER_STEPS = 400
+CLASSIFIER_WIDTH = 128
+CURVE_POINTS = 200
+
+
+class GradnormGanParams(Params):
+    dataset: Literal["ring8", "grid25", "digits"] | UUID = Field(
+        default="ring8", description="8 Gaussians on a ring, a 5×5 Gaussian grid, sklearn digits, or an upload.")
+    n_data: int = Field(default=10000, ge=256, le=200_000, description="Points drawn for the 2-D mixtures.")
+    mixture_std: float | None = Field(
+        default=None, ge=1e-3, le=1.0, description="Std of each mixture component; None: 0.02 ring8, 0.05 grid25.")
+    arch: Literal["mlp", "conv"] = Field(default="mlp", description="conv needs square images with side % 4 == 0.")
+    width: int = Field(default=128, ge=8, le=1024, description="Hidden width of the MLP generator and critic.")
+    depth: int = Field(default=3, ge=1, le=6, description="Hidden layers of the MLP generator and critic.")
+    channels: int = Field(default=32, ge=4, le=128, description="Base channel count of the conv nets.")
+    z_dim: int = Field(default=16, ge=1, le=256)
+    constraint: Literal["gn", "gran", "plain_norm", "gp", "spectral", "clip", "none"] = "gn"
+    loss: Literal["wasserstein", "hinge", "bce"] = "wasserstein"
+    n_critic: int = Field(default=5, ge=1, le=10, description="Critic updates per generator update.")
+    lr_d: float = Field(default=2e-4, ge=1e-6, le=1e-1)
+    lr_g: float = Field(default=2e-4, ge=1e-6, le=1e-1)
+    beta1: float = Field(default=0.5, ge=0.0, le=0.999)
+    beta2: float = Field(default=0.9, ge=0.0, le=0.9999)
+    steps: int = Field(default=1000, ge=1, le=20_000, description="Generator updates.")
+    batch: int = Field(default=256, ge=8, le=2048)
+    gp_weight: float = Field(default=10.0, ge=0.0, le=1000.0, description="λ of WGAN-GP (constraint gp).")
+    clip_value: float = Field(default=0.01, ge=1e-4, le=10.0, description="Weight clipping bound (constraint clip).")
+    eps: float = Field(default=1e-8, ge=1e-12, le=1.0, description="ε of GraN and plain_norm; GN's zero guard.")
+    eval_samples: int = Field(default=2000, ge=256, le=10_000)
+    log_every: int = Field(default=10, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _fits_a_worker(self):
+        dim = DATASET_DIMS.get(self.dataset) if isinstance(self.dataset, str) else None
+        if self.arch == "conv" and dim == 2:
+            raise ValueError("arch: conv needs image data (digits or an uploaded set of square images)")
+        if dim is not None:
+            check_budget(self, dim)
+        return self
+
+
+def _side(dim: int) -> int | None:
+    """Image side for a flattened square image usable by the conv nets (two stride-2 stages), else None."""
+    side = math.isqrt(dim)
+    return side if side * side == dim and side % 4 == 0 else None
+
+
+def estimate(params: GradnormGanParams, dim: int) -> tuple[float, float]:
+    """Rough peak bytes and total FLOPs of a job on inputs of dimension ``dim``.
+
+    Activations per sample times the batch, times 8 for what double backprop keeps (forward, backward graph and
+    its gradients), plus parameters with their gradients and two Adam moments; FLOPs are 2 per weight per sample for
+    a forward, times 6 for forward + backward + double backprop, per critic and generator update.
+    """
+    if params.arch == "mlp":
+        weights_d = dim * params.width + (params.depth - 1) * params.width ** 2 + params.width
+        weights_g = params.z_dim * params.width + (params.depth - 1) * params.width ** 2 + params.width * dim
+        acts = params.depth * params.width + dim
+        flops_d, flops_g = 2 * weights_d, 2 * weights_g
+    else:
+        c, pixels = params.channels, dim
+        weights_d = 9 * c + 16 * 2 * c * c + 16 * 8 * c * c + 4 * c * pixels // 16
+        weights_g = params.z_dim * 4 * c * pixels // 16 + 16 * 8 * c * c + 16 * 2 * c * c + 9 * c
+        acts = c * pixels * (1 + 0.5 + 0.25) + pixels
+        flops_d = 2 * (9 * c * pixels + 16 * 2 * c * c * pixels / 4 + 16 * 8 * c * c * pixels / 16)
+        flops_g = flops_d
+    memory = 8 * 4 * params.batch * acts * 2 + 4 * 4 * (weights_d + weights_g)
+    per_step = params.batch * 6 * ((params.n_critic * 2 + 1) * flops_d + flops_g)
+    return memory, per_step * params.steps
+
+
+def check_budget(params: GradnormGanParams, dim: int) -> None:
+    """Raise ValueError naming the field to shrink when one job would not fit a worker's memory or time."""
+    if dim > MAX_INPUT_DIM:
+        raise ValueError(f"dataset: inputs of dimension {dim} exceed {MAX_INPUT_DIM}")
+    if params.arch == "conv" and _side(dim) is None:
+        raise ValueError(f"arch: conv needs square images with side divisible by 4, got dimension {dim}")
+    memory, flops = estimate(params, dim)
+    if memory > MEMORY_LIMIT_BYTES:
+        field = "channels" if params.arch == "conv" else "width"
+        raise ValueError(f"batch: about {memory / 2**30:.1f} GiB needed (limit 4 GiB); lower batch or {field}")
+    if flops > WORK_LIMIT_FLOPS:
+        raise ValueError(f"steps: about {flops:.1e} FLOPs needed (limit {WORK_LIMIT_FLOPS:.0e}); lower steps, "
+                         "batch, n_critic or the network size")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Networks
+
+def _mlp(d_in: int, d_out: int, width: int, depth: int, act: type[nn.Module]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(d_in if i == 0 else width, width), act()]
+    layers.append(nn.Linear(width, d_out))
+    return nn.Sequential(*layers)
+
+
+class _LeakyReLU(nn.LeakyReLU):
+    """LeakyReLU(0.2): piecewise linear, so the normalized critics keep their in-region gradient bound."""
+
+    def __init__(self):
+        super().__init__(0.2)
+
+
+class _ConvCritic(nn.Module):
+    def __init__(self, side: int, c: int):
+        super().__init__()
+        self.side = side
+        self.net = nn.Sequential(
+            nn.Conv2d(1, c, 3, 1, 1), _LeakyReLU(),
+            nn.Conv2d(c, 2 * c, 4, 2, 1), _LeakyReLU(),
+            nn.Conv2d(2 * c, 4 * c, 4, 2, 1), _LeakyReLU(),
+            nn.Flatten(), nn.Linear(4 * c * (side // 4) ** 2, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.reshape(len(x), 1, self.side, self.side))
+
+
+class _ConvGenerator(nn.Module):
+    def __init__(self, side: int, c: int, z_dim: int):
+        super().__init__()
+        self.side, self.c = side, c
+        self.fc = nn.Sequential(nn.Linear(z_dim, 4 * c * (side // 4) ** 2), nn.ReLU())
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(4 * c, 2 * c, 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(c, 1, 3, 1, 1))
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.fc(z).reshape(len(z), 4 * self.c, self.side // 4, self.side // 4)
+        return self.net(h).reshape(len(z), -1)
+
+
+class _Bounded(nn.Module):
+    """Sigmoid output for data in [0, 1] (digits), so the generator cannot leave the pixel range."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(z))
+
+
+def build_nets(params: GradnormGanParams, dim: int, bounded: bool, seed: int) -> tuple[nn.Module, nn.Module]:
+    """Generator and critic initialised from ``seed`` without disturbing the global RNG; spectral norm applied here."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if params.arch == "conv":
+            side = _side(dim)
+            G: nn.Module = _ConvGenerator(side, params.channels, params.z_dim)
+            D: nn.Module = _ConvCritic(side, params.channels)
+        else:
+            G = _mlp(params.z_dim, dim, params.width, params.depth, nn.ReLU)
+            D = _mlp(dim, 1, params.width, params.depth, _LeakyReLU)
+        if bounded:
+            G = _Bounded(G)
+        if params.constraint == "spectral":
+            for name, module in list(D.named_modules()):
+                if isinstance(module, (nn.Linear, nn.Conv2d)):
+                    nn.utils.parametrizations.spectral_norm(module)
+    return G, D
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Losses and one training step
+
+def critic_loss(kind: str, s_real: Tensor, s_fake: Tensor) -> Tensor:
+    if kind == "wasserstein":
+        return s_fake.mean() - s_real.mean()
+    if kind == "hinge":
+        return F.relu(1 - s_real).mean() + F.relu(1 + s_fake).mean()
+    return F.softplus(-s_real).mean() + F.softplus(s_fake).mean()
+
+
+def generator_loss(kind: str, s_fake: Tensor) -> Tensor:
+    if kind == "bce":
+        return F.softplus(-s_fake).mean()
+    return -s_fake.mean()
+
+
+def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator) -> Tensor:
+    """WGAN-GP: E[(‖∇D(x̂)‖ − 1)²] on random interpolates of real and fake samples."""
+    alpha = torch.rand(len(real), 1, generator=generator, device=real.device)
+    inter = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (g,) = torch.autograd.grad(D(inter).sum(), inter, create_graph=True)
+    return (g.reshape(len(g), -1).norm(dim=1) - 1).square().mean()
+
+
+class _SavedBytes:
+    """Counts the distinct storages autograd saves for backward (double backprop included) while active."""
+
+    def __init__(self):
+        self.sizes: dict[int, int] = {}
+
+    def pack(self, t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        self.sizes[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    def __enter__(self):
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes.values())
+
+
+class _Trainer:
+    """Holds the nets, optimizers and RNGs of one job; ``step`` is one generator update with its critic updates."""
+
+    def __init__(self, params: GradnormGanParams, data: Tensor, bounded: bool, seed: int, device: torch.device):
+        self.p = params
+        self.data = data
+        self.device = device
+        self.G, self.D = build_nets(params, data.shape[1], bounded, seed)
+        self.G.to(device)
+        self.D.to(device)
+        variant = NORMALIZED.get(params.constraint)
+        self.score = GradNormalized(self.D, variant, params.eps) if variant else self.D
+        betas = (params.beta1, params.beta2)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=params.lr_d, betas=betas)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=params.lr_g, betas=betas)
+        self.cpu_gen = torch.Generator().manual_seed(seed + 1)
+        self.dev_gen = torch.Generator(device=device).manual_seed(seed + 2)
+
+    def scores(self, x: Tensor) -> Tensor:
+        return self.score(x).reshape(len(x))
+
+    def noise(self, n: int) -> Tensor:
+        return torch.randn(n, self.p.z_dim, generator=self.dev_gen, device=self.device)
+
+    def real_batch(self) -> Tensor:
+        idx = torch.randint(len(self.data), (self.p.batch,), generator=self.cpu_gen)
+        return self.data[idx.to(self.data.device)]
+
+    def sample(self, n: int) -> Tensor:
+        with torch.no_grad():
+            return torch.cat([self.G(self.noise(min(1024, n - i))) for i in range(0, n, 1024)])
+
+    def step(self, meter_d: _SavedBytes | None = None, meter_g: _SavedBytes | None = None) -> dict[str, float]:
+        p = self.p
+        self.D.requires_grad_(True)
+        for _ in range(p.n_critic):
+            real = self.real_batch()
+            fake = self.sample(p.batch)
+            with meter_d or nullcontext():
+                s_real, s_fake = self.scores(real), self.scores(fake)
+                loss_d = critic_loss(p.loss, s_real, s_fake)
+                total = loss_d
+                if p.constraint == "gp":
+                    total = loss_d + p.gp_weight * gradient_penalty(self.D, real, fake, self.dev_gen)
+            self.opt_d.zero_grad(set_to_none=True)
+            total.backward()
+            self.opt_d.step()
+            if p.constraint == "clip":
+                with torch.no_grad():
+                    for w in self.D.parameters():
+                        w.clamp_(-p.clip_value, p.clip_value)
+        self.D.requires_grad_(False)
+        with meter_g or nullcontext():
+            loss_g = generator_loss(p.loss, self.scores(self.G(self.noise(p.batch))))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        return {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()),
+                "w_estimate": float((s_real.mean() - s_fake.mean()).detach())}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Quality measures
+
+def train_classifier(x: Tensor, y: Tensor, seed: int, device: torch.device, check) -> tuple[nn.Module, float, Tensor]:
+    """A small MLP classifier trained on 80% of the real data: the fixed judge of generated samples.
+
+    Returns the classifier, its accuracy on the held-out 20% (to show the judge is worth trusting) and the held-out
+    indices. Its hidden layer is the feature space of the Fréchet distance.
+    """
+    gen = torch.Generator().manual_seed(seed + 3)
+    order = torch.randperm(len(x), generator=gen)
+    n_test = max(1, len(x) // 5)
+    test, train = order[:n_test], order[n_test:]
+    classes = int(y.max()) + 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 4)
+        net = nn.Sequential(nn.Linear(x.shape[1], CLASSIFIER_WIDTH), nn.ReLU(),
+                            nn.Linear(CLASSIFIER_WIDTH, classes)).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    xd, yd = x.to(device), y.to(device)
+    for _ in range(CLASSIFIER_STEPS):
+        check()
+        idx = train[torch.randint(len(train), (128,), generator=gen)].to(device)
+        loss = F.cross_entropy(net(xd[idx]), yd[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    net.eval().requires_grad_(False)
+    accuracy = float((net(xd[test.to(device)]).argmax(1) == yd[test.to(device)]).float().mean())
+    return net, accuracy, test
+
+
+def _features(classifier: nn.Module | None, x: Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return (classifier[:2](x) if classifier is not None else x).double().cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plots
+
+def _plot_losses(curves: dict[str, list], params: GradnormGanParams) -> bytes:
+    fig, ax = plots.new_figure()
+    ax.plot(curves["step"], curves["loss_d"], label="critic loss")
+    ax.plot(curves["step"], curves["loss_g"], label="generator loss")
+    ax.plot(curves["step"], curves["w_estimate"], label="E[D̂(real)] − E[D̂(fake)]", alpha=0.7)
+    ax.set_xlabel("generator step")
+    ax.set_ylabel(f"{params.loss} loss (critic units)")
+    ax.set_title(f"gradnorm_gan: constraint={params.constraint}, loss={params.loss}")
+    ax.legend()
+    return plots.to_png(fig)
+
+
+def _plot_samples(trainer: _Trainer, real: Tensor, fake: Tensor, centres: Tensor | None, params) -> bytes:
+    dim = real.shape[1]
+    side = math.isqrt(dim)
+    if dim == 2:
+        fig, ax = plots.new_figure(6.5, 6)
+        r, f = real.cpu().numpy(), fake.cpu().numpy()
+        both = np.concatenate([r, np.clip(np.nan_to_num(f), -10, 10)])
+        lo, hi = both.min(0) - 0.5, both.max(0) + 0.5
+        gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 80), np.linspace(lo[1], hi[1], 80))
+        grid = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32, device=trainer.device)
+        with torch.enable_grad():
+            s = trainer.scores(grid).detach().cpu().numpy().reshape(gx.shape)
+        if np.isfinite(s).all():
+            contour = ax.contourf(gx, gy, s, levels=20, cmap="coolwarm", alpha=0.5)
+            fig.colorbar(contour, ax=ax, label="critic score (constrained critic)")
+        ax.scatter(r[:, 0], r[:, 1], s=2, c="black", alpha=0.3, label="real")
+        ax.scatter(f[:, 0], f[:, 1], s=2, c="tab:green", alpha=0.5, label="generated")
+        if centres is not None:
+            c = centres.numpy()
+            ax.scatter(c[:, 0], c[:, 1], marker="x", c="red", s=40, label="mode centres")
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
+        ax.set_xlabel("x₁")
+        ax.set_ylabel("x₂")
+        ax.legend(loc="upper right", markerscale=4)
+    elif side * side == dim:
+        fig, axes = plots.plt.subplots(2, 1, figsize=(6, 6.5), dpi=100)
+        for ax, x, name in ((axes[0], real, "real"), (axes[1], fake, "generated")):
+            tiles = np.nan_to_num(x[:32].cpu().numpy()).reshape(-1, side, side)
+            tiles = np.pad(tiles, ((0, 32 - len(tiles)), (1, 1), (1, 1)))
+            sheet = tiles.reshape(4, 8, side + 2, side + 2).transpose(0, 2, 1, 3).reshape(4 * (side + 2), -1)
+            ax.imshow(sheet, cmap="gray_r")
+            ax.set_title(f"{name} samples ({side}×{side} pixels)")
+            ax.set_xlabel("pixel column (tiled)")
+            ax.set_ylabel("pixel row (tiled)")
+    else:
+        fig, ax = plots.new_figure()
+        r = real.double().cpu().numpy()
+        mean = r.mean(0)
+        basis = np.linalg.svd(r - mean, full_matrices=False)[2][:2].T
+        for x, name, colour in ((real, "real", "black"), (fake, "generated", "tab:green")):
+            proj = (np.nan_to_num(x.double().cpu().numpy()) - mean) @ basis
+            ax.scatter(proj[:, 0], proj[:, 1], s=3, alpha=0.4, c=colour, label=name)
+        ax.set_xlabel("principal component 1 of the real data")
+        ax.set_ylabel("principal component 2 of the real data")
+        ax.legend()
+    return plots.to_png(fig)
+
+
+def _plot_lipschitz(norms: dict[str, np.ndarray], params: GradnormGanParams) -> bytes:
+    fig, ax = plots.new_figure()
+    finite = np.concatenate([v[np.isfinite(v)] for v in norms.values()] + [np.array([0.0, 1.0])])
+    bins = np.linspace(0, max(1.05, float(np.quantile(finite, 0.99)) * 1.05), 60)
+    for name, values in norms.items():
+        ax.hist(np.clip(values[np.isfinite(values)], None, bins[-1]), bins=bins, alpha=0.5, label=name)
+    ax.axvline(1.0, color="black", linestyle="--", label="Lipschitz bound 1")
+    ax.set_xlabel("‖∇ₓ critic score‖ (score units per input unit)")
+    ax.set_ylabel("number of points")
+    ax.set_title(f"measured gradient norms of the constrained critic ({params.constraint})")
+    ax.legend()
+    return plots.to_png(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def _clean(value):
+    """JSON-safe copy: non-finite floats become None, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _load(params: GradnormGanParams, ctx) -> tuple[Tensor, Tensor | None, Tensor | None, float | None]:
+    if isinstance(params.dataset, str) and params.dataset in MIXTURES:
+        gen = torch.Generator().manual_seed(ctx.seed)
+        x, y, centres, std = mixture(params.dataset, params.n_data, gen, params.mixture_std)
+        return x, y, centres, std
+    arrays = load_arrays(params.dataset, ctx)
+    x = torch.as_tensor(np.asarray(arrays["x"], dtype=np.float32)).reshape(len(arrays["x"]), -1)
+    if len(x) < 2 or not torch.isfinite(x).all():
+        raise ValueError("dataset: needs at least 2 samples and only finite values")
+    y = arrays.get("y")
+    y = torch.as_tensor(np.asarray(y, dtype=np.int64)) if y is not None else None
+    if y is not None and (len(y) != len(x) or int(y.min()) < 0 or int(y.max()) >= 1000):
+        raise ValueError("dataset: labels must be one integer in [0, 1000) per sample")
+    return x, y, None, None
+
+
+def run(params: GradnormGanParams, ctx) -> dict:
+    x, y, centres, std = _load(params, ctx)
+    check_budget(params, x.shape[1])
+    device = torch.device(ctx.device)
+    bounded = bool(x.min() >= 0 and x.max() <= 1) and centres is None
+    classifier, accuracy, held_out = None, None, None
+    if y is not None and centres is None:
+        ctx.progress(0.0, "training the judge classifier on the real data")
+        classifier, accuracy, held_out = train_classifier(x, y, ctx.seed, device, ctx.check_cancelled)
+    trainer = _Trainer(params, x.to(device), bounded, ctx.seed, device)
+
+    curves: dict[str, list] = {"step": [], "loss_d": [], "loss_g": [], "w_estimate": []}
+    times: list[float] = []
+    saved_d, saved_g = _SavedBytes(), _SavedBytes()
+    peak_cuda = None
+    measure_at = min(1, params.steps - 1)
+    diverged_at = None
+    completed = 0
+    eval_every = max(1, params.steps // 10)
+    for step in range(params.steps):
+        ctx.check_cancelled()
+        if step == measure_at:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+            out = trainer.step(saved_d, saved_g)
+            if device.type == "cuda":
+                peak_cuda = torch.cuda.max_memory_allocated(device) - base
+        else:
+            _sync(device)
+            start = time.perf_counter()
+            out = trainer.step()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        if not all(math.isfinite(v) for v in out.values()):
+            diverged_at = step
+            ctx.metric(step, "diverged", 1.0)
+            break
+        completed += 1
+        if step % params.log_every == 0 or step == params.steps - 1:
+            for name, value in out.items():
+                ctx.metric(step, name, value)
+                curves[name].append(value)
+            curves["step"].append(step)
+            if times:
+                ctx.metric(step, "step_time_ms", 1e3 * times[-1])
+            if params.constraint in NORMALIZED:
+                ctx.metric(step, "raw_grad_norm_mean", float(trainer.score.last_grad_norm.mean()))
+        if centres is not None and (step % eval_every == 0 or step == params.steps - 1):
+            cov = mode_coverage(trainer.sample(params.eval_samples).cpu(), centres, std)
+            ctx.metric(step, "modes_covered", cov["modes_covered"])
+            ctx.metric(step, "high_quality_share", cov["high_quality_share"])
+        ctx.progress(0.05 + 0.85 * (step + 1) / params.steps, f"step {step + 1}/{params.steps}")
+
+    ctx.progress(0.92, "measuring the critic and the samples")
+    n_eval = min(params.eval_samples, len(x))
+    eval_gen = torch.Generator().manual_seed(ctx.seed + 5)
+    real = x[torch.randperm(len(x), generator=eval_gen)[:n_eval]].to(device)
+    fake = trainer.sample(params.eval_samples)
+    probes = probe_critic(trainer.scores, real, fake, generator=eval_gen)
+    lip = summarize_probes(probes, generator=eval_gen)
+    norms = {name: g.cpu().numpy() for name, (_, _, g) in probes.items()}
+
+    quality: dict = {}
+    if centres is not None:
+        cov = mode_coverage(fake.cpu(), centres, std)
+        quality = {"modes_covered": cov["modes_covered"], "n_modes": cov["n_modes"],
+                   "high_quality_share": cov["high_quality_share"], "mode_counts": cov["counts"],
+                   "mixture_std": std}
+    if classifier is not None:
+        with torch.no_grad():
+            probs = torch.softmax(classifier(torch.nan_to_num(fake)), dim=1)
+        real_test = x[held_out].to(device)
+        real_train = x[torch.ones(len(x), dtype=torch.bool).index_fill_(0, held_out, False)].to(device)
+        quality.update(classifier_scores(probs))
+        quality["classifier_test_accuracy"] = accuracy
+        quality["frechet_classifier_features"] = frechet_distance(_features(classifier, real_test),
+                                                                  _features(classifier, torch.nan_to_num(fake)))
+        quality["frechet_real_vs_real"] = frechet_distance(_features(classifier, real_test),
+                                                           _features(classifier, real_train))
+    elif centres is None:
+        quality["frechet_raw"] = frechet_distance(real.double().cpu().numpy(),
+                                                  torch.nan_to_num(fake[:n_eval]).double().cpu().numpy())
+
+    ctx.artifact("losses.png", _plot_losses(curves, params), "image/png")
+    ctx.artifact("samples.png", _plot_samples(trainer, real[:1000], fake[:1000], centres, params), "image/png")
+    ctx.artifact("lipschitz.png", _plot_lipschitz(norms, params), "image/png")
+    buf = io.BytesIO()
+    np.save(buf, fake.cpu().numpy(), allow_pickle=False)
+    ctx.artifact("samples.npy", buf.getvalue(), "application/x-npy")
+
+    every = max(1, len(curves["step"]) // CURVE_POINTS)
+    cost = {
+        "time_per_step_ms": 1e3 * float(np.mean(times)) if times else None,
+        "time_per_step_ms_median": 1e3 * float(np.median(times)) if times else None,
+        "saved_bytes_critic_update": saved_d.total,
+        "saved_bytes_generator_update": saved_g.total,
+        "peak_cuda_bytes": peak_cuda,
+        "device": str(device),
+    }
+    result = _clean({
+        "dataset": str(params.dataset),
+        "constraint": params.constraint,
+        "loss": params.loss,
+        "steps_run": completed,
+        "diverged_at_step": diverged_at,
+        "final_loss_d": curves["loss_d"][-1] if curves["loss_d"] else None,
+        "final_loss_g": curves["loss_g"][-1] if curves["loss_g"] else None,
+        "lipschitz": lip,
+        "quality": quality,
+        "cost": cost,
+        "curves": {k: v[::every] for k, v in curves.items()},
+    })
+    ctx.artifact("result.json", json.dumps(result).encode(), "application/json")
+    ctx.progress(1.0, "done")
+    return result
+
+
+KIND = Kind(
+    name="gradnorm_gan",
+    description="GAN critics made Lipschitz by gradient normalization (GN, GraN) vs GP, spectral norm and clipping.",
+    params=GradnormGanParams,
+    run=run,
+    example={"dataset": "ring8", "constraint": "gn", "loss": "wasserstein", "width": 64, "depth": 2, "z_dim": 4,
+             "n_critic": 1, "steps": 300, "batch": 128, "lr_d": 1e-3, "lr_g": 1e-3, "eval_samples": 1000,
+             "mixture_std": 0.05},
+)

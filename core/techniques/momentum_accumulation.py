@@ -1,0 +1,365 @@
+"""Job kind ``momentum_accumulation``: gradient accumulation hidden in the momentum (TECHNIQUES.md §3).
+
+Every arm sees the same micro-batches in the same order from the same initial weights (paired per seed), so the
+curves differ only by how and when the optimizer turns micro-gradients into updates:
+
+- ``explicit_buffer``: sum k micro-gradients in ``.grad`` (a parameter-sized buffer), then one EMA-optimizer step;
+- ``chi_exact``: AccumSGDM / AccumAdam with ``accum_steps=k`` (the momentum is the accumulator, no buffer);
+- ``beta_tilde_lr_chi``: a stock EMA optimizer stepped every micro-batch with β̃ = 1-(1-β)/k and lr·χ_t;
+- ``lr_chi_only``: the same with the original β and lr·χ_t;
+- ``per_micro_batch``: a stock EMA optimizer that updates on every micro-batch.
+
+``steps`` counts micro-batches, so all arms use the same data; arms other than ``per_micro_batch`` make steps//k
+updates. The LR is constant, so no scheduler has to choose between counting micro-steps and updates.
+"""
+from __future__ import annotations
+
+import math
+from typing import Annotated, Iterator, Literal
+from uuid import UUID
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from core.data import load_arrays
+from core.optim.accum import AccumAdam, AccumSGDM, beta_tilde, state_bytes
+from core.plots import new_figure, to_png
+from core.techniques.base import Kind, Params, RunContext
+
+ARMS = ("explicit_buffer", "chi_exact", "beta_tilde_lr_chi", "lr_chi_only", "per_micro_batch")
+Arm = Literal["explicit_buffer", "chi_exact", "beta_tilde_lr_chi", "lr_chi_only", "per_micro_batch"]
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+BUILTIN_SHAPES = {"digits": (1797, 64, 10), "clusters": (2000, 16, 10)}  # rows, features, classes
+EVAL_CHUNK = 256
+TRAIN_PROBE = 512
+MAX_BYTES = 4 * 2**30
+MAX_FLOPS = 2e12
+MAX_MICRO_STEPS = 300_000
+
+
+class MomentumAccumulationParams(Params):
+    dataset: Literal["digits", "clusters"] | UUID = "digits"
+    model: Literal["mlp", "cnn"] = Field("mlp", description="cnn needs square images as rows (digits is 8x8)")
+    hidden: int = Field(64, ge=4, le=1024, description="width of the hidden dense layers")
+    channels: int = Field(8, ge=2, le=64, description="cnn only: channels of the first conv (the second has 2x)")
+    optimizer: Literal["sgdm", "adam"] = "sgdm"
+    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="β (sgdm uses the first) or Adam's (β1, β2)")
+    lr: float = Field(0.1, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="sgdm: L2 in the gradient; adam: decoupled")
+    accum_steps: int = Field(4, ge=1, le=256, description="k: micro-batches per update")
+    micro_batch: int = Field(8, ge=1, le=1024)
+    steps: int = Field(800, ge=1, le=100_000, description="micro-batches per arm and seed (the data budget)")
+    arms: list[Arm] = Field(default_factory=lambda: list(ARMS), min_length=1, max_length=len(ARMS))
+    seeds: int = Field(3, ge=1, le=10, description="independent runs (init and data order) per arm")
+    eval_every: int = Field(50, ge=1, le=100_000, description="micro-steps between held-out evaluations")
+    holdout: float = Field(0.2, ge=0.05, le=0.5, description="fraction of rows held out")
+    dtype: Literal["float32", "float64"] = "float32"
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if len(set(self.arms)) != len(self.arms):
+            raise ValueError("arms: each arm may appear once")
+        if self.steps < self.accum_steps:
+            raise ValueError("steps: fewer micro-steps than accum_steps means the accumulating arms never update")
+        if self.eval_every > self.steps:
+            raise ValueError("eval_every: larger than steps")
+        if self.steps // self.eval_every > 1000:
+            raise ValueError("eval_every: more than 1000 evaluations per run")
+        if self.steps * len(self.arms) * self.seeds > MAX_MICRO_STEPS:
+            raise ValueError(f"steps: steps x arms x seeds exceeds {MAX_MICRO_STEPS} micro-steps")
+        if not isinstance(self.dataset, UUID):
+            rows, features, classes = BUILTIN_SHAPES[self.dataset]
+            check_budget(self, rows, features, classes)
+        return self
+
+
+def _cnn_side(features: int) -> int | None:
+    side = math.isqrt(features)
+    return side if side * side == features and side >= 2 else None
+
+
+def check_budget(params: MomentumAccumulationParams, rows: int, features: int, classes: int) -> None:
+    """Raise ValueError("<field>: ...") when the job's memory or arithmetic would not fit one worker."""
+    h, c = params.hidden, params.channels
+    if params.model == "cnn":
+        side = _cnn_side(features)
+        if side is None:
+            raise ValueError(f"model: cnn needs square images as rows; {features} features is not a square >= 4")
+        flat = 2 * c * (side // 2) ** 2
+        n_params = 10 * c + 18 * c * c + 2 * c + flat * h + h + h * classes + classes
+        fwd = 2 * (9 * c + 18 * c * c) * side * side + 2 * (flat * h + h * classes)
+        act = 3 * c * side * side + h + classes
+    else:
+        n_params = features * h + h + h * h + h + h * classes + classes
+        fwd = 2 * n_params
+        act = features + 2 * h + classes
+    item = 8 if params.dtype == "float64" else 4
+    need = item * (5 * n_params + 3 * act * (params.micro_batch + EVAL_CHUNK) + rows * (features + 1))
+    if need > MAX_BYTES:
+        raise ValueError(f"hidden: weights, optimizer state and activations need {need / 2**30:.1f} GiB (> 4 GiB)")
+    runs = len(params.arms) * params.seeds
+    evals = params.steps // params.eval_every + 2
+    flops = runs * fwd * (3 * params.micro_batch * params.steps + evals * (rows + TRAIN_PROBE))
+    if flops > MAX_FLOPS:
+        raise ValueError(f"steps: about {flops:.1e} floating-point operations (> {MAX_FLOPS:.0e})")
+
+
+def _model(params: MomentumAccumulationParams, features: int, classes: int, gen: torch.Generator) -> torch.nn.Module:
+    """MLP (two hidden ReLU layers) or a small CNN, initialized from ``gen`` (PyTorch's default ±1/√fan_in)."""
+    h = params.hidden
+    if params.model == "cnn":
+        side, c = _cnn_side(features), params.channels
+        net = torch.nn.Sequential(
+            torch.nn.Unflatten(1, (1, side, side)),
+            torch.nn.Conv2d(1, c, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(c, 2 * c, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(), torch.nn.Linear(2 * c * (side // 2) ** 2, h), torch.nn.ReLU(),
+            torch.nn.Linear(h, classes))
+    else:
+        net = torch.nn.Sequential(torch.nn.Linear(features, h), torch.nn.ReLU(), torch.nn.Linear(h, h),
+                                  torch.nn.ReLU(), torch.nn.Linear(h, classes))
+    with torch.no_grad():
+        for layer in net:
+            if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+                bound = 1.0 / math.sqrt(layer.weight[0].numel())
+                layer.weight.uniform_(-bound, bound, generator=gen)
+                layer.bias.uniform_(-bound, bound, generator=gen)
+    return net
+
+
+def _arm_betas(arm: str, params: MomentumAccumulationParams) -> tuple[float, float]:
+    if arm == "beta_tilde_lr_chi":
+        return tuple(beta_tilde(b, params.accum_steps) for b in params.betas)
+    return params.betas
+
+
+def _optimizer(arm: str, params: MomentumAccumulationParams, weights) -> torch.optim.Optimizer:
+    """Only ``chi_exact`` knows about k; the others are stock EMA optimizers (k=1) driven from outside."""
+    k = params.accum_steps if arm == "chi_exact" else 1
+    b1, b2 = _arm_betas(arm, params)
+    if params.optimizer == "adam":
+        return AccumAdam(weights, lr=params.lr, betas=(b1, b2), accum_steps=k, weight_decay=params.weight_decay)
+    return AccumSGDM(weights, lr=params.lr, momentum=b1, accum_steps=k, weight_decay=params.weight_decay)
+
+
+def _batches(rng: np.random.Generator, n: int, size: int) -> Iterator[np.ndarray]:
+    """Endless micro-batches of row indices: reshuffled epochs, a batch may straddle two of them."""
+    order, pos = rng.permutation(n), 0
+    while True:
+        take = []
+        need = size
+        while need:
+            if pos == n:
+                order, pos = rng.permutation(n), 0
+            chunk = order[pos:pos + need]
+            take.append(chunk)
+            pos += len(chunk)
+            need -= len(chunk)
+        yield np.concatenate(take)
+
+
+@torch.no_grad()
+def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy (nats) and accuracy over all rows, in chunks."""
+    loss = correct = 0.0
+    for i in range(0, len(x), EVAL_CHUNK):
+        logits = model(x[i:i + EVAL_CHUNK])
+        loss += float(F.cross_entropy(logits, y[i:i + EVAL_CHUNK], reduction="sum"))
+        correct += float((logits.argmax(1) == y[i:i + EVAL_CHUNK]).sum())
+    return loss / len(x), correct / len(x)
+
+
+def _train(arm: str, params: MomentumAccumulationParams, model: torch.nn.Module, data: dict,
+           rng: np.random.Generator, eval_steps: set[int], ctx: RunContext, report) -> dict:
+    """One arm, one seed: returns its curves, the persistent optimizer bytes and the final flat weights."""
+    k = params.accum_steps
+    opt = _optimizer(arm, params, model.parameters())
+    stock_chi = arm in ("beta_tilde_lr_chi", "lr_chi_only")
+    batches = _batches(rng, len(data["x"]), params.micro_batch)
+    curves = {"train_loss": [], "heldout_loss": [], "heldout_accuracy": []}
+    buffer_bytes = 0
+
+    def evaluate():
+        curves["train_loss"].append(_evaluate(model, data["probe_x"], data["probe_y"])[0])
+        loss, acc = _evaluate(model, data["hold_x"], data["hold_y"])
+        curves["heldout_loss"].append(loss)
+        curves["heldout_accuracy"].append(acc)
+
+    evaluate()
+    for t in range(1, params.steps + 1):
+        ctx.check_cancelled()
+        idx = torch.from_numpy(next(batches)).to(data["x"].device)
+        loss = F.cross_entropy(model(data["x"][idx]), data["y"][idx])
+        if arm == "explicit_buffer":
+            (loss / k).backward()
+            if t % k == 0:
+                buffer_bytes = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters())
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        else:
+            if stock_chi:
+                for group in opt.param_groups:
+                    group["lr"] = params.lr if t % k == 0 else 0.0
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if t in eval_steps:
+            evaluate()
+            report(t / params.steps)
+    updates = params.steps if arm == "per_micro_batch" else params.steps // k
+    return {**curves, "state_bytes": state_bytes(opt) + buffer_bytes, "updates": updates,
+            "weights": torch.cat([p.detach().flatten() for p in model.parameters()])}
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _stats(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample sd (None for one seed, or when a run diverged)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        return None, None
+    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else None)
+
+
+def _plot(arms: dict, eval_steps: list[int], params: MomentumAccumulationParams) -> bytes:
+    fig, ax = new_figure(14.0, 4.5)
+    ax.remove()
+    ax_train, ax_hold, ax_acc = fig.subplots(1, 3)
+    names = list(arms)
+    for i, (arm, res) in enumerate(arms.items()):
+        colour = f"C{i}"
+        curves = res["_curves"]
+        ax_train.plot(eval_steps, np.mean(curves["train_loss"], axis=0), color=colour, label=arm)
+        hold = np.asarray(curves["heldout_loss"])
+        mean = hold.mean(axis=0)
+        ax_hold.plot(eval_steps, mean, color=colour, label=arm)
+        if len(hold) > 1:
+            sd = hold.std(axis=0, ddof=1)
+            ax_hold.fill_between(eval_steps, mean - sd, mean + sd, color=colour, alpha=0.15)
+        acc = np.asarray(res["final_heldout_accuracies"])
+        ax_acc.bar(i, acc.mean(), yerr=acc.std(ddof=1) if len(acc) > 1 else None, color=colour, capsize=4)
+    for a, title in ((ax_train, "train loss (probe of train rows)"), (ax_hold, "held-out loss (mean ± sd)")):
+        a.set_xlabel(f"micro-step (micro-batches of {params.micro_batch} seen)")
+        a.set_ylabel("cross-entropy (nats)")
+        a.set_title(title)
+        a.legend(fontsize=8)
+    ax_acc.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
+    ax_acc.set_ylabel("final held-out accuracy (fraction)")
+    ax_acc.set_title(f"{params.optimizer}, k={params.accum_steps}, {params.seeds} seed(s)")
+    return to_png(fig)
+
+
+def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
+    arrays = load_arrays(params.dataset, ctx)
+    if "y" not in arrays:
+        raise ValueError("dataset: needs integer labels y for classification")
+    x = np.asarray(arrays["x"], dtype=np.float64)
+    y = np.asarray(arrays["y"]).astype(np.int64)
+    if x.ndim != 2 or y.shape != (len(x),) or y.min() < 0:
+        raise ValueError("dataset: x must be (n, d) and y (n,) with labels >= 0")
+    classes = int(y.max()) + 1
+    check_budget(params, len(x), x.shape[1], classes)
+
+    split = np.random.default_rng(ctx.seed).permutation(len(x))
+    n_hold = max(1, int(round(params.holdout * len(x))))
+    hold, train = split[:n_hold], split[n_hold:]
+    if len(train) < params.micro_batch:
+        raise ValueError(f"micro_batch: larger than the {len(train)} training rows")
+    centre, scale = x[train].mean(), x[train].std() + 1e-8
+    dtype = torch.float64 if params.dtype == "float64" else torch.float32
+
+    def tensor(a, dt=dtype):
+        return torch.as_tensor(a, dtype=dt, device=ctx.device)
+
+    xs = (x - centre) / scale
+    data = {"x": tensor(xs[train]), "y": tensor(y[train], torch.int64),
+            "probe_x": tensor(xs[train[:TRAIN_PROBE]]), "probe_y": tensor(y[train[:TRAIN_PROBE]], torch.int64),
+            "hold_x": tensor(xs[hold]), "hold_y": tensor(y[hold], torch.int64)}
+
+    eval_steps = sorted(set(range(params.eval_every, params.steps + 1, params.eval_every)) | {params.steps})
+    eval_set = set(eval_steps)
+    eval_steps = [0] + eval_steps
+    arms_run = [a for a in ARMS if a in params.arms]
+    total = len(arms_run) * params.seeds
+    seeds = np.random.SeedSequence(ctx.seed).spawn(params.seeds)
+    explicit_weights: list[torch.Tensor] = []
+    arms: dict[str, dict] = {}
+    n_params = 0
+    for a_i, arm in enumerate(arms_run):
+        runs = []
+        for s_i, seq in enumerate(seeds):
+            done = a_i * params.seeds + s_i
+            ctx.progress(done / total, f"{arm}: seed {s_i + 1}/{params.seeds}")
+            gen = torch.Generator().manual_seed(int(seq.generate_state(1)[0]))
+            model = _model(params, x.shape[1], classes, gen).to(device=ctx.device, dtype=dtype)
+            n_params = sum(p.numel() for p in model.parameters())
+
+            def report(frac, done=done, arm=arm, s_i=s_i):
+                ctx.progress((done + frac) / total, f"{arm}: seed {s_i + 1}/{params.seeds}")
+
+            runs.append(_train(arm, params, model, data, np.random.default_rng(seq), eval_set, ctx, report))
+        if arm == "explicit_buffer":
+            explicit_weights = [r["weights"] for r in runs]
+        identity = None
+        if explicit_weights:
+            identity = _finite(max(float((r["weights"] - w).abs().max()) for r, w in zip(runs, explicit_weights)))
+        curves = {key: [r[key] for r in runs] for key in ("train_loss", "heldout_loss", "heldout_accuracy")}
+        means = {key: np.mean(v, axis=0) for key, v in curves.items()}
+        for j, step in enumerate(eval_steps):
+            for key, series in means.items():
+                if math.isfinite(series[j]):
+                    ctx.metric(step, f"{arm}/{key}", float(series[j]))
+        final_acc = [r["heldout_accuracy"][-1] for r in runs]
+        acc_mean, acc_sd = _stats(final_acc)
+        loss_mean, loss_sd = _stats([r["heldout_loss"][-1] for r in runs])
+        hold_sd = np.std(curves["heldout_loss"], axis=0, ddof=1) if len(runs) > 1 else None
+        arms[arm] = {
+            "betas": list(_arm_betas(arm, params)) if params.optimizer == "adam" else [_arm_betas(arm, params)[0]],
+            "updates": runs[0]["updates"],
+            "state_bytes": runs[0]["state_bytes"],
+            "train_loss": [_finite(v) for v in means["train_loss"]],
+            "heldout_loss": [_finite(v) for v in means["heldout_loss"]],
+            "heldout_loss_sd": None if hold_sd is None else [_finite(v) for v in hold_sd],
+            "heldout_accuracy": [_finite(v) for v in means["heldout_accuracy"]],
+            "final_heldout_accuracy_mean": acc_mean,
+            "final_heldout_accuracy_sd": acc_sd,
+            "final_heldout_accuracies": [float(v) for v in final_acc],
+            "final_heldout_loss_mean": loss_mean,
+            "final_heldout_loss_sd": loss_sd,
+            "identity_error_vs_explicit": identity if arm != "explicit_buffer" else None,
+            "_curves": curves,
+        }
+    ctx.progress(1.0, "plotting")
+    ctx.artifact("curves.png", _plot(arms, eval_steps, params), "image/png")
+    for res in arms.values():
+        del res["_curves"]
+    ranked = [a for a in arms if arms[a]["final_heldout_accuracy_mean"] is not None]
+    item = 8 if params.dtype == "float64" else 4
+    return {
+        "optimizer": params.optimizer,
+        "model": params.model,
+        "accum_steps": params.accum_steps,
+        "micro_batch": params.micro_batch,
+        "steps": params.steps,
+        "dtype": params.dtype,
+        "n_params": n_params,
+        "param_bytes": n_params * item,
+        "eval_steps": eval_steps,
+        "arms": arms,
+        "best_arm": max(ranked, key=lambda a: arms[a]["final_heldout_accuracy_mean"]) if ranked else None,
+    }
+
+
+KIND = Kind(
+    name="momentum_accumulation",
+    description="gradient accumulation inside the momentum (no buffer) vs explicit accumulation and per-batch updates",
+    params=MomentumAccumulationParams,
+    run=run,
+    example={"dataset": "digits", "model": "mlp", "hidden": 32, "optimizer": "sgdm", "betas": [0.9, 0.999],
+             "lr": 0.5, "accum_steps": 8, "micro_batch": 4, "steps": 480, "seeds": 2, "eval_every": 40,
+             "dtype": "float64"},
+)

@@ -1,0 +1,333 @@
+"""Job kind ``vae_density``: a log-likelihood for each sample, by importance sampling through a trained VAE.
+
+TECHNIQUES.md §6. The VAE is trained with the ELBO (train_k = 1) or the IWAE bound (train_k > 1); then, on a train
+subset and on held-out rows it never saw, L_K = logsumexp_k log w_k − log K is reported for every K in ``eval_k``
+(fresh, independent draws per K), in nats and bits/dim, with the effective sample size as a tightness diagnostic.
+On ``linear_gaussian`` (p(z) = N(0, I), p(x|z) = N(Az + c, σ²I) with known A, c, σ) the exact log p(x) sits beside them.
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import Annotated, Literal
+from uuid import UUID
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from core.data import load_arrays, load_builtin
+from core.plots import new_figure, to_png
+from core.techniques.base import Kind, Params, RunContext
+from core.vae import VAE, LinearGaussian, bits_per_dim
+
+KIND_BUILTINS = ("linear_gaussian", "digits_binarized", "digits_dequantized")
+# The likelihood each built-in data set calls for; any other choice is refused (a Gaussian density on binary or
+# integer data is unbounded, a Bernoulli one is not a density on reals, dequantization needs 8-bit integers).
+BUILTIN_LIKELIHOOD = {"linear_gaussian": "gaussian", "digits_binarized": "bernoulli",
+                      "digits_dequantized": "dequantized", "digits": "gaussian", "clusters": "gaussian"}
+BUILTIN_DIM = {"digits_binarized": 64, "digits_dequantized": 64, "digits": 64, "clusters": 16}
+BUILTIN_ROWS = {"digits_binarized": 1797, "digits_dequantized": 1797, "digits": 1797, "clusters": 2000}
+LEVELS = 256  # dequantized data are 8-bit: integers 0..255
+MEMORY_LIMIT_BYTES = 4 * 1024 ** 3
+FLOP_LIMIT = 2e13
+EVAL_CHUNK_BYTES = 256 * 1024 ** 2  # activation memory of one importance-sampling chunk
+EVAL_BATCH = 256  # data rows per evaluation batch (cancellation is checked between batches)
+MONITOR_ROWS = 256
+MONITOR_POINTS = 20
+
+
+class VaeDensityParams(Params):
+    dataset: Literal["linear_gaussian", "digits_binarized", "digits_dequantized", "digits", "clusters"] | UUID = Field(
+        "linear_gaussian", description="Built-in data set or the UUID of an uploaded one (x: (n, D)).")
+    likelihood: Literal["auto", "bernoulli", "gaussian", "dequantized"] = Field(
+        "auto", description="auto: the data set's own (uploads: binary -> bernoulli, integers 0..255 -> dequantized, "
+                            "else gaussian).")
+    fixed_sigma: float | None = Field(None, ge=1e-3, le=1e3,
+                                      description="Gaussian decoder σ; None learns one σ per dimension.")
+    latent_dim: int = Field(2, ge=1, le=256)
+    hidden: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=lambda: [64, 64], max_length=4, description="MLP widths; [] makes encoder/decoder affine.")
+    train_k: int = Field(1, ge=1, le=64, description="1: ELBO training; >1: IWAE bound with that many samples.")
+    steps: int = Field(2000, ge=1, le=100_000)
+    batch_size: int = Field(128, ge=1, le=1024)
+    lr: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate.")
+    eval_k: list[Annotated[int, Field(ge=1, le=5000)]] = Field(
+        default_factory=lambda: [1, 10, 100, 1000], min_length=1, max_length=8,
+        description="Importance-sample counts K to evaluate, strictly increasing.")
+    heldout_fraction: float = Field(0.2, ge=0.05, le=0.5)
+    eval_samples: int = Field(500, ge=1, le=5000, description="At most this many rows evaluated per split.")
+    synthetic_n: int = Field(2000, ge=20, le=100_000, description="linear_gaussian: number of rows.")
+    synthetic_dim: int = Field(8, ge=1, le=256, description="linear_gaussian: data dimension D.")
+    synthetic_latent: int = Field(2, ge=1, le=64, description="linear_gaussian: true latent dimension.")
+    synthetic_sigma: float = Field(0.5, ge=0.01, le=10.0, description="linear_gaussian: true noise σ.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "VaeDensityParams":
+        if any(b <= a for a, b in zip(self.eval_k, self.eval_k[1:])):
+            raise ValueError("eval_k: must be strictly increasing")
+        if isinstance(self.dataset, str):
+            wanted = BUILTIN_LIKELIHOOD[self.dataset]
+            if self.likelihood not in ("auto", wanted):
+                raise ValueError(f"likelihood: {self.dataset} needs {wanted!r} (or 'auto'), not {self.likelihood!r}")
+            if wanted == "bernoulli" and self.fixed_sigma is not None:
+                raise ValueError("fixed_sigma: a Bernoulli likelihood has no variance")
+            check_budget(self, self.data_dim_if_known())
+        if self.likelihood == "bernoulli" and self.fixed_sigma is not None:
+            raise ValueError("fixed_sigma: a Bernoulli likelihood has no variance")
+        return self
+
+    def data_dim_if_known(self) -> int | None:
+        if self.dataset == "linear_gaussian":
+            return self.synthetic_dim
+        return BUILTIN_DIM.get(self.dataset) if isinstance(self.dataset, str) else None
+
+    def rows_if_known(self) -> int | None:
+        if self.dataset == "linear_gaussian":
+            return self.synthetic_n
+        return BUILTIN_ROWS.get(self.dataset) if isinstance(self.dataset, str) else None
+
+
+def _layer_flops(sizes: list[int]) -> float:
+    return 2.0 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def check_budget(p: VaeDensityParams, data_dim: int | None) -> None:
+    """Refuse a job whose training activations exceed ~4 GiB or whose total work exceeds FLOP_LIMIT.
+
+    Evaluation memory is bounded by chunking (EVAL_CHUNK_BYTES); its work is Σ_K K decoder passes per row and split.
+    Uploads are checked in ``run`` once D is known.
+    """
+    if data_dim is None:
+        return
+    enc = _layer_flops([data_dim, *p.hidden, 2 * p.latent_dim])
+    dec = _layer_flops([p.latent_dim, *reversed(p.hidden), data_dim])
+    width = 2 * sum(p.hidden) + 2 * data_dim + 3 * p.latent_dim
+    train_rows = p.batch_size * p.train_k
+    train_bytes = 4 * 4 * train_rows * width  # forward activations, their grads and temporaries
+    if train_bytes > MEMORY_LIMIT_BYTES:
+        raise ValueError(f"batch_size: batch_size x train_k x width needs ~{train_bytes / 2**30:.1f} GiB, over 4 GiB")
+    rows = p.rows_if_known()
+    if rows is not None and 4 * rows * data_dim > MEMORY_LIMIT_BYTES // 4:
+        raise ValueError("synthetic_n: the data set would not fit a worker's memory")
+    train_flops = 3.0 * p.steps * p.batch_size * (enc + p.train_k * dec)
+    eval_flops = 2.0 * p.eval_samples * sum(k * dec + enc for k in p.eval_k)
+    if train_flops + eval_flops > FLOP_LIMIT:
+        if train_flops >= eval_flops:
+            raise ValueError(f"steps: training needs ~{train_flops:.1e} FLOP (steps x batch_size x train_k x model), "
+                             f"over the {FLOP_LIMIT:.0e} budget")
+        raise ValueError(f"eval_k: evaluation needs ~{eval_flops:.1e} FLOP (eval_samples x sum(eval_k) x model), "
+                         f"over the {FLOP_LIMIT:.0e} budget")
+
+
+def _num(value) -> float | None:
+    """A plain float, or None where it is not finite (JSON has no NaN)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _load(p: VaeDensityParams, ctx: RunContext) -> tuple[np.ndarray, str, LinearGaussian | None]:
+    """Rows x (n, D) as float32, the likelihood to use, and the true model for linear_gaussian."""
+    if p.dataset == "linear_gaussian":
+        gen = torch.Generator().manual_seed(ctx.seed)
+        truth = LinearGaussian.random(p.synthetic_dim, p.synthetic_latent, p.synthetic_sigma, gen)
+        return truth.sample(p.synthetic_n, gen).float().numpy(), "gaussian", truth
+    if p.dataset in ("digits_binarized", "digits_dequantized"):
+        pixels = load_builtin("digits", ctx.seed)["x"].astype(np.float64)
+        if p.dataset == "digits_binarized":  # one stochastic binarization, fixed by the seed
+            rng = np.random.default_rng(ctx.seed)
+            return (rng.random(pixels.shape) < pixels).astype(np.float32), "bernoulli", None
+        return np.round(pixels * (LEVELS - 1)).astype(np.float32), "dequantized", None  # 0..16 -> 8-bit 0..255
+    x = np.asarray(load_arrays(p.dataset, ctx)["x"], dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 4 or x.shape[1] < 1:
+        raise ValueError(f"dataset: x must be (n >= 4, D >= 1), got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("dataset: x contains NaN or infinity")
+    binary = bool(np.all((x == 0) | (x == 1)))
+    eight_bit = bool(np.all((x == np.round(x)) & (x >= 0) & (x <= LEVELS - 1)))
+    likelihood = p.likelihood
+    if likelihood == "auto":
+        likelihood = "bernoulli" if binary else "dequantized" if eight_bit else "gaussian"
+    elif likelihood == "bernoulli" and not binary:
+        raise ValueError("likelihood: bernoulli needs x in {0, 1}")
+    elif likelihood == "dequantized" and not eight_bit:
+        raise ValueError("likelihood: dequantized needs integer x in 0..255")
+    if likelihood == "bernoulli" and p.fixed_sigma is not None:
+        raise ValueError("fixed_sigma: a Bernoulli likelihood has no variance")
+    check_budget(p, x.shape[1])
+    return x.astype(np.float32), likelihood, None
+
+
+def _evaluate(model: VAE, x: torch.Tensor, ks: list[int], gen: torch.Generator, ctx: RunContext,
+              span: tuple[float, float], label: str) -> dict:
+    """Per-row L_K for every K (independent draws per K) plus the ELBO and ESS from the largest-K pass."""
+    width = 2 * sum(layer.out_features for layer in model.decoder if isinstance(layer, torch.nn.Linear))
+    chunk_rows = max(1, EVAL_CHUNK_BYTES // (4 * (width + model.latent_dim + model.data_dim)))
+    per_k: dict[int, torch.Tensor] = {}
+    elbo = ess = None
+    total_work, work = float(sum(ks)), 0.0
+    for k in ks:
+        values, elbos, esss = [], [], []
+        for start in range(0, x.shape[0], EVAL_BATCH):
+            ctx.check_cancelled()
+            batch = x[start:start + EVAL_BATCH]
+            stats = model.importance_statistics(batch, k, max(1, chunk_rows // batch.shape[0]), gen)
+            values.append(stats.log_likelihood)
+            elbos.append(stats.elbo)
+            esss.append(stats.ess)
+        per_k[k] = torch.cat(values).double().cpu()
+        elbo, ess = torch.cat(elbos).double().cpu(), torch.cat(esss).double().cpu()
+        work += k
+        ctx.progress(span[0] + (span[1] - span[0]) * work / total_work, f"{label}: L_{k} done")
+    return {"per_k": per_k, "elbo": elbo, "ess_last": ess}
+
+
+def _summary(ev: dict, dim: int, exact: torch.Tensor | None, k_max: int) -> dict:
+    n = ev["elbo"].shape[0]
+    out = {"n_rows": n,
+           "elbo_nats": _num(ev["elbo"].mean()),
+           "elbo_bits_per_dim": _num(bits_per_dim(ev["elbo"].mean(), dim)),
+           "exact_nats": None if exact is None else _num(exact.mean()),
+           "exact_bits_per_dim": None if exact is None else _num(bits_per_dim(exact.mean(), dim)),
+           "ess_fraction_at_max_k": _num(ev["ess_last"].mean() / k_max),
+           "bounds": []}
+    for k, values in ev["per_k"].items():
+        stderr = values.std(unbiased=True) / math.sqrt(n) if n > 1 else torch.tensor(float("nan"))
+        out["bounds"].append({"k": k, "nats": _num(values.mean()), "stderr_nats": _num(stderr),
+                              "bits_per_dim": _num(bits_per_dim(values.mean(), dim)),
+                              "gap_to_exact_nats": None if exact is None else _num((exact - values).mean())})
+    return out
+
+
+def _plot_bounds(summaries: dict, title: str) -> bytes:
+    fig, ax = new_figure()
+    colours = {"train": "tab:blue", "heldout": "tab:orange"}
+    for split, s in summaries.items():
+        ks = [b["k"] for b in s["bounds"]]
+        means = [np.nan if b["nats"] is None else b["nats"] for b in s["bounds"]]
+        errs = [0.0 if b["stderr_nats"] is None else b["stderr_nats"] for b in s["bounds"]]
+        ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3, color=colours[split], label=f"{split}: L_K")
+        if s["elbo_nats"] is not None:
+            ax.axhline(s["elbo_nats"], color=colours[split], linestyle="--", linewidth=1, label=f"{split}: ELBO")
+        if s["exact_nats"] is not None:
+            ax.axhline(s["exact_nats"], color=colours[split], linestyle=":", linewidth=1.5,
+                       label=f"{split}: exact log p(x)")
+    ax.set_xscale("log")
+    ax.set_xlabel("K (importance samples per row, log scale)")
+    ax.set_ylabel("mean log-likelihood estimate (nats/sample)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return to_png(fig)
+
+
+def _plot_training(train_loss: list[float], monitor: list[tuple[int, float]]) -> bytes:
+    fig, ax = new_figure()
+    ax.plot(np.arange(1, len(train_loss) + 1), train_loss, linewidth=0.8, alpha=0.7, label="train: −bound (batch)")
+    if monitor:
+        steps, values = zip(*monitor)
+        ax.plot(steps, values, marker="o", label="held-out: −ELBO")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("negative bound (nats/sample)")
+    ax.set_title("VAE training")
+    ax.legend()
+    return to_png(fig)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def run(params: VaeDensityParams, ctx: RunContext) -> dict:
+    x_np, likelihood, truth = _load(params, ctx)
+    n, dim = x_np.shape
+    device = ctx.device
+    order = np.random.default_rng(ctx.seed).permutation(n)
+    n_heldout = min(n - 1, max(1, int(round(params.heldout_fraction * n))))
+    heldout_idx, train_idx = order[:n_heldout], order[n_heldout:]
+
+    x_all = torch.from_numpy(x_np).to(device)
+    x_train, x_heldout = x_all[torch.from_numpy(train_idx).to(device)], x_all[torch.from_numpy(heldout_idx).to(device)]
+    # Three independent streams: training (batches, reparameterization, dequantization), monitoring, final evaluation.
+    train_gen = torch.Generator(device=device).manual_seed(ctx.seed)
+    monitor_gen = torch.Generator(device=device).manual_seed(ctx.seed + 1_000_003)
+    eval_gen = torch.Generator(device=device).manual_seed(ctx.seed + 2_000_003)
+    init_gen = torch.Generator().manual_seed(ctx.seed)
+
+    model = VAE(dim, params.latent_dim, params.hidden, likelihood, params.fixed_sigma, LEVELS, generator=init_gen)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
+
+    def model_input(v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return model.dequantize(v, gen) if likelihood == "dequantized" else v
+
+    monitor_x = model_input(x_heldout[:MONITOR_ROWS], monitor_gen)
+    monitor_every = max(1, params.steps // MONITOR_POINTS)
+    train_loss: list[float] = []
+    monitor: list[tuple[int, float]] = []
+    batch_size = min(params.batch_size, x_train.shape[0])
+    for step in range(1, params.steps + 1):
+        ctx.check_cancelled()
+        idx = torch.randint(0, x_train.shape[0], (batch_size,), generator=train_gen, device=device)
+        loss = model.loss(model_input(x_train[idx], train_gen), params.train_k, train_gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        train_loss.append(float(loss.detach()))
+        ctx.metric(step, "train_loss", train_loss[-1])
+        if step % monitor_every == 0 or step == params.steps:
+            with torch.no_grad():
+                value = float(model.loss(monitor_x, 1, monitor_gen))
+            monitor.append((step, value))
+            ctx.metric(step, "heldout_neg_elbo", value)
+            ctx.progress(0.7 * step / params.steps, f"step {step}/{params.steps}")
+
+    model.eval()
+    splits = {"train": train_idx[:params.eval_samples], "heldout": heldout_idx[:params.eval_samples]}
+    summaries, evaluations, exact_by_split = {}, {}, {}
+    with torch.no_grad():
+        for i, (split, rows) in enumerate(splits.items()):
+            x_split = model_input(x_all[torch.from_numpy(rows).to(device)], eval_gen)
+            span = (0.7 + 0.15 * i, 0.85 + 0.15 * i)
+            evaluations[split] = _evaluate(model, x_split, params.eval_k, eval_gen, ctx, span, split)
+            exact_by_split[split] = None if truth is None else truth.log_marginal(torch.from_numpy(x_np[rows]).double())
+            summaries[split] = _summary(evaluations[split], dim, exact_by_split[split], params.eval_k[-1])
+    for split, summary in summaries.items():
+        for bound in summary["bounds"]:
+            if bound["nats"] is not None:
+                ctx.metric(bound["k"], f"{split}_log_likelihood_vs_k", bound["nats"])
+
+    k_max = params.eval_k[-1]
+    held = evaluations["heldout"]["per_k"][k_max].numpy()
+    columns = ["row_index", f"log_px_L{k_max}_nats", "bits_per_dim"]
+    table = [splits["heldout"].astype(np.float64), held, held / -(dim * math.log(2.0))]
+    if truth is not None:
+        columns.append("exact_log_px_nats")
+        table.append(exact_by_split["heldout"].numpy())
+    ctx.artifact("heldout_log_px.npy", _npy(np.stack(table, axis=1)), "application/x-npy")
+    title = f"L_K vs K: {params.dataset} ({likelihood}, train_k={params.train_k})"
+    ctx.artifact("lk_vs_k.png", _plot_bounds(summaries, title), "image/png")
+    ctx.artifact("training.png", _plot_training(train_loss, monitor), "image/png")
+    ctx.progress(1.0, "done")
+
+    sigma = None if model.log_sigma is None else [_num(s) for s in model.sigma().detach().cpu()]
+    return {"dataset": str(params.dataset), "likelihood": likelihood, "data_dim": dim, "n_train": int(len(train_idx)),
+            "n_heldout": int(n_heldout), "train_k": params.train_k, "eval_k": list(params.eval_k),
+            "final_train_loss": _num(np.mean(train_loss[-max(1, len(train_loss) // 10):])),
+            "final_heldout_neg_elbo": _num(monitor[-1][1]),
+            "decoder_sigma": sigma,
+            "true_sigma": None if truth is None else truth.sigma,
+            "train": summaries["train"], "heldout": summaries["heldout"],
+            "heldout_npy_columns": columns}
+
+
+KIND = Kind(
+    name="vae_density",
+    description="Per-sample log p(x) by importance sampling through a VAE (ELBO vs IWAE L_K, nats and bits/dim).",
+    params=VaeDensityParams,
+    run=run,
+    example={"dataset": "linear_gaussian", "synthetic_dim": 6, "synthetic_latent": 2, "synthetic_n": 1500,
+             "latent_dim": 2, "hidden": [32], "train_k": 1, "steps": 1500, "batch_size": 128, "lr": 0.01,
+             "eval_k": [1, 10, 100, 1000], "eval_samples": 200},
+)

@@ -1,0 +1,133 @@
+"""The RunContext a worker hands to a technique: buffered metrics, heartbeats and cancellation, backed by SQL.
+
+A background thread does all periodic database work (heartbeat, progress, metric batches) and learns from the
+same compare-and-set whether the job was cancelled or taken away, so ``check_cancelled`` costs no I/O.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+import uuid
+
+import numpy as np
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from core.jobs import store
+from core.jobs.models import Dataset
+from core.jobs.states import JobStatus
+from core.settings import Settings
+from core.techniques.base import JobCancelled, JobTimedOut
+
+log = logging.getLogger(__name__)
+
+
+class JobLost(Exception):
+    """The job is no longer this attempt's (the sweeper re-queued it, or it finished elsewhere)."""
+
+
+class DbRunContext:
+    def __init__(self, sessions: sessionmaker, settings: Settings, job_id: uuid.UUID, attempt: int,
+                 seed: int, device: torch.device, timeout_s: float):
+        self.sessions = sessions
+        self.settings = settings
+        self.job_id = job_id
+        self.attempt = attempt
+        self.seed = seed
+        self.device = device
+        self.timeout_s = timeout_s
+        self._started = time.monotonic()
+        self._lock = threading.Lock()
+        self._rows: list[tuple[int, str, float | None]] = []
+        self._progress: tuple[float, str] | None = None
+        self._stopped_by: type[Exception] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat_loop, name=f"heartbeat-{job_id}", daemon=True)
+
+    # --- RunContext -------------------------------------------------------------------------------------------
+    def progress(self, fraction: float, message: str = "") -> None:
+        with self._lock:
+            self._progress = (min(max(float(fraction), 0.0), 1.0), message[:500])
+
+    def metric(self, step: int, name: str, value: float) -> None:
+        v = float(value)
+        with self._lock:
+            self._rows.append((int(step), name[:128], v if np.isfinite(v) else None))
+            backlog = len(self._rows)
+        if backlog >= 20 * self.settings.metric_flush_rows:
+            self.flush()  # back-pressure: a technique logging faster than the database takes rows waits here
+
+    def artifact(self, name: str, data: bytes, media_type: str) -> None:
+        if len(data) > self.settings.max_artifact_bytes:
+            raise ValueError(f"artifact {name!r} is {len(data)} bytes, over the {self.settings.max_artifact_bytes} cap")
+        with self.sessions() as s:
+            if not store.put_artifact(s, self.job_id, self.attempt, name, data, media_type):
+                self._learn_why_not_ours()
+        self.check_cancelled()
+
+    def check_cancelled(self) -> None:
+        if self._stopped_by is not None:
+            raise self._stopped_by(f"job {self.job_id} stopped")
+        if time.monotonic() - self._started > self.timeout_s:
+            raise JobTimedOut(f"job ran past its timeout_s={self.timeout_s:g}")
+
+    def load_dataset(self, dataset_id: str) -> dict[str, np.ndarray]:
+        with self.sessions() as s:
+            blob = s.scalar(select(Dataset.data).where(Dataset.id == uuid.UUID(dataset_id)))
+        if blob is None:
+            raise LookupError(f"dataset {dataset_id} not found")
+        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the heartbeat thread (idempotent)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def close(self) -> None:
+        """Stop the heartbeat thread and write what is still buffered (raises JobLost/JobCancelled if not ours)."""
+        self.stop()
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            rows, self._rows = self._rows, []
+            progress, self._progress = self._progress, None
+        try:
+            with self.sessions() as s:
+                ok = store.beat(s, self.job_id, self.attempt, progress[0] if progress else None,
+                                progress[1] if progress else None, rows)
+        except Exception:
+            with self._lock:  # keep the rows for the next try, in their order
+                self._rows[:0] = rows
+                self._progress = self._progress or progress
+            raise
+        if not ok:
+            self._learn_why_not_ours()
+            self.check_cancelled()
+
+    def _learn_why_not_ours(self) -> None:
+        with self.sessions() as s:
+            state = store.status_of(s, self.job_id)
+        if state is not None and state[0] == JobStatus.cancelled:
+            self._stopped_by = JobCancelled
+        else:
+            self._stopped_by = JobLost
+
+    def _beat_loop(self) -> None:
+        interval = min(self.settings.heartbeat_interval_s, self.settings.metric_flush_interval_s)
+        while not self._stop.wait(interval):
+            try:
+                self.flush()
+            except (JobCancelled, JobLost):
+                return
+            except Exception as exc:  # the database is briefly unreachable: keep beating, rows stay buffered
+                log.warning("heartbeat for job %s failed: %s", self.job_id, exc)

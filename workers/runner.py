@@ -1,0 +1,115 @@
+"""Running one job: claim, pick the device, run the technique, record the outcome. Called by the Celery task."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import sessionmaker
+
+from core.jobs import store
+from core.jobs.states import JobStatus
+from core.settings import Settings
+from core.techniques import get_kind
+from core.techniques.base import JobCancelled, JobTimedOut
+from workers.context import DbRunContext, JobLost
+
+log = logging.getLogger(__name__)
+
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class DeviceUnavailable(Exception):
+    pass
+
+
+def pick_device(requested: str) -> torch.device:
+    """cpu -> cpu; cuda -> cuda or an error; auto -> cuda when this worker has it."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise DeviceUnavailable("the job asked for device 'cuda' but the worker that took it has no CUDA device")
+    return torch.device("cpu")
+
+
+def _retrying(fn, attempts: int = 30, delay_s: float = 1.0):
+    """Retry a database write through a short outage (e.g. a PostgreSQL restart) so no result is lost."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except OperationalError as exc:
+            if i == attempts - 1:
+                raise
+            log.warning("database write failed (%s); retrying in %.1fs", exc.__class__.__name__, delay_s)
+            time.sleep(delay_s)
+
+
+def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
+    """Run job ``job_id`` if it can be claimed; returns what happened (for logs and tests)."""
+    jid = uuid.UUID(job_id)
+    with sessions() as s:
+        job = _retrying(lambda: store.claim(s, jid, WORKER_NAME))
+    if job is None:
+        return "not-claimed"
+    attempt = job.attempt
+
+    def finish(status: JobStatus, **kw) -> bool:
+        def write():
+            with sessions() as s:
+                return store.finish(s, jid, attempt, status, **kw)
+        return _retrying(write)
+
+    kind = get_kind(job.kind)
+    try:
+        device = pick_device(job.device_requested)
+        params = kind.params.model_validate(job.params)
+    except (DeviceUnavailable, ValidationError) as exc:
+        finish(JobStatus.failed, error_type="invalid_job" if isinstance(exc, ValidationError) else "device_unavailable",
+               error_message=str(exc)[:2000])
+        return "failed"
+    with sessions() as s:
+        store.record_device(s, jid, attempt, str(device))
+
+    torch.manual_seed(job.seed)
+    np.random.seed(job.seed % 2**32)
+    ctx = DbRunContext(sessions, settings, jid, attempt, job.seed, device, job.timeout_s)
+    ctx.start()
+    try:
+        result = kind.run(params, ctx)
+        ctx.close()
+        return "succeeded" if finish(JobStatus.succeeded, result=result) else "lost"
+    except JobCancelled:
+        log.info("job %s cancelled", jid)
+        return "cancelled"
+    except JobLost:
+        log.warning("job %s attempt %d was taken away from this worker; dropping its work", jid, attempt)
+        return "lost"
+    except JobTimedOut as exc:
+        _close_quietly(ctx)
+        finish(JobStatus.failed, error_type="timeout", error_message=str(exc))
+        return "failed"
+    except Exception as exc:
+        log.exception("job %s (%s) failed", jid, job.kind)
+        _close_quietly(ctx)
+        finish(JobStatus.failed, error_type=type(exc).__name__, error_message=str(exc)[:2000] or type(exc).__name__)
+        return "failed"
+    finally:
+        ctx.stop()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _close_quietly(ctx: DbRunContext) -> None:
+    """Write buffered metrics of a failing job; a cancelled or lost job has nothing more to say."""
+    try:
+        ctx.close()
+    except (JobCancelled, JobLost):
+        pass

@@ -1,0 +1,47 @@
+"""The one Celery task, and the worker-process set-up (database engine, sweeper thread)."""
+from __future__ import annotations
+
+import logging
+
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+from core.jobs.db import make_engine, make_sessionmaker
+from core.settings import get_settings
+from workers.app import app
+from workers.publish import RUN_JOB_TASK
+from workers.runner import execute_job
+from workers.sweeper import Sweeper
+
+log = logging.getLogger(__name__)
+_state: dict = {}
+
+
+def _sessions():
+    if "sessions" not in _state:
+        _state["sessions"] = make_sessionmaker(make_engine(get_settings().resolved_database_url))
+    return _state["sessions"]
+
+
+@worker_process_init.connect
+def _fresh_engine(**_):
+    _state.clear()  # never share pooled connections across a fork
+
+
+@worker_ready.connect
+def _start_sweeper(**_):
+    sweeper = Sweeper(_sessions(), get_settings(), app)
+    sweeper.start()
+    _state["sweeper"] = sweeper
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_):
+    if "sweeper" in _state:
+        _state["sweeper"].stopping.set()
+
+
+@app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_job(job_id: str) -> str:
+    outcome = execute_job(_sessions(), get_settings(), job_id)
+    log.info("job %s: %s", job_id, outcome)
+    return outcome
