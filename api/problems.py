@@ -52,11 +52,10 @@ def install(app: FastAPI, kinds: set[str]) -> None:
     async def _invalid(_: Request, exc: RequestValidationError):
         errors = []
         for e in exc.errors():
-            msg = e.get("msg", "invalid")
-            if e.get("type") == "union_tag_invalid":
-                msg = f"unknown kind; expected one of {sorted(kinds)}"
-            errors.append({"field": field_path(tuple(e.get("loc", ())), kinds), "message": msg,
-                           "type": e.get("type", "")})
+            msg, field = e.get("msg", "invalid"), field_path(tuple(e.get("loc", ())), kinds)
+            if e.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+                msg, field = f"missing or unknown kind; expected one of {sorted(kinds)}", "kind"
+            errors.append({"field": field, "message": msg, "type": e.get("type", "")})
         detail = "; ".join(f"{err['field']}: {err['message']}" for err in errors)
         return problem_response(422, detail, errors=errors)
 

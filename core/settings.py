@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in data_dir.")
     broker_url: str | None = Field(default=None, description="Celery broker URL; default: filesystem in data_dir.")
     queues: str = Field(default="cpu,gpu,auto", description="Comma-separated queues a worker consumes.")
+    broker_key_prefix: str = Field(default="", description="Prefix of every Redis key (shared Redis servers).")
 
     heartbeat_interval_s: float = 2.0
     heartbeat_timeout_s: float = 30.0

@@ -42,6 +42,8 @@ def celery_config(settings: Settings) -> dict:
     else:
         conf["broker_transport_options"] = {"visibility_timeout": 3600, "socket_connect_timeout": 3,
                                             "socket_timeout": 5}
+        if settings.broker_key_prefix:
+            conf["broker_transport_options"]["global_keyprefix"] = settings.broker_key_prefix
     return conf
 
 

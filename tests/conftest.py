@@ -1,0 +1,57 @@
+"""Fixtures: a fresh PostgreSQL database and Redis key prefix per test module, and process stacks on them."""
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+
+from tests.stack import REDIS_URL, Stack, create_database, delete_redis_prefix, drop_database
+
+
+@pytest.fixture(scope="module")
+def pg_database():
+    """(name, url) of an empty database at the newest migration, dropped afterwards."""
+    from core.jobs.migrate import upgrade
+
+    name, url = create_database()
+    upgrade(url)
+    yield name, url
+    drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def redis_prefix():
+    prefix = f"gradlab-test-{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    delete_redis_prefix(prefix)
+
+
+@pytest.fixture(scope="module")
+def service_env(pg_database, redis_prefix, tmp_path_factory) -> dict[str, str]:
+    """Production-shaped settings (PostgreSQL + Redis) with fast recovery timings for tests."""
+    return {
+        "GRADLAB_DATABASE_URL": pg_database[1],
+        "GRADLAB_BROKER_URL": REDIS_URL,
+        "GRADLAB_BROKER_KEY_PREFIX": redis_prefix,
+        "GRADLAB_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+        "GRADLAB_HEARTBEAT_INTERVAL_S": "0.5",
+        "GRADLAB_HEARTBEAT_TIMEOUT_S": "4",
+        "GRADLAB_SWEEP_INTERVAL_S": "1",
+        "GRADLAB_REQUEUE_QUEUED_AFTER_S": "10",
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(service_env, tmp_path_factory):
+    s = Stack(env=service_env, log_dir=tmp_path_factory.mktemp("logs"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def api(stack) -> httpx.Client:
+    """An HTTP client for a real API process on the module's stack (no worker started)."""
+    stack.start_api()
+    with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+        yield client
