@@ -78,8 +78,9 @@ class Stack:
         subprocess.run([str(BIN / "gradlab"), "migrate"], env={**os.environ, **self.env}, cwd=ROOT, check=True,
                        capture_output=True)
 
-    def start_api(self, args: list[str] | None = None) -> str:
-        port = free_port()
+    def start_api(self, args: list[str] | None = None, port: int | None = None) -> str:
+        """Start an API process (``args`` must then listen on ``port``); returns its base URL."""
+        port = port or free_port()
         self._spawn(args or [str(BIN / "gradlab"), "api", "--port", str(port)], "api")
         self.api_url = f"http://127.0.0.1:{port}"
         wait_http(self.api_url + "/healthz")

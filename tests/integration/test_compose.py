@@ -1,0 +1,75 @@
+"""docker-compose.yml, run without Docker: its migrate, api and worker-cpu commands with their own environment,
+service host names mapped to this test's PostgreSQL database and Redis prefix; then a job through HTTP."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import yaml
+
+from tests.stack import BIN, REDIS_URL, ROOT, Stack, free_port, wait_job
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def mapped_env(service: str, pg_url: str, prefix: str, data_dir: Path) -> dict[str, str]:
+    env = {}
+    for key, value in COMPOSE["services"][service]["environment"].items():
+        host = urlsplit(value).hostname if "://" in value else None
+        if host == "postgres":
+            value = pg_url
+        elif host == "redis":
+            value = REDIS_URL
+        elif key == "GRADLAB_DATA_DIR":
+            value = str(data_dir)
+        env[key] = value
+    env["GRADLAB_BROKER_KEY_PREFIX"] = prefix
+    return env
+
+
+def native(command: list[str], port: int | None = None) -> list[str]:
+    """The service's command with our installed `gradlab`, bound to loopback on a free port."""
+    cmd = [str(BIN / command[0])] + command[1:]
+    if port is not None:
+        cmd = [{"0.0.0.0": "127.0.0.1", "8000": str(port)}.get(a, a) for a in cmd]
+    return cmd
+
+
+def test_compose_file_has_the_expected_services():
+    services = COMPOSE["services"]
+    assert {"postgres", "redis", "migrate", "api", "worker-cpu", "worker-gpu"} <= set(services)
+    assert services["postgres"]["healthcheck"] and services["redis"]["healthcheck"]
+    gpu = services["worker-gpu"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert "gpu" in gpu["command"][gpu["command"].index("--queues") + 1]
+    assert services["migrate"]["restart"] == "no"
+    assert set(COMPOSE["volumes"]) == {"pgdata", "redisdata"}
+
+
+def test_compose_commands_run_a_job(pg_database, redis_prefix, tmp_path):
+    # pg_database comes migrated; start from an empty one to prove the migrate service does its job.
+    from tests.stack import create_database, drop_database
+
+    name, url = create_database()
+    try:
+        env = mapped_env("migrate", url, redis_prefix, tmp_path)
+        subprocess.run(native(COMPOSE["services"]["migrate"]["command"]), env={**env, "PATH": str(BIN)},
+                       cwd=ROOT, check=True, capture_output=True, timeout=120)
+        stack = Stack(env=mapped_env("api", url, redis_prefix, tmp_path), log_dir=tmp_path)
+        try:
+            port = free_port()
+            stack.start_api(native(COMPOSE["services"]["api"]["command"], port), port)
+            stack.env = mapped_env("worker-cpu", url, redis_prefix, tmp_path)
+            stack.start_worker(args=native(COMPOSE["services"]["worker-cpu"]["command"]))
+            with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+                assert client.get("/readyz").status_code == 200
+                job = client.post("/v1/jobs", json={"kind": "embedding_dim", "params": {"vocab_sizes": [512]}})
+                assert job.status_code == 201
+                done = wait_job(client, job.json()["id"], timeout=120)
+            assert done["status"] == "succeeded" and done["result"]["dimensions"][0]["min_dimension"] == 52
+        finally:
+            stack.stop()
+    finally:
+        drop_database(name)

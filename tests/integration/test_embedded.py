@@ -1,0 +1,42 @@
+"""`gradlab up`: SQLite + filesystem broker, a real worker process (no eager mode), the same code path."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+
+from tests.stack import BIN, ROOT, free_port, wait_http, wait_job
+
+
+def test_gradlab_up_runs_jobs_and_stops_cleanly(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADLAB_")}
+    log = open(tmp_path / "up.log", "wb")
+    proc = subprocess.Popen([str(BIN / "gradlab"), "up", "--port", str(port), "--data-dir", str(tmp_path / "d")],
+                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=90)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            assert client.get("/readyz").status_code == 200
+            ids = [client.post("/v1/jobs", json={"kind": k, "params": p}).json()["id"] for k, p in [
+                ("embedding_dim", {"vocab_sizes": [100000]}),
+                ("init_averaging", {"widths": [100, 10, 100], "batch": 256})]]
+            for job_id in ids:
+                done = wait_job(client, job_id, timeout=120)
+                assert done["status"] == "succeeded", done
+                arts = client.get(f"/v1/jobs/{job_id}/artifacts").json()
+                assert client.get(arts[0]["url"]).content.startswith(b"\x89PNG")
+            assert abs(done["result"]["means"]["geometric"]["predicted_forward_ratio"] - 1.0) < 1e-12
+        assert (tmp_path / "d" / "gradlab.sqlite3").exists()
+        text = (tmp_path / "up.log").read_text()
+        assert f"http://127.0.0.1:{port}" in text and "gradlab.run_job" in text  # a Celery worker ran the task
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        t0 = time.monotonic()
+        proc.wait(timeout=60)
+    assert time.monotonic() - t0 < 60
+    leftover = subprocess.run(["pgrep", "-f", f"--data-dir {tmp_path}"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""
