@@ -101,13 +101,17 @@ class EGStepSize(Optimizer):
             for p, state in zip(params, states):
                 g, prev, log_nu, nu = p.grad, state["prev_grad"], state["log_nu"], state["nu"]
                 if coordinate:
-                    log_nu.add_(prev.mul_(g).mul_(gamma).clamp_(-cap, cap)).clamp_(-bound, bound)
-                elif granularity == "layer":
-                    log_nu.add_((gamma * torch.vdot(prev.flatten(), g.flatten())).clamp_(-cap, cap))
-                    log_nu.clamp_(-bound, bound)
+                    if gamma > 0:  # clamp(g_{t-1} g_t, ±cap/γ), scaled by γ inside add_: one pass fewer
+                        prev.mul_(g).clamp_(-cap / gamma, cap / gamma)
+                        log_nu.add_(prev, alpha=gamma).clamp_(-bound, bound)
+                        torch.exp(log_nu, out=nu)
                 else:
-                    log_nu.copy_(shared)
-                torch.exp(log_nu, out=nu)
+                    if granularity == "layer":
+                        log_nu.add_((gamma * torch.vdot(prev.flatten(), g.flatten())).clamp_(-cap, cap))
+                        log_nu.clamp_(-bound, bound)
+                    else:
+                        log_nu.copy_(shared)
+                    torch.exp(log_nu, out=nu)
                 p.addcmul_(g, nu, value=-lr)
                 prev.copy_(g)
         return loss
@@ -173,11 +177,12 @@ class EGFunnel(Optimizer):
                 shared = (states[0]["log_s"] + (group["gamma_s"] * sum(dots)).clamp_(-cap, cap))
                 shared.clamp_(-bound, bound)
             for p, state, dot in zip(params, states, dots):
-                g = p.grad
-                gain_step = torch.mul(state["m"], g).mul_(group["gamma_p"]).clamp_(-cap, cap)
-                state["log_p"].add_(gain_step).clamp_(-bound, bound)
-                torch.exp(state["log_p"], out=state["p"])
-                state["m"].mul_(group["beta"]).add_(g, alpha=1.0 - group["beta"])
+                g, gamma_p = p.grad, group["gamma_p"]
+                if gamma_p > 0:  # m is read before it is refreshed: the gains use m_{t-1} ⊙ g_t
+                    gain_step = torch.mul(state["m"], g).clamp_(-cap / gamma_p, cap / gamma_p)
+                    state["log_p"].add_(gain_step, alpha=gamma_p).clamp_(-bound, bound)
+                    torch.exp(state["log_p"], out=state["p"])
+                state["m"].lerp_(g, 1.0 - group["beta"])
                 if group["scale"] == "global":
                     state["log_s"].copy_(shared)
                 else:

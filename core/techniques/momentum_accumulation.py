@@ -69,6 +69,8 @@ class MomentumAccumulationParams(Params):
             raise ValueError("eval_every: more than 1000 evaluations per run")
         if self.steps * len(self.arms) * self.seeds > MAX_MICRO_STEPS:
             raise ValueError(f"steps: steps x arms x seeds exceeds {MAX_MICRO_STEPS} micro-steps")
+        if self.model == "cnn" and self.dataset == "clusters":
+            raise ValueError("model: cnn is for image data (digits, or an upload of square images); clusters is not")
         if not isinstance(self.dataset, UUID):
             rows, features, classes = BUILTIN_SHAPES[self.dataset]
             check_budget(self, rows, features, classes)
@@ -232,11 +234,13 @@ def _plot(arms: dict, eval_steps: list[int], params: MomentumAccumulationParams)
     names = list(arms)
     for i, (arm, res) in enumerate(arms.items()):
         colour = f"C{i}"
+        # explicit_buffer drawn wide and pale: chi_exact lies exactly on it (SGDM) and must stay visible.
+        style = {"linewidth": 4.0, "alpha": 0.45} if arm == "explicit_buffer" else {"linewidth": 1.5}
         curves = res["_curves"]
-        ax_train.plot(eval_steps, np.mean(curves["train_loss"], axis=0), color=colour, label=arm)
+        ax_train.plot(eval_steps, np.mean(curves["train_loss"], axis=0), color=colour, label=arm, **style)
         hold = np.asarray(curves["heldout_loss"])
         mean = hold.mean(axis=0)
-        ax_hold.plot(eval_steps, mean, color=colour, label=arm)
+        ax_hold.plot(eval_steps, mean, color=colour, label=arm, **style)
         if len(hold) > 1:
             sd = hold.std(axis=0, ddof=1)
             ax_hold.fill_between(eval_steps, mean - sd, mean + sd, color=colour, alpha=0.15)
@@ -360,6 +364,6 @@ KIND = Kind(
     params=MomentumAccumulationParams,
     run=run,
     example={"dataset": "digits", "model": "mlp", "hidden": 32, "optimizer": "sgdm", "betas": [0.9, 0.999],
-             "lr": 0.5, "accum_steps": 8, "micro_batch": 4, "steps": 480, "seeds": 2, "eval_every": 40,
+             "lr": 0.3, "accum_steps": 8, "micro_batch": 4, "steps": 480, "seeds": 2, "eval_every": 40,
              "dtype": "float64"},
 )

@@ -3,6 +3,7 @@ analogue has the same m and a larger v, β̃^k values, state_dict resumption, an
 from __future__ import annotations
 
 import copy
+import json
 import math
 import uuid
 
@@ -94,7 +95,8 @@ def test_sgdm_first_update_closed_form_is_ema_not_torch_sgd():
 
 
 def test_parameter_without_gradient_decays_like_a_zero_gradient():
-    a, b = torch.nn.Parameter(torch.ones(3, dtype=torch.float64)), torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    a = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
     opt_none = AccumSGDM([a], lr=0.1, momentum=0.9, accum_steps=2)
     opt_zero = AccumSGDM([b], lr=0.1, momentum=0.9, accum_steps=2)
     for t in range(10):
@@ -239,6 +241,7 @@ def test_job_example_end_to_end():
     ctx = LocalContext()
     params = KIND.params(**KIND.example)
     result = KIND.run(params, ctx)
+    json.dumps(result, allow_nan=False)  # plain JSON: no tensors, no NaN
     assert {"optimizer", "accum_steps", "eval_steps", "arms", "best_arm", "n_params", "param_bytes"} <= set(result)
     assert list(result["arms"]) == list(ARMS)
     n_eval = len(result["eval_steps"])
