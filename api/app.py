@@ -4,6 +4,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api import problems
+from api.limits import BodySizeLimit
 from api.routes import datasets, health, jobs, kinds
 from core.jobs.db import make_engine, make_sessionmaker
 from core.settings import Settings, get_settings
@@ -20,6 +21,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.celery = make_celery(settings)
     problems.install(app, set(registry()))
+    app.add_middleware(BodySizeLimit, default_cap=settings.max_request_bytes, upload_cap=settings.max_upload_bytes)
     for module in (jobs, kinds, datasets, health):
         app.include_router(module.router)
     return app

@@ -28,9 +28,18 @@ def migrate() -> None:
 @cli.command()
 def api(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option(1, min=1, max=64)) -> None:
     """Serve the HTTP API with uvicorn."""
+    import ipaddress
+
     import uvicorn
 
-    get_settings().data_dir.mkdir(parents=True, exist_ok=True)
+    settings = get_settings()
+    if settings.auth == "disabled":
+        if not (host == "localhost" or ipaddress.ip_address(host).is_loopback):
+            typer.echo(f"refusing to serve without authentication on {host}: set GRADLAB_AUTH=required "
+                       f"or bind to 127.0.0.1", err=True)
+            raise typer.Exit(2)
+        typer.echo("authentication is DISABLED (GRADLAB_AUTH=disabled): loopback only, every caller is admin")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level="info", access_log=False)
 
@@ -55,6 +64,7 @@ def worker(queues: str = typer.Option(None, help="comma-separated queues; defaul
 def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path = typer.Option(Path("data"))) -> None:
     """Embedded all-in-one: SQLite + filesystem broker in DATA_DIR, migrate, one worker process and the API."""
     os.environ["GRADLAB_DATA_DIR"] = str(data_dir.resolve())
+    os.environ.setdefault("GRADLAB_AUTH", "disabled")
     get_settings.cache_clear()
     migrate()
     worker_proc = subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=os.environ.copy())
@@ -68,6 +78,55 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path = typer.Option(
             worker_proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             worker_proc.kill()
+
+
+keys_cli = typer.Typer(help="Create, list and revoke API keys (stored hashed).", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+
+def _sessions():
+    from core.jobs.db import make_engine, make_sessionmaker
+
+    return make_sessionmaker(make_engine(get_settings().resolved_database_url))
+
+
+@keys_cli.command("create")
+def keys_create(tenant: str = typer.Option(..., help="the tenant the key acts for"),
+                name: str = typer.Option("", help="a label for people"),
+                admin: bool = typer.Option(False, help="may see every tenant's jobs")) -> None:
+    """Print a new key once; only its hash is stored."""
+    from core.jobs.keys import create_key
+
+    with _sessions()() as session:
+        try:
+            row, plain = create_key(session, tenant, name, admin)
+        except ValueError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2)
+    typer.echo(f"id: {row.id}\ntenant: {row.tenant}\nadmin: {row.admin}\nkey: {plain}")
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    from core.jobs.keys import list_keys
+
+    with _sessions()() as session:
+        for k in list_keys(session):
+            state = f"revoked {k.revoked_at.isoformat()}" if k.revoked_at else "active"
+            typer.echo(f"{k.id}  tenant={k.tenant}  admin={k.admin}  {state}  {k.name}")
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    import uuid
+
+    from core.jobs.keys import revoke_key
+
+    with _sessions()() as session:
+        if not revoke_key(session, uuid.UUID(key_id)):
+            typer.echo(f"no active key {key_id}", err=True)
+            raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
 
 
 def _redact(url: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,11 @@ class Settings(BaseSettings):
     metric_flush_rows: int = 2000
     metric_flush_interval_s: float = 1.0
 
+    auth: Literal["required", "disabled"] = Field(
+        default="required", description="'disabled' only for a loopback-bound API (the embedded default).")
+    max_active_jobs_per_tenant: int = 1000
+    submissions_per_minute_per_tenant: int = 6000
+    max_request_bytes: int = 1024 * 1024
     max_upload_bytes: int = 32 * 1024 * 1024
     max_artifact_bytes: int = 64 * 1024 * 1024
     max_timeout_s: int = 24 * 3600

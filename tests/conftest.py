@@ -39,6 +39,7 @@ def service_env(pg_database, redis_prefix, tmp_path_factory) -> dict[str, str]:
         "GRADLAB_HEARTBEAT_TIMEOUT_S": "4",
         "GRADLAB_SWEEP_INTERVAL_S": "1",
         "GRADLAB_REQUEUE_QUEUED_AFTER_S": "10",
+        "GRADLAB_AUTH": "disabled",
     }
 
 

@@ -8,10 +8,12 @@ import uuid
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from sqlalchemy.orm import Session
 
+from api.auth import owns, principal
 from api.deps import db, parse_id
 from api.problems import Problem
 from api.schemas import DatasetOut
 from core.data.uploads import UploadRejected, parse_upload
+from core.jobs.keys import Principal
 from core.jobs.models import Dataset, utcnow
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -25,7 +27,7 @@ def _out(ds: Dataset) -> DatasetOut:
 @router.post("", status_code=201, response_model=DatasetOut,
              responses={413: {"description": "upload too large"}, 422: {"description": "not a dataset"}})
 def upload(request: Request, file: UploadFile = File(...), label_column: str | None = Form(None, max_length=128),
-           session: Session = Depends(db)):
+           session: Session = Depends(db), who: Principal = Depends(principal)):
     cap = request.app.state.settings.max_upload_bytes
     data = file.file.read(cap + 1)
     if len(data) > cap:
@@ -37,7 +39,7 @@ def upload(request: Request, file: UploadFile = File(...), label_column: str | N
         field = str(exc).split(":", 1)[0]
         raise Problem(422, str(exc), errors=[{"field": field, "message": str(exc), "type": "invalid_upload"}])
     blob = parsed.to_npz()
-    ds = Dataset(id=uuid.uuid4(), filename=filename, format=filename.rsplit(".", 1)[-1].lower(),
+    ds = Dataset(id=uuid.uuid4(), tenant=who.tenant, filename=filename, format=filename.rsplit(".", 1)[-1].lower(),
                  rows=int(parsed.x.shape[0]), columns=int(parsed.x.shape[1]), has_labels=parsed.y is not None,
                  size=len(blob), sha256=hashlib.sha256(blob).hexdigest(), data=blob, created_at=utcnow())
     session.add(ds)
@@ -46,8 +48,8 @@ def upload(request: Request, file: UploadFile = File(...), label_column: str | N
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)
-def get_dataset(dataset_id: str, session: Session = Depends(db)):
+def get_dataset(dataset_id: str, session: Session = Depends(db), who: Principal = Depends(principal)):
     ds = session.get(Dataset, parse_id(dataset_id, "dataset"))
-    if ds is None:
+    if ds is None or not owns(who, ds.tenant):
         raise Problem(404, f"dataset {dataset_id} not found")
     return _out(ds)

@@ -1,46 +1,70 @@
 """Jobs: submit, read, list, cancel, metrics and artifacts."""
 from __future__ import annotations
 
+import math
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.auth import owns, principal, visible_tenant
 from api.deps import db, parse_id
 from api.problems import Problem
 from api.schemas import (ArtifactOut, JobOut, JobPage, JobRequest, MetricPage, MetricRow)
 from core.data import uploaded_dataset_ids
 from core.jobs import store
-from core.jobs.models import Artifact, Dataset, Job
+from core.jobs.keys import Principal
+from core.jobs.models import Artifact, Dataset, Job, utcnow
 from core.jobs.states import JobStatus
 from workers.publish import publish
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def _job(session: Session, raw_id: str) -> Job:
+def _job(session: Session, raw_id: str, who: Principal) -> Job:
+    """The job, if it exists and the caller may see it; another tenant's job is a 404 like a missing one."""
     job = session.get(Job, parse_id(raw_id))
-    if job is None:
+    if job is None or not owns(who, job.tenant):
         raise Problem(404, f"job {raw_id} not found")
     return job
+
+
+def _admit(session: Session, settings, tenant: str) -> None:
+    """Per-tenant submission rate and cap on queued+running jobs: 429 with Retry-After."""
+    active = store.active_jobs(session, tenant)
+    if active >= settings.max_active_jobs_per_tenant:
+        raise Problem(429, f"tenant {tenant} has {active} queued or running jobs (limit "
+                           f"{settings.max_active_jobs_per_tenant}); wait for some to finish",
+                      headers={"Retry-After": "5"})
+    window_start = utcnow() - timedelta(seconds=60)
+    recent, oldest = store.submissions_since(session, tenant, window_start)
+    if recent >= settings.submissions_per_minute_per_tenant:
+        wait = max(1, math.ceil(60 - (utcnow() - oldest).total_seconds())) if oldest else 60
+        raise Problem(429, f"tenant {tenant} submitted {recent} jobs in the last minute (limit "
+                           f"{settings.submissions_per_minute_per_tenant})", headers={"Retry-After": str(wait)})
 
 
 @router.post("", status_code=201, response_model=JobOut,
              responses={200: {"description": "replay of an earlier request with the same Idempotency-Key"},
                         409: {"description": "Idempotency-Key reused with another body"}})
 def submit(body: JobRequest, request: Request, response: Response, session: Session = Depends(db),
+           who: Principal = Depends(principal),
            idempotency_key: Annotated[str | None, Header(max_length=255)] = None):
     params = body.params.model_dump(mode="json")
     for ds in uploaded_dataset_ids(body.params):
-        if session.get(Dataset, parse_id(ds, "dataset")) is None:
+        found = session.get(Dataset, parse_id(ds, "dataset"))
+        if found is None or not owns(who, found.tenant):
             raise Problem(422, f"params.dataset: dataset {ds} not found",
                           errors=[{"field": "params.dataset", "message": "no such dataset", "type": "not_found"}])
-    canonical = body.model_dump(mode="json")
+    body_hash = store.request_fingerprint(body.model_dump(mode="json"))
     try:
-        job, created = store.create_job(session, kind=body.kind, params=params, seed=body.seed, device=body.device,
-                                        timeout_s=body.timeout_s, idempotency_key=idempotency_key,
-                                        body_hash=store.request_fingerprint(canonical))
+        if idempotency_key is None or store.find_replay(session, who.tenant, idempotency_key, body_hash) is None:
+            _admit(session, request.app.state.settings, who.tenant)
+        job, created = store.create_job(session, tenant=who.tenant, kind=body.kind, params=params, seed=body.seed,
+                                        device=body.device, timeout_s=body.timeout_s,
+                                        idempotency_key=idempotency_key, body_hash=body_hash)
     except store.IdempotencyConflict as exc:
         raise Problem(409, str(exc)) from None
     if created:
@@ -53,25 +77,27 @@ def submit(body: JobRequest, request: Request, response: Response, session: Sess
 
 
 @router.get("", response_model=JobPage)
-def list_jobs(session: Session = Depends(db), status: JobStatus | None = None,
+def list_jobs(session: Session = Depends(db), who: Principal = Depends(principal),
+              status: JobStatus | None = None,
               kind: Annotated[str | None, Query(max_length=64)] = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50,
               cursor: Annotated[str | None, Query(max_length=200)] = None):
     try:
-        jobs, nxt = store.list_jobs(session, status=status, kind=kind, limit=limit, cursor=cursor)
+        jobs, nxt = store.list_jobs(session, tenant=visible_tenant(who), status=status, kind=kind, limit=limit,
+                                    cursor=cursor)
     except (ValueError, UnicodeDecodeError):
         raise Problem(400, "cursor: not a cursor returned by this API") from None
     return JobPage(items=[JobOut.of(j) for j in jobs], next_cursor=nxt)
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, session: Session = Depends(db)):
-    return JobOut.of(_job(session, job_id))
+def get_job(job_id: str, session: Session = Depends(db), who: Principal = Depends(principal)):
+    return JobOut.of(_job(session, job_id, who))
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={409: {"description": "job already finished"}})
-def cancel_job(job_id: str, session: Session = Depends(db)):
-    job = _job(session, job_id)
+def cancel_job(job_id: str, session: Session = Depends(db), who: Principal = Depends(principal)):
+    job = _job(session, job_id, who)
     try:
         return JobOut.of(store.cancel(session, job.id))
     except store.TransitionRefused as exc:
@@ -79,19 +105,19 @@ def cancel_job(job_id: str, session: Session = Depends(db)):
 
 
 @router.get("/{job_id}/metrics", response_model=MetricPage)
-def metrics(job_id: str, session: Session = Depends(db),
+def metrics(job_id: str, session: Session = Depends(db), who: Principal = Depends(principal),
             name: Annotated[str | None, Query(max_length=128)] = None,
             after_step: Annotated[int | None, Query(ge=-1, le=2**62)] = None,
             cursor: Annotated[int | None, Query(ge=0, le=2**62)] = None,
             limit: Annotated[int, Query(ge=1, le=10000)] = 1000):
-    job = _job(session, job_id)
+    job = _job(session, job_id, who)
     rows, nxt = store.read_metrics(session, job.id, name=name, after_step=after_step, cursor=cursor, limit=limit)
     return MetricPage(items=[MetricRow(step=r.step, name=r.name, value=r.value) for r in rows], next_cursor=nxt)
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
-def list_artifacts(job_id: str, session: Session = Depends(db)):
-    job = _job(session, job_id)
+def list_artifacts(job_id: str, session: Session = Depends(db), who: Principal = Depends(principal)):
+    job = _job(session, job_id, who)
     rows = session.execute(select(Artifact.name, Artifact.media_type, Artifact.size, Artifact.sha256)
                            .where(Artifact.job_id == job.id).order_by(Artifact.name)).all()
     return [ArtifactOut(name=n, media_type=m, size=s, sha256=h, url=f"/v1/jobs/{job.id}/artifacts/{n}")
@@ -100,8 +126,9 @@ def list_artifacts(job_id: str, session: Session = Depends(db)):
 
 @router.get("/{job_id}/artifacts/{name}", response_class=Response,
             responses={200: {"content": {"image/png": {}, "application/json": {}, "application/x-npy": {}}}})
-def get_artifact(job_id: str, name: str, session: Session = Depends(db)):
-    job = _job(session, job_id)
+def get_artifact(job_id: str, name: str, session: Session = Depends(db),
+                 who: Principal = Depends(principal)):
+    job = _job(session, job_id, who)
     art = session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name))
     if art is None:
         raise Problem(404, f"artifact {name!r} not found for job {job_id}")

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,14 +36,22 @@ def request_fingerprint(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def create_job(session: Session, *, kind: str, params: dict, seed: int, device: str, timeout_s: int,
+def find_replay(session: Session, tenant: str, idempotency_key: str, body_hash: str) -> Job | None:
+    """The job an earlier request with this key made; IdempotencyConflict if that request had another body."""
+    earlier = session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key))
+    if earlier is not None and earlier.request_hash != body_hash:
+        raise IdempotencyConflict("Idempotency-Key was already used with a different request body")
+    return earlier
+
+
+def create_job(session: Session, *, tenant: str, kind: str, params: dict, seed: int, device: str, timeout_s: int,
                idempotency_key: str | None = None, body_hash: str | None = None) -> tuple[Job, bool]:
     """Insert a queued job and commit. Returns (job, created); with a known key, the earlier job and False."""
     if idempotency_key is not None:
-        earlier = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        earlier = find_replay(session, tenant, idempotency_key, body_hash)
         if earlier is not None:
-            return _same_request(earlier, body_hash), False
-    job = Job(id=uuid.uuid4(), kind=kind, status=JobStatus.queued, params=params, seed=seed,
+            return earlier, False
+    job = Job(id=uuid.uuid4(), tenant=tenant, kind=kind, status=JobStatus.queued, params=params, seed=seed,
               device_requested=device, queue=QUEUE_FOR_DEVICE[device], timeout_s=timeout_s, progress=0.0,
               message="queued", attempt=0, idempotency_key=idempotency_key, request_hash=body_hash,
               created_at=utcnow())
@@ -53,17 +61,24 @@ def create_job(session: Session, *, kind: str, params: dict, seed: int, device: 
     except IntegrityError:
         # Two requests with the same key raced; the other insert won.
         session.rollback()
-        earlier = session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+        earlier = find_replay(session, tenant, idempotency_key, body_hash) if idempotency_key else None
         if earlier is None:
             raise
-        return _same_request(earlier, body_hash), False
+        return earlier, False
     return job, True
 
 
-def _same_request(job: Job, body_hash: str | None) -> Job:
-    if job.request_hash != body_hash:
-        raise IdempotencyConflict("Idempotency-Key was already used with a different request body")
-    return job
+def active_jobs(session: Session, tenant: str) -> int:
+    """Queued plus running jobs of a tenant (its share of the workers)."""
+    return session.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant == tenant, Job.status.in_([JobStatus.queued, JobStatus.running]))) or 0
+
+
+def submissions_since(session: Session, tenant: str, since: datetime) -> tuple[int, datetime | None]:
+    """How many jobs a tenant created since ``since``, and when the oldest of them was created."""
+    count, oldest = session.execute(select(func.count(), func.min(Job.created_at)).where(
+        Job.tenant == tenant, Job.created_at >= since)).one()
+    return count or 0, oldest
 
 
 def mark_published(session: Session, job_id: uuid.UUID) -> None:
@@ -233,10 +248,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     return datetime.fromisoformat(ts), uuid.UUID(jid)
 
 
-def list_jobs(session: Session, *, status: str | None, kind: str | None, limit: int,
+def list_jobs(session: Session, *, tenant: str | None, status: str | None, kind: str | None, limit: int,
               cursor: str | None) -> tuple[list[Job], str | None]:
-    """Newest first, keyset-paginated on (created_at, id): stable while new jobs arrive."""
+    """Newest first, keyset-paginated on (created_at, id): stable while new jobs arrive. tenant None: all."""
     q = select(Job)
+    if tenant is not None:
+        q = q.where(Job.tenant == tenant)
     if status:
         q = q.where(Job.status == status)
     if kind:

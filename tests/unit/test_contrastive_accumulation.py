@@ -11,7 +11,7 @@ from torch import nn
 from core.contrastive import (accumulated_backward, accumulated_backward_two_tower, info_nce_loss,
                               naive_accumulated_backward, naive_accumulated_backward_two_tower,
                               two_tower_info_nce_loss)
-from core.techniques.contrastive_accumulation import KIND, _PeakMemory
+from core.techniques.contrastive_accumulation import KIND, PeakMemory
 from core.techniques.local import LocalContext
 
 B = 22
@@ -308,7 +308,7 @@ def test_large_batch_accepted_when_work_fits():
 
 
 def test_cpu_peak_meter_sees_a_known_allocation():
-    meter = _PeakMemory(torch.device("cpu"))
+    meter = PeakMemory(torch.device("cpu"))
     if not meter.available:
         pytest.skip(meter.method)
     _, peak = meter.measure(lambda: float(torch.ones(10_000_000).sum()))  # 40 MB

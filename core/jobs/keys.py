@@ -1,0 +1,57 @@
+"""API keys: created once (the plain key is shown only then), stored as SHA-256, revoked by id."""
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.jobs.models import ApiKey, utcnow
+
+KEY_PREFIX = "glk_"
+TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a tenant, and whether the key may see every tenant's jobs."""
+
+    tenant: str
+    admin: bool
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, tenant: str, name: str = "", admin: bool = False) -> tuple[ApiKey, str]:
+    """Make a new key for ``tenant``; returns the stored row and the plain key (never stored)."""
+    if not TENANT_RE.match(tenant):
+        raise ValueError("tenant: 1-64 characters from A-Z a-z 0-9 _ . -")
+    plain = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(id=uuid.uuid4(), tenant=tenant, name=name[:128], key_hash=hash_key(plain), admin=admin,
+                 created_at=utcnow())
+    session.add(row)
+    session.commit()
+    return row, plain
+
+
+def revoke_key(session: Session, key_id: uuid.UUID) -> bool:
+    res = session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                          .values(revoked_at=utcnow()))
+    session.commit()
+    return res.rowcount == 1
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
+
+
+def authenticate(session: Session, plain: str) -> Principal | None:
+    row = session.execute(select(ApiKey.tenant, ApiKey.admin).where(
+        ApiKey.key_hash == hash_key(plain), ApiKey.revoked_at.is_(None))).first()
+    return Principal(row[0], row[1]) if row else None
