@@ -7,8 +7,8 @@ backpropagates the surrogate ``sum(h_chunk * G_chunk)``, whose parameter gradien
 Each chunk's RNG state is recorded in the first pass and replayed in the second, so dropout masks match and the
 result stays exact; BatchNorm in training mode mixes samples across chunks and is refused.
 
-The score matrix is never built whole here: the loss and ``G`` are computed in row blocks of at most
-``max_score_elements`` entries, so a batch of B costs O(B·d) plus one block, not O(B²).
+The score matrix is never built whole here: the loss and ``G`` are computed in row blocks of at most ``chunk_size``
+rows and ``max_score_elements`` entries, so a batch of B costs O(B·d) plus one block, not O(B²).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DEFAULT_MAX_SCORE_ELEMENTS = 1 << 22
+DEFAULT_MAX_SCORE_ELEMENTS = 1 << 20
 
 
 class NaiveLosses(NamedTuple):
@@ -26,10 +26,6 @@ class NaiveLosses(NamedTuple):
 
     full: float
     chunk_mean: float
-
-
-def _scores_to_loss(scores: Tensor, positives: Tensor, temperature: float, reduction: str) -> Tensor:
-    return F.cross_entropy(scores / temperature, positives, reduction=reduction)
 
 
 def info_nce_loss(reps: Tensor, positives: Tensor, temperature: float = 0.05, normalize: bool = True) -> Tensor:
@@ -41,9 +37,8 @@ def info_nce_loss(reps: Tensor, positives: Tensor, temperature: float = 0.05, no
     """
     _check_positives(positives, reps.shape[0], reps.shape[0], forbid_self=True)
     z = F.normalize(reps, dim=1) if normalize else reps
-    scores = z @ z.T
-    eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
-    return _scores_to_loss(scores.masked_fill(eye, float("-inf")), positives, temperature, "mean")
+    scores = (z / temperature) @ z.T
+    return F.cross_entropy(scores.fill_diagonal_(float("-inf")), positives)
 
 
 def two_tower_info_nce_loss(queries: Tensor, keys: Tensor, positives: Tensor | None = None,
@@ -57,12 +52,12 @@ def two_tower_info_nce_loss(queries: Tensor, keys: Tensor, positives: Tensor | N
     _check_positives(positives, queries.shape[0], keys.shape[0], forbid_self=False)
     q = F.normalize(queries, dim=1) if normalize else queries
     k = F.normalize(keys, dim=1) if normalize else keys
-    scores = q @ k.T
-    loss = _scores_to_loss(scores, positives, temperature, "mean")
+    scores = (q / temperature) @ k.T
+    loss = F.cross_entropy(scores, positives)
     if not symmetric:
         return loss
     back = _inverse_permutation(positives, keys.shape[0])
-    return 0.5 * (loss + _scores_to_loss(scores.T, back, temperature, "mean"))
+    return 0.5 * (loss + F.cross_entropy(scores.T, back))
 
 
 def accumulated_backward(encoder: nn.Module, inputs: Tensor, positives: Tensor, chunk_size: int,
@@ -79,7 +74,8 @@ def accumulated_backward(encoder: nn.Module, inputs: Tensor, positives: Tensor, 
     after_first_pass = _rng_state(inputs.device)
     h = reps[0].requires_grad_()
     z = F.normalize(h, dim=1) if normalize else h
-    loss, z_grad = _blockwise_loss_grad(z.detach(), positives, temperature, True, max_score_elements)
+    loss, z_grad = _blockwise_loss_grad(z.detach(), positives, temperature, True,
+                                        score_block_rows(z.shape[0], chunk_size, max_score_elements))
     z.backward(z_grad)
     _replay_backward([(encoder, inputs)], [h.grad], states, chunk_size)
     _set_rng_state(inputs.device, after_first_pass)
@@ -107,10 +103,11 @@ def accumulated_backward_two_tower(query_encoder: nn.Module, key_encoder: nn.Mod
     q = F.normalize(hq, dim=1) if normalize else hq
     k = F.normalize(hk, dim=1) if normalize else hk
     qd, kd = q.detach(), k.detach()
-    loss, gq, gk = _blockwise_two_tower(qd, kd, positives, temperature, max_score_elements)
+    block = score_block_rows(max(keys.shape[0], queries.shape[0]), chunk_size, max_score_elements)
+    loss, gq, gk = _blockwise_two_tower(qd, kd, positives, temperature, block)
     if symmetric:
         back = _inverse_permutation(positives, keys.shape[0])
-        loss_back, gk_back, gq_back = _blockwise_two_tower(kd, qd, back, temperature, max_score_elements)
+        loss_back, gk_back, gq_back = _blockwise_two_tower(kd, qd, back, temperature, block)
         loss, gq, gk = 0.5 * (loss + loss_back), 0.5 * (gq + gq_back), 0.5 * (gk + gk_back)
     torch.autograd.backward([q, k], [gq, gk])
     _replay_backward(towers, [hq.grad, hk.grad], states, chunk_size)
@@ -141,7 +138,8 @@ def naive_accumulated_backward(encoder: nn.Module, inputs: Tensor, positives: Te
         outs.append(out.detach())
     z = torch.cat(outs)
     z = F.normalize(z, dim=1) if normalize else z
-    full, _ = _blockwise_loss_grad(z, positives, temperature, False, max_score_elements)
+    full, _ = _blockwise_loss_grad(z, positives, temperature, False,
+                                   score_block_rows(total, chunk_size, max_score_elements))
     return NaiveLosses(full=full, chunk_mean=chunk_mean)
 
 
@@ -166,9 +164,10 @@ def naive_accumulated_backward_two_tower(query_encoder: nn.Module, key_encoder: 
     if normalize:
         q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
     diag = torch.arange(total, device=q.device)
-    full, _, _ = _blockwise_two_tower(q, k, diag, temperature, max_score_elements, need_grad=False)
+    block = score_block_rows(total, chunk_size, max_score_elements)
+    full, _, _ = _blockwise_two_tower(q, k, diag, temperature, block, need_grad=False)
     if symmetric:
-        back, _, _ = _blockwise_two_tower(k, q, diag, temperature, max_score_elements, need_grad=False)
+        back, _, _ = _blockwise_two_tower(k, q, diag, temperature, block, need_grad=False)
         full = 0.5 * (full + back)
     return NaiveLosses(full=full, chunk_mean=chunk_mean)
 
@@ -255,12 +254,13 @@ def _replay_backward(towers, grads: list[Tensor], states, chunk_size: int) -> No
         torch.sum(out * grads[t][start:stop]).backward()
 
 
-def _row_block(rows: int, cols: int, max_elements: int) -> int:
-    return max(1, min(rows, max_elements // max(cols, 1)))
+def score_block_rows(cols: int, chunk_size: int, max_score_elements: int = DEFAULT_MAX_SCORE_ELEMENTS) -> int:
+    """Rows of the score matrix computed at once: at most one chunk, and at most ``max_score_elements`` entries."""
+    return max(1, min(chunk_size, max_score_elements // max(cols, 1)))
 
 
 def _blockwise_loss_grad(z: Tensor, positives: Tensor, temperature: float, need_grad: bool,
-                         max_elements: int) -> tuple[float, Tensor | None]:
+                         block: int) -> tuple[float, Tensor | None]:
     """Single-encoder InfoNCE (mean over rows, diagonal masked) and its gradient w.r.t. z, one row block at a time.
 
     Each sample enters as an anchor (its row block) and as a candidate (a column of every block), so the gradient
@@ -268,35 +268,32 @@ def _blockwise_loss_grad(z: Tensor, positives: Tensor, temperature: float, need_
     """
     total = z.shape[0]
     z = z.detach().requires_grad_(need_grad)
-    block = _row_block(total, total, max_elements)
+    minus_inf = torch.tensor(float("-inf"), dtype=z.dtype, device=z.device)
     loss = 0.0
     with torch.set_grad_enabled(need_grad):
         for start in range(0, total, block):
             stop = min(start + block, total)
-            scores = z[start:stop] @ z.T
+            scores = (z[start:stop] / temperature) @ z.T  # scaling the block, not the scores: one copy fewer
             rows = torch.arange(stop - start, device=z.device)
-            diag = torch.zeros_like(scores, dtype=torch.bool)
-            diag[rows, rows + start] = True
-            part = _scores_to_loss(scores.masked_fill(diag, float("-inf")), positives[start:stop], temperature,
-                                   "sum") / total
+            scores = scores.index_put((rows, rows + start), minus_inf)
+            part = F.cross_entropy(scores, positives[start:stop], reduction="sum") / total
             if need_grad:
                 part.backward()
             loss += float(part.detach())
     return loss, z.grad
 
 
-def _blockwise_two_tower(q: Tensor, k: Tensor, positives: Tensor, temperature: float, max_elements: int,
+def _blockwise_two_tower(q: Tensor, k: Tensor, positives: Tensor, temperature: float, block: int,
                          need_grad: bool = True) -> tuple[float, Tensor | None, Tensor | None]:
     """Query→key InfoNCE (mean over queries) and its gradients w.r.t. q and k, in blocks of queries."""
     q = q.detach().requires_grad_(need_grad)
     k = k.detach().requires_grad_(need_grad)
     total = q.shape[0]
-    block = _row_block(total, k.shape[0], max_elements)
     loss = 0.0
     with torch.set_grad_enabled(need_grad):
         for start in range(0, total, block):
             stop = min(start + block, total)
-            part = _scores_to_loss(q[start:stop] @ k.T, positives[start:stop], temperature, "sum") / total
+            part = F.cross_entropy((q[start:stop] / temperature) @ k.T, positives[start:stop], reduction="sum") / total
             if need_grad:
                 part.backward()
             loss += float(part.detach())

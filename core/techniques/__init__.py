@@ -9,6 +9,7 @@ from core.techniques.base import Kind
 KIND_MODULES = (
     "embedding_dim",
     "init_averaging",
+    "contrastive_accumulation",
     "momentum_accumulation",
 )
 
