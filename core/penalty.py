@@ -13,6 +13,7 @@ called in the middle of training.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable
 
@@ -24,12 +25,40 @@ ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigm
 """Activation modules accepted between Linear layers: parameter-free and applied entry by entry, so the Jacobian
 of each is diagonal and the per-layer identity holds."""
 
-JACREV_MAX_ENTRIES = 16384
-"""``method="auto"`` materializes Jacobians by jacrev while d_in · max_t d_t is at most this; above it, power
-iteration with jvp/vjp is cheaper and needs no d_t × d_in matrix per sample (see bench/gradient_penalty_bound.py)."""
+JACREV_FLOP_ADVANTAGE = 8.0
+"""``method="auto"`` keeps jacrev while its flop estimate is at most this many times power iteration's: jacrev's
+vmapped rows make large matrix products, while power iteration's few-row jvp/vjp chain is memory-bound and ran
+5-10x slower per flop on CPU (bench/gradient_penalty_bound.py)."""
+
+JACREV_MAX_BYTES = 256 * 2**20
+"""``method="auto"`` never materializes more Jacobian entries than this (B · Σ_t d_t · d_in · itemsize)."""
 
 _CHUNK_BYTES = 64 * 2**20
 """Rough cap on the scratch memory of one vmapped chunk (jacrev rows, Frobenius basis vectors)."""
+
+
+def measurement_flops(d_in: int, hidden_widths: list[int], method: str, max_iter: int = 100) -> float:
+    """Rough flops per sample of the Jacobian part of ``gradient_bound_terms`` (the rest is one forward-backward).
+
+    jacrev: one vjp per row of each ∂h^(t)/∂x through its prefix, then an SVD of the d_t × d_in matrix.
+    power: per iteration a jvp (two products per layer) and a vjp (one) through every prefix, for ``max_iter``
+    iterations, plus the forward-mode Frobenius pass (d_in tangents through all hidden layers).
+    """
+    dims = [d_in, *hidden_widths]
+    prefix = list(itertools.accumulate(a * b for a, b in zip(dims, dims[1:])))
+    if method == "jacrev":
+        return float(sum(2 * w * p + 4 * w * d_in * min(w, d_in) for w, p in zip(hidden_widths, prefix)))
+    return float(max_iter * sum(6 * p for p in prefix) + (4 * d_in * prefix[-1] if prefix else 0))
+
+
+def auto_method(d_in: int, hidden_widths: list[int], batch: int = 1, max_iter: int = 100, itemsize: int = 8) -> str:
+    """The Jacobian method ``"auto"`` picks: jacrev unless its flops exceed JACREV_FLOP_ADVANTAGE times power
+    iteration's or its Jacobians would exceed JACREV_MAX_BYTES; wide inputs therefore go to power iteration."""
+    if batch * sum(hidden_widths) * d_in * itemsize > JACREV_MAX_BYTES:
+        return "power"
+    jacrev = measurement_flops(d_in, hidden_widths, "jacrev")
+    power = measurement_flops(d_in, hidden_widths, "power", max_iter)
+    return "jacrev" if jacrev <= JACREV_FLOP_ADVANTAGE * power else "power"
 
 
 def split_layers(model: nn.Sequential) -> list[tuple[nn.Linear, tuple[nn.Module, ...]]]:
@@ -91,21 +120,19 @@ def _scalar_f(out: Tensor, reduce, target) -> Tensor:
 
 
 def hidden_jacobians(model: nn.Sequential, x: Tensor) -> list[Tensor]:
-    """Per-sample Jacobians ∂h^(t)/∂x for t = 2..l built by jacrev (vmapped over the rows of x (B, d)).
+    """Per-sample Jacobians ∂h^(t)/∂x for t = 2..l, each built by jacrev of its own prefix (vmapped over rows of x).
 
     Returns one (B, d_t, d) tensor per layer after the first; use only while B · Σ d_t · d fits in memory.
     """
     layers = split_layers(model)
-    if len(layers) < 2:
-        return []
     x = x.detach()
-    widths = sum(lin.out_features for lin, _ in layers)
-    chunk = max(1, _CHUNK_BYTES // (x.shape[0] * widths * x.element_size()))
-
-    def hidden(xi: Tensor) -> tuple[Tensor, ...]:
-        return tuple(_apply(layers, xi, len(layers) - 1))
-
-    return list(torch.func.vmap(torch.func.jacrev(hidden, chunk_size=chunk))(x))
+    jacs = []
+    for t in range(1, len(layers)):
+        widths = sum(lin.out_features for lin, _ in layers[:t])
+        chunk = max(1, _CHUNK_BYTES // (x.shape[0] * widths * x.element_size()))
+        jac = torch.func.jacrev(lambda xi, t=t: _apply(layers, xi, t)[-1], chunk_size=chunk)
+        jacs.append(torch.func.vmap(jac)(x))
+    return jacs
 
 
 def _unit_rows(v: Tensor, fallback: Tensor) -> Tensor:
@@ -208,14 +235,15 @@ def gradient_bound_terms(model: nn.Sequential, x: Tensor, reduce="sum", target=N
     ``"mean"``, ``"logit"`` o[target], ``"loss"`` cross-entropy(o, target) of that sample alone, or a callable
     mapping (B, k) to (B,) row by row.
     method: ``"jacrev"`` (materialize ∂h/∂x), ``"power"`` (power iteration with jvp/vjp, warm-started at ∇_x f,
-    ``tol``/``max_iter``), or ``"auto"`` (jacrev while d_in · max d_t ≤ ``JACREV_MAX_ENTRIES``).
+    ``tol``/``max_iter``), or ``"auto"`` (``auto_method``: jacrev unless its cost or memory is too high).
     frobenius: also compute the looser Frobenius variant (‖W‖_F, ‖∂h/∂x‖_F; exact in both methods).
 
     ‖∇_θ f‖² is computed from the factorization ∇_W f = δ h^(t)ᵀ, ∇_b f = δ (a layer without bias drops the
     1 in 1 + ‖h‖²). Returns a dict of tensors, shaped (B,) for a batch and 0-dim for one input:
     ``f``, ``grad_x_norm``, ``lhs``, ``rhs``, ``ratio`` (lhs/rhs, NaN when both are 0), ``lhs_frobenius``,
     ``ratio_frobenius``, ``method``, ``power_iters`` (max over layers, 0 for jacrev) and ``layers``: per Linear,
-    ``h_norm`` ‖h^(t)‖, ``w_norm`` ‖W‖₂, ``w_fro``, ``jac_norm`` ‖∂h^(t)/∂x‖₂ (1 for t = 1), ``jac_fro``,
+    ``h_norm`` ‖h^(t)‖, ``w_norm`` ‖W‖₂, ``w_fro``, ``jac_norm`` ‖∂h^(t)/∂x‖₂ (1 for t = 1), ``jac_fro`` (√d_in
+    for t = 1: the Frobenius variant replaces every spectral norm, the identity's included),
     ``term`` (the layer's summand times ‖∇_x f‖²), ``term_frobenius``, ``param_grad_sq`` ‖∇_W f‖² + ‖∇_b f‖²,
     ``share`` (param_grad_sq / rhs) and ``residual`` ‖∇_x f − (∂h/∂x)ᵀ Wᵀ δ‖ / (‖δ‖ ‖W‖₂ ‖∂h/∂x‖₂), the
     per-layer identity's error scaled by the bound it obeys (0 when both sides vanish).
@@ -230,8 +258,8 @@ def gradient_bound_terms(model: nn.Sequential, x: Tensor, reduce="sum", target=N
         raise ValueError(f"x must be (d,) or (B, d) with d = {layers[0][0].in_features}, got {tuple(x.shape)}")
     d_in = xb.shape[1]
     if method == "auto":
-        widest = max((lin.in_features for lin, _ in layers[1:]), default=0)
-        method = "jacrev" if d_in * widest <= JACREV_MAX_ENTRIES else "power"
+        method = auto_method(d_in, [lin.in_features for lin, _ in layers[1:]], xb.shape[0], max_iter,
+                             xb.element_size())
 
     # One forward and one backward give ∇_x f and every δ = ∂f/∂z^(t+1) (rows never mix, so summing f is exact).
     xg = xb.clone().requires_grad_(True)

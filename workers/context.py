@@ -21,6 +21,7 @@ from core.jobs.models import Dataset
 from core.jobs.states import JobStatus
 from core.settings import Settings
 from core.techniques.base import JobCancelled, JobTimedOut
+from workers.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,12 @@ class DbRunContext:
     def artifact(self, name: str, data: bytes, media_type: str) -> None:
         if len(data) > self.settings.max_artifact_bytes:
             raise ValueError(f"artifact {name!r} is {len(data)} bytes, over the {self.settings.max_artifact_bytes} cap")
-        with self.sessions() as s:
-            if not store.put_artifact(s, self.job_id, self.attempt, name, data, media_type):
-                self._learn_why_not_ours()
+        def write() -> bool:
+            with self.sessions() as s:
+                return store.put_artifact(s, self.job_id, self.attempt, name, data, media_type)
+
+        if not retrying(write):
+            self._learn_why_not_ours()
         self.check_cancelled()
 
     def check_cancelled(self) -> None:
@@ -75,8 +79,11 @@ class DbRunContext:
             raise JobTimedOut(f"job ran past its timeout_s={self.timeout_s:g}")
 
     def load_dataset(self, dataset_id: str) -> dict[str, np.ndarray]:
-        with self.sessions() as s:
-            blob = s.scalar(select(Dataset.data).where(Dataset.id == uuid.UUID(dataset_id)))
+        def read() -> bytes | None:
+            with self.sessions() as s:
+                return s.scalar(select(Dataset.data).where(Dataset.id == uuid.UUID(dataset_id)))
+
+        blob = retrying(read)
         if blob is None:
             raise LookupError(f"dataset {dataset_id} not found")
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
@@ -95,7 +102,7 @@ class DbRunContext:
     def close(self) -> None:
         """Stop the heartbeat thread and write what is still buffered (raises JobLost/JobCancelled if not ours)."""
         self.stop()
-        self.flush()
+        retrying(self.flush)
 
     def flush(self) -> None:
         with self._lock:

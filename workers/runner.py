@@ -4,13 +4,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 import uuid
 
 import numpy as np
 import torch
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from core.jobs import store
@@ -19,6 +17,7 @@ from core.settings import Settings
 from core.techniques import get_kind
 from core.techniques.base import JobCancelled, JobTimedOut
 from workers.context import DbRunContext, JobLost
+from workers.retry import retrying
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +39,15 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _retrying(fn, attempts: int = 30, delay_s: float = 1.0):
-    """Retry a database write through a short outage (e.g. a PostgreSQL restart) so no result is lost."""
-    for i in range(attempts):
-        try:
-            return fn()
-        except OperationalError as exc:
-            if i == attempts - 1:
-                raise
-            log.warning("database write failed (%s); retrying in %.1fs", exc.__class__.__name__, delay_s)
-            time.sleep(delay_s)
-
-
 def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
     """Run job ``job_id`` if it can be claimed; returns what happened (for logs and tests)."""
     jid = uuid.UUID(job_id)
-    with sessions() as s:
-        job = _retrying(lambda: store.claim(s, jid, WORKER_NAME))
+
+    def claim():
+        with sessions() as s:
+            return store.claim(s, jid, WORKER_NAME)
+
+    job = retrying(claim)
     if job is None:
         return "not-claimed"
     attempt = job.attempt
@@ -65,7 +56,7 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
         def write():
             with sessions() as s:
                 return store.finish(s, jid, attempt, status, **kw)
-        return _retrying(write)
+        return retrying(write)
 
     kind = get_kind(job.kind)
     try:
@@ -75,8 +66,11 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
         finish(JobStatus.failed, error_type="invalid_job" if isinstance(exc, ValidationError) else "device_unavailable",
                error_message=str(exc)[:2000])
         return "failed"
-    with sessions() as s:
-        store.record_device(s, jid, attempt, str(device))
+    def record_device():
+        with sessions() as s:
+            store.record_device(s, jid, attempt, str(device))
+
+    retrying(record_device)
 
     torch.manual_seed(job.seed)
     np.random.seed(job.seed % 2**32)

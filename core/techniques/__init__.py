@@ -11,6 +11,9 @@ KIND_MODULES = (
     "init_averaging",
     "contrastive_accumulation",
     "momentum_accumulation",
+    "vae_density",
+    "gradient_penalty_bound",
+    "eg_stepsize",
 )
 
 

@@ -33,12 +33,12 @@ QUANTITY_LABELS = {"nu": "ν (multiplier of lr)", "p": "p (per-coordinate gain)"
 
 class SGDSpec(Params):
     name: Literal["sgd"] = "sgd"
-    lr: float = Field(0.1, gt=0, le=100)
+    lr: float = Field(0.3, gt=0, le=100)
 
 
 class MomentumSpec(Params):
     name: Literal["momentum"] = "momentum"
-    lr: float = Field(0.01, gt=0, le=100)
+    lr: float = Field(0.03, gt=0, le=100)
     momentum: float = Field(0.9, ge=0, lt=1)
 
 
@@ -52,13 +52,13 @@ class AdamSpec(Params):
 
 class HypergradientSpec(Params):
     name: Literal["hypergradient"] = "hypergradient"
-    lr: float = Field(0.1, gt=0, le=100)
+    lr: float = Field(0.3, gt=0, le=100)
     beta: float = Field(1e-3, ge=0, le=10, description="rate of α ← α + β <g_{t-1}, g_t>")
 
 
 class EGStepSizeSpec(Params):
     name: Literal["eg_stepsize"] = "eg_stepsize"
-    lr: float = Field(0.1, gt=0, le=100)
+    lr: float = Field(0.3, gt=0, le=100)
     gamma: float = Field(100.0, ge=0, le=1e6, description="EG rate of ν; the product g_{t-1} g_t is not scale free")
     granularity: Literal["coordinate", "layer", "global"] = "coordinate"
     max_log_step: float = Field(0.1, gt=0, le=10, description="clamp of each step's change of log ν")
@@ -67,7 +67,7 @@ class EGStepSizeSpec(Params):
 
 class EGFunnelSpec(Params):
     name: Literal["eg_funnel"] = "eg_funnel"
-    lr: float = Field(0.01, gt=0, le=100)
+    lr: float = Field(0.03, gt=0, le=100)
     momentum: float = Field(0.9, ge=0, lt=1)
     gamma_p: float = Field(100.0, ge=0, le=1e6, description="EG rate of the per-coordinate gains p")
     gamma_s: float = Field(1.0, ge=0, le=1e6, description="EG rate of the scale s")
@@ -97,7 +97,7 @@ class EGStepSizeParams(Params):
     hidden: int = Field(64, ge=2, le=1024, description="width of each hidden layer (mlp)")
     depth: int = Field(1, ge=1, le=4, description="number of hidden layers (mlp)")
     optimizers: list[OptimizerSpec] = Field(default_factory=_default_optimizers, min_length=1, max_length=8)
-    lr_scales: list[float] = Field(default_factory=lambda: [0.1, 1.0, 10.0], min_length=1, max_length=5,
+    lr_scales: list[float] = Field(default_factory=lambda: [0.1, 1.0, 10.0], min_length=1, max_length=8,
                                    description="each optimizer runs at lr times each scale")
     steps: int = Field(300, ge=1, le=20000)
     batch_size: int = Field(64, ge=1, le=4096)
@@ -157,7 +157,9 @@ def _labels(spec_names: list[str]) -> list[str]:
     return out
 
 
-def _build_model(dim: int, classes: int, params: EGStepSizeParams) -> torch.nn.Sequential:
+def _build_model(dim: int, classes: int, params: EGStepSizeParams,
+                 gen: torch.Generator | None = None) -> torch.nn.Sequential:
+    """Linear or ReLU MLP classifier; with ``gen``, weights and biases ~ U(±1/√fan_in) (torch's default law)."""
     layers: OrderedDict[str, torch.nn.Module] = OrderedDict()
     width = dim
     if params.model == "mlp":
@@ -166,7 +168,15 @@ def _build_model(dim: int, classes: int, params: EGStepSizeParams) -> torch.nn.S
             layers[f"act{i}"] = torch.nn.ReLU()
             width = params.hidden
     layers["out"] = torch.nn.Linear(width, classes)
-    return torch.nn.Sequential(layers)
+    model = torch.nn.Sequential(layers)
+    if gen is not None:
+        with torch.no_grad():
+            for module in model:
+                if isinstance(module, torch.nn.Linear):
+                    bound = 1.0 / math.sqrt(module.in_features)
+                    module.weight.uniform_(-bound, bound, generator=gen)
+                    module.bias.uniform_(-bound, bound, generator=gen)
+    return model
 
 
 def make_optimizer(spec, lr: float, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -291,16 +301,17 @@ def _train(params, spec, lr, init, data: _Data, rotations, batch_seed, ctx, tag,
     diverged_at = None
     for t in range(params.steps + 1):
         if t % params.eval_every == 0 or t == params.steps:
-            loss, acc = _evaluate(model, data.x_eval, data.y_eval, rotation)
+            test_loss, test_acc = _evaluate(model, data.x_eval, data.y_eval, rotation)
             train_loss = float(np.mean(window)) if window else None
             window = []
-            for key, value in (("test_loss", loss), ("test_acc", acc), ("train_loss", train_loss)):
+            for key, value in (("test_loss", test_loss), ("test_acc", test_acc), ("train_loss", train_loss)):
                 curve[key].append(_finite(value) if value is not None else None)
                 if value is not None and math.isfinite(value):
                     ctx.metric(t, f"{tag}/{key}", value)
-            if shifts and shifts[-1]["recovery_steps"] is None and math.isfinite(loss):
-                if loss <= shifts[-1]["pre_shift_loss"] * (1 + params.recovery_tol):
-                    shifts[-1]["recovery_steps"] = t - shifts[-1]["step"]
+            last = shifts[-1] if shifts else None
+            if last and last["recovery_steps"] is None and last["pre_shift_loss"] is not None:
+                if test_loss <= last["pre_shift_loss"] * (1 + params.recovery_tol):
+                    last["recovery_steps"] = t - last["step"]
             if record_rates:
                 for quantity, layers in adapted_quantities(opt, named).items():
                     for layer, stat in layers.items():
@@ -309,15 +320,14 @@ def _train(params, spec, lr, init, data: _Data, rotations, batch_seed, ctx, tag,
                         series["step"].append(t)
                         for key, value in zip(("mean", "min", "max"), stat):
                             series[key].append(_finite(value))
-                        ctx.metric(t, f"{tag}/{quantity}/{layer}/mean", stat[0])
+                        if math.isfinite(stat[0]):
+                            ctx.metric(t, f"{tag}/{quantity}/{layer}/mean", stat[0])
             if params.shift_every and 0 < t < params.steps and t % params.shift_every == 0:
                 period += 1
                 rotation = rotations[period]
                 shock, _ = _evaluate(model, data.x_eval, data.y_eval, rotation)
-                shifts.append({"step": t, "pre_shift_loss": _finite(loss), "post_shift_loss": _finite(shock),
+                shifts.append({"step": t, "pre_shift_loss": _finite(test_loss), "post_shift_loss": _finite(shock),
                                "recovery_steps": None})
-                if not math.isfinite(loss):
-                    shifts[-1]["recovery_steps"] = None
         if t == params.steps:
             break
         ctx.check_cancelled()
@@ -327,7 +337,7 @@ def _train(params, spec, lr, init, data: _Data, rotations, batch_seed, ctx, tag,
             xb = xb @ rotation
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(xb), data.y_train[idx])
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value) or value > DIVERGED_LOSS:
             diverged_at = t
             break
@@ -352,8 +362,8 @@ def run(params: EGStepSizeParams, ctx: RunContext) -> dict:
     seeds = [_seed_pair(ctx.seed, i) for i in range(params.seeds)]
     inits, rotations = [], []
     for model_seed, shift_seed in seeds:
-        torch.manual_seed(model_seed)
-        inits.append(_build_model(data.dim, data.classes, params).state_dict())
+        gen = torch.Generator().manual_seed(model_seed)
+        inits.append(_build_model(data.dim, data.classes, params, gen).state_dict())
         rotations.append(data.rotations(params, np.random.default_rng(shift_seed), ctx.device))
     total = len(labels) * len(params.lr_scales) * params.seeds
     runs, curves, rates = [], {}, {}
@@ -455,7 +465,7 @@ def _plot_rates(rates: dict, params, shift_steps: list[int]) -> bytes:
             ax.set_title(f"{label}, lr {key.replace('x', '× ')}", fontsize=9)
             ax.set_xlabel("training step")
             ax.set_ylabel(QUANTITY_LABELS[quantity], fontsize=8)
-            if c == len(scales) - 1:
+            if c == len(scales) - 1 and ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7, title="layer: mean, band min-max", title_fontsize=7)
     return to_png(fig)
 

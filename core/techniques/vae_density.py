@@ -21,25 +21,23 @@ from core.plots import new_figure, to_png
 from core.techniques.base import Kind, Params, RunContext
 from core.vae import VAE, LinearGaussian, bits_per_dim
 
-KIND_BUILTINS = ("linear_gaussian", "digits_binarized", "digits_dequantized")
 # The likelihood each built-in data set calls for; any other choice is refused (a Gaussian density on binary or
 # integer data is unbounded, a Bernoulli one is not a density on reals, dequantization needs 8-bit integers).
 BUILTIN_LIKELIHOOD = {"linear_gaussian": "gaussian", "digits_binarized": "bernoulli",
-                      "digits_dequantized": "dequantized", "digits": "gaussian", "clusters": "gaussian"}
-BUILTIN_DIM = {"digits_binarized": 64, "digits_dequantized": 64, "digits": 64, "clusters": 16}
-BUILTIN_ROWS = {"digits_binarized": 1797, "digits_dequantized": 1797, "digits": 1797, "clusters": 2000}
+                      "digits_dequantized": "dequantized"}
+BUILTIN_DIM = {"digits_binarized": 64, "digits_dequantized": 64}
 LEVELS = 256  # dequantized data are 8-bit: integers 0..255
 MEMORY_LIMIT_BYTES = 4 * 1024 ** 3
 FLOP_LIMIT = 2e13
-EVAL_CHUNK_BYTES = 256 * 1024 ** 2  # activation memory of one importance-sampling chunk
 EVAL_BATCH = 256  # data rows per evaluation batch (cancellation is checked between batches)
 MONITOR_ROWS = 256
 MONITOR_POINTS = 20
 
 
 class VaeDensityParams(Params):
-    dataset: Literal["linear_gaussian", "digits_binarized", "digits_dequantized", "digits", "clusters"] | UUID = Field(
-        "linear_gaussian", description="Built-in data set or the UUID of an uploaded one (x: (n, D)).")
+    dataset: Literal["linear_gaussian", "digits_binarized", "digits_dequantized"] | UUID = Field(
+        "linear_gaussian", description="Built-in data set or the UUID of an uploaded one (x: (n, D)). The raw "
+                                       "digits/clusters sets are not offered: digits are discrete (use a variant).")
     likelihood: Literal["auto", "bernoulli", "gaussian", "dequantized"] = Field(
         "auto", description="auto: the data set's own (uploads: binary -> bernoulli, integers 0..255 -> dequantized, "
                             "else gaussian).")
@@ -66,26 +64,20 @@ class VaeDensityParams(Params):
     def _check(self) -> "VaeDensityParams":
         if any(b <= a for a, b in zip(self.eval_k, self.eval_k[1:])):
             raise ValueError("eval_k: must be strictly increasing")
+        resolved = self.likelihood
         if isinstance(self.dataset, str):
-            wanted = BUILTIN_LIKELIHOOD[self.dataset]
-            if self.likelihood not in ("auto", wanted):
-                raise ValueError(f"likelihood: {self.dataset} needs {wanted!r} (or 'auto'), not {self.likelihood!r}")
-            if wanted == "bernoulli" and self.fixed_sigma is not None:
-                raise ValueError("fixed_sigma: a Bernoulli likelihood has no variance")
-            check_budget(self, self.data_dim_if_known())
-        if self.likelihood == "bernoulli" and self.fixed_sigma is not None:
+            resolved = BUILTIN_LIKELIHOOD[self.dataset]
+            if self.likelihood not in ("auto", resolved):
+                raise ValueError(f"likelihood: {self.dataset} needs {resolved!r} (or 'auto'), not {self.likelihood!r}")
+        if resolved == "bernoulli" and self.fixed_sigma is not None:
             raise ValueError("fixed_sigma: a Bernoulli likelihood has no variance")
+        check_budget(self, self.data_dim_if_known())
         return self
 
     def data_dim_if_known(self) -> int | None:
         if self.dataset == "linear_gaussian":
             return self.synthetic_dim
         return BUILTIN_DIM.get(self.dataset) if isinstance(self.dataset, str) else None
-
-    def rows_if_known(self) -> int | None:
-        if self.dataset == "linear_gaussian":
-            return self.synthetic_n
-        return BUILTIN_ROWS.get(self.dataset) if isinstance(self.dataset, str) else None
 
 
 def _layer_flops(sizes: list[int]) -> float:
@@ -95,7 +87,7 @@ def _layer_flops(sizes: list[int]) -> float:
 def check_budget(p: VaeDensityParams, data_dim: int | None) -> None:
     """Refuse a job whose training activations exceed ~4 GiB or whose total work exceeds FLOP_LIMIT.
 
-    Evaluation memory is bounded by chunking (EVAL_CHUNK_BYTES); its work is Σ_K K decoder passes per row and split.
+    Evaluation memory is bounded by chunking (core.vae.chunk_size_for); its work is Σ_K K decoder passes per row.
     Uploads are checked in ``run`` once D is known.
     """
     if data_dim is None:
@@ -107,9 +99,6 @@ def check_budget(p: VaeDensityParams, data_dim: int | None) -> None:
     train_bytes = 4 * 4 * train_rows * width  # forward activations, their grads and temporaries
     if train_bytes > MEMORY_LIMIT_BYTES:
         raise ValueError(f"batch_size: batch_size x train_k x width needs ~{train_bytes / 2**30:.1f} GiB, over 4 GiB")
-    rows = p.rows_if_known()
-    if rows is not None and 4 * rows * data_dim > MEMORY_LIMIT_BYTES // 4:
-        raise ValueError("synthetic_n: the data set would not fit a worker's memory")
     train_flops = 3.0 * p.steps * p.batch_size * (enc + p.train_k * dec)
     eval_flops = 2.0 * p.eval_samples * sum(k * dec + enc for k in p.eval_k)
     if train_flops + eval_flops > FLOP_LIMIT:
@@ -148,6 +137,8 @@ def _load(p: VaeDensityParams, ctx: RunContext) -> tuple[np.ndarray, str, Linear
     likelihood = p.likelihood
     if likelihood == "auto":
         likelihood = "bernoulli" if binary else "dequantized" if eight_bit else "gaussian"
+    elif likelihood == "gaussian" and binary:
+        raise ValueError("likelihood: a Gaussian density on binary data is unbounded; use bernoulli")
     elif likelihood == "bernoulli" and not binary:
         raise ValueError("likelihood: bernoulli needs x in {0, 1}")
     elif likelihood == "dequantized" and not eight_bit:
@@ -161,8 +152,6 @@ def _load(p: VaeDensityParams, ctx: RunContext) -> tuple[np.ndarray, str, Linear
 def _evaluate(model: VAE, x: torch.Tensor, ks: list[int], gen: torch.Generator, ctx: RunContext,
               span: tuple[float, float], label: str) -> dict:
     """Per-row L_K for every K (independent draws per K) plus the ELBO and ESS from the largest-K pass."""
-    width = 2 * sum(layer.out_features for layer in model.decoder if isinstance(layer, torch.nn.Linear))
-    chunk_rows = max(1, EVAL_CHUNK_BYTES // (4 * (width + model.latent_dim + model.data_dim)))
     per_k: dict[int, torch.Tensor] = {}
     elbo = ess = None
     total_work, work = float(sum(ks)), 0.0
@@ -171,7 +160,7 @@ def _evaluate(model: VAE, x: torch.Tensor, ks: list[int], gen: torch.Generator, 
         for start in range(0, x.shape[0], EVAL_BATCH):
             ctx.check_cancelled()
             batch = x[start:start + EVAL_BATCH]
-            stats = model.importance_statistics(batch, k, max(1, chunk_rows // batch.shape[0]), gen)
+            stats = model.importance_statistics(batch, k, None, gen)  # chunked to the device's budget
             values.append(stats.log_likelihood)
             elbos.append(stats.elbo)
             esss.append(stats.ess)
@@ -206,7 +195,8 @@ def _plot_bounds(summaries: dict, title: str) -> bytes:
         ks = [b["k"] for b in s["bounds"]]
         means = [np.nan if b["nats"] is None else b["nats"] for b in s["bounds"]]
         errs = [0.0 if b["stderr_nats"] is None else b["stderr_nats"] for b in s["bounds"]]
-        ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3, color=colours[split], label=f"{split}: L_K")
+        ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3, color=colours[split],
+                    label=f"{split}: L_K (±1 s.e. over rows)")
         if s["elbo_nats"] is not None:
             ax.axhline(s["elbo_nats"], color=colours[split], linestyle="--", linewidth=1, label=f"{split}: ELBO")
         if s["exact_nats"] is not None:
@@ -223,9 +213,8 @@ def _plot_bounds(summaries: dict, title: str) -> bytes:
 def _plot_training(train_loss: list[float], monitor: list[tuple[int, float]]) -> bytes:
     fig, ax = new_figure()
     ax.plot(np.arange(1, len(train_loss) + 1), train_loss, linewidth=0.8, alpha=0.7, label="train: −bound (batch)")
-    if monitor:
-        steps, values = zip(*monitor)
-        ax.plot(steps, values, marker="o", label="held-out: −ELBO")
+    steps, values = zip(*monitor)
+    ax.plot(steps, values, marker="o", label="held-out: −ELBO")
     ax.set_xlabel("training step")
     ax.set_ylabel("negative bound (nats/sample)")
     ax.set_title("VAE training")
@@ -301,7 +290,7 @@ def run(params: VaeDensityParams, ctx: RunContext) -> dict:
     k_max = params.eval_k[-1]
     held = evaluations["heldout"]["per_k"][k_max].numpy()
     columns = ["row_index", f"log_px_L{k_max}_nats", "bits_per_dim"]
-    table = [splits["heldout"].astype(np.float64), held, held / -(dim * math.log(2.0))]
+    table = [splits["heldout"].astype(np.float64), held, bits_per_dim(held, dim)]
     if truth is not None:
         columns.append("exact_log_px_nats")
         table.append(exact_by_split["heldout"].numpy())
@@ -311,12 +300,14 @@ def run(params: VaeDensityParams, ctx: RunContext) -> dict:
     ctx.artifact("training.png", _plot_training(train_loss, monitor), "image/png")
     ctx.progress(1.0, "done")
 
-    sigma = None if model.log_sigma is None else [_num(s) for s in model.sigma().detach().cpu()]
+    sigma = None if model.log_sigma is None else model.sigma().detach().double().cpu()
+    sigma_summary = None if sigma is None else {"mean": _num(sigma.mean()), "min": _num(sigma.min()),
+                                                "max": _num(sigma.max())}
     return {"dataset": str(params.dataset), "likelihood": likelihood, "data_dim": dim, "n_train": int(len(train_idx)),
             "n_heldout": int(n_heldout), "train_k": params.train_k, "eval_k": list(params.eval_k),
             "final_train_loss": _num(np.mean(train_loss[-max(1, len(train_loss) // 10):])),
             "final_heldout_neg_elbo": _num(monitor[-1][1]),
-            "decoder_sigma": sigma,
+            "decoder_sigma": sigma_summary,
             "true_sigma": None if truth is None else truth.sigma,
             "train": summaries["train"], "heldout": summaries["heldout"],
             "heldout_npy_columns": columns}

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.penalty import (JACREV_MAX_ENTRIES, auto_method, gradient_bound_terms, jacobian_spectral_norms,
+from core import penalty
+from core.penalty import (auto_method, gradient_bound_terms, jacobian_spectral_norms,
                           spectral_norm_power, split_layers)
 from core.techniques.gradient_penalty_bound import KIND
 from core.techniques.local import LocalContext
@@ -210,12 +211,16 @@ def test_power_iteration_on_a_known_matrix():
     assert torch.allclose(sigma, torch.full((2,), 3.0, dtype=DT), atol=1e-12) and 1 < iters < 500
 
 
-def test_auto_switches_to_power_above_threshold():
-    assert auto_method(64, [256]) == "jacrev" and auto_method(64, [1024]) == "power"
-    assert auto_method(5, []) == "jacrev"
-    wide = JACREV_MAX_ENTRIES // 16 + 1
-    model = nn.Sequential(nn.Linear(16, wide), nn.Tanh(), nn.Linear(wide, 1)).to(DT)
-    r = gradient_bound_terms(model, torch.randn(2, 16, dtype=DT))
+def test_auto_picks_jacrev_for_small_inputs_and_power_when_jacobians_are_too_big(monkeypatch):
+    assert auto_method(64, [256, 256]) == "jacrev" and auto_method(5, []) == "jacrev"
+    assert auto_method(3072, [1024] * 3, batch=32) == "power"  # 2.4 GB of Jacobians
+    # a flop estimate that favours power only because jacrev's rows (Σ d_t vjps) outnumber the iterations
+    assert auto_method(4, [1024] * 7, max_iter=2) == "power"
+    model = nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 1)).to(DT)
+    x = torch.randn(3, 6, dtype=DT)
+    assert gradient_bound_terms(model, x)["method"] == "jacrev"
+    monkeypatch.setattr(penalty, "JACREV_MAX_BYTES", 6 * 9 * 3 * 8 - 1)
+    r = gradient_bound_terms(model, x)
     assert r["method"] == "power" and torch.all(r["lhs"] <= r["rhs"])
 
 
@@ -284,6 +289,11 @@ def test_job_other_targets_on_uploaded_data_and_determinism():
         KIND.run(KIND.params(**{**spec, "target_class": 5}), LocalContext(datasets={key: data}))
     with pytest.raises(ValueError, match="labels"):
         KIND.run(KIND.params(**spec), LocalContext(datasets={key: {"x": data["x"]}}))
+    # an upload's shape is known only at run time: Jacobians of 7 x 1024 x 4096 per sample cannot be materialized
+    wide = {"x": np.zeros((4, 4096), dtype=np.float32), "y": np.arange(4) % 2}
+    with pytest.raises(ValueError, match="method: needs about"):
+        KIND.run(KIND.params(**{**spec, "widths": [1024] * 7, "samples": 256, "method": "jacrev"}),
+                 LocalContext(datasets={key: wide}))
 
 
 @pytest.mark.parametrize("bad, field", [

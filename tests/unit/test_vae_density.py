@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import uuid
 
@@ -188,6 +189,7 @@ def test_example_runs_end_to_end():
     expected = {"dataset", "likelihood", "data_dim", "n_train", "n_heldout", "train", "heldout", "eval_k",
                 "final_train_loss", "heldout_npy_columns", "decoder_sigma", "true_sigma"}
     assert expected <= set(result)
+    json.dumps(result, allow_nan=False)  # plain JSON, no NaN/inf
     assert result["likelihood"] == "gaussian" and result["data_dim"] == KIND.example["synthetic_dim"]
     assert len(ctx.series("train_loss")) == KIND.example["steps"]
     assert len(ctx.series("heldout_neg_elbo")) >= 2
@@ -227,9 +229,9 @@ def test_same_seed_same_result_and_seed_matters():
 
 def test_builtin_digits_sets_pick_their_likelihood():
     small = dict(synthetic_dim=8, hidden=[16], latent_dim=4, steps=5, eval_k=[1, 5], eval_samples=20)
-    binar, _ = _run(dataset="digits_binarized", **small)
+    binar, _ = _run(dataset="digits_binarized", train_k=3, **small)  # IWAE training
     deq, ctx = _run(dataset="digits_dequantized", **small)
-    assert binar["likelihood"] == "bernoulli" and binar["decoder_sigma"] is None
+    assert binar["likelihood"] == "bernoulli" and binar["decoder_sigma"] is None and binar["train_k"] == 3
     assert deq["likelihood"] == "dequantized" and binar["data_dim"] == deq["data_dim"] == 64
     for bound in deq["heldout"]["bounds"]:
         assert bound["bits_per_dim"] == pytest.approx(-bound["nats"] / (64 * math.log(2.0)))
@@ -267,6 +269,7 @@ def test_training_checks_for_cancellation():
     {"hidden": [2048]},
     {"lr": float("nan")},
     {"no_such_field": 1},
+    {"dataset": "digits"},  # discrete pixels: only the binarized / dequantized variants have a proper likelihood
 ])
 def test_bad_params_are_refused(bad):
     with pytest.raises(pydantic.ValidationError):

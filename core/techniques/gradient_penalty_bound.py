@@ -1,0 +1,312 @@
+"""Job kind ``gradient_penalty_bound``: how tight ‖∇_x f‖² Σ_t (1+‖h‖²)/(‖W‖²‖∂h/∂x‖²) ≤ ‖∇_θ f‖² is on a real MLP,
+and how its factors move while the MLP trains (TECHNIQUES.md §7).
+
+Training runs in float32; every measurement runs on a float64 copy of the model, so that identity residuals sit
+at rounding level and a reported violation means a real one, not float32 noise.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import math
+from typing import Annotated, Literal
+from uuid import UUID
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from core.data import load_arrays
+from core.penalty import auto_method, gradient_bound_terms, measurement_flops
+from core.plots import new_figure, to_png
+from core.techniques.base import Kind, Params
+
+MAX_BYTES = 4 * 2**30
+"""Memory one job may plan for (a worker's share)."""
+MAX_FLOPS = 1e13
+"""Work one job may plan for: minutes on a worker CPU."""
+MAX_MEASUREMENTS = 200
+"""Measurements per job: each costs hundreds of jvp/vjp calls, whose fixed overhead no flop count shows."""
+MAX_INPUT_DIM = 4096
+"""Widest input accepted (uploads): the forward-mode Frobenius pass costs d_in forward passes per measurement."""
+POWER_TOL, POWER_MAX_ITER = 1e-6, 100
+"""Power iteration stopping rule; the warm start at ∇_x f keeps the bound valid even when it stops early."""
+VIOLATION_RTOL = 1e-9
+"""lhs > rhs · (1 + this) counts as a violation: far above float64 rounding, far below any real gap."""
+BUILTIN_SHAPES = {"digits": (64, 10, 1797), "clusters": (16, 10, 2000)}
+"""(input dim, classes, samples) of the built-in datasets, so params naming them are checked before queueing."""
+
+
+class GradientPenaltyBoundParams(Params):
+    dataset: Literal["digits", "clusters"] | UUID = Field("digits", description="Built-in name or uploaded UUID "
+                                                          "(needs integer labels y).")
+    widths: list[Annotated[int, Field(ge=1, le=1024)]] = Field([64, 64], min_length=0, max_length=7,
+                              description="Hidden widths; the MLP has len(widths) + 1 <= 8 Linear layers.")
+    activation: Literal["relu", "tanh", "gelu", "linear"] = "relu"
+    init: Literal["default", "xavier", "kaiming", "orthogonal"] = Field(
+        "default", description="default: torch's U(±1/sqrt(fan_in)); the others use the activation's gain, zero bias.")
+    f: Literal["loss", "logit", "sum"] = Field(
+        "loss", description="Scalar f per sample: its cross-entropy, one logit, or the sum of all logits.")
+    target_class: int | None = Field(None, ge=0, le=9999,
+                                     description="Class whose logit f='logit' takes; None: the sample's own label.")
+    steps: int = Field(300, ge=1, le=5000)
+    lr: float = Field(0.1, gt=0.0, le=10.0)
+    optimizer: Literal["sgd", "momentum", "adam"] = "sgd"
+    batch_size: int = Field(64, ge=1, le=1024)
+    every: int = Field(25, ge=1, le=5000, description="Measure the bound every this many steps (and at 0 and the end).")
+    samples: int = Field(32, ge=1, le=256, description="Inputs per measurement (the same ones every time).")
+    method: Literal["auto", "jacrev", "power"] = Field(
+        "auto", description="Spectral norm of ∂h/∂x: materialized by jacrev, power iteration with jvp/vjp, or auto.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> "GradientPenaltyBoundParams":
+        if self.every > self.steps:
+            raise ValueError("every: must be at most steps")
+        if self.steps // self.every + 2 > MAX_MEASUREMENTS:
+            raise ValueError(f"every: steps/every gives more than {MAX_MEASUREMENTS} measurements")
+        if isinstance(self.dataset, str):
+            d_in, classes, n = BUILTIN_SHAPES[self.dataset]
+            check_budget(self, d_in, classes, n)
+        return self
+
+
+def _layer_dims(p: GradientPenaltyBoundParams, d_in: int, classes: int) -> list[int]:
+    return [d_in, *p.widths, classes]
+
+
+def check_budget(p: GradientPenaltyBoundParams, d_in: int, classes: int, n: int) -> None:
+    """Raise ValueError("<field>: ...") when the job's planned memory or work exceeds one worker's share."""
+    dims = _layer_dims(p, d_in, classes)
+    n_params = sum((a + 1) * b for a, b in zip(dims, dims[1:]))
+    method = auto_method(d_in, p.widths, p.samples, POWER_MAX_ITER) if p.method == "auto" else p.method
+    fwd_bwd = 6 * n_params
+    jac = measurement_flops(d_in, p.widths, method, POWER_MAX_ITER)
+    jac_bytes = 2 * p.samples * sum(p.widths) * d_in * 8 if method == "jacrev" else 0
+    svd_w = sum(10 * a * b * min(a, b) for a, b in zip(dims, dims[1:]))
+    measurements = p.steps // p.every + 2
+    train = p.steps * p.batch_size * fwd_bwd
+    measure = measurements * (p.samples * (fwd_bwd + jac) + svd_w)
+    memory = (n_params * (4 * 4 + 8 * 2) + 3 * 4 * p.batch_size * sum(dims) + jac_bytes
+              + 2 * 64 * 2**20 + n * d_in * 8)
+    if memory > MAX_BYTES:
+        field = "method" if jac_bytes > MAX_BYTES / 2 else "widths"
+        raise ValueError(f"{field}: needs about {memory / 2**30:.1f} GiB, more than {MAX_BYTES / 2**30:.0f} GiB")
+    if train + measure > MAX_FLOPS:
+        field = "steps" if train > measure else "samples"
+        raise ValueError(f"{field}: about {(train + measure):.1e} flops planned, more than {MAX_FLOPS:.0e}")
+
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "linear": nn.Identity}
+_GAIN_NAME = {"relu": "relu", "tanh": "tanh", "gelu": "relu", "linear": "linear"}
+
+
+def build_mlp(dims: list[int], activation: str, init: str, gen: torch.Generator) -> nn.Sequential:
+    """Linear layers with ``activation`` between them (not after the logits), initialized from ``gen``."""
+    mods: list[nn.Module] = []
+    gain = nn.init.calculate_gain(_GAIN_NAME[activation])
+    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+        lin = nn.Linear(a, b)
+        with torch.no_grad():
+            if init == "default":
+                bound = 1.0 / math.sqrt(a)
+                nn.init.uniform_(lin.weight, -bound, bound, generator=gen)
+                nn.init.uniform_(lin.bias, -bound, bound, generator=gen)
+            else:
+                if init == "xavier":
+                    nn.init.xavier_normal_(lin.weight, gain=gain, generator=gen)
+                elif init == "kaiming":
+                    nn.init.normal_(lin.weight, 0.0, gain / math.sqrt(a), generator=gen)
+                else:
+                    nn.init.orthogonal_(lin.weight, gain=gain, generator=gen)
+                lin.bias.zero_()
+        mods.append(lin)
+        if i < len(dims) - 2:
+            mods.append(_ACTIVATIONS[activation]())
+    return nn.Sequential(*mods)
+
+
+def _optimizer(p: GradientPenaltyBoundParams, model: nn.Module) -> torch.optim.Optimizer:
+    if p.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=p.lr)
+    return torch.optim.SGD(model.parameters(), lr=p.lr, momentum=0.9 if p.optimizer == "momentum" else 0.0)
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _median(t: torch.Tensor) -> float | None:
+    finite = t[torch.isfinite(t)]
+    return _num(finite.median()) if finite.numel() else None
+
+
+def measure(model: nn.Sequential, xs: torch.Tensor, ys: torch.Tensor, p: GradientPenaltyBoundParams) -> dict:
+    """Both sides of the bound on a float64 copy of ``model`` for the measurement inputs, summarized over samples."""
+    m64 = copy.deepcopy(model).double()
+    if p.f == "loss":
+        reduce, target = "loss", ys
+    elif p.f == "logit":
+        reduce, target = "logit", ys if p.target_class is None else p.target_class
+    else:
+        reduce, target = "sum", None
+    r = gradient_bound_terms(m64, xs.double(), reduce=reduce, target=target, method=p.method,
+                             tol=POWER_TOL, max_iter=POWER_MAX_ITER)
+    ratio = r["ratio"]
+    finite = ratio[torch.isfinite(ratio)]
+    qs = ([_num(v) for v in torch.quantile(finite, torch.tensor([0.1, 0.5, 0.9], dtype=finite.dtype,
+                                                                     device=finite.device))]
+          if finite.numel() else [None, None, None])
+    return {
+        "ratios": ratio.cpu().numpy(),
+        "q10": qs[0], "median": qs[1], "q90": qs[2],
+        "min": _num(finite.min()) if finite.numel() else None,
+        "max": _num(finite.max()) if finite.numel() else None,
+        "fro_median": _median(r["ratio_frobenius"]),
+        "fro_max": _num(r["ratio_frobenius"][torch.isfinite(r["ratio_frobenius"])].max())
+        if bool(torch.isfinite(r["ratio_frobenius"]).any()) else None,
+        "violations": int((r["lhs"] > r["rhs"] * (1 + VIOLATION_RTOL)).sum()),
+        "violations_fro": int((r["lhs_frobenius"] > r["rhs"] * (1 + VIOLATION_RTOL)).sum()),
+        "residual": max(float(layer["residual"].max()) for layer in r["layers"]),
+        "power_iters": int(r["power_iters"]),
+        "method": r["method"],
+        "layers": [{"w_norm": _num(layer["w_norm"]), "w_fro": _num(layer["w_fro"]),
+                    "h_norm": _median(layer["h_norm"]), "jac_norm": _median(layer["jac_norm"]),
+                    "share": _median(layer["share"])} for layer in r["layers"]],
+    }
+
+
+def _plots(ctx, steps: list[int], history: list[dict], n_layers: int) -> None:
+    fig, ax = new_figure()
+    series = {k: np.array([np.nan if h[k] is None else h[k] for h in history]) for k in
+              ("q10", "median", "q90", "min", "max", "fro_median")}
+    ax.fill_between(steps, series["q10"], series["q90"], alpha=0.3, label="spectral, 10–90% of samples")
+    ax.plot(steps, series["median"], marker="o", label="spectral, median")
+    ax.plot(steps, series["min"], ls=":", color="grey", label="spectral, min / max")
+    ax.plot(steps, series["max"], ls=":", color="grey")
+    ax.plot(steps, series["fro_median"], marker="s", label="Frobenius variant, median")
+    ax.axhline(1.0, color="red", ls="--", label="bound (lhs = rhs)")
+    ax.set_yscale("log")  # the Frobenius variant sits orders of magnitude below the spectral one
+    ax.set_xlabel("training step")
+    ax.set_ylabel("lhs / rhs  (dimensionless, log scale)")
+    ax.set_title("Input- vs parameter-gradient bound: tightness over training")
+    ax.legend(fontsize="small")
+    ctx.artifact("bound_ratio.png", to_png(fig), "image/png")
+
+    fig, ax = new_figure()
+    for t in range(n_layers):
+        line, = ax.plot(steps, [h["layers"][t]["w_norm"] for h in history], label=f"‖W^({t + 1})‖₂")
+        if t > 0:
+            ax.plot(steps, [h["layers"][t]["jac_norm"] for h in history], ls="--", color=line.get_color(),
+                    label=f"median ‖∂h^({t + 1})/∂x‖₂")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("spectral norm  (dimensionless)")
+    ax.set_title("Per-layer factors of the bound")
+    ax.legend(fontsize="small", ncol=2)
+    ctx.artifact("layer_factors.png", to_png(fig), "image/png")
+
+
+def run(params: GradientPenaltyBoundParams, ctx) -> dict:
+    arrays = load_arrays(params.dataset, ctx)
+    x_np = np.asarray(arrays["x"], dtype=np.float32)
+    if x_np.ndim != 2 or x_np.shape[0] < 1:
+        raise ValueError("dataset: x must be a non-empty (n, d) array")
+    if "y" not in arrays:
+        raise ValueError("dataset: needs integer labels y (training is by cross-entropy)")
+    y_np = np.asarray(arrays["y"]).astype(np.int64)
+    if y_np.shape != (x_np.shape[0],) or y_np.min() < 0:
+        raise ValueError("dataset: y must hold one non-negative integer label per row of x")
+    n, d_in = x_np.shape
+    classes = max(int(y_np.max()) + 1, 2)
+    if d_in > MAX_INPUT_DIM:
+        raise ValueError(f"dataset: input dimension {d_in} exceeds {MAX_INPUT_DIM}")
+    if params.target_class is not None and params.target_class >= classes:
+        raise ValueError(f"target_class: the dataset has {classes} classes")
+    check_budget(params, d_in, classes, n)
+
+    gen = torch.Generator().manual_seed(ctx.seed)
+    rng = np.random.default_rng(ctx.seed)
+    dims = _layer_dims(params, d_in, classes)
+    model = build_mlp(dims, params.activation, params.init, gen).to(ctx.device)
+    opt = _optimizer(params, model)
+    x_all = torch.from_numpy(x_np).to(ctx.device)
+    y_all = torch.from_numpy(y_np).to(ctx.device)
+    pick = torch.from_numpy(rng.choice(n, size=min(params.samples, n), replace=False)).to(ctx.device)
+    xs, ys = x_all[pick], y_all[pick]
+
+    steps, history = [], []
+
+    def record(step: int) -> None:
+        ctx.check_cancelled()
+        m = measure(model, xs, ys, params)
+        steps.append(step)
+        history.append(m)
+        for key in ("q10", "median", "q90", "max", "fro_median"):
+            if m[key] is not None:
+                ctx.metric(step, f"ratio/{key}", m[key])
+        ctx.metric(step, "violations", m["violations"])
+        ctx.metric(step, "residual/max", m["residual"])
+        for t, layer in enumerate(m["layers"], start=1):
+            for key in ("w_norm", "h_norm", "jac_norm", "share"):
+                if layer[key] is not None:
+                    ctx.metric(step, f"layer{t}/{key}", layer[key])
+
+    record(0)
+    loss = torch.zeros(())
+    for step in range(1, params.steps + 1):
+        ctx.check_cancelled()
+        idx = torch.randint(0, n, (min(params.batch_size, n),), generator=gen).to(ctx.device)
+        logits = model(x_all[idx])
+        loss = F.cross_entropy(logits, y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ctx.metric(step, "loss", float(loss.detach()))
+        if step % params.every == 0 or step == params.steps:
+            record(step)
+            ctx.progress(step / params.steps, f"step {step}/{params.steps}: median lhs/rhs {history[-1]['median']}")
+
+    with torch.no_grad():
+        logits = torch.cat([model(chunk) for chunk in x_all.split(4096)])
+        accuracy = float((logits.argmax(dim=1) == y_all).float().mean())
+        full_loss = float(F.cross_entropy(logits, y_all))
+
+    _plots(ctx, steps, history, len(dims) - 1)
+    buf = io.BytesIO()
+    np.save(buf, np.stack([h["ratios"] for h in history]))
+    ctx.artifact("ratios.npy", buf.getvalue(), "application/x-npy")
+    ctx.progress(1.0, "done")
+    return {
+        "jacobian_method": history[-1]["method"],
+        "f": params.f,
+        "input_dim": d_in,
+        "classes": classes,
+        "samples": int(pick.numel()),
+        "measured_steps": steps,
+        "ratio": {k: [h[k] for h in history] for k in ("q10", "median", "q90", "min", "max")},
+        "ratio_frobenius": {"median": [h["fro_median"] for h in history], "max": [h["fro_max"] for h in history]},
+        "violations": sum(h["violations"] for h in history),
+        "violations_frobenius": sum(h["violations_fro"] for h in history),
+        "max_identity_residual": _num(max(h["residual"] for h in history)),
+        "max_power_iters": max(h["power_iters"] for h in history),
+        "layers": [{key: [h["layers"][t][key] for h in history] for key in ("w_norm", "w_fro", "h_norm", "jac_norm",
+                                                                            "share")}
+                   for t in range(len(dims) - 1)],
+        "final_loss": _num(full_loss),
+        "final_accuracy": accuracy,
+        "last_batch_loss": _num(loss.detach()),
+    }
+
+
+KIND = Kind(
+    name="gradient_penalty_bound",
+    description="Measure the input- vs parameter-gradient inequality (and its per-layer factors) while an MLP trains.",
+    params=GradientPenaltyBoundParams,
+    run=run,
+    example={"dataset": "digits", "widths": [32, 32], "activation": "tanh", "init": "default", "f": "loss",
+             "steps": 150, "lr": 0.1, "optimizer": "sgd", "batch_size": 64, "every": 25, "samples": 16,
+             "method": "auto"},
+)
