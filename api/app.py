@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from api import problems
+from api import openapi, problems
 from api.limits import BodySizeLimit
 from api.routes import datasets, health, jobs, kinds
 from core.jobs.db import make_engine, make_sessionmaker
@@ -24,4 +24,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, default_cap=settings.max_request_bytes, upload_cap=settings.max_upload_bytes)
     for module in (jobs, kinds, datasets, health):
         app.include_router(module.router)
+    openapi.install(app)
     return app

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     queues: str = Field(default="cpu,gpu,auto", description="Comma-separated queues a worker consumes.")
     broker_key_prefix: str = Field(default="", description="Prefix of every Redis key (shared Redis servers).")
 
+    torch_threads: int = Field(default=0, ge=0, description="torch threads per worker process; 0: torch's default")
     heartbeat_interval_s: float = 2.0
     heartbeat_timeout_s: float = 30.0
     requeue_queued_after_s: float = 60.0

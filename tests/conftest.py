@@ -40,6 +40,7 @@ def service_env(pg_database, redis_prefix, tmp_path_factory) -> dict[str, str]:
         "GRADLAB_SWEEP_INTERVAL_S": "1",
         "GRADLAB_REQUEUE_QUEUED_AFTER_S": "10",
         "GRADLAB_AUTH": "disabled",
+        "GRADLAB_TORCH_THREADS": "1",
     }
 
 

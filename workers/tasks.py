@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from core.jobs.db import make_engine, make_sessionmaker
@@ -29,7 +30,10 @@ def _fresh_engine(**_):
 
 @worker_ready.connect
 def _start_sweeper(**_):
-    sweeper = Sweeper(_sessions(), get_settings(), app)
+    settings = get_settings()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    sweeper = Sweeper(_sessions(), settings, app)
     sweeper.start()
     _state["sweeper"] = sweeper
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -18,15 +18,13 @@ class SweepParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     vocab_size: int = Field(128, ge=8, le=1024)
     target_rank: int = Field(16, ge=1, le=256)
-    dims: list[int] = Field(default_factory=lambda: [2, 4, 8, 12, 16, 24, 32, 48],
-                            min_length=2, max_length=32)
+    dims: list[Annotated[int, Field(ge=1, le=512)]] = Field(
+        default_factory=lambda: [2, 4, 8, 12, 16, 24, 32, 48], min_length=2, max_length=32)
     steps: int = Field(300, ge=10, le=5000)
     lr: float = Field(0.05, gt=0, le=1.0)
 
     @model_validator(mode="after")
     def _bounded(self):
-        if any(d < 1 or d > 512 for d in self.dims):
-            raise ValueError("dims: each dimension must be in [1, 512]")
         work = self.vocab_size ** 2 * sum(self.dims) * self.steps
         if work > 2e11:
             raise ValueError(f"steps: vocab_size² · sum(dims) · steps = {work:.2e} exceeds 2e11")
@@ -34,20 +32,11 @@ class SweepParams(BaseModel):
 
 
 class EmbeddingDimParams(Params):
-    vocab_sizes: list[int] = Field(min_length=1, max_length=64)
-    coefficient: float | Literal["exact"] = Field(dimension.POST_COEFFICIENT)
-    entropy_dims: list[int] = Field(default_factory=lambda: [16, 64, 128, 512], min_length=1, max_length=32)
+    vocab_sizes: list[Annotated[int, Field(ge=2, le=10**15)]] = Field(min_length=1, max_length=64)
+    coefficient: Annotated[float, Field(gt=0, le=1000)] | Literal["exact"] = dimension.POST_COEFFICIENT
+    entropy_dims: list[Annotated[int, Field(ge=2, le=100_000)]] = Field(
+        default_factory=lambda: [16, 64, 128, 512], min_length=1, max_length=32)
     sweep: SweepParams | None = None
-
-    @model_validator(mode="after")
-    def _ranges(self):
-        if any(v < 2 or v > 10**15 for v in self.vocab_sizes):
-            raise ValueError("vocab_sizes: each vocabulary size must be in [2, 1e15]")
-        if any(n < 2 or n > 100_000 for n in self.entropy_dims):
-            raise ValueError("entropy_dims: each n must be in [2, 100000]")
-        if not isinstance(self.coefficient, str) and not 0 < self.coefficient <= 1000:
-            raise ValueError("coefficient: must be in (0, 1000] or 'exact'")
-        return self
 
 
 def run(params: EmbeddingDimParams, ctx: RunContext) -> dict:

@@ -1,7 +1,7 @@
 """Job kind ``init_averaging``: forward/backward variance through a stack initialized with averaged fans."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -14,7 +14,8 @@ ACTIVATIONS = {"linear": torch.nn.Identity, "relu": torch.nn.ReLU, "tanh": torch
 
 
 class InitAveragingParams(Params):
-    widths: list[int] = Field(min_length=2, max_length=17, description="layer widths, input first")
+    widths: list[Annotated[int, Field(ge=1, le=16384)]] = Field(min_length=2, max_length=17,
+                                                                description="layer widths, input first")
     means: list[Literal["arithmetic", "geometric", "quadratic", "harmonic"]] = Field(
         default_factory=lambda: ["arithmetic", "geometric", "quadratic"], min_length=1, max_length=4)
     distribution: Literal["normal", "uniform"] = "normal"
@@ -24,8 +25,6 @@ class InitAveragingParams(Params):
 
     @model_validator(mode="after")
     def _fits(self):
-        if any(w < 1 or w > 16384 for w in self.widths):
-            raise ValueError("widths: each width must be in [1, 16384]")
         weights = sum(a * b for a, b in zip(self.widths, self.widths[1:]))
         activations = self.batch * sum(self.widths)
         need = 4 * (weights + 3 * activations)
