@@ -1,7 +1,6 @@
 """Job kind ``embedding_dim``: the n > 8.33·ln N rule, h_n/n by integration, and an optional empirical sweep."""
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal
 
 import torch

@@ -18,15 +18,6 @@ B = 22
 PAIRS = torch.arange(B) ^ 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Helpers share 2 cores: two spinning intra-op threads per process made these tests ~10x slower there."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def mlp(dtype, dropout=0.3, seed=0, in_dim=6, out_dim=5):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(in_dim, 12), nn.Tanh(), nn.Dropout(dropout), nn.Linear(12, out_dim)).to(dtype)

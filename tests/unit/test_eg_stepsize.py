@@ -20,15 +20,6 @@ from core.techniques.local import LocalContext
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine is shared: tiny ops only slow down when torch spreads them over threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _feed(opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
     """One step with the given gradients (a deterministic gradient sequence, no model needed)."""
     for p, g in zip(params, grads):

@@ -30,6 +30,16 @@ from core.techniques.gradnorm_gan import KIND, GradnormGanParams, Trainer, check
 from core.techniques.local import LocalContext
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny nets: one intra-op thread is faster, and on a shared 2-core machine two threads that wait on each other
+    made the training tests ~10× slower. Restored afterwards so other test modules are unaffected."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def relu_mlp(d_in: int, width: int = 32, depth: int = 3, seed: int = 0, dtype=torch.float64) -> nn.Sequential:
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
@@ -104,7 +114,7 @@ def test_per_sample_norm_is_over_the_flattened_image():
     for i in range(3):  # each sample alone: its own gradient, flattened over channels and pixels
         xi = x[i:i + 1].clone().requires_grad_(True)
         (gi,) = torch.autograd.grad(D(xi).sum(), xi)
-        assert math.isclose(float(grad_norm[i]), float(gi.flatten().norm()), rel_tol=1e-12)
+        assert math.isclose(float(grad_norm[i].detach()), float(gi.flatten().norm()), rel_tol=1e-12)
     w, d = region_gradient(D, x)
     _, g = normalized_input_grad(D, x, "gn", 1e-12)
     assert torch.allclose(g, w**2 / (w + d.abs()) ** 2, rtol=1e-12)
@@ -117,14 +127,16 @@ def test_normalized_critic_is_discontinuous_across_regions():
     def D(x):
         return c + a * x + (b - a) * torch.relu(x)
 
-    x = torch.tensor([[-1e-9], [1e-9]], dtype=torch.float64)
-    d_hat, _ = normalize_discriminator(D, x, "plain", eps=1e-12)
+    delta = 1e-6
+    x = torch.tensor([[-delta], [delta]], dtype=torch.float64)
+    d_hat, g = (t.detach() for t in normalize_discriminator(D, x, "plain", eps=1e-12))
+    assert torch.allclose(g, torch.tensor([a, b], dtype=torch.float64))
     jump = float(d_hat[0] - d_hat[1])
-    assert math.isclose(jump, c * (1 / a - 1 / b), rel_tol=1e-6)
+    assert math.isclose(jump, c * (1 / a - 1 / b), rel_tol=1e-5)
     slope, share = max_pair_slope(x, d_hat)
-    assert slope > 1e8 and share == 1.0  # the gradient is ≤ 1 on both sides, the function is not 1-Lipschitz
-    d_gn, _ = normalize_discriminator(D, x, "gn")
-    assert math.isclose(float(d_gn[0] - d_gn[1]), c / (a + c) - c / (b + c), rel_tol=1e-6)
+    assert slope > 1e6 and share == 1.0  # the gradient is ≤ 1 on both sides, the function is not 1-Lipschitz
+    d_gn = normalize_discriminator(D, x, "gn")[0].detach()
+    assert math.isclose(float(d_gn[0] - d_gn[1]), c / (a + c) - c / (b + c), rel_tol=1e-5)
 
 
 def test_zero_critic_gives_zero_not_nan():
@@ -200,9 +212,11 @@ def test_mode_coverage_collapsed_and_off_support():
     assert cov["modes_covered"] == 1 and cov["high_quality_share"] == 1.0 and cov["counts"][3] == 500
     cov = mode_coverage(torch.zeros(500, 2), centres, 0.02)  # the centre of the ring: far from every mode
     assert cov["modes_covered"] == 0 and cov["high_quality_share"] == 0.0
-    # a mode with fewer than 10% of its even share of samples is not covered
-    few = torch.cat([centres[:1].repeat(6, 1), centres[1:2].repeat(94, 1)])
+    # 1000 samples over 8 modes: an even share is 125, so a mode needs 12.5 high-quality samples to count
+    few = torch.cat([centres[:1].repeat(12, 1), centres[1:2].repeat(988, 1)])
     assert mode_coverage(few, centres, 0.02)["modes_covered"] == 1
+    enough = torch.cat([centres[:1].repeat(13, 1), centres[1:2].repeat(987, 1)])
+    assert mode_coverage(enough, centres, 0.02)["modes_covered"] == 2
 
 
 def test_lipschitz_stats_of_a_linear_critic():
@@ -216,7 +230,7 @@ def test_lipschitz_stats_of_a_linear_critic():
     for key in ("real", "fake", "interp"):
         assert math.isclose(stats[f"grad_max_{key}"], 0.5, rel_tol=1e-6)
         assert math.isclose(stats[f"grad_mean_{key}"], 0.5, rel_tol=1e-6)
-    assert stats["max_pair_slope"] <= 0.5 + 1e-9 and stats["max_pair_slope"] > 0.45
+    assert 0.45 < stats["max_pair_slope"] <= 0.5 * (1 + 1e-6)  # float32 scores: rounding only
     assert stats["share_pairs_over_1"] == 0.0
     x1 = torch.linspace(-3, 3, 50, dtype=torch.float64)[:, None]
     assert math.isclose(max_pair_slope(x1, 0.5 * x1[:, 0] + 3)[0], 0.5, rel_tol=1e-12)

@@ -18,16 +18,6 @@ from core.techniques.local import LocalContext
 from core.techniques.momentum_accumulation import ARMS, KIND
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run thousands of tiny ops; on a shared 2-core box two OpenMP threads make each one spin-wait
-    (measured 191 s vs 24 s for this file under load). Restored afterwards, so other modules are unaffected."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _net(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()

@@ -18,15 +18,6 @@ from core.vae import (VAE, DiagonalGaussian, FullGaussian, LinearGaussian, bits_
                       importance_statistics)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two OpenMP threads on a shared 2-core box stall on every small op (measured ~25x slower); restore after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(seed: int = 0, data_dim: int = 4, latent_dim: int = 2, sigma: float = 0.5, n: int = 300):
     gen = torch.Generator().manual_seed(seed)
     model = LinearGaussian.random(data_dim, latent_dim, sigma, gen)
