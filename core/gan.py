@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -80,13 +81,14 @@ def replace_batchnorm(module: nn.Module) -> list[str]:
         parent = module.get_submodule(parent_name) if parent_name else module
         bn = getattr(parent, child)
         gn = nn.GroupNorm(1, bn.num_features, eps=bn.eps, affine=bn.affine)
+        tensors = list(bn.parameters()) + list(bn.buffers(recurse=False))
+        floats = [t for t in tensors if t.is_floating_point()]
+        if floats:
+            gn.to(device=floats[0].device, dtype=floats[0].dtype)
         if bn.affine:
             with torch.no_grad():
                 gn.weight.copy_(bn.weight)
                 gn.bias.copy_(bn.bias)
-        tensors = list(bn.parameters()) + list(bn.buffers())
-        if tensors:
-            gn.to(device=tensors[0].device)
         setattr(parent, child, gn)
         notes.append(f"{name}: BatchNorm replaced by GroupNorm(1, {bn.num_features}) because {BATCHNORM_REASON}")
     return notes

@@ -10,6 +10,7 @@ KIND_MODULES = (
     "embedding_dim",
     "init_averaging",
     "contrastive_accumulation",
+    "gradnorm_gan",
     "momentum_accumulation",
     "vae_density",
     "gradient_penalty_bound",

@@ -38,6 +38,7 @@ from core.techniques.base import Kind, Params
 
 MEMORY_LIMIT_BYTES = 4 * 2**30
 WORK_LIMIT_FLOPS = 2e14
+ACTIVATION_COPIES = 16
 MAX_INPUT_DIM = 4096
 DATASET_DIMS = {"ring8": 2, "grid25": 2, "digits": 64}
 NORMALIZED = {"gn": "gn", "gran": "gran", "plain_norm": "plain"}
@@ -91,9 +92,10 @@ def _side(dim: int) -> int | None:
 def estimate(params: GradnormGanParams, dim: int) -> tuple[float, float]:
     """Rough peak bytes and total FLOPs of a job on inputs of dimension ``dim``.
 
-    Activations per sample times the batch, times 8 for what double backprop keeps (forward, backward graph and
-    its gradients), plus parameters with their gradients and two Adam moments; FLOPs are 2 per weight per sample for
-    a forward, times 6 for forward + backward + double backprop, per critic and generator update.
+    Memory: float32 activations per sample × batch × ``ACTIVATION_COPIES`` (real and fake batches, the forward, the
+    create_graph backward and its gradients), plus parameters with their gradients and two Adam moments.
+    FLOPs: 2 per weight per sample for a forward, × 6 for forward + backward + double backprop; a critic update
+    scores a real and a fake batch and samples G once, a generator update runs G and D once each.
     """
     if params.arch == "mlp":
         weights_d = dim * params.width + (params.depth - 1) * params.width ** 2 + params.width
@@ -107,8 +109,8 @@ def estimate(params: GradnormGanParams, dim: int) -> tuple[float, float]:
         acts = c * pixels * (1 + 0.5 + 0.25) + pixels
         flops_d = 2 * (9 * c * pixels + 16 * 2 * c * c * pixels / 4 + 16 * 8 * c * c * pixels / 16)
         flops_g = flops_d
-    memory = 8 * 4 * params.batch * acts * 2 + 4 * 4 * (weights_d + weights_g)
-    per_step = params.batch * 6 * ((params.n_critic * 2 + 1) * flops_d + flops_g)
+    memory = 4 * params.batch * acts * ACTIVATION_COPIES + 4 * 4 * (weights_d + weights_g)
+    per_step = params.batch * 6 * ((2 * params.n_critic + 1) * flops_d + (params.n_critic + 1) * flops_g)
     return memory, per_step * params.steps
 
 
@@ -230,7 +232,7 @@ def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, generator: torch.
     return (g.reshape(len(g), -1).norm(dim=1) - 1).square().mean()
 
 
-class _SavedBytes:
+class SavedBytes:
     """Counts the distinct storages autograd saves for backward (double backprop included) while active."""
 
     def __init__(self):
@@ -254,7 +256,7 @@ class _SavedBytes:
         return sum(self.sizes.values())
 
 
-class _Trainer:
+class Trainer:
     """Holds the nets, optimizers and RNGs of one job; ``step`` is one generator update with its critic updates."""
 
     def __init__(self, params: GradnormGanParams, data: Tensor, bounded: bool, seed: int, device: torch.device):
@@ -275,18 +277,19 @@ class _Trainer:
     def scores(self, x: Tensor) -> Tensor:
         return self.score(x).reshape(len(x))
 
-    def noise(self, n: int) -> Tensor:
-        return torch.randn(n, self.p.z_dim, generator=self.dev_gen, device=self.device)
+    def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn(n, self.p.z_dim, generator=generator or self.dev_gen, device=self.device)
 
     def real_batch(self) -> Tensor:
         idx = torch.randint(len(self.data), (self.p.batch,), generator=self.cpu_gen)
         return self.data[idx.to(self.data.device)]
 
-    def sample(self, n: int) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` generated points; evaluation passes its own ``generator`` so it does not shift the training noise."""
         with torch.no_grad():
-            return torch.cat([self.G(self.noise(min(1024, n - i))) for i in range(0, n, 1024)])
+            return torch.cat([self.G(self.noise(min(1024, n - i), generator)) for i in range(0, n, 1024)])
 
-    def step(self, meter_d: _SavedBytes | None = None, meter_g: _SavedBytes | None = None) -> dict[str, float]:
+    def step(self, meter_d: SavedBytes | None = None, meter_g: SavedBytes | None = None) -> dict[str, float]:
         p = self.p
         self.D.requires_grad_(True)
         for _ in range(p.n_critic):
@@ -372,7 +375,7 @@ def _plot_losses(curves: dict[str, list], params: GradnormGanParams) -> bytes:
     return plots.to_png(fig)
 
 
-def _plot_samples(trainer: _Trainer, real: Tensor, fake: Tensor, centres: Tensor | None, params) -> bytes:
+def _plot_samples(trainer: Trainer, real: Tensor, fake: Tensor, centres: Tensor | None, params) -> bytes:
     dim = real.shape[1]
     side = math.isqrt(dim)
     if dim == 2:
@@ -396,7 +399,8 @@ def _plot_samples(trainer: _Trainer, real: Tensor, fake: Tensor, centres: Tensor
         ax.set_ylim(lo[1], hi[1])
         ax.set_xlabel("x₁")
         ax.set_ylabel("x₂")
-        ax.legend(loc="upper right", markerscale=4)
+        for handle in ax.legend(loc="upper right").legend_handles:
+            handle.set_sizes([20])
     elif side * side == dim:
         fig, axes = plots.plt.subplots(2, 1, figsize=(6, 6.5), dpi=100)
         for ax, x, name in ((axes[0], real, "real"), (axes[1], fake, "generated")):
@@ -475,16 +479,17 @@ def run(params: GradnormGanParams, ctx) -> dict:
     if y is not None and centres is None:
         ctx.progress(0.0, "training the judge classifier on the real data")
         classifier, accuracy, held_out = train_classifier(x, y, ctx.seed, device, ctx.check_cancelled)
-    trainer = _Trainer(params, x.to(device), bounded, ctx.seed, device)
+    trainer = Trainer(params, x.to(device), bounded, ctx.seed, device)
 
     curves: dict[str, list] = {"step": [], "loss_d": [], "loss_g": [], "w_estimate": []}
     times: list[float] = []
-    saved_d, saved_g = _SavedBytes(), _SavedBytes()
+    saved_d, saved_g = SavedBytes(), SavedBytes()
     peak_cuda = None
     measure_at = min(1, params.steps - 1)
     diverged_at = None
     completed = 0
     eval_every = max(1, params.steps // 10)
+    eval_noise = torch.Generator(device=device).manual_seed(ctx.seed + 6)
     for step in range(params.steps):
         ctx.check_cancelled()
         if step == measure_at:
@@ -513,9 +518,9 @@ def run(params: GradnormGanParams, ctx) -> dict:
             if times:
                 ctx.metric(step, "step_time_ms", 1e3 * times[-1])
             if params.constraint in NORMALIZED:
-                ctx.metric(step, "raw_grad_norm_mean", float(trainer.score.last_grad_norm.mean()))
+                ctx.metric(step, "raw_grad_norm_fake", float(trainer.score.last_grad_norm.mean()))
         if centres is not None and (step % eval_every == 0 or step == params.steps - 1):
-            cov = mode_coverage(trainer.sample(params.eval_samples).cpu(), centres, std)
+            cov = mode_coverage(trainer.sample(params.eval_samples, eval_noise).cpu(), centres, std)
             ctx.metric(step, "modes_covered", cov["modes_covered"])
             ctx.metric(step, "high_quality_share", cov["high_quality_share"])
         ctx.progress(0.05 + 0.85 * (step + 1) / params.steps, f"step {step + 1}/{params.steps}")
@@ -524,7 +529,7 @@ def run(params: GradnormGanParams, ctx) -> dict:
     n_eval = min(params.eval_samples, len(x))
     eval_gen = torch.Generator().manual_seed(ctx.seed + 5)
     real = x[torch.randperm(len(x), generator=eval_gen)[:n_eval]].to(device)
-    fake = trainer.sample(params.eval_samples)
+    fake = trainer.sample(params.eval_samples, eval_noise)
     probes = probe_critic(trainer.scores, real, fake, generator=eval_gen)
     lip = summarize_probes(probes, generator=eval_gen)
     norms = {name: g.cpu().numpy() for name, (_, _, g) in probes.items()}
@@ -589,7 +594,7 @@ KIND = Kind(
     description="GAN critics made Lipschitz by gradient normalization (GN, GraN) vs GP, spectral norm and clipping.",
     params=GradnormGanParams,
     run=run,
-    example={"dataset": "ring8", "constraint": "gn", "loss": "wasserstein", "width": 64, "depth": 2, "z_dim": 4,
-             "n_critic": 1, "steps": 300, "batch": 128, "lr_d": 1e-3, "lr_g": 1e-3, "eval_samples": 1000,
-             "mixture_std": 0.05},
+    example={"dataset": "ring8", "mixture_std": 0.05, "constraint": "gn", "loss": "wasserstein", "width": 64,
+             "depth": 2, "z_dim": 4, "n_critic": 2, "steps": 500, "batch": 128, "lr_d": 1e-3, "lr_g": 1e-3,
+             "eval_samples": 1000},
 )
