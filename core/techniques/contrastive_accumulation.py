@@ -449,7 +449,7 @@ def _cost_plot(time_per_step: dict[str, float], peak_memory: dict[str, int | Non
 KIND = Kind(
     name="contrastive_accumulation",
     description="Exact large-batch InfoNCE gradient in the memory of one chunk (cached representation gradients), "
-                "checked against full-batch autograd and naive per-chunk accumulation",
+                "checked against full-batch autograd and naive per-chunk accumulation.",
     params=ContrastiveAccumulationParams,
     run=run,
     example={"dataset": "digits", "towers": "shared", "widths": [256, 256, 64], "dropout": 0.1, "batch_size": 1024,

@@ -360,7 +360,7 @@ def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
 
 KIND = Kind(
     name="momentum_accumulation",
-    description="gradient accumulation inside the momentum (no buffer) vs explicit accumulation and per-batch updates",
+    description="Gradient accumulation inside the momentum (no buffer) vs explicit accumulation and per-batch updates.",
     params=MomentumAccumulationParams,
     run=run,
     example={"dataset": "digits", "model": "mlp", "hidden": 32, "optimizer": "sgdm", "betas": [0.9, 0.999],
