@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from api import openapi, problems
 from api.limits import BodySizeLimit
-from api.routes import datasets, health, jobs, kinds
+from api.routes import datasets, events, health, jobs, kinds, web
 from core.jobs.db import make_engine, make_sessionmaker
 from core.settings import Settings, get_settings
 from core.techniques import registry
@@ -22,7 +23,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = make_celery(settings)
     problems.install(app, set(registry()))
     app.add_middleware(BodySizeLimit, default_cap=settings.max_request_bytes, upload_cap=settings.max_upload_bytes)
-    for module in (jobs, kinds, datasets, health):
+    for module in (jobs, events, kinds, datasets, health, web):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     openapi.install(app)
     return app

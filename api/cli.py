@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from api.client_cli import register as register_client_commands
 from core.settings import get_settings
 
 cli = typer.Typer(help="gradlab: training-analysis jobs over HTTP.", no_args_is_help=True, add_completion=False)
@@ -40,8 +41,9 @@ def api(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option(1
             raise typer.Exit(2)
         typer.echo("authentication is DISABLED (GRADLAB_AUTH=disabled): loopback only, every caller is admin")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Open event streams would otherwise hold a shutdown forever.
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False)
+                log_level="info", access_log=False, timeout_graceful_shutdown=5)
 
 
 @cli.command()
@@ -134,6 +136,9 @@ def _redact(url: str) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
+
+
+register_client_commands(cli)
 
 
 def main() -> None:

@@ -42,6 +42,8 @@ class DbRunContext:
         self.timeout_s = timeout_s
         self._started = time.monotonic()
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # commits in row order, so metric ids follow logging order
+        self.images: list[tuple[str, bytes, str]] = []
         self._rows: list[tuple[int, str, float | None]] = []
         self._progress: tuple[float, str] | None = None
         self._stopped_by: type[Exception] | None = None
@@ -71,6 +73,8 @@ class DbRunContext:
         if not retrying(write):
             self._learn_why_not_ours()
         self.check_cancelled()
+        if media_type == "image/png":
+            self.images.append((name, data, media_type))
 
     def check_cancelled(self) -> None:
         if self._stopped_by is not None:
@@ -105,6 +109,10 @@ class DbRunContext:
         retrying(self.flush)
 
     def flush(self) -> None:
+        with self._write_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         with self._lock:
             rows, self._rows = self._rows, []
             progress, self._progress = self._progress, None

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import sessionmaker
 
 from core.jobs import store
+from core.report import html_report
 from core.jobs.states import JobStatus
 from core.settings import Settings
 from core.techniques import get_kind
@@ -78,6 +79,7 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
     ctx.start()
     try:
         result = kind.run(params, ctx)
+        ctx.artifact("report.html", html_report(job.kind, job.params, result, ctx.images), "text/html")
         ctx.close()
         return "succeeded" if finish(JobStatus.succeeded, result=result) else "lost"
     except JobCancelled:

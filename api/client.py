@@ -1,0 +1,392 @@
+"""A Python client for the gradlab HTTP API: typed results, paging done for you, and waiting on live events.
+
+    from api.client import Client
+    with Client("http://127.0.0.1:8000", api_key="...") as gl:
+        job = gl.submit(gl.kind("embedding_dim").example)
+        done = gl.wait(job.id, timeout=600)
+        print(done.status, done.result)
+
+Every HTTP error raises ``ApiError`` carrying the server's problem+json (status, title, detail, field errors);
+an unreachable server raises its subclass ``ApiUnreachable``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+RECONNECTS = 5  # consecutive failed event-stream connections before giving up
+
+
+class ApiError(Exception):
+    """An error answer of the API (RFC 9457 problem+json), or no answer at all (``status`` None)."""
+
+    def __init__(self, status: int | None, detail: str, *, title: str = "", type: str = "about:blank",
+                 errors: list[dict] | None = None, retry_after: float | None = None, body: dict | None = None):
+        super().__init__(detail)
+        self.status, self.detail, self.title, self.type = status, detail, title, type
+        self.errors = errors or []
+        self.retry_after = retry_after
+        self.body = body or {}
+
+    @classmethod
+    def from_response(cls, resp: httpx.Response) -> ApiError:
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):  # not our API (a proxy's HTML page, say): keep the start of the text
+            body = {"detail": resp.text[:500] or resp.reason_phrase}
+        retry = resp.headers.get("Retry-After")
+        return cls(resp.status_code, str(body.get("detail") or resp.reason_phrase),
+                   title=str(body.get("title") or resp.reason_phrase), type=str(body.get("type", "about:blank")),
+                   errors=body.get("errors") if isinstance(body.get("errors"), list) else None,
+                   retry_after=float(retry) if retry and retry.isdigit() else None, body=body)
+
+    def __str__(self) -> str:
+        if self.status is None:
+            return self.detail
+        return f"{self.status} {self.title}: {self.detail}" if self.title else f"{self.status}: {self.detail}"
+
+
+class ApiUnreachable(ApiError):
+    """The server could not be reached or the connection broke."""
+
+    def __init__(self, detail: str):
+        super().__init__(None, detail, title="Unreachable")
+
+
+class WaitTimeout(TimeoutError):
+    """``wait`` or ``events`` ran out of time; ``job`` is the last state seen."""
+
+    def __init__(self, message: str, job: Job | None = None):
+        super().__init__(message)
+        self.job = job
+
+
+def _time(raw: str | None) -> datetime | None:
+    return datetime.fromisoformat(raw) if raw else None
+
+
+def _known(cls, data: Mapping) -> dict:
+    """Only the fields this client knows, so newer servers that add fields do not break it."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass(frozen=True)
+class JobError:
+    type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    kind: str
+    status: str
+    progress: float
+    message: str
+    params: dict[str, Any]
+    seed: int
+    device_requested: str
+    device: str | None
+    timeout_s: int
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    links: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Job:
+        d = _known(cls, data)
+        d["created_at"], d["started_at"], d["finished_at"] = (
+            _time(data.get("created_at")), _time(data.get("started_at")), _time(data.get("finished_at")))
+        d["error"] = JobError(**_known(JobError, data["error"])) if data.get("error") else None
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    step: int
+    name: str
+    value: float | None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    media_type: str
+    size: int
+    sha256: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    description: str
+    params_schema: dict[str, Any]
+    example: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    id: str
+    filename: str
+    format: str
+    rows: int
+    columns: int
+    has_labels: bool
+    size: int
+    sha256: str
+    created_at: datetime
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Dataset:
+        return cls(**{**_known(cls, data), "created_at": _time(data["created_at"])})
+
+
+@dataclass(frozen=True)
+class Event:
+    """One Server-Sent Event: ``status`` {status, progress, message, attempt} or ``metric`` {step, name, value}.
+    ``id`` is the stream position to resume from (the last metric row id delivered)."""
+
+    event: str
+    data: dict[str, Any]
+    id: str | None = None
+
+
+class _SseParser:
+    """The text/event-stream format (WHATWG HTML §9.2): fields per line, an empty line dispatches the event."""
+
+    def __init__(self, last_id: str | None):
+        self.last_id = last_id
+        self.retry_s = 1.0
+
+    def feed(self, lines: Iterable[str]) -> Iterator[Event]:
+        name, data = "message", []
+        for line in lines:
+            if not line:
+                if data:
+                    yield Event(name, json.loads("\n".join(data)), self.last_id)
+                name, data = "message", []
+                continue
+            if line.startswith(":"):
+                continue
+            key, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if key == "event":
+                name = value
+            elif key == "data":
+                data.append(value)
+            elif key == "id" and "\0" not in value:
+                self.last_id = value
+            elif key == "retry" and value.isdigit():
+                self.retry_s = int(value) / 1000
+
+
+class Client:
+    """A connection to one gradlab API. ``base_url`` and ``api_key`` default to GRADLAB_URL and GRADLAB_API_KEY."""
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, timeout: float = 30.0):
+        self.base_url = (base_url or os.environ.get("GRADLAB_URL") or DEFAULT_URL).rstrip("/")
+        api_key = api_key if api_key is not None else os.environ.get("GRADLAB_API_KEY")
+        headers = {"User-Agent": "gradlab-client/1", "Accept": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self.timeout = timeout
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiUnreachable(f"cannot reach {self.base_url}: {exc.__class__.__name__}: {exc}") from None
+        if resp.status_code >= 400:
+            raise ApiError.from_response(resp)
+        return resp
+
+    # --- jobs -------------------------------------------------------------------------------------------------
+    def submit(self, spec: Mapping[str, Any], idempotency_key: str | None = None) -> Job:
+        """Submit ``{kind, params, seed?, device?, timeout_s?}``; with the same ``idempotency_key`` and body,
+        a retry returns the job the first request made instead of a second one."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return Job.from_json(self._request("POST", "/v1/jobs", json=dict(spec), headers=headers).json())
+
+    def get(self, job_id: str) -> Job:
+        return Job.from_json(self._request("GET", f"/v1/jobs/{job_id}").json())
+
+    def list(self, status: str | None = None, kind: str | None = None, limit: int | None = None,
+             page_size: int = 100) -> Iterator[Job]:
+        """Jobs newest first, following ``next_cursor`` page by page; at most ``limit`` of them (None: all)."""
+        cursor, seen = None, 0
+        while limit is None or seen < limit:
+            size = min(page_size, 500) if limit is None else min(page_size, 500, limit - seen)
+            query = {k: v for k, v in {"status": status, "kind": kind, "limit": size, "cursor": cursor}.items()
+                     if v is not None}
+            page = self._request("GET", "/v1/jobs", params=query).json()
+            for item in page["items"]:
+                seen += 1
+                yield Job.from_json(item)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued or running job; a finished one is an ApiError 409."""
+        return Job.from_json(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
+
+    def metrics(self, job_id: str, name: str | None = None, after_step: int | None = None,
+                page_size: int = 1000) -> Iterator[MetricRow]:
+        """Every metric row (optionally of one name, after a step) in logging order, all pages."""
+        cursor = None
+        while True:
+            query = {k: v for k, v in {"name": name, "after_step": after_step, "limit": page_size,
+                                       "cursor": cursor}.items() if v is not None}
+            page = self._request("GET", f"/v1/jobs/{job_id}/metrics", params=query).json()
+            for item in page["items"]:
+                yield MetricRow(**_known(MetricRow, item))
+            cursor = page.get("next_cursor")
+            if cursor is None:
+                return
+
+    def events(self, job_id: str, last_event_id: str | int | None = None,
+               timeout: float | None = None) -> Iterator[Event]:
+        """The job's live events until its terminal status event; a broken connection is resumed with
+        Last-Event-ID, so no metric row is lost or repeated. ``timeout`` bounds the whole wait (WaitTimeout)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        parser = _SseParser(None if last_event_id is None else str(last_event_id))
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if parser.last_id is not None:
+                headers["Last-Event-ID"] = parser.last_id
+            # Reads may block for up to the server's keep-alive interval (10 s), or until the deadline.
+            read = self.timeout if deadline is None else max(0.05, min(self.timeout, deadline - time.monotonic()))
+            try:
+                with self._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                                       timeout=httpx.Timeout(self.timeout, read=read)) as resp:
+                    if resp.status_code >= 400:
+                        resp.read()
+                        raise ApiError.from_response(resp)
+                    if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                        raise ApiError(406, f"{resp.url} answered {resp.headers.get('content-type')!r}, "
+                                            f"not an event stream", title="Not Acceptable")
+                    for event in parser.feed(resp.iter_lines()):
+                        failures = 0
+                        yield event
+                        if event.event == "status" and event.data.get("status") in TERMINAL:
+                            return
+                        if deadline is not None and time.monotonic() >= deadline:
+                            raise WaitTimeout(f"no terminal status of job {job_id} within {timeout:g} s")
+            except httpx.TransportError as exc:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeout(f"no terminal status of job {job_id} within {timeout:g} s") from None
+                failures += 1
+                if failures > RECONNECTS:
+                    raise ApiUnreachable(f"event stream of job {job_id} at {self.base_url} keeps failing: "
+                                         f"{exc.__class__.__name__}: {exc}") from None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"no terminal status of job {job_id} within {timeout:g} s")
+            time.sleep(parser.retry_s if deadline is None else max(0.0, min(parser.retry_s, deadline - time.monotonic())))
+
+    def wait(self, job_id: str, timeout: float | None = None, on_event: Callable[[Event], None] | None = None,
+             poll_interval: float = 1.0) -> Job:
+        """Block until the job is succeeded, failed or cancelled and return it (with its result).
+
+        Listens to the event stream; against a server without one it polls every ``poll_interval`` seconds.
+        Raises WaitTimeout after ``timeout`` seconds (the job keeps running)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            for event in self.events(job_id, timeout=timeout):
+                if on_event is not None:
+                    on_event(event)
+            return self.get(job_id)
+        except ApiError as exc:
+            if exc.status not in (404, 405, 406, 501):
+                raise
+            self.get(job_id)  # a missing job raises here; otherwise the server just has no event stream
+        except WaitTimeout as exc:
+            raise WaitTimeout(str(exc), self.get(job_id)) from None
+        while True:
+            job = self.get(job_id)
+            if job.terminal:
+                return job
+            if deadline is not None and time.monotonic() + poll_interval > deadline:
+                raise WaitTimeout(f"job {job_id} still {job.status} after {timeout:g} s", job)
+            time.sleep(poll_interval)
+
+    # --- artifacts --------------------------------------------------------------------------------------------
+    def artifacts(self, job_id: str) -> list[Artifact]:
+        return [Artifact(**_known(Artifact, a)) for a in self._request("GET", f"/v1/jobs/{job_id}/artifacts").json()]
+
+    def artifact(self, job_id: str, name: str) -> bytes:
+        return self._request("GET", f"/v1/jobs/{job_id}/artifacts/{name}").content
+
+    def download_artifacts(self, job_id: str, out_dir: str | os.PathLike) -> list[Path]:
+        """Save every artifact of the job into ``out_dir`` (made if missing), checking size and SHA-256."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        saved = []
+        for art in self.artifacts(job_id):
+            filename = Path(art.name).name
+            if filename in ("", ".", "..") or filename != art.name:
+                raise ApiError(None, f"artifact name {art.name!r} is not a plain file name; not saved")
+            data = self.artifact(job_id, art.name)
+            if len(data) != art.size or hashlib.sha256(data).hexdigest() != art.sha256:
+                raise ApiError(None, f"artifact {art.name!r} arrived corrupted (size or SHA-256 differ); not saved")
+            part = out / f".{filename}.part"
+            part.write_bytes(data)
+            part.replace(out / filename)
+            saved.append(out / filename)
+        return saved
+
+    # --- kinds and datasets -----------------------------------------------------------------------------------
+    def kinds(self) -> list[Kind]:
+        return [Kind(**_known(Kind, k)) for k in self._request("GET", "/v1/kinds").json()]
+
+    def kind(self, name: str) -> Kind:
+        return Kind(**_known(Kind, self._request("GET", f"/v1/kinds/{name}").json()))
+
+    def upload_dataset(self, path: str | os.PathLike, label_column: str | None = None) -> Dataset:
+        """Upload a .csv or .npz file; ``label_column`` names a CSV column holding labels."""
+        path = Path(path)
+        data = {"label_column": label_column} if label_column else None
+        with path.open("rb") as fh:
+            resp = self._request("POST", "/v1/datasets", files={"file": (path.name, fh, "application/octet-stream")},
+                                 data=data)
+        return Dataset.from_json(resp.json())
+
+    def dataset(self, dataset_id: str) -> Dataset:
+        return Dataset.from_json(self._request("GET", f"/v1/datasets/{dataset_id}").json())
