@@ -1,0 +1,403 @@
+"""API load: gradlab's POST /v1/jobs and GET /v1/jobs/{id} against MLflow's runs/create and runs/get.
+
+Both services run on the same local PostgreSQL server (each on a fresh database made here) with 2 server worker
+processes. gradlab runs with production settings: Redis broker with a key prefix, API keys required (``--auth key``,
+the default) and admission limits raised so no request is refused; no job worker is started, so submitted jobs stay
+queued. MLflow (``pip install mlflow``) is started with ``mlflow server --backend-store-uri postgresql+psycopg://...
+--workers 2``; it has no authentication. Load is closed-loop: N clients, each sending its next request when the
+previous answer arrived, for a fixed time after a warm-up. The phases alternate between the two services
+(gradlab POST, MLflow POST, gradlab GET, MLflow GET, per round) so drifting load from other processes on a shared
+machine hits both alike.
+
+Run from the repository root: ``python -m bench.api_load [--clients 32] [--duration 8] [--rounds 2]``;
+``--profile wall|gil`` also records py-spy stacks of gradlab's API processes during its phases
+(bench/results/profiles/). Each phase reports where the machine's CPU went (API, postgres, load generator, others)
+and an in-process pass counts, per gradlab request, the SQL statements, commits, pool checkouts (each with a
+pre-ping) and the time spent in each (``request_anatomy``).
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import statistics
+import time
+from collections import Counter
+
+import httpx
+
+from bench.common import (PROFILES, BenchStack, CpuMeter, LoadResult, PySpy, closed_loop, light_job,
+                          print_table, run_async, wait_ready, write_results)
+from tests.stack import BIN, free_port
+
+FLOOR_THROUGHPUT_RATIO = 3.0
+
+
+def _gradlab_requests(job_ids: list[str]):
+    async def post(client: httpx.AsyncClient, i: int) -> httpx.Response:
+        return await client.post("/v1/jobs", json=light_job(i))
+
+    async def get(client: httpx.AsyncClient, i: int) -> httpx.Response:
+        return await client.get(f"/v1/jobs/{random.choice(job_ids)}")
+
+    def collect(resp: httpx.Response) -> None:
+        if resp.status_code == 201:
+            job_ids.append(resp.json()["id"])
+
+    return post, get, collect
+
+
+def _mlflow_requests(run_ids: list[str]):
+    async def post(client: httpx.AsyncClient, i: int) -> httpx.Response:
+        return await client.post("/api/2.0/mlflow/runs/create",
+                                 json={"experiment_id": "0", "start_time": int(time.time() * 1000),
+                                       "run_name": f"bench-{i}"})
+
+    async def get(client: httpx.AsyncClient, i: int) -> httpx.Response:
+        return await client.get("/api/2.0/mlflow/runs/get", params={"run_id": random.choice(run_ids)})
+
+    def collect(resp: httpx.Response) -> None:
+        if resp.status_code == 200 and resp.request.method == "POST":
+            run_ids.append(resp.json()["run"]["info"]["run_id"])
+
+    return post, get, collect
+
+
+def start_mlflow(bs: BenchStack, url: str, workers: int) -> tuple[str | None, str | None, str | None]:
+    """(base URL, version, None) of an MLflow server started on database ``url``, or (None, version, why not)."""
+    try:
+        import mlflow
+    except ImportError as exc:
+        return None, None, f"mlflow is not installed in this environment ({exc}); `pip install mlflow` to compare"
+    exe = shutil.which("mlflow", path=str(BIN))
+    if exe is None:
+        return None, mlflow.__version__, f"the mlflow command is missing from {BIN}"
+    port = free_port()
+    art = bs.tmp / "mlflow-artifacts"
+    art.mkdir()
+    proc = bs.spawn([exe, "server", "--backend-store-uri", url, "--default-artifact-root", art.as_uri(),
+                     "--no-serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+                    "mlflow", cwd=bs.tmp)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, base + "/health", lambda: bs.log_tail("mlflow"))
+    except (RuntimeError, TimeoutError) as exc:
+        return None, mlflow.__version__, f"mlflow server did not start: {exc}"
+    return base, mlflow.__version__, None
+
+
+def _phase(url, request, name, args, headers=None, on_response=None, meters=()) -> LoadResult:
+    return run_async(closed_loop(url, request, name=name, clients=args.clients, duration_s=args.duration,
+                                 warmup_s=args.warmup, headers=headers, on_response=on_response, meters=meters))
+
+
+def _pooled(case: str, results: list[LoadResult]) -> dict:
+    """One summary for all rounds of a case: latencies pooled, throughput over the summed windows, CPU split
+    averaged."""
+    pooled = LoadResult(case, results[0].clients, sum(r.duration_s for r in results), [], Counter(), Counter())
+    for r in results:
+        pooled.latencies += r.latencies
+        pooled.statuses.update(r.statuses)
+        pooled.errors.update(r.errors)
+    out = pooled.summary()
+    out["machine_busy"] = statistics.mean(r.measured["machine_busy"] for r in results)
+    groups = {g for r in results for g in r.measured["cpu_cores"]}
+    out["cpu_cores"] = {g: statistics.mean(r.measured["cpu_cores"].get(g, 0.0) for r in results) for g in groups}
+    return out
+
+
+def add_history(database_url: str, tenant: str, n: int) -> None:
+    """``n`` finished jobs of ``tenant``, created over the past days, as a service that has run a while has;
+    then ANALYZE so the planner knows them."""
+    import psycopg
+
+    with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO jobs (id, tenant, kind, status, params, seed, device_requested, device, queue, timeout_s, "
+            "progress, message, attempt, created_at, started_at, finished_at, result) "
+            "SELECT gen_random_uuid(), %s, 'init_averaging', 'succeeded', '{\"widths\": [2, 2]}', g, 'cpu', "
+            "'cpu', 'cpu', 3600, 1.0, 'succeeded', 1, now() - make_interval(secs => 120 + g * 10), "
+            "now() - make_interval(secs => 119 + g * 10), now() - make_interval(secs => 118 + g * 10), '{}' "
+            "FROM generate_series(1, %s) AS g", (tenant, n))
+        conn.execute("ANALYZE jobs")
+
+
+def explain_admission(database_url: str, tenant: str) -> list[dict]:
+    """EXPLAIN ANALYZE of the queries POST /v1/jobs runs before admitting a job, as the store issues them, on the
+    database the benchmark filled: their cost grows with the tenant's queued jobs and last-minute submissions."""
+    from datetime import timedelta
+
+    from sqlalchemy import event
+
+    from core.jobs import store
+    from core.jobs.db import make_engine, make_sessionmaker
+    from core.jobs.models import utcnow
+
+    engine = make_engine(database_url)
+    seen: list[tuple[str, object]] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda conn, cur, statement, params, ctx, many: seen.append((statement, params)))
+    out = []
+    try:
+        with make_sessionmaker(engine)() as s:
+            active = store.active_jobs(s, tenant)
+            recent, _ = store.submissions_since(s, tenant, utcnow() - timedelta(seconds=60))
+        for statement, params in [q for q in seen if q[0].lstrip().upper().startswith("SELECT")]:
+            with engine.connect() as conn:
+                plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + statement, params).scalars().all()
+            ms = next((float(line.split(":")[1].split()[0]) for line in plan if line.startswith("Execution Time")),
+                      None)
+            out.append({"sql": " ".join(statement.split()), "execution_ms": ms, "plan": plan})
+    finally:
+        engine.dispose()
+    return [{"tenant_active_jobs": active, "tenant_submissions_last_minute": recent}] + out
+
+
+def request_anatomy(bs: BenchStack, n: int) -> list[dict]:
+    """What one gradlab request does, counted in-process: the app from ``create_app`` with the benchmark's settings,
+    called through httpx's ASGI transport (no network, no load), with SQLAlchemy events and wrappers on this
+    instance's dialect and Celery app counting and timing SQL statements, commits, rollbacks, pre-pings (one per
+    connection checkout) and broker publishes. Also times a bare checkout with and without pre-ping.
+    """
+    from sqlalchemy import create_engine, event, text
+
+    from api.app import create_app
+    from core.settings import Settings
+
+    settings = Settings(**{k.removeprefix("GRADLAB_").lower(): v for k, v in bs.env.items()})
+    app = create_app(settings)
+    engine, celery = app.state.engine, app.state.celery
+    tally: Counter = Counter()
+    sql_ms: Counter = Counter()
+    started: dict = {}
+
+    def before(conn, cursor, statement, params, context, executemany):
+        started[id(cursor)] = time.perf_counter()
+
+    def after(conn, cursor, statement, params, context, executemany):
+        key = " ".join(statement.split())[:90]
+        tally["sql: " + key] += 1
+        sql_ms["sql: " + key] += 1e3 * (time.perf_counter() - started.pop(id(cursor)))
+
+    event.listen(engine, "before_cursor_execute", before)
+    event.listen(engine, "after_cursor_execute", after)
+
+    def timed(owner, attr: str, label: str) -> None:
+        """Count and time calls of ``owner.attr`` on this in-process instance only."""
+        inner = getattr(owner, attr)
+
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return inner(*a, **kw)
+            finally:
+                tally[label] += 1
+                sql_ms[label] += 1e3 * (time.perf_counter() - t0)
+
+        setattr(owner, attr, wrapper)
+
+    timed(engine.dialect, "do_commit", "COMMIT")
+    timed(engine.dialect, "do_rollback", "ROLLBACK (connection returned to the pool)")
+    timed(engine.dialect, "do_ping", "pre-ping SELECT 1 (pool checkout)")
+    timed(celery, "send_task", "broker publish (Redis)")
+    job_ids: list[str] = []
+
+    async def drive() -> list[dict]:
+        transport = httpx.ASGITransport(app=app)
+        out = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://anatomy", headers=bs.headers) as client:
+            cases = (("POST /v1/jobs", lambda i: client.post("/v1/jobs", json=light_job(2 * 10**9 + i))),
+                     ("GET /v1/jobs/{id}", lambda i: client.get(f"/v1/jobs/{job_ids[i % len(job_ids)]}")))
+            for case, call in cases:
+                for i in range(5):  # warm caches (statement compilation, pool) before counting
+                    resp = await call(i)
+                    if resp.status_code == 201:
+                        job_ids.append(resp.json()["id"])
+                tally.clear()
+                sql_ms.clear()
+                t0 = time.perf_counter()
+                for i in range(n):
+                    (await call(i)).raise_for_status()
+                total_ms = 1e3 * (time.perf_counter() - t0) / n
+                parts = [{"what": k, "per_request": c / n, "ms_per_request": sql_ms[k] / n if k in sql_ms else None}
+                         for k, c in sorted(tally.items())]
+                waits = sum(sql_ms.values()) / n
+                out.append({"case": case, "requests": n, "ms_per_request": total_ms,
+                            "sql_and_broker_ms_per_request": waits, "python_ms_per_request": total_ms - waits,
+                            "parts": parts})
+        return out
+
+    try:
+        result = run_async(drive())
+    finally:
+        engine.dispose()
+    plain = create_engine(settings.resolved_database_url, pool_size=1)
+    checkout = {}
+    try:
+        for label, eng in (("checkout + SELECT 1, pre_ping=True", engine),
+                           ("checkout + SELECT 1, pre_ping=False", plain)):
+            for _ in range(20):
+                with eng.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+            t0 = time.perf_counter()
+            for _ in range(n * 4):
+                with eng.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+            checkout[label] = 1e3 * (time.perf_counter() - t0) / (n * 4)
+    finally:
+        plain.dispose()
+        engine.dispose()
+    result.append({"case": "pool checkout cost (ms)", **checkout})
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=32, help="concurrent closed-loop clients")
+    ap.add_argument("--duration", type=float, default=8.0, help="measured seconds per phase")
+    ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each phase")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations of the four phases")
+    ap.add_argument("--workers", type=int, default=2, help="server worker processes of each service")
+    ap.add_argument("--auth", choices=["key", "disabled"], default="key",
+                    help="gradlab: a Bearer API key (production) or GRADLAB_AUTH=disabled on loopback")
+    ap.add_argument("--seed-jobs", type=int, default=200, help="jobs/runs created before the GET phases")
+    ap.add_argument("--history", type=int, default=0,
+                    help="finished jobs of the benchmark tenant in the database before the load starts")
+    ap.add_argument("--no-mlflow", action="store_true", help="gradlab only")
+    ap.add_argument("--anatomy-requests", type=int, default=200,
+                    help="requests per endpoint of the in-process statement count (0: skip)")
+    ap.add_argument("--profile", choices=["wall", "gil"],
+                    help="py-spy the gradlab API processes during its phases (wall: where requests wait; "
+                         "gil: where Python CPU goes)")
+    args = ap.parse_args()
+
+    job_ids: list[str] = []
+    run_ids: list[str] = []
+    gl_post, gl_get, gl_collect = _gradlab_requests(job_ids)
+    ml_post, ml_get, ml_collect = _mlflow_requests(run_ids)
+    per_case: dict[str, list] = {}
+    profiles: dict = {}
+    mlflow_info: dict = {"compared": False}
+
+    with BenchStack("api-load", auth=args.auth) as bs:
+        tenant = "bench" if args.auth == "key" else "local"
+        if args.history:
+            add_history(bs.database_url, tenant, args.history)
+        api_url, api_proc = bs.start_api(workers=args.workers)
+        ml_url = None
+        if args.no_mlflow:
+            mlflow_info["why_not"] = "--no-mlflow"
+        else:
+            ml_db = bs.new_database()
+            ml_url, version, why_not = start_mlflow(bs, ml_db, args.workers)
+            mlflow_info.update(version=version, compared=ml_url is not None, why_not=why_not)
+            if why_not:
+                print(f"MLflow NOT compared: {why_not}")
+        with httpx.Client(base_url=api_url, headers=bs.headers, timeout=30) as c:
+            for i in range(args.seed_jobs):
+                gl_collect(c.post("/v1/jobs", json=light_job(10**9 + i)))
+        if ml_url:
+            with httpx.Client(base_url=ml_url, timeout=30) as c:
+                for i in range(args.seed_jobs):
+                    resp = c.post("/api/2.0/mlflow/runs/create",
+                                  json={"experiment_id": "0", "start_time": int(time.time() * 1000),
+                                        "run_name": f"seed-{i}"})
+                    resp.raise_for_status()
+                    run_ids.append(resp.json()["run"]["info"]["run_id"])
+
+        roots = {"gradlab api": api_proc.pid}
+        if ml_url:
+            roots["mlflow"] = bs.extra_procs[-1].pid
+
+        def gradlab_phase(case, request):
+            if not args.profile:
+                return _phase(api_url, request, case, args, bs.headers, gl_collect, (CpuMeter(roots),))
+            out = PROFILES / f"api_load_{case.split()[-1].lower()}_{args.profile}_r{rnd}.txt"
+            with PySpy(api_proc.pid, out, subprocesses=True, mode=args.profile) as spy:
+                res = _phase(api_url, request, case, args, bs.headers, gl_collect, (CpuMeter(roots),))
+            profiles[out.name] = spy.summary
+            return res
+
+        def mlflow_phase(case, request):
+            return _phase(ml_url, request, case, args, None, ml_collect, (CpuMeter(roots),))
+
+        for rnd in range(args.rounds):
+            phases = [("gradlab POST /v1/jobs", lambda: gradlab_phase("gradlab POST", gl_post))]
+            if ml_url:
+                phases.append(("mlflow POST runs/create", lambda: mlflow_phase("mlflow POST", ml_post)))
+            phases.append(("gradlab GET /v1/jobs/{id}", lambda: gradlab_phase("gradlab GET", gl_get)))
+            if ml_url:
+                phases.append(("mlflow GET runs/get", lambda: mlflow_phase("mlflow GET", ml_get)))
+            for case, fn in phases:
+                print(f"round {rnd + 1}/{args.rounds}: {case} ...", flush=True)
+                per_case.setdefault(case, []).append(fn())
+        queued_at_end = len(job_ids)
+        admission = explain_admission(bs.database_url, tenant)
+        anatomy = request_anatomy(bs, args.anatomy_requests) if args.anatomy_requests else []
+
+    rows = [_pooled(case, results) for case, results in per_case.items()]
+    by_case = {r["case"]: r for r in rows}
+    ratios = {}
+    if mlflow_info["compared"]:
+        for op, gl, ml in (("create", "gradlab POST /v1/jobs", "mlflow POST runs/create"),
+                           ("get", "gradlab GET /v1/jobs/{id}", "mlflow GET runs/get")):
+            g, m = by_case[gl], by_case[ml]
+            tp = g["throughput_rps"] / m["throughput_rps"] if m["throughput_rps"] else None
+            p99 = g["p99_ms"] / m["p99_ms"] if m["p99_ms"] else None
+            ratios[op] = {"throughput_gradlab_over_mlflow": tp, "p99_gradlab_over_mlflow": p99,
+                          "p50_gradlab_over_mlflow": g["p50_ms"] / m["p50_ms"] if m["p50_ms"] else None,
+                          "meets_floor": bool(tp is not None and tp >= FLOOR_THROUGHPUT_RATIO
+                                              and p99 is not None and p99 <= 1.0)}
+
+    display = []
+    for row in rows:
+        cores = row["cpu_cores"]
+        display.append({**row, "srv": cores.get("gradlab api" if row["case"].startswith("gradlab") else "mlflow", 0.0),
+                        "pg": cores.get("postgres", 0.0), "gen": cores.get("this script (load generator)", 0.0),
+                        "oth": cores.get("other processes", 0.0)})
+    print(f"\n{args.clients} closed-loop clients, {args.duration:g} s x {args.rounds} round(s) per case, "
+          f"{args.workers} server processes each; gradlab auth={args.auth}")
+    print_table(display, [("case", "case", "s"), ("throughput_rps", "req/s", ".0f"), ("p50_ms", "p50 ms", ".1f"),
+                       ("p90_ms", "p90 ms", ".1f"), ("p99_ms", "p99 ms", ".1f"), ("max_ms", "max ms", ".1f"),
+                       ("ok", "ok", "d"), ("machine_busy", "box busy", ".0%"), ("srv", "server cores", ".2f"),
+                       ("pg", "pg cores", ".2f"), ("gen", "loadgen cores", ".2f"), ("oth", "other cores", ".2f")])
+    for row in rows:
+        bad = {k: v for k, v in row["statuses"].items() if not k.startswith("2")}
+        if bad or row["errors"]:
+            print(f"  {row['case']}: non-2xx {bad} errors {row['errors']}")
+    if ratios:
+        print(f"\nratios (floor: throughput >= {FLOOR_THROUGHPUT_RATIO:g}x MLflow, p99 <= MLflow's)")
+        print_table([{"op": k, **v} for k, v in ratios.items()],
+                    [("op", "operation", "s"), ("throughput_gradlab_over_mlflow", "throughput x", ".2f"),
+                     ("p50_gradlab_over_mlflow", "p50 ratio", ".2f"), ("p99_gradlab_over_mlflow", "p99 ratio", ".2f"),
+                     ("meets_floor", "floor met", "")])
+    else:
+        print(f"\nno MLflow comparison: {mlflow_info.get('why_not')}")
+    for a in anatomy:
+        if "parts" not in a:
+            print("\n" + ", ".join(f"{k}: {v:.3f}" for k, v in a.items() if k != "case") + " ms")
+            continue
+        print(f"\nanatomy of {a['case']} (in-process, no load): {a['ms_per_request']:.2f} ms/request, of which "
+              f"{a['sql_and_broker_ms_per_request']:.2f} ms waiting on SQL/broker")
+        for part in a["parts"]:
+            ms = "" if part["ms_per_request"] is None else f"{part['ms_per_request']:7.3f} ms"
+            print(f"  {part['per_request']:5.2f} x  {ms:>10}  {part['what']}")
+    print(f"\nadmission queries of POST /v1/jobs at the end ({admission[0]}):")
+    for q in admission[1:]:
+        print(f"  {q['execution_ms']} ms  {q['sql'][:110]}")
+    for name, summary in profiles.items():
+        if summary:
+            print(f"\nprofile {name}: top self time ({summary['samples']} samples)")
+            for r in summary["by_self"][:10]:
+                print(f"  {r['self']:6.1%}  {r['function']}")
+    path = write_results("api_load", {
+        "config": {**vars(args), "gradlab_server": f"gradlab api --workers {args.workers}",
+                   "mlflow_server": f"mlflow server --backend-store-uri postgresql+psycopg://... --workers "
+                                    f"{args.workers}", "jobs_in_db_at_end": queued_at_end},
+        "mlflow": mlflow_info, "rows": rows, "ratios": ratios, "request_anatomy": anatomy,
+        "admission_queries": admission, "profiles": profiles})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
