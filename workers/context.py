@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import threading
 import time
 import uuid
@@ -58,7 +59,7 @@ class DbRunContext:
     def metric(self, step: int, name: str, value: float) -> None:
         v = float(value)
         with self._lock:
-            self._rows.append((int(step), name[:128], v if np.isfinite(v) else None))
+            self._rows.append((int(step), name[:128], v if math.isfinite(v) else None))
             backlog = len(self._rows)
         if backlog >= 20 * self.settings.metric_flush_rows:
             self.flush()  # back-pressure: a technique logging faster than the database takes rows waits here

@@ -6,13 +6,14 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth import owns, principal, visible_tenant
 from api.deps import db, parse_id
 from api.problems import Problem
-from api.schemas import (ArtifactOut, JobOut, JobPage, JobRequest, MetricPage, MetricRow)
+from api.schemas import ArtifactOut, JobOut, JobPage, JobRequest, MetricPage
 from core.data import uploaded_dataset_ids
 from core.jobs import store
 from core.jobs.keys import Principal
@@ -68,8 +69,8 @@ def submit(body: JobRequest, request: Request, response: Response, session: Sess
     except store.IdempotencyConflict as exc:
         raise Problem(409, str(exc)) from None
     if created:
-        if publish(request.app.state.celery, job.id, job.queue):
-            store.mark_published(session, job.id)
+        if not publish(request.app.state.celery, job.id, job.queue):
+            store.mark_unpublished(session, job.id)
     else:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -112,7 +113,9 @@ def metrics(job_id: str, session: Session = Depends(db), who: Principal = Depend
             limit: Annotated[int, Query(ge=1, le=10000)] = 1000):
     job = _job(session, job_id, who)
     rows, nxt = store.read_metrics(session, job.id, name=name, after_step=after_step, cursor=cursor, limit=limit)
-    return MetricPage(items=[MetricRow(step=r.step, name=r.name, value=r.value) for r in rows], next_cursor=nxt)
+    # Plain dicts straight to JSON: a model per row was a third of the API's time when paging large series.
+    return JSONResponse({"items": [{"step": r.step, "name": r.name, "value": r.value} for r in rows],
+                         "next_cursor": nxt})
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])

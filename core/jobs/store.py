@@ -54,7 +54,7 @@ def create_job(session: Session, *, tenant: str, kind: str, params: dict, seed: 
     job = Job(id=uuid.uuid4(), tenant=tenant, kind=kind, status=JobStatus.queued, params=params, seed=seed,
               device_requested=device, queue=QUEUE_FOR_DEVICE[device], timeout_s=timeout_s, progress=0.0,
               message="queued", attempt=0, idempotency_key=idempotency_key, request_hash=body_hash,
-              created_at=utcnow())
+              created_at=utcnow(), published_at=utcnow())
     session.add(job)
     try:
         session.commit()
@@ -81,8 +81,9 @@ def submissions_since(session: Session, tenant: str, since: datetime) -> tuple[i
     return count or 0, oldest
 
 
-def mark_published(session: Session, job_id: uuid.UUID) -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(published_at=utcnow()))
+def mark_unpublished(session: Session, job_id: uuid.UUID) -> None:
+    """Publishing failed: make the job the sweeper's first pick (a new job counts as published when created)."""
+    session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued).values(published_at=None))
     session.commit()
 
 
@@ -129,10 +130,20 @@ def beat(session: Session, job_id: uuid.UUID, attempt: int, progress: float | No
         session.rollback()
         return False
     if metric_rows:
-        session.execute(insert(Metric), [{"job_id": job_id, "step": s, "name": n, "value": v}
-                                         for s, n, v in metric_rows])
+        _insert_metrics(session, job_id, metric_rows)
     session.commit()
     return True
+
+
+def _insert_metrics(session: Session, job_id: uuid.UUID, rows: list[tuple[int, str, float | None]]) -> None:
+    """Batched metric rows in the caller's transaction; PostgreSQL gets COPY (about 3x an executemany)."""
+    if session.get_bind().dialect.name == "postgresql":
+        dbapi = session.connection().connection.driver_connection
+        with dbapi.cursor() as cur, cur.copy("COPY metrics (job_id, step, name, value) FROM STDIN") as copy:
+            for step, name, value in rows:
+                copy.write_row((job_id, step, name, value))
+        return
+    session.execute(insert(Metric), [{"job_id": job_id, "step": s, "name": n, "value": v} for s, n, v in rows])
 
 
 def put_artifact(session: Session, job_id: uuid.UUID, attempt: int, name: str, data: bytes, media_type: str) -> bool:
@@ -267,15 +278,15 @@ def list_jobs(session: Session, *, tenant: str | None, status: str | None, kind:
 
 
 def read_metrics(session: Session, job_id: uuid.UUID, *, name: str | None, after_step: int | None,
-                 cursor: int | None, limit: int) -> tuple[list[Metric], int | None]:
-    """Metric rows in the order they were logged; ``cursor`` is the last row id seen."""
-    q = select(Metric).where(Metric.job_id == job_id)
+                 cursor: int | None, limit: int) -> tuple[list, int | None]:
+    """Metric rows (id, step, name, value) in the order they were logged; ``cursor`` is the last row id seen."""
+    q = select(Metric.id, Metric.step, Metric.name, Metric.value).where(Metric.job_id == job_id)
     if name:
         q = q.where(Metric.name == name)
     if after_step is not None:
         q = q.where(Metric.step > after_step)
     if cursor is not None:
         q = q.where(Metric.id > cursor)
-    rows = list(session.scalars(q.order_by(Metric.id).limit(limit + 1)))
+    rows = session.execute(q.order_by(Metric.id).limit(limit + 1)).all()
     nxt = rows[limit - 1].id if len(rows) > limit else None
     return rows[:limit], nxt
