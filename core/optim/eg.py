@@ -183,8 +183,8 @@ def _eg_0dim_(log_values: list[Tensor], values: list[Tensor], dots: list[Tensor]
     """EG on 0-dim quantities: ``log x ← clamp(log x + clamp(γ dot, ±cap), ±bound)``, ``x ← exp(log x)``.
 
     Per tensor, or, if ``shared``, one ``log x`` moved by ``γ Σ dots`` and copied to every tensor (``dots`` then
-    need only sum to the total, one term per tensor or not). The members
-    of ``plan`` have their ``log x`` and ``x`` in one vector each (``keys``), updated in one call per operation.
+    need only add up to the total). The members of ``plan`` have their ``log x`` and ``x`` in one vector each
+    (``keys``), updated in one call per operation.
     """
     if shared:
         dot = sum(dots[1:], dots[0])
