@@ -132,9 +132,8 @@ def main() -> None:
     table = [
         {"what": "gradlab: POST answered (201)", **stats(gl, "post_answered")},
         {"what": "gradlab: POST -> row created (API, after auth + admission)", **stats(gl, "created")},
-        {"what": "gradlab: row created -> published_at (set after the publish returns)",
-         **stats(gl, "published", "created")},
-        {"what": "gradlab: published_at -> claimed by the worker (started_at)", **stats(gl, "started", "published")},
+        {"what": "gradlab: row created -> claimed by the worker (started_at; includes the publish)",
+         **stats(gl, "started", "created")},
         {"what": "gradlab: POST -> started_at", **stats(gl, "started")},
         {"what": "gradlab: started_at -> succeeded (running the job)", **stats(gl, "succeeded", "started")},
         {"what": "gradlab: POST -> succeeded", **stats(gl, "succeeded")},
