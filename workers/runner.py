@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import uuid
@@ -67,6 +68,7 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
         finish(JobStatus.failed, error_type="invalid_job" if isinstance(exc, ValidationError) else "device_unavailable",
                error_message=str(exc)[:2000])
         return "failed"
+
     def record_device():
         with sessions() as s:
             store.record_device(s, jid, attempt, str(device))
@@ -78,7 +80,7 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
     ctx = DbRunContext(sessions, settings, jid, attempt, job.seed, device, job.timeout_s)
     ctx.start()
     try:
-        result = kind.run(params, ctx)
+        result = json_safe(kind.run(params, ctx))
         ctx.artifact("report.html", html_report(job.kind, job.params, result, ctx.images), "text/html")
         ctx.close()
         return "succeeded" if finish(JobStatus.succeeded, result=result) else "lost"
@@ -101,6 +103,17 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
         ctx.stop()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def json_safe(value):
+    """NaN and infinity become None: JSON (and PostgreSQL's json type) has no spelling for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _close_quietly(ctx: DbRunContext) -> None:
