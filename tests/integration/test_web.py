@@ -31,6 +31,13 @@ def job(stack, api):
     return done
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _warm_chromium(tmp_path_factory):
+    """Chromium's very first launch on a fresh machine sets up its profile and fonts slowly (once seen to miss a
+    page): launch it once on a blank page before the page checks."""
+    chromium(tmp_path_factory.mktemp("warmup"), "about:blank", "--dump-dom")
+
+
 def chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
