@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.stack import (BIN, REDIS_URL, ROOT, Stack, create_database, delete_redis_prefix,
+from tests.stack import (BIN, REDIS_URL, ROOT, Stack, create_database, delete_redis_prefix, wait_http,
                          drop_database, free_port)
 
 RESULTS = ROOT / "bench" / "results"
@@ -279,17 +279,7 @@ class BenchStack:
 
 def wait_ready(proc: subprocess.Popen, url: str, log_tail: Callable[[], str], timeout: float = 180) -> None:
     """Until ``url`` answers below 500; fails at once, with the log, if the process exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before {url} answered:\n{log_tail()}")
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer in {timeout:g} s:\n{log_tail()}")
+    wait_http(url, timeout, proc, log_tail)
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:

@@ -115,16 +115,19 @@ class Stack:
                 proc.wait()
 
 
-def wait_http(url: str, timeout: float = 60) -> None:
+def wait_http(url: str, timeout: float = 60, proc: subprocess.Popen | None = None, log_tail=lambda: "") -> None:
+    """Until ``url`` answers below 500; with ``proc``, fail at once (with the log) if that process exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before {url} answered:\n{log_tail()}")
         try:
             if httpx.get(url, timeout=1).status_code < 500:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer in {timeout}s")
+    raise TimeoutError(f"{url} did not answer in {timeout:g}s:\n{log_tail()}")
 
 
 def wait_job(client: httpx.Client, job_id: str, statuses=("succeeded", "failed", "cancelled"),
