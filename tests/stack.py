@@ -79,12 +79,22 @@ class Stack:
                        capture_output=True)
 
     def start_api(self, args: list[str] | None = None, port: int | None = None) -> str:
-        """Start an API process (``args`` must then listen on ``port``); returns its base URL."""
-        port = port or free_port()
-        self._spawn(args or [str(BIN / "gradlab"), "api", "--port", str(port)], "api")
-        self.api_url = f"http://127.0.0.1:{port}"
-        wait_http(self.api_url + "/healthz")
-        return self.api_url
+        """Start an API process (``args`` must then listen on ``port``); returns its base URL. A free port can be
+        taken by another process before the API binds it: then it tries again on another one."""
+        for attempt in range(3):
+            chosen = port or free_port()
+            proc = self._spawn(args or [str(BIN / "gradlab"), "api", "--port", str(chosen)], "api")
+            log = self.log_dir / f"api-{len(self.procs) - 1}.log"
+            url = f"http://127.0.0.1:{chosen}"
+            try:
+                wait_http(url + "/healthz", proc=proc, log_tail=lambda: log.read_text(errors="replace")[-3000:])
+            except RuntimeError as exc:
+                if port is None and attempt < 2 and "address already in use" in str(exc).lower():
+                    continue
+                raise
+            self.api_url = url
+            return url
+        raise AssertionError("unreachable")
 
     def start_worker(self, queues: str = "cpu,gpu,auto", args: list[str] | None = None,
                      extra_env: dict | None = None) -> subprocess.Popen:

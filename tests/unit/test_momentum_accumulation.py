@@ -148,7 +148,9 @@ def test_adam_with_constant_window_gradient_is_adamw_per_update(k):
             adamw.zero_grad()
             F.cross_entropy(ref(x), y).backward()
             adamw.step()
-            assert float((_flat(net) - _flat(ref)).abs().max()) <= 1e-12
+            # float64 rounding, summed in a CPU-dependent order, reaches ~1e-12 over 105 Adam steps; a wrong bias
+            # correction or decay would be off by ~1e-3
+            assert float((_flat(net) - _flat(ref)).abs().max()) <= 1e-10
     assert ours.param_groups[0]["updates"] == 105 // k
 
 
