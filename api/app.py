@@ -5,6 +5,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import openapi, problems
+from api.auth import KeyCache
 from api.limits import BodySizeLimit
 from api.routes import datasets, events, health, jobs, kinds, web
 from core.jobs.db import make_engine, make_sessionmaker
@@ -21,6 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = make_engine(settings.resolved_database_url)
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.celery = make_celery(settings)
+    app.state.key_cache = KeyCache(settings.auth_cache_s)
     problems.install(app, set(registry()))
     app.add_middleware(BodySizeLimit, default_cap=settings.max_request_bytes, upload_cap=settings.max_upload_bytes)
     for module in (jobs, events, kinds, datasets, health, web):

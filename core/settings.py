@@ -34,6 +34,8 @@ class Settings(BaseSettings):
 
     auth: Literal["required", "disabled"] = Field(
         default="required", description="'disabled' only for a loopback-bound API (the embedded default).")
+    auth_cache_s: float = Field(default=2.0, ge=0, description="An API process remembers an authenticated key this "
+                                "long (a revoked key works until then); 0: look every key up.")
     max_active_jobs_per_tenant: int = 1000
     submissions_per_minute_per_tenant: int = 6000
     max_request_bytes: int = 1024 * 1024

@@ -34,13 +34,6 @@ BATCH = 1000
 RETRY_MS = 2000
 
 
-def stream_principal(request: Request,
-                     authorization: Annotated[str | None, Header(max_length=512)] = None) -> Principal:
-    """``api.auth.principal`` in a session of its own, closed before the stream starts."""
-    with request.app.state.sessions() as session:
-        return principal(request, session, authorization)
-
-
 def _last_id(raw: str | None) -> int | None:
     """Last-Event-ID as a metric row id; anything else means "from the beginning"."""
     if raw is None or not raw.strip().isdigit():
@@ -97,7 +90,7 @@ async def _stream(sessions, job_id: uuid.UUID, after: int | None) -> AsyncIterat
                              "description": "`status` events {status, progress, message, attempt} on each change and "
                                             "`metric` events {step, name, value} with the metric row id as SSE id; "
                                             "send Last-Event-ID to resume; the stream ends after a terminal status"}})
-def job_events(job_id: str, request: Request, who: Principal = Depends(stream_principal),
+def job_events(job_id: str, request: Request, who: Principal = Depends(principal),
                last_event_id: Annotated[str | None, Header(max_length=32)] = None):
     jid = parse_id(job_id)
     with request.app.state.sessions() as session:

@@ -22,6 +22,7 @@ from core.jobs.states import JobStatus
 from workers.publish import publish
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+RATE_WINDOW = timedelta(seconds=60)
 
 
 def _job(session: Session, raw_id: str, who: Principal) -> Job:
@@ -33,18 +34,17 @@ def _job(session: Session, raw_id: str, who: Principal) -> Job:
 
 
 def _admit(session: Session, settings, tenant: str) -> None:
-    """Per-tenant submission rate and cap on queued+running jobs: 429 with Retry-After."""
-    active = store.active_jobs(session, tenant)
-    if active >= settings.max_active_jobs_per_tenant:
-        raise Problem(429, f"tenant {tenant} has {active} queued or running jobs (limit "
-                           f"{settings.max_active_jobs_per_tenant}); wait for some to finish",
+    """Per-tenant cap on queued+running jobs and submission rate: 429 with Retry-After."""
+    now = utcnow()
+    cap, rate = settings.max_active_jobs_per_tenant, settings.submissions_per_minute_per_tenant
+    use = store.usage(session, tenant, now - RATE_WINDOW, cap, rate)
+    if use.at_active_cap:
+        raise Problem(429, f"tenant {tenant} has {cap} queued or running jobs (the limit); wait for some to finish",
                       headers={"Retry-After": "5"})
-    window_start = utcnow() - timedelta(seconds=60)
-    recent, oldest = store.submissions_since(session, tenant, window_start)
-    if recent >= settings.submissions_per_minute_per_tenant:
-        wait = max(1, math.ceil(60 - (utcnow() - oldest).total_seconds())) if oldest else 60
-        raise Problem(429, f"tenant {tenant} submitted {recent} jobs in the last minute (limit "
-                           f"{settings.submissions_per_minute_per_tenant})", headers={"Retry-After": str(wait)})
+    if use.window_filled_at is not None:
+        wait = max(1, math.ceil((use.window_filled_at + RATE_WINDOW - now).total_seconds()))
+        raise Problem(429, f"tenant {tenant} submitted {rate} jobs in the last minute (the limit)",
+                      headers={"Retry-After": str(wait)})
 
 
 @router.post("", status_code=201, response_model=JobOut,

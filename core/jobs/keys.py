@@ -51,7 +51,8 @@ def list_keys(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
 
 
-def authenticate(session: Session, plain: str) -> Principal | None:
+def authenticate(session: Session, key_hash: str) -> Principal | None:
+    """Who holds the key whose ``hash_key`` is ``key_hash``; None for an unknown or revoked key."""
     row = session.execute(select(ApiKey.tenant, ApiKey.admin).where(
-        ApiKey.key_hash == hash_key(plain), ApiKey.revoked_at.is_(None))).first()
+        ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))).first()
     return Principal(row[0], row[1]) if row else None

@@ -5,8 +5,11 @@ import uuid
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String,
-                        Text, TypeDecorator, UniqueConstraint, Uuid)
+                        Text, TypeDecorator, UniqueConstraint, Uuid, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+ACTIVE_WHERE = "status IN ('queued', 'running')"
 
 
 def utcnow() -> datetime:
@@ -41,6 +44,8 @@ class Job(Base):
         Index("ix_jobs_created", "created_at", "id"),
         Index("ix_jobs_tenant_created", "tenant", "created_at"),
         Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),
+        # admission counts a tenant's queued and running jobs on each submission: this index holds only those
+        Index("ix_jobs_tenant_active", "tenant", postgresql_where=text(ACTIVE_WHERE), sqlite_where=text(ACTIVE_WHERE)),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

@@ -12,11 +12,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.jobs.models import Artifact, Job, Metric, utcnow
+from core.jobs.models import ACTIVE_WHERE, Artifact, Job, Metric, utcnow
 from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
 
 
@@ -44,6 +44,9 @@ def find_replay(session: Session, tenant: str, idempotency_key: str, body_hash: 
     return earlier
 
 
+_INSERT_JOB = insert(Job.__table__)
+
+
 def create_job(session: Session, *, tenant: str, kind: str, params: dict, seed: int, device: str, timeout_s: int,
                idempotency_key: str | None = None, body_hash: str | None = None) -> tuple[Job, bool]:
     """Insert a queued job and commit. Returns (job, created); with a known key, the earlier job and False."""
@@ -51,12 +54,14 @@ def create_job(session: Session, *, tenant: str, kind: str, params: dict, seed: 
         earlier = find_replay(session, tenant, idempotency_key, body_hash)
         if earlier is not None:
             return earlier, False
-    job = Job(id=uuid.uuid4(), tenant=tenant, kind=kind, status=JobStatus.queued, params=params, seed=seed,
-              device_requested=device, queue=QUEUE_FOR_DEVICE[device], timeout_s=timeout_s, progress=0.0,
-              message="queued", attempt=0, idempotency_key=idempotency_key, request_hash=body_hash,
-              created_at=utcnow(), published_at=utcnow())
-    session.add(job)
+    now = utcnow()
+    values = dict(id=uuid.uuid4(), tenant=tenant, kind=kind, status=JobStatus.queued, params=params, seed=seed,
+                  device_requested=device, queue=QUEUE_FOR_DEVICE[device], timeout_s=timeout_s, progress=0.0,
+                  message="queued", attempt=0, idempotency_key=idempotency_key, request_hash=body_hash,
+                  created_at=now, published_at=now)
     try:
+        # a Core insert: the ORM's unit of work cost about a tenth of the API's CPU per submission
+        session.connection().execute(_INSERT_JOB, values)
         session.commit()
     except IntegrityError:
         # Two requests with the same key raced; the other insert won.
@@ -65,20 +70,35 @@ def create_job(session: Session, *, tenant: str, kind: str, params: dict, seed: 
         if earlier is None:
             raise
         return earlier, False
-    return job, True
+    return Job(**values), True  # not in the session: the row as inserted, for the answer
 
 
-def active_jobs(session: Session, tenant: str) -> int:
-    """Queued plus running jobs of a tenant (its share of the workers)."""
-    return session.scalar(select(func.count()).select_from(Job).where(
-        Job.tenant == tenant, Job.status.in_([JobStatus.queued, JobStatus.running]))) or 0
+@dataclass(frozen=True)
+class Usage:
+    """What admission weighs, against a cap on a tenant's queued plus running jobs and a cap on its submissions
+    in a window: whether it has ``active_cap`` active jobs, and when it made the submission that filled the
+    window (its ``window_cap``-th newest in the window; None while the window has room), which says when a slot
+    frees."""
+
+    at_active_cap: bool
+    window_filled_at: datetime | None
 
 
-def submissions_since(session: Session, tenant: str, since: datetime) -> tuple[int, datetime | None]:
-    """How many jobs a tenant created since ``since``, and when the oldest of them was created."""
-    count, oldest = session.execute(select(func.count(), func.min(Job.created_at)).where(
-        Job.tenant == tenant, Job.created_at >= since)).one()
-    return count or 0, oldest
+# Built once: it runs on every submission, and building and keying a statement per call cost more CPU than the
+# database spent on it. The active jobs' condition is spelled as the partial index's, so the planner uses it.
+_NTH_ACTIVE = (select(Job.id).where(Job.tenant == bindparam("tenant"), text(ACTIVE_WHERE))
+               .offset(bindparam("active_skip")).limit(1).scalar_subquery())
+_NTH_RECENT = (select(Job.created_at).where(Job.tenant == bindparam("tenant"), Job.created_at >= bindparam("since"))
+               .order_by(Job.created_at.desc()).offset(bindparam("window_skip")).limit(1).scalar_subquery())
+_USAGE = select(_NTH_ACTIVE.is_not(None), _NTH_RECENT)
+
+
+def usage(session: Session, tenant: str, since: datetime, active_cap: int, window_cap: int) -> Usage:
+    """A tenant's ``Usage`` in one statement whose cost is bounded by the caps, not by the tenant's history: each
+    part reads at most ``cap`` index entries (the active jobs from a partial index of queued and running ones)."""
+    at_cap, filled_at = session.connection().execute(_USAGE, {
+        "tenant": tenant, "since": since, "active_skip": active_cap - 1, "window_skip": window_cap - 1}).one()
+    return Usage(bool(at_cap), filled_at)
 
 
 def mark_unpublished(session: Session, job_id: uuid.UUID) -> None:
@@ -140,10 +160,29 @@ def _insert_metrics(session: Session, job_id: uuid.UUID, rows: list[tuple[int, s
     if session.get_bind().dialect.name == "postgresql":
         dbapi = session.connection().connection.driver_connection
         with dbapi.cursor() as cur, cur.copy("COPY metrics (job_id, step, name, value) FROM STDIN") as copy:
-            for step, name, value in rows:
-                copy.write_row((job_id, step, name, value))
+            copy.write(_copy_text(job_id, rows))
         return
     session.execute(insert(Metric), [{"job_id": job_id, "step": s, "name": n, "value": v} for s, n, v in rows])
+
+
+# COPY's text format: these characters in a value are written as escapes.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_NULL = "\\N"
+
+
+def _copy_text(job_id: uuid.UUID, rows: list[tuple[int, str, float | None]]) -> str:
+    """The rows as COPY text, formatted in one pass: 0.34 us of CPU per row against 0.93 for psycopg's per-row
+    ``write_row`` (measured), CPU the heartbeat thread takes from the job's own thread (they share the GIL).
+    ``repr`` of a float reads back as the same double; non-finite values are already None (``\\N``)."""
+    names: dict[str, str] = {}
+    lines = []
+    prefix = f"{job_id}\t"
+    for step, name, value in rows:
+        escaped = names.get(name)
+        if escaped is None:
+            escaped = names[name] = name.translate(_COPY_ESCAPES)
+        lines.append(f"{prefix}{step}\t{escaped}\t{_COPY_NULL if value is None else repr(value)}\n")
+    return "".join(lines)
 
 
 def put_artifact(session: Session, job_id: uuid.UUID, attempt: int, name: str, data: bytes, media_type: str) -> bool:

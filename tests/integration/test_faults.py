@@ -10,6 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from core.jobs.db import IDLE_PING_S, make_engine
 from tests.servers import PG_BIN, PrivatePostgres, PrivateRedis
 from tests.stack import Stack, wait_job
 
@@ -196,4 +197,25 @@ def test_postgres_restarted_api_503_then_recovers_and_workers_lose_no_result(ser
         assert all(d["result"]["sweep"]["fit_kl"] for d in done)
     finally:
         stack.stop()
+        pg.remove()
+
+
+@pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL server binaries are not installed")
+def test_idle_pooled_connection_is_replaced_after_a_database_restart():
+    # The engine pings a connection only after it sat idle (core/jobs/db.py); a restart leaves every pooled
+    # connection dead, so the first use after it must still succeed on a fresh one.
+    pg = PrivatePostgres()
+    pg.init()
+    pg.start()
+    engine = make_engine(pg.url)
+    try:
+        with engine.connect() as conn:
+            backend = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        pg.stop()
+        pg.start()
+        time.sleep(IDLE_PING_S + 0.2)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != backend
+    finally:
+        engine.dispose()
         pg.remove()

@@ -4,12 +4,14 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import time
 
 import httpx
 import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
+from core.settings import Settings
 from tests.stack import BIN, ROOT, free_port
 
 JOB = {"kind": "init_averaging", "params": {"widths": [8, 8]}}
@@ -83,12 +85,19 @@ def test_idempotency_keys_are_per_tenant(api, keys):
         api.post(f"/v1/jobs/{r.json()['id']}/cancel", headers=as_(keys, who))
 
 
-def test_revoked_key_is_refused(api, stack, keys):
+def test_revoked_key_is_refused_once_the_api_forgets_it(api, stack, keys):
+    # The API remembers an authenticated key for GRADLAB_AUTH_CACHE_S (default 2 s): revocation takes effect
+    # within that, and not before the key had been remembered.
     key_id, plain = make_key(stack, "carol")
-    assert api.get("/v1/jobs", headers={"Authorization": f"Bearer {plain}"}).status_code == 200
+    h = {"Authorization": f"Bearer {plain}"}
+    assert api.get("/v1/jobs", headers=h).status_code == 200
     subprocess.run([str(BIN / "gradlab"), "keys", "revoke", key_id], env={**os.environ, **stack.env}, cwd=ROOT,
                    check=True, capture_output=True)
-    assert api.get("/v1/jobs", headers={"Authorization": f"Bearer {plain}"}).status_code == 401
+    revoked_at = time.monotonic()
+    while api.get("/v1/jobs", headers=h).status_code == 200:
+        assert time.monotonic() - revoked_at < Settings().auth_cache_s + 1.0, "revoked key still accepted"
+        time.sleep(0.1)
+    assert api.get("/v1/jobs", headers=h).status_code == 401
 
 
 def test_active_job_cap_and_submission_rate_are_429_with_retry_after(api, stack):
