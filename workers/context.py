@@ -5,6 +5,7 @@ same compare-and-set whether the job was cancelled or taken away, so ``check_can
 """
 from __future__ import annotations
 
+import collections
 import io
 import logging
 import math
@@ -45,10 +46,13 @@ class DbRunContext:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # commits in row order, so metric ids follow logging order
         self.images: list[tuple[str, bytes, str]] = []
-        self._rows: list[tuple[int, str, float | None]] = []
+        # appended by the job's thread, taken from the left by the writer: deque ends are thread-safe, so a logged
+        # row costs no lock
+        self._rows: collections.deque[tuple[int, str, float | None]] = collections.deque()
         self._progress: tuple[float, str] | None = None
         self._stopped_by: type[Exception] | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set with _stop, or when a full batch of rows waits
         self._thread = threading.Thread(target=self._beat_loop, name=f"heartbeat-{job_id}", daemon=True)
 
     # --- RunContext -------------------------------------------------------------------------------------------
@@ -58,10 +62,11 @@ class DbRunContext:
 
     def metric(self, step: int, name: str, value: float) -> None:
         v = float(value)
-        with self._lock:
-            self._rows.append((int(step), name[:128], v if math.isfinite(v) else None))
-            backlog = len(self._rows)
-        if backlog >= 20 * self.settings.metric_flush_rows:
+        self._rows.append((int(step), name[:128], v if math.isfinite(v) else None))
+        backlog = len(self._rows)
+        if backlog == self.settings.metric_flush_rows:
+            self._wake.set()  # a full batch: the heartbeat thread writes it now, not at its next tick
+        elif backlog >= 20 * self.settings.metric_flush_rows:
             self.flush()  # back-pressure: a technique logging faster than the database takes rows waits here
 
     def artifact(self, name: str, data: bytes, media_type: str) -> None:
@@ -101,6 +106,7 @@ class DbRunContext:
     def stop(self) -> None:
         """Stop the heartbeat thread (idempotent)."""
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
 
@@ -114,16 +120,17 @@ class DbRunContext:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
+        take = self._rows.popleft
+        rows = [take() for _ in range(len(self._rows))]
         with self._lock:
-            rows, self._rows = self._rows, []
             progress, self._progress = self._progress, None
         try:
             with self.sessions() as s:
                 ok = store.beat(s, self.job_id, self.attempt, progress[0] if progress else None,
                                 progress[1] if progress else None, rows)
         except Exception:
-            with self._lock:  # keep the rows for the next try, in their order
-                self._rows[:0] = rows
+            self._rows.extendleft(reversed(rows))  # keep the rows for the next try, in their order
+            with self._lock:
                 self._progress = self._progress or progress
             raise
         if not ok:
@@ -140,7 +147,11 @@ class DbRunContext:
 
     def _beat_loop(self) -> None:
         interval = min(self.settings.heartbeat_interval_s, self.settings.metric_flush_interval_s)
-        while not self._stop.wait(interval):
+        while True:
+            self._wake.wait(interval)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
             try:
                 self.flush()
             except (JobCancelled, JobLost):
