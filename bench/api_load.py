@@ -7,17 +7,20 @@ queued. MLflow (``pip install mlflow``) is started with ``mlflow server --backen
 --workers 2``; it has no authentication. Load is closed-loop: N clients, each sending its next request when the
 previous answer arrived, for a fixed time after a warm-up. The phases alternate between the two services
 (gradlab POST, MLflow POST, gradlab GET, MLflow GET, per round) so drifting load from other processes on a shared
-machine hits both alike.
+machine hits both alike. The load comes from wrk (``apt-get install wrk``; ``bench/wrk_load.py``) where it is
+installed, else from the Python generator in ``bench/common.py``, which costs the 2-core box most of a core
+(``--loadgen`` picks). With wrk the GET phases read random ids among the seeded jobs/runs.
 
 Run from the repository root: ``python -m bench.api_load [--clients 32] [--duration 8] [--rounds 2]``;
 ``--profile wall|gil`` also records py-spy stacks of gradlab's API processes during its phases
 (bench/results/profiles/). Each phase reports where the machine's CPU went (API, postgres, load generator, others)
-and an in-process pass counts, per gradlab request, the SQL statements, commits, pool checkouts (each with a
-pre-ping) and the time spent in each (``request_anatomy``).
+and an in-process pass counts, per gradlab request, the SQL statements, commits, broker publishes and the time
+spent in each (``request_anatomy``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import statistics
@@ -26,16 +29,19 @@ from collections import Counter
 
 import httpx
 
-from bench.common import (PROFILES, BenchStack, CpuMeter, LoadResult, PySpy, closed_loop, light_job,
-                          print_table, run_async, wait_ready, write_results)
+from bench import wrk_load
+from bench.common import (LIGHT_JOB, PROFILES, BenchStack, CpuMeter, PySpy, closed_loop, light_job, print_table,
+                          run_async, wait_ready, write_results)
 from tests.stack import BIN, free_port
 
 FLOOR_THROUGHPUT_RATIO = 3.0
 
 
-def _gradlab_requests(job_ids: list[str]):
+def _gradlab_requests(job_ids: list[str], auth: list[str]):
+    """POSTs from a random tenant's key each, GETs of the seeded jobs (the first tenant's: the client's own key)."""
     async def post(client: httpx.AsyncClient, i: int) -> httpx.Response:
-        return await client.post("/v1/jobs", json=light_job(i))
+        headers = {"Authorization": random.choice(auth)} if auth else None
+        return await client.post("/v1/jobs", json=light_job(i), headers=headers)
 
     async def get(client: httpx.AsyncClient, i: int) -> httpx.Response:
         return await client.get(f"/v1/jobs/{random.choice(job_ids)}")
@@ -86,23 +92,45 @@ def start_mlflow(bs: BenchStack, url: str, workers: int) -> tuple[str | None, st
     return base, mlflow.__version__, None
 
 
-def _phase(url, request, name, args, headers=None, on_response=None, meters=()) -> LoadResult:
+def _wrk_requests(job_ids: list[str], run_ids: list[str], auth: list[str]) -> dict:
+    """The four cases as wrk request templates (``bench/closed_loop.lua``): gradlab's POSTs from every tenant's
+    key, its GETs from the first tenant's (the owner of the seeded jobs)."""
+    job_body = json.dumps(LIGHT_JOB)[:-1] + ', "seed": {n}}'
+    run_body = '{"experiment_id": "0", "start_time": {now_ms}, "run_name": "bench-{n}"}'
+    return {"gradlab POST": dict(method="POST", path="/v1/jobs", body=job_body, auth=auth),
+            "gradlab GET": dict(method="GET", path="/v1/jobs/{id}", ids=job_ids, auth=auth[:1]),
+            "mlflow POST": dict(method="POST", path="/api/2.0/mlflow/runs/create", body=run_body),
+            "mlflow GET": dict(method="GET", path="/api/2.0/mlflow/runs/get?run_id={id}", ids=run_ids)}
+
+
+def _phase(url, request, name, args, headers=None, on_response=None, meters=(), template=None) -> dict:
+    """One measured phase: wrk with ``template`` when ``--loadgen wrk``, else the Python generator."""
+    if args.loadgen == "wrk":
+        return wrk_load.wrk_closed_loop(url, name=name, clients=args.clients, duration_s=args.duration,
+                                        warmup_s=args.warmup, meters=meters, **template)
     return run_async(closed_loop(url, request, name=name, clients=args.clients, duration_s=args.duration,
-                                 warmup_s=args.warmup, headers=headers, on_response=on_response, meters=meters))
+                                 warmup_s=args.warmup, headers=headers, on_response=on_response,
+                                 meters=meters)).summary()
 
 
-def _pooled(case: str, results: list[LoadResult]) -> dict:
-    """One summary for all rounds of a case: latencies pooled, throughput over the summed windows, CPU split
-    averaged."""
-    pooled = LoadResult(case, results[0].clients, sum(r.duration_s for r in results), [], Counter(), Counter())
+def _pooled(case: str, results: list[dict]) -> dict:
+    """One summary for all rounds of a case: throughput over the summed windows, latency percentiles as the
+    request-weighted mean of the rounds' (wrk reports percentiles, not samples), CPU split averaged."""
+    n = sum(r["requests"] for r in results) or 1
+    out = {"case": case, "clients": results[0]["clients"], "rounds": len(results),
+           "duration_s": sum(r["duration_s"] for r in results), "requests": n,
+           "ok": sum(r["ok"] for r in results), "load_generator": results[0].get("load_generator", "python")}
+    out["throughput_rps"] = out["ok"] / out["duration_s"]
+    for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms"):
+        out[key] = sum(r[key] * r["requests"] for r in results if r[key] is not None) / n
+    out["max_ms"] = max(r["max_ms"] or 0.0 for r in results)
+    out["statuses"], out["errors"] = Counter(), Counter()
     for r in results:
-        pooled.latencies += r.latencies
-        pooled.statuses.update(r.statuses)
-        pooled.errors.update(r.errors)
-    out = pooled.summary()
-    out["machine_busy"] = statistics.mean(r.measured["machine_busy"] for r in results)
-    groups = {g for r in results for g in r.measured["cpu_cores"]}
-    out["cpu_cores"] = {g: statistics.mean(r.measured["cpu_cores"].get(g, 0.0) for r in results) for g in groups}
+        out["statuses"].update(r["statuses"])
+        out["errors"].update(r["errors"])
+    out["machine_busy"] = statistics.mean(r["machine_busy"] for r in results)
+    groups = {g for r in results for g in r["cpu_cores"]}
+    out["cpu_cores"] = {g: statistics.mean(r["cpu_cores"].get(g, 0.0) for r in results) for g in groups}
     return out
 
 
@@ -122,9 +150,9 @@ def add_history(database_url: str, tenant: str, n: int) -> None:
         conn.execute("ANALYZE jobs")
 
 
-def explain_admission(database_url: str, tenant: str) -> list[dict]:
-    """EXPLAIN ANALYZE of the queries POST /v1/jobs runs before admitting a job, as the store issues them, on the
-    database the benchmark filled: their cost grows with the tenant's queued jobs and last-minute submissions."""
+def explain_admission(database_url: str, tenant: str, settings) -> list[dict]:
+    """EXPLAIN ANALYZE of the query POST /v1/jobs runs before admitting a job, as the store issues it, on the
+    database the benchmark filled, with the limits the API ran with (its cost is bounded by them)."""
     from datetime import timedelta
 
     from sqlalchemy import event
@@ -140,8 +168,8 @@ def explain_admission(database_url: str, tenant: str) -> list[dict]:
     out = []
     try:
         with make_sessionmaker(engine)() as s:
-            active = store.active_jobs(s, tenant)
-            recent, _ = store.submissions_since(s, tenant, utcnow() - timedelta(seconds=60))
+            use = store.usage(s, tenant, utcnow() - timedelta(seconds=60), settings.max_active_jobs_per_tenant,
+                              settings.submissions_per_minute_per_tenant)
         for statement, params in [q for q in seen if q[0].lstrip().upper().startswith("SELECT")]:
             with engine.connect() as conn:
                 plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + statement, params).scalars().all()
@@ -150,21 +178,26 @@ def explain_admission(database_url: str, tenant: str) -> list[dict]:
             out.append({"sql": " ".join(statement.split()), "execution_ms": ms, "plan": plan})
     finally:
         engine.dispose()
-    return [{"tenant_active_jobs": active, "tenant_submissions_last_minute": recent}] + out
+    return [{"at_active_cap": use.at_active_cap, "window_filled_at": use.window_filled_at}] + out
+
+
+def bench_settings(bs: BenchStack):
+    """The settings the benchmark's API processes run with."""
+    from core.settings import Settings
+
+    return Settings(**{k.removeprefix("GRADLAB_").lower(): v for k, v in bs.env.items()})
 
 
 def request_anatomy(bs: BenchStack, n: int) -> list[dict]:
     """What one gradlab request does, counted in-process: the app from ``create_app`` with the benchmark's settings,
     called through httpx's ASGI transport (no network, no load), with SQLAlchemy events and wrappers on this
-    instance's dialect and Celery app counting and timing SQL statements, commits, rollbacks, pre-pings (one per
-    connection checkout) and broker publishes. Also times a bare checkout with and without pre-ping.
+    instance's dialect and Celery app counting and timing SQL statements, commits, rollbacks and broker publishes.
     """
-    from sqlalchemy import create_engine, event, text
+    from sqlalchemy import event
 
     from api.app import create_app
-    from core.settings import Settings
 
-    settings = Settings(**{k.removeprefix("GRADLAB_").lower(): v for k, v in bs.env.items()})
+    settings = bench_settings(bs)
     app = create_app(settings)
     engine, celery = app.state.engine, app.state.celery
     tally: Counter = Counter()
@@ -198,7 +231,6 @@ def request_anatomy(bs: BenchStack, n: int) -> list[dict]:
 
     timed(engine.dialect, "do_commit", "COMMIT")
     timed(engine.dialect, "do_rollback", "ROLLBACK (connection returned to the pool)")
-    timed(engine.dialect, "do_ping", "pre-ping SELECT 1 (pool checkout)")
     timed(celery, "send_task", "broker publish (Redis)")
     job_ids: list[str] = []
 
@@ -228,27 +260,9 @@ def request_anatomy(bs: BenchStack, n: int) -> list[dict]:
         return out
 
     try:
-        result = run_async(drive())
+        return run_async(drive())
     finally:
         engine.dispose()
-    plain = create_engine(settings.resolved_database_url, pool_size=1)
-    checkout = {}
-    try:
-        for label, eng in (("checkout + SELECT 1, pre_ping=True", engine),
-                           ("checkout + SELECT 1, pre_ping=False", plain)):
-            for _ in range(20):
-                with eng.connect() as conn:
-                    conn.execute(text("SELECT 1"))
-            t0 = time.perf_counter()
-            for _ in range(n * 4):
-                with eng.connect() as conn:
-                    conn.execute(text("SELECT 1"))
-            checkout[label] = 1e3 * (time.perf_counter() - t0) / (n * 4)
-    finally:
-        plain.dispose()
-        engine.dispose()
-    result.append({"case": "pool checkout cost (ms)", **checkout})
-    return result
 
 
 def main() -> None:
@@ -259,11 +273,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternations of the four phases")
     ap.add_argument("--workers", type=int, default=2, help="server worker processes of each service")
     ap.add_argument("--auth", choices=["key", "disabled"], default="key",
-                    help="gradlab: a Bearer API key (production) or GRADLAB_AUTH=disabled on loopback")
+                    help="gradlab: Bearer API keys with the default admission limits (production), or "
+                         "GRADLAB_AUTH=disabled on loopback (limits raised: one tenant)")
+    ap.add_argument("--tenants", type=int, default=32,
+                    help="with keys: tenants the POSTs are spread over, each within the default limits")
     ap.add_argument("--seed-jobs", type=int, default=200, help="jobs/runs created before the GET phases")
     ap.add_argument("--history", type=int, default=0,
                     help="finished jobs of the benchmark tenant in the database before the load starts")
     ap.add_argument("--no-mlflow", action="store_true", help="gradlab only")
+    ap.add_argument("--loadgen", choices=["wrk", "python"], default="wrk" if wrk_load.available() else "python",
+                    help="wrk (default where installed) or the Python closed-loop generator")
     ap.add_argument("--anatomy-requests", type=int, default=200,
                     help="requests per endpoint of the in-process statement count (0: skip)")
     ap.add_argument("--profile", choices=["wall", "gil"],
@@ -273,13 +292,13 @@ def main() -> None:
 
     job_ids: list[str] = []
     run_ids: list[str] = []
-    gl_post, gl_get, gl_collect = _gradlab_requests(job_ids)
     ml_post, ml_get, ml_collect = _mlflow_requests(run_ids)
     per_case: dict[str, list] = {}
     profiles: dict = {}
     mlflow_info: dict = {"compared": False}
 
-    with BenchStack("api-load", auth=args.auth) as bs:
+    with BenchStack("api-load", auth=args.auth, tenants=args.tenants, production_limits=True) as bs:
+        gl_post, gl_get, gl_collect = _gradlab_requests(job_ids, bs.auth_values)
         tenant = "bench" if args.auth == "key" else "local"
         if args.history:
             add_history(bs.database_url, tenant, args.history)
@@ -309,17 +328,21 @@ def main() -> None:
         if ml_url:
             roots["mlflow"] = bs.extra_procs[-1].pid
 
+        templates = _wrk_requests(job_ids, run_ids, bs.auth_values)
+
         def gradlab_phase(case, request):
+            run = lambda: _phase(api_url, request, case, args, bs.headers, None,  # noqa: E731
+                                 (CpuMeter(roots),), templates[case])
             if not args.profile:
-                return _phase(api_url, request, case, args, bs.headers, gl_collect, (CpuMeter(roots),))
+                return run()
             out = PROFILES / f"api_load_{case.split()[-1].lower()}_{args.profile}_r{rnd}.txt"
             with PySpy(api_proc.pid, out, subprocesses=True, mode=args.profile) as spy:
-                res = _phase(api_url, request, case, args, bs.headers, gl_collect, (CpuMeter(roots),))
+                res = run()
             profiles[out.name] = spy.summary
             return res
 
         def mlflow_phase(case, request):
-            return _phase(ml_url, request, case, args, None, ml_collect, (CpuMeter(roots),))
+            return _phase(ml_url, request, case, args, None, ml_collect, (CpuMeter(roots),), templates[case])
 
         for rnd in range(args.rounds):
             phases = [("gradlab POST /v1/jobs", lambda: gradlab_phase("gradlab POST", gl_post))]
@@ -332,7 +355,7 @@ def main() -> None:
                 print(f"round {rnd + 1}/{args.rounds}: {case} ...", flush=True)
                 per_case.setdefault(case, []).append(fn())
         queued_at_end = len(job_ids)
-        admission = explain_admission(bs.database_url, tenant)
+        admission = explain_admission(bs.database_url, tenant, bench_settings(bs))
         anatomy = request_anatomy(bs, args.anatomy_requests) if args.anatomy_requests else []
 
     rows = [_pooled(case, results) for case, results in per_case.items()]
@@ -362,7 +385,7 @@ def main() -> None:
                        ("ok", "ok", "d"), ("machine_busy", "box busy", ".0%"), ("srv", "server cores", ".2f"),
                        ("pg", "pg cores", ".2f"), ("gen", "loadgen cores", ".2f"), ("oth", "other cores", ".2f")])
     for row in rows:
-        bad = {k: v for k, v in row["statuses"].items() if not k.startswith("2")}
+        bad = {k: v for k, v in row["statuses"].items() if v and not k.startswith("2")}
         if bad or row["errors"]:
             print(f"  {row['case']}: non-2xx {bad} errors {row['errors']}")
     if ratios:
@@ -374,9 +397,6 @@ def main() -> None:
     else:
         print(f"\nno MLflow comparison: {mlflow_info.get('why_not')}")
     for a in anatomy:
-        if "parts" not in a:
-            print("\n" + ", ".join(f"{k}: {v:.3f}" for k, v in a.items() if k != "case") + " ms")
-            continue
         print(f"\nanatomy of {a['case']} (in-process, no load): {a['ms_per_request']:.2f} ms/request, of which "
               f"{a['sql_and_broker_ms_per_request']:.2f} ms waiting on SQL/broker")
         for part in a["parts"]:

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -83,8 +84,8 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
 
 class CpuMeter:
     """Where the machine's CPU went over a phase, in cores, per group of processes read from /proc: named process
-    trees (an API supervisor and its workers), postgres, redis, this script (the load generator) and everything
-    else; plus the busy fraction of the whole machine. On a shared box this shows whether other work, or the load
+    trees (an API supervisor and its workers), postgres, redis, this script and its other children (the load
+    generator) and everything else; plus the busy fraction of the whole machine. On a shared box this shows whether other work, or the load
     generator itself, competed with the service."""
 
     def __init__(self, roots: dict[str, int] | None = None):
@@ -93,7 +94,14 @@ class CpuMeter:
 
     def start(self) -> CpuMeter:
         self._t0, self._sys0, self._procs0 = time.monotonic(), self._sys(), self._procs()
+        self._children0 = self._exited_children()
         return self
+
+    @staticmethod
+    def _exited_children() -> float:
+        """CPU seconds of this script's children that exited and were waited for (a wrk run that has ended)."""
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
 
     def stop(self) -> dict:
         wall = time.monotonic() - self._t0
@@ -104,6 +112,7 @@ class CpuMeter:
         for pid, (_, comm, cpu) in procs.items():
             before = self._procs0.get(pid)
             cores[self._group(pid, comm, parents)] += (cpu - before[2] if before else cpu) / wall
+        cores["this script (load generator)"] += (self._exited_children() - self._children0) / wall
         self.result = {"machine_busy": (busy1 - busy0) / max(total1 - total0, 1),
                        "cpu_cores": {k: round(v, 3) for k, v in sorted(cores.items(), key=lambda kv: -kv[1])}}
         return self.result
@@ -122,6 +131,8 @@ class CpuMeter:
         while node in parents and node > 1:
             if node in by_root:
                 return by_root[node]
+            if node == os.getpid():  # a child of this script that is not a named root: wrk
+                return "this script (load generator)"
             node = parents[node]
         if comm.startswith("postgres"):
             return "postgres"
@@ -159,14 +170,19 @@ class BenchStack:
     """A fresh gradlab database (migrated) and Redis prefix with production settings, and what runs on them.
 
     Production settings: PostgreSQL, Redis with a key prefix, API keys required (``auth="key"``; a key is created
-    for the tenant ``bench``) or ``auth="disabled"`` (loopback only, every caller is the local admin). Admission
-    limits are raised so that the benchmark measures the service, not its 429s.
+    for each of ``tenants`` tenants, ``bench`` then ``bench-1``, ...) or ``auth="disabled"`` (loopback only, every
+    caller is the local admin). Admission limits are raised so that a benchmark submitting hundreds of jobs from
+    one tenant measures the service, not its 429s, unless ``production_limits`` (with keys only: spread the load
+    over enough tenants).
     """
 
     name: str
     auth: str = "key"
     env_overrides: dict = field(default_factory=dict)
-    headers: dict = field(default_factory=dict)
+    headers: dict = field(default_factory=dict)  # the first tenant's
+    tenants: int = 1
+    production_limits: bool = False
+    auth_values: list[str] = field(default_factory=list)  # one Authorization value per tenant
 
     def __post_init__(self):
         self.tmp = Path(tempfile.mkdtemp(prefix=f"gradlab-bench-{self.name}-"))
@@ -188,15 +204,18 @@ class BenchStack:
                 "GRADLAB_BROKER_KEY_PREFIX": self.prefix,
                 "GRADLAB_DATA_DIR": str(self.tmp / "data"),
                 "GRADLAB_AUTH": "disabled" if self.auth == "disabled" else "required",
-                "GRADLAB_MAX_ACTIVE_JOBS_PER_TENANT": str(10**9),
-                "GRADLAB_SUBMISSIONS_PER_MINUTE_PER_TENANT": str(10**9),
+                **({} if self.production_limits and self.auth == "key" else
+                   {"GRADLAB_MAX_ACTIVE_JOBS_PER_TENANT": str(10**9),
+                    "GRADLAB_SUBMISSIONS_PER_MINUTE_PER_TENANT": str(10**9)}),
                 "GRADLAB_TORCH_THREADS": "1",
                 **self.env_overrides,
             }
             (self.tmp / "logs").mkdir()
             self.stack = Stack(env=self.env, log_dir=self.tmp / "logs")
             if self.auth == "key":
-                self.headers = {"Authorization": f"Bearer {self._create_key()}"}
+                self.auth_values = [f"Bearer {self._create_key('bench' if i == 0 else f'bench-{i}')}"
+                                    for i in range(self.tenants)]
+                self.headers = {"Authorization": self.auth_values[0]}
         except BaseException:
             self.close()
             raise
@@ -221,14 +240,14 @@ class BenchStack:
         self.engines.append(engine)
         return make_sessionmaker(engine)
 
-    def _create_key(self) -> str:
+    def _create_key(self, tenant: str) -> str:
         from core.jobs.db import make_engine, make_sessionmaker
         from core.jobs.keys import create_key
 
         engine = make_engine(self.database_url)
         try:
             with make_sessionmaker(engine)() as s:
-                _, plain = create_key(s, "bench", "benchmark")
+                _, plain = create_key(s, tenant, "benchmark")
         finally:
             engine.dispose()
         return plain

@@ -1,18 +1,24 @@
-"""Metrics ingestion: a training loop logging 100,000 metric rows through the worker's real run context, its
-slowdown against the same loop logging nothing, and reading all the rows back through the HTTP API.
+"""Metrics ingestion: jobs logging 100,000 metric rows through the worker's real run context, their slowdown
+against the same loop logging nothing, and reading all the rows back through the HTTP API.
 
-No job kind logs that many rows, so the loop runs in this process on the worker's own code path: a job row made with
+No job kind logs that many rows, so the loops run in this process on the worker's own code path: a job row made with
 ``core.jobs.store.create_job`` and claimed with ``store.claim`` on a fresh PostgreSQL database, a
-``workers.context.DbRunContext`` with the service's settings (rows buffered, flushed by its heartbeat thread about
-once a second, back-pressure at 20 x GRADLAB_METRIC_FLUSH_ROWS), ``ctx.metric(step, "loss", y[0, 0])`` per step and
-``ctx.close()`` at the end. Each step does a small torch computation (a 64x64 matmul by default, one thread) so the
-slowdown is relative to real work; the no-logging loop runs before and after the logging one and the slower of the
-two is not used (so drift cannot flatter the figure). Then a real API process pages through
-GET /v1/jobs/{id}/metrics with the largest and the default page size.
+``workers.context.DbRunContext`` with the service's settings (rows buffered and written by its heartbeat thread as
+soon as a batch of GRADLAB_METRIC_FLUSH_ROWS is full, or about once a second; back-pressure at 20 batches),
+``ctx.metric(step, name, value)`` per row and ``ctx.close()`` at the end. Two workloads, 100,000 rows each:
 
-Run from the repository root: ``python -m bench.metrics_ingest [--rows 100000] [--size 64]``. It also times
-candidate fixes on the throw-away database (COPY for the flush, an index for paging; ``--no-what-if`` skips
-them); ``--profile wall|gil`` records py-spy stacks of the logging loop and of the API while paging.
+- ``training`` (the figure the floor is about): a training step of an MLP (256 wide, two hidden layers, batch 64,
+  SGD; ~0.6 ms on one CPU thread) logging four metrics of its loss each step, for 25,000 steps;
+- ``stress``: a 64x64 matmul (~6 us) logging one element of its result each step, for 100,000 steps: almost nothing
+  but logging, so its slowdown is large and its ``us per row`` is the per-row cost of logging itself.
+
+The steps run in 10 blocks with logging and 10 without, taking turns (which goes first alternates), so drift on a
+shared machine hits both alike; each logging block ends by writing what is still buffered (``ctx.flush()``, timed),
+so no logging work spills into the next bare block. Then a real API process pages through GET /v1/jobs/{id}/metrics with the largest and the
+default page size.
+
+Run from the repository root: ``python -m bench.metrics_ingest [--rows 100000]``; ``--profile wall|gil`` records
+py-spy stacks of the logging loops and of the API while paging.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import argparse
 import contextlib
 import os
 import time
+from collections.abc import Callable
 
 import httpx
 import torch
@@ -28,20 +35,102 @@ from sqlalchemy import text
 from bench.common import PROFILES, BenchStack, PySpy, print_table, write_results
 
 FLOOR_SLOWDOWN = 0.05
+NAMES = ("train/loss", "train/loss_ema", "train/loss_min", "train/loss_max")
 
 
-def loop(n: int, a: torch.Tensor, b: torch.Tensor, ctx=None) -> float:
-    """Seconds for ``n`` steps of ``y = a @ b`` (and, with a context, logging ``y[0, 0]`` each step, then close)."""
+def training_step() -> Callable[[], torch.Tensor]:
+    """One SGD step of a 256-wide MLP on a fixed batch; returns the loss (a 0-dim tensor)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                              torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    x, y = torch.randn(64, 256), torch.randint(0, 10, (64,))
+
+    def step() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+    return step
+
+
+def stress_step() -> Callable[[], torch.Tensor]:
+    """A 64x64 matmul; returns one element of the product (a 0-dim tensor view)."""
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    return lambda: torch.mm(a, b)[0, 0]
+
+
+WORKLOADS = {"training": (training_step, 4), "stress": (stress_step, 1)}  # (step factory, metrics per step)
+BLOCKS = 10
+
+
+def loop(steps: int, step: Callable[[], torch.Tensor], names: tuple[str, ...] = (), ctx=None, first: int = 0) -> float:
+    """Seconds for ``steps`` calls of ``step``; with a context, each step's value logged under ``names`` (step
+    numbers from ``first``) and then everything still buffered written (``ctx.flush()``, counted)."""
     t0 = time.perf_counter()
     if ctx is None:
-        for _ in range(n):
-            torch.mm(a, b)
+        for _ in range(steps):
+            step()
     else:
-        for step in range(n):
-            y = torch.mm(a, b)
-            ctx.metric(step, "loss", y[0, 0])
-        ctx.close()
+        for i in range(first, first + steps):
+            value = step()
+            for name in names:
+                ctx.metric(i, name, value)
+        ctx.flush()
     return time.perf_counter() - t0
+
+
+def measure(workload: str, rows: int, sessions, settings, profile: str | None) -> dict:
+    """Slowdown of one workload logging ``rows`` rows into a fresh claimed job; also the job id and flush stats."""
+    from core.jobs import store
+    from core.jobs.states import JobStatus
+    from workers.context import DbRunContext
+
+    factory, per_step = WORKLOADS[workload]
+    step, names, steps = factory(), NAMES[:per_step], rows // per_step
+    with sessions() as s:
+        job, _ = store.create_job(s, tenant="bench", kind="init_averaging", params={"widths": [2, 2]}, seed=0,
+                                  device="cpu", timeout_s=24 * 3600)
+        job = store.claim(s, job.id, "bench-metrics")
+    ctx = DbRunContext(sessions, settings, job.id, job.attempt, 0, torch.device("cpu"), 24 * 3600)
+    flushes = {"calls": 0, "seconds": 0.0}
+    flush = ctx.flush
+
+    def timed_flush():
+        """This context's flush, counted and timed (it runs in the heartbeat thread and under back-pressure)."""
+        t0 = time.perf_counter()
+        flush()
+        flushes["calls"] += 1
+        flushes["seconds"] += time.perf_counter() - t0
+
+    ctx.flush = timed_flush
+    loop(min(steps, 2000), step)  # warm-up
+    ctx.start()
+    spy = PySpy(os.getpid(), PROFILES / f"metrics_ingest_{workload}_{profile}.txt", mode=profile or "wall")
+    bare = logging_s = 0.0
+    per_block = steps // BLOCKS
+    with spy if profile else contextlib.nullcontext():
+        for block in range(BLOCKS):  # bare and logging blocks take turns going first, so drift hits both alike
+            for logged in ((False, True) if block % 2 == 0 else (True, False)):
+                if logged:
+                    logging_s += loop(per_block, step, names, ctx, first=block * per_block)
+                else:
+                    bare += loop(per_block, step)
+    ctx.close()
+    steps = per_block * BLOCKS
+    with sessions() as s:
+        store.finish(s, job.id, job.attempt, JobStatus.succeeded, result={})
+        stored = s.scalar(text("SELECT count(*) FROM metrics WHERE job_id = :j"), {"j": job.id})
+    out = {"workload": workload, "job_id": str(job.id), "steps": steps, "metrics_per_step": per_step,
+           "rows": steps * per_step, "rows_stored": stored, "no_logging_s": bare, "blocks": BLOCKS,
+           "logging_s": logging_s, "slowdown": logging_s / bare - 1,
+           "step_us_no_logging": 1e6 * bare / steps, "overhead_us_per_row": 1e6 * (logging_s - bare) / stored,
+           "rows_per_s_logged": stored / logging_s, "flushes": flushes["calls"], "flush_seconds": flushes["seconds"],
+           "db_rows_per_s_in_flush": stored / flushes["seconds"] if flushes["seconds"] else None,
+           "profile": spy.summary if profile else None}
+    out["meets_floor"] = out["slowdown"] <= FLOOR_SLOWDOWN
+    return out
 
 
 def page_all(client: httpx.Client, job_id: str, limit: int) -> tuple[int, float, int]:
@@ -87,163 +176,60 @@ def explain_page(database_url: str, job_id, cursor: int, limit: int) -> list[str
         engine.dispose()
 
 
-def what_if_inserts(sessions, n: int, batch: int) -> list[dict]:
-    """Rows/s of inserting ``n`` metric rows in batches as ``store.beat`` does today (ORM bulk insert), as a Core
-    executemany, and with PostgreSQL COPY: the candidates for the flush path, each into a fresh claimed job."""
-    from sqlalchemy import insert
-
-    from core.jobs import store
-    from core.jobs.models import Metric
-
-    rows = [(i, "loss", float(i)) for i in range(n)]
-
-    def fresh_job():
-        with sessions() as s:
-            job, _ = store.create_job(s, tenant="bench", kind="init_averaging", params={}, seed=0, device="cpu",
-                                      timeout_s=3600)
-            return store.claim(s, job.id, "bench-what-if")
-
-    def beat(job, chunk):
-        with sessions() as s:
-            store.beat(s, job.id, job.attempt, None, None, chunk)
-
-    def core(job, chunk):
-        with sessions() as s:
-            s.execute(insert(Metric.__table__), [{"job_id": job.id, "step": st, "name": nm, "value": v}
-                                                 for st, nm, v in chunk])
-            s.commit()
-
-    def copy(job, chunk):
-        with sessions() as s:
-            with s.connection().connection.driver_connection.cursor() as cur, \
-                    cur.copy("COPY metrics (job_id, step, name, value) FROM STDIN") as out:
-                for st, nm, v in chunk:
-                    out.write_row((job.id, st, nm, v))
-            s.commit()
-
-    out = []
-    for label, fn in (("store.beat today (ORM bulk insert)", beat), ("Core insert executemany", core),
-                      ("COPY FROM STDIN (psycopg)", copy)):
-        job = fresh_job()
-        t0 = time.perf_counter()
-        for k in range(0, n, batch):
-            fn(job, rows[k:k + batch])
-        secs = time.perf_counter() - t0
-        out.append({"path": label, "rows": n, "batch": batch, "rows_per_s": n / secs, "us_per_row": 1e6 * secs / n})
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=100_000, help="metric rows logged (one per step)")
-    ap.add_argument("--size", type=int, default=64, help="the per-step matmul is size x size")
+    ap.add_argument("--rows", type=int, default=100_000, help="metric rows each workload logs")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--page-sizes", default="10000,1000", help="GET .../metrics limits to page with")
     ap.add_argument("--profile", choices=["wall", "gil"],
-                    help="py-spy this process during the logging loop, and the API process while paging")
-    ap.add_argument("--no-what-if", dest="what_if", action="store_false",
-                    help="skip timing the candidate fixes on the throw-away database (COPY / Core inserts for the "
-                         "flush; paging again after adding an index on metrics (job_id, id))")
+                    help="py-spy this process during the logging loops, and the API process while paging")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    a, b = torch.randn(args.size, args.size), torch.randn(args.size, args.size)
 
-    from core.jobs import store
-    from core.jobs.states import JobStatus
     from core.settings import Settings
-    from workers.context import DbRunContext
 
     with BenchStack("metrics", auth="key") as bs:
         settings = Settings(**{k.removeprefix("GRADLAB_").lower(): v for k, v in bs.env.items()})
         sessions = bs.sessions()
-        with sessions() as s:
-            job, _ = store.create_job(s, tenant="bench", kind="init_averaging", params={"widths": [2, 2]}, seed=0,
-                                      device="cpu", timeout_s=24 * 3600)
-            job = store.claim(s, job.id, "bench-metrics")
-        ctx = DbRunContext(sessions, settings, job.id, job.attempt, 0, torch.device("cpu"), 24 * 3600)
-        flushes = {"calls": 0, "seconds": 0.0}
-        flush = ctx.flush
-
-        def timed_flush():
-            """This context's flush, counted and timed (it runs in the heartbeat thread and under back-pressure)."""
-            t0 = time.perf_counter()
-            flush()
-            flushes["calls"] += 1
-            flushes["seconds"] += time.perf_counter() - t0
-
-        ctx.flush = timed_flush
-        loop(min(args.rows, 5000), a, b)  # warm-up
-        base_before = loop(args.rows, a, b)
-        ctx.start()
-        spy = PySpy(os.getpid(), PROFILES / f"metrics_ingest_{args.profile}.txt", mode=args.profile or "wall")
-        with spy if args.profile else contextlib.nullcontext():
-            logging_s = loop(args.rows, a, b, ctx)
-        base_after = loop(args.rows, a, b)
-        with sessions() as s:
-            store.finish(s, job.id, job.attempt, JobStatus.succeeded, result={})
-            stored = s.scalar(text("SELECT count(*) FROM metrics WHERE job_id = :j"), {"j": job.id})
-        base = min(base_before, base_after)
-
+        writes = [measure(w, args.rows, sessions, settings, args.profile) for w in WORKLOADS]
+        read_job = writes[-1]["job_id"]
         api_url, api_proc = bs.start_api(workers=1)
         limits = [int(x) for x in args.page_sizes.split(",")]
         api_spy = PySpy(api_proc.pid, PROFILES / f"metrics_read_api_{args.profile}.txt", mode=args.profile or "wall")
         with httpx.Client(base_url=api_url, headers=bs.headers, timeout=120) as client, \
                 (api_spy if args.profile else contextlib.nullcontext()):
-            reads = [read_all(client, str(job.id), limit, "as migrated") for limit in limits]
+            reads = [read_all(client, read_job, limit, "as migrated") for limit in limits]
         with sessions() as s:
             mid = s.scalar(text("SELECT id FROM metrics WHERE job_id = :j ORDER BY id OFFSET :o LIMIT 1"),
-                           {"j": job.id, "o": args.rows // 2})
-        plan = explain_page(bs.database_url, job.id, mid, 1000)
-        what_if: dict = {}
-        if args.what_if:
-            with sessions() as s:
-                s.execute(text("CREATE INDEX bench_what_if_metrics_job_id_id ON metrics (job_id, id)"))
-                s.execute(text("ANALYZE metrics"))
-                s.commit()
-            with httpx.Client(base_url=api_url, headers=bs.headers, timeout=120) as client:
-                reads += [read_all(client, str(job.id), limit, "+ index (job_id, id)") for limit in limits]
-            what_if["page_plan_with_index"] = explain_page(bs.database_url, job.id, mid, 1000)
-            what_if["inserts"] = what_if_inserts(sessions, min(args.rows, 40_000), 4000)
+                           {"j": read_job, "o": writes[-1]["rows_stored"] // 2})
+        plan = explain_page(bs.database_url, read_job, mid, 1000)
 
-    write = {"rows": args.rows, "rows_stored": stored, "size": args.size, "threads": args.threads,
-             "no_logging_s": base, "no_logging_s_before": base_before, "no_logging_s_after": base_after,
-             "logging_s": logging_s, "slowdown": logging_s / base - 1,
-             "overhead_us_per_row": 1e6 * (logging_s - base) / args.rows,
-             "step_us_no_logging": 1e6 * base / args.rows,
-             "rows_per_s_logged": args.rows / logging_s,
-             "flushes": flushes["calls"], "flush_seconds": flushes["seconds"],
-             "db_rows_per_s_in_flush": stored / flushes["seconds"] if flushes["seconds"] else None}
-    write["meets_floor"] = write["slowdown"] <= FLOOR_SLOWDOWN
-    print(f"\n{args.rows} steps of a {args.size}x{args.size} matmul ({args.threads} thread), one metric row each; "
-          f"{stored} rows stored")
-    print_table([
-        {"what": "loop without logging", "s": base, "us": write["step_us_no_logging"]},
-        {"what": "loop logging every step + close()", "s": logging_s, "us": 1e6 * logging_s / args.rows},
-    ], [("what", "case", "s"), ("s", "seconds", ".3f"), ("us", "us/step", ".2f")])
-    print(f"slowdown {write['slowdown']:.1%} (floor {FLOOR_SLOWDOWN:.0%}: "
-          f"{'met' if write['meets_floor'] else 'NOT met'}), {write['overhead_us_per_row']:.2f} us per logged row; "
-          f"{write['rows_per_s_logged']:.0f} rows/s logged; {flushes['calls']} flushes (heartbeat thread, "
-          f"back-pressure and close) inserted at {write['db_rows_per_s_in_flush'] or 0:.0f} rows/s while flushing")
-    print("\nreading them back: GET /v1/jobs/{id}/metrics, one API process")
+    print(f"\nlogging {args.rows} metric rows per workload ({args.threads} torch thread)")
+    print_table(writes, [("workload", "workload", "s"), ("steps", "steps", "d"), ("metrics_per_step", "rows/step", "d"),
+                         ("step_us_no_logging", "us/step bare", ".1f"), ("no_logging_s", "s bare", ".2f"),
+                         ("logging_s", "s logging", ".2f"), ("slowdown", "slowdown", ".1%"),
+                         ("overhead_us_per_row", "us/row", ".2f"), ("rows_per_s_logged", "rows/s", ".0f"),
+                         ("flushes", "flushes", "d"), ("db_rows_per_s_in_flush", "rows/s in flush", ".0f")])
+    training = writes[0]
+    print(f"floor: slowdown of the training job <= {FLOOR_SLOWDOWN:.0%}: "
+          f"{'met' if training['meets_floor'] else 'NOT met'} ({training['slowdown']:.1%}); logging costs about "
+          f"{writes[-1]['overhead_us_per_row']:.1f} us per row (stress), so it stays within {FLOOR_SLOWDOWN:.0%} for "
+          f"steps of {writes[-1]['overhead_us_per_row'] / FLOOR_SLOWDOWN:.0f} us or more per row logged")
+    print("\nreading the stress job's rows back: GET /v1/jobs/{id}/metrics, one API process")
     print_table(reads, [("schema", "schema", "s"), ("page_size", "limit", "d"), ("pages", "pages", "d"),
                         ("seconds", "seconds", ".2f"), ("rows_per_s", "rows/s", ".0f"),
                         ("ms_per_page", "ms/page", ".1f")])
     print("\nplan of one page (1000 rows) from the middle:\n  " + "\n  ".join(plan))
-    if what_if:
-        print("\nwith an index on metrics (job_id, id):\n  " + "\n  ".join(what_if["page_plan_with_index"]))
-        print("\ninserting metric rows (what the heartbeat flush does), by path:")
-        print_table(what_if["inserts"], [("path", "path", "s"), ("batch", "batch", "d"),
-                                         ("rows_per_s", "rows/s", ".0f"), ("us_per_row", "us/row", ".2f")])
-    for label, summary in (("the logging loop (this process)", spy.summary), ("the API while paging", api_spy.summary)):
+    summaries = [(f"the {w['workload']} logging loop (this process)", w["profile"]) for w in writes]
+    for label, summary in summaries + [("the API while paging", api_spy.summary)]:
         if summary:
             print(f"\nprofile of {label} ({summary['samples']} samples), top self time:")
             for r in summary["by_self"][:12]:
                 print(f"  {r['self']:6.1%}  {r['function']}")
     path = write_results("metrics_ingest", {"config": vars(args), "settings": {
         "metric_flush_rows": settings.metric_flush_rows, "metric_flush_interval_s": settings.metric_flush_interval_s,
-        "heartbeat_interval_s": settings.heartbeat_interval_s}, "write": write, "read": reads,
-        "page_plan": plan, "what_if": what_if, "floor_slowdown": FLOOR_SLOWDOWN,
-        "profiles": {"logging_loop": spy.summary, "api_paging": api_spy.summary}})
+        "heartbeat_interval_s": settings.heartbeat_interval_s}, "write": writes, "read": reads,
+        "page_plan": plan, "floor_slowdown": FLOOR_SLOWDOWN, "api_profile": api_spy.summary})
     print(f"wrote {path}")
 
 
