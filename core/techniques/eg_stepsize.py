@@ -216,7 +216,7 @@ def rate_factor(opt: torch.optim.Optimizer, base_lr: float) -> float | None:
     """Geometric-mean factor by which the optimizer moved its rate from ``base_lr`` (None for fixed rates)."""
     logs = []
     if isinstance(opt, EGStepSize):
-        logs = [opt.state[p]["log_nu"].expand_as(p).flatten() for p in opt.state]
+        logs = [opt.state[p]["log2_nu"].expand_as(p).flatten() * math.log(2.0) for p in opt.state]
     elif isinstance(opt, EGFunnel):
         logs = [(opt.state[p]["log_p"] + opt.state[p]["log_s"]).flatten() for p in opt.state]
     elif isinstance(opt, HypergradientSGD):

@@ -132,7 +132,7 @@ def test_fused_step_equals_eager_step(granularity, monkeypatch):
     moved = False
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9)
-        assert set(fused.state[b]) == set(eager.state[a]) == {"prev_grad", "log_nu", "nu"}
+        assert set(fused.state[b]) == set(eager.state[a]) == {"prev_grad", "log2_nu", "nu"}
         for key, value in eager.state[a].items():
             assert fused.state[b][key].shape == value.shape
             torch.testing.assert_close(fused.state[b][key], value, rtol=1e-6, atol=1e-9)
@@ -161,11 +161,11 @@ def test_log_step_and_log_nu_are_clamped():
     opt = EGStepSize([p], lr=1e-3, gamma=1.0, max_log_step=0.25, max_log_nu=1.0)
     _feed(opt, [p], [torch.tensor([100.0, 100.0])])
     _feed(opt, [p], [torch.tensor([100.0, -100.0])])
-    torch.testing.assert_close(opt.state[p]["log_nu"], torch.tensor([0.25, -0.25]))
+    torch.testing.assert_close(opt.state[p]["log2_nu"] * math.log(2), torch.tensor([0.25, -0.25]))
     for _ in range(10):
         _feed(opt, [p], [torch.tensor([100.0, -100.0])])
         _feed(opt, [p], [torch.tensor([100.0, 100.0])])
-    torch.testing.assert_close(opt.state[p]["log_nu"], torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(opt.state[p]["log2_nu"] * math.log(2), torch.tensor([1.0, -1.0]))
     torch.testing.assert_close(opt.state[p]["nu"], torch.exp(torch.tensor([1.0, -1.0])))
 
 
@@ -194,7 +194,7 @@ def test_eg_update_is_exponentiated_descent_on_the_autograd_hypergradient():
     opt.zero_grad()
     _loss(p).backward()
     opt.step()
-    torch.testing.assert_close(opt.state[p]["log_nu"], -(gamma / lr) * nu.grad, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(opt.state[p]["log2_nu"] * math.log(2), -(gamma / lr) * nu.grad, rtol=1e-12, atol=1e-14)
 
 
 def test_shared_step_size_hypergradient_matches_finite_difference():
@@ -542,3 +542,19 @@ def test_timeout_stops_the_job():
 def test_bad_params_raise_validation_error(bad):
     with pytest.raises(pydantic.ValidationError):
         EGStepSizeParams(**_small(**bad))
+
+
+def test_state_saved_with_log_nu_in_nats_loads_as_log2_nu():
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
+    opt = EGStepSize([p], lr=0.1, gamma=2.0)
+    for g in ([0.5, -0.2, 0.1], [0.4, 0.3, 0.1]):
+        p.grad = torch.tensor(g, dtype=torch.float64)
+        opt.step()
+    old = copy.deepcopy(opt.state_dict())
+    for st in old["state"].values():  # the layout before log2_nu
+        st["log_nu"] = st.pop("log2_nu") * math.log(2)
+    q = torch.nn.Parameter(p.detach().clone())
+    restored = EGStepSize([q], lr=0.1, gamma=2.0)
+    restored.load_state_dict(old)
+    torch.testing.assert_close(restored.state[q]["log2_nu"], opt.state[p]["log2_nu"], rtol=1e-15, atol=0)
+    assert "log_nu" not in restored.state[q]
