@@ -59,7 +59,8 @@ def submit(body: JobRequest, request: Request, response: Response, session: Sess
         if found is None or not owns(who, found.tenant):
             raise Problem(422, f"params.dataset: dataset {ds} not found",
                           errors=[{"field": "params.dataset", "message": "no such dataset", "type": "not_found"}])
-    body_hash = store.request_fingerprint(body.model_dump(mode="json"))
+    # only a request that may be replayed needs its body's fingerprint
+    body_hash = store.request_fingerprint(body.model_dump(mode="json")) if idempotency_key is not None else None
     try:
         if idempotency_key is None or store.find_replay(session, who.tenant, idempotency_key, body_hash) is None:
             _admit(session, request.app.state.settings, who.tenant)
