@@ -181,13 +181,6 @@ def explain_admission(database_url: str, tenant: str, settings) -> list[dict]:
     return [{"at_active_cap": use.at_active_cap, "window_filled_at": use.window_filled_at}] + out
 
 
-def bench_settings(bs: BenchStack):
-    """The settings the benchmark's API processes run with."""
-    from core.settings import Settings
-
-    return Settings(**{k.removeprefix("GRADLAB_").lower(): v for k, v in bs.env.items()})
-
-
 def request_anatomy(bs: BenchStack, n: int) -> list[dict]:
     """What one gradlab request does, counted in-process: the app from ``create_app`` with the benchmark's settings,
     called through httpx's ASGI transport (no network, no load), with SQLAlchemy events and wrappers on this
@@ -197,7 +190,7 @@ def request_anatomy(bs: BenchStack, n: int) -> list[dict]:
 
     from api.app import create_app
 
-    settings = bench_settings(bs)
+    settings = bs.settings()
     app = create_app(settings)
     engine, celery = app.state.engine, app.state.celery
     tally: Counter = Counter()
@@ -355,7 +348,7 @@ def main() -> None:
                 print(f"round {rnd + 1}/{args.rounds}: {case} ...", flush=True)
                 per_case.setdefault(case, []).append(fn())
         queued_at_end = len(job_ids)
-        admission = explain_admission(bs.database_url, tenant, bench_settings(bs))
+        admission = explain_admission(bs.database_url, tenant, bs.settings())
         anatomy = request_anatomy(bs, args.anatomy_requests) if args.anatomy_requests else []
 
     rows = [_pooled(case, results) for case, results in per_case.items()]

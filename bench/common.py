@@ -232,6 +232,12 @@ class BenchStack:
         self.databases.append(name)
         return url
 
+    def settings(self):
+        """The settings the benchmark's own processes run with (its environment, as ``Settings``)."""
+        from core.settings import Settings
+
+        return Settings(**{k.removeprefix("GRADLAB_").lower(): v for k, v in self.env.items()})
+
     def sessions(self):
         """A session factory on the benchmark database, as the service makes it; its engine is disposed at close."""
         from core.jobs.db import make_engine, make_sessionmaker

@@ -192,10 +192,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from core.settings import Settings
-
     with BenchStack("metrics", auth="key") as bs:
-        settings = Settings(**{k.removeprefix("GRADLAB_").lower(): v for k, v in bs.env.items()})
+        settings = bs.settings()
         sessions = bs.sessions()
         writes = [measure(w, args.rows, sessions, settings, args.profile) for w in args.workloads.split(",")]
         read_job = writes[-1]["job_id"]
