@@ -10,7 +10,7 @@ from api.limits import BodySizeLimit
 from api.routes import datasets, events, health, jobs, kinds, web
 from core.jobs.db import make_engine, make_sessionmaker
 from core.settings import Settings, get_settings
-from core.techniques import registry
+from core.techniques import specs
 from workers.app import make_celery
 
 
@@ -23,7 +23,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.celery = make_celery(settings)
     app.state.key_cache = KeyCache(settings.auth_cache_s)
-    problems.install(app, set(registry()))
+    problems.install(app, set(specs()))
     app.add_middleware(BodySizeLimit, default_cap=settings.max_request_bytes, upload_cap=settings.max_upload_bytes)
     for module in (jobs, events, kinds, datasets, health, web):
         app.include_router(module.router)

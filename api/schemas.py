@@ -9,7 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from core.jobs.models import Job
-from core.techniques import registry
+from core.techniques import specs
 
 MAX_SEED = 2**63 - 1
 
@@ -23,7 +23,7 @@ class JobRequestBase(BaseModel):
 
 def _job_request_models() -> list[type[JobRequestBase]]:
     models = []
-    for name, kind in registry().items():
+    for name, kind in specs().items():
         model_name = "".join(p.title() for p in name.split("_")) + "Job"
         models.append(create_model(model_name, __base__=JobRequestBase,
                                    kind=(Literal[name], ...), params=(kind.params, ...)))

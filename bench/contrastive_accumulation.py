@@ -29,7 +29,7 @@ def measure(cfg: dict) -> dict:
     from torch import nn
 
     from core.contrastive import accumulated_backward, info_nce_loss
-    from core.techniques.contrastive_accumulation import PeakMemory
+    from core.techniques.contrastive_accumulation.run import PeakMemory
 
     torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.penalty import auto_method, gradient_bound_terms
+from core.costs import auto_method
+from core.penalty import gradient_bound_terms
 
 D_IN, CLASSES = 64, 10
 SIZES = [(64, 2), (64, 8), (256, 2), (256, 4), (256, 8), (512, 4), (1024, 2), (1024, 4), (1024, 8)]

@@ -24,7 +24,8 @@ import torch
 
 from core.data import load_builtin
 from core.gan import mixture
-from core.techniques.gradnorm_gan import GradnormGanParams, SavedBytes, Trainer
+from core.techniques.gradnorm_gan.run import SavedBytes, Trainer
+from core.techniques.gradnorm_gan.spec import GradnormGanParams
 
 CONSTRAINTS = ("none", "clip", "spectral", "gp", "gn", "gran", "plain_norm")
 RESULTS = Path(__file__).resolve().parent / "results" / "gradnorm_gan.json"

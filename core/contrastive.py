@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DEFAULT_MAX_SCORE_ELEMENTS = 1 << 20
+from core.costs import DEFAULT_MAX_SCORE_ELEMENTS, score_block_rows
 
 
 class NaiveLosses(NamedTuple):
@@ -252,11 +252,6 @@ def _replay_backward(towers, grads: list[Tensor], states, chunk_size: int) -> No
         _set_rng_state(x.device, state)
         out = encoder(x[start:stop])
         torch.sum(out * grads[t][start:stop]).backward()
-
-
-def score_block_rows(cols: int, chunk_size: int, max_score_elements: int = DEFAULT_MAX_SCORE_ELEMENTS) -> int:
-    """Rows of the score matrix computed at once: at most one chunk, and at most ``max_score_elements`` entries."""
-    return max(1, min(chunk_size, max_score_elements // max(cols, 1)))
 
 
 def _blockwise_loss_grad(z: Tensor, positives: Tensor, temperature: float, need_grad: bool,

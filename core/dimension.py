@@ -6,9 +6,12 @@ asking H < 0 gives n > 2·ln N / (½·ln φ). Everything here works in log space
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 GOLDEN_RATIO = (1 + math.sqrt(5)) / 2
 ENTROPY_PER_DIM_LIMIT = -0.5 * math.log(GOLDEN_RATIO)  # −0.240606…
@@ -49,6 +52,8 @@ def entropy_per_dim(n: int, grid: int = 400_001) -> float:
 
 def low_rank_target(vocab_size: int, rank: int, generator: torch.Generator, scale: float = 1.0) -> torch.Tensor:
     """A target N×N joint distribution exp(<u_i, v_j>)/Z whose logits have exactly the given rank."""
+    import torch  # here, not at the top: the API reads this module's constants and must not load torch
+
     u = torch.randn(vocab_size, rank, generator=generator, dtype=torch.float64)
     v = torch.randn(vocab_size, rank, generator=generator, dtype=torch.float64)
     logits = scale * (u @ v.T) / math.sqrt(rank) * 3.0
@@ -58,6 +63,8 @@ def low_rank_target(vocab_size: int, rank: int, generator: torch.Generator, scal
 def fit_pair_distribution(target: torch.Tensor, dim: int, steps: int, lr: float, generator: torch.Generator,
                           on_step=None) -> float:
     """Fit exp(<u_i, v_j>)/Z with n=dim to ``target`` by Adam on KL(target ‖ model); returns the final KL (nats)."""
+    import torch
+
     n_items = target.shape[0]
     u = (0.1 * torch.randn(n_items, dim, generator=generator, dtype=torch.float64)).requires_grad_()
     v = (0.1 * torch.randn(n_items, dim, generator=generator, dtype=torch.float64)).requires_grad_()

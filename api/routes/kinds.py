@@ -5,24 +5,24 @@ from fastapi import APIRouter
 
 from api.problems import Problem
 from api.schemas import KindOut
-from core.techniques import registry
-from core.techniques.base import Kind
+from core.techniques import specs
+from core.techniques.base import KindSpec
 
 router = APIRouter(prefix="/v1/kinds", tags=["kinds"])
 
 
-def _out(kind: Kind) -> KindOut:
+def _out(kind: KindSpec) -> KindOut:
     return KindOut(name=kind.name, description=kind.description, params_schema=kind.params.model_json_schema(),
                    example={"kind": kind.name, "params": kind.example, "seed": 0, "device": "auto"})
 
 
 @router.get("", response_model=list[KindOut])
 def list_kinds():
-    return [_out(k) for k in registry().values()]
+    return [_out(k) for k in specs().values()]
 
 
 @router.get("/{kind}", response_model=KindOut)
 def get_kind(kind: str):
-    if kind not in registry():
-        raise Problem(404, f"kind {kind!r} not found; known kinds: {sorted(registry())}")
-    return _out(registry()[kind])
+    if kind not in specs():
+        raise Problem(404, f"kind {kind!r} not found; known kinds: {sorted(specs())}")
+    return _out(specs()[kind])

@@ -1,12 +1,16 @@
-"""The registry of job kinds: one module per technique, registered by naming it here."""
+"""The registry of job kinds: a package per kind (``spec`` + ``run`` modules), registered by naming it here.
+
+``specs()`` loads only the spec modules (no torch: what the API needs); ``kinds()`` adds the run functions
+(torch and the techniques: what a worker loads once, when it starts).
+"""
 from __future__ import annotations
 
 import importlib
 from functools import lru_cache
 
-from core.techniques.base import Kind
+from core.techniques.base import Kind, KindSpec
 
-KIND_MODULES = (
+KIND_PACKAGES = (
     "embedding_dim",
     "init_averaging",
     "contrastive_accumulation",
@@ -19,10 +23,16 @@ KIND_MODULES = (
 
 
 @lru_cache
-def registry() -> dict[str, Kind]:
-    kinds = [importlib.import_module(f"core.techniques.{m}").KIND for m in KIND_MODULES]
-    return {k.name: k for k in kinds}
+def specs() -> dict[str, KindSpec]:
+    loaded = [importlib.import_module(f"core.techniques.{p}.spec").SPEC for p in KIND_PACKAGES]
+    return {s.name: s for s in loaded}
+
+
+@lru_cache
+def kinds() -> dict[str, Kind]:
+    return {name: Kind(spec, importlib.import_module(f"core.techniques.{name}.run").run)
+            for name, spec in specs().items()}
 
 
 def get_kind(name: str) -> Kind:
-    return registry()[name]
+    return kinds()[name]

@@ -1,17 +1,20 @@
-"""What a technique module provides and what it may ask of the job that runs it.
+"""What a kind provides and what it may ask of the job that runs it.
 
-A technique module defines a ``Params`` model (validated at the API, before anything is queued)
-and ``run(params, ctx) -> dict``; it exports both as ``KIND``. It never sees HTTP, SQL or Celery:
-everything it reports goes through the ``RunContext`` it is handed.
+A kind is a package ``core/techniques/<kind>/`` with two modules: ``spec`` defines a ``Params`` model (validated at
+the API, before anything is queued) and exports ``SPEC``, a ``KindSpec``; it imports no torch, so the API stays
+light. ``run`` defines ``run(params, ctx) -> dict`` (torch). Neither sees HTTP, SQL or Celery: everything a run
+reports goes through the ``RunContext`` it is handed. This module is imported by both sides, so it holds no torch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 
 class Params(BaseModel):
@@ -49,11 +52,30 @@ class RunContext(Protocol):
 
 
 @dataclass(frozen=True)
-class Kind:
-    """A job kind: its name, params model, run function and a runnable example."""
+class KindSpec:
+    """What the API knows of a kind: its name, description, params model and a runnable example."""
 
     name: str
     description: str
     params: type[Params]
-    run: Callable[[Any, RunContext], dict]
     example: dict
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind as a worker runs it: its spec and its run function."""
+
+    spec: KindSpec
+    run: Callable[[Any, RunContext], dict]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def params(self) -> type[Params]:
+        return self.spec.params
+
+    @property
+    def example(self) -> dict:
+        return self.spec.example

@@ -7,7 +7,7 @@ import uuid
 import numpy as np
 import pytest
 
-from core.techniques import registry
+from core.techniques import specs
 
 EMB = {"kind": "embedding_dim", "params": {"vocab_sizes": [1000]}}
 
@@ -117,7 +117,7 @@ def test_list_is_newest_first_with_a_stable_cursor(api):
 
 def test_kinds_list_schemas_and_examples(api):
     kinds = {k["name"]: k for k in api.get("/v1/kinds").json()}
-    assert set(kinds) == set(registry())
+    assert set(kinds) == set(specs())
     for name, k in kinds.items():
         assert k["description"] and k["params_schema"]["type"] == "object"
         assert k["example"]["kind"] == name

@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import create_engine, text
 
-from core.techniques import registry
+from core.techniques import specs
 from tests.stack import wait_job
 
 LONG_SWEEP = {"kind": "embedding_dim",
@@ -130,7 +130,7 @@ def test_worker_sigkill_mid_job_is_recovered_without_running_twice(api, worker, 
 def test_every_kind_is_registered_with_a_runnable_example(api, worker):
     # The examples are what README and `GET /v1/kinds` offer users: each must succeed on a real worker.
     ids = {name: api.post("/v1/jobs", json={"kind": name, "params": k.example, "device": "cpu"}).json()["id"]
-           for name, k in registry().items()}
+           for name, k in specs().items()}
     for name, job_id in ids.items():
         done = wait_job(api, job_id, timeout=300)
         assert done["status"] == "succeeded", (name, done.get("error"))

@@ -11,8 +11,11 @@ from torch import nn
 from core.contrastive import (accumulated_backward, accumulated_backward_two_tower, info_nce_loss,
                               naive_accumulated_backward, naive_accumulated_backward_two_tower,
                               two_tower_info_nce_loss)
-from core.techniques.contrastive_accumulation import KIND, PeakMemory
+from core.techniques import get_kind
+from core.techniques.contrastive_accumulation.run import PeakMemory
 from core.techniques.local import LocalContext
+
+KIND = get_kind("contrastive_accumulation")
 
 B = 22
 PAIRS = torch.arange(B) ^ 1

@@ -15,8 +15,12 @@ import torch
 import core.optim.eg as eg_module
 from core.optim.eg import EGFunnel, EGStepSize, HypergradientSGD, eg_step_
 from core.techniques.base import JobTimedOut
-from core.techniques.eg_stepsize import KIND, EGStepSizeParams, plane_rotation
+from core.techniques import get_kind
+from core.techniques.eg_stepsize.run import plane_rotation
+from core.techniques.eg_stepsize.spec import EGStepSizeParams
 from core.techniques.local import LocalContext
+
+KIND = get_kind("eg_stepsize")
 
 F64 = torch.float64
 

@@ -6,8 +6,11 @@ import torch
 from pydantic import ValidationError
 
 from core import dimension
-from core.techniques.embedding_dim import KIND, EmbeddingDimParams
+from core.techniques import get_kind
+from core.techniques.embedding_dim.spec import EmbeddingDimParams
 from core.techniques.local import LocalContext
+
+KIND = get_kind("embedding_dim")
 
 
 @pytest.mark.parametrize("n_items,expected", [(100_000, 95.9), (5_000_000, 128.5), (512, 52.0)])

@@ -12,11 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from core import penalty
+from core import costs, penalty
 from core.penalty import (auto_method, gradient_bound_terms, jacobian_spectral_norms,
                           spectral_norm_power, split_layers)
-from core.techniques.gradient_penalty_bound import KIND
+from core.techniques import get_kind
 from core.techniques.local import LocalContext
+
+KIND = get_kind("gradient_penalty_bound")
 
 DT = torch.float64
 ACTS = [nn.Identity, nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.Softplus, nn.SiLU, nn.ELU, nn.LeakyReLU]
@@ -219,7 +221,7 @@ def test_auto_picks_jacrev_for_small_inputs_and_power_when_jacobians_are_too_big
     model = nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 1)).to(DT)
     x = torch.randn(3, 6, dtype=DT)
     assert gradient_bound_terms(model, x)["method"] == "jacrev"
-    monkeypatch.setattr(penalty, "JACREV_MAX_BYTES", 6 * 9 * 3 * 8 - 1)
+    monkeypatch.setattr(costs, "JACREV_MAX_BYTES", 6 * 9 * 3 * 8 - 1)
     r = gradient_bound_terms(model, x)
     assert r["method"] == "power" and torch.all(r["lhs"] <= r["rhs"])
 

@@ -26,8 +26,12 @@ from core.gan import (
     sample_mixture,
 )
 from core.techniques.base import JobTimedOut
-from core.techniques.gradnorm_gan import KIND, GradnormGanParams, Trainer, check_budget
+from core.techniques import get_kind
+from core.techniques.gradnorm_gan.run import Trainer
+from core.techniques.gradnorm_gan.spec import GradnormGanParams, check_budget
 from core.techniques.local import LocalContext
+
+KIND = get_kind("gradnorm_gan")
 
 
 def relu_mlp(d_in: int, width: int = 32, depth: int = 3, seed: int = 0, dtype=torch.float64) -> nn.Sequential:

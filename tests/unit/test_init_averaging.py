@@ -6,8 +6,12 @@ import torch
 from pydantic import ValidationError
 
 from core.init import averaged_normal_, averaged_uniform_, averaged_variance, fans
-from core.techniques.init_averaging import KIND, InitAveragingParams, predicted_ratios
+from core.techniques import get_kind
+from core.techniques.init_averaging.run import predicted_ratios
+from core.techniques.init_averaging.spec import InitAveragingParams
 from core.techniques.local import LocalContext
+
+KIND = get_kind("init_averaging")
 
 
 def test_variances_are_one_over_the_means():

@@ -15,7 +15,10 @@ import torch.nn.functional as F
 
 from core.optim.accum import AccumAdam, AccumSGDM, beta_tilde, state_bytes
 from core.techniques.local import LocalContext
-from core.techniques.momentum_accumulation import ARMS, KIND
+from core.techniques import get_kind
+from core.techniques.momentum_accumulation.spec import ARMS
+
+KIND = get_kind("momentum_accumulation")
 
 
 def _net(seed: int) -> torch.nn.Module:

@@ -13,9 +13,11 @@ import torch
 
 from core.techniques.base import JobTimedOut
 from core.techniques.local import LocalContext
-from core.techniques.vae_density import KIND
+from core.techniques import get_kind
 from core.vae import (VAE, DiagonalGaussian, FullGaussian, LinearGaussian, bits_per_dim, importance_log_likelihood,
                       importance_statistics)
+
+KIND = get_kind("vae_density")
 
 
 def _model(seed: int = 0, data_dim: int = 4, latent_dim: int = 2, sigma: float = 0.5, n: int = 300):

@@ -15,104 +15,31 @@ updates. The LR is constant, so no scheduler has to choose between counting micr
 from __future__ import annotations
 
 import math
-from typing import Annotated, Iterator, Literal
-from uuid import UUID
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 
 from core.data import load_arrays
 from core.optim.accum import AccumAdam, AccumSGDM, beta_tilde, state_bytes
 from core.plots import new_figure, to_png
-from core.techniques.base import Kind, Params, RunContext
-
-ARMS = ("explicit_buffer", "chi_exact", "beta_tilde_lr_chi", "lr_chi_only", "per_micro_batch")
-Arm = Literal["explicit_buffer", "chi_exact", "beta_tilde_lr_chi", "lr_chi_only", "per_micro_batch"]
-Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
-BUILTIN_SHAPES = {"digits": (1797, 64, 10), "clusters": (2000, 16, 10)}  # rows, features, classes
-EVAL_CHUNK = 256
-TRAIN_PROBE = 512
-MAX_BYTES = 4 * 2**30
-MAX_FLOPS = 2e12
-MAX_MICRO_STEPS = 300_000
-
-
-class MomentumAccumulationParams(Params):
-    dataset: Literal["digits", "clusters"] | UUID = "digits"
-    model: Literal["mlp", "cnn"] = Field("mlp", description="cnn needs square images as rows (digits is 8x8)")
-    hidden: int = Field(64, ge=4, le=1024, description="width of the hidden dense layers")
-    channels: int = Field(8, ge=2, le=64, description="cnn only: channels of the first conv (the second has 2x)")
-    optimizer: Literal["sgdm", "adam"] = "sgdm"
-    betas: tuple[Beta, Beta] = Field((0.9, 0.999), description="β (sgdm uses the first) or Adam's (β1, β2)")
-    lr: float = Field(0.1, gt=0.0, le=10.0)
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="sgdm: L2 in the gradient; adam: decoupled")
-    accum_steps: int = Field(4, ge=1, le=256, description="k: micro-batches per update")
-    micro_batch: int = Field(8, ge=1, le=1024)
-    steps: int = Field(800, ge=1, le=100_000, description="micro-batches per arm and seed (the data budget)")
-    arms: list[Arm] = Field(default_factory=lambda: list(ARMS), min_length=1, max_length=len(ARMS))
-    seeds: int = Field(3, ge=1, le=10, description="independent runs (init and data order) per arm")
-    eval_every: int = Field(50, ge=1, le=100_000, description="micro-steps between held-out evaluations")
-    holdout: float = Field(0.2, ge=0.05, le=0.5, description="fraction of rows held out")
-    dtype: Literal["float32", "float64"] = "float32"
-
-    @model_validator(mode="after")
-    def _fits(self):
-        if len(set(self.arms)) != len(self.arms):
-            raise ValueError("arms: each arm may appear once")
-        if self.steps < self.accum_steps:
-            raise ValueError("steps: fewer micro-steps than accum_steps means the accumulating arms never update")
-        if self.eval_every > self.steps:
-            raise ValueError("eval_every: larger than steps")
-        if self.steps // self.eval_every > 1000:
-            raise ValueError("eval_every: more than 1000 evaluations per run")
-        if self.steps * len(self.arms) * self.seeds > MAX_MICRO_STEPS:
-            raise ValueError(f"steps: steps x arms x seeds exceeds {MAX_MICRO_STEPS} micro-steps")
-        if self.model == "cnn" and self.dataset == "clusters":
-            raise ValueError("model: cnn is for image data (digits, or an upload of square images); clusters is not")
-        if not isinstance(self.dataset, UUID):
-            rows, features, classes = BUILTIN_SHAPES[self.dataset]
-            check_budget(self, rows, features, classes)
-        return self
-
-
-def _cnn_side(features: int) -> int | None:
-    side = math.isqrt(features)
-    return side if side * side == features and side >= 2 else None
-
-
-def check_budget(params: MomentumAccumulationParams, rows: int, features: int, classes: int) -> None:
-    """Raise ValueError("<field>: ...") when the job's memory or arithmetic would not fit one worker."""
-    h, c = params.hidden, params.channels
-    if params.model == "cnn":
-        side = _cnn_side(features)
-        if side is None:
-            raise ValueError(f"model: cnn needs square images as rows; {features} features is not a square >= 4")
-        flat = 2 * c * (side // 2) ** 2
-        n_params = 10 * c + 18 * c * c + 2 * c + flat * h + h + h * classes + classes
-        fwd = 2 * (9 * c + 18 * c * c) * side * side + 2 * (flat * h + h * classes)
-        act = 3 * c * side * side + h + classes
-    else:
-        n_params = features * h + h + h * h + h + h * classes + classes
-        fwd = 2 * n_params
-        act = features + 2 * h + classes
-    item = 8 if params.dtype == "float64" else 4
-    need = item * (5 * n_params + 3 * act * (params.micro_batch + EVAL_CHUNK) + rows * (features + 1))
-    if need > MAX_BYTES:
-        raise ValueError(f"hidden: weights, optimizer state and activations need {need / 2**30:.1f} GiB (> 4 GiB)")
-    runs = len(params.arms) * params.seeds
-    evals = params.steps // params.eval_every + 2
-    flops = runs * fwd * (3 * params.micro_batch * params.steps + evals * (rows + TRAIN_PROBE))
-    if flops > MAX_FLOPS:
-        raise ValueError(f"steps: about {flops:.1e} floating-point operations (> {MAX_FLOPS:.0e})")
+from core.techniques.base import RunContext
+from core.techniques.momentum_accumulation.spec import (
+    ARMS,
+    EVAL_CHUNK,
+    TRAIN_PROBE,
+    MomentumAccumulationParams,
+    cnn_side,
+    check_budget,
+)
 
 
 def _model(params: MomentumAccumulationParams, features: int, classes: int, gen: torch.Generator) -> torch.nn.Module:
     """MLP (two hidden ReLU layers) or a small CNN, initialized from ``gen`` (PyTorch's default ±1/√fan_in)."""
     h = params.hidden
     if params.model == "cnn":
-        side, c = _cnn_side(features), params.channels
+        side, c = cnn_side(features), params.channels
         net = torch.nn.Sequential(
             torch.nn.Unflatten(1, (1, side, side)),
             torch.nn.Conv2d(1, c, 3, padding=1), torch.nn.ReLU(),
@@ -356,14 +283,3 @@ def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
         "arms": arms,
         "best_arm": max(ranked, key=lambda a: arms[a]["final_heldout_accuracy_mean"]) if ranked else None,
     }
-
-
-KIND = Kind(
-    name="momentum_accumulation",
-    description="Gradient accumulation inside the momentum (no buffer) vs explicit accumulation and per-batch updates.",
-    params=MomentumAccumulationParams,
-    run=run,
-    example={"dataset": "digits", "model": "mlp", "hidden": 32, "optimizer": "sgdm", "betas": [0.9, 0.999],
-             "lr": 0.3, "accum_steps": 8, "micro_batch": 4, "steps": 480, "seeds": 2, "eval_every": 40,
-             "dtype": "float64"},
-)

@@ -1,0 +1,128 @@
+"""The ``eg_stepsize`` kind as the API sees it: params, budget check, description and example (no torch)."""
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Union
+from uuid import UUID
+
+from pydantic import Field, model_validator
+
+from core.techniques.base import KindSpec, Params
+
+MEMORY_BUDGET = 4 * 2**30
+WORK_BUDGET = 2e13  # multiply-adds in all runs together: tens of minutes on a CPU worker
+MAX_EVAL_POINTS = 1000
+
+
+class SGDSpec(Params):
+    name: Literal["sgd"] = "sgd"
+    lr: float = Field(0.3, gt=0, le=100)
+
+
+class MomentumSpec(Params):
+    name: Literal["momentum"] = "momentum"
+    lr: float = Field(0.03, gt=0, le=100)
+    momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class AdamSpec(Params):
+    name: Literal["adam"] = "adam"
+    lr: float = Field(3e-3, gt=0, le=10)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0, le=1)
+
+
+class HypergradientSpec(Params):
+    name: Literal["hypergradient"] = "hypergradient"
+    lr: float = Field(0.3, gt=0, le=100)
+    beta: float = Field(1e-3, ge=0, le=10, description="rate of α ← α + β <g_{t-1}, g_t>")
+
+
+class EGStepSizeSpec(Params):
+    name: Literal["eg_stepsize"] = "eg_stepsize"
+    lr: float = Field(0.3, gt=0, le=100)
+    gamma: float = Field(100.0, ge=0, le=1e6, description="EG rate of ν; the product g_{t-1} g_t is not scale free")
+    granularity: Literal["coordinate", "layer", "global"] = "coordinate"
+    max_log_step: float = Field(0.1, gt=0, le=10, description="clamp of each step's change of log ν")
+    max_log_nu: float = Field(10.0, gt=0, le=50, description="clamp of log ν")
+
+
+class EGFunnelSpec(Params):
+    name: Literal["eg_funnel"] = "eg_funnel"
+    lr: float = Field(0.03, gt=0, le=100)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    gamma_p: float = Field(100.0, ge=0, le=1e6, description="EG rate of the per-coordinate gains p")
+    gamma_s: float = Field(1.0, ge=0, le=1e6, description="EG rate of the scale s")
+    beta: float = Field(0.9, ge=0, lt=1, description="EMA factor of the gradients that drive p")
+    scale: Literal["layer", "global"] = "layer"
+    max_log_step: float = Field(0.1, gt=0, le=10)
+    max_log_gain: float = Field(10.0, gt=0, le=50)
+
+
+OptimizerSpec = Annotated[Union[SGDSpec, MomentumSpec, AdamSpec, HypergradientSpec, EGStepSizeSpec, EGFunnelSpec],
+                          Field(discriminator="name")]
+
+
+def _default_optimizers() -> list:
+    return [SGDSpec(), MomentumSpec(), AdamSpec(), HypergradientSpec(), EGStepSizeSpec(), EGFunnelSpec()]
+
+
+def param_count(dim: int, classes: int, model: str, hidden: int, depth: int) -> int:
+    """Weights and biases of the classifier ``_build_model`` makes."""
+    widths = [dim] + ([hidden] * depth if model == "mlp" else []) + [classes]
+    return sum(a * b + b for a, b in zip(widths, widths[1:]))
+
+
+class EGStepSizeParams(Params):
+    dataset: Literal["digits", "clusters"] | UUID = "digits"
+    model: Literal["linear", "mlp"] = "mlp"
+    hidden: int = Field(64, ge=2, le=1024, description="width of each hidden layer (mlp)")
+    depth: int = Field(1, ge=1, le=4, description="number of hidden layers (mlp)")
+    optimizers: list[OptimizerSpec] = Field(default_factory=_default_optimizers, min_length=1, max_length=8)
+    lr_scales: list[float] = Field(default_factory=lambda: [0.1, 1.0, 10.0], min_length=1, max_length=8,
+                                   description="each optimizer runs at lr times each scale")
+    steps: int = Field(300, ge=1, le=20000)
+    batch_size: int = Field(64, ge=1, le=4096)
+    eval_every: int = Field(10, ge=1, le=20000, description="steps between held-out evaluations")
+    eval_size: int = Field(512, ge=16, le=8192, description="at most this many held-out samples")
+    shift_every: int = Field(0, ge=0, le=20000, description="rotate the inputs every this many steps; 0: never")
+    shift_angle: float = Field(60.0, gt=0, le=180, description="degrees each shift rotates every random plane")
+    recovery_tol: float = Field(0.1, ge=0, le=10, description="recovered: loss <= pre-shift loss x (1 + tol)")
+    seeds: int = Field(1, ge=1, le=5)
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if any(not 1e-4 <= s <= 1e4 for s in self.lr_scales):
+            raise ValueError("lr_scales: each scale must be in [1e-4, 1e4]")
+        if math.ceil(self.steps / self.eval_every) > MAX_EVAL_POINTS:
+            raise ValueError(f"eval_every: more than {MAX_EVAL_POINTS} evaluations per run; raise eval_every")
+        if self.shift_every and self.shift_every % self.eval_every:
+            raise ValueError("shift_every: must be a multiple of eval_every so the pre-shift loss is measured")
+        check_budget(self, dim=64, classes=10)
+        return self
+
+
+def check_budget(params: EGStepSizeParams, dim: int, classes: int) -> None:
+    """Refuse a job whose memory or total work would not fit one worker (builtins: dim 64, 10 classes)."""
+    n = param_count(dim, classes, params.model, params.hidden, params.depth)
+    width = dim + classes + (params.hidden * params.depth if params.model == "mlp" else 0)
+    need = 4 * (12 * n + 3 * params.batch_size * width + 2 * params.eval_size * width + 2 * dim * dim)
+    if need > MEMORY_BUDGET:
+        raise ValueError(f"hidden: model, optimizer state and activations need {need / 2**30:.1f} GiB (> 4 GiB)")
+    runs = len(params.optimizers) * len(params.lr_scales) * params.seeds
+    work = runs * params.steps * (3 * params.batch_size * n + params.batch_size * dim * dim)
+    if work > WORK_BUDGET:
+        raise ValueError(f"steps: {work:.1e} multiply-adds over {runs} runs exceeds {WORK_BUDGET:.0e}")
+
+
+SPEC = KindSpec(
+    name="eg_stepsize",
+    description="Exponentiated-gradient step-size adaptation vs fixed rates, momentum, Adam and hypergradient SGD.",
+    params=EGStepSizeParams,
+    example={"dataset": "digits", "model": "mlp", "hidden": 32, "depth": 1,
+             "optimizers": [{"name": "sgd"}, {"name": "momentum"}, {"name": "adam"}, {"name": "hypergradient"},
+                            {"name": "eg_stepsize"}, {"name": "eg_funnel"}],
+             "lr_scales": [0.1, 1.0, 10.0], "steps": 300, "batch_size": 64, "eval_every": 10,
+             "shift_every": 100, "shift_angle": 60.0, "seeds": 1},
+)
