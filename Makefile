@@ -1,14 +1,15 @@
 # The two commands: `make run` (the service on the embedded default) and `make test` (the whole suite).
+# Every install takes its versions from constraints.txt (the resolved set, torch included); `make lock` rewrites it.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench
+.PHONY: install run test lint lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q "$$(grep '^torch==' constraints.txt)"
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -16,5 +17,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/gradlab up
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+
+lock: $(STAMP)
+	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^gradlab' | sed 's/+cpu$$//' > constraints.txt

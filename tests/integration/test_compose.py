@@ -48,6 +48,19 @@ def test_compose_file_has_the_expected_services():
     assert set(COMPOSE["volumes"]) == {"pgdata", "redisdata"}
 
 
+def test_every_image_and_the_test_environment_run_one_torch_release():
+    """CPU and GPU images build from one Dockerfile whose torch pin is the lock's, the one the tests run on."""
+    from importlib.metadata import version
+
+    pins = [line for line in (ROOT / "constraints.txt").read_text().splitlines() if line.startswith("torch==")]
+    assert len(pins) == 1 and pins[0] == f"torch=={version('torch').split('+')[0]}"
+    assert sorted(p.name for p in (ROOT / "docker").glob("Dockerfile*")) == ["Dockerfile"]
+    assert "grep '^torch==' constraints.txt" in (ROOT / "docker" / "Dockerfile").read_text()
+    builds = {name: s["build"] for name, s in COMPOSE["services"].items() if "build" in s}
+    assert {b["dockerfile"] for b in builds.values()} == {"docker/Dockerfile"}
+    assert "/whl/cu12" in builds["worker-gpu"]["args"]["TORCH_INDEX_URL"]
+
+
 def test_compose_commands_run_a_job(pg_database, redis_prefix, tmp_path):
     # pg_database comes migrated; start from an empty one to prove the migrate service does its job.
     from tests.stack import create_database, drop_database
