@@ -40,6 +40,16 @@ class Settings(BaseSettings):
     submissions_per_minute_per_tenant: int = 6000
     max_request_bytes: int = 1024 * 1024
     max_upload_bytes: int = 32 * 1024 * 1024
+    max_dataset_bytes: int = Field(default=64 * 1024 * 1024, description="Cap on an uploaded dataset as stored "
+                                   "(float32 x, int64 y); judged from the upload's headers before its data is read.")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="A connection must finish a request's headers "
+                                    "this long after it opens or after its previous response.")
+    body_timeout_s: float = Field(default=60.0, gt=0, description="A request's whole body must arrive within this "
+                                  "long of its headers (408 otherwise).")
+    max_streams_per_key: int = Field(default=100, ge=1, description="Open /events streams per API key and API "
+                                     "process (429 beyond).")
+    events_poll_s: float = Field(default=0.3, gt=0, description="How often an API process reads a watched job's "
+                                 "status and new metric rows (once per job, whatever the number of watchers).")
     max_artifact_bytes: int = 64 * 1024 * 1024
     max_timeout_s: int = 24 * 3600
 

@@ -1,7 +1,11 @@
-"""Uploaded datasets: .npz or .csv, size-capped, parsed without pickle, stored as a canonical .npz."""
+"""Uploaded datasets: .npz or .csv, size-capped, parsed without pickle, stored as a canonical .npz.
+
+The API key was checked before the body was read (``api.auth.KeyFirst``); the file arrives spooled by the multipart
+parser (to disk past 1 MiB) and is parsed from there in bounded memory."""
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import uuid
 
@@ -28,19 +32,19 @@ def _out(ds: Dataset) -> DatasetOut:
              responses={413: {"description": "upload too large"}, 422: {"description": "not a dataset"}})
 def upload(request: Request, file: UploadFile = File(...), label_column: str | None = Form(None, max_length=128),
            session: Session = Depends(db), who: Principal = Depends(principal)):
-    cap = request.app.state.settings.max_upload_bytes
-    data = file.file.read(cap + 1)
-    if len(data) > cap:
+    settings = request.app.state.settings
+    cap = settings.max_upload_bytes
+    if file.file.seek(0, io.SEEK_END) > cap:
         raise Problem(413, f"file: uploads are capped at {cap} bytes")
     filename = re.sub(r"[^A-Za-z0-9._-]", "_", (file.filename or "upload").rsplit("/", 1)[-1])[:255]
     try:
-        parsed = parse_upload(filename, data, label_column)
+        parsed = parse_upload(filename, file.file, label_column, settings.max_dataset_bytes)
     except UploadRejected as exc:
         field = str(exc).split(":", 1)[0]
         raise Problem(422, str(exc), errors=[{"field": field, "message": str(exc), "type": "invalid_upload"}])
-    blob = parsed.to_npz()
+    blob = parsed.npz
     ds = Dataset(id=uuid.uuid4(), tenant=who.tenant, filename=filename, format=filename.rsplit(".", 1)[-1].lower(),
-                 rows=int(parsed.x.shape[0]), columns=int(parsed.x.shape[1]), has_labels=parsed.y is not None,
+                 rows=parsed.rows, columns=parsed.columns, has_labels=parsed.has_labels,
                  size=len(blob), sha256=hashlib.sha256(blob).hexdigest(), data=blob, created_at=utcnow())
     session.add(ds)
     session.commit()
