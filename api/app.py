@@ -5,10 +5,12 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import openapi, problems
-from api.auth import KeyCache
-from api.limits import BodySizeLimit
+from api.auth import KeyCache, KeyFirst
+from api.guards import LoopbackOnly, RejectNul
+from api.limits import BodyLimits
 from api.routes import datasets, events, health, jobs, kinds, web
 from core.jobs.db import make_engine, make_sessionmaker
+from core.jobs.watch import JobFeeds
 from core.settings import Settings, get_settings
 from core.techniques import specs
 from workers.app import make_celery
@@ -23,8 +25,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.celery = make_celery(settings)
     app.state.key_cache = KeyCache(settings.auth_cache_s)
+    app.state.job_feeds = JobFeeds(app.state.sessions, settings.events_poll_s)
+    app.state.stream_slots = events.StreamSlots(settings.max_streams_per_key)
     problems.install(app, set(specs()))
-    app.add_middleware(BodySizeLimit, default_cap=settings.max_request_bytes, upload_cap=settings.max_upload_bytes)
+    # outermost last: the peer check, then NUL bytes, then the key, all before the body is read; then its limits
+    app.add_middleware(BodyLimits, default_cap=settings.max_request_bytes, upload_cap=settings.max_upload_bytes,
+                       timeout_s=settings.body_timeout_s)
+    app.add_middleware(KeyFirst)
+    app.add_middleware(RejectNul)
+    if settings.auth == "disabled":
+        app.add_middleware(LoopbackOnly)
     for module in (jobs, events, kinds, datasets, health, web):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")

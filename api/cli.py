@@ -26,24 +26,38 @@ def migrate() -> None:
     typer.echo(f"database at head: {_redact(settings.resolved_database_url)}")
 
 
+def _check_bind(host: str) -> None:
+    """Exit 2 with a message (no traceback) for a host that does not resolve, or, with authentication disabled,
+    one that is not loopback (the app refuses other peers anyway: this says so before anything starts)."""
+    import socket
+
+    from api.guards import is_loopback
+
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except (socket.gaierror, UnicodeError) as exc:
+        typer.echo(f"--host {host}: not an address or a resolvable name ({exc})", err=True)
+        raise typer.Exit(2)
+    if get_settings().auth == "disabled" and not all(is_loopback(a) for a in addresses):
+        typer.echo(f"refusing to serve without authentication on {host}: set GRADLAB_AUTH=required "
+                   f"or bind to 127.0.0.1", err=True)
+        raise typer.Exit(2)
+
+
 @cli.command()
 def api(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option(1, min=1, max=64)) -> None:
     """Serve the HTTP API with uvicorn."""
-    import ipaddress
-
     import uvicorn
 
     settings = get_settings()
+    _check_bind(host)
     if settings.auth == "disabled":
-        if not (host == "localhost" or ipaddress.ip_address(host).is_loopback):
-            typer.echo(f"refusing to serve without authentication on {host}: set GRADLAB_AUTH=required "
-                       f"or bind to 127.0.0.1", err=True)
-            raise typer.Exit(2)
         typer.echo("authentication is DISABLED (GRADLAB_AUTH=disabled): loopback only, every caller is admin")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    # Open event streams would otherwise hold a shutdown forever.
+    # Open event streams would otherwise hold a shutdown forever; the protocol bounds the wait for headers.
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False, timeout_graceful_shutdown=5)
+                log_level="info", access_log=False, timeout_graceful_shutdown=5,
+                http="api.serving:HeaderDeadlineProtocol", timeout_keep_alive=5)
 
 
 @cli.command()
@@ -68,6 +82,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path = typer.Option(
     os.environ["GRADLAB_DATA_DIR"] = str(data_dir.resolve())
     os.environ.setdefault("GRADLAB_AUTH", "disabled")
     get_settings.cache_clear()
+    _check_bind(host)
     migrate()
     worker_proc = subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=os.environ.copy())
     typer.echo(f"gradlab is up: http://{host}:{port}  (API docs: http://{host}:{port}/docs; data in {data_dir})")

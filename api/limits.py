@@ -1,5 +1,10 @@
-"""A cap on request body size, enforced while the body streams in (Content-Length may be absent or wrong)."""
+"""Caps on a request body while it streams in: its size (Content-Length may be absent or wrong) and the time it may
+take to arrive, so a client that sends a body slowly or never finishes it cannot hold a connection and its buffers.
+"""
 from __future__ import annotations
+
+import asyncio
+import time
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,9 +19,19 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"body: requests are capped at {cap} bytes")
 
 
-class BodySizeLimit:
-    def __init__(self, app: ASGIApp, default_cap: int, upload_cap: int, upload_path: str = "/v1/datasets"):
+class BodyTooSlow(HTTPException):
+    """408, raised from ``receive`` like ``BodyTooLarge``; uvicorn closes the connection after the answer."""
+
+    def __init__(self, timeout_s: float):
+        super().__init__(408, f"body: the request body must arrive within {timeout_s:g} s",
+                         headers={"Connection": "close"})
+
+
+class BodyLimits:
+    def __init__(self, app: ASGIApp, default_cap: int, upload_cap: int, timeout_s: float,
+                 upload_path: str = "/v1/datasets"):
         self.app, self.default_cap, self.upload_cap, self.upload_path = app, default_cap, upload_cap, upload_path
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -30,14 +45,24 @@ class BodySizeLimit:
             await problem_response(413, BodyTooLarge(cap).detail)(scope, receive, send)
             return
         seen = 0
+        complete = False
+        deadline = time.monotonic() + self.timeout_s
 
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+        async def limited_receive() -> Message:
+            nonlocal seen, complete
+            if complete:  # the body is in; later receives wait for a disconnect, which may take any time
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise BodyTooSlow(self.timeout_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > cap:
                     raise BodyTooLarge(cap)
+                complete = not message.get("more_body", False)
+            else:
+                complete = True
             return message
 
-        await self.app(scope, counting_receive, send)
+        await self.app(scope, limited_receive, send)

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, create_model
 
 from core.jobs.models import Job
 from core.techniques import specs
@@ -15,10 +15,12 @@ MAX_SEED = 2**63 - 1
 
 
 class JobRequestBase(BaseModel):
+    """Strict like the published schema: an integer field takes a JSON integer, not "5", true or 5.0."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    seed: StrictInt = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    timeout_s: int = Field(3600, ge=1, le=24 * 3600)
+    timeout_s: StrictInt = Field(3600, ge=1, le=24 * 3600)
 
 
 def _job_request_models() -> list[type[JobRequestBase]]:

@@ -1,8 +1,10 @@
 """Server-Sent Events of one job: status changes and new metric rows, so clients need not poll.
 
 Each metric event carries its row id as the SSE ``id``; a client that reconnects with ``Last-Event-ID`` gets exactly
-the rows after the last one it saw. The stream polls the database with a short session per tick (never one session
-for the whole stream, which would pin a pooled connection per watcher) and ends after the terminal status event.
+the rows after the last one it saw. A stream reads nothing from the database once it has caught up: the process's
+feed of the job (``core.jobs.watch``) polls once for all its watchers. Each API key may hold
+``GRADLAB_MAX_STREAMS_PER_KEY`` streams open on an API process (429 beyond); a stream ends after the terminal
+status event.
 """
 from __future__ import annotations
 
@@ -10,34 +12,72 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from api.auth import owns, principal
 from api.deps import parse_id
 from api.problems import Problem
 from core.jobs import store
 from core.jobs.keys import Principal
-from core.jobs.models import Job
 from core.jobs.states import TERMINAL
+from core.jobs.watch import BATCH, JobFeeds
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-POLL_S = 0.3
 KEEPALIVE_S = 10.0
-BATCH = 1000
 RETRY_MS = 2000
 
 
-def _last_id(raw: str | None) -> int | None:
-    """Last-Event-ID as a metric row id; anything else means "from the beginning"."""
+class StreamSlots:
+    """Open streams per API key in this process, against a cap."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.open: dict[str, int] = {}
+
+    def take(self, key: str) -> Callable[[], None]:
+        """A slot for ``key`` and the function that frees it; Problem 429 when the key holds ``cap`` already."""
+        if self.open.get(key, 0) >= self.cap:
+            raise Problem(429, f"this API key holds {self.cap} open event streams on this server (the limit); "
+                               f"close one first", headers={"Retry-After": "5"})
+        self.open[key] = self.open.get(key, 0) + 1
+
+        def free() -> None:
+            self.open[key] -= 1
+            if not self.open[key]:
+                del self.open[key]
+
+        return free
+
+
+class HeldStream(StreamingResponse):
+    """Frees its slot and leaves its job's feed when the response ends, however it ends (finished, client gone,
+    server stopping): a stream cut while it waited to write is closed here, not whenever it is collected."""
+
+    def __init__(self, content: AsyncIterator[str], free: Callable[[], None], **kwargs):
+        super().__init__(content, **kwargs)
+        self.free = free
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self.body_iterator.aclose()
+            finally:
+                self.free()
+
+
+def _last_id(raw: str | None) -> int:
+    """Last-Event-ID as a metric row id; anything else means "from the beginning" (row ids start at 1)."""
     if raw is None or not raw.strip().isdigit():
-        return None
+        return 0
     return min(int(raw.strip()), 2**62)
 
 
@@ -46,57 +86,69 @@ def _frame(event: str, data: dict, event_id: int | None) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-def _tick(sessions, job_id: uuid.UUID, after: int | None) -> tuple[dict | None, list]:
-    """The job's status, then the metric rows after ``after`` (status first: rows read after a terminal status
-    include every row the worker wrote, since it writes them before finishing)."""
-    with sessions() as session:
-        row = session.execute(select(Job.status, Job.progress, Job.message, Job.attempt)
-                              .where(Job.id == job_id)).first()
-        if row is None:
-            return None, []
-        status = {"status": row.status, "progress": row.progress, "message": row.message, "attempt": row.attempt}
-        rows, _ = store.read_metrics(session, job_id, name=None, after_step=None, cursor=after, limit=BATCH)
-        return status, [(r.id, r.step, r.name, r.value) for r in rows]
-
-
-async def _stream(sessions, job_id: uuid.UUID, after: int | None) -> AsyncIterator[str]:
+async def _stream(feeds: JobFeeds, job_id: uuid.UUID, after: int) -> AsyncIterator[str]:
     yield f"retry: {RETRY_MS}\n\n"
-    sent_status = None
-    last_write = time.monotonic()
-    while True:
-        status, rows = await run_in_threadpool(_tick, sessions, job_id, after)
-        if status is None:  # the job was removed while being watched
-            return
-        for row_id, step, name, value in rows:
-            after = row_id
-            yield _frame("metric", {"step": step, "name": name, "value": value}, row_id)
-            last_write = time.monotonic()
-        if len(rows) == BATCH:  # more rows are waiting: read them before sleeping or ending
-            continue
-        if status != sent_status:
-            sent_status = status
-            yield _frame("status", status, after)
-            last_write = time.monotonic()
-            if status["status"] in TERMINAL:
+    feed = feeds.subscribe(job_id)
+    try:
+        sent_status = None
+        last_write = time.monotonic()
+        while True:
+            changed = feed.changed  # taken before reading the feed: a change after this point wakes us
+            if feed.ready and after < feed.floor:  # rows from before the feed's window: read them ourselves
+                rows = await feeds.read_rows(job_id, after)
+                if len(rows) < BATCH:  # every row up to the floor is in these (the floor was read earlier)
+                    rows.append(None)
+            elif feed.ready:
+                rows = feed.rows_after(after)
+            else:
+                rows = []
+            for row in rows:
+                if row is None:
+                    after = max(after, feed.floor)
+                    continue
+                after = row[0]
+                yield _frame("metric", {"step": row[1], "name": row[2], "value": row[3]}, row[0])
+                last_write = time.monotonic()
+            if feed.ready and after < feed.floor:
+                continue
+            if feed.gone:  # the job was removed while being watched
                 return
-        if time.monotonic() - last_write >= KEEPALIVE_S:
-            yield ": keep-alive\n\n"
-            last_write = time.monotonic()
-        await asyncio.sleep(POLL_S)
+            if feed.status is not None and feed.status != sent_status:
+                sent_status = feed.status
+                yield _frame("status", sent_status, after or None)
+                last_write = time.monotonic()
+                if sent_status["status"] in TERMINAL:
+                    return
+            if changed is not feed.changed:  # news arrived while we were writing
+                continue
+            wait = KEEPALIVE_S - (time.monotonic() - last_write)
+            try:
+                await asyncio.wait_for(changed.wait(), max(0.0, wait))
+            except asyncio.TimeoutError:
+                yield ": keep-alive\n\n"
+                last_write = time.monotonic()
+    finally:
+        feeds.unsubscribe(feed)
+
+
+def _tenant(sessions, job_id: uuid.UUID) -> str | None:
+    with sessions() as session:
+        return store.job_tenant(session, job_id)
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "`status` events {status, progress, message, attempt} on each change and "
                                             "`metric` events {step, name, value} with the metric row id as SSE id; "
-                                            "send Last-Event-ID to resume; the stream ends after a terminal status"}})
-def job_events(job_id: str, request: Request, who: Principal = Depends(principal),
-               last_event_id: Annotated[str | None, Header(max_length=32)] = None):
+                                            "send Last-Event-ID to resume; the stream ends after a terminal status"},
+                       429: {"description": "this API key holds the most open event streams allowed"}})
+async def job_events(job_id: str, request: Request, who: Principal = Depends(principal),
+                     last_event_id: Annotated[str | None, Header(max_length=32)] = None):
     jid = parse_id(job_id)
-    with request.app.state.sessions() as session:
-        tenant = session.scalar(select(Job.tenant).where(Job.id == jid))
+    state = request.app.state
+    tenant = await run_in_threadpool(_tenant, state.sessions, jid)
     if tenant is None or not owns(who, tenant):
         raise Problem(404, f"job {job_id} not found")
-    return StreamingResponse(_stream(request.app.state.sessions, jid, _last_id(last_event_id)),
-                             media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    free = state.stream_slots.take(request.state.key_hash)
+    return HeldStream(_stream(state.job_feeds, jid, _last_id(last_event_id)), free, media_type="text/event-stream",
+                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

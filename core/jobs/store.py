@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -295,7 +295,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     """Raises ValueError on anything that is not a cursor this service made."""
     raw = base64.urlsafe_b64decode(cursor.encode()).decode()
     ts, jid = raw.split("|")
-    return datetime.fromisoformat(ts), uuid.UUID(jid)
+    created_at = datetime.fromisoformat(ts)
+    if created_at.tzinfo is None:  # this service's cursors carry UTC; a naive one was made elsewhere
+        raise ValueError("cursor timestamp has no timezone")
+    return created_at, uuid.UUID(jid)
 
 
 def list_jobs(session: Session, *, tenant: str | None, status: str | None, kind: str | None, limit: int,
@@ -329,3 +332,20 @@ def read_metrics(session: Session, job_id: uuid.UUID, *, name: str | None, after
     rows = session.execute(q.order_by(Metric.id).limit(limit + 1)).all()
     nxt = rows[limit - 1].id if len(rows) > limit else None
     return rows[:limit], nxt
+
+
+def job_tenant(session: Session, job_id: uuid.UUID) -> str | None:
+    return session.scalar(select(Job.tenant).where(Job.id == job_id))
+
+
+def job_progress(session: Session, job_id: uuid.UUID) -> dict | None:
+    """What an event stream reports of a job: {status, progress, message, attempt}; None if there is no such job."""
+    row = session.execute(select(Job.status, Job.progress, Job.message, Job.attempt).where(Job.id == job_id)).first()
+    if row is None:
+        return None
+    return {"status": row.status, "progress": row.progress, "message": row.message, "attempt": row.attempt}
+
+
+def last_metric_id(session: Session, job_id: uuid.UUID) -> int:
+    """The id of the job's newest metric row; 0 when it has none (row ids start at 1)."""
+    return session.scalar(select(func.coalesce(func.max(Metric.id), 0)).where(Metric.job_id == job_id))
