@@ -5,7 +5,7 @@ An upload is judged on what it declares before any of its data is read: a .npz b
 ``.npy`` header (shape, dtype, the entry's uncompressed size, which must match), a .csv by its first row and its line
 count; the dataset it would become must fit ``max_stored_bytes``. Data is then read in chunks of at most
 ``CHUNK_BYTES``, each checked and spooled to a temporary file, so a refusal late in the file (a NaN in the last row)
-has held one chunk, not the array; only an accepted dataset is assembled in memory, as the stored blob. The parser
+has held one chunk's worth, not the array; only an accepted dataset is assembled in memory, as the stored blob. The parser
 takes a binary file object and knows nothing of HTTP, so it can run wherever the upload lands.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 MAX_ROWS = 1_000_000
 MAX_COLUMNS = 65_536
 CHUNK_BYTES = 4 * 1024 * 1024
+CSV_BLOCK_BYTES = 1024 * 1024  # numpy's text parser holds about twenty times its input while it works
 MAX_CSV_ROW_BYTES = 2 * 1024 * 1024
 X_DTYPE, Y_DTYPE = np.dtype("<f4"), np.dtype("<i8")
 _EOCD = struct.Struct("<4s4H2LH")  # the zip's end-of-central-directory record
@@ -291,9 +292,9 @@ def _count_lines(fp: BinaryIO, start: int) -> int:
 
 
 def _line_blocks(fp: BinaryIO):
-    """Blocks of about CHUNK_BYTES that end at a line end."""
+    """Blocks of about CSV_BLOCK_BYTES that end at a line end."""
     carry = b""
-    while block := fp.read(CHUNK_BYTES):
+    while block := fp.read(CSV_BLOCK_BYTES):
         block = carry + block
         cut = block.rfind(b"\n") + 1
         if cut == 0:
