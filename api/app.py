@@ -25,7 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = make_sessionmaker(app.state.engine)
     app.state.celery = make_celery(settings)
     app.state.key_cache = KeyCache(settings.auth_cache_s)
-    app.state.job_feeds = JobFeeds(app.state.sessions, settings.events_poll_s)
+    app.state.job_feeds = JobFeeds(app.state.sessions, settings.events_poll_s, events.encode_metric)
     app.state.stream_slots = events.StreamSlots(settings.max_streams_per_key)
     problems.install(app, set(specs()))
     # outermost last: the peer check, then NUL bytes, then the key, all before the body is read; then its limits

@@ -86,7 +86,14 @@ def _frame(event: str, data: dict, event_id: int | None) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
+def encode_metric(row: tuple) -> str:
+    row_id, step, name, value = row
+    return _frame("metric", {"step": step, "name": name, "value": value}, row_id)
+
+
 async def _stream(feeds: JobFeeds, job_id: uuid.UUID, after: int) -> AsyncIterator[str]:
+    """Everything new since the last write goes out as one chunk: a wake-up of a thousand watchers is a thousand
+    writes, not one per row each."""
     yield f"retry: {RETRY_MS}\n\n"
     feed = feeds.subscribe(job_id)
     try:
@@ -94,33 +101,26 @@ async def _stream(feeds: JobFeeds, job_id: uuid.UUID, after: int) -> AsyncIterat
         last_write = time.monotonic()
         while True:
             changed = feed.changed  # taken before reading the feed: a change after this point wakes us
-            if feed.ready and after < feed.floor:  # rows from before the feed's window: read them ourselves
-                rows = await feeds.read_rows(job_id, after)
-                if len(rows) < BATCH:  # every row up to the floor is in these (the floor was read earlier)
-                    rows.append(None)
-            elif feed.ready:
-                rows = feed.rows_after(after)
+            caught_up = False
+            if not feed.ready:
+                chunk = ""
+            elif after < feed.floor:  # rows from before the feed's window: read them ourselves
+                last, chunk, n = await feeds.read_encoded(job_id, after)
+                # fewer than a batch: every row up to the floor is in them (the floor was read earlier)
+                after = last if n == BATCH else max(last, feed.floor)
             else:
-                rows = []
-            for row in rows:
-                if row is None:
-                    after = max(after, feed.floor)
-                    continue
-                after = row[0]
-                yield _frame("metric", {"step": row[1], "name": row[2], "value": row[3]}, row[0])
+                after, chunk = feed.encoded_after(after)
+                caught_up = True
+            if caught_up and feed.status is not None and feed.status != sent_status:
+                sent_status = feed.status  # published by the feed only once its rows up to it were read
+                chunk += _frame("status", sent_status, after or None)
+            if chunk:
+                yield chunk
                 last_write = time.monotonic()
-            if feed.ready and after < feed.floor:
-                continue
-            if feed.gone:  # the job was removed while being watched
-                return
-            if feed.status is not None and feed.status != sent_status:
-                sent_status = feed.status
-                yield _frame("status", sent_status, after or None)
-                last_write = time.monotonic()
-                if sent_status["status"] in TERMINAL:
-                    return
-            if changed is not feed.changed:  # news arrived while we were writing
-                continue
+            if feed.gone or (sent_status is not None and sent_status["status"] in TERMINAL):
+                return  # the job ended, or was removed while being watched
+            if (feed.ready and not caught_up) or changed is not feed.changed:
+                continue  # the feed's rows come next, or news arrived while we were writing
             wait = KEEPALIVE_S - (time.monotonic() - last_write)
             try:
                 await asyncio.wait_for(changed.wait(), max(0.0, wait))

@@ -2,8 +2,9 @@
 
 A watcher costs no database query of its own once it is caught up: the job's feed reads the job's status and its new
 metric rows every ``poll_s`` (one short session per tick, so no pooled connection is pinned) and wakes every watcher
-of that job. The feed keeps the newest rows (at most ``buffer_rows``); a watcher that starts further back, or falls
-behind, reads the rows before the feed's window from the database itself, then joins it.
+of that job. The feed keeps the newest rows (at most ``buffer_rows``), each already encoded by ``encode`` (a row is
+encoded once, not once per watcher); a watcher that starts further back, or falls behind, reads the rows before the
+feed's window from the database itself, then joins it.
 
 A feed publishes a status only once it has read every row up to it (the status is read before the rows, and a worker
 writes its rows before it finishes), so a watcher that sees a terminal status has been given every row.
@@ -35,7 +36,7 @@ class JobFeed:
         self.gone = False
         self.floor: int | None = None  # None until the first tick
         self.ids: list[int] = []
-        self.rows: list[tuple[int, int, str, float | None]] = []
+        self.encoded: list[str] = []
         self.watchers = 0
         self.changed = asyncio.Event()  # replaced by a fresh one each time it is set
         self.task: asyncio.Task | None = None
@@ -44,8 +45,12 @@ class JobFeed:
     def ready(self) -> bool:
         return self.floor is not None
 
-    def rows_after(self, after: int) -> list[tuple[int, int, str, float | None]]:
-        return self.rows[bisect.bisect_right(self.ids, after):]
+    def encoded_after(self, after: int) -> tuple[int, str]:
+        """(id of the newest row, the encoded rows after ``after`` as one string); (after, "") when none."""
+        start = bisect.bisect_right(self.ids, after)
+        if start == len(self.ids):
+            return after, ""
+        return self.ids[-1], "".join(self.encoded[start:])
 
     def _publish(self) -> None:
         fired, self.changed = self.changed, asyncio.Event()
@@ -55,8 +60,9 @@ class JobFeed:
 class JobFeeds:
     """The process's feeds, made on a job's first watcher and dropped after its last."""
 
-    def __init__(self, sessions: Callable, poll_s: float, buffer_rows: int = 10 * BATCH):
-        self.sessions, self.poll_s, self.buffer_rows = sessions, poll_s, buffer_rows
+    def __init__(self, sessions: Callable, poll_s: float, encode: Callable[[tuple], str],
+                 buffer_rows: int = 10 * BATCH):
+        self.sessions, self.poll_s, self.encode, self.buffer_rows = sessions, poll_s, encode, buffer_rows
         self.feeds: dict[uuid.UUID, JobFeed] = {}
 
     def subscribe(self, job_id: uuid.UUID) -> JobFeed:
@@ -74,14 +80,15 @@ class JobFeeds:
             if self.feeds.get(feed.job_id) is feed:
                 del self.feeds[feed.job_id]
 
-    async def read_rows(self, job_id: uuid.UUID, after: int) -> list:
-        """A watcher's own read of rows before a feed's window."""
-        return await to_thread.run_sync(self._read_rows, job_id, after)
+    async def read_encoded(self, job_id: uuid.UUID, after: int) -> tuple[int, str, int]:
+        """A watcher's own read of rows before a feed's window: (id of the last row read, the rows encoded, how
+        many rows)."""
+        return await to_thread.run_sync(self._read_encoded, job_id, after)
 
-    def _read_rows(self, job_id: uuid.UUID, after: int) -> list:
+    def _read_encoded(self, job_id: uuid.UUID, after: int) -> tuple[int, str, int]:
         with self.sessions() as session:
             rows, _ = store.read_metrics(session, job_id, name=None, after_step=None, cursor=after, limit=BATCH)
-            return [tuple(r) for r in rows]
+        return (rows[-1].id if rows else after), "".join(self.encode(tuple(r)) for r in rows), len(rows)
 
     def _tick(self, job_id: uuid.UUID, floor: int | None) -> tuple[dict | None, int | None, list]:
         """(status, floor, rows): on the first tick the newest row id becomes the floor, later the rows after it."""
@@ -124,10 +131,10 @@ class JobFeeds:
 
     def _append(self, feed: JobFeed, rows: list) -> None:
         feed.ids.extend(r[0] for r in rows)
-        feed.rows.extend(rows)
-        excess = len(feed.rows) - self.buffer_rows
+        feed.encoded.extend(self.encode(r) for r in rows)
+        excess = len(feed.ids) - self.buffer_rows
         if excess > 0:
             drop = max(excess, self.buffer_rows // 2)  # trim in halves, not row by row
             feed.floor = feed.ids[drop - 1]
-            del feed.ids[:drop], feed.rows[:drop]
+            del feed.ids[:drop], feed.encoded[:drop]
 
