@@ -4,19 +4,18 @@ running job, and the database work each watcher adds.
 The job is running and writing: this script claims it and, as a worker's heartbeat would, writes ``--rows`` metric
 rows every second through the store, so every held stream receives frames throughout. The streams are held by a
 child process (``--hold``: asyncio, raw sockets) so that reading them does not take this process's CPU from the
-GET client, which sends ``--gets`` sequential requests per phase over one keep-alive connection. Database work is
-read from PostgreSQL's own statistics over a quiet window (no GETs) per phase: transactions (xact_commit +
-xact_rollback of the database) and table reads (seq_scan + idx_scan of jobs and metrics); per watcher is the
-difference between N streams and none (the mean of the phases before and after), divided by N. Phases: 0
-streams, N streams, 0 again.
+GET client, which sends sequential requests over one keep-alive connection, in rounds that alternate between no
+streams and N streams (the shared machine's drifting load then falls on both alike). Database work is read from
+PostgreSQL's own statistics over a quiet window (no GETs) with and without the streams: transactions
+(xact_commit + xact_rollback) and table reads (seq_scan + idx_scan of jobs and metrics); per watcher is the
+difference divided by N. The API process's CPU over the same windows is reported too.
 
-    python -m bench.events_fanout [--streams 1000] [--gets 400] [--window 20]
+    python -m bench.events_fanout [--streams 1000] [--gets 200] [--rounds 3] [--window 20]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -35,6 +34,7 @@ JOB = {"kind": "init_averaging", "params": {"widths": [8, 8]}}
 # After opening or closing streams: PostgreSQL publishes an idle backend's statistics up to 10 s late, so the
 # streams' one-off reads (authorisation, catching up) must land before a phase's window starts.
 SETTLE_S = 11.0
+HELD_S = 3.0  # streams opened at once catch up on the job's rows first: measure them held, not opening
 
 
 # --- the stream holder (a child process) --------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def db_rates(database: str, window_s: float) -> dict:
     return {"xacts_per_s": (x1 - x0 - 1) / (t1 - t0), "table_reads_per_s": (r1 - r0 - 2) / (t1 - t0)}
 
 
-def get_latencies(url: str, job_id: str, n: int) -> dict:
+def get_times(url: str, job_id: str, n: int) -> list[float]:
     times = []
     with httpx.Client(base_url=url, timeout=30) as client:
         for _ in range(10):
@@ -96,7 +96,27 @@ def get_latencies(url: str, job_id: str, n: int) -> dict:
             t = time.perf_counter()
             client.get(f"/v1/jobs/{job_id}").raise_for_status()
             times.append(time.perf_counter() - t)
-    return percentiles(times)
+    return times
+
+
+class Holder:
+    """The child process holding ``n`` streams, open while in the ``with``; ``delivered`` its frame count."""
+
+    def __init__(self, url: str, n: int):
+        self.url, self.n, self.delivered = url, n, ""
+
+    def __enter__(self) -> "Holder":
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.events_fanout", "--streams", str(self.n),
+                                      "--hold", self.url], stdout=subprocess.PIPE, text=True, start_new_session=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("held"):
+            self.proc.kill()
+            raise RuntimeError(f"the stream holder stopped: {line!r}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.delivered = self.proc.communicate(timeout=60)[0].strip()
 
 
 class Writer(threading.Thread):
@@ -121,18 +141,19 @@ class Writer(threading.Thread):
             self.written += self.rows
 
 
-def phase(label: str, streams: int, url: str, job_id: str, database: str, args, roots: dict) -> dict:
+def db_phase(label: str, streams: int, database: str, window_s: float, roots: dict) -> dict:
     cpu = CpuMeter(roots).start()
-    rates = db_rates(database, args.window)
-    lat = get_latencies(url, job_id, args.gets)
-    return {"phase": label, "streams": streams, **rates, **{f"get_{k}": v for k, v in lat.items()},
-            "cpu": cpu.stop()}
+    rates = db_rates(database, window_s)
+    used = cpu.stop()
+    return {"phase": label, "streams": streams, **rates, "api_cores": used["cpu_cores"].get("api", 0.0),
+            "cpu": used}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--streams", type=int, default=1000)
-    ap.add_argument("--gets", type=int, default=400, help="sequential GETs per phase")
+    ap.add_argument("--gets", type=int, default=200, help="sequential GETs per round and condition")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of GETs without and with streams")
     ap.add_argument("--window", type=float, default=20.0, help="seconds of each phase's database-rate window")
     ap.add_argument("--rows", type=int, default=10, help="metric rows the job writes per second")
     ap.add_argument("--hold", help=argparse.SUPPRESS)
@@ -153,38 +174,43 @@ def main() -> None:
         writer = Writer(sessions, uuid.UUID(job_id), args.rows)
         writer.start()
         roots = {"api": api.pid}
-        rows = [phase("no streams", 0, url, job_id, database, args, roots)]
-        holder = subprocess.Popen([sys.executable, "-m", "bench.events_fanout", "--streams", str(args.streams),
-                                   "--hold", f"{url}/v1/jobs/{job_id}/events"], stdout=subprocess.PIPE, text=True,
-                                  env={**os.environ}, start_new_session=True)
-        try:
-            line = holder.stdout.readline()
-            if not line.startswith("held"):
-                raise RuntimeError(f"the stream holder stopped: {line!r}")
-            roots["stream holder"] = holder.pid
+        events = f"{url}/v1/jobs/{job_id}/events"
+        # database work and API CPU over quiet windows (no GETs)
+        rows = [db_phase("no streams", 0, database, args.window, roots)]
+        with Holder(events, args.streams) as holder:
             time.sleep(SETTLE_S)
-            rows.append(phase(f"{args.streams} streams", args.streams, url, job_id, database, args, roots))
-        finally:
-            holder.send_signal(signal.SIGTERM)
-            delivered = holder.communicate(timeout=60)[0].strip()
-        time.sleep(SETTLE_S)
-        rows.append(phase("no streams again", 0, url, job_id, database, args, roots))
+            rows.append(db_phase(f"{args.streams} streams", args.streams, database, args.window, roots))
+        # GET latency in alternating rounds, so that the shared machine's drifting load falls on both alike
+        times: dict[int, list[float]] = {0: [], args.streams: []}
+        round_p50: dict[int, list[float]] = {0: [], args.streams: []}
+        for _ in range(args.rounds):
+            for streams in (0, args.streams):
+                if streams:
+                    with Holder(events, streams):
+                        time.sleep(HELD_S)
+                        got = get_times(url, job_id, args.gets)
+                else:
+                    got = get_times(url, job_id, args.gets)
+                times[streams] += got
+                round_p50[streams].append(percentiles(got)["p50_ms"])
         writer.stop.set()
         writer.join()
-    held = rows[1]
-    base = {k: (rows[0][k] + rows[2][k]) / 2 for k in ("get_p50_ms", "get_p99_ms", "xacts_per_s",
-                                                        "table_reads_per_s")}  # before and after the streams
+    for row in rows:
+        lat = percentiles(times[row["streams"]])
+        row.update({f"get_{k}": v for k, v in lat.items()}, get_round_p50_ms=round_p50[row["streams"]])
+    base, held = rows
     summary = {
         "p50_ratio": held["get_p50_ms"] / base["get_p50_ms"],
         "p99_ratio": held["get_p99_ms"] / base["get_p99_ms"],
         "xacts_per_s_per_watcher": (held["xacts_per_s"] - base["xacts_per_s"]) / args.streams,
         "table_reads_per_s_per_watcher": (held["table_reads_per_s"] - base["table_reads_per_s"]) / args.streams,
-        "frames_delivered": delivered,
+        "api_cores_per_1000_watchers": (held["api_cores"] - base["api_cores"]) * 1000 / args.streams,
+        "frames_delivered_in_db_window_phase": holder.delivered,
         "metric_rows_written": writer.written,
     }
     print_table(rows, [("phase", "phase", "s"), ("get_p50_ms", "GET p50 ms", ".2f"),
                        ("get_p99_ms", "GET p99 ms", ".2f"), ("xacts_per_s", "DB xacts/s", ".2f"),
-                       ("table_reads_per_s", "DB table reads/s", ".2f")])
+                       ("table_reads_per_s", "DB table reads/s", ".2f"), ("api_cores", "API cores", ".3f")])
     print({k: (round(v, 5) if isinstance(v, float) else v) for k, v in summary.items()})
     path = write_results("events_fanout", {"config": vars(args), "rows": rows, "summary": summary})
     print(f"results: {path}")
