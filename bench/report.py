@@ -23,7 +23,7 @@ from bench.common import RESULTS, ROOT, machine
 
 TECHNIQUES = ["contrastive_accumulation", "momentum_accumulation", "gradnorm_gan", "vae_density",
               "gradient_penalty_bound", "eg_stepsize"]
-SERVICE = ["api_load", "dispatch", "metrics_ingest", "pool_throughput"]
+SERVICE = ["api_load", "dispatch", "metrics_ingest", "pool_throughput", "events_fanout"]
 REPORT = ROOT / "bench" / "report.md"
 
 
@@ -185,10 +185,27 @@ def pool_section(d: dict) -> list[str]:
                                    ("machine_busy", "machine busy")]) + [""]
 
 
+def fanout_section(d: dict) -> list[str]:
+    c, s = d["config"], d["summary"]
+    out = [f"One API process, a running job writing {c['rows']} metric rows a second; {c['streams']} held "
+           f"`/events` streams on it (a separate process reads them) against none. GETs: {c['rounds']} alternating "
+           f"rounds of {c['gets']} sequential `GET /v1/jobs/{{id}}`; database work over {c['window']:g} s windows "
+           f"without GETs, from PostgreSQL's statistics.", ""]
+    out += table(d["rows"], [("phase", "phase"), ("get_p50_ms", "GET p50 ms"), ("get_p99_ms", "GET p99 ms"),
+                             ("xacts_per_s", "DB transactions/s"), ("table_reads_per_s", "DB table reads/s"),
+                             ("api_cores", "API cores")]) + [""]
+    out += [f"GET p50 with {c['streams']} streams / without: **{s['p50_ratio']:.2f}x** (floor 2x: "
+            f"{'met' if s['p50_ratio'] <= 2 else 'NOT met'}); p99 {s['p99_ratio']:.2f}x. Per watcher: "
+            f"{s['xacts_per_s_per_watcher']:.4f} database transactions/s and {s['table_reads_per_s_per_watcher']:.4f} "
+            f"table reads/s; API CPU {s['api_cores_per_1000_watchers']:.3f} cores per 1,000 watchers.", ""]
+    return out
+
+
 SECTIONS = {"api_load": ("API load: gradlab vs MLflow", api_load_section),
             "dispatch": ("Dispatch latency vs bare Celery", dispatch_section),
             "metrics_ingest": ("Metrics ingestion", metrics_section),
-            "pool_throughput": ("Worker pool throughput", pool_section)}
+            "pool_throughput": ("Worker pool throughput", pool_section),
+            "events_fanout": ("Event-stream fan-out", fanout_section)}
 
 
 # --- running -------------------------------------------------------------------------------------------------------
