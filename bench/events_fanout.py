@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import uuid
+from typing import Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -105,7 +106,7 @@ class Holder:
     def __init__(self, url: str, n: int):
         self.url, self.n, self.delivered = url, n, ""
 
-    def __enter__(self) -> "Holder":
+    def __enter__(self) -> Self:
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.events_fanout", "--streams", str(self.n),
                                       "--hold", self.url], stdout=subprocess.PIPE, text=True, start_new_session=True)
         line = self.proc.stdout.readline()

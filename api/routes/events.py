@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -60,16 +60,16 @@ class HeldStream(StreamingResponse):
     """Frees its slot and leaves its job's feed when the response ends, however it ends (finished, client gone,
     server stopping): a stream cut while it waited to write is closed here, not whenever it is collected."""
 
-    def __init__(self, content: AsyncIterator[str], free: Callable[[], None], **kwargs):
+    def __init__(self, content: AsyncGenerator[str, None], free: Callable[[], None], **kwargs):
         super().__init__(content, **kwargs)
-        self.free = free
+        self.stream, self.free = content, free
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             try:
-                await self.body_iterator.aclose()
+                await self.stream.aclose()
             finally:
                 self.free()
 
@@ -91,7 +91,7 @@ def encode_metric(row: tuple) -> str:
     return _frame("metric", {"step": step, "name": name, "value": value}, row_id)
 
 
-async def _stream(feeds: JobFeeds, job_id: uuid.UUID, after: int) -> AsyncIterator[str]:
+async def _stream(feeds: JobFeeds, job_id: uuid.UUID, after: int) -> AsyncGenerator[str, None]:
     """Everything new since the last write goes out as one chunk: a wake-up of a thousand watchers is a thousand
     writes, not one per row each."""
     yield f"retry: {RETRY_MS}\n\n"
@@ -102,12 +102,13 @@ async def _stream(feeds: JobFeeds, job_id: uuid.UUID, after: int) -> AsyncIterat
         while True:
             changed = feed.changed  # taken before reading the feed: a change after this point wakes us
             caught_up = False
-            if not feed.ready:
+            floor = feed.floor
+            if floor is None:  # the feed has not read the job yet
                 chunk = ""
-            elif after < feed.floor:  # rows from before the feed's window: read them ourselves
+            elif after < floor:  # rows from before the feed's window: read them ourselves
                 last, chunk, n = await feeds.read_encoded(job_id, after)
                 # fewer than a batch: every row up to the floor is in them (the floor was read earlier)
-                after = last if n == BATCH else max(last, feed.floor)
+                after = last if n == BATCH else max(last, floor)
             else:
                 after, chunk = feed.encoded_after(after)
                 caught_up = True
@@ -119,12 +120,12 @@ async def _stream(feeds: JobFeeds, job_id: uuid.UUID, after: int) -> AsyncIterat
                 last_write = time.monotonic()
             if feed.gone or (sent_status is not None and sent_status["status"] in TERMINAL):
                 return  # the job ended, or was removed while being watched
-            if (feed.ready and not caught_up) or changed is not feed.changed:
+            if (floor is not None and not caught_up) or changed is not feed.changed:
                 continue  # the feed's rows come next, or news arrived while we were writing
             wait = KEEPALIVE_S - (time.monotonic() - last_write)
             try:
                 await asyncio.wait_for(changed.wait(), max(0.0, wait))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 yield ": keep-alive\n\n"
                 last_write = time.monotonic()
     finally:

@@ -10,13 +10,14 @@ takes a binary file object and knows nothing of HTTP, so it can run wherever the
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import struct
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 import numpy as np
 
@@ -81,17 +82,16 @@ class _Spool:
     """Checked chunks of x and y in temporary files until the whole upload is accepted."""
 
     def __init__(self):
-        self.x = tempfile.TemporaryFile()
+        self._files = contextlib.ExitStack()
+        self.x = self._files.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 (the stack closes it)
         self.y: BinaryIO | None = None
         self.rows = self.columns = 0
 
-    def __enter__(self) -> "_Spool":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.x.close()
-        if self.y is not None:
-            self.y.close()
+        self._files.close()
 
     def add_x(self, chunk: np.ndarray) -> None:
         """Rows of x (2-D, any numeric dtype): must be finite as float32."""
@@ -103,7 +103,7 @@ class _Spool:
     def add_y(self, chunk: np.ndarray) -> None:
         """Labels (1-D, any numeric dtype): must be non-negative integers."""
         if self.y is None:
-            self.y = tempfile.TemporaryFile()
+            self.y = self._files.enter_context(tempfile.TemporaryFile())  # noqa: SIM115
         with np.errstate(invalid="ignore"):
             ok = np.isfinite(chunk).all() and (chunk == np.round(chunk)).all() if chunk.dtype.kind == "f" else True
             ok = ok and bool((chunk >= 0).all()) and bool((chunk <= 2**62).all())
@@ -115,7 +115,8 @@ class _Spool:
         """The stored .npz, written straight from the spool: the arrays are never in memory beside the blob."""
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-            parts = [("x", self.x, X_DTYPE, (self.rows, self.columns))]
+            parts: list[tuple[str, BinaryIO, np.dtype, tuple[int, ...]]] = [
+                ("x", self.x, X_DTYPE, (self.rows, self.columns))]
             if self.y is not None:
                 parts.append(("y", self.y, Y_DTYPE, (self.rows,)))
             for name, spool, dtype, shape in parts:

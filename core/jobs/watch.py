@@ -41,10 +41,6 @@ class JobFeed:
         self.changed = asyncio.Event()  # replaced by a fresh one each time it is set
         self.task: asyncio.Task | None = None
 
-    @property
-    def ready(self) -> bool:
-        return self.floor is not None
-
     def encoded_after(self, after: int) -> tuple[int, str]:
         """(id of the newest row, the encoded rows after ``after`` as one string); (after, "") when none."""
         start = bisect.bisect_right(self.ids, after)
@@ -76,7 +72,8 @@ class JobFeeds:
     def unsubscribe(self, feed: JobFeed) -> None:
         feed.watchers -= 1
         if feed.watchers == 0:
-            feed.task.cancel()
+            if feed.task is not None:
+                feed.task.cancel()
             if self.feeds.get(feed.job_id) is feed:
                 del self.feeds[feed.job_id]
 

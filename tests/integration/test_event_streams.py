@@ -70,7 +70,7 @@ class Watcher(threading.Thread):
                     elif frame.get("event") == "status":
                         self.statuses.append(json.loads(frame["data"])["status"])
                     frame = {}
-        except BaseException as exc:  # reported by the test
+        except Exception as exc:  # noqa: BLE001 (reported by the test)
             self.error = exc
             self.connected.set()
 
