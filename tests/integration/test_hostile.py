@@ -6,9 +6,9 @@ Every bomb and liar file is made here; the zip bomb really expands (1 GiB of zer
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
-import json
 import os
 import socket
 import struct
@@ -21,8 +21,10 @@ import httpx
 import numpy as np
 import pytest
 
+from api.app import create_app
+from core.settings import Settings
 from tests.integration.test_security import make_key
-from tests.stack import BIN, ROOT, Stack, free_port, wait_http
+from tests.stack import BIN, ROOT, Stack, free_port
 
 MiB = 1024 * 1024
 JOB = {"kind": "init_averaging", "params": {"widths": [8, 8]}}
@@ -290,26 +292,21 @@ def test_a_host_name_is_resolved_not_a_traceback(stack, tmp_path):
         assert "Traceback" not in out.stderr + out.stdout
 
 
-def non_loopback_address() -> str:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.connect(("192.0.2.1", 9))  # no packet is sent; this picks the outgoing interface
-        return s.getsockname()[0]
+def test_the_app_itself_serves_no_auth_only_to_loopback(stack, monkeypatch):
+    """Whatever starts it (here the app factory itself, past the CLI's check), an app with authentication disabled
+    answers callers on this machine and refuses any other peer. The peer address is set on the ASGI transport, so no
+    traffic leaves the loopback interface."""
+    for key, value in {**stack.env, "GRADLAB_AUTH": "disabled"}.items():
+        monkeypatch.setenv(key, value)
+    app = create_app(Settings())
 
+    async def get(peer: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=(peer, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gradlab") as client:
+            return await client.get("/v1/jobs")
 
-def test_the_app_itself_serves_no_auth_only_to_loopback(stack):
-    """Started by uvicorn directly, past the CLI's check: the app refuses a peer off this machine."""
-    address = non_loopback_address()
-    if address.startswith("127."):
-        pytest.skip("this machine has no non-loopback IPv4 address")
-    port = free_port()
-    proc = subprocess.Popen([str(BIN / "uvicorn"), "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port",
-                             str(port)], env={**os.environ, **stack.env, "GRADLAB_AUTH": "disabled"}, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs").status_code == 200
-        refused = httpx.get(f"http://{address}:{port}/v1/jobs")
-        assert refused.status_code == 403 and "authentication is disabled" in json.loads(refused.text)["detail"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+    assert asyncio.run(get("127.0.0.1")).status_code == 200
+    assert asyncio.run(get("::1")).status_code == 200
+    for peer in ("203.0.113.7", "10.1.2.3", "::ffff:198.51.100.4"):
+        refused = asyncio.run(get(peer))
+        assert refused.status_code == 403 and "authentication is disabled" in refused.json()["detail"]
