@@ -8,7 +8,7 @@ from api import openapi, problems
 from api.auth import KeyCache, KeyFirst
 from api.guards import LoopbackOnly, RejectNul
 from api.limits import BodyLimits
-from api.routes import datasets, events, health, jobs, kinds, web
+from api.routes import datasets, events, health, jobs, kinds, models, web
 from core.jobs.db import make_engine, make_sessionmaker
 from core.jobs.watch import JobFeeds
 from core.settings import Settings, get_settings
@@ -29,13 +29,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.stream_slots = events.StreamSlots(settings.max_streams_per_key)
     problems.install(app, set(specs()))
     # outermost last: the peer check, then NUL bytes, then the key, all before the body is read; then its limits
-    app.add_middleware(BodyLimits, default_cap=settings.max_request_bytes, upload_cap=settings.max_upload_bytes,
+    app.add_middleware(BodyLimits, default_cap=settings.max_request_bytes,
+                       upload_caps={"/v1/datasets": settings.max_upload_bytes,
+                                    "/v1/models": settings.max_model_upload_bytes},
                        timeout_s=settings.body_timeout_s)
     app.add_middleware(KeyFirst)
     app.add_middleware(RejectNul)
     if settings.auth == "disabled":
         app.add_middleware(LoopbackOnly)
-    for module in (jobs, events, kinds, datasets, health, web):
+    for module in (jobs, events, kinds, datasets, models, health, web):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     openapi.install(app)

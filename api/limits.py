@@ -28,17 +28,16 @@ class BodyTooSlow(HTTPException):
 
 
 class BodyLimits:
-    def __init__(self, app: ASGIApp, default_cap: int, upload_cap: int, timeout_s: float,
-                 upload_path: str = "/v1/datasets"):
-        self.app, self.default_cap, self.upload_cap, self.upload_path = app, default_cap, upload_cap, upload_path
-        self.timeout_s = timeout_s
+    def __init__(self, app: ASGIApp, default_cap: int, upload_caps: dict[str, int], timeout_s: float):
+        self.app, self.default_cap, self.upload_caps, self.timeout_s = app, default_cap, upload_caps, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         # multipart framing adds a little to the file itself
-        cap = self.upload_cap + 64 * 1024 if scope["path"] == self.upload_path else self.default_cap
+        upload_cap = self.upload_caps.get(scope["path"])
+        cap = upload_cap + 64 * 1024 if upload_cap is not None else self.default_cap
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:
             # Out here no exception handler runs yet: answer directly.

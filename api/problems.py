@@ -53,7 +53,7 @@ def install(app: FastAPI, kinds: set[str]) -> None:
         errors = []
         for e in exc.errors():
             msg, field = e.get("msg", "invalid"), field_path(tuple(e.get("loc", ())), kinds)
-            if e.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+            if e.get("type") in ("union_tag_invalid", "union_tag_not_found") and field == "body":
                 msg, field = f"missing or unknown kind; expected one of {sorted(kinds)}", "kind"
             errors.append({"field": field, "message": msg, "type": e.get("type", "")})
         detail = "; ".join(f"{err['field']}: {err['message']}" for err in errors)

@@ -113,3 +113,36 @@ class DatasetOut(BaseModel):
     size: int
     sha256: str
     created_at: datetime
+
+
+class ModelLayer(BaseModel):
+    name: str
+    shape: list[int]
+
+
+class ModelOut(BaseModel):
+    """An uploaded model; ``config`` and ``layers`` only on ``GET /v1/models/{id}`` and the upload's answer."""
+
+    id: UUID
+    filename: str
+    format: str
+    model_type: str
+    task: str
+    n_params: int
+    n_tensors: int
+    has_weights: bool
+    weights_size: int | None = None
+    weights_sha256: str | None = None
+    created_at: datetime
+    use_as: dict[str, Any]
+    config: dict[str, Any] | None = None
+    layers: list[ModelLayer] | None = None
+
+    @classmethod
+    def of(cls, row, detail: bool = False) -> "ModelOut":
+        summary = row.summary
+        return cls(id=row.id, filename=row.filename, format=row.format, model_type=row.model_type, task=row.task,
+                   n_params=row.n_params, n_tensors=summary["n_tensors"], has_weights=row.weights_size is not None,
+                   weights_size=row.weights_size, weights_sha256=row.weights_sha256, created_at=row.created_at,
+                   use_as={"source": "uploaded", "id": str(row.id)},
+                   config=row.config if detail else None, layers=summary["layers"] if detail else None)

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
                                  "status and new metric rows (once per job, whatever the number of watchers).")
     max_artifact_bytes: int = 64 * 1024 * 1024
     max_timeout_s: int = 24 * 3600
+    max_model_upload_bytes: int = Field(default=256 * 1024 * 1024, description="config + safetensors of one model")
+    cpu_worker_memory_gib: float = Field(default=8.0, gt=0, description="memory a job may use on a 'cpu' worker")
+    gpu_worker_memory_gib: float = Field(default=16.0, gt=0, description="GPU memory a job may use on a 'gpu' worker")
+    inspect_timeout_s: float = Field(default=120.0, gt=0, description="limit of one meta-device model inspection")
 
     @property
     def resolved_database_url(self) -> str:
@@ -66,6 +70,11 @@ class Settings(BaseSettings):
     @property
     def broker_folder(self) -> Path:
         return (self.data_dir / "broker").resolve()
+
+    def queue_memory_bytes(self, queue: str) -> int:
+        """What one job may use on a worker of ``queue``; ``auto`` jobs may land on either class."""
+        cpu, gpu = int(self.cpu_worker_memory_gib * 2**30), int(self.gpu_worker_memory_gib * 2**30)
+        return {"cpu": cpu, "gpu": gpu}.get(queue, min(cpu, gpu))
 
     @property
     def queue_list(self) -> list[str]:

@@ -7,6 +7,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from core.data.builtin import BUILTIN_DATASETS, load_builtin
+from core.models.spec import HFConfigModel, UploadedModel
 
 
 def load_arrays(ref: str | UUID, ctx) -> dict[str, np.ndarray]:
@@ -23,6 +24,8 @@ def uploaded_dataset_ids(params: BaseModel) -> list[str]:
     found: list[str] = []
 
     def walk(value) -> None:
+        if isinstance(value, (HFConfigModel, UploadedModel)):  # their UUIDs name models, not datasets
+            return
         if isinstance(value, UUID):
             found.append(str(value))
         elif isinstance(value, BaseModel):

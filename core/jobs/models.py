@@ -128,3 +128,24 @@ class ApiKey(Base):
     admin: Mapped[bool]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class StoredModel(Base):
+    """An uploaded model: its config (JSON), its inspected summary, and its safetensors weights when sent."""
+
+    __tablename__ = "models"
+    __table_args__ = (Index("ix_models_tenant_created", "tenant", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(64))
+    filename: Mapped[str] = mapped_column(String(255))
+    format: Mapped[str] = mapped_column(String(16))
+    model_type: Mapped[str] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(16))
+    config: Mapped[dict] = mapped_column(JSON)
+    n_params: Mapped[int] = mapped_column(BigInteger)
+    summary: Mapped[dict] = mapped_column(JSON)
+    weights: Mapped[bytes | None] = mapped_column(LargeBinary)
+    weights_size: Mapped[int | None] = mapped_column(BigInteger)
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

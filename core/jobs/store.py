@@ -16,7 +16,7 @@ from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text,
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.jobs.models import ACTIVE_WHERE, Artifact, Job, Metric, utcnow
+from core.jobs.models import ACTIVE_WHERE, Artifact, Job, Metric, StoredModel, utcnow
 from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
 
 
@@ -349,3 +349,30 @@ def job_progress(session: Session, job_id: uuid.UUID) -> dict | None:
 def last_metric_id(session: Session, job_id: uuid.UUID) -> int:
     """The id of the job's newest metric row; 0 when it has none (row ids start at 1)."""
     return session.scalar(select(func.coalesce(func.max(Metric.id), 0)).where(Metric.job_id == job_id))
+
+
+# --- uploaded models -------------------------------------------------------------------------------------------
+_MODEL_META = [c for c in StoredModel.__table__.c if c.name != "weights"]
+
+
+def add_model(session: Session, model: StoredModel) -> StoredModel:
+    session.add(model)
+    session.commit()
+    return model
+
+
+def model_meta(session: Session, model_id: uuid.UUID):
+    """Everything of an uploaded model but its weights (a Row with the columns as attributes), or None."""
+    return session.execute(select(*_MODEL_META).where(StoredModel.id == model_id)).first()
+
+
+def model_weights(session: Session, model_id: uuid.UUID) -> bytes | None:
+    return session.scalar(select(StoredModel.weights).where(StoredModel.id == model_id))
+
+
+def list_models(session: Session, *, tenant: str | None, limit: int) -> list:
+    """Newest first, without weights; ``tenant`` None: every tenant's (admin)."""
+    query = select(*_MODEL_META).order_by(StoredModel.created_at.desc(), StoredModel.id.desc()).limit(limit)
+    if tenant is not None:
+        query = query.where(StoredModel.tenant == tenant)
+    return list(session.execute(query).all())

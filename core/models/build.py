@@ -1,0 +1,122 @@
+"""Build the network a ``model`` spec names (torch; workers, run modules and the inspector only).
+
+Every model comes back as a ``BuiltModel``: the module, its task and one loss, so a technique trains or analyses
+any of them the same way. Hugging Face configs are built with ``AutoModelFor*.from_config`` (native classes only:
+the spec refused remote code); weights come only from safetensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.models import builtin
+from core.models.spec import BuiltinModel, HFConfigModel
+
+Task = Literal["classify", "causal_lm", "masked_lm"]
+MASK_EVERY = 7  # masked LM: one position in seven is masked (the mask token is the last id of the vocabulary)
+
+
+@dataclass
+class BuiltModel:
+    module: nn.Module
+    task: Task
+    vocab_size: int | None = None
+    context: int | None = None
+    hf: bool = False
+
+    @property
+    def tokens(self) -> bool:
+        return self.task != "classify"
+
+    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.module(input_ids=inputs).logits if self.hf else self.module(inputs)
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor | None = None,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy: on ``targets`` (classify), the next token (causal LM) or the masked tokens (masked LM;
+        ``mask`` marks them, default one position in ``MASK_EVERY``)."""
+        if self.task == "classify":
+            return F.cross_entropy(self.logits(inputs), targets)
+        if self.task == "causal_lm":
+            logits = self.logits(inputs)[:, :-1]
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), inputs[:, 1:].reshape(-1))
+        if mask is None:
+            mask = (torch.arange(inputs.shape[1], device=inputs.device) % MASK_EVERY == MASK_EVERY // 2)
+            mask = mask.expand_as(inputs)
+        masked = torch.where(mask, torch.full_like(inputs, self.vocab_size - 1), inputs)
+        logits = self.logits(masked)
+        return F.cross_entropy(logits[mask], inputs[mask])
+
+    def sample_inputs(self, batch: int, seq_len: int | None, features: int | None, classes: int | None,
+                      device: torch.device | str, generator: torch.Generator | None = None):
+        """Random inputs of the right shape (on ``meta``: shapes only): (inputs, targets or None)."""
+        if self.tokens:
+            length = min(seq_len or self.context, self.context)
+            ids = torch.randint(0, self.vocab_size, (batch, length), generator=generator)
+            return ids.to(device), None
+        x = torch.randn(batch, features, generator=generator)
+        y = torch.randint(0, classes, (batch,), generator=generator)
+        return x.to(device), y.to(device)
+
+
+def build(spec: BuiltinModel | HFConfigModel, *, features: int | None = None, classes: int | None = None,
+          device: torch.device | str = "cpu", weights: bytes | None = None) -> BuiltModel:
+    """The model, on ``device`` (``meta`` builds shapes only). ``weights``: safetensors bytes to load."""
+    with torch.device(device):
+        built = _build_hf(spec) if isinstance(spec, HFConfigModel) else _build_builtin(spec, features, classes)
+    if weights is not None:
+        load_safetensors(built.module, weights)
+    return built
+
+
+def _build_builtin(spec: BuiltinModel, features: int | None, classes: int | None) -> BuiltModel:
+    if spec.arch in ("transformer_encoder", "causal_lm"):
+        causal = spec.arch == "causal_lm"
+        module = builtin.TokenTransformer(spec.vocab_size, spec.hidden, spec.heads, spec.depth, spec.context, causal)
+        return BuiltModel(module, "causal_lm" if causal else "masked_lm", spec.vocab_size, spec.context)
+    if features is None or classes is None:
+        raise ValueError("model.arch: the MLP and CNNs need a dataset with features and labels")
+    if spec.arch == "mlp":
+        module = builtin.mlp(features, spec.hidden, spec.depth, classes)
+    elif spec.arch == "cnn":
+        module = builtin.small_cnn(features, spec.channels, spec.hidden, classes)
+    else:
+        module = builtin.resnet(features, spec.channels, spec.depth, classes)
+    return BuiltModel(module, "classify")
+
+
+def _build_hf(spec: HFConfigModel) -> BuiltModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    fields = {k: v for k, v in spec.config.items() if k != "model_type"}
+    config = AutoConfig.for_model(spec.config["model_type"], **fields)
+    task = spec.family.task
+    auto = AutoModelForCausalLM if task == "causal_lm" else AutoModelForMaskedLM
+    module = auto.from_config(config, dtype=torch.float32)
+    context = getattr(config, spec.family.context)
+    return BuiltModel(module, task, config.vocab_size, context, hf=True)
+
+
+def load_safetensors(module: nn.Module, data: bytes) -> None:
+    """Load every tensor by name and shape; missing names may only be aliases of loaded ones (tied weights)."""
+    from safetensors.torch import load
+
+    tensors = load(data)
+    own = module.state_dict()
+    unexpected = sorted(set(tensors) - set(own))
+    if unexpected:
+        raise ValueError(f"weights: tensors the model does not have: {unexpected[:5]}")
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(own[name].shape):
+            raise ValueError(f"weights: {name} has shape {tuple(t.shape)}, the model {tuple(own[name].shape)}")
+    distinct = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
+    missing = sorted((set(own) - set(tensors)) & distinct)
+    if missing:
+        raise ValueError(f"weights: tensors missing for {missing[:5]}")
+    module.load_state_dict({**own, **tensors}, strict=True)
+    if hasattr(module, "tie_weights"):
+        module.tie_weights()

@@ -1,0 +1,85 @@
+"""Inspect a model on the ``meta`` device (torch): parameters, layer shapes, and the activation bytes autograd saves
+for one micro-batch. Nothing is allocated, so an 8B-parameter config costs seconds, not memory.
+
+Run as ``python -m core.models.inspect``: a JSON request on stdin, a JSON answer on stdout. The API calls it in a
+child process (``core.models.inspector``) so that torch and transformers never load into the API process.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+from pydantic import TypeAdapter, ValidationError
+
+from core.models.build import BuiltModel, build
+from core.models.spec import BuiltinModel, HFConfigModel
+
+MAX_LAYERS_LISTED = 400
+REJECTED = 3  # exit status of a request refused for a reason the caller should see
+
+
+def saved_activation_bytes(built: BuiltModel, batch: int, seq_len: int | None, features: int | None,
+                           classes: int | None) -> int:
+    """Bytes of the tensors autograd saves for backward in one forward and loss, measured on ``meta`` tensors."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    built.module.train()
+    inputs, targets = built.sample_inputs(batch, seq_len, features, classes, "meta")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        built.loss(inputs, targets)
+    return total
+
+
+def weight_mismatches(built: BuiltModel, header: dict[str, list]) -> list[str]:
+    """Names and shapes of a safetensors header against the model (aliases of tied weights may be absent)."""
+    own = built.module.state_dict()
+    distinct = {n for n, _ in built.module.named_parameters()} | {n for n, _ in built.module.named_buffers()}
+    problems = [f"{n}: the model has no such tensor" for n in sorted(set(header) - set(own))]
+    problems += [f"{n}: shape {list(header[n][1])} in the file, {list(own[n].shape)} in the model"
+                 for n in sorted(set(header) & set(own)) if list(header[n][1]) != list(own[n].shape)]
+    problems += [f"{n}: missing from the file" for n in sorted((set(own) - set(header)) & distinct)]
+    return problems
+
+
+def summarize(request: dict) -> dict:
+    spec = TypeAdapter(BuiltinModel | HFConfigModel).validate_python(request["model"])
+    shape = request.get("input") or {}
+    built = build(spec, features=shape.get("features"), classes=shape.get("classes"), device="meta")
+    named = list(built.module.named_parameters())
+    out = {
+        "task": built.task,
+        "n_params": sum(p.numel() for _, p in named),
+        "n_tensors": len(named),
+        "layers": [{"name": n, "shape": list(p.shape)} for n, p in named[:MAX_LAYERS_LISTED]],
+        "vocab_size": built.vocab_size,
+        "context": built.context,
+    }
+    if request.get("weights_header") is not None:
+        problems = weight_mismatches(built, request["weights_header"])
+        if problems:
+            raise ValueError(f"weights: {len(problems)} tensors do not match the config ({'; '.join(problems[:3])})")
+    if request.get("input"):
+        out["activation_bytes"] = saved_activation_bytes(built, shape["batch"], shape.get("seq_len"),
+                                                         shape.get("features"), shape.get("classes"))
+    return out
+
+
+def main() -> int:
+    request = json.loads(sys.stdin.read())
+    try:
+        answer = summarize(request)
+    except (ValueError, ValidationError) as exc:
+        print(json.dumps({"error": str(exc).splitlines()[0][:2000]}))
+        return REJECTED
+    print(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The ``model`` parameter: one discriminated union on ``source`` (builtin | hf_config | uploaded). No torch here.
+
+Everything a config can do at build time is decided here, before a job is queued: only allowlisted native
+families (``families.FAMILIES``), no ``auto_map`` or other remote-code switch (transformers would otherwise build
+such a config silently as its native class), bounded sizes and a bounded analytic parameter count, so that the
+``meta``-device build that follows (``inspector``) is cheap whatever the user sends.
+"""
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.models.families import FAMILIES, Family
+
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_PARAMS = 20_000_000_000
+# a config is data; these keys make transformers reach for code or for other repositories
+REFUSED_KEYS = {
+    "auto_map": "names remote code (custom classes from a repository); only native transformers classes are built",
+    "trust_remote_code": "remote code is never executed here",
+    "quantization_config": "quantized models need extra kernels; send a float config",
+    "custom_pipelines": "names remote code",
+}
+SIZE_CAPS = {"hidden": 65_536, "layers": 512, "heads": 1_024, "vocab": 4_000_000, "context": 1_048_576}
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class BuiltinModel(_Spec):
+    """A network the service defines: an MLP, a small CNN, a ResNet-style CNN, or a Transformer (encoder with a
+    masked-LM head, or a causal LM). The MLP and CNNs read the dataset's rows; the Transformers read tokens."""
+
+    source: Literal["builtin"]
+    arch: Literal["mlp", "cnn", "resnet", "transformer_encoder", "causal_lm"] = "mlp"
+    hidden: int = Field(64, ge=4, le=4096, description="MLP width, CNN dense width or Transformer d_model")
+    depth: int = Field(2, ge=1, le=48, description="MLP hidden layers, ResNet blocks or Transformer layers")
+    channels: int = Field(8, ge=2, le=256, description="CNN/ResNet: channels of the first convolution")
+    heads: int = Field(4, ge=1, le=64, description="Transformer: attention heads (hidden must divide by it)")
+    vocab_size: int = Field(256, ge=2, le=262_144, description="Transformer: token vocabulary")
+    context: int = Field(128, ge=2, le=8192, description="Transformer: largest sequence length (positions)")
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.arch in TRANSFORMER_ARCHS and self.hidden % self.heads:
+            raise ValueError(f"heads: hidden={self.hidden} is not a multiple of heads={self.heads}")
+        return self
+
+
+TRANSFORMER_ARCHS = ("transformer_encoder", "causal_lm")
+
+
+class HFConfigModel(_Spec):
+    """A Hugging Face ``config.json`` (its JSON object), randomly initialised, or with the ``model.safetensors``
+    of an uploaded model (``weights``: that model's id)."""
+
+    source: Literal["hf_config"]
+    config: dict[str, Any]
+    weights: UUID | None = Field(None, description="id of an uploaded model whose model.safetensors to load")
+
+    @field_validator("config")
+    @classmethod
+    def _safe_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        check_hf_config(config)
+        return config
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.config["model_type"]]
+
+
+class UploadedModel(_Spec):
+    """A model uploaded with ``POST /v1/models`` (its config, and its weights when it has them)."""
+
+    source: Literal["uploaded"]
+    id: UUID
+
+
+ModelSpec = Annotated[Union[BuiltinModel, HFConfigModel, UploadedModel], Field(discriminator="source")]
+
+
+def check_hf_config(config: dict[str, Any]) -> None:
+    """Raise ValueError("config.<field>: <why>") unless ``config`` is a bounded config of an allowlisted family."""
+    size = len(json.dumps(config, separators=(",", ":")))
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"config: {size} bytes of JSON exceed the limit of {MAX_CONFIG_BYTES}")
+    for key, why in REFUSED_KEYS.items():
+        if key in config:
+            raise ValueError(f"config.{key}: refused, it {why}")
+    model_type = config.get("model_type")
+    if model_type not in FAMILIES:
+        raise ValueError(f"config.model_type: {model_type!r} is not a family this service builds "
+                         f"(one of {sorted(FAMILIES)})")
+    family = FAMILIES[model_type]
+    sizes = hf_sizes(config)
+    for role, name in zip(("hidden", "layers", "heads", "vocab", "context"), family.size_fields):
+        value = sizes[role]
+        if not 1 <= value <= SIZE_CAPS[role]:
+            raise ValueError(f"config.{name}: {value} is outside 1..{SIZE_CAPS[role]}")
+    if sizes["head_dim"] is None:
+        raise ValueError(f"config.{family.heads}: {family.hidden}={sizes['hidden']} is not a multiple of it")
+    count = approx_params(sizes)
+    if count > MAX_PARAMS:
+        raise ValueError(f"config: about {count:.2e} parameters exceed the limit of {MAX_PARAMS:.0e}")
+
+
+def hf_sizes(config: dict[str, Any]) -> dict[str, int | None]:
+    """hidden, layers, heads, vocab, context, ffn and head_dim of a family config (ValueError naming a missing or
+    non-integer size field)."""
+    family = FAMILIES[config["model_type"]]
+    sizes: dict[str, int | None] = {}
+    for role, name in zip(("hidden", "layers", "heads", "vocab", "context"), family.size_fields):
+        value = config.get(name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config.{name}: required, an integer (got {value!r})")
+        sizes[role] = value
+    ffn = config.get(family.ffn) if family.ffn else None
+    sizes["ffn"] = ffn if isinstance(ffn, int) and not isinstance(ffn, bool) and ffn > 0 else 4 * sizes["hidden"]
+    explicit = config.get("head_dim")
+    if isinstance(explicit, int) and not isinstance(explicit, bool) and explicit > 0:
+        sizes["head_dim"] = explicit
+    else:
+        sizes["head_dim"] = sizes["hidden"] // sizes["heads"] if sizes["hidden"] % sizes["heads"] == 0 else None
+    return sizes
+
+
+def approx_params(sizes: dict[str, int | None]) -> int:
+    """Embedding plus, per layer, attention (4·h²) and a gated feed-forward (3·h·ffn): an upper-side estimate that
+    bounds the config before anything is built."""
+    h = sizes["hidden"]
+    return sizes["vocab"] * h + sizes["context"] * h + sizes["layers"] * (4 * h * h + 3 * h * sizes["ffn"])
