@@ -48,8 +48,9 @@ class BuiltModel:
             mask = (torch.arange(inputs.shape[1], device=inputs.device) % MASK_EVERY == MASK_EVERY // 2)
             mask = mask.expand_as(inputs)
         masked = torch.where(mask, torch.full_like(inputs, self.vocab_size - 1), inputs)
+        labels = torch.where(mask, inputs, torch.full_like(inputs, -100))  # no boolean indexing: runs on meta
         logits = self.logits(masked)
-        return F.cross_entropy(logits[mask], inputs[mask])
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
     def sample_inputs(self, batch: int, seq_len: int | None, features: int | None, classes: int | None,
                       device: torch.device | str, generator: torch.Generator | None = None):
