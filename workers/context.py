@@ -99,6 +99,17 @@ class DbRunContext:
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
 
+    def load_model(self, model_id: str) -> tuple[dict, bytes | None]:
+        def read():
+            with self.sessions() as s:
+                meta = store.model_meta(s, uuid.UUID(model_id))
+                return None if meta is None else (meta.config, store.model_weights(s, meta.id))
+
+        found = retrying(read)
+        if found is None:
+            raise LookupError(f"model {model_id} not found")
+        return found
+
     # --- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()

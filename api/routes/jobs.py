@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from datetime import timedelta
 from typing import Annotated
 
@@ -18,7 +19,11 @@ from core.data import uploaded_dataset_ids
 from core.jobs import store
 from core.jobs.keys import Principal
 from core.jobs.models import Artifact, Dataset, Job, utcnow
-from core.jobs.states import JobStatus
+from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
+from core.models.budget import estimate, refusal
+from core.models.inspector import InspectionFailed, ModelRejected, inspect_model
+from core.models.spec import BuiltinModel, HFConfigModel, UploadedModel
+from core.techniques import specs
 from workers.publish import publish
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -47,6 +52,55 @@ def _admit(session: Session, settings, tenant: str) -> None:
                       headers={"Retry-After": str(wait)})
 
 
+def _model_refused(message: str, status: int = 422) -> Problem:
+    return Problem(status, f"params.model: {message}",
+                   errors=[{"field": "params.model", "message": message, "type": "invalid_model"}])
+
+
+def _buildable(session: Session, who: Principal, model) -> dict:
+    """The spec as the inspector builds it: an uploaded model becomes its stored config. Unknown or another
+    tenant's model ids are refused here, like datasets."""
+    def stored(model_id, field: str):
+        row = store.model_meta(session, model_id)
+        if row is None or not owns(who, row.tenant):
+            raise _model_refused(f"{field}: model {model_id} not found")
+        return row
+
+    if isinstance(model, UploadedModel):
+        return {"source": "hf_config", "config": stored(model.id, "id").config}
+    if isinstance(model, HFConfigModel) and model.weights is not None:
+        if stored(model.weights, "weights").weights_size is None:
+            raise _model_refused(f"weights: model {model.weights} was uploaded without weights")
+    return model.model_dump(mode="json", exclude={"weights"})
+
+
+def _budget_model(session: Session, settings, who: Principal, body) -> None:
+    """A job on a model is queued only when the model builds and its memory fits the queue's worker class."""
+    model = getattr(body.params, "model", None)
+    if not isinstance(model, (BuiltinModel, HFConfigModel, UploadedModel)):
+        return
+    buildable = _buildable(session, who, model)
+    spec = specs()[body.kind]
+    dataset = getattr(body.params, "dataset", None)
+    columns = None
+    if isinstance(dataset, uuid.UUID):
+        columns = session.get(Dataset, dataset).columns
+    workload = spec.model_workload(body.params, columns) if spec.model_workload else None
+    try:
+        summary = inspect_model(buildable, input=workload.input() if workload else None,
+                                timeout_s=settings.inspect_timeout_s)
+    except ModelRejected as exc:
+        raise _model_refused(str(exc)) from None
+    except InspectionFailed as exc:
+        raise Problem(503, f"params.model: could not be inspected now ({exc}); retry", headers={"Retry-After": "5"})
+    if workload is not None:
+        queue = QUEUE_FOR_DEVICE[body.device]
+        why = refusal(estimate(summary["n_params"], summary["activation_bytes"], workload), queue,
+                      settings.queue_memory_bytes(queue))
+        if why is not None:
+            raise _model_refused(why)
+
+
 @router.post("", status_code=201, response_model=JobOut,
              responses={200: {"description": "replay of an earlier request with the same Idempotency-Key"},
                         409: {"description": "Idempotency-Key reused with another body"}})
@@ -59,6 +113,7 @@ def submit(body: JobRequest, request: Request, response: Response, session: Sess
         if found is None or not owns(who, found.tenant):
             raise Problem(422, f"params.dataset: dataset {ds} not found",
                           errors=[{"field": "params.dataset", "message": "no such dataset", "type": "not_found"}])
+    _budget_model(session, request.app.state.settings, who, body)
     # only a request that may be replayed needs its body's fingerprint
     body_hash = store.request_fingerprint(body.model_dump(mode="json")) if idempotency_key is not None else None
     try:

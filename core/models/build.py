@@ -35,22 +35,37 @@ class BuiltModel:
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.module(input_ids=inputs).logits if self.hf else self.module(inputs)
 
-    def loss(self, inputs: torch.Tensor, targets: torch.Tensor | None = None,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-entropy: on ``targets`` (classify), the next token (causal LM) or the masked tokens (masked LM;
-        ``mask`` marks them, default one position in ``MASK_EVERY``)."""
+    def predictions(self, inputs: torch.Tensor, targets: torch.Tensor | None = None,
+                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) flattened to (n, classes) and (n,), -100 where nothing is predicted: ``targets``
+        (classify), the next token (causal LM) or the masked tokens (masked LM; ``mask`` marks them, default one
+        position in ``MASK_EVERY``; the mask token is the vocabulary's last id)."""
         if self.task == "classify":
-            return F.cross_entropy(self.logits(inputs), targets)
+            return self.logits(inputs), targets
         if self.task == "causal_lm":
             logits = self.logits(inputs)[:, :-1]
-            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), inputs[:, 1:].reshape(-1))
+            return logits.reshape(-1, logits.shape[-1]), inputs[:, 1:].reshape(-1)
         if mask is None:
             mask = (torch.arange(inputs.shape[1], device=inputs.device) % MASK_EVERY == MASK_EVERY // 2)
             mask = mask.expand_as(inputs)
         masked = torch.where(mask, torch.full_like(inputs, self.vocab_size - 1), inputs)
         labels = torch.where(mask, inputs, torch.full_like(inputs, -100))  # no boolean indexing: runs on meta
         logits = self.logits(masked)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor | None = None,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy over the predicted positions (see ``predictions``)."""
+        return F.cross_entropy(*self.predictions(inputs, targets, mask), ignore_index=-100)
+
+    @torch.no_grad()
+    def scores(self, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[float, float, int]:
+        """(summed cross-entropy, correct predictions, predictions) over a chunk, for held-out evaluation."""
+        logits, labels = self.predictions(inputs, targets)
+        keep = labels != -100
+        logits, labels = logits[keep], labels[keep]
+        loss = float(F.cross_entropy(logits, labels, reduction="sum"))
+        return loss, float((logits.argmax(-1) == labels).sum()), int(labels.numel())
 
     def sample_inputs(self, batch: int, seq_len: int | None, features: int | None, classes: int | None,
                       device: torch.device | str, generator: torch.Generator | None = None):

@@ -50,6 +50,9 @@ class RunContext(Protocol):
     def load_dataset(self, dataset_id: str) -> dict[str, np.ndarray]:
         """Arrays of an uploaded dataset (``x`` and optionally ``y``)."""
 
+    def load_model(self, model_id: str) -> tuple[dict, bytes | None]:
+        """Config (JSON object) and safetensors bytes (None without weights) of an uploaded model."""
+
 
 @dataclass(frozen=True)
 class KindSpec:
@@ -59,6 +62,9 @@ class KindSpec:
     description: str
     params: type[Params]
     example: dict
+    # params -> what one micro-batch on params.model holds (core.models.budget.Workload), given the columns of an
+    # uploaded dataset (None for a built-in one); the API budgets the model against the queue's worker with it
+    model_workload: Callable[[Any, int | None], Any] | None = None
 
 
 @dataclass(frozen=True)

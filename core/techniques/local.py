@@ -16,6 +16,7 @@ class LocalContext:
     seed: int = 0
     timeout_s: float | None = None
     datasets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    models: dict[str, tuple[dict, bytes | None]] = field(default_factory=dict)
     metrics: list[tuple[int, str, float]] = field(default_factory=list)
     artifacts: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     progress_log: list[tuple[float, str]] = field(default_factory=list)
@@ -36,6 +37,9 @@ class LocalContext:
 
     def load_dataset(self, dataset_id: str) -> dict[str, np.ndarray]:
         return self.datasets[dataset_id]
+
+    def load_model(self, model_id: str) -> tuple[dict, bytes | None]:
+        return self.models[model_id]
 
     def series(self, name: str) -> list[float]:
         """Values of one metric in logging order (a convenience for tests and notebooks)."""

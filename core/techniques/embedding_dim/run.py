@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 
 from core import dimension
+from core.models.checks import embedding_sizes, model_checks
+from core.models.resolve import materialize
 from core.plots import new_figure, to_png
 from core.techniques.base import RunContext
 from core.techniques.embedding_dim.spec import EmbeddingDimParams, SweepParams
@@ -26,6 +28,12 @@ def run(params: EmbeddingDimParams, ctx: RunContext) -> dict:
               "entropy_per_dim_limit": dimension.ENTROPY_PER_DIM_LIMIT}
     ctx.artifact("entropy_per_dim.png", _entropy_plot(entropy), "image/png")
 
+    if params.model is not None:
+        buildable, _ = materialize(params.model, ctx)
+        checks = model_checks(embedding_sizes(buildable), coefficient)
+        result["model_checks"] = checks["rows"]
+        result["model_max_context_for_head_dim"] = checks["max_context_for_head_dim"]
+        result["model_all_ok"] = checks["all_ok"]
     if params.sweep is not None:
         result["sweep"] = _sweep(params.sweep, coefficient, ctx)
     ctx.progress(1.0, "done")

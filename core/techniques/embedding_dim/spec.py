@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core import dimension
+from core.models.spec import TRANSFORMER_ARCHS, BuiltinModel, ModelSpec
 from core.techniques.base import KindSpec, Params
 
 
@@ -34,6 +35,15 @@ class EmbeddingDimParams(Params):
     entropy_dims: list[Annotated[int, Field(ge=2, le=100_000)]] = Field(
         default_factory=lambda: [16, 64, 128, 512], min_length=1, max_length=32)
     sweep: SweepParams | None = None
+    model: ModelSpec | None = Field(None, description="a Transformer whose token embedding and attention heads are "
+                                    "checked against its vocabulary and context (model_checks in the result)")
+
+    @model_validator(mode="after")
+    def _model_has_embeddings(self):
+        if isinstance(self.model, BuiltinModel) and self.model.arch not in TRANSFORMER_ARCHS:
+            raise ValueError(f"model.arch: {self.model.arch} has no token embedding; use transformer_encoder or "
+                             "causal_lm, a Hugging Face config or an uploaded model")
+        return self
 
 
 SPEC = KindSpec(

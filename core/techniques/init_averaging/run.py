@@ -1,9 +1,15 @@
 """Job kind ``init_averaging``: forward/backward variance through a stack initialized with averaged fans."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from core.data import load_arrays
 from core.init import averaged_normal_, averaged_uniform_, averaged_variance
+from core.models.analysis import layer_table, reinit_nonsquare_, variance_ratios
+from core.models.build import build
+from core.models.resolve import materialize
+from core.models.spec import TRANSFORMER_ARCHS, BuiltinModel
 from core.plots import new_figure, to_png
 from core.techniques.base import RunContext
 from core.techniques.init_averaging.spec import InitAveragingParams
@@ -44,6 +50,8 @@ def _measure(params: InitAveragingParams, mean: str, gen: torch.Generator, devic
 
 
 def run(params: InitAveragingParams, ctx: RunContext) -> dict:
+    if params.model is not None:
+        return run_model(params, ctx)
     gen = torch.Generator().manual_seed(ctx.seed)
     out: dict = {"widths": params.widths, "activation": params.activation, "distribution": params.distribution,
                  "means": {}}
@@ -86,4 +94,66 @@ def _plot(curves: dict[str, list[float]], params: InitAveragingParams) -> bytes:
     ax.set_ylabel("E[h²] / E[x²] (Monte Carlo)")
     ax.set_title(f"Forward second moment, {params.activation} activations, {params.distribution} init")
     ax.legend(title="mean of fans")
+    return to_png(fig)
+
+
+def _model_inputs(params: InitAveragingParams, ctx: RunContext, gen: torch.Generator):
+    """(built model, one batch): standardised dataset rows for a classifier, uniform random tokens otherwise."""
+    buildable, weights = materialize(params.model, ctx)
+    if isinstance(buildable, BuiltinModel) and buildable.arch not in TRANSFORMER_ARCHS:
+        arrays = load_arrays(params.dataset, ctx)
+        x = torch.as_tensor(np.asarray(arrays["x"], dtype=np.float32)[:params.batch])
+        x = (x - x.mean()) / (x.std() + 1e-8)
+        classes = int(np.max(arrays["y"])) + 1 if "y" in arrays else 10
+        built = build(buildable, features=x.shape[1], classes=max(classes, 2), weights=weights)
+        inputs = x
+    else:
+        built = build(buildable, weights=weights)
+        inputs, _ = built.sample_inputs(params.batch, params.seq_len, None, None, "cpu", gen)
+    built.module.to(ctx.device)
+    return built, inputs.to(ctx.device)
+
+
+def run_model(params: InitAveragingParams, ctx: RunContext) -> dict:
+    """The user's network: its non-square weights, and variance ratios for its own init and each averaged one."""
+    gen = torch.Generator().manual_seed(ctx.seed)
+    ctx.progress(0.02, "building the model")
+    built, inputs = _model_inputs(params, ctx, gen)
+    layers = layer_table(built.module, list(params.means))
+    if not layers:
+        raise ValueError("model: it has no non-square weight, so every averaged init equals its own")
+    own = variance_ratios(built, inputs, gen)
+    ctx.progress(0.1, "own initialisation measured")
+    means = {}
+    for k, mean in enumerate(params.means):
+        fwd = bwd = 0.0
+        for t in range(params.trials):
+            ctx.check_cancelled()
+            reinit_nonsquare_(built.module, mean, params.distribution, gen)
+            ratios = variance_ratios(built, inputs, gen)
+            fwd += ratios["forward_ratio"] / params.trials
+            bwd += ratios["backward_ratio"] / params.trials
+            ctx.progress(0.1 + 0.85 * (k + (t + 1) / params.trials) / len(params.means), f"{mean}: draw {t + 1}")
+        means[mean] = {"forward_ratio": fwd, "backward_ratio": bwd}
+        ctx.metric(k, f"forward_ratio/{mean}", fwd)
+        ctx.metric(k, f"backward_ratio/{mean}", bwd)
+    ctx.artifact("model_variance_ratios.png", _model_plot(own, means), "image/png")
+    return {"model": {"task": built.task, "n_params": sum(p.numel() for p in built.module.parameters()),
+                      "nonsquare_weights": len(layers)},
+            "distribution": params.distribution, "own_init": own, "means": means, "layers": layers}
+
+
+def _model_plot(own: dict, means: dict) -> bytes:
+    fig, ax = new_figure()
+    names = ["own init", *means]
+    rows = [own, *means.values()]
+    xs = np.arange(len(names))
+    ax.bar(xs - 0.2, [r["forward_ratio"] for r in rows], 0.4, label="forward E[out²]/E[in²]")
+    ax.bar(xs + 0.2, [r["backward_ratio"] for r in rows], 0.4, label="backward E[∂in²]/E[∂out²]")
+    ax.axhline(1.0, color="gray", ls=":")
+    ax.set_yscale("log")
+    ax.set_xticks(xs, names)
+    ax.set_ylabel("second-moment ratio through the whole model")
+    ax.set_title("Variance through the model: its own init vs averaged fans on its non-square weights")
+    ax.legend()
     return to_png(fig)

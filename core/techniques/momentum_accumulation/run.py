@@ -19,9 +19,10 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from core.data import load_arrays
+from core.models.build import BuiltModel, build
+from core.models.resolve import load_model, materialize
 from core.optim.accum import AccumAdam, AccumSGDM, beta_tilde, state_bytes
 from core.plots import new_figure, to_png
 from core.techniques.base import RunContext
@@ -32,6 +33,7 @@ from core.techniques.momentum_accumulation.spec import (
     MomentumAccumulationParams,
     cnn_side,
     check_budget,
+    token_model,
 )
 
 
@@ -89,21 +91,21 @@ def _batches(rng: np.random.Generator, n: int, size: int) -> Iterator[np.ndarray
         yield np.concatenate(take)
 
 
-@torch.no_grad()
-def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy (nats) and accuracy over all rows, in chunks."""
+def _evaluate(built: BuiltModel, x: torch.Tensor, y: torch.Tensor | None) -> tuple[float, float]:
+    """Mean cross-entropy (nats) and accuracy over all predictions (rows, or tokens of a token model), in chunks."""
     loss = correct = 0.0
+    count = 0
     for i in range(0, len(x), EVAL_CHUNK):
-        logits = model(x[i:i + EVAL_CHUNK])
-        loss += float(F.cross_entropy(logits, y[i:i + EVAL_CHUNK], reduction="sum"))
-        correct += float((logits.argmax(1) == y[i:i + EVAL_CHUNK]).sum())
-    return loss / len(x), correct / len(x)
+        part = built.scores(x[i:i + EVAL_CHUNK], None if y is None else y[i:i + EVAL_CHUNK])
+        loss, correct, count = loss + part[0], correct + part[1], count + part[2]
+    return loss / count, correct / count
 
 
-def _train(arm: str, params: MomentumAccumulationParams, model: torch.nn.Module, data: dict,
+def _train(arm: str, params: MomentumAccumulationParams, built: BuiltModel, data: dict,
            rng: np.random.Generator, eval_steps: set[int], ctx: RunContext, report) -> dict:
     """One arm, one seed: returns its curves, the persistent optimizer bytes and the final flat weights."""
     k = params.accum_steps
+    model = built.module
     opt = _optimizer(arm, params, model.parameters())
     stock_chi = arm in ("beta_tilde_lr_chi", "lr_chi_only")
     batches = _batches(rng, len(data["x"]), params.micro_batch)
@@ -111,8 +113,10 @@ def _train(arm: str, params: MomentumAccumulationParams, model: torch.nn.Module,
     buffer_bytes = 0
 
     def evaluate():
-        curves["train_loss"].append(_evaluate(model, data["probe_x"], data["probe_y"])[0])
-        loss, acc = _evaluate(model, data["hold_x"], data["hold_y"])
+        model.eval()
+        curves["train_loss"].append(_evaluate(built, data["probe_x"], data["probe_y"])[0])
+        loss, acc = _evaluate(built, data["hold_x"], data["hold_y"])
+        model.train()
         curves["heldout_loss"].append(loss)
         curves["heldout_accuracy"].append(acc)
 
@@ -120,7 +124,7 @@ def _train(arm: str, params: MomentumAccumulationParams, model: torch.nn.Module,
     for t in range(1, params.steps + 1):
         ctx.check_cancelled()
         idx = torch.from_numpy(next(batches)).to(data["x"].device)
-        loss = F.cross_entropy(model(data["x"][idx]), data["y"][idx])
+        loss = built.loss(data["x"][idx], None if data["y"] is None else data["y"][idx])
         if arm == "explicit_buffer":
             (loss / k).backward()
             if t % k == 0:
@@ -184,16 +188,50 @@ def _plot(arms: dict, eval_steps: list[int], params: MomentumAccumulationParams)
     return to_png(fig)
 
 
+def _token_rows(params: MomentumAccumulationParams, arrays: dict, vocab: int, context: int) -> np.ndarray:
+    """Rows of token ids: the built-in digits as pixel levels 0..16, an upload as its integer values."""
+    x = np.asarray(arrays["x"], dtype=np.float64)
+    if params.dataset == "digits":
+        x = np.round(x * 16)
+    if x.ndim != 2 or (x != np.round(x)).any() or x.min() < 0 or x.max() >= vocab - 1:
+        raise ValueError(f"dataset: a token model needs rows of integer token ids in [0, {vocab - 1}) (the last "
+                         f"id, {vocab - 1}, is the mask token)")
+    if x.shape[1] < 2:
+        raise ValueError("dataset: token rows need at least 2 tokens")
+    return x[:, :context].astype(np.int64)
+
+
+def _seeded(params: MomentumAccumulationParams, ctx: RunContext, gen: torch.Generator, seed: int,
+            features: int, classes: int) -> BuiltModel:
+    """The model of one seed: the built-in mlp/cnn from ``gen``; a model spec from torch's RNG seeded with
+    ``seed`` (uploaded weights are the same for every seed)."""
+    if isinstance(params.model, str):
+        return BuiltModel(_model(params, features, classes, gen), "classify")
+    torch.manual_seed(seed)
+    return load_model(params.model, ctx, features=features, classes=classes)
+
+
 def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
     arrays = load_arrays(params.dataset, ctx)
-    if "y" not in arrays:
-        raise ValueError("dataset: needs integer labels y for classification")
-    x = np.asarray(arrays["x"], dtype=np.float64)
-    y = np.asarray(arrays["y"]).astype(np.int64)
-    if x.ndim != 2 or y.shape != (len(x),) or y.min() < 0:
-        raise ValueError("dataset: x must be (n, d) and y (n,) with labels >= 0")
-    classes = int(y.max()) + 1
-    check_budget(params, len(x), x.shape[1], classes)
+    tokens = not isinstance(params.model, str) and token_model(params.model)
+    vocab = context = None
+    if tokens:
+        buildable, _ = materialize(params.model, ctx)
+        probe = build(buildable, device="meta")
+        vocab, context = probe.vocab_size, probe.context
+        x = _token_rows(params, arrays, vocab, context)
+        y = None
+        classes = vocab
+    else:
+        if "y" not in arrays:
+            raise ValueError("dataset: needs integer labels y for classification")
+        x = np.asarray(arrays["x"], dtype=np.float64)
+        y = np.asarray(arrays["y"]).astype(np.int64)
+        if x.ndim != 2 or y.shape != (len(x),) or y.min() < 0:
+            raise ValueError("dataset: x must be (n, d) and y (n,) with labels >= 0")
+        classes = int(y.max()) + 1
+        if isinstance(params.model, str):
+            check_budget(params, len(x), x.shape[1], classes)
 
     split = np.random.default_rng(ctx.seed).permutation(len(x))
     n_hold = max(1, int(round(params.holdout * len(x))))
@@ -206,10 +244,14 @@ def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
     def tensor(a, dt=dtype):
         return torch.as_tensor(a, dtype=dt, device=ctx.device)
 
-    xs = (x - centre) / scale
-    data = {"x": tensor(xs[train]), "y": tensor(y[train], torch.int64),
-            "probe_x": tensor(xs[train[:TRAIN_PROBE]]), "probe_y": tensor(y[train[:TRAIN_PROBE]], torch.int64),
-            "hold_x": tensor(xs[hold]), "hold_y": tensor(y[hold], torch.int64)}
+    if tokens:
+        data = {"x": tensor(x[train], torch.int64), "y": None, "probe_x": tensor(x[train[:TRAIN_PROBE]], torch.int64),
+                "probe_y": None, "hold_x": tensor(x[hold], torch.int64), "hold_y": None}
+    else:
+        xs = (x - centre) / scale
+        data = {"x": tensor(xs[train]), "y": tensor(y[train], torch.int64),
+                "probe_x": tensor(xs[train[:TRAIN_PROBE]]), "probe_y": tensor(y[train[:TRAIN_PROBE]], torch.int64),
+                "hold_x": tensor(xs[hold]), "hold_y": tensor(y[hold], torch.int64)}
 
     eval_steps = sorted(set(range(params.eval_every, params.steps + 1, params.eval_every)) | {params.steps})
     eval_set = set(eval_steps)
@@ -225,14 +267,15 @@ def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
         for s_i, seq in enumerate(seeds):
             done = a_i * params.seeds + s_i
             ctx.progress(done / total, f"{arm}: seed {s_i + 1}/{params.seeds}")
-            gen = torch.Generator().manual_seed(int(seq.generate_state(1)[0]))
-            model = _model(params, x.shape[1], classes, gen).to(device=ctx.device, dtype=dtype)
-            n_params = sum(p.numel() for p in model.parameters())
+            seed = int(seq.generate_state(1)[0])
+            built = _seeded(params, ctx, torch.Generator().manual_seed(seed), seed, x.shape[1], classes)
+            built.module.to(device=ctx.device, dtype=dtype)
+            n_params = sum(p.numel() for p in built.module.parameters())
 
             def report(frac, done=done, arm=arm, s_i=s_i):
                 ctx.progress((done + frac) / total, f"{arm}: seed {s_i + 1}/{params.seeds}")
 
-            runs.append(_train(arm, params, model, data, np.random.default_rng(seq), eval_set, ctx, report))
+            runs.append(_train(arm, params, built, data, np.random.default_rng(seq), eval_set, ctx, report))
         if arm == "explicit_buffer":
             explicit_weights = [r["weights"] for r in runs]
         identity = None
@@ -270,9 +313,17 @@ def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
         del res["_curves"]
     ranked = [a for a in arms if arms[a]["final_heldout_accuracy_mean"] is not None]
     item = 8 if params.dtype == "float64" else 4
+    saving = None
+    if "explicit_buffer" in arms and "chi_exact" in arms:
+        explicit, exact = arms["explicit_buffer"]["state_bytes"], arms["chi_exact"]["state_bytes"]
+        saving = {"explicit_buffer_bytes": explicit, "chi_exact_bytes": exact, "saving_bytes": explicit - exact,
+                  "param_bytes": n_params * item, "saving_is_one_parameter_sized_tensor":
+                  explicit - exact == n_params * item}
     return {
         "optimizer": params.optimizer,
-        "model": params.model,
+        "model": params.model if isinstance(params.model, str) else params.model.model_dump(mode="json"),
+        "task": "classify" if not tokens else built.task,
+        "accumulation_saving": saving,
         "accum_steps": params.accum_steps,
         "micro_batch": params.micro_batch,
         "steps": params.steps,

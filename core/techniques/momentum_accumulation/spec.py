@@ -7,6 +7,8 @@ from uuid import UUID
 
 from pydantic import Field, model_validator
 
+from core.models.budget import Workload
+from core.models.spec import TRANSFORMER_ARCHS, BuiltinModel, ModelSpec
 from core.techniques.base import KindSpec, Params
 
 ARMS = ("explicit_buffer", "chi_exact", "beta_tilde_lr_chi", "lr_chi_only", "per_micro_batch")
@@ -22,7 +24,10 @@ MAX_MICRO_STEPS = 300_000
 
 class MomentumAccumulationParams(Params):
     dataset: Literal["digits", "clusters"] | UUID = "digits"
-    model: Literal["mlp", "cnn"] = Field("mlp", description="cnn needs square images as rows (digits is 8x8)")
+    model: Literal["mlp", "cnn"] | ModelSpec = Field(
+        "mlp", description="mlp or cnn (cnn needs square images as rows; digits is 8x8), or a model spec: a "
+        "classifier (builtin mlp/cnn/resnet) on labelled rows, or a token model (causal or masked LM) trained on "
+        "rows of token ids (digits: pixel levels 0..16)")
     hidden: int = Field(64, ge=4, le=1024, description="width of the hidden dense layers")
     channels: int = Field(8, ge=2, le=64, description="cnn only: channels of the first conv (the second has 2x)")
     optimizer: Literal["sgdm", "adam"] = "sgdm"
@@ -52,6 +57,11 @@ class MomentumAccumulationParams(Params):
             raise ValueError(f"steps: steps x arms x seeds exceeds {MAX_MICRO_STEPS} micro-steps")
         if self.model == "cnn" and self.dataset == "clusters":
             raise ValueError("model: cnn is for image data (digits, or an upload of square images); clusters is not")
+        if not isinstance(self.model, str):
+            if token_model(self.model) and self.dataset == "clusters":
+                raise ValueError("model: token models train on rows of token ids (digits, or an upload of integer "
+                                 "rows); clusters is continuous")
+            return self
         if not isinstance(self.dataset, UUID):
             rows, features, classes = BUILTIN_SHAPES[self.dataset]
             check_budget(self, rows, features, classes)
@@ -89,6 +99,22 @@ def check_budget(params: MomentumAccumulationParams, rows: int, features: int, c
         raise ValueError(f"steps: about {flops:.1e} floating-point operations (> {MAX_FLOPS:.0e})")
 
 
+def token_model(model) -> bool:
+    return not isinstance(model, BuiltinModel) or model.arch in TRANSFORMER_ARCHS
+
+
+def model_workload(params: MomentumAccumulationParams, columns: int | None) -> Workload | None:
+    """One arm and seed at a time: weights, .grad (the explicit buffer), the optimizer's state, one micro-batch of
+    activations, and the flat final weights kept per seed for the identity check (two per seed)."""
+    if isinstance(params.model, str):
+        return None
+    features = BUILTIN_SHAPES[params.dataset][1] if not isinstance(params.dataset, UUID) else columns
+    return Workload(batch=params.micro_batch, seq_len=features, features=features,
+                    classes=BUILTIN_SHAPES.get(params.dataset, (0, 0, 256))[2],
+                    optimizer_states=2 if params.optimizer == "adam" else 1, extra_buffers=2 * params.seeds,
+                    dtype_bytes=8 if params.dtype == "float64" else 4)
+
+
 SPEC = KindSpec(
     name="momentum_accumulation",
     description="Gradient accumulation inside the momentum (no buffer) vs explicit accumulation and per-batch updates.",
@@ -96,4 +122,5 @@ SPEC = KindSpec(
     example={"dataset": "digits", "model": "mlp", "hidden": 32, "optimizer": "sgdm", "betas": [0.9, 0.999],
              "lr": 0.3, "accum_steps": 8, "micro_batch": 4, "steps": 480, "seeds": 2, "eval_every": 40,
              "dtype": "float64"},
+    model_workload=model_workload,
 )
