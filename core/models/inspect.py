@@ -1,8 +1,9 @@
 """Inspect a model on the ``meta`` device (torch): parameters, layer shapes, and the activation bytes autograd saves
 for one micro-batch. Nothing is allocated, so an 8B-parameter config costs seconds, not memory.
 
-Run as ``python -m core.models.inspect``: a JSON request on stdin, a JSON answer on stdout. The API calls it in a
-child process (``core.models.inspector``) so that torch and transformers never load into the API process.
+Run as ``python -m core.models.inspect``: one JSON request per line on stdin, one JSON answer per line on stdout.
+The API keeps it as a child process (``core.models.inspector``) so that torch and transformers never load into
+the API process, and are imported once, not per request.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from core.models.build import BuiltModel, build
 from core.models.spec import BuiltinModel, HFConfigModel
 
 MAX_LAYERS_LISTED = 400
-REJECTED = 3  # exit status of a request refused for a reason the caller should see
 
 
 def saved_activation_bytes(built: BuiltModel, batch: int, seq_len: int | None, features: int | None,
@@ -70,14 +70,18 @@ def summarize(request: dict) -> dict:
     return out
 
 
-def main() -> int:
-    request = json.loads(sys.stdin.read())
+def answer(line: str) -> dict:
+    """One request line to one answer: {"summary": ...} or {"error": "<field>: <why>"}."""
     try:
-        answer = summarize(request)
+        return {"summary": summarize(json.loads(line))}
     except (ValueError, ValidationError) as exc:
-        print(json.dumps({"error": str(exc).splitlines()[0][:2000]}))
-        return REJECTED
-    print(json.dumps(answer))
+        return {"error": str(exc).splitlines()[0][:2000]}
+
+
+def main() -> int:
+    """Serve requests, one JSON object per line, until stdin closes."""
+    for line in sys.stdin:
+        print(json.dumps(answer(line)), flush=True)
     return 0
 
 

@@ -1,12 +1,14 @@
 """The API's way to inspect a model without loading torch: ``core.models.inspect`` in a child process.
 
-One child per distinct request (answers are remembered per process): importing torch and transformers costs a few
-seconds there and nothing in the API process, whose import stays torch-free.
+One long-lived child per API process answers one request at a time (torch and transformers are imported once,
+there); it is started on first use, replaced when it dies or overruns a request's time limit, and recycled after
+``RECYCLE_AFTER`` requests. Answers are remembered per process.
 """
 from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from collections import OrderedDict
@@ -14,10 +16,8 @@ from pathlib import Path
 from threading import Lock
 
 ROOT = Path(__file__).resolve().parents[2]
-REJECTED = 3
-_CACHE: OrderedDict[str, dict] = OrderedDict()
-_CACHE_SIZE = 256
-_LOCK = Lock()
+CACHE_SIZE = 256
+RECYCLE_AFTER = 500
 
 
 class ModelRejected(ValueError):
@@ -26,6 +26,49 @@ class ModelRejected(ValueError):
 
 class InspectionFailed(RuntimeError):
     """The inspector itself failed (timeout, crash): not the user's fault."""
+
+
+class _Child:
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.served = 0
+
+    def _start(self) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
+        self.served = 0
+        return subprocess.Popen([sys.executable, "-m", "core.models.inspect"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def ask(self, request: str, timeout_s: float) -> dict:
+        if self.proc is None or self.proc.poll() is not None or self.served >= RECYCLE_AFTER:
+            self.stop()
+            self.proc = self._start()
+        self.served += 1
+        try:
+            self.proc.stdin.write(request + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            self.stop()
+            raise InspectionFailed("the model inspector exited") from None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.stop()
+            raise InspectionFailed(f"no answer from the model inspector within {timeout_s:g} s" if not ready
+                                   else "the model inspector exited")
+        return json.loads(line)
+
+
+_CHILD = _Child()
+_CACHE: OrderedDict[str, dict] = OrderedDict()
+_LOCK = Lock()
 
 
 def inspect_model(model: dict, *, input: dict | None = None, weights_header: dict | None = None,
@@ -37,20 +80,10 @@ def inspect_model(model: dict, *, input: dict | None = None, weights_header: dic
         if request in _CACHE:
             _CACHE.move_to_end(request)
             return _CACHE[request]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
-    try:
-        proc = subprocess.run([sys.executable, "-m", "core.models.inspect"], input=request, capture_output=True,
-                              text=True, timeout=timeout_s, env=env, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        raise InspectionFailed(f"inspecting the model took more than {timeout_s:g} s") from None
-    if proc.returncode == REJECTED:
-        raise ModelRejected(json.loads(proc.stdout)["error"])
-    if proc.returncode != 0:
-        raise InspectionFailed(f"the model inspector exited with {proc.returncode}: {proc.stderr[-500:]}")
-    answer = json.loads(proc.stdout)
-    with _LOCK:
-        _CACHE[request] = answer
-        while len(_CACHE) > _CACHE_SIZE:
+        reply = _CHILD.ask(request, timeout_s)
+        if "error" in reply:
+            raise ModelRejected(reply["error"])
+        _CACHE[request] = reply["summary"]
+        while len(_CACHE) > CACHE_SIZE:
             _CACHE.popitem(last=False)
-    return answer
+        return reply["summary"]

@@ -1,5 +1,6 @@
 """Users' own models through the API on real processes: uploads of tiny BERT, GPT-2 and Llama configs (with and
-without safetensors weights), tenant scoping, and every refusal naming its field and reason."""
+without safetensors weights), tenant scoping, every refusal naming its field and reason, and jobs of the kinds
+that take a ``model`` run by a real worker."""
 from __future__ import annotations
 
 import io
@@ -7,11 +8,14 @@ import json
 import os
 import subprocess
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
-from tests.model_configs import TINY, TINY_GPT2, hf_model
-from tests.stack import BIN, ROOT
+from tests.model_configs import TINY, TINY_BERT, TINY_GPT2, TINY_LLAMA, hf_model
+from tests.stack import BIN, ROOT, wait_job
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +105,89 @@ def test_pickled_and_mismatched_weights_are_refused(alice, tmp_path):
     other = safetensors_of(hf_model({**TINY_GPT2, "n_embd": 32}), tmp_path)
     refused(alice.post("/v1/models", files={"config": config, "weights": ("model.safetensors", other)}),
             "weights", "do not match the config")
+
+
+@pytest.fixture(scope="module")
+def worker(stack, alice):
+    return stack.start_worker()
+
+
+def upload(client, config: dict, weights: bytes | None = None) -> dict:
+    files = {"config": config_file(config)}
+    if weights is not None:
+        files["weights"] = ("model.safetensors", weights, "application/octet-stream")
+    resp = client.post("/v1/models", files=files)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def run_job(client, kind: str, params: dict) -> dict:
+    resp = client.post("/v1/jobs", json={"kind": kind, "params": params, "device": "cpu"})
+    assert resp.status_code == 201, resp.text
+    done = wait_job(client, resp.json()["id"], timeout=240)
+    assert done["status"] == "succeeded", done
+    return done["result"]
+
+
+def test_embedding_dim_checks_an_uploaded_models_sizes(alice, worker):
+    model = upload(alice, TINY_GPT2)
+    result = run_job(alice, "embedding_dim", {"vocab_sizes": [512], "entropy_dims": [16],
+                                              "model": {"source": "uploaded", "id": model["id"]}})
+    token, head = result["model_checks"]
+    # n=64 > 8.33·ln 512 = 52.0; head_dim 64/2 = 32 < 8.33·ln 64 = 34.6; 32 > 8.33·ln N holds up to N = 46
+    assert (token["what"], token["n"], token["N"], token["ok"]) == ("token_embedding", 64, 512, True)
+    assert token["bound"] == pytest.approx(8.33 * math.log(512))
+    assert (head["what"], head["n"], head["N"], head["ok"]) == ("attention_head", 32, 64, False)
+    assert result["model_max_context_for_head_dim"] == 46 and result["model_all_ok"] is False
+
+
+def test_init_averaging_tables_every_nonsquare_weight_of_a_bert_config(alice, worker):
+    result = run_job(alice, "init_averaging", {"model": {"source": "hf_config", "config": TINY_BERT},
+                                               "means": ["arithmetic", "geometric"], "batch": 4, "seq_len": 16,
+                                               "trials": 1})
+    expected = {n: list(p.shape) for n, p in hf_model(TINY_BERT).named_parameters()
+                if p.dim() == 2 and p.shape[0] != p.shape[1]}
+    assert {row["name"]: row["shape"] for row in result["layers"]} == expected
+    for row in result["layers"]:
+        m, n = row["fan_in"], row["fan_out"]
+        assert row["variance"] == pytest.approx({"arithmetic": 2 / (m + n), "geometric": 1 / math.sqrt(m * n)})
+    assert set(result["means"]) == {"arithmetic", "geometric"}
+    ratios = [result["own_init"], *result["means"].values()]
+    assert all(r["forward_ratio"] > 0 and r["backward_ratio"] > 0 for r in ratios)
+
+
+def test_momentum_accumulation_on_an_uploaded_llama_saves_one_parameter_sized_tensor(alice, worker, tmp_path):
+    model = upload(alice, TINY_LLAMA, safetensors_of(hf_model(TINY_LLAMA), tmp_path))
+    rows = np.random.default_rng(0).integers(0, 500, size=(24, 16))
+    buf = io.BytesIO()
+    np.savez(buf, x=rows)
+    dataset = alice.post("/v1/datasets", files={"file": ("tokens.npz", buf.getvalue())}).json()["id"]
+    result = run_job(alice, "momentum_accumulation", {
+        "dataset": dataset, "model": {"source": "uploaded", "id": model["id"]}, "optimizer": "sgdm", "lr": 0.05,
+        "accum_steps": 2, "micro_batch": 2, "steps": 4, "seeds": 1, "eval_every": 4, "holdout": 0.25,
+        "arms": ["explicit_buffer", "chi_exact"], "dtype": "float64"})
+    assert result["task"] == "causal_lm" and result["n_params"] == model["n_params"]
+    saving = result["accumulation_saving"]
+    assert saving["saving_bytes"] == saving["param_bytes"] == 8 * model["n_params"]
+    assert saving["saving_is_one_parameter_sized_tensor"]
+    assert result["arms"]["chi_exact"]["state_bytes"] == 8 * model["n_params"]  # SGDM: one momentum per parameter
+    assert result["arms"]["chi_exact"]["identity_error_vs_explicit"] < 1e-9
+
+
+def test_jobs_on_models_that_cannot_fit_or_cannot_be_seen_are_refused_before_queueing(alice, stack):
+    big = {**TINY_GPT2, "n_embd": 2048, "n_head": 16, "n_layer": 24, "vocab_size": 50000, "n_positions": 1024}
+    resp = alice.post("/v1/jobs", json={"kind": "momentum_accumulation", "device": "cpu", "params": {
+        "model": {"source": "hf_config", "config": big}, "optimizer": "adam", "steps": 8, "seeds": 1,
+        "eval_every": 8}})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["errors"][0]["field"] == "params.model"
+    assert "exceeds" in resp.json()["detail"] and "'cpu' worker" in resp.json()["detail"]
+    theirs = upload(alice, TINY_GPT2)["id"]
+    bob = {"Authorization": f"Bearer {make_key(stack, 'bob2')}"}
+    resp = alice.post("/v1/jobs", headers=bob, json={"kind": "embedding_dim", "params": {
+        "vocab_sizes": [512], "model": {"source": "uploaded", "id": theirs}}})
+    assert resp.status_code == 422 and "not found" in resp.json()["detail"]
+    remote = {**TINY_GPT2, "auto_map": {"AutoModelForCausalLM": "x.Y"}}
+    resp = alice.post("/v1/jobs", json={"kind": "embedding_dim", "params": {
+        "vocab_sizes": [512], "model": {"source": "hf_config", "config": remote}}})
+    assert resp.status_code == 422 and "config.auto_map" in resp.json()["detail"]
