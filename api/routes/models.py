@@ -13,7 +13,6 @@ from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-
 from api.auth import owns, principal, visible_tenant
 from api.deps import db, parse_id
 from api.problems import Problem

@@ -8,6 +8,7 @@ the API process, and are imported once, not per request.
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import torch
@@ -17,6 +18,7 @@ from core.models.build import BuiltModel, build
 from core.models.spec import BuiltinModel, HFConfigModel
 
 MAX_LAYERS_LISTED = 400
+FIELD_PREFIX = re.compile(r"^(config|weights|model)[\w.\[\]]*: ")
 
 
 def saved_activation_bytes(built: BuiltModel, batch: int, seq_len: int | None, features: int | None,
@@ -75,7 +77,10 @@ def answer(line: str) -> dict:
     try:
         return {"summary": summarize(json.loads(line))}
     except (ValueError, ValidationError) as exc:
-        return {"error": str(exc).splitlines()[0][:2000]}
+        message = str(exc).splitlines()[0][:2000]
+        return {"error": message if FIELD_PREFIX.match(message) else f"config: cannot be built ({message})"}
+    except Exception as exc:  # transformers refusing a config in its own way is still the config's fault
+        return {"error": f"config: cannot be built ({type(exc).__name__}: {str(exc)[:500]})"}
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ such a config silently as its native class), bounded sizes and a bounded analyti
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -80,7 +80,7 @@ class UploadedModel(_Spec):
     id: UUID
 
 
-ModelSpec = Annotated[Union[BuiltinModel, HFConfigModel, UploadedModel], Field(discriminator="source")]
+ModelSpec = Annotated[BuiltinModel | HFConfigModel | UploadedModel, Field(discriminator="source")]
 
 
 def check_hf_config(config: dict[str, Any]) -> None:

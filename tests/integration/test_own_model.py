@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import subprocess
-
-import math
 
 import numpy as np
 import pytest

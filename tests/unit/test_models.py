@@ -14,7 +14,12 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 
 from core.init import averaged_variance
-from core.models.analysis import accumulation_memory, layer_table, reinit_nonsquare_, variance_ratios
+from core.models.analysis import (
+    accumulation_memory,
+    layer_table,
+    reinit_nonsquare_,
+    variance_ratios,
+)
 from core.models.build import BuiltModel, build
 from core.models.checks import embedding_sizes, largest_supported, model_checks
 from core.models.safetensors_header import WeightsRejected, read_header
@@ -138,7 +143,8 @@ def test_layer_table_lists_every_nonsquare_weight_with_its_init_variance():
     built = build(spec(source="hf_config", config=TINY_BERT))
     rows = layer_table(built.module, ["arithmetic", "geometric"])
     shapes = {r["name"]: tuple(r["shape"]) for r in rows}
-    expected = {n: tuple(p.shape) for n, p in built.module.named_parameters() if p.dim() == 2 and p.shape[0] != p.shape[1]}
+    expected = {n: tuple(p.shape) for n, p in built.module.named_parameters()
+                if p.dim() == 2 and p.shape[0] != p.shape[1]}
     assert shapes == expected and any("intermediate" in n for n in shapes)
     for r in rows:
         assert r["variance"]["arithmetic"] == pytest.approx(2 / (r["fan_in"] + r["fan_out"]))

@@ -10,7 +10,6 @@ from core.models.budget import Workload
 from core.models.spec import ModelSpec
 from core.techniques.base import KindSpec, Params
 
-
 BUILTIN_COLUMNS = {"digits": 64, "clusters": 16}
 UPLOAD_CLASSES = 256  # an uploaded dataset's label count is unknown before the run: budget generously
 

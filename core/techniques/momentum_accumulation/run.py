@@ -31,8 +31,8 @@ from core.techniques.momentum_accumulation.spec import (
     EVAL_CHUNK,
     TRAIN_PROBE,
     MomentumAccumulationParams,
-    cnn_side,
     check_budget,
+    cnn_side,
     token_model,
 )
 
