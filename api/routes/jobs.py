@@ -86,6 +86,8 @@ def _budget_model(session: Session, settings, who: Principal, body) -> None:
     if isinstance(dataset, uuid.UUID):
         columns = session.get(Dataset, dataset).columns
     workload = spec.model_workload(body.params, columns) if spec.model_workload else None
+    if workload is None and isinstance(model, BuiltinModel):
+        return  # nothing to budget, and a built-in spec is fully checked by its own validation
     try:
         summary = inspect_model(buildable, input=workload.input() if workload else None,
                                 timeout_s=settings.inspect_timeout_s)

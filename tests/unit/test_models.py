@@ -190,3 +190,32 @@ def test_accumulating_in_the_momentum_saves_exactly_one_parameter_sized_tensor(o
     assert mem.param_bytes == 4 * n_params
     assert mem.chi_exact_bytes == states * 4 * n_params
     assert mem.saving == 4 * n_params and mem.as_dict()["saving_is_one_parameter_sized_tensor"]
+
+
+def test_eg_stepsize_trains_a_builtin_causal_lm_on_digits_as_tokens():
+    from core.techniques import get_kind
+    from core.techniques.local import LocalContext
+
+    kind = get_kind("eg_stepsize")
+    params = kind.params(model={"source": "builtin", "arch": "causal_lm", "hidden": 16, "heads": 2, "depth": 1,
+                                "vocab_size": 24, "context": 64},
+                         optimizers=[{"name": "adam", "lr": 0.01}, {"name": "eg_stepsize", "lr": 0.01}],
+                         lr_scales=[1.0], steps=10, batch_size=8, eval_every=10, eval_size=32)
+    result = kind.run(params, LocalContext())
+    assert result["classes"] == 24 and result["input_dim"] == 64  # a 64-token sequence of pixel levels per image
+    first, last = (result["curves"]["adam"]["x1"]["test_loss"][i] for i in (0, -1))
+    assert first == pytest.approx(math.log(24), abs=0.5) and last < first
+
+
+def test_token_models_refuse_input_rotations_and_chain_bounds_refuse_non_chains():
+    from core.techniques import specs
+
+    causal = {"source": "builtin", "arch": "causal_lm"}
+    with pytest.raises(ValidationError, match="shift_every: shifts rotate continuous input rows"):
+        specs()["eg_stepsize"].params(model=causal, shift_every=10, eval_every=10)
+    bound = specs()["gradient_penalty_bound"].params
+    with pytest.raises(ValidationError, match="per-layer factors of the bound are undefined"):
+        bound(model={"source": "hf_config", "config": TINY_GPT2})
+    chain = bound(model={"source": "builtin", "arch": "mlp", "hidden": 16, "depth": 3})
+    assert chain.widths == [16, 16, 16] and chain.activation == "relu"
+    assert bound.model_validate(chain.model_dump(mode="json")).widths == [16, 16, 16]

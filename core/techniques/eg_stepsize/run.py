@@ -7,6 +7,7 @@ per-layer trajectories of the adapted quantities (ν, p, s, α) and how long eac
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 
@@ -15,12 +16,16 @@ import numpy as np
 import torch
 
 from core.data import load_arrays
+from core.models.build import BuiltModel, build
+from core.models.resolve import materialize
+from core.models.tokens import token_rows
 from core.optim.eg import EGFunnel, EGStepSize, HypergradientSGD
 from core.plots import to_png
 from core.techniques.base import RunContext
-from core.techniques.eg_stepsize.spec import EGStepSizeParams, check_budget
+from core.techniques.eg_stepsize.spec import EGStepSizeParams, check_budget, token_model
 
 DIVERGED_LOSS = 1e6
+EVAL_CHUNK = 256
 QUANTITY_LABELS = {"nu": "ν (multiplier of lr)", "p": "p (per-coordinate gain)", "s": "s (scale)",
                    "alpha": "α (learning rate)"}
 
@@ -130,8 +135,11 @@ def _seed_pair(seed: int, i: int) -> tuple[int, int]:
 class _Data:
     """Standardized train / held-out tensors and, per seed, the rotation in force after each shift."""
 
-    def __init__(self, params: EGStepSizeParams, ctx: RunContext):
+    def __init__(self, params: EGStepSizeParams, ctx: RunContext, probe: BuiltModel | None = None):
         arrays = load_arrays(params.dataset, ctx)
+        if probe is not None and probe.tokens:
+            self._tokens(params, ctx, arrays, probe)
+            return
         x, y = arrays.get("x"), arrays.get("y")
         if y is None:
             raise ValueError("dataset: needs integer labels 'y' for classification")
@@ -145,7 +153,8 @@ class _Data:
         if self.classes < 2:
             raise ValueError("dataset: needs at least two classes")
         self.dim = x.shape[1]
-        check_budget(params, self.dim, self.classes)
+        if isinstance(params.model, str):
+            check_budget(params, self.dim, self.classes)
         order = np.random.default_rng(ctx.seed).permutation(x.shape[0])
         n_eval = min(params.eval_size, max(1, x.shape[0] // 5))
         train, held = order[n_eval:], order[:n_eval]
@@ -159,6 +168,20 @@ class _Data:
         self.y_eval = torch.as_tensor(y[held], dtype=torch.long, device=dev)
         self.n_train = len(train)
 
+    def _tokens(self, params: EGStepSizeParams, ctx: RunContext, arrays: dict, probe: BuiltModel) -> None:
+        """Rows of token ids for a causal or masked LM; no labels, no standardization."""
+        x = token_rows(arrays["x"], probe.vocab_size, probe.context, pixel_levels=params.dataset == "digits")
+        if x.shape[0] < 10:
+            raise ValueError("dataset: needs at least 10 rows")
+        self.classes, self.dim = probe.vocab_size, x.shape[1]
+        order = np.random.default_rng(ctx.seed).permutation(x.shape[0])
+        n_eval = min(params.eval_size, max(1, x.shape[0] // 5))
+        train, held = order[n_eval:], order[:n_eval]
+        self.x_train = torch.as_tensor(x[train], device=ctx.device)
+        self.x_eval = torch.as_tensor(x[held], device=ctx.device)
+        self.y_train = self.y_eval = None
+        self.n_train = len(train)
+
     def rotations(self, params: EGStepSizeParams, rng: np.random.Generator, device) -> list[torch.Tensor | None]:
         """Rotation in force during each shift period: identity first, then a new random turn per shift."""
         n_shifts = (params.steps - 1) // params.shift_every if params.shift_every else 0
@@ -170,18 +193,34 @@ class _Data:
         return out
 
 
-def _evaluate(model, x, y, rotation) -> tuple[float, float]:
-    with torch.no_grad():
-        logits = model(x if rotation is None else x @ rotation)
-        loss = float(torch.nn.functional.cross_entropy(logits, y))
-        acc = float((logits.argmax(1) == y).float().mean())
-    return loss, acc
+def _evaluate(built: BuiltModel, x, y, rotation) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over the held-out rows (tokens, for a token model), in chunks."""
+    built.module.eval()
+    loss = correct = 0.0
+    count = 0
+    for i in range(0, len(x), EVAL_CHUNK):
+        xc = x[i:i + EVAL_CHUNK]
+        part = built.scores(xc if rotation is None else xc @ rotation, None if y is None else y[i:i + EVAL_CHUNK])
+        loss, correct, count = loss + part[0], correct + part[1], count + part[2]
+    built.module.train()
+    return loss / count, correct / count
 
 
-def _train(params, spec, lr, init, data: _Data, rotations, batch_seed, ctx, tag, record_rates) -> dict:
+def _fresh(params: EGStepSizeParams, data: _Data, template: BuiltModel | None) -> BuiltModel:
+    """A model to load an initial state into: the built-in classifier, or a copy of the user's model."""
+    if template is None:
+        return BuiltModel(_build_model(data.dim, data.classes, params), "classify")
+    return BuiltModel(copy.deepcopy(template.module), template.task, template.vocab_size, template.context,
+                      template.hf)
+
+
+def _train(params, spec, lr, init, data: _Data, rotations, batch_seed, ctx, tag, record_rates,
+           template: BuiltModel | None = None) -> dict:
     """One optimizer at one rate on one seed: evaluation curve, adapted quantities, recovery after shifts."""
-    model = _build_model(data.dim, data.classes, params).to(ctx.device)
+    built = _fresh(params, data, template)
+    model = built.module.to(ctx.device)
     model.load_state_dict(init)
+    model.train()
     named = list(model.named_parameters())
     opt = make_optimizer(spec, lr, model)
     gen = torch.Generator().manual_seed(batch_seed)
@@ -193,7 +232,7 @@ def _train(params, spec, lr, init, data: _Data, rotations, batch_seed, ctx, tag,
     diverged_at = None
     for t in range(params.steps + 1):
         if t % params.eval_every == 0 or t == params.steps:
-            test_loss, test_acc = _evaluate(model, data.x_eval, data.y_eval, rotation)
+            test_loss, test_acc = _evaluate(built, data.x_eval, data.y_eval, rotation)
             train_loss = float(np.mean(window)) if window else None
             window = []
             for key, value in (("test_loss", test_loss), ("test_acc", test_acc), ("train_loss", train_loss)):
@@ -217,7 +256,7 @@ def _train(params, spec, lr, init, data: _Data, rotations, batch_seed, ctx, tag,
             if params.shift_every and 0 < t < params.steps and t % params.shift_every == 0:
                 period += 1
                 rotation = rotations[period]
-                shock, _ = _evaluate(model, data.x_eval, data.y_eval, rotation)
+                shock, _ = _evaluate(built, data.x_eval, data.y_eval, rotation)
                 shifts.append({"step": t, "pre_shift_loss": _finite(test_loss), "post_shift_loss": _finite(shock),
                                "recovery_steps": None})
         if t == params.steps:
@@ -228,7 +267,7 @@ def _train(params, spec, lr, init, data: _Data, rotations, batch_seed, ctx, tag,
         if rotation is not None:
             xb = xb @ rotation
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(xb), data.y_train[idx])
+        loss = built.loss(xb, None if data.y_train is None else data.y_train[idx])
         value = float(loss.detach())
         if not math.isfinite(value) or value > DIVERGED_LOSS:
             diverged_at = t
@@ -248,14 +287,26 @@ def _mean_or_none(values: list[float | None]) -> float | None:
 
 
 def run(params: EGStepSizeParams, ctx: RunContext) -> dict:
-    data = _Data(params, ctx)
+    buildable = weights = None
+    probe = None
+    if not isinstance(params.model, str):
+        buildable, weights = materialize(params.model, ctx)
+        probe = build(buildable, features=1, classes=2, device="meta") if token_model(params.model) else None
+    data = _Data(params, ctx, probe)
     labels = _labels([spec.name for spec in params.optimizers])
     eval_steps = sorted(set(range(0, params.steps, params.eval_every)) | {params.steps})
     seeds = [_seed_pair(ctx.seed, i) for i in range(params.seeds)]
     inits, rotations = [], []
+    template = None
     for model_seed, shift_seed in seeds:
         gen = torch.Generator().manual_seed(model_seed)
-        inits.append(_build_model(data.dim, data.classes, params, gen).state_dict())
+        if buildable is None:
+            inits.append(_build_model(data.dim, data.classes, params, gen).state_dict())
+        else:  # the user's model: its own initialisation from torch's RNG (uploaded weights: the same every seed)
+            torch.manual_seed(model_seed)
+            built = build(buildable, features=data.dim, classes=data.classes, weights=weights)
+            template = template or built
+            inits.append({k: v.detach().clone() for k, v in built.module.state_dict().items()})
         rotations.append(data.rotations(params, np.random.default_rng(shift_seed), ctx.device))
     total = len(labels) * len(params.lr_scales) * params.seeds
     runs, curves, rates = [], {}, {}
@@ -267,7 +318,7 @@ def run(params: EGStepSizeParams, ctx: RunContext) -> dict:
             for i, (model_seed, _) in enumerate(seeds):
                 lr = spec.lr * scale
                 out = _train(params, spec, lr, inits[i], data, rotations[i], model_seed + 1, ctx,
-                             f"{label}/{key}/seed{i}", record_rates=i == 0)
+                             f"{label}/{key}/seed{i}", record_rates=i == 0, template=template)
                 per_seed.append(out)
                 runs.append({"optimizer": label, "lr_scale": scale, "lr": lr, "seed": i,
                              "diverged_at": out["diverged_at"],

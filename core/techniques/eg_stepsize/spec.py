@@ -7,6 +7,8 @@ from uuid import UUID
 
 from pydantic import Field, model_validator
 
+from core.models.budget import Workload
+from core.models.spec import TRANSFORMER_ARCHS, BuiltinModel, ModelSpec
 from core.techniques.base import KindSpec, Params
 
 MEMORY_BUDGET = 4 * 2**30
@@ -76,7 +78,9 @@ def param_count(dim: int, classes: int, model: str, hidden: int, depth: int) -> 
 
 class EGStepSizeParams(Params):
     dataset: Literal["digits", "clusters"] | UUID = "digits"
-    model: Literal["linear", "mlp"] = "mlp"
+    model: Literal["linear", "mlp"] | ModelSpec = Field(
+        "mlp", description="linear or mlp, or a model spec: a classifier (builtin mlp/cnn/resnet) on labelled rows, "
+        "or a token model (causal or masked LM) on rows of token ids (digits: pixel levels 0..16)")
     hidden: int = Field(64, ge=2, le=1024, description="width of each hidden layer (mlp)")
     depth: int = Field(1, ge=1, le=4, description="number of hidden layers (mlp)")
     optimizers: list[OptimizerSpec] = Field(default_factory=_default_optimizers, min_length=1, max_length=8)
@@ -99,7 +103,14 @@ class EGStepSizeParams(Params):
             raise ValueError(f"eval_every: more than {MAX_EVAL_POINTS} evaluations per run; raise eval_every")
         if self.shift_every and self.shift_every % self.eval_every:
             raise ValueError("shift_every: must be a multiple of eval_every so the pre-shift loss is measured")
-        check_budget(self, dim=64, classes=10)
+        if isinstance(self.model, str):
+            check_budget(self, dim=64, classes=10)
+        elif token_model(self.model):
+            if self.shift_every:
+                raise ValueError("shift_every: shifts rotate continuous input rows; a token model takes 0")
+            if self.dataset == "clusters":
+                raise ValueError("model: token models train on rows of token ids (digits, or an upload of integer "
+                                 "rows); clusters is continuous")
         return self
 
 
@@ -116,6 +127,21 @@ def check_budget(params: EGStepSizeParams, dim: int, classes: int) -> None:
         raise ValueError(f"steps: {work:.1e} multiply-adds over {runs} runs exceeds {WORK_BUDGET:.0e}")
 
 
+def token_model(model) -> bool:
+    return not isinstance(model, BuiltinModel) or model.arch in TRANSFORMER_ARCHS
+
+
+def model_workload(params: EGStepSizeParams, columns: int | None) -> Workload | None:
+    """One run at a time: weights, gradients, the richest optimizer state (EGFunnel: momentum, p, s and their
+    logs), one minibatch of activations, and each seed's initial weights."""
+    if isinstance(params.model, str):
+        return None
+    features = {"digits": 64, "clusters": 16}.get(params.dataset, columns)
+    return Workload(batch=params.batch_size, seq_len=features, features=features,
+                    classes=10 if not isinstance(params.dataset, UUID) else 256, optimizer_states=5,
+                    extra_buffers=params.seeds)
+
+
 SPEC = KindSpec(
     name="eg_stepsize",
     description="Exponentiated-gradient step-size adaptation vs fixed rates, momentum, Adam and hypergradient SGD.",
@@ -125,4 +151,5 @@ SPEC = KindSpec(
                             {"name": "eg_stepsize"}, {"name": "eg_funnel"}],
              "lr_scales": [0.1, 1.0, 10.0], "steps": 300, "batch_size": 64, "eval_every": 10,
              "shift_every": 100, "shift_angle": 60.0, "seeds": 1},
+    model_workload=model_workload,
 )

@@ -7,6 +7,7 @@ from uuid import UUID
 from pydantic import Field, model_validator
 
 from core.costs import auto_method, measurement_flops
+from core.models.spec import BuiltinModel, ModelSpec
 from core.techniques.base import KindSpec, Params
 
 MAX_BYTES = 4 * 2**30
@@ -45,9 +46,13 @@ class GradientPenaltyBoundParams(Params):
     samples: int = Field(32, ge=1, le=256, description="Inputs per measurement (the same ones every time).")
     method: Literal["auto", "jacrev", "power"] = Field(
         "auto", description="Spectral norm of ∂h/∂x: materialized by jacrev, power iteration with jvp/vjp, or auto.")
+    model: ModelSpec | None = Field(None, description="a chain of affine layers and elementwise activations: the "
+                                    "builtin mlp (sets widths and activation relu); other models are refused")
 
     @model_validator(mode="after")
     def _fits(self) -> "GradientPenaltyBoundParams":
+        if self.model is not None:
+            self._take_chain(self.model)
         if self.every > self.steps:
             raise ValueError("every: must be at most steps")
         if self.steps // self.every + 2 > MAX_MEASUREMENTS:
@@ -56,6 +61,23 @@ class GradientPenaltyBoundParams(Params):
             d_in, classes, n = BUILTIN_SHAPES[self.dataset]
             check_budget(self, d_in, classes, n)
         return self
+
+    def _take_chain(self, model) -> None:
+        """The bound factors ‖∂h/∂x‖ layer by layer along a chain h_{l+1} = σ(W_l h_l + b_l); a model with
+        convolutions and pooling, attention, normalisation or residual connections has no such chain."""
+        if not isinstance(model, BuiltinModel) or model.arch != "mlp":
+            what = (f"the builtin {model.arch}" if isinstance(model, BuiltinModel) else
+                    "a Hugging Face transformer (attention, layer norm and residual connections)")
+            raise ValueError(f"model: {what} is not a chain of affine layers and elementwise activations, so the "
+                             "per-layer factors of the bound are undefined for it; use the builtin mlp or widths")
+        chain = [model.hidden] * model.depth
+        if model.hidden > 1024:
+            raise ValueError("model.hidden: at most 1024 for this kind")
+        if "widths" in self.model_fields_set and self.widths != chain:
+            raise ValueError("widths: give widths or a model, not both")
+        if "activation" in self.model_fields_set and self.activation != "relu":
+            raise ValueError("activation: the builtin mlp uses relu")
+        self.widths, self.activation = chain, "relu"
 
 
 def layer_dims(p: GradientPenaltyBoundParams, d_in: int, classes: int) -> list[int]:

@@ -23,6 +23,7 @@ import torch
 from core.data import load_arrays
 from core.models.build import BuiltModel, build
 from core.models.resolve import load_model, materialize
+from core.models.tokens import token_rows
 from core.optim.accum import AccumAdam, AccumSGDM, beta_tilde, state_bytes
 from core.plots import new_figure, to_png
 from core.techniques.base import RunContext
@@ -188,19 +189,6 @@ def _plot(arms: dict, eval_steps: list[int], params: MomentumAccumulationParams)
     return to_png(fig)
 
 
-def _token_rows(params: MomentumAccumulationParams, arrays: dict, vocab: int, context: int) -> np.ndarray:
-    """Rows of token ids: the built-in digits as pixel levels 0..16, an upload as its integer values."""
-    x = np.asarray(arrays["x"], dtype=np.float64)
-    if params.dataset == "digits":
-        x = np.round(x * 16)
-    if x.ndim != 2 or (x != np.round(x)).any() or x.min() < 0 or x.max() >= vocab - 1:
-        raise ValueError(f"dataset: a token model needs rows of integer token ids in [0, {vocab - 1}) (the last "
-                         f"id, {vocab - 1}, is the mask token)")
-    if x.shape[1] < 2:
-        raise ValueError("dataset: token rows need at least 2 tokens")
-    return x[:, :context].astype(np.int64)
-
-
 def _seeded(params: MomentumAccumulationParams, ctx: RunContext, gen: torch.Generator, seed: int,
             features: int, classes: int) -> BuiltModel:
     """The model of one seed: the built-in mlp/cnn from ``gen``; a model spec from torch's RNG seeded with
@@ -219,7 +207,7 @@ def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
         buildable, _ = materialize(params.model, ctx)
         probe = build(buildable, device="meta")
         vocab, context = probe.vocab_size, probe.context
-        x = _token_rows(params, arrays, vocab, context)
+        x = token_rows(arrays["x"], vocab, context, pixel_levels=params.dataset == "digits")
         y = None
         classes = vocab
     else:
