@@ -136,3 +136,23 @@ def load_safetensors(module: nn.Module, data: bytes) -> None:
     module.load_state_dict({**own, **tensors}, strict=True)
     if hasattr(module, "tie_weights"):
         module.tie_weights()
+
+
+class PooledEncoder(nn.Module):
+    """A Transformer's hidden states pooled to one vector per sequence: the mean over positions, or the first
+    position (``cls``). Only the encoder is kept (no vocabulary head), so every parameter gets a gradient."""
+
+    def __init__(self, built: BuiltModel, pooling: str = "mean"):
+        super().__init__()
+        if not built.tokens:
+            raise ValueError("model: pooled towers need a Transformer")
+        if built.hf:
+            self.body = built.module.base_model
+        else:
+            built.module.head = None
+            self.body = built.module
+        self.hf, self.pooling = built.hf, pooling
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.body(input_ids=ids).last_hidden_state if self.hf else self.body.encode(ids)
+        return h[:, 0] if self.pooling == "cls" else h.mean(dim=1)

@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from pydantic import TypeAdapter, ValidationError
@@ -219,3 +220,19 @@ def test_token_models_refuse_input_rotations_and_chain_bounds_refuse_non_chains(
     chain = bound(model={"source": "builtin", "arch": "mlp", "hidden": 16, "depth": 3})
     assert chain.widths == [16, 16, 16] and chain.activation == "relu"
     assert bound.model_validate(chain.model_dump(mode="json")).widths == [16, 16, 16]
+
+
+def test_contrastive_towers_pooled_from_a_transformer_give_the_exact_full_batch_gradient():
+    from core.techniques import get_kind
+    from core.techniques.local import LocalContext
+
+    rng = np.random.default_rng(0)
+    ctx = LocalContext(datasets={"00000000-0000-0000-0000-00000000000a": {
+        "x": rng.integers(0, 30, size=(40, 12)).astype(np.float32), "y": rng.integers(0, 2, size=40)}})
+    kind = get_kind("contrastive_accumulation")
+    params = kind.params(dataset="00000000-0000-0000-0000-00000000000a", towers="two_tower", batch_size=8,
+                         chunk_size=2, steps=1, model={"source": "builtin", "arch": "transformer_encoder",
+                                                       "hidden": 16, "heads": 2, "depth": 1, "vocab_size": 32,
+                                                       "context": 16}, pooling="cls")
+    check = kind.run(params, ctx)["grad_check"]
+    assert check["rel_diff_accumulated"] < 1e-4 < 1e-2 < check["rel_diff_naive"]

@@ -30,6 +30,9 @@ from core.contrastive import (
     two_tower_info_nce_loss,
 )
 from core.data import load_arrays
+from core.models.build import PooledEncoder, build
+from core.models.resolve import materialize
+from core.models.tokens import token_rows
 from core.plots import new_figure, to_png
 from core.techniques.contrastive_accumulation.spec import (
     ContrastiveAccumulationParams,
@@ -127,6 +130,26 @@ class _Batches:
             both = np.stack([a, b], axis=1).reshape(2 * count, -1)
             return torch.from_numpy(both).to(self.device), torch.empty(0, device=self.device)
         return torch.from_numpy(a).to(self.device), torch.from_numpy(b).to(self.device)
+
+
+class _TokenBatches(_Batches):
+    """Two views of sampled token rows: each token replaced by the mask token with ``mask_prob``."""
+
+    def __init__(self, x: np.ndarray, p, rng: np.random.Generator, device: torch.device, mask_id: int):
+        self.x, self.p, self.rng, self.device, self.mask_id = x, p, rng, device, mask_id
+
+    def _view(self, rows: np.ndarray) -> np.ndarray:
+        return np.where(self.rng.random(rows.shape) < self.p.mask_prob, self.mask_id, rows)
+
+
+def _model_towers(p, ctx, arrays: dict, device: torch.device) -> tuple[np.ndarray, list[nn.Module], int]:
+    """Token rows and the initial towers pooled from the user's Transformer (one per tower, each its own init;
+    uploaded weights: the same start)."""
+    buildable, weights = materialize(p.model, ctx)
+    probe = build(buildable, device="meta")
+    x = token_rows(arrays["x"], probe.vocab_size, probe.context, pixel_levels=p.dataset == "digits")
+    towers = [PooledEncoder(build(buildable, weights=weights), p.pooling).to(device) for _ in range(tower_count(p))]
+    return x, towers, probe.vocab_size - 1
 
 
 class _Trainer:
@@ -257,21 +280,27 @@ def run(params: ContrastiveAccumulationParams, ctx) -> dict:
 
 def _run(p: ContrastiveAccumulationParams, ctx, device: torch.device) -> dict:
     data = load_arrays(p.dataset, ctx)
-    x = np.ascontiguousarray(data["x"], dtype=np.float32)
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError("dataset: x must be a 2-D array with at least 2 rows")
     y = data.get("y")
-    in_dim = x.shape[1]
-    check_budget(p, in_dim)
     rng = np.random.default_rng(ctx.seed)
-    batches = _Batches(x, p, rng, device)
-    init = [_mlp(in_dim, p.widths, p.dropout).to(device) for _ in range(tower_count(p))]
-    full_fits = full_batch_fits(p, in_dim, p.batch_size)
+    if p.model is not None:  # the API budgeted the model, the full batch included
+        x, init, mask_id = _model_towers(p, ctx, data, device)
+        in_dim = x.shape[1]
+        batches = _TokenBatches(x, p, rng, device, mask_id)
+        full_fits = True
+    else:
+        x = np.ascontiguousarray(data["x"], dtype=np.float32)
+        if x.ndim != 2 or len(x) < 2:
+            raise ValueError("dataset: x must be a 2-D array with at least 2 rows")
+        in_dim = x.shape[1]
+        check_budget(p, in_dim)
+        batches = _Batches(x, p, rng, device)
+        init = [_mlp(in_dim, p.widths, p.dropout).to(device) for _ in range(tower_count(p))]
+        full_fits = full_batch_fits(p, in_dim, p.batch_size)
     methods = ["chunked"] + (["naive"] + (["full"] if full_fits else []) if p.compare else [])
     trainers = {m: _Trainer(m, [copy.deepcopy(t) for t in init], p) for m in METHODS if m in methods or m == "naive"}
 
     check_batch = p.batch_size
-    while not full_batch_fits(p, in_dim, check_batch) and check_batch > 2:
+    while p.model is None and not full_batch_fits(p, in_dim, check_batch) and check_batch > 2:
         check_batch = max(2, check_batch // 4 * 2)
     # a smaller check batch keeps at least two chunks, or the naive method would see the whole batch and agree
     half = check_batch // 2

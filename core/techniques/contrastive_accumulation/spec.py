@@ -7,6 +7,8 @@ from uuid import UUID
 from pydantic import Field, model_validator
 
 from core.costs import score_block_rows
+from core.models.budget import Workload
+from core.models.spec import TRANSFORMER_ARCHS, BuiltinModel, ModelSpec
 from core.techniques.base import KindSpec, Params
 
 MEMORY_BUDGET_BYTES = 4 << 30
@@ -29,6 +31,10 @@ class ContrastiveAccumulationParams(Params):
     compare: bool = True
     mask_prob: float = Field(default=0.2, ge=0.0, le=0.9)
     noise_std: float = Field(default=0.1, ge=0.0, le=2.0)
+    model: ModelSpec | None = Field(None, description="towers from a Transformer (builtin, Hugging Face config or "
+                                    "uploaded) pooled over its hidden states, on rows of token ids; widths and "
+                                    "noise_std then do not apply, views mask tokens with mask_prob")
+    pooling: Literal["mean", "cls"] = Field("mean", description="model: mean over positions, or the first token")
 
     @model_validator(mode="after")
     def _fits_a_worker(self):
@@ -39,8 +45,29 @@ class ContrastiveAccumulationParams(Params):
         if self.towers == "shared" and self.chunk_size % 2:
             raise ValueError("chunk_size: must be even with towers='shared' so each view pair shares a chunk "
                              "(the naive comparison needs it)")
-        check_budget(self, BUILTIN_INPUT_DIMS.get(str(self.dataset), 64))
+        if self.model is None:
+            check_budget(self, BUILTIN_INPUT_DIMS.get(str(self.dataset), 64))
+        elif isinstance(self.model, BuiltinModel) and self.model.arch not in TRANSFORMER_ARCHS:
+            raise ValueError(f"model.arch: towers pool a Transformer's hidden states; {self.model.arch} has none "
+                             "(use widths for an MLP tower)")
+        elif self.dataset == "clusters":
+            raise ValueError("model: Transformer towers read rows of token ids (digits, or an upload of integer "
+                             "rows); clusters is continuous")
         return self
+
+
+def model_workload(p: ContrastiveAccumulationParams, columns: int | None) -> Workload | None:
+    """The towers of the three methods (each a copy, with its optimizer) and the initial towers; activations of
+    the full batch when it is compared, else of one chunk."""
+    if p.model is None:
+        return None
+    rows = p.batch_size if p.compare else p.chunk_size
+    states, towers = (2 if p.optimizer == "adam" else 0), tower_count(p)
+    # per tower of each of the three methods: weights, gradients, optimizer state; plus the initial towers;
+    # less the one set the estimate counts itself
+    extra = 3 * towers * (2 + states) + towers - (2 + states)
+    return Workload(batch=rows * towers, seq_len=BUILTIN_INPUT_DIMS.get(str(p.dataset), columns),
+                    optimizer_states=states, extra_buffers=extra)
 
 
 def check_budget(p: ContrastiveAccumulationParams, in_dim: int) -> None:
@@ -98,4 +125,5 @@ SPEC = KindSpec(
     example={"dataset": "digits", "towers": "shared", "widths": [256, 256, 64], "dropout": 0.1, "batch_size": 1024,
              "chunk_size": 64, "temperature": 0.1, "steps": 20, "lr": 0.001, "optimizer": "adam", "compare": True,
              "mask_prob": 0.2, "noise_std": 0.1},
+    model_workload=model_workload,
 )
