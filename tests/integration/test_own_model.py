@@ -186,6 +186,9 @@ def test_jobs_on_models_that_cannot_fit_or_cannot_be_seen_are_refused_before_que
     resp = alice.post("/v1/jobs", headers=bob, json={"kind": "embedding_dim", "params": {
         "vocab_sizes": [512], "model": {"source": "uploaded", "id": theirs}}})
     assert resp.status_code == 422 and "not found" in resp.json()["detail"]
+    resp = alice.post("/v1/jobs", json={"kind": "gradient_penalty_bound", "params": {
+        "model": {"source": "uploaded", "id": theirs}}})
+    assert resp.status_code == 422 and "per-layer factors of the bound are undefined" in resp.json()["detail"]
     remote = {**TINY_GPT2, "auto_map": {"AutoModelForCausalLM": "x.Y"}}
     resp = alice.post("/v1/jobs", json={"kind": "embedding_dim", "params": {
         "vocab_sizes": [512], "model": {"source": "hf_config", "config": remote}}})
