@@ -79,7 +79,7 @@ def answer(line: str) -> dict:
     except (ValueError, ValidationError) as exc:
         message = str(exc).splitlines()[0][:2000]
         return {"error": message if FIELD_PREFIX.match(message) else f"config: cannot be built ({message})"}
-    except Exception as exc:  # transformers refusing a config in its own way is still the config's fault
+    except Exception as exc:  # noqa: BLE001 (transformers refusing a config its own way is the config's fault)
         return {"error": f"config: cannot be built ({type(exc).__name__}: {str(exc)[:500]})"}
 
 

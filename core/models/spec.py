@@ -116,7 +116,7 @@ def hf_sizes(config: dict[str, Any]) -> dict[str, int | None]:
     for role, name in zip(("hidden", "layers", "heads", "vocab", "context"), family.size_fields):
         value = config.get(name)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config.{name}: required, an integer (got {value!r})")
+            raise ValueError(f"config.{name}: required, an integer (got {value!r})")  # noqa: TRY004 (a 422)
         sizes[role] = value
     ffn = config.get(family.ffn) if family.ffn else None
     sizes["ffn"] = ffn if isinstance(ffn, int) and not isinstance(ffn, bool) and ffn > 0 else 4 * sizes["hidden"]

@@ -3,6 +3,7 @@ model's sizes, init tables and variance ratios, and accumulation memory (TECHNIQ
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import struct
@@ -156,7 +157,7 @@ def test_layer_table_lists_every_nonsquare_weight_with_its_init_variance():
 @pytest.mark.parametrize("mean", ["arithmetic", "geometric", "harmonic"])
 def test_variance_ratios_of_a_linear_chain_match_the_product_formula(mean):
     widths = [64, 512, 128, 16]
-    chain = torch.nn.Sequential(*[torch.nn.Linear(m, n, bias=False) for m, n in zip(widths, widths[1:])])
+    chain = torch.nn.Sequential(*[torch.nn.Linear(m, n, bias=False) for m, n in itertools.pairwise(widths)])
     built = BuiltModel(chain, "classify")
     gen = torch.Generator().manual_seed(0)
     fwd = bwd = 0.0
@@ -165,8 +166,8 @@ def test_variance_ratios_of_a_linear_chain_match_the_product_formula(mean):
         reinit_nonsquare_(chain, mean, "normal", gen)
         r = variance_ratios(built, torch.randn(1024, widths[0], generator=gen), gen)
         fwd, bwd = fwd + r["forward_ratio"] / trials, bwd + r["backward_ratio"] / trials
-    pred_fwd = math.prod(m * averaged_variance(m, n, mean) for m, n in zip(widths, widths[1:]))
-    pred_bwd = math.prod(n * averaged_variance(m, n, mean) for m, n in zip(widths, widths[1:]))
+    pred_fwd = math.prod(m * averaged_variance(m, n, mean) for m, n in itertools.pairwise(widths))
+    pred_bwd = math.prod(n * averaged_variance(m, n, mean) for m, n in itertools.pairwise(widths))
     assert fwd == pytest.approx(pred_fwd, rel=0.15) and bwd == pytest.approx(pred_bwd, rel=0.15)
 
 
@@ -235,4 +236,4 @@ def test_contrastive_towers_pooled_from_a_transformer_give_the_exact_full_batch_
                                                        "hidden": 16, "heads": 2, "depth": 1, "vocab_size": 32,
                                                        "context": 16}, pooling="cls")
     check = kind.run(params, ctx)["grad_check"]
-    assert check["rel_diff_accumulated"] < 1e-4 < 1e-2 < check["rel_diff_naive"]
+    assert check["rel_diff_accumulated"] < 1e-4 and check["rel_diff_naive"] > 1e-2
