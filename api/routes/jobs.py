@@ -57,9 +57,10 @@ def _model_refused(message: str, status: int = 422) -> Problem:
                    errors=[{"field": "params.model", "message": message, "type": "invalid_model"}])
 
 
-def _buildable(session: Session, who: Principal, model) -> dict:
-    """The spec as the inspector builds it: an uploaded model becomes its stored config. Unknown or another
-    tenant's model ids are refused here, like datasets."""
+def _buildable(session: Session, who: Principal, model) -> tuple[dict, list | None]:
+    """The spec as the inspector builds it (an uploaded model becomes its stored config), and the tensors of the
+    weights it names (None: its own initialisation). Unknown or another tenant's model ids are refused here, like
+    datasets."""
     def stored(model_id, field: str):
         row = store.model_meta(session, model_id)
         if row is None or not owns(who, row.tenant):
@@ -67,11 +68,13 @@ def _buildable(session: Session, who: Principal, model) -> dict:
         return row
 
     if isinstance(model, UploadedModel):
-        return {"source": "hf_config", "config": stored(model.id, "id").config}
+        return {"source": "hf_config", "config": stored(model.id, "id").config}, None
     if isinstance(model, HFConfigModel) and model.weights is not None:
-        if stored(model.weights, "weights").weights_size is None:
+        row = stored(model.weights, "weights")
+        if row.weights_size is None:
             raise _model_refused(f"weights: model {model.weights} was uploaded without weights")
-    return model.model_dump(mode="json", exclude={"weights"})
+        return model.model_dump(mode="json", exclude={"weights"}), row.summary["layers"]
+    return model.model_dump(mode="json", exclude={"weights"}), None
 
 
 def _budget_model(session: Session, settings, who: Principal, body) -> None:
@@ -79,7 +82,7 @@ def _budget_model(session: Session, settings, who: Principal, body) -> None:
     model = getattr(body.params, "model", None)
     if not isinstance(model, (BuiltinModel, HFConfigModel, UploadedModel)):
         return
-    buildable = _buildable(session, who, model)
+    buildable, weight_layers = _buildable(session, who, model)
     spec = specs()[body.kind]
     dataset = getattr(body.params, "dataset", None)
     columns = None
@@ -95,6 +98,8 @@ def _budget_model(session: Session, settings, who: Principal, body) -> None:
         raise _model_refused(str(exc)) from None
     except InspectionFailed as exc:
         raise Problem(503, f"params.model: could not be inspected now ({exc}); retry", headers={"Retry-After": "5"})
+    if weight_layers is not None and weight_layers != summary["layers"]:
+        raise _model_refused(f"weights: the tensors of model {model.weights} do not match this config's")
     if workload is not None:
         queue = QUEUE_FOR_DEVICE[body.device]
         why = refusal(estimate(summary["n_params"], summary["activation_bytes"], workload), queue,

@@ -173,7 +173,7 @@ def test_momentum_accumulation_on_an_uploaded_llama_saves_one_parameter_sized_te
     assert result["arms"]["chi_exact"]["identity_error_vs_explicit"] < 1e-9
 
 
-def test_jobs_on_models_that_cannot_fit_or_cannot_be_seen_are_refused_before_queueing(alice, stack):
+def test_jobs_on_models_that_cannot_fit_or_cannot_be_seen_are_refused_before_queueing(alice, stack, tmp_path):
     big = {**TINY_GPT2, "n_embd": 2048, "n_head": 16, "n_layer": 24, "vocab_size": 50000, "n_positions": 1024}
     resp = alice.post("/v1/jobs", json={"kind": "momentum_accumulation", "device": "cpu", "params": {
         "model": {"source": "hf_config", "config": big}, "optimizer": "adam", "steps": 8, "seeds": 1,
@@ -189,6 +189,10 @@ def test_jobs_on_models_that_cannot_fit_or_cannot_be_seen_are_refused_before_que
     resp = alice.post("/v1/jobs", json={"kind": "gradient_penalty_bound", "params": {
         "model": {"source": "uploaded", "id": theirs}}})
     assert resp.status_code == 422 and "per-layer factors of the bound are undefined" in resp.json()["detail"]
+    with_weights = upload(alice, TINY_LLAMA, safetensors_of(hf_model(TINY_LLAMA), tmp_path))["id"]
+    resp = alice.post("/v1/jobs", json={"kind": "embedding_dim", "params": {"vocab_sizes": [512], "model": {
+        "source": "hf_config", "config": {**TINY_LLAMA, "intermediate_size": 96}, "weights": with_weights}}})
+    assert resp.status_code == 422 and "do not match this config" in resp.json()["detail"]
     remote = {**TINY_GPT2, "auto_map": {"AutoModelForCausalLM": "x.Y"}}
     resp = alice.post("/v1/jobs", json={"kind": "embedding_dim", "params": {
         "vocab_sizes": [512], "model": {"source": "hf_config", "config": remote}}})
