@@ -69,11 +69,17 @@ class BuiltModel:
 
     def sample_inputs(self, batch: int, seq_len: int | None, features: int | None, classes: int | None,
                       device: torch.device | str, generator: torch.Generator | None = None):
-        """Random inputs of the right shape (on ``meta``: shapes only): (inputs, targets or None)."""
+        """Random inputs of the right shape (on ``meta``: shapes only, nothing allocated): (inputs, targets or
+        None)."""
         if self.tokens:
             length = min(seq_len or self.context, self.context)
+            if str(device) == "meta":
+                return torch.empty(batch, length, dtype=torch.long, device="meta"), None
             ids = torch.randint(0, self.vocab_size, (batch, length), generator=generator)
             return ids.to(device), None
+        if str(device) == "meta":
+            return (torch.empty(batch, features, device="meta"),
+                    torch.empty(batch, dtype=torch.long, device="meta"))
         x = torch.randn(batch, features, generator=generator)
         y = torch.randint(0, classes, (batch,), generator=generator)
         return x.to(device), y.to(device)
