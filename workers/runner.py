@@ -81,6 +81,7 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
     ctx.start()
     try:
         result = json_safe(kind.run(params, ctx))
+        attach_summary(kind, params, result)
         ctx.artifact("report.html", html_report(job.kind, job.params, result, ctx.images), "text/html")
         ctx.close()
         return "succeeded" if finish(JobStatus.succeeded, result=result) else "lost"
@@ -103,6 +104,17 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
         ctx.stop()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def attach_summary(kind, params, result: dict) -> None:
+    """``result["summary"]``: the kind's answer. A summary that cannot be built is logged, and the job keeps its
+    full result rather than failing after all its work."""
+    if kind.summarize is None:
+        return
+    try:
+        result["summary"] = json_safe(kind.summarize(params, result))
+    except Exception:
+        log.exception("the %s summary could not be built; the result is stored without one", kind.name)
 
 
 def json_safe(value):

@@ -1,11 +1,13 @@
-"""The registry of job kinds: a package per kind (``spec`` + ``run`` modules), registered by naming it here.
+"""The registry of job kinds: a package per kind (``spec`` + ``run`` modules, and a ``summary`` module when the kind
+states its answer), registered by naming it here.
 
 ``specs()`` loads only the spec modules (no torch: what the API needs); ``kinds()`` adds the run functions
-(torch and the techniques: what a worker loads once, when it starts).
+(torch and the techniques: what a worker loads once, when it starts) and the summaries.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from functools import lru_cache
 
 from core.techniques.base import Kind, KindSpec
@@ -30,8 +32,14 @@ def specs() -> dict[str, KindSpec]:
 
 @lru_cache
 def kinds() -> dict[str, Kind]:
-    return {name: Kind(spec, importlib.import_module(f"core.techniques.{name}.run").run)
+    return {name: Kind(spec, importlib.import_module(f"core.techniques.{name}.run").run, _summarize(name))
             for name, spec in specs().items()}
+
+
+def _summarize(name: str):
+    """The kind's ``summary.summarize`` function, or None for a kind without a summary module."""
+    module = f"core.techniques.{name}.summary"
+    return importlib.import_module(module).summarize if importlib.util.find_spec(module) else None
 
 
 def get_kind(name: str) -> Kind:

@@ -2,7 +2,8 @@
 
 A kind is a package ``core/techniques/<kind>/`` with two modules: ``spec`` defines a ``Params`` model (validated at
 the API, before anything is queued) and exports ``SPEC``, a ``KindSpec``; it imports no torch, so the API stays
-light. ``run`` defines ``run(params, ctx) -> dict`` (torch). Neither sees HTTP, SQL or Celery: everything a run
+light. ``run`` defines ``run(params, ctx) -> dict`` (torch). An optional ``summary`` module defines
+``summarize(params, result) -> dict`` (pure: a ``core.summary.Summary``), the answer the worker attaches to the result. Neither sees HTTP, SQL or Celery: everything a run
 reports goes through the ``RunContext`` it is handed. This module is imported by both sides, so it holds no torch.
 """
 from __future__ import annotations
@@ -69,10 +70,11 @@ class KindSpec:
 
 @dataclass(frozen=True)
 class Kind:
-    """A kind as a worker runs it: its spec and its run function."""
+    """A kind as a worker runs it: its spec, its run function and (when it has one) its summary function."""
 
     spec: KindSpec
     run: Callable[[Any, RunContext], dict]
+    summarize: Callable[[Any, dict], dict] | None = None
 
     @property
     def name(self) -> str:

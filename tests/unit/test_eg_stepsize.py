@@ -442,10 +442,10 @@ def test_example_job_end_to_end():
     params = KIND.params(**KIND.example)
     out = KIND.run(params, ctx)
     json.dumps(out, allow_nan=False)
-    assert {"optimizers", "lr_scales", "eval_steps", "shift_steps", "summary", "runs", "curves", "rates"} <= set(out)
+    assert {"optimizers", "lr_scales", "eval_steps", "shift_steps", "settings", "runs", "curves", "rates"} <= set(out)
     assert out["optimizers"] == ["sgd", "momentum", "adam", "hypergradient", "eg_stepsize", "eg_funnel"]
     n_runs = len(out["optimizers"]) * len(params.lr_scales) * params.seeds
-    assert len(out["runs"]) == n_runs and len(out["summary"]) == n_runs
+    assert len(out["runs"]) == n_runs and len(out["settings"]) == n_runs
     assert out["shift_steps"] == list(range(params.shift_every, params.steps, params.shift_every))
     assert out["eval_steps"][0] == 0 and out["eval_steps"][-1] == params.steps
     for per_scale in out["curves"].values():
@@ -461,7 +461,7 @@ def test_example_job_end_to_end():
         if run["diverged_at"] is None:
             assert len(run["shifts"]) == len(out["shift_steps"])
     # the point of the technique: a rate 10x too small is raised by the EG rules
-    small = {(s["optimizer"], s["lr_scale"]): s for s in out["summary"]}
+    small = {(s["optimizer"], s["lr_scale"]): s for s in out["settings"]}
     assert small[("eg_stepsize", 0.1)]["rate_factor"] > 1
     assert small[("eg_funnel", 0.1)]["rate_factor"] > 1
     assert small[("sgd", 1.0)]["rate_factor"] is None
@@ -497,7 +497,7 @@ def test_divergence_is_reported_without_nan():
     json.dumps(out, allow_nan=False)
     run = out["runs"][0]
     assert run["diverged_at"] is not None and run["final_test_loss"] is None
-    assert out["summary"][0]["diverged_runs"] == 1
+    assert out["settings"][0]["diverged_runs"] == 1
 
 
 def test_recovery_is_measured_against_the_pre_shift_loss():

@@ -332,18 +332,18 @@ def run(params: EGStepSizeParams, ctx: RunContext) -> dict:
                 for name in ("test_loss", "test_acc", "train_loss")}
             if per_seed[0]["rates"]:
                 rates.setdefault(label, {})[key] = per_seed[0]["rates"]
-    summary = _summary(runs, labels, params.lr_scales)
+    settings = _settings(runs, labels, params.lr_scales)
     shift_steps = [s["step"] for s in runs[0]["shifts"]] if params.shift_every else []
     ctx.artifact("loss.png", _plot_curves(curves, eval_steps, shift_steps, params, "test_loss"), "image/png")
     ctx.artifact("accuracy.png", _plot_curves(curves, eval_steps, shift_steps, params, "test_acc"), "image/png")
     if rates:
         ctx.artifact("rates.png", _plot_rates(rates, params, shift_steps), "image/png")
     return {"optimizers": labels, "lr_scales": params.lr_scales, "seeds": params.seeds, "classes": data.classes,
-            "input_dim": data.dim, "eval_steps": eval_steps, "shift_steps": shift_steps, "summary": summary,
+            "input_dim": data.dim, "eval_steps": eval_steps, "shift_steps": shift_steps, "settings": settings,
             "runs": runs, "curves": curves, "rates": rates}
 
 
-def _summary(runs: list[dict], labels: list[str], scales: list[float]) -> list[dict]:
+def _settings(runs: list[dict], labels: list[str], scales: list[float]) -> list[dict]:
     """Per optimizer and rate scale: seed-averaged final loss/accuracy, divergences, rate factor, recovery."""
     out = []
     for label in labels:
