@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from api.client import ApiError, Client, Event, Job, WaitTimeout
-from core.report import format_value, result_tables
+from core.report import format_value, result_tables, summary_tables, verdict_text
 
 client_cli = typer.Typer(help="Work with jobs on a gradlab API (GRADLAB_URL, GRADLAB_API_KEY).",
                          no_args_is_help=True, add_completion=False)
@@ -89,8 +89,18 @@ def _json_or_yaml(text: str) -> Any:
         return yaml.safe_load(text)
 
 
+VERDICT_STYLE = {"supports": "green", "contradicts": "red", "inconclusive": "yellow"}
+
+
 def _print_result(job: Job) -> None:
-    for table in result_tables(job.result or {}):
+    """The summary first (headline, verdict, comparison, key figures), then the full result's tables."""
+    summary = (job.result or {}).get("summary")
+    tables = result_tables(job.result or {})
+    if summary:
+        out.print(Text(summary["headline"], style="bold"))
+        out.print(Text.assemble("verdict: ", (verdict_text(summary), VERDICT_STYLE[summary["verdict"]["outcome"]])))
+        tables = summary_tables(summary) + tables
+    for table in tables:
         t = Table(title=table.title, title_justify="left", show_lines=False)
         for i, col in enumerate(table.columns):
             t.add_column(col, justify="left" if i == 0 or table.title == "Result" else "right")

@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, create_model
 
 from core.jobs.models import Job
+from core.summary import Summary
 from core.techniques import specs
 
 MAX_SEED = 2**63 - 1
@@ -40,6 +41,14 @@ class ErrorOut(BaseModel):
     message: str
 
 
+class JobResult(BaseModel):
+    """A succeeded job's result: the kind's full result (its own keys, documented per kind in README) and, first to
+    read, its ``summary``."""
+
+    model_config = ConfigDict(extra="allow")
+    summary: Summary | None = None
+
+
 class JobOut(BaseModel):
     id: UUID
     kind: str
@@ -55,7 +64,7 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    result: dict[str, Any] | None = None
+    result: JobResult | None = None
     error: ErrorOut | None = None
     links: dict[str, str]
 

@@ -67,8 +67,33 @@ def _is_records(value) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
+def format_cell(cell) -> str:
+    """A summary table cell: a number, text, or a spread over seeds ({mean, sd, n}) as 'mean ± sd (n)'."""
+    if isinstance(cell, dict) and "mean" in cell:
+        if cell.get("sd") is None:
+            return format_value(cell["mean"])
+        return f"{format_value(cell['mean'])} ± {format_value(cell['sd'])} (n={cell.get('n', 1)})"
+    return format_value(cell)
+
+
+def summary_tables(summary: dict) -> list[Table]:
+    """A summary's comparison table, then its key figures (the headline and verdict are printed above them)."""
+    table = summary["table"]
+    comparison = Table("Comparison", list(table["columns"]), [[format_cell(c) for c in row] for row in table["rows"]])
+    figures = Table("Key figures", ["figure", "value"], [[k, format_value(v)] for k, v in summary["figures"].items()])
+    return [comparison, figures]
+
+
+def verdict_text(summary: dict) -> str:
+    """'supports (rel_diff_accumulated = 1.79e-07): rule…' — the verdict with the statistic it rests on."""
+    v = summary["verdict"]
+    return f"{v['outcome']} ({v['statistic']} = {format_value(v['value'])}): {v['rule']}"
+
+
 def result_tables(result: dict, title: str = "Result") -> list[Table]:
-    """A key/value table of everything scalar (nested keys dotted), then one table per list of records."""
+    """A key/value table of everything scalar (nested keys dotted), then one table per list of records. The
+    ``summary`` is left out: it is rendered first, by ``summary_tables``."""
+    result = {k: v for k, v in result.items() if k != "summary"}
     summary = Table(title, ["key", "value"])
     records: list[Table] = []
 
@@ -122,6 +147,8 @@ text-align:left;vertical-align:top}th{background:#eef1f5}td:not(:first-child){fo
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:10px;align-content:start}
 figure{margin:0;background:#fff;border:1px solid #dde1e7;padding:6px}figure img{width:100%;height:auto;display:block}
 figcaption{font-size:12px;color:#555;padding-top:4px}h3{font-size:13px;margin:4px 0}ul{margin:4px 0 12px;padding-left:18px}
+.headline{font-size:15px;font-weight:600;margin:4px 0 6px}.verdict{margin:0 0 10px;padding:4px 8px;border-radius:4px;
+background:#eef1f5}.verdict.supports{background:#e3f4e8}.verdict.contradicts{background:#fbe5e5}
 @media print{main{height:auto;display:block}}
 """
 
@@ -134,6 +161,11 @@ def html_report(kind: str, params: dict, result: dict, artifacts: list[tuple[str
     """
     made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     tables = "".join(_table_html(t) for t in result_tables(result or {}))
+    summary = (result or {}).get("summary")
+    if summary:
+        tables = (f'<p class="headline">{html.escape(summary["headline"])}</p>'
+                  f'<p class="verdict {html.escape(summary["verdict"]["outcome"])}">{html.escape(verdict_text(summary))}'
+                  f"</p>" + "".join(_table_html(t) for t in summary_tables(summary)) + tables)
     params_table = _table_html(Table("Params", ["param", "value"], flat_rows(params or {})))
     figures, others = [], []
     for name, data, media_type in artifacts:

@@ -158,3 +158,6 @@ def test_openapi_is_served(api):
     schema = api.get("/openapi.json").json()
     assert "/v1/jobs" in schema["paths"]
     assert api.get("/docs").status_code == 200
+    schemas = schema["components"]["schemas"]  # a job's result documents its summary
+    assert schemas["JobResult"]["properties"]["summary"]["anyOf"][0] == {"$ref": "#/components/schemas/Summary"}
+    assert schemas["Verdict"]["properties"]["outcome"]["enum"] == ["supports", "contradicts", "inconclusive"]

@@ -96,6 +96,10 @@ def test_cli_submit_yaml_and_wait_prints_the_result_table(cli, client, tmp_path)
     job_id = UUID.search(res.output).group(0)
     assert "succeeded" in res.output
     assert "dimensions" in res.output and "min_dimension" in res.output  # the records table of the result
+    summary = client.get(job_id).result["summary"]  # the job's JSON carries the kind's answer, printed first
+    assert summary["verdict"]["outcome"] == "supports" and summary["headline"].startswith("n > 8.33·ln N")
+    assert res.output.index("verdict: supports (elbow_over_formula") < res.output.index("Comparison") \
+        < res.output.index("min_dimension")
     assert "100,000" in res.output  # numbers are formatted
     assert client.get(job_id).succeeded
 
