@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -376,3 +376,34 @@ def list_models(session: Session, *, tenant: str | None, limit: int) -> list:
     if tenant is not None:
         query = query.where(StoredModel.tenant == tenant)
     return list(session.execute(query).all())
+
+
+def downsampled_metrics(session: Session, job_id: uuid.UUID, *, name: str | None, points: int) -> list:
+    """Every series of a job (or the named one) in at most ``points`` rows each, in step order.
+
+    A series longer than ``points`` is cut into ``points // 2`` buckets of equal step span, and each bucket keeps
+    its row of least and its row of greatest value (min/max decimation: every spike and dip survives, so a chart of
+    the rows looks like a chart of the whole series). Shorter series come back whole. Null values (NaN, ±∞ as
+    logged) are left out. One query, windows only (a join to per-series ranges let PostgreSQL's planner rescan the
+    aggregate per row on a fresh table): the span of each series, then each row's bucket, then the extremes.
+    """
+    where = [Metric.job_id == job_id, Metric.value.is_not(None)]
+    if name:
+        where.append(Metric.name == name)
+    per_name = {"partition_by": Metric.name}
+    spans = select(Metric.id, Metric.step, Metric.name, Metric.value,
+                   func.min(Metric.step).over(**per_name).label("lo"),
+                   func.max(Metric.step).over(**per_name).label("hi"),
+                   func.count().over(**per_name).label("n")).where(*where).subquery()
+    buckets = max(1, points // 2)
+    bucket = case((spans.c.n <= points, spans.c.id),
+                  else_=(spans.c.step - spans.c.lo) * buckets // (spans.c.hi - spans.c.lo + 1))
+    in_bucket = {"partition_by": (spans.c.name, bucket)}
+    ranked = select(spans.c.step, spans.c.name, spans.c.value,
+                    func.row_number().over(**in_bucket, order_by=(spans.c.value.asc(), spans.c.step.asc()))
+                    .label("low"),
+                    func.row_number().over(**in_bucket, order_by=(spans.c.value.desc(), spans.c.step.asc()))
+                    .label("high")).subquery()
+    return session.execute(select(ranked.c.step, ranked.c.name, ranked.c.value)
+                           .where(or_(ranked.c.low == 1, ranked.c.high == 1))
+                           .order_by(ranked.c.name, ranked.c.step)).all()

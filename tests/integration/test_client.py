@@ -196,6 +196,12 @@ def test_client_submit_get_list_metrics(client, api, finished):
     assert rows == all_metric_rows(api, finished.id) and len(rows) > 7
     named = list(client.metrics(finished.id, name="fit_kl/n=4"))
     assert named and all(m.name == "fit_kl/n=4" for m in named)
+    few = api.get(f"/v1/jobs/{finished.id}/metrics", params={"points": 4, "name": "fit_kl/n=4"}).json()
+    values = [m.value for m in named]  # 11 rows in 2 buckets: the extremes of each, whole series' min and max
+    assert 2 <= len(few["items"]) <= 4 and few["next_cursor"] is None
+    assert {min(values), max(values)} <= {r["value"] for r in few["items"]}
+    bad = api.get(f"/v1/jobs/{finished.id}/metrics", params={"points": 1})
+    assert bad.status_code == 422 and "points" in bad.text
 
 
 def test_client_errors_carry_the_problem(client):
