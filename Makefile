@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install run test lint lock
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt api/vendor/package-lock.json
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q "$$(grep '^torch==' constraints.txt)"
 	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
+	npm ci --prefix api/vendor --no-audit --no-fund || echo "npm ci failed: the web pages' charts (uPlot) are missing"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -10,12 +10,21 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
+from api.problems import Problem
 
-# Only same-origin scripts, styles and API calls; images also from blob:/data: (artifacts fetched with the key).
+STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
+# Browser libraries from the npm registry, pinned by api/vendor/package-lock.json and installed by `make install`
+# (npm ci --prefix api/vendor); only the files the pages load are served.
+VENDOR_DIR = Path(__file__).resolve().parents[1] / "vendor" / "node_modules"
+VENDOR_FILES = {"uplot.js": ("uplot/dist/uPlot.iife.min.js", "text/javascript"),
+                "uplot.css": ("uplot/dist/uPlot.min.css", "text/css")}
+
+# Only same-origin scripts, styles and API calls (no inline script or style); images also from blob:/data:
+# (artifacts fetched with the key).
 HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
-                               "base-uri 'none'; frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+                               "frame-ancestors 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
@@ -33,3 +42,21 @@ def index():
 def job_page(job_id: str):
     """The same page for every id: the script reads the id from the URL and the API answers 404 for unknown ones."""
     return FileResponse(STATIC_DIR / "job.html", media_type="text/html", headers=HEADERS)
+
+
+@router.get("/studies/{study_id}")
+def study_page(study_id: str):
+    """A study's comparison page; like the job page, the script reads the id from the URL."""
+    return FileResponse(STATIC_DIR / "study.html", media_type="text/html", headers=HEADERS)
+
+
+@router.get("/vendor/{name}")
+def vendor(name: str):
+    """uPlot, as installed from the lock file; a 404 that says how to install it when it is missing."""
+    if name not in VENDOR_FILES:
+        raise Problem(404, f"no vendor file {name!r}")
+    path, media_type = VENDOR_FILES[name]
+    if not (VENDOR_DIR / path).is_file():
+        raise Problem(404, f"{name} is not installed: run `make install` (npm ci --prefix api/vendor)")
+    return FileResponse(VENDOR_DIR / path, media_type=media_type,
+                        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=86400"})

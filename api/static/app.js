@@ -143,6 +143,7 @@
 
   function resultTables(result) {
     const summary = {title: "Result", columns: ["key", "value"], rows: []}, records = [];
+    result = Object.fromEntries(Object.entries(result || {}).filter(([k]) => k !== "summary"));  // shown first
     (function walk(value, path) {
       if (isDict(value)) {
         for (const [k, v] of Object.entries(value)) walk(v, path ? `${path}.${k}` : k);
@@ -191,6 +192,156 @@
 
   function when(iso) { return iso ? new Date(iso).toLocaleString() : "—"; }
 
+  /* A summary table cell: a number, text, or a spread over seeds {mean, sd, n} (same rules as core/report.py). */
+  function formatCell(c) {
+    if (c && typeof c === "object" && !Array.isArray(c) && "mean" in c) {
+      return c.sd === null || c.sd === undefined ? formatValue(c.mean)
+        : `${formatValue(c.mean)} ± ${formatValue(c.sd)} (n=${c.n})`;
+    }
+    return formatValue(c);
+  }
+
+  /* The job's answer, read before anything else: headline, verdict with its statistic, comparison, key figures. */
+  function answerNodes(summary) {
+    const v = summary.verdict;
+    return {
+      headline: summary.headline,
+      verdict: {className: "verdict " + v.outcome,
+                text: `${v.outcome} · ${v.statistic} = ${formatValue(v.value)} · ${v.rule}`},
+      comparison: tableNode({title: "Comparison", columns: summary.table.columns,
+                             rows: summary.table.rows.map(row => row.map(formatCell))}, "grid summary-table"),
+      figures: tableNode({title: "", columns: ["figure", "value"],
+                          rows: Object.entries(summary.figures).map(([k, x]) => [k, formatValue(x)])}, "kv"),
+    };
+  }
+
+  // --- charts: one per metric, the arms (or settings) of the job overlaid, drawn with uPlot ------------------------
+  const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                   "#bcbd22", "#17becf"];
+
+  /* Which chart each metric name goes to, and its line's label. Names are "prefix/quantity" paths: a trailing part
+     that ends names under two or more prefixes which also share another trailing part is a quantity measured per
+     arm ("chi_exact/train_loss", "per_micro_batch/train_loss" → chart "train_loss", lines "chi_exact" …); the
+     shortest such tail wins. Otherwise the first part names the chart and the rest the line ("fit_kl/n=4",
+     "ratio/q10"); a name without "/" is a chart of its own. */
+  function groupNames(names) {
+    const byTail = new Map(), byHead = new Map();
+    const splits = n => { const p = n.split("/"); return p.slice(1).map((_, i) => [p.slice(0, i + 1).join("/"), p.slice(i + 1).join("/")]); };
+    for (const n of names) {
+      for (const [head, tail] of splits(n)) {
+        if (!byTail.has(tail)) byTail.set(tail, new Set());
+        if (!byHead.has(head)) byHead.set(head, new Set());
+        byTail.get(tail).add(head);
+        byHead.get(head).add(tail);
+      }
+    }
+    const isQuantity = tail => {
+      const heads = [...byTail.get(tail)];
+      if (heads.length < 2) return false;
+      const seen = new Map();
+      for (const h of heads) for (const t of byHead.get(h)) if (t !== tail) seen.set(t, (seen.get(t) || 0) + 1);
+      return [...seen.values()].some(count => count >= 2);
+    };
+    const out = new Map();
+    for (const n of names) {
+      const found = splits(n).reverse().find(([, tail]) => isQuantity(tail));
+      const parts = n.split("/");
+      out.set(n, found ? {chart: found[1], label: found[0]}
+                       : {chart: parts[0], label: parts.length > 1 ? parts.slice(1).join("/") : n});
+    }
+    return out;
+  }
+
+  /* Log scale when the data spans three decades or more (x: two), all values positive. */
+  function spansDecades(values, decades) {
+    let lo = Infinity, hi = -Infinity;
+    for (const v of values) if (v !== null && Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+    return lo > 0 && hi / lo >= 10 ** decades;
+  }
+
+  class ChartSet {
+    constructor(root, empty) {
+      this.root = root; this.empty = empty;
+      this.series = new Map(); this.groups = new Map(); this.plots = new Map(); this.dirty = new Set();
+      this.frame = null; this.points = 0;
+    }
+
+    clear() {
+      for (const p of this.plots.values()) p.plot.destroy();
+      this.series.clear(); this.groups.clear(); this.plots.clear(); this.dirty.clear(); this.points = 0;
+      this.root.replaceChildren(this.empty);
+    }
+
+    add(name, step, value) {
+      let s = this.series.get(name);
+      if (!s) {
+        s = {x: [], y: []};
+        this.series.set(name, s);
+        this.groups = groupNames([...this.series.keys()]);
+        for (const g of this.groups.values()) this.dirty.add(g.chart);
+      }
+      s.x.push(step); s.y.push(value);
+      this.points += 1;
+      this.dirty.add(this.groups.get(name).chart);
+      if (this.frame === null) this.frame = requestAnimationFrame(() => { this.frame = null; this.draw(); });
+    }
+
+    members(chart) {
+      return [...this.groups].filter(([, g]) => g.chart === chart).map(([name, g]) => ({label: g.label, ...this.series.get(name)}));
+    }
+
+    draw() {
+      if (typeof uPlot === "undefined") {
+        this.root.replaceChildren(el("p", {className: "muted", textContent: "Charts need uPlot: run make install."}));
+        return;
+      }
+      const charts = new Set([...this.groups.values()].map(g => g.chart));
+      for (const [chart, p] of this.plots) if (!charts.has(chart)) { p.plot.destroy(); p.node.remove(); this.plots.delete(chart); }
+      for (const chart of [...charts].sort()) {
+        if (!this.dirty.has(chart)) continue;
+        const members = this.members(chart);
+        const xs = [...new Set(members.flatMap(m => m.x))].sort((a, b) => a - b);
+        const at = new Map(xs.map((x, i) => [x, i]));
+        const data = [xs, ...members.map(m => {
+          const ys = new Array(xs.length).fill(null);
+          m.x.forEach((x, i) => { ys[at.get(x)] = m.y[i]; });
+          return ys;
+        })];
+        const shape = members.map(m => m.label).join("\n") + "|" + spansDecades(xs, 2) + spansDecades(members.flatMap(m => m.y), 3);
+        const old = this.plots.get(chart);
+        if (old && old.shape === shape) { old.plot.setData(data); continue; }
+        if (old) { old.plot.destroy(); old.node.remove(); }
+        this.plots.set(chart, this.create(chart, members, data, shape));
+      }
+      this.dirty.clear();
+      this.empty.remove();
+    }
+
+    create(chart, members, data, shape) {
+      const node = el("figure", {className: "chart"}, [el("h3", {textContent: chart})]);
+      node.setAttribute("aria-label", chart);
+      node.dataset.series = String(members.length);
+      const logX = spansDecades(data[0], 2), logY = spansDecades(members.flatMap(m => m.y), 3);
+      node.dataset.scales = `${logX ? "log" : "linear"} x, ${logY ? "log" : "linear"} y`;
+      const existing = [...this.root.querySelectorAll("figure.chart")].find(f => f.getAttribute("aria-label") > chart);
+      this.root.insertBefore(node, existing || null);
+      const width = () => Math.max(300, node.clientWidth - 14);
+      const plot = new uPlot({
+        width: width(), height: node.classList.contains("wide") ? 480 : 260,
+        scales: {x: {time: false, distr: logX ? 3 : 1}, y: {distr: logY ? 3 : 1}},
+        axes: [{label: "step"}, {size: 60}],
+        series: [{label: "step"}, ...members.map((m, i) => ({label: m.label, stroke: PALETTE[i % PALETTE.length],
+                                                                width: 1.5, spanGaps: true, points: {show: false}}))],
+      }, data, node);
+      node.addEventListener("click", ev => {
+        if (ev.target.closest(".u-legend")) return;
+        node.classList.toggle("wide");
+        plot.setSize({width: width(), height: node.classList.contains("wide") ? 480 : 260});
+      });
+      return {plot, node, shape};
+    }
+  }
+
   // --- the job list ------------------------------------------------------------------------------------------------
   function initIndex() {
     let limit = 50, timer = null;
@@ -237,8 +388,8 @@
   // --- one job -----------------------------------------------------------------------------------------------------
   function initJob() {
     const id = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
-    const charts = new Map();
-    let controller = null, metricAttempt = null, metricCount = 0;
+    const charts = new ChartSet($("#charts"), $("#no-metrics"));
+    let controller = null, metricAttempt = null;
 
     function renderStatus(s) {
       $("#job-status").replaceChildren(badge(s.status));
@@ -265,23 +416,23 @@
 
     function clearCharts() {
       charts.clear();
-      metricCount = 0;
-      $("#charts").replaceChildren(el("p", {className: "muted", id: "no-metrics", textContent: "No metrics yet."}));
       $("#metric-count").textContent = "";
     }
 
     function addMetric(m) {
-      const slash = m.name.indexOf("/");
-      const prefix = slash < 0 ? m.name : m.name.slice(0, slash);
-      let chart = charts.get(prefix);
-      if (!chart) {
-        $("#no-metrics")?.remove();
-        chart = new GChart.LineChart($("#charts"), {title: prefix, xLabel: "step", yLabel: prefix});
-        charts.set(prefix, chart);
-      }
-      chart.add(slash < 0 ? m.name : m.name.slice(slash + 1), m.step, m.value);
-      metricCount += 1;
-      $("#metric-count").textContent = `(${metricCount} points)`;
+      charts.add(m.name, m.step, m.value);
+      $("#metric-count").textContent = `(${charts.points} points drawn)`;
+    }
+
+    function renderAnswer(summary) {
+      $("#answer").hidden = !summary;
+      if (!summary) return;
+      const a = answerNodes(summary);
+      $("#headline").textContent = a.headline;
+      $("#verdict").className = a.verdict.className;
+      $("#verdict").textContent = a.verdict.text;
+      $("#comparison").replaceChildren(a.comparison);
+      $("#figures").replaceChildren(a.figures);
     }
 
     async function renderArtifacts() {
@@ -290,8 +441,10 @@
       for (const a of arts) {
         if (a.media_type === "image/png") {
           const blob = await (await api(a.url, {headers: {Accept: "image/png"}})).blob();
-          images.push(el("figure", {}, [el("img", {src: URL.createObjectURL(blob), alt: a.name}),
-                                        el("figcaption", {textContent: `${a.name} · ${formatValue(a.size)} bytes`})]));
+          const fig = el("figure", {title: "click: full size"}, [el("img", {src: URL.createObjectURL(blob), alt: a.name}),
+                                 el("figcaption", {textContent: `${a.name} · ${formatValue(a.size)} bytes`})]);
+          fig.addEventListener("click", () => fig.classList.toggle("full"));
+          images.push(fig);
         }
         const link = el("a", {href: a.url, textContent: a.name});
         link.addEventListener("click", async ev => {
@@ -309,14 +462,9 @@
     }
 
     async function loadMetrics(signal) {
-      let cursor = null;
-      do {
-        const q = new URLSearchParams({limit: "10000"});
-        if (cursor !== null) q.set("cursor", String(cursor));
-        const page = await (await api(`/v1/jobs/${id}/metrics?${q}`, {signal: signal})).json();
-        page.items.forEach(addMetric);
-        cursor = page.next_cursor;
-      } while (cursor !== null && !signal.aborted);
+      // every series downsampled by the server (min and max per bucket): at most 2,000 points a line
+      const page = await (await api(`/v1/jobs/${id}/metrics?points=2000`, {signal: signal})).json();
+      page.items.forEach(addMetric);
     }
 
     async function load() {
@@ -346,6 +494,7 @@
         if (signal.aborted) return;
         const job = await (await api(`/v1/jobs/${id}`)).json();
         renderJob(job);
+        renderAnswer(job.result && job.result.summary);
         $("#result").replaceChildren(...(job.result
           ? resultTables(job.result).map(t => tableNode(t, "grid result-table"))
           : [el("p", {className: "muted", textContent: `No result: the job ${job.status}.`})]));

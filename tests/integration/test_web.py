@@ -1,7 +1,10 @@
 """The web pages in a real headless Chromium (Debian's ``chromium`` package) against a real API and worker: the job
-page of a finished job draws its metric charts, result table and artifacts, and the screenshot is not blank."""
+page of a finished job shows its answer first, then one uPlot chart per metric with the series overlaid, the full
+result and the artifacts, and the screenshot is not blank. The charts need uPlot from ``make install`` (npm)."""
 from __future__ import annotations
 
+import html
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,12 +15,15 @@ import pytest
 from api.client import Client
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not found: apt-get install -y chromium")
+UPLOT = Path(__file__).resolve().parents[2] / "api" / "vendor" / "node_modules" / "uplot" / "dist" / "uPlot.iife.min.js"
+browser = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not found: apt-get install -y chromium")
+charts = pytest.mark.skipif(not UPLOT.exists(), reason="uPlot not installed: `make install` runs npm ci --prefix "
+                                                       "api/vendor (needs npm and the npm registry)")
 
 SPEC = {"kind": "embedding_dim", "device": "cpu",
         "params": {"vocab_sizes": [512, 100000], "entropy_dims": [16, 64, 128],
                    "sweep": {"vocab_size": 32, "target_rank": 4, "dims": [2, 4, 8], "steps": 100}}}
-WIDTH, HEIGHT = 1280, 900
+WIDTH, HEIGHT = 1280, 1300
 # matplotlib's and the page's first series colour (#1f77b4), as drawn on the chart canvases
 SERIES_RGB = np.array([0x1F, 0x77, 0xB4]) / 255
 
@@ -31,7 +37,7 @@ def job(stack, api):
     return done
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def _warm_chromium(tmp_path_factory):
     """Chromium's very first launch on a fresh machine sets up its profile and fonts slowly (once seen to miss a
     page): launch it once on a blank page before the page checks."""
@@ -47,17 +53,27 @@ def chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProces
         check=False, capture_output=True, text=True, timeout=60)
 
 
-def test_job_page_dom_has_charts_result_and_artifacts(stack, job, tmp_path):
+@browser
+@charts
+@pytest.mark.usefixtures("_warm_chromium")
+def test_job_page_dom_has_answer_charts_result_and_artifacts(stack, job, tmp_path):
     dom = chromium(tmp_path, f"{stack.api_url}/jobs/{job.id}", "--dump-dom").stdout
     assert 'data-state="done"' in dom, dom[dom.find("<main>"):][:3000]  # the script got to the end
-    assert dom.count('<canvas class="chart-canvas"') == 3  # entropy_per_dim, fit_kl, fit_kl_final
-    for prefix in ("entropy_per_dim", "fit_kl", "fit_kl_final"):
-        assert f'aria-label="{prefix}"' in dom
+    summary = job.result["summary"]  # the answer comes first: headline, verdict, comparison
+    assert dom.index(html.escape(summary["headline"], quote=False)) < dom.index('id="charts"')
+    assert 'class="verdict supports"' in dom and 'class="grid summary-table"' in dom
+    assert dom.count('class="uplot') == 3  # one chart per metric: entropy_per_dim, fit_kl, fit_kl_final
+    for chart, lines in (("entropy_per_dim", 1), ("fit_kl", 3), ("fit_kl_final", 1)):  # fit_kl: n = 2, 4, 8 overlaid
+        assert f'aria-label="{chart}" data-series="{lines}"' in dom
+    assert 'aria-label="entropy_per_dim" data-series="1" data-scales="linear x, linear y"' in dom
     assert 'class="grid result-table"' in dom and "min_dimension" in dom and "100,000" in dom
     assert dom.count('src="blob:') == 2  # entropy_per_dim.png and sweep.png inline
     assert 'class="badge succeeded"' in dom and '<div id="error" class="error" hidden="">' in dom
 
 
+@browser
+@charts
+@pytest.mark.usefixtures("_warm_chromium")
 def test_job_page_screenshot_shows_live_charts(stack, job, tmp_path):
     shot = tmp_path / "job.png"
     run = chromium(tmp_path, f"{stack.api_url}/jobs/{job.id}", f"--screenshot={shot}")
@@ -67,13 +83,16 @@ def test_job_page_screenshot_shows_live_charts(stack, job, tmp_path):
     img = matplotlib.image.imread(shot)[..., :3]
     assert img.shape == (HEIGHT, WIDTH, 3)
     assert img.std() > 0.05  # not a blank page
-    # The charts sit below the job summary; their curves are drawn in the series colour.
-    charts = img[250:, :]
-    near_series = np.abs(charts - SERIES_RGB).max(axis=-1) < 0.08
+    # The charts sit below the job summary and its answer; their curves are drawn in the series colour.
+    below = img[250:, :]
+    near_series = np.abs(below - SERIES_RGB).max(axis=-1) < 0.08
     assert near_series.sum() > 300, f"only {near_series.sum()} curve pixels"
-    assert (charts.min(axis=-1) < 0.5).mean() > 0.005  # axes, ticks and labels
+    shutil.copy(shot, Path(os.environ.get("GRADLAB_SCREENSHOTS", tmp_path)) / "job.png")  # kept for a look
+    assert (below.min(axis=-1) < 0.5).mean() > 0.005  # axes, ticks and labels
 
 
+@browser
+@pytest.mark.usefixtures("_warm_chromium")
 def test_index_lists_the_job(stack, job, tmp_path):
     dom = chromium(tmp_path, stack.api_url + "/", "--dump-dom").stdout
     assert f'href="/jobs/{job.id}"' in dom and 'class="badge succeeded"' in dom
@@ -82,7 +101,16 @@ def test_index_lists_the_job(stack, job, tmp_path):
 def test_pages_and_static_files_are_served_locally(api):
     page = api.get("/jobs/anything")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "script-src" not in page.headers["content-security-policy"]  # default-src 'self' covers scripts
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self';" in csp and "style-src 'self';" in csp and "unsafe" not in csp
     assert "://" not in page.text  # no CDN, nothing remote
-    for name in ("app.js", "chart.js", "app.css"):
+    for name in ("app.js", "app.css"):
         assert api.get(f"/static/{name}").status_code == 200
+    for name in ("uplot.js", "uplot.css"):
+        got = api.get(f"/vendor/{name}")
+        if UPLOT.exists():
+            assert got.status_code == 200 and got.content == (UPLOT.parent / (
+                "uPlot.iife.min.js" if name == "uplot.js" else "uPlot.min.css")).read_bytes()
+        else:
+            assert got.status_code == 404 and "make install" in got.json()["detail"]
+    assert api.get("/vendor/package.json").status_code == 404  # only the files the pages load
