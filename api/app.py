@@ -8,7 +8,7 @@ from api import openapi, problems
 from api.auth import KeyCache, KeyFirst
 from api.guards import LoopbackOnly, RejectNul
 from api.limits import BodyLimits
-from api.routes import datasets, events, health, jobs, kinds, models, web
+from api.routes import datasets, events, health, jobs, kinds, models, studies, web
 from core.jobs.db import make_engine, make_sessionmaker
 from core.jobs.watch import JobFeeds
 from core.settings import Settings, get_settings
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RejectNul)
     if settings.auth == "disabled":
         app.add_middleware(LoopbackOnly)
-    for module in (jobs, events, kinds, datasets, models, health, web):
+    for module in (jobs, events, kinds, datasets, models, health, web, studies):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     openapi.install(app)

@@ -390,3 +390,20 @@ class Client:
 
     def dataset(self, dataset_id: str) -> Dataset:
         return Dataset.from_json(self._request("GET", f"/v1/datasets/{dataset_id}").json())
+
+    # --- studies ----------------------------------------------------------------------------------------------
+    def submit_study(self, spec: Mapping[str, Any], idempotency_key: str | None = None) -> dict:
+        """Submit ``{kind, base, grid | settings, seeds, baseline?, device?, timeout_s?}``: one job per setting and
+        seed. Returns the study (a dict, as the API answers: status, progress, jobs, comparison, links)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._request("POST", "/v1/studies", json=dict(spec), headers=headers).json()
+
+    def study(self, study_id: str) -> dict:
+        return self._request("GET", f"/v1/studies/{study_id}").json()
+
+    def cancel_study(self, study_id: str) -> dict:
+        """Cancel the study's queued and running jobs; finished ones keep their results."""
+        return self._request("POST", f"/v1/studies/{study_id}/cancel").json()
+
+    def study_csv(self, study_id: str) -> str:
+        return self._request("GET", f"/v1/studies/{study_id}/comparison.csv", headers={"Accept": "text/csv"}).text

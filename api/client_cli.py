@@ -321,5 +321,8 @@ def datasets_upload(file: Path = typer.Argument(..., exists=True, dir_okay=False
 
 def register(cli: typer.Typer) -> None:
     """Mount these commands on the main ``gradlab`` CLI."""
+    from api.study_cli import study_cli  # it imports this module's helpers
+
     cli.registered_commands.extend(client_cli.registered_commands)
     cli.add_typer(datasets_cli, name="datasets")
+    cli.add_typer(study_cli, name="study")

@@ -32,7 +32,7 @@ def install(app: FastAPI) -> None:
                                                     "description": "an API key from `gradlab keys create`"}}
         for path, path_item in schema["paths"].items():
             for op in path_item.values():
-                if path.startswith(("/v1/jobs", "/v1/datasets", "/v1/models")):
+                if path.startswith(("/v1/jobs", "/v1/datasets", "/v1/models", "/v1/studies")):
                     op["security"] = [{"apiKey": []}]
                 responses = op.setdefault("responses", {})
                 for code, text in ERRORS.items():

@@ -260,8 +260,8 @@
   }
 
   class ChartSet {
-    constructor(root, empty) {
-      this.root = root; this.empty = empty;
+    constructor(root, empty, group) {
+      this.root = root; this.empty = empty; this.group = group || groupNames;
       this.series = new Map(); this.groups = new Map(); this.plots = new Map(); this.dirty = new Set();
       this.frame = null; this.points = 0;
     }
@@ -277,7 +277,7 @@
       if (!s) {
         s = {x: [], y: []};
         this.series.set(name, s);
-        this.groups = groupNames([...this.series.keys()]);
+        this.groups = this.group([...this.series.keys()]);
         for (const g of this.groups.values()) this.dirty.add(g.chart);
       }
       s.x.push(step); s.y.push(value);
@@ -513,6 +513,95 @@
     load();
   }
 
+  // --- one study ---------------------------------------------------------------------------------------------------
+  function initStudy() {
+    const id = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
+    const SEP = "\u0000";  // name = line label + SEP + metric: one chart per metric, a line per child job
+    const charts = new ChartSet($("#charts"), $("#no-metrics"), names => new Map(names.map(n => {
+      const [label, metric] = n.split(SEP);
+      return [n, {chart: metric, label: label}];
+    })));
+    let study = null, timer = null, drawn = null, drawnFor = -1;  // the metric drawn, and for how many jobs
+
+    const stat = f => !f || f.mean === null ? "—" : f.ci95 === null ? formatValue(f.mean)
+      : `${formatValue(f.mean)} ± ${formatValue(f.ci95)}`;
+
+    function render(s) {
+      document.title = `gradlab · study · ${s.kind} · ${s.status}`;
+      $("#study-kind").textContent = `${s.kind} study`;
+      $("#study-status").replaceChildren(badge(s.status));
+      $("#study-bar").style.width = `${(s.progress * 100).toFixed(1)}%`;
+      $("#study-counts").textContent = `${s.jobs.length} jobs: ` +
+        Object.entries(s.counts).map(([k, n]) => `${n} ${k}`).join(", ");
+      $("#cancel").hidden = TERMINAL.has(s.status);
+      const c = s.comparison;
+      const rows = c.rows.map(r => [
+        r.label + (r.setting === c.baseline ? " (baseline)" : ""), `${r.succeeded}/${r.jobs}`,
+        Object.entries(r.verdicts).map(([v, n]) => `${n} ${v}`).join(", ") || "—",
+        ...c.figures.map(f => stat(r.figures[f]) + (r.paired && r.paired[f].n ? `  Δ ${stat(r.paired[f])}` : ""))]);
+      $("#comparison").replaceChildren(tableNode({title: "", columns: ["setting", "jobs ok", "verdicts", ...c.figures],
+                                                  rows: rows}, "grid study-table"));
+      const label = j => s.settings[j.setting].label;
+      $("#children tbody").replaceChildren(...s.jobs.map(j => el("tr", {}, [
+        el("td", {}, [el("a", {href: "/jobs/" + j.id, textContent: j.id.slice(0, 8)})]),
+        el("td", {textContent: label(j)}), el("td", {textContent: String(j.seed)}), el("td", {}, [badge(j.status)])])));
+    }
+
+    async function metricNames(s) {
+      const first = s.jobs.find(j => j.status === "succeeded");
+      if (!first) return [];
+      const page = await (await api(`/v1/jobs/${first.id}/metrics?points=2`)).json();
+      return [...new Set(page.items.map(m => m.name))].sort();
+    }
+
+    async function drawCurves(metric) {
+      charts.clear();
+      drawn = metric;
+      const done = study.jobs.filter(j => j.status === "succeeded");
+      await Promise.all(done.map(async j => {
+        const q = new URLSearchParams({name: metric, points: "500"});
+        const page = await (await api(`/v1/jobs/${j.id}/metrics?${q}`)).json();
+        const line = `${study.settings[j.setting].label} · seed ${j.seed}`;
+        for (const m of page.items) charts.add(line + SEP + metric, m.step, m.value);
+      }));
+    }
+
+    async function refresh() {
+      clearTimeout(timer);
+      try {
+        study = await (await api(`/v1/studies/${id}`)).json();
+        showError(null);
+        render(study);
+        if (!$("#metric").options.length) {
+          const names = await metricNames(study);
+          $("#metric").replaceChildren(...names.map(n => el("option", {value: n, textContent: n})));
+        }
+        const succeeded = study.counts.succeeded || 0;
+        if ($("#metric").value && (drawn !== $("#metric").value || drawnFor !== succeeded)) {
+          drawnFor = succeeded;
+          await drawCurves($("#metric").value);
+        }
+        if (TERMINAL.has(study.status)) document.body.dataset.state = "done";
+        else timer = setTimeout(refresh, REFRESH_MS);
+      } catch (e) { showError(e); }
+    }
+
+    $("#metric").addEventListener("change", () => drawCurves($("#metric").value).catch(showError));
+    $("#cancel").addEventListener("click", async () => {
+      try { render(await (await api(`/v1/studies/${id}/cancel`, {method: "POST"})).json()); } catch (e) { showError(e); }
+    });
+    $("#csv").addEventListener("click", async () => {
+      try {
+        const blob = await (await api(`/v1/studies/${id}/comparison.csv`, {headers: {Accept: "text/csv"}})).blob();
+        const tmp = el("a", {href: URL.createObjectURL(blob), download: `study-${id}.csv`});
+        document.body.append(tmp); tmp.click(); tmp.remove();
+      } catch (e) { showError(e); }
+    });
+    initKeyForm(refresh);
+    refresh();
+  }
+
   if (document.body.dataset.page === "index") initIndex();
   else if (document.body.dataset.page === "job") initJob();
+  else if (document.body.dataset.page === "study") initStudy();
 })();

@@ -149,3 +149,36 @@ class StoredModel(Base):
     weights_size: Mapped[int | None] = mapped_column(BigInteger)
     weights_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Study(Base):
+    """A comparison of settings over seeds: the request as given, its expansion into settings, and when it was
+    cancelled. Its state and figures are read from its child jobs, which are ordinary jobs (``study_jobs``)."""
+
+    __tablename__ = "studies"
+    __table_args__ = (UniqueConstraint("tenant", "idempotency_key", name="uq_studies_tenant_idempotency_key"),
+                      Index("ix_studies_tenant_created", "tenant", "created_at"))
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(64))
+    request: Mapped[dict] = mapped_column(JSON)
+    settings: Mapped[list] = mapped_column(JSON)
+    seeds: Mapped[list] = mapped_column(JSON)
+    baseline: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class StudyJob(Base):
+    """One child job of a study: which setting (index into ``Study.settings``) and which seed it runs."""
+
+    __tablename__ = "study_jobs"
+    __table_args__ = (Index("ix_study_jobs_job", "job_id"),)
+
+    study_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    setting: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)

@@ -16,7 +16,7 @@ from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select,
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.jobs.models import ACTIVE_WHERE, Artifact, Job, Metric, StoredModel, utcnow
+from core.jobs.models import ACTIVE_WHERE, Artifact, Job, Metric, StoredModel, Study, StudyJob, utcnow
 from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
 
 
@@ -407,3 +407,75 @@ def downsampled_metrics(session: Session, job_id: uuid.UUID, *, name: str | None
     return session.execute(select(ranked.c.step, ranked.c.name, ranked.c.value)
                            .where(or_(ranked.c.low == 1, ranked.c.high == 1))
                            .order_by(ranked.c.name, ranked.c.step)).all()
+
+
+def find_study_replay(session: Session, tenant: str, idempotency_key: str, body_hash: str) -> Study | None:
+    """The study an earlier request with this key made; IdempotencyConflict if that request had another body."""
+    earlier = session.scalar(select(Study).where(Study.tenant == tenant, Study.idempotency_key == idempotency_key))
+    if earlier is not None and earlier.request_hash != body_hash:
+        raise IdempotencyConflict("Idempotency-Key was already used with a different study request")
+    return earlier
+
+
+def create_study(session: Session, *, tenant: str, kind: str, request: dict, settings: list[dict], seeds: list[int],
+                 baseline: int, device: str, timeout_s: int, idempotency_key: str | None = None,
+                 body_hash: str | None = None) -> tuple[Study, list[tuple[uuid.UUID, str]], bool]:
+    """Insert a study, one queued job per (setting, seed) and the links, in one transaction. Returns the study, its
+    new jobs as (id, queue) to publish, and whether it was created (False: a replay of the same key and body)."""
+    if idempotency_key is not None:
+        earlier = find_study_replay(session, tenant, idempotency_key, body_hash)
+        if earlier is not None:
+            return earlier, [], False
+    now = utcnow()
+    study = dict(id=uuid.uuid4(), tenant=tenant, kind=kind, request=request, settings=settings, seeds=seeds,
+                 baseline=baseline, idempotency_key=idempotency_key, request_hash=body_hash, created_at=now)
+    jobs, links = [], []
+    for index, setting in enumerate(settings):
+        for seed in seeds:
+            job_id = uuid.uuid4()
+            jobs.append(dict(id=job_id, tenant=tenant, kind=kind, status=JobStatus.queued, params=setting["params"],
+                             seed=seed, device_requested=device, queue=QUEUE_FOR_DEVICE[device],
+                             timeout_s=timeout_s, progress=0.0, message="queued", attempt=0, idempotency_key=None,
+                             request_hash=None, created_at=now, published_at=now))
+            links.append(dict(study_id=study["id"], job_id=job_id, setting=index, seed=seed))
+    try:
+        conn = session.connection()
+        conn.execute(insert(Study.__table__), study)
+        conn.execute(_INSERT_JOB, jobs)
+        conn.execute(insert(StudyJob.__table__), links)
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        earlier = find_study_replay(session, tenant, idempotency_key, body_hash) if idempotency_key else None
+        if earlier is None:
+            raise
+        return earlier, [], False
+    return Study(**study), [(j["id"], j["queue"]) for j in jobs], True
+
+
+def get_study(session: Session, study_id: uuid.UUID) -> Study | None:
+    return session.get(Study, study_id)
+
+
+def study_children(session: Session, study_id: uuid.UUID) -> list:
+    """Each child's (job_id, setting, seed, status, progress, summary): the summary alone, not the whole result."""
+    return session.execute(
+        select(StudyJob.job_id, StudyJob.setting, StudyJob.seed, Job.status, Job.progress,
+               Job.result["summary"].label("summary"))
+        .join(Job, Job.id == StudyJob.job_id).where(StudyJob.study_id == study_id)
+        .order_by(StudyJob.setting, StudyJob.seed)).all()
+
+
+def cancel_study(session: Session, study_id: uuid.UUID) -> int:
+    """Mark the study cancelled and cancel its queued and running children (their workers stop at the next
+    heartbeat, as for a single cancel); returns how many children were cancelled."""
+    now = utcnow()
+    session.execute(update(Study).where(Study.id == study_id, Study.cancelled_at.is_(None))
+                    .values(cancelled_at=now).execution_options(synchronize_session=False))
+    children = select(StudyJob.job_id).where(StudyJob.study_id == study_id)
+    res = session.execute(
+        update(Job).where(Job.id.in_(children), Job.status.in_([JobStatus.queued, JobStatus.running]))
+        .values(status=JobStatus.cancelled, finished_at=now, message="cancelled with its study")
+        .execution_options(synchronize_session=False))
+    session.commit()
+    return res.rowcount
