@@ -287,7 +287,8 @@
     }
 
     members(chart) {
-      return [...this.groups].filter(([, g]) => g.chart === chart).map(([name, g]) => ({label: g.label, ...this.series.get(name)}));
+      return [...this.groups].filter(([, g]) => g.chart === chart).map(([name, g]) => ({label: g.label, ...this.series.get(name)}))
+        .sort((a, b) => a.label.localeCompare(b.label, "en", {numeric: true}));
     }
 
     draw() {

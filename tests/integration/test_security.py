@@ -144,3 +144,22 @@ def test_artifact_names_cannot_escape(api, keys):
         assert resp.status_code == 404
     api.post(f"/v1/jobs/{job['id']}/cancel", headers=as_(keys, "alice"))
     assert httpx.URL(api.base_url).host == "127.0.0.1"
+
+
+def test_studies_are_tenant_scoped_and_count_their_jobs_against_the_caps(api, stack, keys):
+    carol = {"Authorization": f"Bearer {make_key(stack, 'carol')[1]}"}
+    study = {"kind": "init_averaging", "base": {"widths": [16, 16]}, "grid": {"batch": [16, 32, 64]}}
+    made = api.post("/v1/studies", json=study, headers=carol)
+    assert made.status_code == 201, made.text
+    sid = made.json()["id"]
+    for method, path in [("GET", f"/v1/studies/{sid}"), ("GET", f"/v1/studies/{sid}/comparison.csv"),
+                         ("POST", f"/v1/studies/{sid}/cancel")]:
+        assert api.request(method, path, headers=as_(keys, "bob")).status_code == 404, path
+    assert api.get(f"/v1/studies/{sid}", headers=as_(keys, "root")).status_code == 200
+    # 3 queued children of the cap of 4: a study of 2 more is refused as a whole, one of 1 fits
+    more = api.post("/v1/studies", json={**study, "grid": {"batch": [16, 32]}}, headers=carol)
+    assert more.status_code == 429 and "limit of 4" in more.json()["detail"]
+    assert api.post("/v1/studies", json={**study, "grid": {"batch": [16]}}, headers=carol).status_code == 201
+    too_big = api.post("/v1/studies", json={**study, "grid": {"batch": [16, 32, 64, 128, 256]}}, headers=carol)
+    assert too_big.status_code == 422 and too_big.json()["errors"][0]["field"] == "seeds"
+    assert api.post(f"/v1/studies/{sid}/cancel", headers=carol).json()["status"] == "cancelled"

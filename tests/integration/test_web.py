@@ -7,6 +7,7 @@ import html
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,38 @@ def test_pages_and_static_files_are_served_locally(api):
         else:
             assert got.status_code == 404 and "make install" in got.json()["detail"]
     assert api.get("/vendor/package.json").status_code == 404  # only the files the pages load
+
+
+STUDY = {"kind": "init_averaging", "base": {"widths": [32, 64, 32], "batch": 64, "trials": 1}, "device": "cpu",
+         "grid": {"activation": ["linear", "relu"]}, "seeds": [0, 1]}
+
+
+@pytest.fixture(scope="module")
+def study(stack, api, job):
+    made = api.post("/v1/studies", json=STUDY).json()
+    deadline = time.monotonic() + 120
+    while (s := api.get(f"/v1/studies/{made['id']}").json())["status"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, s
+        time.sleep(0.2)
+    assert s["status"] == "succeeded", s
+    return s
+
+
+@browser
+@charts
+@pytest.mark.usefixtures("_warm_chromium")
+def test_study_page_compares_settings_and_overlays_their_curves(stack, study, tmp_path):
+    url = f"{stack.api_url}/studies/{study['id']}"
+    dom = chromium(tmp_path, url, "--dump-dom").stdout
+    assert 'data-state="done"' in dom, dom[dom.find("<main>"):][:3000]
+    assert 'class="grid study-table"' in dom and "activation=relu" in dom and "(baseline)" in dom
+    assert "max_relative_error" in dom and " Δ " in dom  # figures with CIs and paired differences
+    assert 'aria-label="forward_moment/arithmetic" data-series="4"' in dom  # 2 settings × 2 seeds overlaid
+    assert dom.count('href="/jobs/') == 4
+    shot = tmp_path / "study.png"
+    chromium(tmp_path, url, f"--screenshot={shot}")
+    import matplotlib.image
+
+    img = matplotlib.image.imread(shot)[..., :3]
+    assert img.std() > 0.05 and (np.abs(img - SERIES_RGB).max(axis=-1) < 0.08).sum() > 100
+    shutil.copy(shot, Path(os.environ.get("GRADLAB_SCREENSHOTS", tmp_path)) / "study.png")
