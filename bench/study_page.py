@@ -1,7 +1,8 @@
 """Study page load: a study of 200 finished jobs (20 settings × 10 seeds) with 1,000 points per curve, read the way
 its web page reads it: GET /v1/studies/{id} (state and the comparison: mean ± 95 % CI and paired differences of every
-summary figure) and then one curve of every child, downsampled by the server (GET /v1/jobs/{id}/metrics?name=…
-&points=500), six requests at a time like a browser's connections to one host.
+summary figure) and then one curve of every child, downsampled by the server, in one request
+(GET /v1/studies/{id}/metrics?name=…&points=100: the page asks for about 20,000 points in all); for comparison, the same curves as one request per child
+(GET /v1/jobs/{id}/metrics?name=…&points=500), six at a time like a browser's connections to one host.
 
 The jobs are made on the service's own code path without running the technique: ``store.create_study`` (one
 transaction: the study, 200 queued jobs, their links), then per job ``store.claim``, ``store.beat`` with its metric
@@ -62,25 +63,32 @@ def build(bench: BenchStack, settings: int, seeds: int, points: int) -> tuple[st
     return str(study.id), [str(j) for j, _ in jobs]
 
 
-async def load_page(url: str, study_id: str) -> dict:
-    """One page load; seconds for the study document, for the curves, and in all."""
+async def load_page(url: str, study_id: str, per_job: bool) -> dict:
+    """One page load; seconds for the study document, for the curves, and in all. ``per_job``: the curves as one
+    request per child (how the page first drew them) instead of the study's metrics endpoint (how it draws them)."""
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         t0 = time.perf_counter()
         resp = await http.get(f"/v1/studies/{study_id}")
         resp.raise_for_status()
         study = resp.json()
         t1 = time.perf_counter()
-        gate = asyncio.Semaphore(BROWSER_CONNECTIONS)
+        if per_job:
+            gate = asyncio.Semaphore(BROWSER_CONNECTIONS)
 
-        async def curve(job_id: str) -> int:
-            async with gate:
-                r = await http.get(f"/v1/jobs/{job_id}/metrics", params={"name": CURVES[0], "points": 500})
-                r.raise_for_status()
-                return len(r.json()["items"])
+            async def curve(job_id: str) -> int:
+                async with gate:
+                    r = await http.get(f"/v1/jobs/{job_id}/metrics", params={"name": CURVES[0], "points": 500})
+                    r.raise_for_status()
+                    return len(r.json()["items"])
 
-        drawn = await asyncio.gather(*(curve(j["id"]) for j in study["jobs"] if j["status"] == "succeeded"))
+            drawn = sum(await asyncio.gather(*(curve(j["id"]) for j in study["jobs"] if j["status"] == "succeeded")))
+        else:
+            points = max(20, min(500, 20000 // len(study["jobs"])))  # as the page asks: ~20,000 points in all
+            r = await http.get(f"/v1/studies/{study_id}/metrics", params={"name": CURVES[0], "points": points})
+            r.raise_for_status()
+            drawn = len(r.json()["items"])
         t2 = time.perf_counter()
-    return {"study_s": t1 - t0, "curves_s": t2 - t1, "total_s": t2 - t0, "points_drawn": sum(drawn),
+    return {"study_s": t1 - t0, "curves_s": t2 - t1, "total_s": t2 - t0, "points_drawn": drawn,
             "study_bytes": len(resp.content), "figures": len(study["comparison"]["figures"])}
 
 
@@ -96,9 +104,12 @@ def main() -> None:
         study_id, _ = build(bench, args.settings, args.seeds, args.points)
         built_s = time.perf_counter() - t
         url, _ = bench.start_api(workers=1)
-        asyncio.run(load_page(url, study_id))  # warm-up: connections, the API's first imports
-        loads = [asyncio.run(load_page(url, study_id)) for _ in range(args.rounds)]
-    rows = [{"part": part, **percentiles([x[f"{part}_s"] for x in loads])} for part in ("study", "curves", "total")]
+        asyncio.run(load_page(url, study_id, False))  # warm-up: connections, the API's first imports
+        by_way = {way: [asyncio.run(load_page(url, study_id, way == "per job")) for _ in range(args.rounds)]
+                  for way in ("study endpoint", "per job")}
+    loads = by_way["study endpoint"]
+    rows = [{"part": f"{part} ({way})", **percentiles([x[f"{part}_s"] for x in got])}
+            for way, got in by_way.items() for part in ("study", "curves", "total")]
     print(f"study of {args.settings * args.seeds} jobs, {len(CURVES)} curves × {args.points} points each "
           f"(built in {built_s:.1f} s); {args.rounds} page loads; the study document is "
           f"{loads[0]['study_bytes']:,} bytes with {loads[0]['figures']} figures per setting; "
@@ -106,7 +117,7 @@ def main() -> None:
     print_table(rows, [("part", "part", ""), ("p50_ms", "p50 ms", ".1f"), ("p90_ms", "p90 ms", ".1f"),
                        ("max_ms", "max ms", ".1f")])
     path = write_results("study_page", {"settings": args.settings, "seeds": args.seeds, "points": args.points,
-                                        "loads": loads, "parts": rows,
+                                        "loads": by_way, "parts": rows,
                                         "median_total_s": statistics.median(x["total_s"] for x in loads)})
     print(f"results: {path}")
 

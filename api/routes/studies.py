@@ -11,7 +11,8 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.auth import owns, principal
@@ -224,6 +225,28 @@ def comparison_csv(study_id: str, session=Depends(db), who: Principal = Depends(
     out = _out(session, _study(session, study_id, who))
     return Response(studies.to_csv(out.comparison.model_dump()), media_type="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="study-{out.id}.csv"'})
+
+
+class StudyMetricRow(BaseModel):
+    job_id: uuid.UUID
+    step: int
+    name: str
+    value: float | None
+
+
+class StudyMetrics(BaseModel):
+    items: list[StudyMetricRow]
+
+
+@router.get("/{study_id}/metrics", response_model=StudyMetrics)
+def study_metrics(study_id: str, name: Annotated[str, Query(min_length=1, max_length=128)],
+                  points: Annotated[int, Query(ge=2, le=2000)] = 500, session=Depends(db),
+                  who: Principal = Depends(principal)):
+    """One metric of every child job, each series downsampled (min and max per step bucket), in one answer."""
+    study = _study(session, study_id, who)
+    rows = store.study_downsampled_metrics(session, study.id, name=name, points=points)
+    return JSONResponse({"items": [{"job_id": str(r.job_id), "step": r.step, "name": r.name, "value": r.value}
+                                   for r in rows]})
 
 
 @router.post("/{study_id}/cancel", response_model=StudyOut)

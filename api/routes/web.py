@@ -44,6 +44,12 @@ def job_page(job_id: str):
     return FileResponse(STATIC_DIR / "job.html", media_type="text/html", headers=HEADERS)
 
 
+@router.get("/compare")
+def compare_page():
+    """Jobs of one kind side by side (``?ids=a,b,…``, chosen on the job list): answers, then curves overlaid."""
+    return FileResponse(STATIC_DIR / "compare.html", media_type="text/html", headers=HEADERS)
+
+
 @router.get("/studies/{study_id}")
 def study_page(study_id: str):
     """A study's comparison page; like the job page, the script reads the id from the URL."""

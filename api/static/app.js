@@ -347,6 +347,24 @@
   function initIndex() {
     let limit = 50, timer = null;
     const tbody = $("#jobs tbody");
+    const selected = new Map();  // job id -> kind: kept across refreshes
+
+    function updateCompare() {
+      const kinds = new Set(selected.values());
+      $("#compare").disabled = selected.size < 2 || kinds.size !== 1;
+      $("#compare").textContent = selected.size ? `Compare selected (${selected.size})` : "Compare selected";
+    }
+
+    function pick(job) {
+      const box = el("input", {type: "checkbox", checked: selected.has(job.id), disabled: job.status !== "succeeded",
+                               title: job.status === "succeeded" ? "select to compare" : "only succeeded jobs"});
+      box.setAttribute("aria-label", "select " + job.id);
+      box.addEventListener("change", () => {
+        if (box.checked) selected.set(job.id, job.kind); else selected.delete(job.id);
+        updateCompare();
+      });
+      return box;
+    }
 
     async function fillKinds() {
       try {
@@ -364,6 +382,7 @@
         const page = await (await api("/v1/jobs?" + q)).json();
         showError(null);
         tbody.replaceChildren(...page.items.map(job => el("tr", {}, [
+          el("td", {}, [pick(job)]),
           el("td", {}, [el("a", {href: "/jobs/" + job.id, textContent: job.id.slice(0, 8)})]),
           el("td", {textContent: job.kind}),
           el("td", {}, [badge(job.status)]),
@@ -381,6 +400,7 @@
     $("#filter-status").addEventListener("change", refresh);
     $("#filter-kind").addEventListener("change", refresh);
     $("#more").addEventListener("click", () => { limit = Math.min(500, limit + 50); refresh(); });
+    $("#compare").addEventListener("click", () => { location.href = "/compare?ids=" + [...selected.keys()].join(","); });
     initKeyForm(refresh);
     fillKinds();
     refresh();
@@ -558,13 +578,12 @@
     async function drawCurves(metric) {
       charts.clear();
       drawn = metric;
-      const done = study.jobs.filter(j => j.status === "succeeded");
-      await Promise.all(done.map(async j => {
-        const q = new URLSearchParams({name: metric, points: "500"});
-        const page = await (await api(`/v1/jobs/${j.id}/metrics?${q}`)).json();
-        const line = `${study.settings[j.setting].label} · seed ${j.seed}`;
-        for (const m of page.items) charts.add(line + SEP + metric, m.step, m.value);
-      }));
+      // every child's curve in one answer, about 20,000 points in all (500 a curve at most)
+      const points = Math.max(20, Math.min(500, Math.floor(20000 / Math.max(1, study.jobs.length))));
+      const q = new URLSearchParams({name: metric, points: String(points)});
+      const page = await (await api(`/v1/studies/${id}/metrics?${q}`)).json();
+      const child = new Map(study.jobs.map(j => [j.id, `${study.settings[j.setting].label} · seed ${j.seed}`]));
+      for (const m of page.items) charts.add(child.get(m.job_id) + SEP + metric, m.step, m.value);
     }
 
     async function refresh() {
@@ -602,7 +621,51 @@
     refresh();
   }
 
+  // --- jobs side by side ------------------------------------------------------------------------------------------
+  function initCompare() {
+    const ids = (new URLSearchParams(location.search).get("ids") || "").split(",").filter(Boolean).slice(0, 12);
+    const SEP = "\u0000";  // name = job + SEP + metric: charts as on a job page, a line per job (and arm)
+    const charts = new ChartSet($("#charts"), $("#no-metrics"), names => {
+      const byMetric = groupNames([...new Set(names.map(n => n.split(SEP)[1]))]);
+      return new Map(names.map(n => {
+        const [job, metric] = n.split(SEP), g = byMetric.get(metric);
+        return [n, {chart: g.chart, label: g.label === metric ? job : `${job} ${g.label}`}];
+      }));
+    });
+
+    async function load() {
+      showError(null);
+      charts.clear();
+      try {
+        const jobs = await Promise.all(ids.map(async id => (await api(`/v1/jobs/${id}`)).json()));
+        const kinds = new Set(jobs.map(j => j.kind));
+        if (kinds.size > 1) throw new Error(`jobs of one kind compare; these are ${[...kinds].join(", ")}`);
+        $("#compare-title").textContent = `${jobs.length} ${jobs[0] ? jobs[0].kind : ""} jobs side by side`;
+        $("#answers").replaceChildren(...jobs.map(job => {
+          const head = el("h3", {}, [el("a", {href: "/jobs/" + job.id, textContent: job.id.slice(0, 8)}),
+                                     ` seed ${job.seed} `, badge(job.status)]);
+          const summary = job.result && job.result.summary;
+          if (!summary) return el("section", {className: "answer"}, [head, el("p", {className: "muted", textContent: "no summary"})]);
+          const a = answerNodes(summary);
+          return el("section", {className: "answer"}, [head, el("p", {className: "headline", textContent: a.headline}),
+                                                        el("p", {className: a.verdict.className, textContent: a.verdict.text}),
+                                                        a.comparison]);
+        }));
+        await Promise.all(jobs.map(async job => {
+          const page = await (await api(`/v1/jobs/${job.id}/metrics?points=1000`)).json();
+          for (const m of page.items) charts.add(job.id.slice(0, 8) + SEP + m.name, m.step, m.value);
+        }));
+        $("#metric-count").textContent = `(${charts.points} points drawn)`;
+        document.body.dataset.state = "done";
+      } catch (e) { showError(e); }
+    }
+
+    initKeyForm(load);
+    load();
+  }
+
   if (document.body.dataset.page === "index") initIndex();
+  else if (document.body.dataset.page === "compare") initCompare();
   else if (document.body.dataset.page === "job") initJob();
   else if (document.body.dataset.page === "study") initStudy();
 })();

@@ -384,29 +384,42 @@ def downsampled_metrics(session: Session, job_id: uuid.UUID, *, name: str | None
     A series longer than ``points`` is cut into ``points // 2`` buckets of equal step span, and each bucket keeps
     its row of least and its row of greatest value (min/max decimation: every spike and dip survives, so a chart of
     the rows looks like a chart of the whole series). Shorter series come back whole. Null values (NaN, ±∞ as
-    logged) are left out. One query, windows only (a join to per-series ranges let PostgreSQL's planner rescan the
-    aggregate per row on a fresh table): the span of each series, then each row's bucket, then the extremes.
+    logged) are left out.
     """
     where = [Metric.job_id == job_id, Metric.value.is_not(None)]
     if name:
         where.append(Metric.name == name)
-    per_name = {"partition_by": Metric.name}
-    spans = select(Metric.id, Metric.step, Metric.name, Metric.value,
-                   func.min(Metric.step).over(**per_name).label("lo"),
-                   func.max(Metric.step).over(**per_name).label("hi"),
-                   func.count().over(**per_name).label("n")).where(*where).subquery()
+    return session.execute(_downsampled(where, points)).all()
+
+
+def study_downsampled_metrics(session: Session, study_id: uuid.UUID, *, name: str, points: int) -> list:
+    """One metric of every child of a study, each child's series downsampled as ``downsampled_metrics`` does:
+    rows (job_id, step, name, value), in one query (a study page draws them all at once)."""
+    children = select(StudyJob.job_id).where(StudyJob.study_id == study_id)
+    return session.execute(_downsampled([Metric.job_id.in_(children), Metric.name == name,
+                                         Metric.value.is_not(None)], points)).all()
+
+
+def _downsampled(where: list, points: int):
+    """The min/max decimation as one statement, windows only (a join to per-series ranges let PostgreSQL's planner
+    rescan the aggregate per row on a fresh table): each series' span, then each row's bucket, then the extremes."""
+    series = {"partition_by": (Metric.job_id, Metric.name)}
+    spans = select(Metric.id, Metric.job_id, Metric.step, Metric.name, Metric.value,
+                   func.min(Metric.step).over(**series).label("lo"),
+                   func.max(Metric.step).over(**series).label("hi"),
+                   func.count().over(**series).label("n")).where(*where).subquery()
     buckets = max(1, points // 2)
     bucket = case((spans.c.n <= points, spans.c.id),
                   else_=(spans.c.step - spans.c.lo) * buckets // (spans.c.hi - spans.c.lo + 1))
-    in_bucket = {"partition_by": (spans.c.name, bucket)}
-    ranked = select(spans.c.step, spans.c.name, spans.c.value,
+    in_bucket = {"partition_by": (spans.c.job_id, spans.c.name, bucket)}
+    ranked = select(spans.c.job_id, spans.c.step, spans.c.name, spans.c.value,
                     func.row_number().over(**in_bucket, order_by=(spans.c.value.asc(), spans.c.step.asc()))
                     .label("low"),
                     func.row_number().over(**in_bucket, order_by=(spans.c.value.desc(), spans.c.step.asc()))
                     .label("high")).subquery()
-    return session.execute(select(ranked.c.step, ranked.c.name, ranked.c.value)
-                           .where(or_(ranked.c.low == 1, ranked.c.high == 1))
-                           .order_by(ranked.c.name, ranked.c.step)).all()
+    return (select(ranked.c.job_id, ranked.c.step, ranked.c.name, ranked.c.value)
+            .where(or_(ranked.c.low == 1, ranked.c.high == 1))
+            .order_by(ranked.c.job_id, ranked.c.name, ranked.c.step))
 
 
 def find_study_replay(session: Session, tenant: str, idempotency_key: str, body_hash: str) -> Study | None:

@@ -89,6 +89,16 @@ def test_study_of_12_jobs_over_2_workers_completes_and_compares(stack, api, work
                 assert math.isclose(row["paired"][name]["mean"], sum(d) / 2, rel_tol=1e-9, abs_tol=1e-15)
         assert sum(row["verdicts"].values()) == 2
 
+    curves = api.get(f"/v1/studies/{study['id']}/metrics", params={"name": "forward_moment/geometric"}).json()
+    per_job = {}
+    for r in curves["items"]:
+        per_job.setdefault(r["job_id"], []).append((r["step"], r["value"]))
+    assert set(per_job) == {j["id"] for j in study["jobs"]}  # one answer holds every child's curve
+    one = study["jobs"][5]["id"]
+    assert per_job[one] == [(r["step"], r["value"]) for r in api.get(
+        f"/v1/jobs/{one}/metrics", params={"name": "forward_moment/geometric"}).json()["items"]]
+    assert api.get(f"/v1/studies/{study['id']}/metrics").status_code == 422  # name is required
+
     text_csv = api.get(f"/v1/studies/{study['id']}/comparison.csv")
     assert text_csv.status_code == 200 and text_csv.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(text_csv.text)))

@@ -150,3 +150,16 @@ def test_study_page_compares_settings_and_overlays_their_curves(stack, study, tm
     img = matplotlib.image.imread(shot)[..., :3]
     assert img.std() > 0.05 and (np.abs(img - SERIES_RGB).max(axis=-1) < 0.08).sum() > 100
     shutil.copy(shot, Path(os.environ.get("GRADLAB_SCREENSHOTS", tmp_path)) / "study.png")
+
+
+@browser
+@charts
+@pytest.mark.usefixtures("_warm_chromium")
+def test_compare_page_puts_jobs_side_by_side(stack, study, tmp_path):
+    a, b = (j["id"] for j in study["jobs"][:2])
+    index = chromium(tmp_path, stack.api_url + "/", "--dump-dom").stdout
+    assert 'id="compare"' in index and f'aria-label="select {a}"' in index  # the list's checkboxes
+    dom = chromium(tmp_path, f"{stack.api_url}/compare?ids={a},{b}", "--dump-dom").stdout
+    assert 'data-state="done"' in dom, dom[dom.find("<main>"):][:3000]
+    assert dom.count('class="answer"') == 2 and dom.count('class="grid summary-table"') == 2
+    assert 'aria-label="forward_moment" data-series="6"' in dom  # 3 means × 2 jobs, one chart
