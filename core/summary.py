@@ -9,7 +9,7 @@ average over seeds. Pure Python: the API and the worker both import it, neither 
 from __future__ import annotations
 
 import math
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,7 +25,7 @@ class Spread(BaseModel):
     n: int = Field(1, ge=1)
 
 
-Cell = Union[float, int, str, bool, Spread, None]
+Cell = float | int | str | bool | Spread | None
 
 
 class Verdict(BaseModel):
@@ -59,7 +59,7 @@ class Summary(BaseModel):
         description="key figures by name; a study reports each as mean ± 95 % CI over its seeds")
 
 
-def fmt(value: float | int | None, digits: int = 3) -> str:
+def fmt(value: float | None, digits: int = 3) -> str:
     """A number as a headline writes it: 3 significant digits, scientific outside [1e-3, 1e5)."""
     if value is None:
         return "n/a"

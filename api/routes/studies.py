@@ -131,8 +131,9 @@ def _invalid(field: str, message: str) -> Problem:
     return Problem(422, f"{field}: {message}", errors=[{"field": field, "message": message, "type": "value_error"}])
 
 
-def _settings(body: StudyRequest) -> list[dict]:
-    """The expanded settings, each validated by the kind's params model (422 naming the setting and field)."""
+def _settings(body: StudyRequest) -> list[tuple[str, Any]]:
+    """The expanded settings as (label, validated params), each validated by the kind's params model (422 naming
+    the setting and the field)."""
     if body.kind not in specs():
         raise _invalid("kind", f"unknown kind {body.kind!r}; known kinds: {sorted(specs())}")
     if body.grid is not None and body.settings is not None:
@@ -159,7 +160,7 @@ def _settings(body: StudyRequest) -> list[dict]:
             errors = [{"field": ".".join([where, *map(str, e["loc"])]), "message": f"{e['msg']} (setting {label})",
                        "type": e["type"]} for e in exc.errors()]
             raise Problem(422, "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors) from None
-        out.append({"label": label, "params": validated.model_dump(mode="json"), "_model": validated})
+        out.append((label, validated))
     if body.baseline >= len(out):
         raise _invalid("baseline", f"setting index {body.baseline} is out of range (there are {len(out)})")
     return out
@@ -188,12 +189,13 @@ def _admit(session, settings, tenant: str, n: int) -> None:
 def submit_study(body: StudyRequest, request: Request, response: Response, session=Depends(db),
                  who: Principal = Depends(principal),
                  idempotency_key: Annotated[str | None, Header(max_length=255)] = None):
-    settings = _settings(body)
-    for s in settings:
-        for ds in uploaded_dataset_ids(s.pop("_model")):
+    expanded = _settings(body)
+    for _, params in expanded:
+        for ds in uploaded_dataset_ids(params):
             found = session.get(Dataset, parse_id(ds, "dataset"))
             if found is None or not owns(who, found.tenant):
                 raise _invalid("base.dataset", f"dataset {ds} not found")
+    settings = [{"label": label, "params": params.model_dump(mode="json")} for label, params in expanded]
     body_hash = store.request_fingerprint(body.model_dump(mode="json")) if idempotency_key is not None else None
     n = len(settings) * len(body.seeds)
     try:

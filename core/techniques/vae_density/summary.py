@@ -2,6 +2,8 @@
 (and stay below the exact value where the model has one)."""
 from __future__ import annotations
 
+from itertools import pairwise
+
 from core.summary import fmt, summary
 
 QUESTION = "How well does a VAE's encoder, used as an importance sampler, estimate log p(x)?"
@@ -21,7 +23,7 @@ def summarize(params, result: dict) -> dict:
                      "gap_to_exact_nats_at_max_k": last["gap_to_exact_nats"]}
     for b in bounds:
         figures[f"L_{b['k']}_nats"] = b["nats"]
-    violations = [_violation(a["nats"], b["nats"], a["stderr_nats"], b["stderr_nats"]) for a, b in zip(bounds, bounds[1:])]
+    violations = [_violation(a["nats"], b["nats"], a["stderr_nats"], b["stderr_nats"]) for a, b in pairwise(bounds)]
     if held["exact_nats"] is not None:
         violations.append(_violation(last["nats"], held["exact_nats"], last["stderr_nats"], 0.0))
     known = [v for v in violations if v is not None]
