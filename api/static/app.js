@@ -286,6 +286,12 @@
       if (this.frame === null) this.frame = requestAnimationFrame(() => { this.frame = null; this.draw(); });
     }
 
+    /* Draw now what is pending (a page about to say it is done draws first). */
+    flush() {
+      if (this.frame !== null) { cancelAnimationFrame(this.frame); this.frame = null; }
+      if (this.dirty.size) this.draw();
+    }
+
     members(chart) {
       return [...this.groups].filter(([, g]) => g.chart === chart).map(([name, g]) => ({label: g.label, ...this.series.get(name)}))
         .sort((a, b) => a.label.localeCompare(b.label, "en", {numeric: true}));
@@ -520,6 +526,7 @@
           ? resultTables(job.result).map(t => tableNode(t, "grid result-table"))
           : [el("p", {className: "muted", textContent: `No result: the job ${job.status}.`})]));
         await renderArtifacts();
+        charts.flush();
         document.body.dataset.state = "done";
       } catch (e) {
         if (!signal.aborted) showError(e);
@@ -584,6 +591,7 @@
       const page = await (await api(`/v1/studies/${id}/metrics?${q}`)).json();
       const child = new Map(study.jobs.map(j => [j.id, `${study.settings[j.setting].label} · seed ${j.seed}`]));
       for (const m of page.items) charts.add(child.get(m.job_id) + SEP + metric, m.step, m.value);
+      charts.flush();
     }
 
     async function refresh() {
@@ -655,6 +663,7 @@
           const page = await (await api(`/v1/jobs/${job.id}/metrics?points=1000`)).json();
           for (const m of page.items) charts.add(job.id.slice(0, 8) + SEP + m.name, m.step, m.value);
         }));
+        charts.flush();
         $("#metric-count").textContent = `(${charts.points} points drawn)`;
         document.body.dataset.state = "done";
       } catch (e) { showError(e); }
@@ -663,6 +672,9 @@
     initKeyForm(load);
     load();
   }
+
+  // an error outside a request (a chart that cannot be drawn) shows in the page's error box too
+  window.addEventListener("error", ev => showError(ev.error || new Error(ev.message)));
 
   if (document.body.dataset.page === "index") initIndex();
   else if (document.body.dataset.page === "compare") initCompare();
