@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), description="SQLite file and filesystem broker live here.")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in data_dir.")
     broker_url: str | None = Field(default=None, description="Celery broker URL; default: filesystem in data_dir.")
+    blob_url: str | None = Field(default=None, description="Where datasets, model weights and artifacts are "
+                                 "stored: file:///dir or s3://bucket/prefix; default: file://<data_dir>/blobs.")
+    blob_s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, Ceph, ...); "
+                                             "default: AWS. Credentials come from the usual AWS_* variables.")
     queues: str = Field(default="cpu,gpu,auto", description="Comma-separated queues a worker consumes.")
     broker_key_prefix: str = Field(default="", description="Prefix of every Redis key (shared Redis servers).")
 
@@ -62,6 +66,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'gradlab.sqlite3').resolve()}"
+
+    @property
+    def resolved_blob_url(self) -> str:
+        return self.blob_url or (self.data_dir / "blobs").resolve().as_uri()
 
     @property
     def resolved_broker_url(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,3 +64,33 @@ class PrivatePostgres:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PrivateS3:
+    """moto's S3 server: a real HTTP S3 endpoint on loopback (the S3 API as botocore speaks it, kept in memory)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import httpx
+
+        self.proc = subprocess.Popen([str(Path(shutil.which("moto_server") or Path(sys.executable).parent / "moto_server")),
+                                      "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(self.endpoint, timeout=1)
+                return
+            except httpx.TransportError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise TimeoutError("moto_server did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -6,7 +6,6 @@ same compare-and-set whether the job was cancelled or taken away, so ``check_can
 from __future__ import annotations
 
 import collections
-import io
 import logging
 import math
 import threading
@@ -15,11 +14,12 @@ import uuid
 
 import numpy as np
 import torch
-from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
+from core.blobs import blob_store
+from core.blobs.keys import artifact_key
+from core.blobs.store import read_blob
 from core.jobs import store
-from core.jobs.models import Dataset
 from core.jobs.states import JobStatus
 from core.settings import Settings
 from core.techniques.base import JobCancelled, JobTimedOut
@@ -72,11 +72,16 @@ class DbRunContext:
     def artifact(self, name: str, data: bytes, media_type: str) -> None:
         if len(data) > self.settings.max_artifact_bytes:
             raise ValueError(f"artifact {name!r} is {len(data)} bytes, over the {self.settings.max_artifact_bytes} cap")
+        blobs, key = blob_store(self.settings), artifact_key(self.job_id, self.attempt, name)
+        info = retrying(lambda: blobs.put(key, [data]))  # bytes first: a row never names a missing blob
+
         def write() -> bool:
             with self.sessions() as s:
-                return store.put_artifact(s, self.job_id, self.attempt, name, data, media_type)
+                return store.put_artifact(s, self.job_id, self.attempt, name, media_type=media_type,
+                                          size=info.size, sha256=info.sha256, location=key)
 
         if not retrying(write):
+            blobs.delete(key)
             self._learn_why_not_ours()
         self.check_cancelled()
         if media_type == "image/png":
@@ -89,26 +94,27 @@ class DbRunContext:
             raise JobTimedOut(f"job ran past its timeout_s={self.timeout_s:g}")
 
     def load_dataset(self, dataset_id: str) -> dict[str, np.ndarray]:
-        def read() -> bytes | None:
+        def where() -> str | None:
             with self.sessions() as s:
-                return s.scalar(select(Dataset.data).where(Dataset.id == uuid.UUID(dataset_id)))
+                return store.dataset_location(s, uuid.UUID(dataset_id))
 
-        blob = retrying(read)
-        if blob is None:
+        key = retrying(where)
+        if key is None:
             raise LookupError(f"dataset {dataset_id} not found")
-        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+        with blob_store(self.settings).open(key) as fh, np.load(fh, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
 
     def load_model(self, model_id: str) -> tuple[dict, bytes | None]:
         def read():
             with self.sessions() as s:
                 meta = store.model_meta(s, uuid.UUID(model_id))
-                return None if meta is None else (meta.config, store.model_weights(s, meta.id))
+                return None if meta is None else (meta.config, meta.weights_location)
 
         found = retrying(read)
         if found is None:
             raise LookupError(f"model {model_id} not found")
-        return found
+        config, key = found
+        return config, None if key is None else read_blob(blob_store(self.settings), key)
 
     # --- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> None:

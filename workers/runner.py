@@ -12,6 +12,8 @@ import torch
 from pydantic import ValidationError
 from sqlalchemy.orm import sessionmaker
 
+from core.blobs import blob_store
+from core.blobs.keys import attempt_prefix
 from core.jobs import store
 from core.report import html_report
 from core.jobs.states import JobStatus
@@ -53,6 +55,9 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
     if job is None:
         return "not-claimed"
     attempt = job.attempt
+    blobs = blob_store(settings)
+    for earlier in range(1, attempt):  # their rows went with the claim; their bytes go now
+        blobs.delete_prefix(attempt_prefix(jid, earlier))
 
     def finish(status: JobStatus, **kw) -> bool:
         def write():

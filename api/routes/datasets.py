@@ -1,10 +1,9 @@
-"""Uploaded datasets: .npz or .csv, size-capped, parsed without pickle, stored as a canonical .npz.
+"""Uploaded datasets: .npz or .csv, size-capped, parsed without pickle, stored as a canonical .npz in the blob store.
 
 The API key was checked before the body was read (``api.auth.KeyFirst``); the file arrives spooled by the multipart
 parser (to disk past 1 MiB) and is parsed from there in bounded memory."""
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import uuid
@@ -16,7 +15,10 @@ from api.auth import owns, principal
 from api.deps import db, parse_id
 from api.problems import Problem
 from api.schemas import DatasetOut
+from core.blobs import blob_store
+from core.blobs.keys import dataset_key
 from core.data.uploads import UploadRejected, parse_upload
+from core.jobs import store
 from core.jobs.keys import Principal
 from core.jobs.models import Dataset, utcnow
 
@@ -42,13 +44,13 @@ def upload(request: Request, file: UploadFile = File(...), label_column: str | N
     except UploadRejected as exc:
         field = str(exc).split(":", 1)[0]
         raise Problem(422, str(exc), errors=[{"field": field, "message": str(exc), "type": "invalid_upload"}])
-    blob = parsed.npz
-    ds = Dataset(id=uuid.uuid4(), tenant=who.tenant, filename=filename, format=filename.rsplit(".", 1)[-1].lower(),
+    ds_id = uuid.uuid4()
+    key = dataset_key(ds_id)
+    info = blob_store(settings).put(key, [parsed.npz])  # bytes first: a row never names a missing blob
+    ds = Dataset(id=ds_id, tenant=who.tenant, filename=filename, format=filename.rsplit(".", 1)[-1].lower(),
                  rows=parsed.rows, columns=parsed.columns, has_labels=parsed.has_labels,
-                 size=len(blob), sha256=hashlib.sha256(blob).hexdigest(), data=blob, created_at=utcnow())
-    session.add(ds)
-    session.commit()
-    return _out(ds)
+                 size=info.size, sha256=info.sha256, location=key, created_at=utcnow())
+    return _out(store.add_dataset(session, ds))
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut)

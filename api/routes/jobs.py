@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -15,6 +15,8 @@ from api.auth import owns, principal, visible_tenant
 from api.deps import db, parse_id
 from api.problems import Problem
 from api.schemas import ArtifactOut, JobOut, JobPage, JobRequest, MetricPage
+from core.blobs import blob_store
+from core.blobs.store import iter_blob
 from core.data import uploaded_dataset_ids
 from core.jobs import store
 from core.jobs.keys import Principal
@@ -199,12 +201,14 @@ def list_artifacts(job_id: str, session: Session = Depends(db), who: Principal =
 
 @router.get("/{job_id}/artifacts/{name}", response_class=Response,
             responses={200: {"content": {"image/png": {}, "application/json": {}, "application/x-npy": {}}}})
-def get_artifact(job_id: str, name: str, session: Session = Depends(db),
+def get_artifact(request: Request, job_id: str, name: str, session: Session = Depends(db),
                  who: Principal = Depends(principal)):
     job = _job(session, job_id, who)
-    art = session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name))
+    art = store.artifact_row(session, job.id, name)
     if art is None:
         raise Problem(404, f"artifact {name!r} not found for job {job_id}")
-    return Response(art.data, media_type=art.media_type,
-                    headers={"Content-Disposition": f'attachment; filename="{art.name}"',
-                             "X-Content-Type-Options": "nosniff", "ETag": f'"{art.sha256}"'})
+    return StreamingResponse(iter_blob(blob_store(request.app.state.settings), art.location),
+                             media_type=art.media_type,
+                             headers={"Content-Disposition": f'attachment; filename="{art.name}"',
+                                      "Content-Length": str(art.size), "X-Content-Type-Options": "nosniff",
+                                      "ETag": f'"{art.sha256}"'})

@@ -3,7 +3,6 @@ they are stored. Sizes are checked before bytes are read, the safetensors header
 is built on the ``meta`` device in a child process (torch never loads into the API)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import uuid
@@ -17,6 +16,8 @@ from api.auth import owns, principal, visible_tenant
 from api.deps import db, parse_id
 from api.problems import Problem
 from api.schemas import ModelOut
+from core.blobs import blob_store
+from core.blobs.keys import model_weights_key
 from core.jobs import store
 from core.jobs.keys import Principal
 from core.jobs.models import StoredModel, utcnow
@@ -89,15 +90,15 @@ def upload(request: Request, config: UploadFile = File(..., description="config.
         raise _rejected(str(exc)) from None
     except InspectionFailed as exc:
         raise Problem(503, f"model: could not be inspected now ({exc}); retry", headers={"Retry-After": "5"})
-    blob = None
-    if weights is not None:
+    model_id, key, info = uuid.uuid4(), None, None
+    if weights is not None:  # streamed from the spooled upload into the store, before the row names it
         weights.file.seek(0)
-        blob = weights.file.read(size)
-    row = StoredModel(id=uuid.uuid4(), tenant=who.tenant, filename=_name(config, "config.json"), format="hf_config",
+        key = model_weights_key(model_id)
+        info = blob_store(settings).put(key, weights.file)
+    row = StoredModel(id=model_id, tenant=who.tenant, filename=_name(config, "config.json"), format="hf_config",
                       model_type=cfg["model_type"], task=summary["task"], config=cfg, n_params=summary["n_params"],
-                      summary=summary, weights=blob, weights_size=size,
-                      weights_sha256=hashlib.sha256(blob).hexdigest() if blob is not None else None,
-                      created_at=utcnow())
+                      summary=summary, weights_location=key, weights_size=info and info.size,
+                      weights_sha256=info and info.sha256, created_at=utcnow())
     store.add_model(session, row)
     return ModelOut.of(row, detail=True)
 

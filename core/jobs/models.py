@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String,
+from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String,
                         Text, TypeDecorator, UniqueConstraint, Uuid, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -96,7 +96,7 @@ class Artifact(Base):
     media_type: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    location: Mapped[str] = mapped_column(String(512))  # blob key (core.blobs.keys)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -112,7 +112,7 @@ class Dataset(Base):
     has_labels: Mapped[bool]
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
-    data: Mapped[bytes] = mapped_column(LargeBinary)
+    location: Mapped[str] = mapped_column(String(512))  # blob key (core.blobs.keys)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -131,7 +131,7 @@ class ApiKey(Base):
 
 
 class StoredModel(Base):
-    """An uploaded model: its config (JSON), its inspected summary, and its safetensors weights when sent."""
+    """An uploaded model: its config (JSON), its inspected summary, and where its safetensors weights are, when sent."""
 
     __tablename__ = "models"
     __table_args__ = (Index("ix_models_tenant_created", "tenant", "created_at"),)
@@ -145,7 +145,7 @@ class StoredModel(Base):
     config: Mapped[dict] = mapped_column(JSON)
     n_params: Mapped[int] = mapped_column(BigInteger)
     summary: Mapped[dict] = mapped_column(JSON)
-    weights: Mapped[bytes | None] = mapped_column(LargeBinary)
+    weights_location: Mapped[str | None] = mapped_column(String(512))  # blob key of the safetensors, when sent
     weights_size: Mapped[int | None] = mapped_column(BigInteger)
     weights_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

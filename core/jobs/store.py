@@ -16,7 +16,7 @@ from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select,
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.jobs.models import ACTIVE_WHERE, Artifact, Job, Metric, StoredModel, Study, StudyJob, utcnow
+from core.jobs.models import ACTIVE_WHERE, Artifact, Dataset, Job, Metric, StoredModel, Study, StudyJob, utcnow
 from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
 
 
@@ -185,13 +185,15 @@ def _copy_text(job_id: uuid.UUID, rows: list[tuple[int, str, float | None]]) -> 
     return "".join(lines)
 
 
-def put_artifact(session: Session, job_id: uuid.UUID, attempt: int, name: str, data: bytes, media_type: str) -> bool:
-    """Store (or replace) a named artifact; False if the job is no longer ours."""
+def put_artifact(session: Session, job_id: uuid.UUID, attempt: int, name: str, *, media_type: str, size: int,
+                 sha256: str, location: str) -> bool:
+    """Record (or replace) a named artifact whose bytes are already in the blob store; False if the job is no
+    longer ours (the caller then removes the blob it wrote)."""
     if session.scalar(select(Job.id).where(_owned(job_id, attempt))) is None:
         return False
     session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
-    session.add(Artifact(job_id=job_id, name=name, media_type=media_type, size=len(data),
-                         sha256=hashlib.sha256(data).hexdigest(), data=data, created_at=utcnow()))
+    session.add(Artifact(job_id=job_id, name=name, media_type=media_type, size=size, sha256=sha256,
+                         location=location, created_at=utcnow()))
     session.commit()
     return True
 
@@ -352,7 +354,7 @@ def last_metric_id(session: Session, job_id: uuid.UUID) -> int:
 
 
 # --- uploaded models -------------------------------------------------------------------------------------------
-_MODEL_META = [c for c in StoredModel.__table__.c if c.name != "weights"]
+_MODEL_META = list(StoredModel.__table__.c)
 
 
 def add_model(session: Session, model: StoredModel) -> StoredModel:
@@ -366,8 +368,18 @@ def model_meta(session: Session, model_id: uuid.UUID):
     return session.execute(select(*_MODEL_META).where(StoredModel.id == model_id)).first()
 
 
-def model_weights(session: Session, model_id: uuid.UUID) -> bytes | None:
-    return session.scalar(select(StoredModel.weights).where(StoredModel.id == model_id))
+def add_dataset(session: Session, dataset: Dataset) -> Dataset:
+    session.add(dataset)
+    session.commit()
+    return dataset
+
+
+def dataset_location(session: Session, dataset_id: uuid.UUID) -> str | None:
+    return session.scalar(select(Dataset.location).where(Dataset.id == dataset_id))
+
+
+def artifact_row(session: Session, job_id: uuid.UUID, name: str) -> Artifact | None:
+    return session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
 
 
 def list_models(session: Session, *, tenant: str | None, limit: int) -> list:
