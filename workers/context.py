@@ -73,7 +73,7 @@ class DbRunContext:
         if len(data) > self.settings.max_artifact_bytes:
             raise ValueError(f"artifact {name!r} is {len(data)} bytes, over the {self.settings.max_artifact_bytes} cap")
         blobs, key = blob_store(self.settings), artifact_key(self.job_id, self.attempt, name)
-        info = retrying(lambda: blobs.put(key, [data]))  # bytes first: a row never names a missing blob
+        info = blobs.put(key, [data])  # bytes first: a row never names a missing blob
 
         def write() -> bool:
             with self.sessions() as s:

@@ -147,7 +147,7 @@ class S3Store:
     """Blobs as objects under ``s3://bucket/prefix`` through s3fs (credentials from the usual AWS variables)."""
 
     def __init__(self, url: str, endpoint_url: str | None = None):
-        import s3fs  # only S3 deployments need it loaded
+        import s3fs  # type: ignore[import-untyped]  # loaded only where a deployment uses S3
 
         parts = urlsplit(url)
         if not parts.netloc:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -16,7 +16,7 @@ from core.jobs.migrate import alembic_config
 from tests.integration.test_migrations import assert_models_match
 from tests.stack import create_database, drop_database
 
-NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def _sql(statement: str) -> sa.TextClause:
