@@ -8,6 +8,8 @@ Revision ID: 0009
 Revises: 0008
 Create Date: 2026-11-29
 """
+import functools
+
 import sqlalchemy as sa
 from alembic import context, op
 
@@ -25,7 +27,9 @@ MOVED = [("datasets", "data", "location", False), ("artifacts", "data", "locatio
          ("models", "weights", "weights_location", True)]
 
 
+@functools.cache
 def _store() -> BlobStore:
+    """Opened on the first row that has bytes to move (an empty database touches no store)."""
     settings = get_settings()
     url = context.config.get_main_option("blob_url") or settings.resolved_blob_url
     return open_store(url, settings.blob_s3_endpoint_url)
@@ -47,7 +51,8 @@ def _table(name: str, *columns: sa.Column) -> sa.TableClause:
 
 
 def upgrade() -> None:
-    conn, store = op.get_bind(), _store()
+    conn = op.get_bind()
+    _store.cache_clear()  # the URL may differ between two runs in one process
     for table, data_col, loc_col, nullable in MOVED:
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column(loc_col, sa.String(512), nullable=True))
@@ -57,7 +62,7 @@ def upgrade() -> None:
         for ident in ids:
             row = conn.execute(sa.select(t).where(t.c.id == ident)).one()
             key = _key(conn, table, row)
-            store.put(key, [getattr(row, data_col)])
+            _store().put(key, [getattr(row, data_col)])
             conn.execute(sa.update(t).where(t.c.id == ident).values({loc_col: key}))
         with op.batch_alter_table(table) as batch:
             if not nullable:
@@ -66,13 +71,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    conn, store = op.get_bind(), _store()
+    conn = op.get_bind()
+    _store.cache_clear()
     for table, data_col, loc_col, nullable in MOVED:
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column(data_col, sa.LargeBinary(), nullable=True))
         t = _table(table, sa.column(data_col, sa.LargeBinary), sa.column(loc_col, sa.String))
         for ident, key in conn.execute(sa.select(t.c.id, t.c[loc_col]).where(t.c[loc_col].is_not(None))).all():
-            conn.execute(sa.update(t).where(t.c.id == ident).values({data_col: read_blob(store, key)}))
+            conn.execute(sa.update(t).where(t.c.id == ident).values({data_col: read_blob(_store(), key)}))
         with op.batch_alter_table(table) as batch:
             if not nullable:
                 batch.alter_column(data_col, existing_type=sa.LargeBinary(), nullable=False)

@@ -2,6 +2,7 @@
 service host names mapped to this test's PostgreSQL database and Redis prefix; then a job through HTTP."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -45,7 +46,9 @@ def test_compose_file_has_the_expected_services():
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert "gpu" in gpu["command"][gpu["command"].index("--queues") + 1]
     assert services["migrate"]["restart"] == "no"
-    assert set(COMPOSE["volumes"]) == {"pgdata", "redisdata"}
+    assert set(COMPOSE["volumes"]) == {"pgdata", "redisdata", "blobs"}
+    for name in ("migrate", "api", "worker-cpu", "worker-gpu"):  # one blob store for all: <data dir>/blobs
+        assert services[name]["volumes"] == [f"blobs:{services[name]['environment']['GRADLAB_DATA_DIR']}/blobs"]
 
 
 def test_every_image_and_the_test_environment_run_one_torch_release():
@@ -68,7 +71,9 @@ def test_compose_commands_run_a_job(pg_database, redis_prefix, tmp_path):
     name, url = create_database()
     try:
         env = mapped_env("migrate", url, redis_prefix, tmp_path)
-        subprocess.run(native(COMPOSE["services"]["migrate"]["command"]), env={**env, "PATH": str(BIN)},
+        # PYTHONPATH passes through so that the checkout under test (a worktree, too) is what migrates
+        subprocess.run(native(COMPOSE["services"]["migrate"]["command"]),
+                       env={**env, "PATH": str(BIN), "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
                        cwd=ROOT, check=True, capture_output=True, timeout=120)
         # The compose API requires keys (GRADLAB_AUTH defaults to required): make one as an operator would.
         out = subprocess.run([str(BIN / "gradlab"), "keys", "create", "--tenant", "compose"], env=env, cwd=ROOT,
