@@ -45,7 +45,8 @@ SLOW = ("not job and not end_to_end and not example and not fused and not same_s
 
 # name: (module path, its own fast unit-test files)
 MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "contrastive": ("core/contrastive.py", ("tests/unit/test_contrastive_accumulation.py",)),
+    "contrastive": ("core/contrastive.py", ("tests/unit/test_contrastive_accumulation.py",
+                                            "tests/unit/test_contrastive_checks.py")),
     "accum": ("core/optim/accum.py", ("tests/unit/test_momentum_accumulation.py", "tests/unit/test_optim_accum.py")),
     "eg": ("core/optim/eg.py", ("tests/unit/test_eg_stepsize.py", "tests/unit/test_optim_eg.py")),
     "gan": ("core/gan.py", ("tests/unit/test_gradnorm_gan.py", "tests/unit/test_gan_math.py")),
