@@ -51,7 +51,7 @@ def test_normalized_critic_gradient_in_w_matches_finite_differences(variant):
             numeric.view(-1)[idx] = (up - down) / (2 * h)
     torch.testing.assert_close(autograd, numeric, rtol=1e-6, atol=1e-8)
     # what a detached norm would give: the W-gradient of D / (c + |D|) with c frozen, measurably different
-    d_hat, norm = normalize_discriminator(D, x, variant, eps)
+    _d_hat, norm = normalize_discriminator(D, x, variant, eps)
     frozen = norm.detach()
     d = D(x).reshape(-1)
     wrong = {"gn": d / (frozen + d.abs()), "gran": d * frozen / (frozen ** 2 + eps), "plain": d / (frozen + eps)}
@@ -75,7 +75,7 @@ def test_gradient_penalty_is_squared_distance_of_the_norm_from_one():
 
 def test_gradient_penalty_is_taken_at_interpolates_between_real_and_fake():
     """On D(x) = ½‖x‖², ∇D = x: the penalty is the mean of (‖α r + (1−α) f‖ − 1)² with the generator's α."""
-    D = lambda x: 0.5 * x.square().sum(dim=1, keepdim=True)  # noqa: E731
+    D = lambda x: 0.5 * x.square().sum(dim=1, keepdim=True)
     real = torch.randn(8, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
     fake = torch.randn(8, 3, generator=torch.Generator().manual_seed(3), dtype=F64) + 5.0
     alpha = torch.rand(8, 1, generator=torch.Generator().manual_seed(9), dtype=torch.float32).to(F64)
@@ -86,7 +86,7 @@ def test_gradient_penalty_is_taken_at_interpolates_between_real_and_fake():
 
 
 def _params(**kw) -> GradnormGanParams:
-    base = dict(dataset="ring8", width=16, depth=3, z_dim=4, batch=32, n_critic=1, steps=1)
+    base = {"dataset": "ring8", "width": 16, "depth": 3, "z_dim": 4, "batch": 32, "n_critic": 1, "steps": 1}
     return GradnormGanParams(**{**base, **kw})
 
 

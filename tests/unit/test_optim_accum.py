@@ -28,8 +28,8 @@ def test_updates_counts_the_micro_steps_that_moved_the_parameters(make):
 def test_adam_accepts_its_documented_ranges_and_refuses_the_rest():
     p = [torch.zeros(2, requires_grad=True)]
     AccumAdam(p, eps=0.0, betas=(0.0, 0.0))  # the closed ends of the ranges are allowed
-    for bad, field in ((dict(eps=-0.5), "eps"), (dict(eps=-2.0), "eps"), (dict(betas=(0.9, 1.0)), "betas"),
-                       (dict(betas=(1.0, 0.9)), "betas"), (dict(betas=(0.9, -0.1)), "betas")):
+    for bad, field in (({"eps": -0.5}, "eps"), ({"eps": -2.0}, "eps"), ({"betas": (0.9, 1.0)}, "betas"),
+                       ({"betas": (1.0, 0.9)}, "betas"), ({"betas": (0.9, -0.1)}, "betas")):
         with pytest.raises(ValueError, match=field):
             AccumAdam(p, **bad)
 

@@ -113,7 +113,7 @@ def test_max_log_nu_bounds_log_nu_on_every_path(granularity):
 
 def test_clamps_must_be_positive_or_off():
     p = [torch.zeros(2, requires_grad=True)]
-    for bad in (dict(max_log_step=0.0), dict(max_log_nu=-1.0)):
+    for bad in ({"max_log_step": 0.0}, {"max_log_nu": -1.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             EGStepSize(p, **bad)
     with pytest.raises(ValueError, match="max_log_gain"):
