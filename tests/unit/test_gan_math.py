@@ -128,3 +128,41 @@ def test_clipping_is_the_unclipped_update_clamped_to_the_bound():
         torch.testing.assert_close(a, b.clamp(-c, c), rtol=0, atol=0)
         assert float(a.abs().max()) == pytest.approx(c), name  # the bound is reached on every tensor
         assert not torch.equal(a, before[name]), name  # and the critic did move
+
+
+def test_probes_interpolate_on_the_segment_between_real_and_fake():
+    from core.gan import probe_critic
+
+    real = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    fake = torch.randn(6, 2, generator=torch.Generator().manual_seed(1)) + 3.0
+    probes = probe_critic(lambda x: x.sum(dim=1), real, fake, torch.Generator().manual_seed(5))
+    alpha = torch.rand(6, generator=torch.Generator().manual_seed(5)).reshape(6, 1)
+    torch.testing.assert_close(probes["interp"][0], alpha * real + (1 - alpha) * fake)
+    torch.testing.assert_close(probes["interp"][2], torch.full((6,), 2.0**0.5))  # ‖∇ Σx‖ = √2
+
+
+def test_replaced_batchnorm_keeps_its_affine_scale_and_shift_and_warns_at_the_caller():
+    from core.gan import GradNormalized
+
+    critic = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.Linear(3, 1))
+    with torch.no_grad():
+        critic[1].weight.copy_(torch.tensor([2.0, 3.0, 4.0]))
+        critic[1].bias.copy_(torch.tensor([-1.0, 0.5, 0.25]))
+    with pytest.warns(UserWarning, match="GroupNorm") as record:
+        wrapped = GradNormalized(critic, "gn", batchnorm="replace")
+    assert record[0].filename == __file__  # stacklevel: the warning points at the code that asked for it
+    gn = wrapped.D[1]
+    assert isinstance(gn, nn.GroupNorm)
+    torch.testing.assert_close(gn.weight.detach(), torch.tensor([2.0, 3.0, 4.0]))
+    torch.testing.assert_close(gn.bias.detach(), torch.tensor([-1.0, 0.5, 0.25]))
+
+
+def test_pair_slope_of_duplicates_only_is_zero_and_classifier_share_is_per_sample():
+    from core.gan import classifier_scores, max_pair_slope
+
+    x = torch.ones(4, 2)
+    assert max_pair_slope(x, torch.arange(4.0)) == (0.0, 0.0)  # every pair is a duplicate: no slope measured
+    probs = torch.tensor([[0.95, 0.05], [0.6, 0.4], [0.5, 0.5]])
+    scores = classifier_scores(probs, confident=0.9)
+    assert scores["confident_share"] == pytest.approx(1 / 3)  # one sample of three is confident
+    assert scores["classes_covered"] == 1  # every arg-max is class 0 (the tie goes to the first)

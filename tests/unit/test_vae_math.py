@@ -69,3 +69,48 @@ def test_iwae_loss_is_the_log_mean_weight_of_k_draws():
     z = q.sample(x, 8)
     log_w = model.log_joint(x, z) - q.log_prob(z, x)
     torch.testing.assert_close(loss, -(torch.logsumexp(log_w, 0) - math.log(8)).mean(), rtol=1e-12, atol=1e-12)
+
+
+def test_linear_gaussian_posterior_mean_is_bayes_conditioning():
+    """E[z|x] = Aᵀ(AAᵀ + σ²I)⁻¹(x − c), checked at σ = 0.3 (at σ = 0.5, /σ² and ·2/σ coincide)."""
+    from core.vae import LinearGaussian
+
+    gen = torch.Generator().manual_seed(7)
+    model = LinearGaussian.random(5, 2, 0.3, gen)
+    x = model.sample(4, gen)
+    mean, _ = model.posterior(x)
+    want = (model.A.T @ torch.linalg.solve(model.covariance(), (x - model.c).T)).T
+    torch.testing.assert_close(mean, want, rtol=1e-10, atol=1e-12)
+
+
+def test_linear_gaussian_refuses_a_non_positive_sigma():
+    import pytest
+
+    from core.vae import LinearGaussian
+
+    for sigma in (0.0, -0.5):
+        with pytest.raises(ValueError, match="sigma"):
+            LinearGaussian(torch.ones(3, 2, dtype=F64), torch.zeros(3, dtype=F64), sigma)
+
+
+def test_full_gaussian_with_one_scale_per_row_has_each_rows_density():
+    from core.vae import FullGaussian
+
+    gen = torch.Generator().manual_seed(8)
+    mean = torch.randn(3, 2, generator=gen, dtype=F64)
+    tril = torch.tril(torch.randn(3, 2, 2, generator=gen, dtype=F64))
+    tril.diagonal(dim1=-2, dim2=-1).copy_(torch.rand(3, 2, generator=gen, dtype=F64) + 0.5)
+    z = torch.randn(4, 3, 2, generator=gen, dtype=F64)
+    reference = torch.distributions.MultivariateNormal(mean, scale_tril=tril).log_prob(z)
+    torch.testing.assert_close(FullGaussian(mean, tril).log_prob(z, None), reference, rtol=0, atol=1e-12)
+
+
+def test_bernoulli_vae_has_no_variance_and_the_default_sigma_floor_is_e_minus_7():
+    bern = VAE(4, 2, hidden=(3,), likelihood="bernoulli")
+    assert bern.log_sigma is None
+    assert sum(p.numel() for p in bern.parameters()) == sum(
+        p.numel() for m in bern.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters())
+    gauss = VAE(4, 2, hidden=(3,))
+    with torch.no_grad():
+        gauss.log_sigma.fill_(-10.0)
+    torch.testing.assert_close(gauss.sigma(), torch.full((4,), math.exp(-7.0)))
