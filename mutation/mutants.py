@@ -53,7 +53,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "eg": ("core/optim/eg.py", ("tests/unit/test_eg_stepsize.py", "tests/unit/test_optim_eg.py")),
     "gan": ("core/gan.py", ("tests/unit/test_gradnorm_gan.py", "tests/unit/test_gan_math.py")),
     "vae": ("core/vae.py", ("tests/unit/test_vae_density.py", "tests/unit/test_vae_math.py")),
-    "penalty": ("core/penalty.py", ("tests/unit/test_gradient_penalty_bound.py",)),
+    "penalty": ("core/penalty.py", ("tests/unit/test_gradient_penalty_bound.py", "tests/unit/test_penalty_checks.py")),
     "dimension": ("core/dimension.py", ("tests/unit/test_embedding_dim.py",)),
     "init": ("core/init.py", ("tests/unit/test_init_averaging.py", "tests/unit/test_init_math.py")),
 }
