@@ -101,3 +101,15 @@ def test_exact_coefficient_option():
 def test_bad_params_are_refused(bad):
     with pytest.raises(ValidationError):
         EmbeddingDimParams(**bad)
+
+
+def test_low_rank_target_is_the_softmax_of_scaled_rank_r_logits():
+    """p_ij = exp(3·s·<u_i, v_j>/√r) / Z with u, v the generator's first draws: rank r logits, normalized."""
+    target = dimension.low_rank_target(6, 2, torch.Generator().manual_seed(4), scale=0.5)
+    gen = torch.Generator().manual_seed(4)
+    u = torch.randn(6, 2, generator=gen, dtype=torch.float64)
+    v = torch.randn(6, 2, generator=gen, dtype=torch.float64)
+    logits = 3.0 * 0.5 * (u @ v.T) / math.sqrt(2)
+    torch.testing.assert_close(target, torch.softmax(logits.flatten(), 0).reshape(6, 6), rtol=1e-12, atol=0)
+    log_t = torch.log(target)
+    assert int(torch.linalg.matrix_rank(log_t - log_t[0, 0])) <= 3  # rank 2, plus the normalizing constant
