@@ -180,7 +180,10 @@ def test_fused_branch_of_step_equals_eager_step_without_compiling(granularity, m
                        fused=True)
     gen = torch.Generator().manual_seed(5)
     x, y = torch.randn(16, 4, generator=gen, dtype=F64), torch.randint(0, 3, (16,), generator=gen)
-    for _ in range(6):
+    for t in range(6):
+        if t == 3:  # a lower rate (as from a scheduler) reaches the fused update: its cached hyperparameters follow
+            for opt in (eager, fused):
+                opt.param_groups[0]["lr"] = 0.02
         for m, opt in ((model, eager), (twin, fused)):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(m(x), y).backward()
@@ -240,3 +243,37 @@ def test_hypergradient_sgd_default_follows_the_paper_below_zero_and_the_floor_is
     _feed(floored, [q], [torch.ones(3, dtype=F64)])
     _feed(floored, [q], [-torch.ones(3, dtype=F64)])
     assert floored.param_groups[0]["lr"] == 0.02
+
+
+def test_a_parameter_that_gets_its_first_gradient_later_joins_the_update():
+    """The flat buffers are rebuilt when the set of parameters with gradients grows: b (no gradient at step 1) then
+    follows the closed form from its own first gradient on, as if it had its own optimizer."""
+    a, b = torch.zeros(3, dtype=F64, requires_grad=True), torch.zeros(4, dtype=F64, requires_grad=True)
+    opt = EGStepSize([a, b], lr=0.1, gamma=0.5)
+    seq = _grads(4, [(3,), (4,)], scale=1.0, seed=9)
+    _feed(opt, [a], [seq[0][0]])
+    for grads in seq[1:]:
+        _feed(opt, [a, b], grads)
+    b_seq = [[g[1]] for g in seq[1:]]
+    log_nu_b = _closed_form_log_nu(b_seq, len(b_seq) - 1, "coordinate", 0.5)[0]
+    torch.testing.assert_close(opt.state[b]["nu"], torch.exp(log_nu_b), rtol=1e-12, atol=0)
+    log_nu_a = _closed_form_log_nu([[g[0]] for g in seq], len(seq) - 1, "coordinate", 0.5)[0]
+    torch.testing.assert_close(opt.state[a]["nu"], torch.exp(log_nu_a), rtol=1e-12, atol=0)
+    expected_b = -0.1 * sum(torch.exp(_closed_form_log_nu(b_seq, t, "coordinate", 0.5)[0]) * b_seq[t][0]
+                            for t in range(len(b_seq)))
+    torch.testing.assert_close(b.detach(), expected_b, rtol=1e-12, atol=1e-15)
+
+
+def test_funnel_momentum_range_and_a_state_without_the_fused_flag_loads_unfused():
+    p = [torch.zeros(2, requires_grad=True)]
+    EGFunnel(p, momentum=0.0)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="momentum"):
+            EGFunnel(p, momentum=bad)
+    opt = EGStepSize(p)
+    state = opt.__getstate__()
+    for group in state["param_groups"]:
+        del group["fused"]  # as saved before fused existed
+    old = EGStepSize.__new__(EGStepSize)
+    old.__setstate__(state)
+    assert old.param_groups[0]["fused"] is False
