@@ -1,10 +1,12 @@
 # The two commands: `make run` (the service on the embedded default) and `make test` (the whole suite).
 # Every install takes its versions from constraints.txt (the resolved set, torch included); `make lock` rewrites it.
+# `make mutants` is the slow mutation testing of the technique math (docs/mutation.md); not part of CI.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+MUTATION_STAMP := $(VENV)/.mutation-stamp
 
-.PHONY: install run test lint lock
+.PHONY: install run test lint lock mutants
 
 $(STAMP): pyproject.toml constraints.txt api/vendor/package-lock.json
 	python3 -m venv $(VENV)
@@ -28,3 +30,11 @@ test: $(STAMP)
 
 lock: $(STAMP)
 	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^gradlab' | sed 's/+cpu$$//' > constraints.txt
+
+$(MUTATION_STAMP): $(STAMP) pyproject.toml
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,mutation]'
+	touch $(MUTATION_STAMP)
+
+# One module at a time (ARGS: module names, --sample N, --survivors; see mutation/mutants.py).
+mutants: $(MUTATION_STAMP)
+	$(PY) mutation/mutants.py $(ARGS)

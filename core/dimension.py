@@ -60,31 +60,61 @@ def low_rank_target(vocab_size: int, rank: int, generator: torch.Generator, scal
     return torch.softmax(logits.flatten(), dim=0).reshape(vocab_size, vocab_size)
 
 
-def fit_pair_distribution(target: torch.Tensor, dim: int, steps: int, lr: float, generator: torch.Generator,
-                          on_step=None) -> float:
-    """Fit exp(<u_i, v_j>)/Z with n=dim to ``target`` by Adam on KL(target ‖ model); returns the final KL (nats)."""
+EXACT_FIT_KL = 1e-6
+"""KL (nats) below which a fit counts as exact: the elbow treats all such fits alike (Adam jitters around an exact
+optimum at ~1e-8, and a warm start may land at 1e-16)."""
+
+
+def _warm_start(target: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """u, v from the truncated SVD of the log-target minus its mean: the least-squares rank-``dim`` fit of its logits
+    (softmax ignores a constant). For a target of logit rank r this is exact from n = r + 1 on (the subtracted mean
+    costs at most one more direction) and near exact at n = r; below r it is a start that Adam improves on."""
     import torch
 
     n_items = target.shape[0]
-    u = (0.1 * torch.randn(n_items, dim, generator=generator, dtype=torch.float64)).requires_grad_()
-    v = (0.1 * torch.randn(n_items, dim, generator=generator, dtype=torch.float64)).requires_grad_()
+    log_t = torch.log(target)
+    left, sing, right_t = torch.linalg.svd(log_t - log_t.mean())
+    k = min(dim, n_items)
+    root = sing[:k].sqrt()
+    u = torch.zeros(n_items, dim, dtype=torch.float64)
+    v = torch.zeros(n_items, dim, dtype=torch.float64)
+    u[:, :k] = left[:, :k] * root
+    v[:, :k] = right_t[:k].T * root
+    return u, v
+
+
+def fit_pair_distribution(target: torch.Tensor, dim: int, steps: int, lr: float, on_step=None) -> float:
+    """Fit exp(<u_i, v_j>)/Z with n=dim to ``target``: the SVD warm start (``_warm_start``), then Adam on
+    KL(target ‖ model). Returns the smallest KL reached (nats), so that an exact fit is not spoiled by Adam's
+    jitter around it and the loss at n reflects what n dimensions can do rather than how far optimisation got."""
+    import torch
+
+    u0, v0 = _warm_start(target, dim)
+    u, v = u0.requires_grad_(), v0.requires_grad_()
     opt = torch.optim.Adam([u, v], lr=lr)
     flat_t = target.flatten()
     entropy_t = -(flat_t * torch.log(flat_t)).sum()
-    kl = torch.tensor(float("nan"))
+    best = math.inf
     for step in range(steps):
         opt.zero_grad()
         log_q = torch.log_softmax((u @ v.T).flatten(), dim=0)
         kl = -(flat_t * log_q).sum() - entropy_t
+        best = min(best, float(kl.detach()))
         kl.backward()
         opt.step()
         if on_step is not None:
             on_step(step, float(kl.detach()))
-    return float(kl.detach())
+    return best
 
 
-def elbow(dims: list[int], losses: list[float], tolerance: float = 0.05) -> int:
-    """The smallest n whose loss is within ``tolerance`` of the total drop above the best loss."""
-    best, worst = min(losses), max(losses)
+def elbow(dims: list[int], losses: list[float], tolerance: float = 0.05, exact: float = EXACT_FIT_KL) -> int:
+    """The smallest n whose log loss is within ``tolerance`` of the total log drop above the best.
+
+    On the log scale because the losses span orders of magnitude (a fit short of the target's rank leaves a loss
+    that is orders above an exact one); losses below ``exact`` count as ``exact``. For a target of logit rank r and
+    dims around it, the elbow is r or r + 1 and moves with r.
+    """
+    logs = [math.log(max(loss, exact)) for loss in losses]
+    best, worst = min(logs), max(logs)
     threshold = best + tolerance * (worst - best)
-    return next(d for d, loss in zip(dims, losses) if loss <= threshold)
+    return next(d for d, value in zip(dims, logs) if value <= threshold)

@@ -54,6 +54,16 @@ def _check_non_negative(**values: float) -> None:
             raise ValueError(f"{key} must be >= 0, got {value}")
 
 
+def _check_clamps(**values: float | None) -> None:
+    """A safety clamp is off (``None``) or a positive bound."""
+    _check_positive(**{key: value for key, value in values.items() if value is not None})
+
+
+def _bound(value: float | None) -> float:
+    """A clamp's bound, infinite when the clamp is off."""
+    return math.inf if value is None else value
+
+
 # Speed. An EG step makes 7-10 elementwise passes over four to six buffers per parameter where SGD makes one,
 # and on small tensors each pass is mostly fixed per-call cost (~1-2 us). So the state of a group's small
 # parameters lives in one flat buffer per key (``_Flat``), ``state[p][key]`` being a view of it, and each pass is
@@ -186,7 +196,7 @@ def _eg_0dim_(log_values: list[Tensor], values: list[Tensor], dots: list[Tensor]
     Per tensor, or, if ``shared``, one ``log x`` moved by ``γ Σ dots`` and copied to every tensor (``dots`` then
     need only add up to the total). The members of ``plan`` have their ``log x`` and ``x`` in one vector each
     (``keys``), updated in one call per operation. With ``base2`` the logs are ``log2 x`` (γ, cap and bound stay
-    in nats).
+    in nats). An infinite ``cap`` or ``bound`` (a clamp that is off) clamps nothing.
     """
     exp = torch.exp
     if base2:
@@ -227,9 +237,14 @@ def _exp(x: Tensor, out: Tensor) -> Tensor:
 
 def _log_rate_(g: Tensor, prev: Tensor, log2_nu: Tensor, nu: Tensor, gamma: float, cap: float, bound: float) -> None:
     """``log ν ← clamp(log ν + clamp(γ prev ⊙ g, ±cap), ±bound)``, ``ν ← exp(log ν)``, with ν's log kept in base 2
-    (``ν = exp2(log2_nu)``: no pass to convert, see ``_exp``); ``prev`` is left as scratch."""
-    prev.mul_(g).clamp_(-cap / gamma, cap / gamma)  # scaled by γ inside add_: one pass fewer
-    log2_nu.add_(prev, alpha=gamma * _LOG2_E).clamp_(-bound * _LOG2_E, bound * _LOG2_E)
+    (``ν = exp2(log2_nu)``: no pass to convert, see ``_exp``); ``prev`` is left as scratch. A clamp whose bound is
+    infinite (off) is skipped."""
+    prev.mul_(g)
+    if cap < math.inf:
+        prev.clamp_(-cap / gamma, cap / gamma)  # scaled by γ inside add_: one pass fewer
+    log2_nu.add_(prev, alpha=gamma * _LOG2_E)
+    if bound < math.inf:
+        log2_nu.clamp_(-bound * _LOG2_E, bound * _LOG2_E)
     torch.exp2(log2_nu, out=nu)
 
 
@@ -296,9 +311,11 @@ class EGStepSize(Optimizer):
 
     ``granularity`` picks what shares one ν: each coordinate, each tensor (``layer``: the product becomes the
     inner product ``<g_{t−1}, g_t>`` of that tensor) or the whole param group (``global``: the inner product over
-    all of its tensors). ν is stored by its logarithm because the exponent is not scale invariant: each step's
+    all of its tensors). With the default arguments this is the published rule exactly: ν_t = exp(γ Σ_{k≤t}
+    g_{k−1} ⊙ g_k). Two safety clamps, both off by default (``None``), depart from it on purpose: each step's
     exponent is clamped to ``±max_log_step`` and ``log ν`` to ``±max_log_nu`` (both in nats), so a burst of large
-    gradients cannot overflow it. ν is updated before θ, as in the derivation. State per parameter:
+    gradients (the exponent is not scale invariant) cannot overflow ν; without them ν may reach 0 or infinity as
+    the rule says. ν is updated before θ, as in the derivation. State per parameter:
     ``prev_grad``, ``log2_nu`` (``log₂ ν``: ``exp2`` is the cheap exponential on a CPU) and ``nu`` (a copy of ν,
     0-dim unless ``coordinate``); for speed, those of small parameters (and every 0-dim ν) are views of buffers
     shared within the param group.
@@ -309,8 +326,9 @@ class EGStepSize(Optimizer):
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-2, gamma: float = 1.0, granularity: str = "coordinate",
-                 max_log_step: float = 0.5, max_log_nu: float = 20.0, fused: bool = False):
-        _check_positive(lr=lr, max_log_step=max_log_step, max_log_nu=max_log_nu)
+                 max_log_step: float | None = None, max_log_nu: float | None = None, fused: bool = False):
+        _check_positive(lr=lr)
+        _check_clamps(max_log_step=max_log_step, max_log_nu=max_log_nu)
         _check_non_negative(gamma=gamma)
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
@@ -328,7 +346,8 @@ class EGStepSize(Optimizer):
 
     def _hyper(self, group: dict, ref: Tensor) -> Tensor:
         """``[lr, γ, max_log_step, max_log_nu]`` as one tensor on ``ref``'s device, kept while they stay the same."""
-        key = (group["lr"], group["gamma"], group["max_log_step"], group["max_log_nu"], ref.dtype, ref.device)
+        key = (group["lr"], group["gamma"], _bound(group["max_log_step"]), _bound(group["max_log_nu"]), ref.dtype,
+               ref.device)
         cache = self.__dict__.setdefault("_fused_hyper", {})  # not in __getstate__, like _flat_state
         held = cache.get(id(group))
         if held is None or held[0] != key:
@@ -354,7 +373,7 @@ class EGStepSize(Optimizer):
             params = _grads(group["params"], "EGStepSize")
             if not params:
                 continue
-            gamma, cap, bound = group["gamma"], group["max_log_step"], group["max_log_nu"]
+            gamma, cap, bound = group["gamma"], _bound(group["max_log_step"]), _bound(group["max_log_nu"])
             lr, granularity = group["lr"], group["granularity"]
             coordinate = granularity == "coordinate"
             states = [self._state(p, coordinate) for p in params]
@@ -428,16 +447,18 @@ class EGFunnel(Optimizer):
         θ ← θ − s v
 
     ``scale="global"`` shares ``s`` over the param group (the paper's global scale); ``"layer"`` keeps one per
-    tensor. Exponents are clamped to ``±max_log_step`` and ``log p``, ``log s`` to ``±max_log_gain`` for the same
-    reason as in ``EGStepSize``. With ``gamma_p = gamma_s = 0`` it is ``torch.optim.SGD(lr, momentum)``.
+    tensor. As in ``EGStepSize`` the defaults compute the published rule, and two safety clamps are off unless
+    given: each exponent to ``±max_log_step``, ``log p`` and ``log s`` to ``±max_log_gain``. With
+    ``gamma_p = gamma_s = 0`` it is ``torch.optim.SGD(lr, momentum)``.
     State per parameter: ``m``, ``v``, ``log_p``, ``p``, ``log_s``, ``s`` (0-dim); as in ``EGStepSize``, those of
     small parameters (and every ``s``) are views of buffers shared within the param group.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-2, momentum: float = 0.9, gamma_p: float = 1.0,
-                 gamma_s: float = 1.0, beta: float = 0.9, scale: str = "global", max_log_step: float = 0.5,
-                 max_log_gain: float = 20.0):
-        _check_positive(lr=lr, max_log_step=max_log_step, max_log_gain=max_log_gain)
+                 gamma_s: float = 1.0, beta: float = 0.9, scale: str = "global", max_log_step: float | None = None,
+                 max_log_gain: float | None = None):
+        _check_positive(lr=lr)
+        _check_clamps(max_log_step=max_log_step, max_log_gain=max_log_gain)
         _check_non_negative(gamma_p=gamma_p, gamma_s=gamma_s)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
@@ -470,7 +491,7 @@ class EGFunnel(Optimizer):
             params = _grads(group["params"], "EGFunnel")
             if not params:
                 continue
-            cap, bound = group["max_log_step"], group["max_log_gain"]
+            cap, bound = _bound(group["max_log_step"]), _bound(group["max_log_gain"])
             moments = dict(gamma_p=group["gamma_p"], cap=cap, bound=bound, lr=group["lr"],
                            momentum=group["momentum"], weight=1.0 - group["beta"])
             states = [self._state(p) for p in params]
@@ -499,8 +520,12 @@ class EGFunnel(Optimizer):
                  bound: float, lr: float, momentum: float, weight: float) -> None:
         """Gains from ``m_{t-1} ⊙ g`` (``p`` as scratch), then ``m ← lerp(m, g, 1 − β)``, ``v ← μ v + lr p ⊙ g``."""
         if gamma_p > 0:
-            torch.mul(m, g, out=gain).clamp_(-cap / gamma_p, cap / gamma_p)
-            log_gain.add_(gain, alpha=gamma_p).clamp_(-bound, bound)
+            torch.mul(m, g, out=gain)
+            if cap < math.inf:
+                gain.clamp_(-cap / gamma_p, cap / gamma_p)
+            log_gain.add_(gain, alpha=gamma_p)
+            if bound < math.inf:
+                log_gain.clamp_(-bound, bound)
             _exp(log_gain, out=gain)
         m.lerp_(g, weight)
         v.mul_(momentum).addcmul_(gain, g, value=lr)
@@ -509,15 +534,18 @@ class EGFunnel(Optimizer):
 class HypergradientSGD(Optimizer):
     """SGD-HD (Baydin et al., 2018): ``α ← α + β <g_{t−1}, g_t>`` over the param group, then ``θ ← θ − α g``.
 
-    α lives in ``group["lr"]`` so it is visible to callers and saved by ``state_dict``. It is floored at 0 (a
-    negative rate would climb the loss; at 0 the iterate stops, consecutive gradients agree and α grows
-    again), the one departure from the paper. State per parameter: ``prev_grad``.
+    α lives in ``group["lr"]`` so it is visible to callers and saved by ``state_dict``. The defaults are the paper's
+    rule, under which α may turn negative (and then climb the loss). ``lr_floor`` (off by default, ``None``) is a
+    safety clamp α ← max(α, lr_floor): at a floor of 0 the iterate stops, consecutive gradients agree and α grows
+    again. State per parameter: ``prev_grad``.
     """
 
-    def __init__(self, params: Iterable, lr: float = 1e-2, beta: float = 1e-3):
+    def __init__(self, params: Iterable, lr: float = 1e-2, beta: float = 1e-3, lr_floor: float | None = None):
         _check_positive(lr=lr)
         _check_non_negative(beta=beta)
-        super().__init__(params, dict(lr=lr, beta=beta))
+        if lr_floor is not None:
+            _check_non_negative(lr_floor=lr_floor)
+        super().__init__(params, dict(lr=lr, beta=beta, lr_floor=lr_floor))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
@@ -533,7 +561,10 @@ class HypergradientSGD(Optimizer):
                 if not self.state[p]:
                     self.state[p]["prev_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             dot = sum(torch.vdot(self.state[p]["prev_grad"].flatten(), p.grad.flatten()) for p in params)
-            group["lr"] = max(group["lr"] + group["beta"] * float(dot), 0.0)
+            group["lr"] += group["beta"] * float(dot)
+            floor = group.get("lr_floor")
+            if floor is not None:
+                group["lr"] = max(group["lr"], floor)
             for p in params:
                 p.add_(p.grad, alpha=-group["lr"])
                 self.state[p]["prev_grad"].copy_(p.grad)

@@ -332,7 +332,7 @@ def test_hypergradient_sgd_matches_autograd_derivative_in_alpha():
 
 def test_hypergradient_sgd_rate_is_floored_at_zero():
     p = torch.ones(3, requires_grad=True)
-    opt = HypergradientSGD([p], lr=0.1, beta=10.0)
+    opt = HypergradientSGD([p], lr=0.1, beta=10.0, lr_floor=0.0)
     _feed(opt, [p], [torch.ones(3)])
     before = p.detach().clone()
     _feed(opt, [p], [-torch.ones(3)])

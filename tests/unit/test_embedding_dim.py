@@ -54,13 +54,26 @@ def test_entropy_per_dim_low_n_against_direct_quadrature():
     assert dimension.entropy_per_dim(n) == pytest.approx(h / n, rel=1e-6)
 
 
-def test_sweep_elbow_lies_near_the_known_rank():
-    gen = torch.Generator().manual_seed(3)
-    target = dimension.low_rank_target(48, 6, gen)
-    dims = [1, 2, 3, 4, 6, 8, 12, 16]
-    losses = [dimension.fit_pair_distribution(target, d, 250, 0.05, gen) for d in dims]
-    assert losses[0] > 10 * losses[-1]
-    assert 3 <= dimension.elbow(dims, losses) <= 12
+@pytest.mark.parametrize("rank", [3, 9])
+def test_sweep_elbow_moves_with_the_known_rank(rank):
+    """A target of logit rank r is fitted exactly from n = r + 1 on (r, or r + 1 for the softmax's free constant) and
+    measurably worse below: the elbow lands at r or r + 1, on the log scale at any tolerance up to a few tenths, and
+    a threshold on the linear scale (or one too loose, 0.5) would put it below r."""
+    target = dimension.low_rank_target(32, rank, torch.Generator().manual_seed(1))
+    dims = [1, 2, 3, 4, 6, 8, 9, 10, 12, 16]
+    losses = [dimension.fit_pair_distribution(target, d, 60, 0.05) for d in dims]
+    assert dimension.elbow(dims, losses) in (rank, rank + 1)
+    below = losses[dims.index(rank - 1) if rank - 1 in dims else dims.index(rank) - 1]
+    assert below > 100 * dimension.EXACT_FIT_KL  # short of the rank the fit is far from exact
+    assert all(loss < dimension.EXACT_FIT_KL for d, loss in zip(dims, losses) if d > rank)
+
+
+def test_elbow_is_on_the_log_scale_and_floors_exact_fits():
+    dims = [1, 2, 3, 4]
+    assert dimension.elbow(dims, [1.0, 1e-2, 1e-9, 1e-15]) == 3  # 1e-9 and 1e-15 are both exact fits
+    assert dimension.elbow(dims, [1.0, 1e-2, 1.1e-5, 1e-5]) == 3  # within 5 % of the log drop
+    assert dimension.elbow(dims, [1.0, 1e-2, 1.1e-5, 1e-5], tolerance=0.001) == 4
+    assert dimension.elbow(dims, [1.0, 0.1, 0.05, 0.04], exact=0.06) == 3
 
 
 def test_job_runs_and_reports_dimensions_entropy_and_plot():
@@ -69,7 +82,7 @@ def test_job_runs_and_reports_dimensions_entropy_and_plot():
     by_n = {d["vocab_size"]: d for d in result["dimensions"]}
     assert by_n[100000]["min_dimension"] == 96 and by_n[512]["min_dimension"] == 52
     assert {e["n"] for e in result["entropy_per_dim"]} == set(KIND.example["entropy_dims"])
-    assert result["sweep"]["elbow"] in result["sweep"]["dims"]
+    assert result["sweep"]["elbow"] in (8, 9)  # the example's target has rank 8
     assert ctx.series("entropy_per_dim") and ctx.series("fit_kl_final")
     assert ctx.artifacts["entropy_per_dim.png"][0].startswith(b"\x89PNG")
 
@@ -88,3 +101,15 @@ def test_exact_coefficient_option():
 def test_bad_params_are_refused(bad):
     with pytest.raises(ValidationError):
         EmbeddingDimParams(**bad)
+
+
+def test_low_rank_target_is_the_softmax_of_scaled_rank_r_logits():
+    """p_ij = exp(3·s·<u_i, v_j>/√r) / Z with u, v the generator's first draws: rank r logits, normalized."""
+    target = dimension.low_rank_target(6, 2, torch.Generator().manual_seed(4), scale=0.5)
+    gen = torch.Generator().manual_seed(4)
+    u = torch.randn(6, 2, generator=gen, dtype=torch.float64)
+    v = torch.randn(6, 2, generator=gen, dtype=torch.float64)
+    logits = 3.0 * 0.5 * (u @ v.T) / math.sqrt(2)
+    torch.testing.assert_close(target, torch.softmax(logits.flatten(), 0).reshape(6, 6), rtol=1e-12, atol=0)
+    log_t = torch.log(target)
+    assert int(torch.linalg.matrix_rank(log_t - log_t[0, 0])) <= 3  # rank 2, plus the normalizing constant

@@ -313,3 +313,24 @@ def test_job_other_targets_on_uploaded_data_and_determinism():
 def test_bad_params_are_refused(bad, field):
     with pytest.raises(pydantic.ValidationError, match=field):
         KIND.params(**{**KIND.example, **bad})
+
+
+def test_violations_count_the_samples_whose_lhs_exceeds_the_rhs(monkeypatch):
+    """The bound always holds, so a reported 0 says nothing by itself: with three samples per measurement pushed
+    over it (and one exactly at it, not a violation), the job must count three per measurement."""
+    import core.techniques.gradient_penalty_bound.run as gpb_run
+
+    real = gpb_run.gradient_bound_terms
+
+    def three_over(*args, **kwargs):
+        r = real(*args, **kwargs)
+        r["lhs"] = torch.cat([2 * r["rhs"][:3], r["rhs"][3:4], r["lhs"][4:]])
+        r["lhs_frobenius"] = torch.cat([2 * r["rhs"][:1], r["lhs_frobenius"][1:]])
+        return r
+
+    monkeypatch.setattr(gpb_run, "gradient_bound_terms", three_over)
+    result = KIND.run(KIND.params(**KIND.example), LocalContext())
+    n_meas = len(result["measured_steps"])
+    assert n_meas >= 2
+    assert result["violations"] == 3 * n_meas
+    assert result["violations_frobenius"] == n_meas

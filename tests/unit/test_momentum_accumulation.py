@@ -12,6 +12,7 @@ import pydantic
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from core.optim.accum import AccumAdam, AccumSGDM, beta_tilde, state_bytes
 from core.techniques.local import LocalContext
@@ -297,3 +298,35 @@ def test_job_cnn_adam_uploaded_dataset_and_determinism():
 def test_bad_params_raise_validation_error(bad):
     with pytest.raises(pydantic.ValidationError):
         KIND.params(**(KIND.example | bad))
+
+
+@pytest.mark.parametrize("optimizer", ["sgdm", "adam"])
+def test_reported_updates_are_the_weight_changes_that_happened(optimizer):
+    """``updates`` per arm is the number of optimizer steps that moved the weights, counted here independently by
+    global step hooks: steps//k for the accumulating arms (a stock arm that lost its χ gating would move on every
+    micro-step and report it), steps for per-micro-batch. steps = 22 is not a multiple of k = 4: the partial last
+    window makes no update."""
+    moved: dict[int, int] = {}
+    snapshots: dict[int, list[torch.Tensor]] = {}
+
+    def before(opt, args, kwargs):
+        snapshots[id(opt)] = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
+
+    def after(opt, args, kwargs):
+        params = [p for g in opt.param_groups for p in g["params"]]
+        changed = any(not torch.equal(a, p) for a, p in zip(snapshots[id(opt)], params))
+        moved[id(opt)] = moved.get(id(opt), 0) + int(changed)
+
+    hooks = [register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)]
+    try:
+        params = KIND.params(dataset="digits", hidden=8, optimizer=optimizer, lr=0.1, accum_steps=4, micro_batch=4,
+                             steps=22, seeds=1, eval_every=22)
+        result = KIND.run(params, LocalContext())
+    finally:
+        for h in hooks:
+            h.remove()
+    counted = list(moved.values())  # one optimizer per arm, created in the order of ARMS
+    assert len(counted) == len(ARMS)
+    for arm, n in zip(ARMS, counted):
+        assert result["arms"][arm]["updates"] == n, arm
+        assert n == (22 if arm == "per_micro_batch" else 5), arm

@@ -86,7 +86,7 @@ def make_optimizer(spec, lr: float, model: torch.nn.Module) -> torch.optim.Optim
     if spec.name == "adam":
         return torch.optim.Adam(ps, lr=lr, betas=(spec.beta1, spec.beta2), eps=spec.eps)
     if spec.name == "hypergradient":
-        return HypergradientSGD(ps, lr=lr, beta=spec.beta)
+        return HypergradientSGD(ps, lr=lr, beta=spec.beta, lr_floor=spec.lr_floor)
     if spec.name == "eg_stepsize":
         return EGStepSize(ps, lr=lr, gamma=spec.gamma, granularity=spec.granularity,
                           max_log_step=spec.max_log_step, max_log_nu=spec.max_log_nu)

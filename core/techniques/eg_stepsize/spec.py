@@ -39,6 +39,8 @@ class HypergradientSpec(Params):
     name: Literal["hypergradient"] = "hypergradient"
     lr: float = Field(0.3, gt=0, le=100)
     beta: float = Field(1e-3, ge=0, le=10, description="rate of α ← α + β <g_{t-1}, g_t>")
+    lr_floor: float | None = Field(0.0, ge=0, le=100, description="safety floor of α; null: the paper's rule, "
+                                   "under which α may turn negative")
 
 
 class EGStepSizeSpec(Params):
@@ -46,8 +48,9 @@ class EGStepSizeSpec(Params):
     lr: float = Field(0.3, gt=0, le=100)
     gamma: float = Field(100.0, ge=0, le=1e6, description="EG rate of ν; the product g_{t-1} g_t is not scale free")
     granularity: Literal["coordinate", "layer", "global"] = "coordinate"
-    max_log_step: float = Field(0.1, gt=0, le=10, description="clamp of each step's change of log ν")
-    max_log_nu: float = Field(10.0, gt=0, le=50, description="clamp of log ν")
+    max_log_step: float | None = Field(0.1, gt=0, le=10, description="safety clamp of each step's change of log ν; "
+                                       "null: off (the published rule)")
+    max_log_nu: float | None = Field(10.0, gt=0, le=50, description="safety clamp of log ν; null: off")
 
 
 class EGFunnelSpec(Params):
@@ -58,8 +61,8 @@ class EGFunnelSpec(Params):
     gamma_s: float = Field(1.0, ge=0, le=1e6, description="EG rate of the scale s")
     beta: float = Field(0.9, ge=0, lt=1, description="EMA factor of the gradients that drive p")
     scale: Literal["layer", "global"] = "layer"
-    max_log_step: float = Field(0.1, gt=0, le=10)
-    max_log_gain: float = Field(10.0, gt=0, le=50)
+    max_log_step: float | None = Field(0.1, gt=0, le=10, description="safety clamp of each exponent; null: off")
+    max_log_gain: float | None = Field(10.0, gt=0, le=50, description="safety clamp of log p and log s; null: off")
 
 
 OptimizerSpec = Annotated[Union[SGDSpec, MomentumSpec, AdamSpec, HypergradientSpec, EGStepSizeSpec, EGFunnelSpec],

@@ -51,7 +51,7 @@ def _sweep(sp: SweepParams, coefficient: float, ctx: RunContext) -> dict:
             if step % 10 == 0 or step == sp.steps - 1:
                 ctx.metric(step, f"fit_kl/n={n}", kl)
 
-        losses.append(dimension.fit_pair_distribution(target, n, sp.steps, sp.lr, gen, on_step))
+        losses.append(dimension.fit_pair_distribution(target, n, sp.steps, sp.lr, on_step))
         ctx.metric(n, "fit_kl_final", losses[-1])
         ctx.progress(0.3 + 0.65 * (i + 1) / len(dims), f"fitted n={n}")
     knee = dimension.elbow(dims, losses)

@@ -11,7 +11,8 @@ from core.techniques.base import KindSpec, Params
 
 
 class SweepParams(BaseModel):
-    """Fit exp(<u,v>)/Z to a synthetic N×N target of known rank for a range of n, and find the elbow."""
+    """Fit exp(<u,v>)/Z to a synthetic N×N target of known rank for a range of n, and find the elbow: the fit is
+    exact from the target's rank r (or r + 1, the softmax's free constant) on, so the elbow measures r."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     vocab_size: int = Field(128, ge=8, le=1024)
@@ -51,5 +52,5 @@ SPEC = KindSpec(
     description="Minimum embedding dimension n > 8.33·ln N, entropy per dimension, and an empirical fit sweep.",
     params=EmbeddingDimParams,
     example={"vocab_sizes": [512, 100000, 5000000], "coefficient": 8.33, "entropy_dims": [16, 64, 128, 512],
-             "sweep": {"vocab_size": 64, "target_rank": 8, "dims": [2, 4, 6, 8, 12, 16, 24], "steps": 200}},
+             "sweep": {"vocab_size": 64, "target_rank": 8, "dims": [2, 4, 6, 8, 9, 12, 16, 24], "steps": 200}},
 )

@@ -9,8 +9,9 @@ curves differ only by how and when the optimizer turns micro-gradients into upda
 - ``lr_chi_only``: the same with the original β and lr·χ_t;
 - ``per_micro_batch``: a stock EMA optimizer that updates on every micro-batch.
 
-``steps`` counts micro-batches, so all arms use the same data; arms other than ``per_micro_batch`` make steps//k
-updates. The LR is constant, so no scheduler has to choose between counting micro-steps and updates.
+``steps`` counts micro-batches, so all arms use the same data; arms other than ``per_micro_batch`` should make
+steps//k updates, and ``updates`` reports the optimizer updates that did happen (``_stepped``), not that number.
+The LR is constant, so no scheduler has to choose between counting micro-steps and updates.
 """
 from __future__ import annotations
 
@@ -102,6 +103,15 @@ def _evaluate(built: BuiltModel, x: torch.Tensor, y: torch.Tensor | None) -> tup
     return loss / count, correct / count
 
 
+def _stepped(opt: torch.optim.Optimizer) -> int:
+    """Step ``opt``; 1 if that step was an update (it moved the weights: a nonzero rate and, for the χ-aware
+    optimizers, an update step by their own count), else 0. AccumSGDM/AccumAdam count updates in their group."""
+    group = opt.param_groups[0]
+    rate, before = group["lr"], group["updates"]
+    opt.step()
+    return int(rate > 0 and group["updates"] > before)
+
+
 def _train(arm: str, params: MomentumAccumulationParams, built: BuiltModel, data: dict,
            rng: np.random.Generator, eval_steps: set[int], ctx: RunContext, report) -> dict:
     """One arm, one seed: returns its curves, the persistent optimizer bytes and the final flat weights."""
@@ -111,7 +121,7 @@ def _train(arm: str, params: MomentumAccumulationParams, built: BuiltModel, data
     stock_chi = arm in ("beta_tilde_lr_chi", "lr_chi_only")
     batches = _batches(rng, len(data["x"]), params.micro_batch)
     curves = {"train_loss": [], "heldout_loss": [], "heldout_accuracy": []}
-    buffer_bytes = 0
+    buffer_bytes = updates = 0
 
     def evaluate():
         model.eval()
@@ -130,19 +140,18 @@ def _train(arm: str, params: MomentumAccumulationParams, built: BuiltModel, data
             (loss / k).backward()
             if t % k == 0:
                 buffer_bytes = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters())
-                opt.step()
+                updates += _stepped(opt)
                 opt.zero_grad(set_to_none=True)
         else:
             if stock_chi:
                 for group in opt.param_groups:
                     group["lr"] = params.lr if t % k == 0 else 0.0
             loss.backward()
-            opt.step()
+            updates += _stepped(opt)
             opt.zero_grad(set_to_none=True)
         if t in eval_steps:
             evaluate()
             report(t / params.steps)
-    updates = params.steps if arm == "per_micro_batch" else params.steps // k
     return {**curves, "state_bytes": state_bytes(opt) + buffer_bytes, "updates": updates,
             "weights": torch.cat([p.detach().flatten() for p in model.parameters()])}
 

@@ -37,12 +37,13 @@ def _load(p: VaeDensityParams, ctx: RunContext) -> tuple[np.ndarray, str, Linear
         gen = torch.Generator().manual_seed(ctx.seed)
         truth = LinearGaussian.random(p.synthetic_dim, p.synthetic_latent, p.synthetic_sigma, gen)
         return truth.sample(p.synthetic_n, gen).float().numpy(), "gaussian", truth
-    if p.dataset in ("digits_binarized", "digits_dequantized"):
+    if p.dataset in ("digits_binarized", "digits_17_levels", "digits_dequantized"):
         pixels = load_builtin("digits", ctx.seed)["x"].astype(np.float64)
         if p.dataset == "digits_binarized":  # one stochastic binarization, fixed by the seed
             rng = np.random.default_rng(ctx.seed)
             return (rng.random(pixels.shape) < pixels).astype(np.float32), "bernoulli", None
-        return np.round(pixels * (LEVELS - 1)).astype(np.float32), "dequantized", None  # 0..16 -> 8-bit 0..255
+        # 17 levels (0..16) placed on the 8-bit scale: see spec.BUILTIN_LIKELIHOOD on what its bits/dim mean
+        return np.round(pixels * (LEVELS - 1)).astype(np.float32), "dequantized", None
     x = np.asarray(load_arrays(p.dataset, ctx)["x"], dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 4 or x.shape[1] < 1:
         raise ValueError(f"dataset: x must be (n >= 4, D >= 1), got shape {x.shape}")

@@ -1,0 +1,208 @@
+"""Mutation testing of the technique math (``make mutants``; slow, not part of CI).
+
+For each module below, cosmic-ray makes one mutant per applicable operator and site (an operator swapped, a number
+changed, a condition negated, a loop made empty, ...), runs the module's own fast unit tests against each, and counts
+a mutant as killed when they fail or time out. One module at a time, one test process at a time: the machine is small
+and shared. Each module is mutated in a copy of the tree under ``.mutants/`` (cosmic-ray edits files in place), so an
+interrupted run never leaves a mutated file in the working tree.
+
+A module with more mutants than ``--sample`` is sampled: ``--sample`` mutants drawn with ``--seed`` from its
+mutant list (the same draw every time while the module is unchanged), the rest marked skipped; the report says so.
+Surviving mutants are written with their diffs to ``.mutants/<name>/survivors.txt`` for triage (docs/mutation.md).
+``--survivors`` runs only the last run's survivors again, against the current tests (a killed mutant stays killed
+while tests are only added); it refuses a module whose source changed since, which needs a full run.
+
+    python mutation/mutants.py                 # every module, default sample
+    python mutation/mutants.py eg accum --sample 0   # two modules, all of their mutants
+    python mutation/mutants.py --survivors     # after adding tests: the survivors again
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cosmic_ray.work_db import WorkDB, use_db
+from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRATCH = ROOT / ".mutants"
+
+# Tests that train, run whole jobs, compile or validate job params are left out: a mutant costs one test process,
+# and those either take seconds each or do not reach the module's math. (-k matches substrings: "fused" would also
+# drop every test named "...refused...", hence the compiled test's full name.)
+SLOW = ("not job and not end_to_end and not example and not fused_step_equals_eager_step and not same_seed "
+        "and not same_spec "
+        "and not uploaded and not timeout and not bad_params and not budget and not divergence and not digits "
+        "and not covers_more_modes and not cancellation and not recovery and not optimizers_share "
+        "and not large_batch and not cpu_peak and not builtin and not two_tower_job")
+
+# name: (module path, its own fast unit-test files)
+MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "contrastive": ("core/contrastive.py", ("tests/unit/test_contrastive_accumulation.py",
+                                            "tests/unit/test_contrastive_checks.py")),
+    "accum": ("core/optim/accum.py", ("tests/unit/test_momentum_accumulation.py", "tests/unit/test_optim_accum.py")),
+    "eg": ("core/optim/eg.py", ("tests/unit/test_eg_stepsize.py", "tests/unit/test_optim_eg.py")),
+    "gan": ("core/gan.py", ("tests/unit/test_gradnorm_gan.py", "tests/unit/test_gan_math.py")),
+    "vae": ("core/vae.py", ("tests/unit/test_vae_density.py", "tests/unit/test_vae_math.py")),
+    "penalty": ("core/penalty.py", ("tests/unit/test_gradient_penalty_bound.py", "tests/unit/test_penalty_checks.py")),
+    "dimension": ("core/dimension.py", ("tests/unit/test_embedding_dim.py",)),
+    "init": ("core/init.py", ("tests/unit/test_init_averaging.py", "tests/unit/test_init_math.py")),
+}
+
+# Operators left out: swaps into bitwise/shift/modulo operators and identity comparisons on numbers only make the
+# code raise a TypeError (killed by any test that runs the line, so they say nothing about the tests), and the
+# variable inserter/replacer mutate names at random.
+EXCLUDED_OPERATORS = [
+    r"core/ReplaceBinaryOperator_.*_(BitAnd|BitOr|BitXor|LShift|RShift|FloorDiv|Mod)$",
+    r"core/ReplaceBinaryOperator_(BitAnd|BitOr|BitXor|LShift|RShift|FloorDiv|Mod)_.*",
+    r"core/ReplaceComparisonOperator_(Eq|NotEq|Lt|LtE|Gt|GtE)_(Is|IsNot)$",
+    r"core/ReplaceComparisonOperator_(Is|IsNot)_(Eq|NotEq|Lt|LtE|Gt|GtE)$",
+    r"core/ReplaceUnaryOperator_.*_(Invert|Not)$",
+    r"core/VariableInserter",
+    r"core/VariableReplacer",
+    r"core/ExceptionReplacer",
+]
+
+
+def _config(module: str, tests: list[str], timeout: float) -> str:
+    command = " ".join([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                        *tests, "-k", f"'{SLOW}'"])
+    excluded = ", ".join(json.dumps(e) for e in EXCLUDED_OPERATORS)
+    return (f'[cosmic-ray]\nmodule-path = "{module}"\ntimeout = {timeout}\nexcluded-modules = []\n'
+            f'test-command = "{command}"\n\n[cosmic-ray.distributor]\nname = "local"\n\n'
+            f'[cosmic-ray.filters.operators-filter]\nexclude-operators = [{excluded}]\n')
+
+
+def _copy_tree(dest: Path) -> None:
+    """The tracked and untracked-but-not-ignored files of the working tree, copied to ``dest``."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def _sample(db_path: Path, size: int, seed: int) -> tuple[int, int]:
+    """Mark all but ``size`` pending mutants (drawn with ``seed``) skipped; (mutants, kept)."""
+    with use_db(str(db_path), WorkDB.Mode.open) as db:
+        pending = sorted(db.pending_work_items, key=lambda w: (str(w.mutations[0].start_pos),
+                                                               w.mutations[0].operator_name,
+                                                               w.mutations[0].occurrence))
+        if size <= 0 or len(pending) <= size:
+            return len(pending), len(pending)
+        keep = {w.job_id for w in random.Random(seed).sample(pending, size)}
+        skipped = [w.job_id for w in pending if w.job_id not in keep]
+        db.set_multiple_results(skipped, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+        return len(pending), size
+
+
+def _tally(db_path: Path, survivors_path: Path) -> dict:
+    killed = survived = incompetent = 0
+    lines = []
+    with use_db(str(db_path), WorkDB.Mode.open) as db:
+        for item, result in db.completed_work_items:
+            if result.worker_outcome == WorkerOutcome.SKIPPED:
+                continue
+            if result.worker_outcome != WorkerOutcome.NORMAL or result.test_outcome == TestOutcome.INCOMPETENT:
+                incompetent += 1
+            elif result.test_outcome == TestOutcome.KILLED:
+                killed += 1
+            else:
+                survived += 1
+                m = item.mutations[0]
+                lines.append(f"### {m.operator_name} #{m.occurrence} at line {m.start_pos[0]}\n{result.diff}\n")
+    survivors_path.write_text("\n".join(lines))
+    return {"killed": killed, "survived": survived, "incompetent": incompetent}
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def run_module(name: str, sample: int, seed: int, timeout: float, survivors_of: dict | None = None) -> dict:
+    """One module's run: all (or ``sample``) of its mutants, or with ``survivors_of`` (the last result) only the
+    mutants that survived it."""
+    module, tests = MODULES[name]
+    tests = [t for t in tests if (ROOT / t).exists()]
+    work = SCRATCH / name
+    tree = work / "tree"
+    _copy_tree(tree)
+    config, db = work / "cosmic-ray.toml", work / "session.sqlite"
+    config.write_text(_config(module, tests, timeout))
+    if survivors_of is None:
+        db.unlink(missing_ok=True)
+    elif survivors_of.get("source") != _digest(ROOT / module) or not db.exists():
+        raise SystemExit(f"{name}: {module} changed since its last run (or it has none): run it in full")
+    os.environ["PYTHONPATH"] = str(tree)  # the copy's code, not the working tree's, in every test process
+    bin_dir = Path(sys.executable).parent
+    run = lambda *args: subprocess.run([*args], cwd=tree, check=True, capture_output=True)
+    started = time.monotonic()
+    baseline = subprocess.run(_config_command(config), cwd=tree, shell=True, capture_output=True, text=True,
+                              check=False)
+    if baseline.returncode != 0:
+        raise SystemExit(f"{name}: the unmutated tests fail, nothing to measure:\n{baseline.stdout[-3000:]}")
+    if survivors_of is None:
+        run(bin_dir / "cosmic-ray", "init", str(config), str(db))
+        run(bin_dir / "cr-filter-operators", str(db), str(config))
+        total, kept = _sample(db, sample, seed)
+    else:
+        total, kept = survivors_of["mutants"], survivors_of["sampled"]
+        with sqlite3.connect(db) as conn:  # survivors become pending again
+            conn.execute("DELETE FROM work_results WHERE worker_outcome = 'NORMAL' AND test_outcome = 'SURVIVED'")
+    run(bin_dir / "cosmic-ray", "exec", str(config), str(db))
+    counts = _tally(db, work / "survivors.txt")
+    done = counts["killed"] + counts["survived"]
+    return {"module": module, "source": _digest(ROOT / module), "tests": tests, "mutants": total, "sampled": kept,
+            **counts,
+            "score": round(counts["killed"] / done, 3) if done else None,
+            "minutes": round((time.monotonic() - started) / 60, 1)}
+
+
+def _config_command(config: Path) -> str:
+    """The test command written into ``config`` (run once unmutated: it must pass)."""
+    for line in config.read_text().splitlines():
+        if line.startswith("test-command"):
+            return json.loads(line.split("=", 1)[1].strip())
+    raise ValueError("no test-command")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"modules (default: all): {', '.join(MODULES)}")
+    parser.add_argument("--sample", type=int, default=60, help="mutants per module, 0 for all (default 60)")
+    parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per mutant's test run")
+    parser.add_argument("--survivors", action="store_true", help="rerun only the last run's survivors")
+    parser.add_argument("--out", type=Path, default=SCRATCH / "scores.json")
+    args = parser.parse_args()
+    unknown = set(args.names) - set(MODULES)
+    if unknown:
+        parser.error(f"unknown modules {sorted(unknown)}; known: {', '.join(MODULES)}")
+    SCRATCH.mkdir(exist_ok=True)
+    scores = json.loads(args.out.read_text()) if args.out.exists() else {}
+    for name in args.names or list(MODULES):
+        if args.survivors and name not in scores:
+            raise SystemExit(f"{name}: no earlier run to take the survivors of")
+        result = run_module(name, args.sample, args.seed, args.timeout, scores[name] if args.survivors else None)
+        scores[name] = result
+        args.out.write_text(json.dumps(scores, indent=1))
+        print(f"{name:12s} {result['module']:22s} mutants {result['mutants']:4d} sampled {result['sampled']:4d} "
+              f"killed {result['killed']:3d} survived {result['survived']:3d} incompetent {result['incompetent']:2d} "
+              f"score {result['score']}  ({result['minutes']} min)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
