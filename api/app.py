@@ -1,6 +1,8 @@
 """The FastAPI application factory."""
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
@@ -8,7 +10,9 @@ from api import openapi, problems
 from api.auth import KeyCache, KeyFirst
 from api.guards import LoopbackOnly, RejectNul
 from api.limits import BodyLimits
-from api.routes import datasets, events, health, jobs, kinds, models, studies, web
+from api.observability import RequestContext
+from api.routes import datasets, events, health, jobs, kinds, metrics, models, ops, studies, web
+from core import logs
 from core.jobs.db import make_engine, make_sessionmaker
 from core.jobs.watch import JobFeeds
 from core.settings import Settings, get_settings
@@ -18,6 +22,8 @@ from workers.app import make_celery
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    if not logging.getLogger().handlers:  # a uvicorn worker process that `gradlab api` spawned
+        logs.configure(settings.log_format)
     app = FastAPI(title="gradlab", version="1.0.0",
                   description="Training-analysis jobs: submit a spec, poll status, metrics, results and artifacts.")
     app.state.settings = settings
@@ -37,7 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RejectNul)
     if settings.auth == "disabled":
         app.add_middleware(LoopbackOnly)
-    for module in (jobs, events, kinds, datasets, models, health, web, studies):
+    app.add_middleware(RequestContext, metrics=settings.metrics)  # outermost: ids even on early answers
+    for module in (jobs, events, kinds, datasets, models, health, web, studies, ops, metrics):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     openapi.install(app)

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import typer
 
 from api.client_cli import register as register_client_commands
+from core import logs
 from core.settings import get_settings
 
 cli = typer.Typer(help="gradlab: training-analysis jobs over HTTP.", no_args_is_help=True, add_completion=False)
@@ -54,10 +57,21 @@ def api(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option(1
     if settings.auth == "disabled":
         typer.echo("authentication is DISABLED (GRADLAB_AUTH=disabled): loopback only, every caller is admin")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    # Open event streams would otherwise hold a shutdown forever; the protocol bounds the wait for headers.
-    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False, timeout_graceful_shutdown=5,
-                http="api.serving:HeaderDeadlineProtocol", timeout_keep_alive=5)
+    logs.configure(settings.log_format)
+    # Each uvicorn worker process keeps its metric values in files here, summed at scrape time (a fresh folder
+    # per start: values of an earlier run's processes must not count).
+    prom_dir = None
+    if settings.metrics and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        prom_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gradlab-metrics-")
+    try:
+        # Open event streams would otherwise hold a shutdown forever; the protocol bounds the wait for headers.
+        uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, log_config=None,
+                    log_level="info", access_log=False, timeout_graceful_shutdown=5,
+                    http="api.serving:HeaderDeadlineProtocol", timeout_keep_alive=5)
+    finally:
+        if prom_dir is not None:
+            shutil.rmtree(prom_dir, ignore_errors=True)
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 @cli.command()
@@ -81,6 +95,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path = typer.Option(
     """Embedded all-in-one: SQLite + filesystem broker in DATA_DIR, migrate, one worker process and the API."""
     os.environ["GRADLAB_DATA_DIR"] = str(data_dir.resolve())
     os.environ.setdefault("GRADLAB_AUTH", "disabled")
+    os.environ.setdefault("GRADLAB_LOG_FORMAT", "console")  # a person reads these
     get_settings.cache_clear()
     _check_bind(host)
     migrate()

@@ -109,6 +109,9 @@ class Job:
     result: dict[str, Any] | None = None
     error: JobError | None = None
     links: dict[str, str] = field(default_factory=dict)
+    queue: str = ""
+    queue_position: int | None = None  # while queued (GET of one job): 1 = starts next in its queue
+    eta_s: float | None = None  # while queued: estimated seconds until it starts
 
     @property
     def terminal(self) -> bool:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from enum import Enum
@@ -35,6 +36,7 @@ err = Console(stderr=True, highlight=False)
 
 STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
 LATEST_METRICS = 6
+QUEUE_POLL_S = 1.0
 
 
 class Status(str, Enum):
@@ -132,6 +134,39 @@ class _JobProgress(Progress):
             yield self.metrics_line
 
 
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _about(seconds: float) -> str:
+    if seconds < 90:
+        return f"{round(seconds)} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def queue_place(job: Job) -> str:
+    """"3rd in the gpu queue, ~4 min" for a queued job that knows its place (empty otherwise)."""
+    if job.status != "queued" or job.queue_position is None:
+        return ""
+    eta = "" if job.eta_s is None else f", ~{_about(job.eta_s)}"
+    return f"{_ordinal(job.queue_position)} in the {job.queue} queue{eta}"
+
+
+def _wait_in_queue(client: Client, job: Job, deadline: float | None, show: Callable[[str], None]) -> Job:
+    """While the job is queued, show its place in the queue (polled: the event stream has no such event)."""
+    job = client.get(job.id)
+    while job.status == "queued":
+        show(queue_place(job) or job.message)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WaitTimeout(f"job {job.id} still queued after the timeout", job)
+        time.sleep(QUEUE_POLL_S if deadline is None else max(0.0, min(QUEUE_POLL_S, deadline - time.monotonic())))
+        job = client.get(job.id)
+    return job
+
+
 def _watch(client: Client, job: Job, timeout: float | None) -> Job:
     """Follow the job's events with a live progress bar until it is terminal; returns the final job."""
     latest: dict[str, tuple[int, float | None]] = {}
@@ -150,10 +185,13 @@ def _watch(client: Client, job: Job, timeout: float | None) -> Job:
             progress.metrics_line = Text("  " + "  ".join(f"{n}={format_value(v)}@{s}" for n, (s, v) in shown),
                                          style="dim")
 
+    deadline = None if timeout is None else time.monotonic() + timeout
     with progress:
         task = progress.add_task(job.message, total=100, completed=job.progress * 100,
                                  status=f"[{STATUS_STYLE.get(job.status, '')}]{job.status}[/]")
-        return client.wait(job.id, timeout=timeout, on_event=on_event)
+        _wait_in_queue(client, job, deadline, lambda text: progress.update(task, description=text))
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.1)
+        return client.wait(job.id, timeout=remaining, on_event=on_event)
 
 
 @client_cli.command()
@@ -213,6 +251,8 @@ def show(job_id: str = typer.Argument(..., help="job id")) -> None:
             ("finished", _when(job.finished_at)), ("params", json.dumps(job.params, separators=(",", ":")))]
     if job.error:
         rows.append(("error", f"{job.error.type}: {job.error.message}"))
+    if queue_place(job):
+        rows.insert(4, ("queue", queue_place(job)))
     for key, value in rows:
         info.add_row(key, value)
     out.print(info)

@@ -9,6 +9,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core import logs
+
 log = logging.getLogger(__name__)
 
 PROBLEM = "application/problem+json"
@@ -27,6 +29,9 @@ class Problem(Exception):
 
 def problem_response(status: int, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
     body = {"type": "about:blank", "title": TITLES.get(status, "Error"), "status": status, "detail": detail, **extra}
+    request_id = logs.current("request_id")
+    if request_id is not None:  # what to quote when reporting it: the same id is on the server's log lines
+        body["request_id"] = request_id
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 

@@ -61,6 +61,10 @@ class JobOut(BaseModel):
     device: str | None
     timeout_s: int
     attempt: int
+    queue: str
+    queue_position: int | None = Field(None, description="while queued: 1 when it starts next in its queue")
+    eta_s: float | None = Field(None, description="while queued: estimated seconds until it starts, from recent "
+                                "run times of the kinds ahead of it; null without a live worker or run history")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -73,7 +77,7 @@ class JobOut(BaseModel):
         base = f"/v1/jobs/{job.id}"
         return cls(id=job.id, kind=job.kind, status=job.status, progress=job.progress, message=job.message,
                    params=job.params, seed=job.seed, device_requested=job.device_requested, device=job.device,
-                   timeout_s=job.timeout_s, attempt=job.attempt, created_at=job.created_at,
+                   timeout_s=job.timeout_s, attempt=job.attempt, queue=job.queue, created_at=job.created_at,
                    started_at=job.started_at, finished_at=job.finished_at,
                    result=job.result if job.status == "succeeded" else None,
                    error=ErrorOut(type=job.error_type, message=job.error_message or "") if job.error_type else None,

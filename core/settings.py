@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     gpu_worker_memory_gib: float = Field(default=16.0, gt=0, description="GPU memory a job may use on a 'gpu' worker")
     inspect_timeout_s: float = Field(default=120.0, gt=0, description="limit of one meta-device model inspection")
 
+    log_format: Literal["json", "console"] = Field(
+        default="json", description="Log lines as JSON objects, or human-readable ('console', `gradlab up`'s).")
+    metrics: bool = Field(default=True, description="Prometheus metrics: /metrics and per-request HTTP metrics.")
+    metrics_token: str | None = Field(default=None, description="Bearer token Prometheus sends to /metrics when "
+                                      "authentication is required (an admin API key works too).")
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -45,6 +45,8 @@ def celery_config(settings: Settings) -> dict:
                                             "socket_timeout": 5}
         if settings.broker_key_prefix:
             conf["broker_transport_options"]["global_keyprefix"] = settings.broker_key_prefix
+        # task events (received, started, succeeded, ...) for `celery flower` and `celery events`
+        conf["worker_send_task_events"] = True
     return conf
 
 

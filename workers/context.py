@@ -6,6 +6,7 @@ same compare-and-set whether the job was cancelled or taken away, so ``check_can
 from __future__ import annotations
 
 import collections
+import contextvars
 import logging
 import math
 import threading
@@ -24,6 +25,7 @@ from core.jobs.states import JobStatus
 from core.settings import Settings
 from core.techniques.base import JobCancelled, JobTimedOut
 from workers.retry import retrying
+from workers.telemetry import METRIC_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,9 @@ class DbRunContext:
         self._stopped_by: type[Exception] | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()  # set with _stop, or when a full batch of rows waits
-        self._thread = threading.Thread(target=self._beat_loop, name=f"heartbeat-{job_id}", daemon=True)
+        # in a copy of the job's context, so that its log lines carry the job's fields
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._beat_loop,),
+                                        name=f"heartbeat-{job_id}", daemon=True)
 
     # --- RunContext -------------------------------------------------------------------------------------------
     def progress(self, fraction: float, message: str = "") -> None:
@@ -150,7 +154,9 @@ class DbRunContext:
             with self._lock:
                 self._progress = self._progress or progress
             raise
-        if not ok:
+        if ok:
+            METRIC_ROWS.inc(len(rows))
+        else:
             self._learn_why_not_ours()
             self.check_cancelled()
 

@@ -12,6 +12,7 @@ import torch
 from pydantic import ValidationError
 from sqlalchemy.orm import sessionmaker
 
+from core import logs
 from core.blobs import blob_store
 from core.blobs.keys import attempt_prefix
 from core.jobs import store
@@ -55,6 +56,8 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
     if job is None:
         return "not-claimed"
     attempt = job.attempt
+    logs.bind(attempt=attempt, kind=job.kind, tenant=job.tenant)
+    log.info("job %s claimed: attempt %d of %s", jid, attempt, job.kind)
     blobs = blob_store(settings)
     for earlier in range(1, attempt):  # their rows went with the claim; their bytes go now
         blobs.delete_prefix(attempt_prefix(jid, earlier))

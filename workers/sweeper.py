@@ -10,6 +10,7 @@ from sqlalchemy.orm import sessionmaker
 from core.jobs import store
 from core.settings import Settings
 from workers.publish import publish
+from workers.telemetry import record_sweep
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ def sweep_once(sessions: sessionmaker, settings: Settings, app: Celery) -> store
                               max_attempts=settings.max_attempts)
     for job_id, queue in outcome.republish:
         publish(app, job_id, queue)
+    record_sweep(outcome)
     if outcome.retried or outcome.failed:
         log.warning("sweeper: re-queued %s, failed %s", outcome.retried, outcome.failed)
     return outcome

@@ -8,9 +8,11 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from core.jobs.db import make_engine, make_sessionmaker
 from core.settings import get_settings
+from workers import logcontext, telemetry  # noqa: F401  (connect their Celery signals)
 from workers.app import app
+from workers.presence import Presence
 from workers.publish import RUN_JOB_TASK
-from workers.runner import execute_job
+from workers.runner import WORKER_NAME, execute_job
 from workers.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,21 @@ def _sessions():
 @worker_process_init.connect
 def _fresh_engine(**_):
     _state.clear()  # never share pooled connections across a fork
+
+
+@worker_ready.connect
+def _announce(sender=None, **_):
+    """The worker's row (``workers.presence``), naming the queues it consumes."""
+    queues = sorted(q.name for q in sender.task_consumer.queues) if sender is not None else None
+    presence = Presence(_sessions(), get_settings(), WORKER_NAME, queues or get_settings().queue_list)
+    presence.start()
+    _state["presence"] = presence
+
+
+@worker_shutdown.connect
+def _leave(**_):
+    if "presence" in _state:
+        _state["presence"].stop()
 
 
 @worker_ready.connect

@@ -1,6 +1,7 @@
 """Jobs: submit, read, list, cancel, metrics and artifacts."""
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from datetime import timedelta
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session
 from api.auth import owns, principal, visible_tenant
 from api.deps import db, parse_id
 from api.problems import Problem
+from api.routes.ops import place_in_queue
 from api.schemas import ArtifactOut, JobOut, JobPage, JobRequest, MetricPage
 from core.blobs import blob_store
 from core.blobs.store import iter_blob
@@ -28,6 +30,7 @@ from core.models.spec import BuiltinModel, HFConfigModel, UploadedModel
 from core.techniques import specs
 from workers.publish import publish
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 RATE_WINDOW = timedelta(seconds=60)
 
@@ -136,6 +139,8 @@ def submit(body: JobRequest, request: Request, response: Response, session: Sess
     if created:
         if not publish(request.app.state.celery, job.id, job.queue):
             store.mark_unpublished(session, job.id)
+        log.info("job %s submitted: %s on queue %s", job.id, job.kind, job.queue,
+                 extra={"job_id": str(job.id), "kind": job.kind, "tenant": job.tenant})
     else:
         response.status_code = 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -157,8 +162,12 @@ def list_jobs(session: Session = Depends(db), who: Principal = Depends(principal
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, session: Session = Depends(db), who: Principal = Depends(principal)):
-    return JobOut.of(_job(session, job_id, who))
+def get_job(job_id: str, request: Request, session: Session = Depends(db), who: Principal = Depends(principal)):
+    job = _job(session, job_id, who)
+    out = JobOut.of(job)
+    if job.status == JobStatus.queued:
+        out.queue_position, out.eta_s = place_in_queue(session, request.app.state.settings, job)
+    return out
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={409: {"description": "job already finished"}})

@@ -418,7 +418,32 @@
     const charts = new ChartSet($("#charts"), $("#no-metrics"));
     let controller = null, metricAttempt = null;
 
+    function about(seconds) {
+      if (seconds < 90) return `${Math.round(seconds)} s`;
+      return seconds < 5400 ? `${Math.round(seconds / 60)} min` : `${(seconds / 3600).toFixed(1)} h`;
+    }
+
+    // "3rd in the gpu queue, ~4 min" while the job waits (empty otherwise)
+    function queuePlace(job) {
+      if (job.status !== "queued" || job.queue_position == null) return "";
+      const n = job.queue_position;
+      const suffix = (n % 100 >= 10 && n % 100 <= 20) ? "th" : ({1: "st", 2: "nd", 3: "rd"}[n % 10] || "th");
+      return `${n}${suffix} in the ${job.queue} queue` + (job.eta_s == null ? "" : `, ~${about(job.eta_s)}`);
+    }
+
+    // The event stream says nothing of the queue: while queued, the job is read again every 2 s.
+    async function watchQueue(signal) {
+      while (!signal.aborted) {
+        await new Promise(resolve => setTimeout(resolve, 2000));
+        if (signal.aborted) return;
+        const job = await (await api(`/v1/jobs/${id}`, {signal: signal})).json();
+        $("#job-queue").textContent = queuePlace(job);
+        if (job.status !== "queued") return;
+      }
+    }
+
     function renderStatus(s) {
+      if (s.status !== "queued") $("#job-queue").textContent = "";
       $("#job-status").replaceChildren(badge(s.status));
       $("#job-bar").style.width = `${(s.progress * 100).toFixed(1)}%`;
       $("#job-progress").textContent = `${Math.round(s.progress * 100)}%`;
@@ -503,6 +528,8 @@
       try {
         const first = await (await api(`/v1/jobs/${id}`)).json();
         renderJob(first);
+        $("#job-queue").textContent = queuePlace(first);
+        if (first.status === "queued") watchQueue(signal).catch(() => {});
         clearCharts();
         metricAttempt = null;
         if (TERMINAL.has(first.status)) {

@@ -10,6 +10,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 ACTIVE_WHERE = "status IN ('queued', 'running')"
+QUEUED_WHERE = "status = 'queued'"
+SUCCEEDED_WHERE = "status = 'succeeded'"
 
 
 def utcnow() -> datetime:
@@ -46,6 +48,12 @@ class Job(Base):
         Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),
         # admission counts a tenant's queued and running jobs on each submission: this index holds only those
         Index("ix_jobs_tenant_active", "tenant", postgresql_where=text(ACTIVE_WHERE), sqlite_where=text(ACTIVE_WHERE)),
+        # queue depth and a queued job's position: the queued jobs of a queue in publishing order
+        Index("ix_jobs_queued_queue", "queue", "published_at", postgresql_where=text(QUEUED_WHERE),
+              sqlite_where=text(QUEUED_WHERE)),
+        # a queued job's ETA: the latest run times of a kind on a queue
+        Index("ix_jobs_succeeded_kind", "kind", "queue", "finished_at", postgresql_where=text(SUCCEEDED_WHERE),
+              sqlite_where=text(SUCCEEDED_WHERE)),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -182,3 +190,19 @@ class StudyJob(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     setting: Mapped[int] = mapped_column(Integer)
     seed: Mapped[int] = mapped_column(BigInteger)
+
+
+class Worker(Base):
+    """A worker process, as it reports itself: what it consumes and runs on, when it last beat, and its own
+    Prometheus counters (``stats``), which the API exports with the rest (one scrape target for the whole service)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:pid, as in jobs.worker
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list] = mapped_column(JSON)
+    device: Mapped[dict] = mapped_column(JSON)
+    stats: Mapped[list] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,138 @@
+"""Prometheus metrics' cost on the API: POST /v1/jobs throughput with metrics on vs off (floor: <= 5 % lower).
+
+Two gradlab APIs (``gradlab api --workers 2``) run side by side with production settings (PostgreSQL, Redis with a
+key prefix, API keys, the default admission limits with the POSTs spread over 32 tenants), each on a database and
+Redis prefix of its own, so that both arms see the same table sizes: one with ``GRADLAB_METRICS=false``, one with
+metrics on (multiprocess prometheus-client, the request histogram, ``/metrics`` scraped every 15 s during its
+phases, as a Prometheus server would). No job worker runs: submitted jobs stay queued. Closed-loop clients
+(``bench.common.closed_loop``) load one API at a time, in paired blocks whose order alternates (off, on; on, off;
+...) so that drifting load from other processes on a shared machine hits both arms alike; the figure is the
+median of the per-pair ratios on/off.
+
+Run from the repository root: ``python -m bench.http_metrics [--clients 32] [--duration 8] [--pairs 4]``.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import threading
+
+import httpx
+
+from bench.common import (BenchStack, CpuMeter, closed_loop, light_job, print_table, run_async, wait_ready,
+                          write_results)
+from tests.stack import BIN, free_port
+
+FLOOR_SLOWDOWN = 0.05
+SCRAPE_INTERVAL_S = 15.0
+
+
+def start_api(bs: BenchStack, metrics: bool, workers: int) -> tuple[str, int]:
+    port = free_port()
+    env = {**bs.env, "GRADLAB_METRICS": "true" if metrics else "false"}
+    if metrics:
+        env["GRADLAB_METRICS_TOKEN"] = "bench-scrape-token"
+    proc = bs.spawn([str(BIN / "gradlab"), "api", "--port", str(port), "--workers", str(workers)],
+                    f"api-{port}", env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(proc, url + "/healthz", lambda: bs.log_tail(f"api-{port}"))
+    return url, proc.pid
+
+
+class Scraper:
+    """Scrapes ``/metrics`` at the start of a phase and every ``interval`` seconds until stopped."""
+
+    def __init__(self, url: str, interval: float):
+        self.url, self.interval = url, interval
+        self.stopping = threading.Event()
+        self.scrapes: list[float] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30,
+                          headers={"Authorization": "Bearer bench-scrape-token"}) as c:
+            while True:
+                resp = c.get("/metrics")
+                resp.raise_for_status()
+                self.scrapes.append(resp.elapsed.total_seconds())
+                if self.stopping.wait(self.interval):
+                    return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.thread.join()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--duration", type=float, default=8.0, help="measured seconds per phase")
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--pairs", type=int, default=4, help="paired blocks (off+on)")
+    ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes per API")
+    ap.add_argument("--tenants", type=int, default=32)
+    args = ap.parse_args()
+
+    with (BenchStack("http-metrics-off", tenants=args.tenants, production_limits=True) as off,
+          BenchStack("http-metrics-on", tenants=args.tenants, production_limits=True) as on):
+        arms = {}
+        for name, bs, metrics in (("off", off, False), ("on", on, True)):
+            url, pid = start_api(bs, metrics, args.workers)
+            auth = bs.auth_values
+
+            async def post(client: httpx.AsyncClient, i: int, auth=auth) -> httpx.Response:
+                return await client.post("/v1/jobs", json=light_job(i), headers={"Authorization": random.choice(auth)})
+
+            arms[name] = (url, pid, post)
+        results: dict[str, list[dict]] = {"off": [], "on": []}
+        scrape_s: list[float] = []
+        for pair in range(args.pairs):
+            for name in (("off", "on") if pair % 2 == 0 else ("on", "off")):
+                url, pid, post = arms[name]
+
+                def phase():
+                    return run_async(closed_loop(url, post, name=f"POST metrics {name}", clients=args.clients,
+                                                 duration_s=args.duration, warmup_s=args.warmup,
+                                                 meters=(CpuMeter({"gradlab api": pid}),))).summary()
+
+                if name == "on":
+                    with Scraper(url, SCRAPE_INTERVAL_S) as scraper:
+                        summary = phase()
+                    scrape_s += scraper.scrapes
+                else:
+                    summary = phase()
+                results[name].append(summary)
+                print(f"pair {pair + 1} {name}: {summary['throughput_rps']:.1f} req/s "
+                      f"(p50 {summary['p50_ms']:.1f} ms, p99 {summary['p99_ms']:.1f} ms, "
+                      f"non-2xx {summary['requests'] - summary['ok']})", flush=True)
+        with httpx.Client(base_url=arms["on"][0], timeout=30,
+                          headers={"Authorization": "Bearer bench-scrape-token"}) as c:
+            exposition = c.get("/metrics").text
+    ratios = [a["throughput_rps"] / b["throughput_rps"] for a, b in zip(results["on"], results["off"])]
+    slowdown = 1.0 - statistics.median(ratios)
+    rows = [{"arm": name, "median_rps": statistics.median(r["throughput_rps"] for r in results[name]),
+             "p50_ms": statistics.median(r["p50_ms"] for r in results[name]),
+             "p99_ms": statistics.median(r["p99_ms"] for r in results[name]),
+             "api_cores": statistics.median(r["cpu_cores"].get("gradlab api", 0.0) for r in results[name])}
+            for name in ("off", "on")]
+    print_table(rows, [("arm", "arm", "s"), ("median_rps", "POST req/s (median)", ".1f"),
+                       ("p50_ms", "p50 ms", ".1f"), ("p99_ms", "p99 ms", ".1f"), ("api_cores", "API cores", ".2f")])
+    observed = sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
+                   if line.startswith('gradlab_http_request_duration_seconds_count{method="POST",route="/v1/jobs"'))
+    print(f"throughput on/off per pair: {', '.join(f'{r:.3f}' for r in ratios)}; median slowdown "
+          f"{slowdown:+.1%} (floor {FLOOR_SLOWDOWN:.0%}: {'met' if slowdown <= FLOOR_SLOWDOWN else 'MISSED'}); "
+          f"{len(scrape_s)} scrapes, median {statistics.median(scrape_s) * 1e3:.0f} ms; "
+          f"{observed:.0f} POSTs counted by the on-API's histogram")
+    write_results("http_metrics", {"args": vars(args), "pairs": results, "ratios_on_over_off": ratios,
+                                   "median_slowdown": slowdown, "floor_slowdown": FLOOR_SLOWDOWN,
+                                   "met": slowdown <= FLOOR_SLOWDOWN, "scrape_s": scrape_s,
+                                   "posts_counted_by_histogram": observed, "summary": rows})
+
+
+if __name__ == "__main__":
+    main()

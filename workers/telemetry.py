@@ -1,0 +1,89 @@
+"""A worker's own Prometheus metrics: wait and run times, attempts, failures, sweeper actions, metric rows.
+
+They live in a private registry and travel to the database with each presence beat (``workers.stats``), and the
+API exports them with the rest, labelled by worker. So Prometheus scrapes one target for the whole service, the
+figures reach it from wherever a worker can reach the database (a GPU machine behind NAT needs no inbound port),
+and a worker's counters stay visible while it runs; its series end when it stops.
+"""
+from __future__ import annotations
+
+import logging
+
+from celery.signals import task_postrun, task_prerun
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from core import logs
+from core.jobs import store
+from workers.publish import RUN_JOB_TASK
+
+log = logging.getLogger(__name__)
+
+REGISTRY = CollectorRegistry(auto_describe=False)
+# seconds: jobs wait and run from under a second (small examples) to hours
+BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, float("inf"))
+WAIT_S = Histogram("gradlab_job_wait_seconds", "Seconds from a job's creation to the start of an attempt",
+                   ["kind", "queue"], buckets=BUCKETS, registry=REGISTRY)
+RUN_S = Histogram("gradlab_job_run_seconds", "Seconds an attempt ran, by how it ended",
+                  ["kind", "outcome"], buckets=BUCKETS, registry=REGISTRY)
+ATTEMPTS = Counter("gradlab_job_attempts", "Attempts started (claims); attempt > 1 are retries",
+                   ["kind", "retry"], registry=REGISTRY)
+FAILURES = Counter("gradlab_job_failures", "Jobs that failed, by error type", ["kind", "type"], registry=REGISTRY)
+SWEEPS = Counter("gradlab_sweeper_actions", "Sweeper actions: requeued (worker lost), republished (message lost), "
+                 "failed (worker lost on the last attempt)", ["action"], registry=REGISTRY)
+METRIC_ROWS = Counter("gradlab_metric_rows_ingested", "Metric rows written to the database", registry=REGISTRY)
+
+
+def snapshot() -> list[dict]:
+    """Every metric family with its samples, as JSON for the worker's row (``_created`` samples left out)."""
+    return [{"name": fam.name, "type": fam.type, "help": fam.documentation,
+             "samples": [[s.name, s.labels, s.value] for s in fam.samples if not s.name.endswith("_created")]}
+            for fam in REGISTRY.collect()]
+
+
+def record_sweep(outcome: store.SweepOutcome) -> None:
+    retried = set(outcome.retried)
+    SWEEPS.labels("requeued").inc(len(retried))
+    SWEEPS.labels("republished").inc(sum(1 for job_id, _ in outcome.republish if job_id not in retried))
+    SWEEPS.labels("failed").inc(len(outcome.failed))
+
+
+def record_attempt(sessions, job_id: str, outcome: str, worker: str) -> None:
+    """After a run_job task: what this worker's attempt at the job was, read back from the job's row."""
+    if outcome == "not-claimed":
+        return
+    with sessions() as s:
+        row = store.job_timing(s, job_id)
+    if row is None or row.worker != worker or row.started_at is None:
+        return
+    WAIT_S.labels(row.kind, row.queue).observe(max((row.started_at - row.created_at).total_seconds(), 0.0))
+    ATTEMPTS.labels(row.kind, "true" if row.attempt > 1 else "false").inc()
+    if outcome in ("succeeded", "failed", "cancelled") and row.finished_at is not None:
+        RUN_S.labels(row.kind, outcome).observe(max((row.finished_at - row.started_at).total_seconds(), 0.0))
+    if outcome == "failed" and row.error_type:
+        FAILURES.labels(row.kind, row.error_type).inc()
+
+
+@task_prerun.connect
+def _bind_job(task_id=None, task=None, args=None, **_):
+    """Log lines of a run_job task carry its job id and this worker's name (attempt, kind and tenant once the
+    job is claimed)."""
+    if task is not None and task.name == RUN_JOB_TASK and args:
+        from workers.runner import WORKER_NAME
+
+        task.request.log_token = logs.bind(job_id=str(args[0]), worker=WORKER_NAME)
+
+
+@task_postrun.connect
+def _measure_and_unbind(task_id=None, task=None, args=None, retval=None, state=None, **_):
+    if task is None or task.name != RUN_JOB_TASK or not args:
+        return
+    from workers.runner import WORKER_NAME
+    from workers.tasks import _sessions
+
+    try:
+        record_attempt(_sessions(), str(args[0]), retval if isinstance(retval, str) else "failed", WORKER_NAME)
+    except Exception as exc:  # metrics never fail a job
+        log.warning("recording job metrics failed: %s", exc)
+    token = getattr(task.request, "log_token", None)
+    if token is not None:
+        logs.reset(token)
