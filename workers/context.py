@@ -25,7 +25,7 @@ from core.jobs.states import JobStatus
 from core.settings import Settings
 from core.techniques.base import JobCancelled, JobTimedOut
 from workers.retry import retrying
-from workers.telemetry import METRIC_ROWS
+from workers.telemetry import rows_ingested
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class DbRunContext:
                 self._progress = self._progress or progress
             raise
         if ok:
-            METRIC_ROWS.inc(len(rows))
+            rows_ingested(len(rows))
         else:
             self._learn_why_not_ours()
             self.check_cancelled()

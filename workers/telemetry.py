@@ -8,6 +8,7 @@ and a worker's counters stay visible while it runs; its series end when it stops
 from __future__ import annotations
 
 import logging
+import uuid
 
 from celery.signals import task_postrun, task_prerun
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -18,33 +19,56 @@ from workers.publish import RUN_JOB_TASK
 
 log = logging.getLogger(__name__)
 
-REGISTRY = CollectorRegistry(auto_describe=False)
 # seconds: jobs wait and run from under a second (small examples) to hours
 BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, float("inf"))
-WAIT_S = Histogram("gradlab_job_wait_seconds", "Seconds from a job's creation to the start of an attempt",
-                   ["kind", "queue"], buckets=BUCKETS, registry=REGISTRY)
-RUN_S = Histogram("gradlab_job_run_seconds", "Seconds an attempt ran, by how it ended",
-                  ["kind", "outcome"], buckets=BUCKETS, registry=REGISTRY)
-ATTEMPTS = Counter("gradlab_job_attempts", "Attempts started (claims); attempt > 1 are retries",
-                   ["kind", "retry"], registry=REGISTRY)
-FAILURES = Counter("gradlab_job_failures", "Jobs that failed, by error type", ["kind", "type"], registry=REGISTRY)
-SWEEPS = Counter("gradlab_sweeper_actions", "Sweeper actions: requeued (worker lost), republished (message lost), "
-                 "failed (worker lost on the last attempt)", ["action"], registry=REGISTRY)
-METRIC_ROWS = Counter("gradlab_metric_rows_ingested", "Metric rows written to the database", registry=REGISTRY)
+
+
+class _Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.wait_s = Histogram("gradlab_job_wait_seconds", "Seconds from a job's creation to the start of an "
+                                "attempt", ["kind", "queue"], buckets=BUCKETS, registry=r)
+        self.run_s = Histogram("gradlab_job_run_seconds", "Seconds an attempt ran, by how it ended",
+                               ["kind", "outcome"], buckets=BUCKETS, registry=r)
+        self.attempts = Counter("gradlab_job_attempts", "Attempts started (claims); retry=true for attempt > 1",
+                                ["kind", "retry"], registry=r)
+        self.failures = Counter("gradlab_job_failures", "Jobs that failed, by error type", ["kind", "type"],
+                                registry=r)
+        self.sweeps = Counter("gradlab_sweeper_actions", "Sweeper actions: requeued (worker lost), republished "
+                              "(message lost), failed (worker lost on the last attempt)", ["action"], registry=r)
+        self.metric_rows = Counter("gradlab_metric_rows_ingested", "Metric rows written to the database",
+                                   registry=r)
+
+
+_metrics: _Metrics | None = None
+
+
+def metrics() -> _Metrics:
+    """Made on first use, in the worker: the API process imports this module too (through the Celery app) and,
+    in prometheus-client's multiprocess mode, would otherwise export a second, empty copy of each."""
+    global _metrics
+    if _metrics is None:
+        _metrics = _Metrics()
+    return _metrics
+
+
+def rows_ingested(n: int) -> None:
+    metrics().metric_rows.inc(n)
 
 
 def snapshot() -> list[dict]:
     """Every metric family with its samples, as JSON for the worker's row (``_created`` samples left out)."""
     return [{"name": fam.name, "type": fam.type, "help": fam.documentation,
              "samples": [[s.name, s.labels, s.value] for s in fam.samples if not s.name.endswith("_created")]}
-            for fam in REGISTRY.collect()]
+            for fam in metrics().registry.collect()]
 
 
 def record_sweep(outcome: store.SweepOutcome) -> None:
-    retried = set(outcome.retried)
-    SWEEPS.labels("requeued").inc(len(retried))
-    SWEEPS.labels("republished").inc(sum(1 for job_id, _ in outcome.republish if job_id not in retried))
-    SWEEPS.labels("failed").inc(len(outcome.failed))
+    retried, sweeps = set(outcome.retried), metrics().sweeps
+    sweeps.labels("requeued").inc(len(retried))
+    sweeps.labels("republished").inc(sum(1 for job_id, _ in outcome.republish if job_id not in retried))
+    sweeps.labels("failed").inc(len(outcome.failed))
 
 
 def record_attempt(sessions, job_id: str, outcome: str, worker: str) -> None:
@@ -52,15 +76,16 @@ def record_attempt(sessions, job_id: str, outcome: str, worker: str) -> None:
     if outcome == "not-claimed":
         return
     with sessions() as s:
-        row = store.job_timing(s, job_id)
+        row = store.job_timing(s, uuid.UUID(job_id))
     if row is None or row.worker != worker or row.started_at is None:
         return
-    WAIT_S.labels(row.kind, row.queue).observe(max((row.started_at - row.created_at).total_seconds(), 0.0))
-    ATTEMPTS.labels(row.kind, "true" if row.attempt > 1 else "false").inc()
+    m = metrics()
+    m.wait_s.labels(row.kind, row.queue).observe(max((row.started_at - row.created_at).total_seconds(), 0.0))
+    m.attempts.labels(row.kind, "true" if row.attempt > 1 else "false").inc()
     if outcome in ("succeeded", "failed", "cancelled") and row.finished_at is not None:
-        RUN_S.labels(row.kind, outcome).observe(max((row.finished_at - row.started_at).total_seconds(), 0.0))
+        m.run_s.labels(row.kind, outcome).observe(max((row.finished_at - row.started_at).total_seconds(), 0.0))
     if outcome == "failed" and row.error_type:
-        FAILURES.labels(row.kind, row.error_type).inc()
+        m.failures.labels(row.kind, row.error_type).inc()
 
 
 @task_prerun.connect
