@@ -319,3 +319,27 @@ def test_task_events_reach_a_celery_event_receiver(api, workers, stack):
     finally:
         stop.set()
         listener.join(timeout=10)
+
+
+def test_compose_prometheus_and_grafana_read_what_the_api_exports(api, workers):
+    """The optional compose profile scrapes the API with the token, and every series the dashboard plots is one
+    the API exports (names compared with a live scrape, histogram and counter suffixes aside)."""
+    import yaml
+
+    from tests.stack import ROOT
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name in ("prometheus", "grafana"):
+        assert compose["services"][name]["profiles"] == ["observability"]
+    assert "GRADLAB_METRICS_TOKEN" in compose["services"]["api"]["environment"]
+    scrape_config = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())["scrape_configs"][0]
+    assert scrape_config["metrics_path"] == "/metrics" and scrape_config["static_configs"][0]["targets"] == ["api:8000"]
+    assert scrape_config["authorization"]["credentials_file"] in " ".join(compose["services"]["prometheus"]["entrypoint"])
+
+    def family(name: str) -> str:
+        return re.sub(r"_(bucket|count|sum|total)$", "", name)
+
+    exported = {family(f.name) for f in text_string_to_metric_families(api.get("/metrics").text)}
+    dashboard = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "gradlab.json").read_text())
+    plotted = {family(m) for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"gradlab_\w+", t["expr"])}
+    assert plotted and plotted <= exported, plotted - exported
