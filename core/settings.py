@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         default="json", description="Log lines as JSON objects, or human-readable ('console', `gradlab up`'s).")
     metrics: bool = Field(default=True, description="Prometheus metrics: /metrics and per-request HTTP metrics.")
     metrics_token: str | None = Field(default=None, description="Bearer token Prometheus sends to /metrics when "
-                                      "authentication is required (an admin API key works too).")
+                                      "authentication is required (unset: /metrics refuses every caller).")
 
     @property
     def resolved_database_url(self) -> str:

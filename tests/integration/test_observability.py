@@ -282,6 +282,37 @@ def test_request_id_in_header_and_problem_body(api, workers):
     assert re.fullmatch(r"[0-9a-f]{32}", generated) and resp.json()["request_id"] == generated
 
 
+def test_access_with_authentication_required(stack, pg_database, workers):
+    """Workers are listed for admin keys only; queues for any key; /metrics for the scrape token alone."""
+    from core.jobs.db import make_engine, make_sessionmaker
+    from core.jobs.keys import create_key
+    from tests.stack import free_port, wait_http
+
+    engine = make_engine(pg_database[1])
+    with make_sessionmaker(engine)() as s:
+        user, admin = create_key(s, "acme", "user", False)[1], create_key(s, "ops", "admin", True)[1]
+    engine.dispose()
+    port = free_port()
+    proc = stack._spawn([str(BIN / "gradlab"), "api", "--port", str(port)], "api-auth",
+                        {"GRADLAB_AUTH": "required", "GRADLAB_METRICS_TOKEN": "scrape-token-1"})
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+        as_user, as_admin = {"Authorization": f"Bearer {user}"}, {"Authorization": f"Bearer {admin}"}
+        refused = c.get("/v1/workers", headers=as_user)
+        assert refused.status_code == 403 and refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["request_id"] == refused.headers["x-request-id"]
+        assert len(c.get("/v1/workers", headers=as_admin).json()) == 2
+        assert c.get("/v1/workers").status_code == 401
+        assert c.get("/v1/queues", headers=as_user).status_code == 200
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/metrics", headers=as_admin).status_code == 401  # an API key is not the scrape token
+        assert c.get("/metrics", headers={"Authorization": "Bearer scrape-token-2"}).status_code == 401
+        scraped = c.get("/metrics", headers={"Authorization": "Bearer scrape-token-1"})
+        assert scraped.status_code == 200 and "gradlab_queue_depth" in scraped.text
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=15)
+
+
 def test_task_events_reach_a_celery_event_receiver(api, workers, stack):
     """Workers send task events, which is what `celery flower` and `celery events` read."""
     from core.settings import Settings
