@@ -22,8 +22,16 @@ import threading
 
 import httpx
 
-from bench.common import (BenchStack, CpuMeter, closed_loop, light_job, print_table, run_async, wait_ready,
-                          write_results)
+from bench.common import (
+    BenchStack,
+    CpuMeter,
+    closed_loop,
+    light_job,
+    print_table,
+    run_async,
+    wait_ready,
+    write_results,
+)
 from tests.stack import BIN, free_port
 
 FLOOR_SLOWDOWN = 0.05
@@ -97,7 +105,7 @@ def main() -> None:
             for name in (("off", "on") if pair % 2 == 0 else ("on", "off")):
                 url, pid, post = arms[name]
 
-                def phase():
+                def phase(url=url, post=post, name=name, pid=pid):
                     return run_async(closed_loop(url, post, name=f"POST metrics {name}", clients=args.clients,
                                                  duration_s=args.duration, warmup_s=args.warmup,
                                                  meters=(CpuMeter({"gradlab api": pid}),))).summary()

@@ -13,12 +13,12 @@ import sys
 from datetime import datetime, timezone
 
 CONTEXT_FIELDS = ("request_id", "job_id", "attempt", "kind", "tenant", "worker")
-_context: contextvars.ContextVar[dict] = contextvars.ContextVar("gradlab_log_context", default={})
+_context: contextvars.ContextVar[dict | None] = contextvars.ContextVar("gradlab_log_context", default=None)
 
 
 def bind(**fields) -> contextvars.Token:
     """Add fields to the current context (None values are dropped); returns a token for ``reset``."""
-    return _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    return _context.set({**(_context.get() or {}), **{k: v for k, v in fields.items() if v is not None}})
 
 
 def reset(token: contextvars.Token) -> None:
@@ -26,14 +26,14 @@ def reset(token: contextvars.Token) -> None:
 
 
 def current(field: str):
-    return _context.get().get(field)
+    return (_context.get() or {}).get(field)
 
 
 class ContextFilter(logging.Filter):
     """Copies the context fields onto each record (a field set explicitly with ``extra=`` wins)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        for key, value in _context.get().items():
+        for key, value in (_context.get() or {}).items():
             if not hasattr(record, key):
                 setattr(record, key, value)
         return True

@@ -84,7 +84,11 @@ def _allowed(request: Request, authorization: str | None) -> bool:
 
 
 def _exposition(sessions) -> tuple[bytes, str]:
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        generate_latest,
+    )
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)

@@ -171,3 +171,24 @@ def test_compare_page_puts_jobs_side_by_side(stack, study, tmp_path):
     assert dom.count('class="answer"') == 2 and dom.count('class="grid summary-table"') == 2
     charts = re.findall(r'aria-label="([^"]*)" data-series="(\d+)"', dom)
     assert ("forward_moment", "6") in charts, (charts, dom[dom.find('id="error"'):][:300])  # 3 means × 2 jobs
+
+
+@browser
+@pytest.mark.usefixtures("_warm_chromium")
+def test_queued_job_page_shows_its_place_in_the_queue(stack, job, tmp_path, pg_database):
+    """A job in a queue that no worker consumes stays queued; its page says where it stands there."""
+    import json
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    job_id = str(uuid.uuid4())
+    engine = create_engine(pg_database[1])
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO jobs (id, tenant, kind, status, params, seed, device_requested, queue, "
+                          "timeout_s, progress, message, attempt, created_at, published_at) VALUES (:id, 'local', "
+                          "'init_averaging', 'queued', :params, 0, 'auto', 'nobody', 60, 0, 'queued', 0, now(), "
+                          "now())"), {"id": job_id, "params": json.dumps({"widths": [8, 8]})})
+    engine.dispose()
+    dom = chromium(tmp_path, f"{stack.api_url}/jobs/{job_id}", "--dump-dom").stdout
+    assert '<p id="job-queue" class="muted">1st in the nobody queue</p>' in dom, dom[dom.find("<main>"):][:2000]
