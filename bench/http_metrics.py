@@ -9,16 +9,25 @@ phases, as a Prometheus server would). No job worker runs: submitted jobs stay q
 ...) so that drifting load from other processes on a shared machine hits both arms alike; the figure is the
 median of the per-pair ratios on/off. Each phase also reports the API's CPU time per POST (its processes' CPU over
 the requests answered), the cost that sets the throughput when the API has the cores to itself; on a machine shared
-with other work, throughput also follows how much CPU the scheduler gives the API in each phase.
+with other work, throughput also follows how much CPU the scheduler gives the API in each phase. Before the load,
+the middleware is also timed alone, in-process (``middleware_cost``), with metrics off and on: what metrics add to
+each request's CPU, free of that noise.
 
 Run from the repository root: ``python -m bench.http_metrics [--clients 32] [--duration 8] [--pairs 4]``.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
+import time
 
 import httpx
 
@@ -48,6 +57,54 @@ def start_api(bs: BenchStack, metrics: bool, workers: int) -> tuple[str, int]:
     url = f"http://127.0.0.1:{port}"
     wait_ready(proc, url + "/healthz", lambda: bs.log_tail(f"api-{port}"))
     return url, proc.pid
+
+
+async def _answer_201(scope, receive, send) -> None:
+    """A route that does nothing: what is left to time is the middleware."""
+    scope["route"] = _ROUTE
+    await send({"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+class _Route:
+    path = "/v1/jobs"
+
+
+_ROUTE = _Route()
+
+
+def middleware_cost(requests: int = 20000, repeats: int = 5) -> dict:
+    """Microseconds per request of ``api.observability.RequestContext`` with metrics off and on, called directly
+    (no server, no network): the part of a request's CPU that metrics add, free of a shared machine's noise.
+    Run in a process with PROMETHEUS_MULTIPROC_DIR set, as ``gradlab api`` runs, so the histogram writes files."""
+    from api.observability import RequestContext
+
+    async def send(message) -> None:
+        return None
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b""}
+
+    async def per_request(mw) -> float:
+        scope = {"type": "http", "method": "POST", "path": "/v1/jobs", "headers": [(b"host", b"bench")]}
+        t0 = time.perf_counter()
+        for _ in range(requests):
+            await mw(dict(scope), receive, send)
+        return (time.perf_counter() - t0) / requests * 1e6
+
+    arms = {False: RequestContext(_answer_201, metrics=False), True: RequestContext(_answer_201, metrics=True)}
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(repeats):
+        for metrics in ((False, True) if i % 2 == 0 else (True, False)):
+            times[metrics].append(asyncio.run(per_request(arms[metrics])))
+    return {"off_us": statistics.median(times[False]), "on_us": statistics.median(times[True])}
+
+
+def measure_middleware_cost() -> dict:
+    with tempfile.TemporaryDirectory(prefix="gradlab-bench-prom-") as folder:
+        out = subprocess.run([sys.executable, "-m", "bench.http_metrics", "--middleware-cost"], check=True,
+                             capture_output=True, text=True, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": folder})
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 class Scraper:
@@ -86,7 +143,14 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=6, help="paired blocks (off+on)")
     ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes per API")
     ap.add_argument("--tenants", type=int, default=32)
+    ap.add_argument("--middleware-cost", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.middleware_cost:
+        print(json.dumps(middleware_cost()))
+        return
+    cost = measure_middleware_cost()
+    print(f"middleware alone: {cost['off_us']:.1f} us/request with metrics off, {cost['on_us']:.1f} us on "
+          f"(+{cost['on_us'] - cost['off_us']:.1f} us)", flush=True)
 
     with (BenchStack("http-metrics-off", tenants=args.tenants, production_limits=True) as off,
           BenchStack("http-metrics-on", tenants=args.tenants, production_limits=True) as on):
@@ -145,11 +209,16 @@ def main() -> None:
           f"API CPU per POST on/off per pair: {', '.join(f'{r:.3f}' for r in cpu_ratios)} (median "
           f"{statistics.median(cpu_ratios) - 1:+.1%}); {len(scrape_s)} scrapes, median {statistics.median(scrape_s) * 1e3:.0f} ms; "
           f"{observed:.0f} POSTs counted by the on-API's histogram")
+    added_cpu = (cost["on_us"] - cost["off_us"]) / 1e3 / statistics.median(
+        r["api_cpu_ms_per_post"] for r in results["off"])
+    print(f"metrics' own CPU per POST: +{cost['on_us'] - cost['off_us']:.1f} us, {added_cpu:.2%} of the API's CPU "
+          f"per POST here (the throughput cost where the API has the cores to itself)")
     write_results("http_metrics", {"args": vars(args), "pairs": results, "ratios_on_over_off": ratios,
                                    "median_slowdown": slowdown,
                                    "api_cpu_per_post_ratios_on_over_off": cpu_ratios, "floor_slowdown": FLOOR_SLOWDOWN,
                                    "met": slowdown <= FLOOR_SLOWDOWN, "scrape_s": scrape_s,
-                                   "posts_counted_by_histogram": observed, "summary": rows})
+                                   "posts_counted_by_histogram": observed, "summary": rows,
+                                   "middleware_us": cost, "middleware_share_of_post_cpu": added_cpu})
 
 
 if __name__ == "__main__":
