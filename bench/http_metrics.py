@@ -3,7 +3,7 @@
 Two gradlab APIs (``gradlab api --workers 2``) run side by side with production settings (PostgreSQL, Redis with a
 key prefix, API keys, the default admission limits with the POSTs spread over 32 tenants), each on a database and
 Redis prefix of its own, so that both arms see the same table sizes: one with ``GRADLAB_METRICS=false``, one with
-metrics on (multiprocess prometheus-client, the request histogram, ``/metrics`` scraped every 15 s during its
+metrics on (multiprocess prometheus-client, the request histogram, ``/metrics`` scraped every 15 s of its
 phases, as a Prometheus server would). No job worker runs: submitted jobs stay queued. Closed-loop clients
 (``bench.common.closed_loop``) load one API at a time, in paired blocks whose order alternates (off, on; on, off;
 ...) so that drifting load from other processes on a shared machine hits both arms alike; the figure is the
@@ -108,25 +108,33 @@ def measure_middleware_cost() -> dict:
 
 
 class Scraper:
-    """Scrapes ``/metrics`` at the start of a phase and every ``interval`` seconds until stopped."""
+    """Scrapes ``/metrics`` every ``interval`` seconds of the on-arm's load, as Prometheus would: the clock runs only
+    during that arm's phases and carries over from one to the next (a scrape per phase would scrape a short phase
+    more often than Prometheus does)."""
 
     def __init__(self, url: str, interval: float):
         self.url, self.interval = url, interval
-        self.stopping = threading.Event()
+        self.due_in = 0.0  # the first phase starts with a scrape
         self.scrapes: list[float] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
 
     def _run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=30,
                           headers={"Authorization": "Bearer bench-scrape-token"}) as c:
             while True:
+                waited_from = time.monotonic()
+                if self.stopping.wait(self.due_in):
+                    self.due_in = max(self.due_in - (time.monotonic() - waited_from), 0.0)
+                    return
                 resp = c.get("/metrics")
                 resp.raise_for_status()
                 self.scrapes.append(resp.elapsed.total_seconds())
-                if self.stopping.wait(self.interval):
-                    return
+                self.due_in = self.interval
 
     def __enter__(self):
+        self.stopping.clear()
+        self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         return self
 
@@ -164,7 +172,7 @@ def main() -> None:
 
             arms[name] = (url, pid, post)
         results: dict[str, list[dict]] = {"off": [], "on": []}
-        scrape_s: list[float] = []
+        scraper = Scraper(arms["on"][0], SCRAPE_INTERVAL_S)
         for pair in range(args.pairs):
             for name in (("off", "on") if pair % 2 == 0 else ("on", "off")):
                 url, pid, post = arms[name]
@@ -175,9 +183,8 @@ def main() -> None:
                                                  meters=(CpuMeter({"gradlab api": pid}),))).summary()
 
                 if name == "on":
-                    with Scraper(url, SCRAPE_INTERVAL_S) as scraper:
+                    with scraper:
                         summary = phase()
-                    scrape_s += scraper.scrapes
                 else:
                     summary = phase()
                 api_cores = summary["cpu_cores"].get("gradlab api", 0.0)
@@ -187,6 +194,7 @@ def main() -> None:
                       f"(p50 {summary['p50_ms']:.1f} ms, p99 {summary['p99_ms']:.1f} ms, "
                       f"API {summary['api_cpu_ms_per_post']:.2f} CPU-ms/POST, busy {summary['machine_busy']:.0%}, "
                       f"non-2xx {summary['requests'] - summary['ok']})", flush=True)
+        scrape_s = scraper.scrapes
         with httpx.Client(base_url=arms["on"][0], timeout=30,
                           headers={"Authorization": "Bearer bench-scrape-token"}) as c:
             exposition = c.get("/metrics").text
