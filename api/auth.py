@@ -22,7 +22,7 @@ from core.jobs.keys import Principal, authenticate, hash_key
 
 LOCAL = Principal(tenant="local", admin=True)
 LOCAL_KEY = "local"  # the caller's key identity (for per-key limits) when authentication is disabled
-PROTECTED = ("/v1/jobs", "/v1/datasets", "/v1/models", "/v1/studies")
+PROTECTED = ("/v1/jobs", "/v1/datasets", "/v1/models", "/v1/studies", "/v1/workers", "/v1/queues")
 
 
 class KeyCache:

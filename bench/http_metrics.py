@@ -215,7 +215,8 @@ def main() -> None:
     print(f"throughput on/off per pair: {', '.join(f'{r:.3f}' for r in ratios)}; median slowdown "
           f"{slowdown:+.1%} (floor {FLOOR_SLOWDOWN:.0%}: {'met' if slowdown <= FLOOR_SLOWDOWN else 'MISSED'}); "
           f"API CPU per POST on/off per pair: {', '.join(f'{r:.3f}' for r in cpu_ratios)} (median "
-          f"{statistics.median(cpu_ratios) - 1:+.1%}); {len(scrape_s)} scrapes, median {statistics.median(scrape_s) * 1e3:.0f} ms; "
+          f"{statistics.median(cpu_ratios) - 1:+.1%}); {len(scrape_s)} scrapes, "
+          f"median {statistics.median(scrape_s) * 1e3:.0f} ms; "
           f"{observed:.0f} POSTs counted by the on-API's histogram")
     added_cpu = (cost["on_us"] - cost["off_us"]) / 1e3 / statistics.median(
         r["api_cpu_ms_per_post"] for r in results["off"])

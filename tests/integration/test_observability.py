@@ -95,10 +95,16 @@ def test_metrics_move_with_a_run_of_jobs_and_match_the_database(api, workers, db
         assert total(after, "gradlab_queue_depth", queue=queue) == queued.get(queue, 0)
     assert total(after, "gradlab_blob_bytes", store="artifacts") == rows(
         db, "SELECT coalesce(sum(size), 0) FROM artifacts")[0][0] > 0
-    names = {r[0] for r in rows(db, "SELECT name FROM workers")}
-    assert names == {s.labels["worker"] for s in after if s.name == "gradlab_worker_heartbeat_age_seconds"}
-    assert len(names) == 2 and all(
-        0 <= s.value < 4 for s in after if s.name == "gradlab_worker_heartbeat_age_seconds")
+    # heartbeat ages: the scrape's time less the beat it read, which lies between two reads of the rows around it
+    beats_before = dict(rows(db, "SELECT name, heartbeat_at FROM workers"))
+    t0 = datetime.now(timezone.utc)
+    ages = {s.labels["worker"]: s.value for s in scrape(api) if s.name == "gradlab_worker_heartbeat_age_seconds"}
+    t1 = datetime.now(timezone.utc)
+    beats_after = dict(rows(db, "SELECT name, heartbeat_at FROM workers"))
+    assert len(ages) == 2 and set(ages) == set(beats_before) == set(beats_after)
+    for name, age in ages.items():
+        low, high = (t0 - beats_after[name]).total_seconds(), (t1 - beats_before[name]).total_seconds()
+        assert low - 0.01 <= age <= high + 0.01, (name, low, age, high)
 
     # the workers' own counters, against the rows they describe
     for kind, status, n in ran:
@@ -365,12 +371,14 @@ def test_compose_prometheus_and_grafana_read_what_the_api_exports(api, workers):
     assert "GRADLAB_METRICS_TOKEN" in compose["services"]["api"]["environment"]
     scrape_config = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())["scrape_configs"][0]
     assert scrape_config["metrics_path"] == "/metrics" and scrape_config["static_configs"][0]["targets"] == ["api:8000"]
-    assert scrape_config["authorization"]["credentials_file"] in " ".join(compose["services"]["prometheus"]["entrypoint"])
+    entrypoint = " ".join(compose["services"]["prometheus"]["entrypoint"])
+    assert scrape_config["authorization"]["credentials_file"] in entrypoint
 
     def family(name: str) -> str:
         return re.sub(r"_(bucket|count|sum|total)$", "", name)
 
     exported = {family(f.name) for f in text_string_to_metric_families(api.get("/metrics").text)}
     dashboard = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "gradlab.json").read_text())
-    plotted = {family(m) for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"gradlab_\w+", t["expr"])}
+    plotted = {family(m) for p in dashboard["panels"] for t in p["targets"]
+               for m in re.findall(r"gradlab_\w+", t["expr"])}
     assert plotted and plotted <= exported, plotted - exported
