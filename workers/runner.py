@@ -22,6 +22,7 @@ from core.settings import Settings
 from core.techniques import get_kind
 from core.techniques.base import JobCancelled, JobTimedOut
 from workers.context import DbRunContext, JobLost
+from workers import telemetry
 from workers.retry import retrying
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
     attempt = job.attempt
     logs.bind(attempt=attempt, kind=job.kind, tenant=job.tenant)
     log.info("job %s claimed: attempt %d of %s", jid, attempt, job.kind)
+    telemetry.job_claimed(job)
     blobs = blob_store(settings)
     for earlier in range(1, attempt):  # their rows went with the claim; their bytes go now
         blobs.delete_prefix(attempt_prefix(jid, earlier))

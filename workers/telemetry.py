@@ -71,19 +71,24 @@ def record_sweep(outcome: store.SweepOutcome) -> None:
     sweeps.labels("failed").inc(len(outcome.failed))
 
 
-def record_attempt(sessions, job_id: str, outcome: str, worker: str) -> None:
-    """After a run_job task: what this worker's attempt at the job was, read back from the job's row."""
-    if outcome == "not-claimed":
+def job_claimed(job) -> None:
+    """This worker claimed ``job`` (a new attempt): its wait since creation, and the attempt."""
+    m = metrics()
+    m.wait_s.labels(job.kind, job.queue).observe(max((job.started_at - job.created_at).total_seconds(), 0.0))
+    m.attempts.labels(job.kind, "true" if job.attempt > 1 else "false").inc()
+
+
+def record_outcome(sessions, job_id: str, outcome: str, worker: str, attempt: int) -> None:
+    """After a run_job task whose attempt ended the job: its run time, and its error type if it failed, read back
+    from the job's row (an attempt that lost the job to a retry has no outcome of its own)."""
+    if outcome not in ("succeeded", "failed", "cancelled"):
         return
     with sessions() as s:
         row = store.job_timing(s, uuid.UUID(job_id))
-    if row is None or row.worker != worker or row.started_at is None:
+    if row is None or row.worker != worker or row.attempt != attempt or None in (row.started_at, row.finished_at):
         return
     m = metrics()
-    m.wait_s.labels(row.kind, row.queue).observe(max((row.started_at - row.created_at).total_seconds(), 0.0))
-    m.attempts.labels(row.kind, "true" if row.attempt > 1 else "false").inc()
-    if outcome in ("succeeded", "failed", "cancelled") and row.finished_at is not None:
-        m.run_s.labels(row.kind, outcome).observe(max((row.finished_at - row.started_at).total_seconds(), 0.0))
+    m.run_s.labels(row.kind, outcome).observe(max((row.finished_at - row.started_at).total_seconds(), 0.0))
     if outcome == "failed" and row.error_type:
         m.failures.labels(row.kind, row.error_type).inc()
 
@@ -105,8 +110,11 @@ def _measure_and_unbind(task_id=None, task=None, args=None, retval=None, state=N
     from workers.runner import WORKER_NAME
     from workers.tasks import _sessions
 
+    attempt = logs.current("attempt")  # bound by the runner once it claimed the job
     try:
-        record_attempt(_sessions(), str(args[0]), retval if isinstance(retval, str) else "failed", WORKER_NAME)
+        if attempt is not None:
+            record_outcome(_sessions(), str(args[0]), retval if isinstance(retval, str) else "failed", WORKER_NAME,
+                           attempt)
     except Exception as exc:  # metrics never fail a job
         log.warning("recording job metrics failed: %s", exc)
     token = getattr(task.request, "log_token", None)
