@@ -3,7 +3,7 @@
 - HTTP request latency and status by route template, summed over the API's processes (``api.observability``);
 - the state of the service, read from the database at scrape time (it is the truth, whichever process changed
   it): jobs by status and kind, queue depth, running jobs and oldest wait per queue, each worker's heartbeat age,
-  bytes in the blob stores;
+  bytes in the blob store (artifacts, datasets, model weights);
 - each worker's own counters, which it writes to its ``workers`` row (``workers.telemetry``): wait and run time
   histograms per kind, attempts, failure types, sweeper actions, metric rows ingested; labelled ``worker``.
 
@@ -67,7 +67,7 @@ class ServiceCollector:
                 for name, labels, value in fam["samples"]:
                     merged.add_sample(name, {**labels, "worker": w.name}, value)
         yield age
-        blob = GaugeMetricFamily("gradlab_blob_bytes", "Bytes in the database's blob stores", labels=["store"])
+        blob = GaugeMetricFamily("gradlab_blob_bytes", "Bytes in the blob store, by what they are", labels=["store"])
         for name, size in sorted(blobs.items()):
             blob.add_metric([name], size)
         yield blob

@@ -574,7 +574,8 @@ def job_counts(session: Session) -> list[tuple[str, str, int]]:
 
 
 def blob_bytes(session: Session) -> dict[str, int]:
-    """Bytes held in the database's blob stores: artifacts, uploaded datasets and uploaded models' weights."""
+    """Bytes in the blob store, by what they are (from the rows' recorded sizes): artifacts, uploaded datasets and
+    uploaded models' weights."""
     return {"artifacts": session.scalar(select(func.coalesce(func.sum(Artifact.size), 0))),
             "datasets": session.scalar(select(func.coalesce(func.sum(Dataset.size), 0))),
             "models": session.scalar(select(func.coalesce(func.sum(StoredModel.weights_size), 0)))}
