@@ -3,24 +3,44 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy.orm import sessionmaker
 
 from core.jobs import store
+from core.jobs.models import utcnow
 from core.settings import Settings
 from workers.publish import publish
 
 log = logging.getLogger(__name__)
 
 
+def broker_started_at(app: Celery) -> datetime | None:
+    """When the Redis server behind the broker last started (now minus INFO's uptime, rounded late so that an
+    error costs a duplicate message, not a lost one); None for the filesystem broker, whose queue is a folder that
+    survives restarts, or when Redis does not answer."""
+    if not app.conf.broker_url.startswith(("redis://", "rediss://")):
+        return None
+    try:
+        with app.connection_for_write() as conn:
+            uptime_s = conn.default_channel.client.info("server")["uptime_in_seconds"]
+    except Exception as exc:  # broker down: nothing can be published now anyway
+        log.warning("sweeper: cannot read the broker's uptime: %s", exc)
+        return None
+    return utcnow() - timedelta(seconds=uptime_s)
+
+
 def sweep_once(sessions: sessionmaker, settings: Settings, app: Celery) -> store.SweepOutcome:
+    started = broker_started_at(app)
     with sessions() as s:
         outcome = store.sweep(s, heartbeat_timeout_s=settings.heartbeat_timeout_s,
                               requeue_queued_after_s=settings.requeue_queued_after_s,
-                              max_attempts=settings.max_attempts)
+                              max_attempts=settings.max_attempts, broker_started_at=started)
     for job_id, queue in outcome.republish:
-        publish(app, job_id, queue)
+        if not publish(app, job_id, queue):
+            with sessions() as s:
+                store.mark_unpublished(s, job_id)  # the next sweep tries again
     if outcome.retried or outcome.failed:
         log.warning("sweeper: re-queued %s, failed %s", outcome.retried, outcome.failed)
     return outcome
