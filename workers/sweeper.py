@@ -17,9 +17,13 @@ log = logging.getLogger(__name__)
 
 
 def broker_started_at(app: Celery) -> datetime | None:
-    """When the Redis server behind the broker last started (now minus INFO's uptime, rounded late so that an
-    error costs a duplicate message, not a lost one); None for the filesystem broker, whose queue is a folder that
-    survives restarts, or when Redis does not answer."""
+    """A time no earlier than the last start of the Redis server behind the broker, and at most a second or so
+    later (an error that costs a duplicate message, never a lost one); None for the filesystem broker, whose queue
+    is a folder that survives restarts, or when Redis does not answer.
+
+    Redis counts its uptime in whole seconds from a start time truncated to the second, so the start lies before
+    ``now - uptime + 1``. The clocks of the API and worker hosts are assumed to agree to well under a second.
+    """
     if not app.conf.broker_url.startswith(("redis://", "rediss://")):
         return None
     try:
@@ -28,7 +32,7 @@ def broker_started_at(app: Celery) -> datetime | None:
     except Exception as exc:  # broker down: nothing can be published now anyway
         log.warning("sweeper: cannot read the broker's uptime: %s", exc)
         return None
-    return utcnow() - timedelta(seconds=uptime_s)
+    return utcnow() - timedelta(seconds=uptime_s - 1)
 
 
 def sweep_once(sessions: sessionmaker, settings: Settings, app: Celery) -> store.SweepOutcome:
