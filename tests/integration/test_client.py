@@ -225,7 +225,7 @@ def test_wait_times_out_and_the_job_keeps_running(client):
     t0 = time.monotonic()
     with pytest.raises(WaitTimeout) as exc:
         client.wait(job.id, timeout=1.5)
-    assert 1.4 < time.monotonic() - t0 < 4
+    assert 1.4 < time.monotonic() - t0 < 30  # it gave up at its timeout, not at the job's end (a minute away)
     assert exc.value.job.status in ("queued", "running")
     assert client.cancel(job.id).status == "cancelled"
 
@@ -254,7 +254,10 @@ def test_events_resume_mid_run_without_losing_or_repeating_rows(stack, api, clie
     statuses = [d["status"] for e, _, d in first if e == "status"]
     assert statuses and first[-1][0] == "metric"
     last_id = first[-1][1]
-    time.sleep(1.2)  # rows keep arriving while nobody listens
+    deadline = time.monotonic() + 60
+    while len(api.get(f"/v1/jobs/{job.id}/metrics", params={"cursor": last_id, "limit": 50}).json()["items"]) < 50:
+        assert time.monotonic() < deadline, "no rows arrived while nobody listened"
+        time.sleep(0.05)  # until rows have arrived while nobody listens
     rest = sse(stack.api_url, job.id, last_event_id=last_id)
     assert rest[-1][0] == "status" and rest[-1][2]["status"] == "succeeded"
     delivered = [(int(i), (d["step"], d["name"], d["value"])) for e, i, d in first + rest if e == "metric"]
