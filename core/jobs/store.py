@@ -366,8 +366,9 @@ def sweep(session: Session, *, heartbeat_timeout_s: float, requeue_queued_after_
 
 
 def _due_for_publishing(now: datetime, broker_started_at: datetime | None):
-    """Which queued jobs to publish again, so that a waiting job has O(1) messages however long it waits while a
-    lost message is replaced within a sweep:
+    """Which queued jobs to publish again, so that a waiting job has a handful of messages however long it waits
+    (one more per doubling of its wait: 6 after an hour, 7 after two) while a lost message is replaced within a
+    sweep:
 
     - never published (publishing failed: ``mark_unpublished``);
     - published before the broker last started (``broker_started_at``, from Redis's uptime): a broker that
@@ -376,7 +377,10 @@ def _due_for_publishing(now: datetime, broker_started_at: datetime | None):
       losses nothing observes: an API process killed between its commit and its publish, a flushed Redis, a
       message held by a dead consumer.
 
-    A duplicate message costs a worker one no-op claim; a missing one would leave the job queued forever.
+    A duplicate message costs a worker one no-op claim; a missing one would leave the job queued forever. Backoff
+    alone would replace a message lost after an hour of waiting only an hour later, and comparing the broker's
+    queue with the queued rows would tie the sweeper to kombu's key layout and miss prefetched and unacked
+    messages; the broker's start time is one cheap question (Redis INFO) that names exactly the lost messages.
     """
     lost = [Job.published_at.is_(None), Job.republish_at <= now]
     if broker_started_at is not None:
