@@ -1,14 +1,14 @@
 """jobs.republish_at: when the sweeper publishes a still-queued job again (the interval doubles each time)
 
 Revision ID: 0006
-Revises: 0005
+Revises: 0009
 Create Date: 2026-11-29
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0005"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

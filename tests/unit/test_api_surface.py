@@ -20,7 +20,9 @@ from tests.stack import ROOT
 PUBLIC = {
     ("GET", "/healthz"), ("GET", "/readyz"),
     ("GET", "/v1/kinds"), ("GET", "/v1/kinds/{kind}"),
-    ("GET", "/"), ("GET", "/jobs/{job_id}"),  # static pages: they call the API with the user's key
+    # static pages and their vendored scripts: the pages call the API with the user's key
+    ("GET", "/"), ("GET", "/jobs/{job_id}"), ("GET", "/compare"), ("GET", "/studies/{study_id}"),
+    ("GET", "/vendor/{name}"),
     ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
     ("HEAD", "/openapi.json"), ("HEAD", "/docs"), ("HEAD", "/docs/oauth2-redirect"), ("HEAD", "/redoc"),
 }
