@@ -542,7 +542,8 @@ def find_study_replay(session: Session, tenant: str, idempotency_key: str, body_
 
 
 def create_study(session: Session, *, tenant: str, kind: str, request: dict, settings: list[dict], seeds: list[int],
-                 baseline: int, device: str, timeout_s: int, idempotency_key: str | None = None,
+                 baseline: int, device: str, timeout_s: int, republish_after_s: float,
+                 idempotency_key: str | None = None,
                  body_hash: str | None = None) -> tuple[Study, list[tuple[uuid.UUID, str]], bool]:
     """Insert a study, one queued job per (setting, seed) and the links, in one transaction. Returns the study, its
     new jobs as (id, queue) to publish, and whether it was created (False: a replay of the same key and body)."""
@@ -560,7 +561,8 @@ def create_study(session: Session, *, tenant: str, kind: str, request: dict, set
             jobs.append(dict(id=job_id, tenant=tenant, kind=kind, status=JobStatus.queued, params=setting["params"],
                              seed=seed, device_requested=device, queue=QUEUE_FOR_DEVICE[device],
                              timeout_s=timeout_s, progress=0.0, message="queued", attempt=0, idempotency_key=None,
-                             request_hash=None, created_at=now, published_at=now))
+                             request_hash=None, created_at=now, published_at=now,
+                             republish_at=now + timedelta(seconds=republish_after_s)))
             links.append(dict(study_id=study["id"], job_id=job_id, setting=index, seed=seed))
     try:
         conn = session.connection()
