@@ -78,8 +78,7 @@ def api(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option(1
 def worker(queues: str = typer.Option(None, help="comma-separated queues; default GRADLAB_QUEUES"),
            loglevel: str = "INFO") -> None:
     """Run one Celery worker process (solo pool: the job runs in this process, which owns its CUDA context)."""
-    from workers.app import app
-    import workers.tasks  # noqa: F401  (registers the task and the worker signals)
+    from workers.tasks import worker_app
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +86,7 @@ def worker(queues: str = typer.Option(None, help="comma-separated queues; defaul
             "-n", f"gradlab-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
     if settings.resolved_broker_url.startswith("filesystem://"):
         argv.append("--without-heartbeat")
-    app.worker_main(argv)
+    worker_app(settings).worker_main(argv)
 
 
 @cli.command()

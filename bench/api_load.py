@@ -192,7 +192,7 @@ def request_anatomy(bs: BenchStack, n: int) -> list[dict]:
 
     settings = bs.settings()
     app = create_app(settings)
-    engine, celery = app.state.engine, app.state.celery
+    engine, celery = app.state.engine, app.state.publisher.app
     tally: Counter = Counter()
     sql_ms: Counter = Counter()
     started: dict = {}

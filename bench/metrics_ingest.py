@@ -88,14 +88,15 @@ def measure(workload: str, rows: int, sessions, settings, profile: str | None) -
     from core.jobs import store
     from core.jobs.states import JobStatus
     from workers.context import DbRunContext
+    from workers.restart import restart_worker_process
 
     factory, per_step = WORKLOADS[workload]
     step, names, steps = factory(), NAMES[:per_step], rows // per_step
     with sessions() as s:
         job, _ = store.create_job(s, tenant="bench", kind="init_averaging", params={"widths": [2, 2]}, seed=0,
-                                  device="cpu", timeout_s=24 * 3600)
+                                  device="cpu", timeout_s=24 * 3600, republish_after_s=60)
         job = store.claim(s, job.id, "bench-metrics")
-    ctx = DbRunContext(sessions, settings, job.id, job.attempt, 0, torch.device("cpu"), 24 * 3600)
+    ctx = DbRunContext(sessions, settings, job.id, job.attempt, 0, 24 * 3600, on_hung=restart_worker_process)
     flushes = {"calls": 0, "seconds": 0.0}
     flush = ctx.flush
 

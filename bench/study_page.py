@@ -54,7 +54,7 @@ def build(bench: BenchStack, settings: int, seeds: int, points: int) -> tuple[st
             s, tenant="local", kind="init_averaging", request={"bench": True},
             settings=[{"label": f"batch={64 * (i + 1)}", "params": {"widths": [768, 3072, 768], "batch": 64 * (i + 1)}}
                       for i in range(settings)],
-            seeds=list(range(seeds)), baseline=0, device="cpu", timeout_s=3600)
+            seeds=list(range(seeds)), baseline=0, device="cpu", timeout_s=3600, republish_after_s=60)
         for job_id, _ in jobs:
             job = store.claim(s, job_id, "bench")
             rows = [(step, name, 1.0 / (1 + step) + rng.random() * 1e-3) for name in CURVES for step in range(points)]

@@ -24,14 +24,19 @@ class Settings(BaseSettings):
     blob_s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, Ceph, ...); "
                                              "default: AWS. Credentials come from the usual AWS_* variables.")
     queues: str = Field(default="cpu,gpu,auto", description="Comma-separated queues a worker consumes.")
+    extra_kinds: str = Field(default="", description="Comma-separated importable packages, each with a spec and a "
+                             "run module like core/techniques/<kind>/, registered beside the built-in kinds.")
     broker_key_prefix: str = Field(default="", description="Prefix of every Redis key (shared Redis servers).")
 
     torch_threads: int = Field(default=0, ge=0, description="torch threads per worker process; 0: torch's default")
     heartbeat_interval_s: float = 2.0
     heartbeat_timeout_s: float = 30.0
-    requeue_queued_after_s: float = 60.0
+    requeue_queued_after_s: float = Field(default=60.0, description="A queued job's message is published again "
+                                          "this long after it was sent, then at doubling intervals (store.sweep).")
     sweep_interval_s: float = 5.0
     max_attempts: int = 3
+    stop_grace_s: float = Field(default=30.0, gt=0, description="A job still running this long past its timeout_s, "
+                                "or after it was cancelled, has its worker process restarted.")
     cancel_poll_interval_s: float = 0.5
     metric_flush_rows: int = 2000
     metric_flush_interval_s: float = 1.0

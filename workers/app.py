@@ -1,4 +1,8 @@
-"""The Celery app. Messages carry only a job id (JSON); the database holds everything else.
+"""The Celery app's configuration. Messages carry only a job id (JSON); the database holds everything else.
+
+Nothing is built at import time: the API makes an app on its first publish (``workers.publish.Publisher``) and a
+worker process makes its own with the task registered (``workers.tasks.worker_app``). Making one creates the
+filesystem broker's folders, so importing this module leaves the current directory alone.
 
 Pool: ``solo`` — the job runs in the worker process itself, so that process owns its CUDA context (nothing is
 forked after CUDA could have been touched), and a SIGKILL of the worker is a SIGKILL of the job. Run one worker
@@ -56,5 +60,9 @@ def make_celery(settings: Settings | None = None) -> Celery:
     return app
 
 
-app = make_celery()
-app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
+def __getattr__(name: str) -> Celery:
+    """``celery -A workers.app flower|events|inspect``: an app from the environment's settings, made when asked for
+    (module attribute lookup, PEP 562), so importing this module still builds nothing."""
+    if name == "app":
+        return make_celery()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

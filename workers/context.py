@@ -1,7 +1,10 @@
 """The RunContext a worker hands to a technique: buffered metrics, heartbeats and cancellation, backed by SQL.
 
 A background thread does all periodic database work (heartbeat, progress, metric batches) and learns from the
-same compare-and-set whether the job was cancelled or taken away, so ``check_cancelled`` costs no I/O.
+same compare-and-set whether the job was cancelled or taken away, so ``check_cancelled`` costs no I/O. It runs from
+the claim on, and it is also the job's hard deadline: a technique that has not stopped ``stop_grace_s`` after its
+``timeout_s`` (the job is then failed as ``timeout``), or after it was cancelled or taken away, never checks in
+again, so ``on_hung`` is called to end the process that runs it.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import math
 import threading
 import time
 import uuid
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,15 +40,17 @@ class JobLost(Exception):
 
 class DbRunContext:
     def __init__(self, sessions: sessionmaker, settings: Settings, job_id: uuid.UUID, attempt: int,
-                 seed: int, device: torch.device, timeout_s: float):
+                 seed: int, timeout_s: float, on_hung: Callable[[str], None]):
         self.sessions = sessions
         self.settings = settings
         self.job_id = job_id
         self.attempt = attempt
         self.seed = seed
-        self.device = device
+        self.device = torch.device("cpu")  # the runner sets the job's device once it has picked it
         self.timeout_s = timeout_s
+        self._on_hung = on_hung
         self._started = time.monotonic()
+        self._stop_seen_at: float | None = None
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # commits in row order, so metric ids follow logging order
         self.images: list[tuple[str, bytes, str]] = []
@@ -175,9 +181,36 @@ class DbRunContext:
             if self._stop.is_set():
                 return
             self._wake.clear()
-            try:
-                self.flush()
-            except (JobCancelled, JobLost):
+            if self._stopped_by is None:
+                try:
+                    self.flush()
+                except (JobCancelled, JobLost, JobTimedOut):
+                    pass  # the job's thread learns it at its next check-in; the deadline below waits for that
+                except Exception as exc:  # the database is briefly unreachable: keep beating, rows stay buffered
+                    log.warning("heartbeat for job %s failed: %s", self.job_id, exc)
+            reason = self._past_deadline()
+            if reason is not None and not self._stop.is_set():
+                self._on_hung(reason)
                 return
-            except Exception as exc:  # the database is briefly unreachable: keep beating, rows stay buffered
-                log.warning("heartbeat for job %s failed: %s", self.job_id, exc)
+
+    def _past_deadline(self) -> str | None:
+        """Why the job's thread must be given up on, or None while it may still stop by itself."""
+        now, grace = time.monotonic(), self.settings.stop_grace_s
+        if self._stopped_by is not None:
+            self._stop_seen_at = self._stop_seen_at or now
+            if now - self._stop_seen_at <= grace:
+                return None
+            why = "was cancelled" if self._stopped_by is JobCancelled else "was taken away from this worker"
+            return f"job {self.job_id} {why} and did not stop within {grace:g}s"
+        if now - self._started <= self.timeout_s + grace:
+            return None
+        message = (f"job ran past its timeout_s={self.timeout_s:g} and did not stop within {grace:g}s more; "
+                   f"its worker process was restarted")
+        try:
+            self.flush()
+            with self.sessions() as s:
+                store.finish(s, self.job_id, self.attempt, JobStatus.failed, error_type="timeout",
+                             error_message=message)
+        except Exception as exc:  # not ours any more, or no database: the sweeper settles the row
+            log.warning("could not record the timeout of job %s: %s", self.job_id, exc)
+        return f"job {self.job_id} {message}"

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from functools import cached_property
 
 from celery import Celery
+
+from core.settings import Settings
+from workers.app import make_celery
 
 log = logging.getLogger(__name__)
 
@@ -19,3 +23,19 @@ def publish(app: Celery, job_id: uuid.UUID | str, queue: str) -> bool:
     except Exception as exc:  # any broker failure: the job stays queued in the database
         log.warning("publishing job %s to %s failed (%s); the sweeper will publish it again", job_id, queue, exc)
         return False
+
+
+class Publisher:
+    """The API's side of the broker: a Celery app made on the first publish or readiness check, not at start-up
+    (no broker folders or connections for a process that never publishes). Two requests racing to make it may
+    make two; one is kept, which is harmless."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @cached_property
+    def app(self) -> Celery:
+        return make_celery(self.settings)
+
+    def publish(self, job_id: uuid.UUID | str, queue: str) -> bool:
+        return publish(self.app, job_id, queue)

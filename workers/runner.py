@@ -23,6 +23,7 @@ from core.techniques import get_kind
 from core.techniques.base import JobCancelled, JobTimedOut
 from workers.context import DbRunContext, JobLost
 from workers import telemetry
+from workers.restart import restart_worker_process
 from workers.retry import retrying
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,11 @@ def pick_device(requested: str) -> torch.device:
 
 
 def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
-    """Run job ``job_id`` if it can be claimed; returns what happened (for logs and tests)."""
+    """Run job ``job_id`` if it can be claimed; returns what happened (for logs and tests).
+
+    The heartbeat starts with the claim, before anything that can be slow, so that a healthy job is never taken
+    for a dead one (the kinds themselves are loaded once, when the worker starts: ``workers.tasks``).
+    """
     jid = uuid.UUID(job_id)
 
     def claim():
@@ -63,6 +68,8 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
     blobs = blob_store(settings)
     for earlier in range(1, attempt):  # their rows went with the claim; their bytes go now
         blobs.delete_prefix(attempt_prefix(jid, earlier))
+    ctx = DbRunContext(sessions, settings, jid, attempt, job.seed, job.timeout_s, on_hung=restart_worker_process)
+    ctx.start()
 
     def finish(status: JobStatus, **kw) -> bool:
         def write():
@@ -70,26 +77,25 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
                 return store.finish(s, jid, attempt, status, **kw)
         return retrying(write)
 
-    kind = get_kind(job.kind)
     try:
-        device = pick_device(job.device_requested)
-        params = kind.params.model_validate(job.params)
-    except (DeviceUnavailable, ValidationError) as exc:
-        finish(JobStatus.failed, error_type="invalid_job" if isinstance(exc, ValidationError) else "device_unavailable",
-               error_message=str(exc)[:2000])
-        return "failed"
+        try:
+            kind = get_kind(job.kind)
+            params = kind.params.model_validate(job.params)
+            ctx.device = pick_device(job.device_requested)
+        except (LookupError, DeviceUnavailable, ValidationError) as exc:
+            ctx.stop()
+            error_type = "device_unavailable" if isinstance(exc, DeviceUnavailable) else "invalid_job"
+            message = f"this worker has no kind {job.kind!r}" if isinstance(exc, LookupError) else str(exc)
+            finish(JobStatus.failed, error_type=error_type, error_message=message[:2000])
+            return "failed"
 
-    def record_device():
-        with sessions() as s:
-            store.record_device(s, jid, attempt, str(device))
+        def record_device():
+            with sessions() as s:
+                store.record_device(s, jid, attempt, str(ctx.device))
 
-    retrying(record_device)
-
-    torch.manual_seed(job.seed)
-    np.random.seed(job.seed % 2**32)
-    ctx = DbRunContext(sessions, settings, jid, attempt, job.seed, device, job.timeout_s)
-    ctx.start()
-    try:
+        retrying(record_device)
+        torch.manual_seed(job.seed)
+        np.random.seed(job.seed % 2**32)
         result = json_safe(kind.run(params, ctx))
         attach_summary(kind, params, result)
         ctx.artifact("report.html", html_report(job.kind, job.params, result, ctx.images), "text/html")
@@ -112,7 +118,7 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
         return "failed"
     finally:
         ctx.stop()
-        if device.type == "cuda":
+        if ctx.device.type == "cuda":
             torch.cuda.empty_cache()
 
 

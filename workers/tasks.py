@@ -1,15 +1,18 @@
-"""The one Celery task, and the worker-process set-up (database engine, sweeper thread)."""
+"""The worker process: its Celery app with the one task, and its set-up (kinds, database engine, sweeper thread)."""
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery import Celery
+from celery.signals import celeryd_after_setup, worker_process_init, worker_ready, worker_shutdown
 
 from core.jobs.db import make_engine, make_sessionmaker
-from core.settings import get_settings
+from core.settings import Settings, get_settings
+from core.techniques import kinds
 from workers import logcontext, telemetry  # noqa: F401  (connect their Celery signals)
-from workers.app import app
+from workers.app import make_celery
 from workers.presence import Presence
 from workers.publish import RUN_JOB_TASK
 from workers.runner import WORKER_NAME, execute_job
@@ -19,15 +22,35 @@ log = logging.getLogger(__name__)
 _state: dict = {}
 
 
+def worker_app(settings: Settings) -> Celery:
+    """A Celery app for a worker process, with ``run_job`` registered and the signals below connected."""
+    app = make_celery(settings)
+    app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(run_job)
+    _state["app"] = app
+    return app
+
+
 def _sessions():
     if "sessions" not in _state:
         _state["sessions"] = make_sessionmaker(make_engine(get_settings().resolved_database_url))
     return _state["sessions"]
 
 
+@celeryd_after_setup.connect
+def _load_kinds(**_):
+    """Every technique (torch, matplotlib, ...) is imported once logging is set up and before the consumer takes a
+    message, so a claimed job starts beating at once instead of after seconds of imports."""
+    settings = get_settings()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    t0 = time.monotonic()
+    loaded = kinds()
+    log.info("loaded %d kinds in %.1fs: %s", len(loaded), time.monotonic() - t0, ", ".join(loaded))
+
+
 @worker_process_init.connect
 def _fresh_engine(**_):
-    _state.clear()  # never share pooled connections across a fork
+    _state.pop("sessions", None)  # never share pooled connections across a fork
 
 
 @worker_ready.connect
@@ -47,10 +70,7 @@ def _leave(**_):
 
 @worker_ready.connect
 def _start_sweeper(**_):
-    settings = get_settings()
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    sweeper = Sweeper(_sessions(), settings, app)
+    sweeper = Sweeper(_sessions(), get_settings(), _state["app"])
     sweeper.start()
     _state["sweeper"] = sweeper
 
@@ -61,7 +81,6 @@ def _stop_sweeper(**_):
         _state["sweeper"].stopping.set()
 
 
-@app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def run_job(job_id: str) -> str:
     outcome = execute_job(_sessions(), get_settings(), job_id)
     log.info("job %s: %s", job_id, outcome)

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from sqlalchemy import text
 
 from api.problems import problem_response
+from core.jobs import store
 
 router = APIRouter(tags=["health"])
 
@@ -18,13 +18,13 @@ def healthz():
 def readyz(request: Request):
     checks = {}
     try:
-        with request.app.state.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        with request.app.state.sessions() as session:
+            store.ping(session)
         checks["database"] = "ok"
     except Exception as exc:  # any failure means not ready; the reason goes to the client in words
         checks["database"] = f"unreachable: {exc.__class__.__name__}"
     try:
-        with request.app.state.celery.connection_for_write() as conn:
+        with request.app.state.publisher.app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
         checks["broker"] = "ok"
     except Exception as exc:

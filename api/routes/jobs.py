@@ -22,13 +22,12 @@ from core.blobs.store import iter_blob
 from core.data import uploaded_dataset_ids
 from core.jobs import store
 from core.jobs.keys import Principal
-from core.jobs.models import Artifact, Dataset, Job, utcnow
+from core.jobs.models import Job, utcnow
 from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
 from core.models.budget import estimate, refusal
 from core.models.inspector import InspectionFailed, ModelRejected, inspect_model
 from core.models.spec import BuiltinModel, HFConfigModel, UploadedModel
 from core.techniques import specs
-from workers.publish import publish
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -37,24 +36,26 @@ RATE_WINDOW = timedelta(seconds=60)
 
 def _job(session: Session, raw_id: str, who: Principal) -> Job:
     """The job, if it exists and the caller may see it; another tenant's job is a 404 like a missing one."""
-    job = session.get(Job, parse_id(raw_id))
+    job = store.get_job(session, parse_id(raw_id))
     if job is None or not owns(who, job.tenant):
         raise Problem(404, f"job {raw_id} not found")
     return job
 
 
-def _admit(session: Session, settings, tenant: str) -> None:
-    """Per-tenant cap on queued+running jobs and submission rate: 429 with Retry-After."""
-    now = utcnow()
-    cap, rate = settings.max_active_jobs_per_tenant, settings.submissions_per_minute_per_tenant
-    use = store.usage(session, tenant, now - RATE_WINDOW, cap, rate)
-    if use.at_active_cap:
-        raise Problem(429, f"tenant {tenant} has {cap} queued or running jobs (the limit); wait for some to finish",
-                      headers={"Retry-After": "5"})
-    if use.window_filled_at is not None:
+def _admission(settings, now) -> store.Admission:
+    """Per-tenant caps on queued+running jobs and on submissions in the last RATE_WINDOW."""
+    return store.Admission(active_cap=settings.max_active_jobs_per_tenant,
+                           window_cap=settings.submissions_per_minute_per_tenant, since=now - RATE_WINDOW)
+
+
+def _refusal(settings, tenant: str, use: store.Usage, now) -> Problem:
+    """429 with Retry-After, naming the cap the tenant is at."""
+    if use.window_filled_at is not None and not use.at_active_cap:
         wait = max(1, math.ceil((use.window_filled_at + RATE_WINDOW - now).total_seconds()))
-        raise Problem(429, f"tenant {tenant} submitted {rate} jobs in the last minute (the limit)",
-                      headers={"Retry-After": str(wait)})
+        return Problem(429, f"tenant {tenant} submitted {settings.submissions_per_minute_per_tenant} jobs in the "
+                            f"last minute (the limit)", headers={"Retry-After": str(wait)})
+    return Problem(429, f"tenant {tenant} has {settings.max_active_jobs_per_tenant} queued or running jobs (the "
+                        f"limit); wait for some to finish", headers={"Retry-After": "5"})
 
 
 def _model_refused(message: str, status: int = 422) -> Problem:
@@ -92,7 +93,7 @@ def _budget_model(session: Session, settings, who: Principal, body) -> None:
     dataset = getattr(body.params, "dataset", None)
     columns = None
     if isinstance(dataset, uuid.UUID):
-        columns = session.get(Dataset, dataset).columns
+        columns = store.dataset_columns(session, dataset)
     workload = spec.model_workload(body.params, columns) if spec.model_workload else None
     if workload is None and isinstance(model, BuiltinModel):
         return  # nothing to budget, and a built-in spec is fully checked by its own validation
@@ -121,23 +122,26 @@ def submit(body: JobRequest, request: Request, response: Response, session: Sess
            idempotency_key: Annotated[str | None, Header(max_length=255)] = None):
     params = body.params.model_dump(mode="json")
     for ds in uploaded_dataset_ids(body.params):
-        found = session.get(Dataset, parse_id(ds, "dataset"))
-        if found is None or not owns(who, found.tenant):
+        owner = store.dataset_tenant(session, parse_id(ds, "dataset"))
+        if owner is None or not owns(who, owner):
             raise Problem(422, f"params.dataset: dataset {ds} not found",
                           errors=[{"field": "params.dataset", "message": "no such dataset", "type": "not_found"}])
     _budget_model(session, request.app.state.settings, who, body)
     # only a request that may be replayed needs its body's fingerprint
     body_hash = store.request_fingerprint(body.model_dump(mode="json")) if idempotency_key is not None else None
+    settings, now = request.app.state.settings, utcnow()
     try:
-        if idempotency_key is None or store.find_replay(session, who.tenant, idempotency_key, body_hash) is None:
-            _admit(session, request.app.state.settings, who.tenant)
         job, created = store.create_job(session, tenant=who.tenant, kind=body.kind, params=params, seed=body.seed,
                                         device=body.device, timeout_s=body.timeout_s,
-                                        idempotency_key=idempotency_key, body_hash=body_hash)
+                                        republish_after_s=settings.requeue_queued_after_s,
+                                        admission=_admission(settings, now), idempotency_key=idempotency_key,
+                                        body_hash=body_hash)
     except store.IdempotencyConflict as exc:
         raise Problem(409, str(exc)) from None
+    except store.AdmissionRefused as exc:
+        raise _refusal(settings, who.tenant, exc.usage, now) from None
     if created:
-        if not publish(request.app.state.celery, job.id, job.queue):
+        if not request.app.state.publisher.publish(job.id, job.queue):
             store.mark_unpublished(session, job.id)
         log.info("job %s submitted: %s on queue %s", job.id, job.kind, job.queue,
                  extra={"job_id": str(job.id), "kind": job.kind, "tenant": job.tenant})
@@ -202,8 +206,7 @@ def metrics(job_id: str, session: Session = Depends(db), who: Principal = Depend
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
 def list_artifacts(job_id: str, session: Session = Depends(db), who: Principal = Depends(principal)):
     job = _job(session, job_id, who)
-    rows = session.execute(select(Artifact.name, Artifact.media_type, Artifact.size, Artifact.sha256)
-                           .where(Artifact.job_id == job.id).order_by(Artifact.name)).all()
+    rows = store.list_artifacts(session, job.id)
     return [ArtifactOut(name=n, media_type=m, size=s, sha256=h, url=f"/v1/jobs/{job.id}/artifacts/{n}")
             for n, m, s, h in rows]
 

@@ -25,7 +25,6 @@ from core.jobs import store
 from core.jobs.keys import Principal
 from core.jobs.models import Dataset, Study, utcnow
 from core.techniques import specs
-from workers.publish import publish
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 MAX_STUDY_JOBS = 500
@@ -204,11 +203,12 @@ def submit_study(body: StudyRequest, request: Request, response: Response, sessi
         study, jobs, created = store.create_study(
             session, tenant=who.tenant, kind=body.kind, request=body.model_dump(mode="json"), settings=settings,
             seeds=body.seeds, baseline=body.baseline, device=body.device, timeout_s=body.timeout_s,
-            idempotency_key=idempotency_key, body_hash=body_hash)
+            republish_after_s=request.app.state.settings.requeue_queued_after_s, idempotency_key=idempotency_key,
+            body_hash=body_hash)
     except store.IdempotencyConflict as exc:
         raise Problem(409, str(exc)) from None
     for job_id, queue in jobs:
-        if not publish(request.app.state.celery, job_id, queue):
+        if not request.app.state.publisher.publish(job_id, queue):
             store.mark_unpublished(session, job_id)
     if not created:
         response.status_code = 200

@@ -45,35 +45,6 @@ def find_replay(session: Session, tenant: str, idempotency_key: str, body_hash: 
     return earlier
 
 
-_INSERT_JOB = insert(Job.__table__)
-
-
-def create_job(session: Session, *, tenant: str, kind: str, params: dict, seed: int, device: str, timeout_s: int,
-               idempotency_key: str | None = None, body_hash: str | None = None) -> tuple[Job, bool]:
-    """Insert a queued job and commit. Returns (job, created); with a known key, the earlier job and False."""
-    if idempotency_key is not None:
-        earlier = find_replay(session, tenant, idempotency_key, body_hash)
-        if earlier is not None:
-            return earlier, False
-    now = utcnow()
-    values = dict(id=uuid.uuid4(), tenant=tenant, kind=kind, status=JobStatus.queued, params=params, seed=seed,
-                  device_requested=device, queue=QUEUE_FOR_DEVICE[device], timeout_s=timeout_s, progress=0.0,
-                  message="queued", attempt=0, idempotency_key=idempotency_key, request_hash=body_hash,
-                  created_at=now, published_at=now)
-    try:
-        # a Core insert: the ORM's unit of work cost about a tenth of the API's CPU per submission
-        session.connection().execute(_INSERT_JOB, values)
-        session.commit()
-    except IntegrityError:
-        # Two requests with the same key raced; the other insert won.
-        session.rollback()
-        earlier = find_replay(session, tenant, idempotency_key, body_hash) if idempotency_key else None
-        if earlier is None:
-            raise
-        return earlier, False
-    return Job(**values), True  # not in the session: the row as inserted, for the answer
-
-
 @dataclass(frozen=True)
 class Usage:
     """What admission weighs, against a cap on a tenant's queued plus running jobs and a cap on its submissions
@@ -85,6 +56,24 @@ class Usage:
     window_filled_at: datetime | None
 
 
+@dataclass(frozen=True)
+class Admission:
+    """The caps a new job must fit under: ``active_cap`` queued+running jobs of its tenant, and ``window_cap``
+    submissions of its tenant created at or after ``since``."""
+
+    active_cap: int
+    window_cap: int
+    since: datetime
+
+
+class AdmissionRefused(Exception):
+    """The tenant is at one of its caps; ``usage`` says which."""
+
+    def __init__(self, usage: Usage):
+        super().__init__("admission refused")
+        self.usage = usage
+
+
 # Built once: it runs on every submission, and building and keying a statement per call cost more CPU than the
 # database spent on it. The active jobs' condition is spelled as the partial index's, so the planner uses it.
 _NTH_ACTIVE = (select(Job.id).where(Job.tenant == bindparam("tenant"), text(ACTIVE_WHERE))
@@ -93,6 +82,18 @@ _NTH_RECENT = (select(Job.created_at).where(Job.tenant == bindparam("tenant"), J
                .order_by(Job.created_at.desc()).offset(bindparam("window_skip")).limit(1).scalar_subquery())
 _USAGE = select(_NTH_ACTIVE.is_not(None), _NTH_RECENT)
 
+_JOB_COLUMNS = ("id", "tenant", "kind", "status", "params", "seed", "device_requested", "queue", "timeout_s",
+                "progress", "message", "attempt", "idempotency_key", "request_hash", "created_at", "published_at",
+                "republish_at")
+_INSERT_JOB = insert(Job.__table__)
+# The same row, inserted only while the tenant is under both caps: the check and the insert are one statement.
+_INSERT_ADMITTED_JOB = insert(Job.__table__).from_select(
+    _JOB_COLUMNS,
+    select(*[bindparam(f"new_{c}", type_=Job.__table__.c[c].type) for c in _JOB_COLUMNS])
+    .where(_NTH_ACTIVE.is_(None), _NTH_RECENT.is_(None))).execution_options(preserve_rowcount=True)
+# Serialises one tenant's admissions on PostgreSQL until commit (a hash collision only serialises two tenants).
+_TENANT_LOCK = select(func.pg_advisory_xact_lock(func.hashtextextended(bindparam("tenant"), 0)))
+
 
 def usage(session: Session, tenant: str, since: datetime, active_cap: int, window_cap: int) -> Usage:
     """A tenant's ``Usage`` in one statement whose cost is bounded by the caps, not by the tenant's history: each
@@ -100,6 +101,55 @@ def usage(session: Session, tenant: str, since: datetime, active_cap: int, windo
     at_cap, filled_at = session.connection().execute(_USAGE, {
         "tenant": tenant, "since": since, "active_skip": active_cap - 1, "window_skip": window_cap - 1}).one()
     return Usage(bool(at_cap), filled_at)
+
+
+def create_job(session: Session, *, tenant: str, kind: str, params: dict, seed: int, device: str, timeout_s: int,
+               republish_after_s: float, admission: Admission | None = None, idempotency_key: str | None = None,
+               body_hash: str | None = None) -> tuple[Job, bool]:
+    """Insert a queued job and commit. Returns (job, created); with a known key, the earlier job and False.
+
+    With ``admission``, the caps are checked and the row inserted atomically, so concurrent submissions cannot
+    overshoot them (AdmissionRefused otherwise): the insert is one ``INSERT ... SELECT ... WHERE under the caps``
+    statement, which SQLite runs under its write lock; on PostgreSQL, where concurrent statements do not see each
+    other's uncommitted rows, it runs after taking a per-tenant advisory lock that the commit releases.
+    ``republish_after_s``: when the sweeper first publishes the job again if no worker has claimed it.
+    """
+    if idempotency_key is not None:
+        earlier = find_replay(session, tenant, idempotency_key, body_hash)
+        if earlier is not None:
+            return earlier, False
+    now = utcnow()
+    values = dict(id=uuid.uuid4(), tenant=tenant, kind=kind, status=JobStatus.queued, params=params, seed=seed,
+                  device_requested=device, queue=QUEUE_FOR_DEVICE[device], timeout_s=timeout_s, progress=0.0,
+                  message="queued", attempt=0, idempotency_key=idempotency_key, request_hash=body_hash,
+                  created_at=now, published_at=now, republish_at=now + timedelta(seconds=republish_after_s))
+    try:
+        # Core inserts: the ORM's unit of work cost about a tenth of the API's CPU per submission
+        if admission is None:
+            session.connection().execute(_INSERT_JOB, values)
+        elif not _insert_admitted(session, values, admission):
+            refused = usage(session, tenant, admission.since, admission.active_cap, admission.window_cap)
+            session.rollback()
+            raise AdmissionRefused(refused)
+        session.commit()
+    except IntegrityError:
+        # Two requests with the same key raced; the other insert won.
+        session.rollback()
+        earlier = find_replay(session, tenant, idempotency_key, body_hash) if idempotency_key else None
+        if earlier is None:
+            raise
+        return earlier, False
+    return Job(**values), True  # not in the session: the row as inserted, for the answer
+
+
+def _insert_admitted(session: Session, values: dict, admission: Admission) -> bool:
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        conn.execute(_TENANT_LOCK, {"tenant": values["tenant"]})
+    res = conn.execute(_INSERT_ADMITTED_JOB, {
+        **{f"new_{c}": values[c] for c in _JOB_COLUMNS}, "tenant": values["tenant"], "since": admission.since,
+        "active_skip": admission.active_cap - 1, "window_skip": admission.window_cap - 1})
+    return res.rowcount == 1
 
 
 def mark_unpublished(session: Session, job_id: uuid.UUID) -> None:
@@ -236,6 +286,31 @@ def cancel(session: Session, job_id: uuid.UUID) -> Job:
     return job
 
 
+def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def dataset_tenant(session: Session, dataset_id: uuid.UUID) -> str | None:
+    """The tenant owning an uploaded dataset; None when there is no such dataset."""
+    return session.scalar(select(Dataset.tenant).where(Dataset.id == dataset_id))
+
+
+def dataset_columns(session: Session, dataset_id: uuid.UUID) -> int | None:
+    """How many feature columns an uploaded dataset has; None when there is no such dataset."""
+    return session.scalar(select(Dataset.columns).where(Dataset.id == dataset_id))
+
+
+def list_artifacts(session: Session, job_id: uuid.UUID) -> list:
+    """(name, media_type, size, sha256) of a job's artifacts, by name; the bytes stay in the database."""
+    return session.execute(select(Artifact.name, Artifact.media_type, Artifact.size, Artifact.sha256)
+                           .where(Artifact.job_id == job_id).order_by(Artifact.name)).all()
+
+
+def ping(session: Session) -> None:
+    """Raises when the database does not answer (readiness)."""
+    session.execute(text("SELECT 1"))
+
+
 def status_of(session: Session, job_id: uuid.UUID) -> tuple[str, int] | None:
     row = session.execute(select(Job.status, Job.attempt).where(Job.id == job_id)).first()
     return (row[0], row[1]) if row else None
@@ -249,11 +324,11 @@ class SweepOutcome:
 
 
 def sweep(session: Session, *, heartbeat_timeout_s: float, requeue_queued_after_s: float,
-          max_attempts: int, now: datetime | None = None) -> SweepOutcome:
-    """Recover from lost messages and dead workers.
+          max_attempts: int, broker_started_at: datetime | None = None, now: datetime | None = None) -> SweepOutcome:
+    """Recover from dead workers and lost messages.
 
     - running with a stale heartbeat: back to queued (a retry) while attempts remain, else failed;
-    - queued and not published for a while (broker lost the message, or publishing failed): publish again.
+    - queued, with a message that is known lost or may be: publish again (see ``_due_for_publishing``).
     Each change is a compare-and-set, so several sweepers at once are harmless.
     """
     now = now or utcnow()
@@ -271,23 +346,47 @@ def sweep(session: Session, *, heartbeat_timeout_s: float, requeue_queued_after_
                 out.failed.append(job_id)
         else:
             res = session.execute(update(Job).where(_owned(job_id, attempt), Job.heartbeat_at < stale).values(
-                status=JobStatus.queued, published_at=now, worker=None,
+                status=JobStatus.queued, published_at=now,
+                republish_at=now + timedelta(seconds=requeue_queued_after_s), worker=None,
                 message=f"retrying: worker lost on attempt {attempt}"))
             if res.rowcount == 1:
                 out.retried.append(job_id)
                 out.republish.append((job_id, queue))
         session.commit()
-    cutoff = now - timedelta(seconds=requeue_queued_after_s)
-    waiting = session.execute(select(Job.id, Job.queue).where(
-        Job.status == JobStatus.queued, or_(Job.published_at.is_(None), Job.published_at < cutoff))).all()
-    for job_id, queue in waiting:
-        res = session.execute(update(Job).where(
-            Job.id == job_id, Job.status == JobStatus.queued,
-            or_(Job.published_at.is_(None), Job.published_at < cutoff)).values(published_at=now))
+    due = _due_for_publishing(now, broker_started_at)
+    waiting = session.execute(select(Job.id, Job.queue, Job.published_at).where(Job.status == JobStatus.queued, due)).all()
+    for job_id, queue, published_at in waiting:
+        # the gap between blind re-publishes doubles: a job waiting in a long queue gets a handful of messages
+        gap = max(requeue_queued_after_s, 2 * (now - published_at).total_seconds() if published_at else 0.0)
+        res = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued, due).values(
+            published_at=now, republish_at=now + timedelta(seconds=gap)))
         if res.rowcount == 1:
             out.republish.append((job_id, queue))
         session.commit()
     return out
+
+
+def _due_for_publishing(now: datetime, broker_started_at: datetime | None):
+    """Which queued jobs to publish again, so that a waiting job has a handful of messages however long it waits
+    (one more per doubling of its wait: 6 after an hour, 7 after two) while a lost message is replaced within a
+    sweep:
+
+    - never published (publishing failed: ``mark_unpublished``);
+    - published before the broker last started (``broker_started_at``, from Redis's uptime): a broker that
+      restarted empty has lost the message; one that kept its data gets one duplicate per restart;
+    - past ``republish_at``, a blind re-publish whose interval doubles each time (60 s, then 120, 240, ...), for
+      losses nothing observes: an API process killed between its commit and its publish, a flushed Redis, a
+      message held by a dead consumer.
+
+    A duplicate message costs a worker one no-op claim; a missing one would leave the job queued forever. Backoff
+    alone would replace a message lost after an hour of waiting only an hour later, and comparing the broker's
+    queue with the queued rows would tie the sweeper to kombu's key layout and miss prefetched and unacked
+    messages; the broker's start time is one cheap question (Redis INFO) that names exactly the lost messages.
+    """
+    lost = [Job.published_at.is_(None), Job.republish_at <= now]
+    if broker_started_at is not None:
+        lost.append(Job.published_at < broker_started_at)
+    return or_(*lost)
 
 
 def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
@@ -444,7 +543,8 @@ def find_study_replay(session: Session, tenant: str, idempotency_key: str, body_
 
 
 def create_study(session: Session, *, tenant: str, kind: str, request: dict, settings: list[dict], seeds: list[int],
-                 baseline: int, device: str, timeout_s: int, idempotency_key: str | None = None,
+                 baseline: int, device: str, timeout_s: int, republish_after_s: float,
+                 idempotency_key: str | None = None,
                  body_hash: str | None = None) -> tuple[Study, list[tuple[uuid.UUID, str]], bool]:
     """Insert a study, one queued job per (setting, seed) and the links, in one transaction. Returns the study, its
     new jobs as (id, queue) to publish, and whether it was created (False: a replay of the same key and body)."""
@@ -462,7 +562,8 @@ def create_study(session: Session, *, tenant: str, kind: str, request: dict, set
             jobs.append(dict(id=job_id, tenant=tenant, kind=kind, status=JobStatus.queued, params=setting["params"],
                              seed=seed, device_requested=device, queue=QUEUE_FOR_DEVICE[device],
                              timeout_s=timeout_s, progress=0.0, message="queued", attempt=0, idempotency_key=None,
-                             request_hash=None, created_at=now, published_at=now))
+                             request_hash=None, created_at=now, published_at=now,
+                             republish_at=now + timedelta(seconds=republish_after_s)))
             links.append(dict(study_id=study["id"], job_id=job_id, setting=index, seed=seed))
     try:
         conn = session.connection()

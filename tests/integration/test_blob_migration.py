@@ -1,4 +1,4 @@
-"""Migration 0009 moves the bytes of rows made at revision 0005 into the blob store and back, on both backends."""
+"""Migration 0007 moves the bytes of rows made at revision 0005 into the blob store and back, on both backends."""
 from __future__ import annotations
 
 import hashlib
@@ -62,7 +62,7 @@ def _check_round_trip(url: str, blob_dir) -> None:
     cfg.set_main_option("blob_url", blob_dir.as_uri())
     command.upgrade(cfg, "0005")
     expected = _old_rows(url)
-    command.upgrade(cfg, "0009")
+    command.upgrade(cfg, "0007")
     assert_models_match(url)
     store = DirectoryStore(blob_dir)
     for key, data in expected.items():

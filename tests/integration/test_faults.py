@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
+from datetime import datetime, timezone
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from core.jobs.db import IDLE_PING_S, make_engine
+from core.jobs import db as jobs_db
+from core.jobs.db import make_engine
 from tests.servers import PG_BIN, PrivatePostgres, PrivateRedis
 from tests.stack import Stack, wait_job
 
@@ -30,10 +33,11 @@ def wait_until(predicate, timeout: float, what: str):
     raise TimeoutError(what)
 
 
-def running_job(api, ids, attempt=None):
+def running_job(api, ids, attempt=None, started_after: datetime | None = None):
     for jid in ids:
         job = api.get(f"/v1/jobs/{jid}").json()
-        if job["status"] == "running" and (attempt is None or job["attempt"] == attempt):
+        if job["status"] == "running" and (attempt is None or job["attempt"] == attempt) and \
+                (started_after is None or datetime.fromisoformat(job["started_at"]) > started_after):
             return job
     return None
 
@@ -47,20 +51,57 @@ def succeeded_rows(db_url: str, ids: list[str]) -> int:
     return n
 
 
+def has_metrics(api, job_id: str) -> bool:
+    return bool(api.get(f"/v1/jobs/{job_id}/metrics", params={"limit": 1}).json()["items"])
+
+
+def worker_log_has(log_dir, text_: str) -> bool:
+    return any(text_ in p.read_text(errors="replace") for p in log_dir.glob("worker-*.log"))
+
+
+def sweep_witness(db_url: str) -> None:
+    """Wait until a sweeper has run a full sweep that began after this call.
+
+    A canary row is made to look like a job whose worker died an hour ago; the sweep that re-queues it saw every
+    other row as it is now, so a negative ("the sweeper leaves job X alone") is proven by this positive event
+    instead of by sleeping."""
+    engine = create_engine(db_url)
+    canary = str(uuid.uuid4())
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO jobs (id, tenant, kind, status, params, seed, device_requested, queue, timeout_s, "
+                "progress, message, attempt, created_at, heartbeat_at) VALUES (:id, 'canary', 'init_averaging', "
+                "'running', '{\"widths\": [8, 8]}', 0, 'cpu', 'cpu', 60, 0, 'running', 1, now(), "
+                "now() - interval '1 hour')"), {"id": canary})
+
+        def swept():
+            with engine.connect() as conn:
+                status, attempt = conn.execute(text("SELECT status, attempt FROM jobs WHERE id = :id"),
+                                               {"id": canary}).one()
+            return not (status == "running" and attempt == 1)
+
+        wait_until(swept, 60, "a sweep after the canary was planted")
+    finally:
+        engine.dispose()
+
+
 def kill_worker(proc) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
 def test_worker_sigkill_repeated_loses_nothing(stack, api, pg_database):
+    born = datetime.now(timezone.utc)  # a job the worker started next claims starts after this
     worker = stack.start_worker()
     ids = [api.post("/v1/jobs", json=MEDIUM).json()["id"] for _ in range(4)]
     kills = 0
     for _ in range(3):
-        wait_until(lambda: running_job(api, ids), 120, "a job to be running")
-        time.sleep(1.0)
+        job = wait_until(lambda: running_job(api, ids, started_after=born), 120, "this worker to run a job")
+        wait_until(lambda: has_metrics(api, job["id"]), 60, "the running job to log metrics")
         kill_worker(worker)
         kills += 1
+        born = datetime.now(timezone.utc)
         worker = stack.start_worker()
     done = [wait_job(api, jid, timeout=300) for jid in ids]
     assert [d["status"] for d in done] == ["succeeded"] * 4, done
@@ -72,7 +113,7 @@ def test_worker_sigkill_repeated_loses_nothing(stack, api, pg_database):
     kill_worker(worker)
 
 
-def test_job_that_kills_its_worker_every_time_fails_after_bounded_attempts(stack, api):
+def test_job_that_kills_its_worker_every_time_fails_after_bounded_attempts(stack, api, pg_database):
     worker = stack.start_worker()
     job_id = api.post("/v1/jobs", json=MEDIUM).json()["id"]
     for attempt in (1, 2, 3):  # GRADLAB_MAX_ATTEMPTS defaults to 3; an OOM kill looks exactly like this
@@ -82,7 +123,7 @@ def test_job_that_kills_its_worker_every_time_fails_after_bounded_attempts(stack
     done = wait_job(api, job_id, timeout=120)
     assert done["status"] == "failed" and done["attempt"] == 3
     assert done["error"]["type"] == "worker_lost" and "3 attempts" in done["error"]["message"]
-    time.sleep(6)  # longer than the heartbeat timeout: the sweeper must not pick it up again
+    sweep_witness(pg_database[1])  # its heartbeat is stale, yet the sweeper must not pick it up again
     again = api.get(f"/v1/jobs/{job_id}").json()
     assert again["status"] == "failed" and again["attempt"] == 3
     assert api.post("/v1/jobs", json=QUICK).status_code == 201  # and the service carries on
@@ -135,7 +176,7 @@ def test_restart_with_jobs_in_every_state_changes_nothing_wrongly(stack, api, pg
     worker = stack.start_worker(queues="cpu,auto")
     with httpx.Client(base_url=stack.api_url, timeout=30) as client:
         assert wait_job(client, running, timeout=300)["status"] == "succeeded"
-        time.sleep(3)
+        sweep_witness(pg_database[1])  # the restarted worker's sweeper has looked at every job
         for jid, old in before.items():
             now = client.get(f"/v1/jobs/{jid}").json()
             assert {k: now[k] for k in ("status", "finished_at", "result", "error", "attempt")} == \
@@ -158,7 +199,6 @@ def test_redis_stopped_and_restarted_loses_no_job(service_env, tmp_path):
             assert [r.status_code for r in during] == [201, 201]
             assert api.get("/readyz").status_code == 503
             assert api.get(f"/v1/jobs/{ids[0]}").status_code == 200  # only readiness reports the outage
-            time.sleep(2)
             redis.start()
             ids += [r.json()["id"] for r in during]
             done = [wait_job(api, jid, timeout=300) for jid in ids]
@@ -189,7 +229,9 @@ def test_postgres_restarted_api_503_then_recovers_and_workers_lose_no_result(ser
                 resp = api.request(method, path, json=body)
                 assert resp.status_code == 503, resp.text
                 assert resp.headers["content-type"].startswith("application/problem+json")
-            time.sleep(3)
+            wait_until(lambda: any(worker_log_has(tmp_path, t) for t in ("database unavailable", "heartbeat for job",
+                                                                            "sweep failed")),
+                       60, "the worker to see the outage")
             pg.start()
             wait_until(lambda: api.get("/v1/jobs").status_code == 200, 60, "the API to recover")
             done = [wait_job(api, jid, timeout=300) for jid in ids]
@@ -201,9 +243,10 @@ def test_postgres_restarted_api_503_then_recovers_and_workers_lose_no_result(ser
 
 
 @pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL server binaries are not installed")
-def test_idle_pooled_connection_is_replaced_after_a_database_restart():
+def test_idle_pooled_connection_is_replaced_after_a_database_restart(monkeypatch):
     # The engine pings a connection only after it sat idle (core/jobs/db.py); a restart leaves every pooled
     # connection dead, so the first use after it must still succeed on a fresh one.
+    monkeypatch.setattr(jobs_db, "IDLE_PING_S", 0.05)  # the idle time after which a pooled connection is pinged
     pg = PrivatePostgres()
     pg.init()
     pg.start()
@@ -213,7 +256,7 @@ def test_idle_pooled_connection_is_replaced_after_a_database_restart():
             backend = conn.execute(text("SELECT pg_backend_pid()")).scalar()
         pg.stop()
         pg.start()
-        time.sleep(IDLE_PING_S + 0.2)
+        time.sleep(jobs_db.IDLE_PING_S + 0.1)
         with engine.connect() as conn:
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != backend
     finally:

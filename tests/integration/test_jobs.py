@@ -106,7 +106,10 @@ def test_cuda_job_on_a_cpu_only_worker_fails_clearly(api, worker):
 def test_worker_sigkill_mid_job_is_recovered_without_running_twice(api, worker, stack, pg_database):
     job = api.post("/v1/jobs", json=LONG_SWEEP).json()
     wait_status(api, job["id"], "running")
-    time.sleep(1.5)  # let it log some metrics on attempt 1
+    deadline = time.monotonic() + 60
+    while not api.get(f"/v1/jobs/{job['id']}/metrics", params={"limit": 1}).json()["items"]:
+        assert time.monotonic() < deadline, "attempt 1 logged no metrics"
+        time.sleep(0.05)  # until attempt 1 has logged metrics, which the re-run must clear
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
     replacement = stack.start_worker()

@@ -57,7 +57,8 @@ def test_usage_is_exact_at_the_caps_and_ignores_finished_old_and_other_tenants(s
 
 def test_metric_rows_round_trip_exactly_through_the_bulk_write(sessions):
     with sessions() as s:
-        job, _ = store.create_job(s, tenant="t", kind="init_averaging", params={}, seed=0, device="cpu", timeout_s=60)
+        job, _ = store.create_job(s, tenant="t", kind="init_averaging", params={}, seed=0, device="cpu", timeout_s=60,
+                                  republish_after_s=60)
         job = store.claim(s, job.id, "test")
         rows = [(0, "loss", 0.1), (1, "tab\tnew\nline\rback\\slash", -0.0), (2, "µ/ν ratio", 1e-300),
                 (3, "loss", 1.7976931348623157e308), (4, "loss", None), (5, "loss", 1 / 3), (2**40, "loss", -2.5e-8)]

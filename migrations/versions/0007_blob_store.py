@@ -4,8 +4,8 @@ Each row's bytes are written to the store (GRADLAB_BLOB_URL, default file://<dat
 ``blob_url`` option) before its location is set, one row in memory at a time; the byte columns are dropped last.
 A downgrade reads the bytes back into the rows and leaves the blobs where they are.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-29
 """
 import functools
@@ -17,8 +17,8 @@ from core.blobs.keys import artifact_key, dataset_key, model_weights_key
 from core.blobs.store import BlobStore, open_store, read_blob
 from core.settings import get_settings
 
-revision = "0009"
-down_revision = "0008"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

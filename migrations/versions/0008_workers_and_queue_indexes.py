@@ -1,14 +1,14 @@
 """workers table (presence, device and counters of each worker process); indexes for queue position and ETA
 
-Revision ID: 0007
-Revises: 0009
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-11-29
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0009"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
