@@ -1,4 +1,5 @@
 """The FastAPI application factory."""
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     if not logging.getLogger().handlers:  # a uvicorn worker process that `gradlab api` spawned
         logs.configure(settings.log_format)
-    app = FastAPI(title="gradlab", version="1.0.0",
-                  description="Training-analysis jobs: submit a spec, poll status, metrics, results and artifacts.")
+    app = FastAPI(
+        title="gradlab",
+        version="1.0.0",
+        description="Training-analysis jobs: submit a spec, poll status, metrics, results and artifacts.",
+    )
     app.state.settings = settings
     app.state.engine = make_engine(settings.resolved_database_url)
     app.state.sessions = make_sessionmaker(app.state.engine)
@@ -40,10 +44,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.stream_slots = events.StreamSlots(settings.max_streams_per_key)
     problems.install(app, set(specs()))
     # outermost last: the peer check, then NUL bytes, then the key, all before the body is read; then its limits
-    app.add_middleware(BodyLimits, default_cap=settings.max_request_bytes,
-                       upload_caps={"/v1/datasets": settings.max_upload_bytes,
-                                    "/v1/models": settings.max_model_upload_bytes},
-                       timeout_s=settings.body_timeout_s)
+    app.add_middleware(
+        BodyLimits,
+        default_cap=settings.max_request_bytes,
+        upload_caps={"/v1/datasets": settings.max_upload_bytes, "/v1/models": settings.max_model_upload_bytes},
+        timeout_s=settings.body_timeout_s,
+    )
     app.add_middleware(KeyFirst)
     app.add_middleware(RejectNul)
     if settings.auth == "disabled":

@@ -7,6 +7,7 @@ that a revoked key keeps working for up to that long. Unknown keys are never rem
 The key is checked by ``KeyFirst``, an ASGI middleware, before anything reads the request body: FastAPI parses a form
 (an upload) before it runs a route's dependencies, so a dependency alone would spool a keyless upload to disk first.
 """
+
 from __future__ import annotations
 
 import time
@@ -61,8 +62,9 @@ async def identify(state, authorization: str | None) -> tuple[Principal, str]:
         return LOCAL, LOCAL_KEY
     scheme, _, token = (authorization or "").partition(" ")
     if len(authorization or "") > 512 or scheme.lower() != "bearer" or not token.strip():
-        raise Problem(401, "authorization: send 'Authorization: Bearer <API key>'",
-                      headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(
+            401, "authorization: send 'Authorization: Bearer <API key>'", headers={"WWW-Authenticate": "Bearer"}
+        )
     key_hash = hash_key(token.strip())
     who = state.key_cache.get(key_hash)
     if who is None:
@@ -94,16 +96,16 @@ class KeyFirst:
             await problem_response(exc.status, exc.detail, exc.headers)(scope, receive, send)
             return
         except DBAPIError:
-            await problem_response(503, "the database is unavailable; retry shortly",
-                                   {"Retry-After": "2"})(scope, receive, send)
+            await problem_response(503, "the database is unavailable; retry shortly", {"Retry-After": "2"})(
+                scope, receive, send
+            )
             return
         state = scope.setdefault("state", {})
         state["principal"], state["key_hash"] = who, key_hash
         await self.app(scope, receive, send)
 
 
-async def principal(request: Request,
-                    authorization: Annotated[str | None, Header(max_length=512)] = None) -> Principal:
+async def principal(request: Request, authorization: Annotated[str | None, Header(max_length=512)] = None) -> Principal:
     """The caller, as ``KeyFirst`` authenticated it (the header is declared here for the OpenAPI schema)."""
     return request.state.principal
 

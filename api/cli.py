@@ -1,4 +1,5 @@
 """The ``gradlab`` command: run the embedded all-in-one, or the API, a worker, or the migrations on their own."""
+
 from __future__ import annotations
 
 import os
@@ -40,10 +41,12 @@ def _check_bind(host: str) -> None:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
     except (socket.gaierror, UnicodeError) as exc:
         typer.echo(f"--host {host}: not an address or a resolvable name ({exc})", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     if get_settings().auth == "disabled" and not all(is_loopback(a) for a in addresses):
-        typer.echo(f"refusing to serve without authentication on {host}: set GRADLAB_AUTH=required "
-                   f"or bind to 127.0.0.1", err=True)
+        typer.echo(
+            f"refusing to serve without authentication on {host}: set GRADLAB_AUTH=required or bind to 127.0.0.1",
+            err=True,
+        )
         raise typer.Exit(2)
 
 
@@ -65,9 +68,19 @@ def api(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option(1
         prom_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gradlab-metrics-")
     try:
         # Open event streams would otherwise hold a shutdown forever; the protocol bounds the wait for headers.
-        uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers, log_config=None,
-                    log_level="info", access_log=False, timeout_graceful_shutdown=5,
-                    http="api.serving:HeaderDeadlineProtocol", timeout_keep_alive=5)
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,
+            log_level="info",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            http="api.serving:HeaderDeadlineProtocol",
+            timeout_keep_alive=5,
+        )
     finally:
         if prom_dir is not None:
             shutil.rmtree(prom_dir, ignore_errors=True)
@@ -75,15 +88,26 @@ def api(host: str = "127.0.0.1", port: int = 8000, workers: int = typer.Option(1
 
 
 @cli.command()
-def worker(queues: str = typer.Option(None, help="comma-separated queues; default GRADLAB_QUEUES"),
-           loglevel: str = "INFO") -> None:
+def worker(
+    queues: str = typer.Option(None, help="comma-separated queues; default GRADLAB_QUEUES"), loglevel: str = "INFO"
+) -> None:
     """Run one Celery worker process (solo pool: the job runs in this process, which owns its CUDA context)."""
     from workers.tasks import worker_app
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    argv = ["worker", "-Q", queues or settings.queues, "--pool=solo", "--concurrency=1", f"--loglevel={loglevel}",
-            "-n", f"gradlab-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
+    argv = [
+        "worker",
+        "-Q",
+        queues or settings.queues,
+        "--pool=solo",
+        "--concurrency=1",
+        f"--loglevel={loglevel}",
+        "-n",
+        f"gradlab-{os.getpid()}@%h",
+        "--without-mingle",
+        "--without-gossip",
+    ]
     if settings.resolved_broker_url.startswith("filesystem://"):
         argv.append("--without-heartbeat")
     worker_app(settings).worker_main(argv)
@@ -122,9 +146,11 @@ def _sessions():
 
 
 @keys_cli.command("create")
-def keys_create(tenant: str = typer.Option(..., help="the tenant the key acts for"),
-                name: str = typer.Option("", help="a label for people"),
-                admin: bool = typer.Option(False, help="may see every tenant's jobs")) -> None:
+def keys_create(
+    tenant: str = typer.Option(..., help="the tenant the key acts for"),
+    name: str = typer.Option("", help="a label for people"),
+    admin: bool = typer.Option(False, help="may see every tenant's jobs"),
+) -> None:
     """Print a new key once; only its hash is stored."""
     from core.jobs.keys import create_key
 
@@ -133,7 +159,7 @@ def keys_create(tenant: str = typer.Option(..., help="the tenant the key acts fo
             row, plain = create_key(session, tenant, name, admin)
         except ValueError as exc:
             typer.echo(str(exc), err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
     typer.echo(f"id: {row.id}\ntenant: {row.tenant}\nadmin: {row.admin}\nkey: {plain}")
 
 

@@ -9,6 +9,7 @@
 Every HTTP error raises ``ApiError`` carrying the server's problem+json (status, title, detail, field errors);
 an unreachable server raises its subclass ``ApiUnreachable``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,17 @@ RECONNECTS = 5  # consecutive failed event-stream connections before giving up
 class ApiError(Exception):
     """An error answer of the API (RFC 9457 problem+json), or no answer at all (``status`` None)."""
 
-    def __init__(self, status: int | None, detail: str, *, title: str = "", type: str = "about:blank",
-                 errors: list[dict] | None = None, retry_after: float | None = None, body: dict | None = None):
+    def __init__(
+        self,
+        status: int | None,
+        detail: str,
+        *,
+        title: str = "",
+        type: str = "about:blank",
+        errors: list[dict] | None = None,
+        retry_after: float | None = None,
+        body: dict | None = None,
+    ):
         super().__init__(detail)
         self.status, self.detail, self.title, self.type = status, detail, title, type
         self.errors = errors or []
@@ -48,10 +58,15 @@ class ApiError(Exception):
         if not isinstance(body, dict):  # not our API (a proxy's HTML page, say): keep the start of the text
             body = {"detail": resp.text[:500] or resp.reason_phrase}
         retry = resp.headers.get("Retry-After")
-        return cls(resp.status_code, str(body.get("detail") or resp.reason_phrase),
-                   title=str(body.get("title") or resp.reason_phrase), type=str(body.get("type", "about:blank")),
-                   errors=body.get("errors") if isinstance(body.get("errors"), list) else None,
-                   retry_after=float(retry) if retry and retry.isdigit() else None, body=body)
+        return cls(
+            resp.status_code,
+            str(body.get("detail") or resp.reason_phrase),
+            title=str(body.get("title") or resp.reason_phrase),
+            type=str(body.get("type", "about:blank")),
+            errors=body.get("errors") if isinstance(body.get("errors"), list) else None,
+            retry_after=float(retry) if retry and retry.isdigit() else None,
+            body=body,
+        )
 
     def __str__(self) -> str:
         if self.status is None:
@@ -125,7 +140,10 @@ class Job:
     def from_json(cls, data: Mapping) -> Job:
         d = _known(cls, data)
         d["created_at"], d["started_at"], d["finished_at"] = (
-            _time(data.get("created_at")), _time(data.get("started_at")), _time(data.get("finished_at")))
+            _time(data.get("created_at")),
+            _time(data.get("started_at")),
+            _time(data.get("finished_at")),
+        )
         d["error"] = JobError(**_known(JobError, data["error"])) if data.get("error") else None
         return cls(**d)
 
@@ -250,14 +268,18 @@ class Client:
     def get(self, job_id: str) -> Job:
         return Job.from_json(self._request("GET", f"/v1/jobs/{job_id}").json())
 
-    def list(self, status: str | None = None, kind: str | None = None, limit: int | None = None,
-             page_size: int = 100) -> Iterator[Job]:
+    def list(
+        self, status: str | None = None, kind: str | None = None, limit: int | None = None, page_size: int = 100
+    ) -> Iterator[Job]:
         """Jobs newest first, following ``next_cursor`` page by page; at most ``limit`` of them (None: all)."""
         cursor, seen = None, 0
         while limit is None or seen < limit:
             size = min(page_size, 500) if limit is None else min(page_size, 500, limit - seen)
-            query = {k: v for k, v in {"status": status, "kind": kind, "limit": size, "cursor": cursor}.items()
-                     if v is not None}
+            query = {
+                k: v
+                for k, v in {"status": status, "kind": kind, "limit": size, "cursor": cursor}.items()
+                if v is not None
+            }
             page = self._request("GET", "/v1/jobs", params=query).json()
             for item in page["items"]:
                 seen += 1
@@ -270,13 +292,17 @@ class Client:
         """Cancel a queued or running job; a finished one is an ApiError 409."""
         return Job.from_json(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
 
-    def metrics(self, job_id: str, name: str | None = None, after_step: int | None = None,
-                page_size: int = 1000) -> Iterator[MetricRow]:
+    def metrics(
+        self, job_id: str, name: str | None = None, after_step: int | None = None, page_size: int = 1000
+    ) -> Iterator[MetricRow]:
         """Every metric row (optionally of one name, after a step) in logging order, all pages."""
         cursor = None
         while True:
-            query = {k: v for k, v in {"name": name, "after_step": after_step, "limit": page_size,
-                                       "cursor": cursor}.items() if v is not None}
+            query = {
+                k: v
+                for k, v in {"name": name, "after_step": after_step, "limit": page_size, "cursor": cursor}.items()
+                if v is not None
+            }
             page = self._request("GET", f"/v1/jobs/{job_id}/metrics", params=query).json()
             for item in page["items"]:
                 yield MetricRow(**_known(MetricRow, item))
@@ -284,8 +310,9 @@ class Client:
             if cursor is None:
                 return
 
-    def events(self, job_id: str, last_event_id: str | int | None = None,
-               timeout: float | None = None) -> Iterator[Event]:
+    def events(
+        self, job_id: str, last_event_id: str | int | None = None, timeout: float | None = None
+    ) -> Iterator[Event]:
         """The job's live events until its terminal status event; a broken connection is resumed with
         Last-Event-ID, so no metric row is lost or repeated. ``timeout`` bounds the whole wait (WaitTimeout)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -298,14 +325,18 @@ class Client:
             # Reads may block for up to the server's keep-alive interval (10 s), or until the deadline.
             read = self.timeout if deadline is None else max(0.05, min(self.timeout, deadline - time.monotonic()))
             try:
-                with self._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
-                                       timeout=httpx.Timeout(self.timeout, read=read)) as resp:
+                with self._http.stream(
+                    "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=httpx.Timeout(self.timeout, read=read)
+                ) as resp:
                     if resp.status_code >= 400:
                         resp.read()
                         raise ApiError.from_response(resp)
                     if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-                        raise ApiError(406, f"{resp.url} answered {resp.headers.get('content-type')!r}, "
-                                            f"not an event stream", title="Not Acceptable")
+                        raise ApiError(
+                            406,
+                            f"{resp.url} answered {resp.headers.get('content-type')!r}, not an event stream",
+                            title="Not Acceptable",
+                        )
                     for event in parser.feed(resp.iter_lines()):
                         failures = 0
                         yield event
@@ -318,14 +349,23 @@ class Client:
                     raise WaitTimeout(f"no terminal status of job {job_id} within {timeout:g} s") from None
                 failures += 1
                 if failures > RECONNECTS:
-                    raise ApiUnreachable(f"event stream of job {job_id} at {self.base_url} keeps failing: "
-                                         f"{exc.__class__.__name__}: {exc}") from None
+                    raise ApiUnreachable(
+                        f"event stream of job {job_id} at {self.base_url} keeps failing: "
+                        f"{exc.__class__.__name__}: {exc}"
+                    ) from None
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(f"no terminal status of job {job_id} within {timeout:g} s")
-            time.sleep(parser.retry_s if deadline is None else max(0.0, min(parser.retry_s, deadline - time.monotonic())))
+            time.sleep(
+                parser.retry_s if deadline is None else max(0.0, min(parser.retry_s, deadline - time.monotonic()))
+            )
 
-    def wait(self, job_id: str, timeout: float | None = None, on_event: Callable[[Event], None] | None = None,
-             poll_interval: float = 1.0) -> Job:
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        poll_interval: float = 1.0,
+    ) -> Job:
         """Block until the job is succeeded, failed or cancelled and return it (with its result).
 
         Listens to the event stream; against a server without one it polls every ``poll_interval`` seconds.
@@ -387,8 +427,9 @@ class Client:
         path = Path(path)
         data = {"label_column": label_column} if label_column else None
         with path.open("rb") as fh:
-            resp = self._request("POST", "/v1/datasets", files={"file": (path.name, fh, "application/octet-stream")},
-                                 data=data)
+            resp = self._request(
+                "POST", "/v1/datasets", files={"file": (path.name, fh, "application/octet-stream")}, data=data
+            )
         return Dataset.from_json(resp.json())
 
     def dataset(self, dataset_id: str) -> Dataset:

@@ -4,6 +4,7 @@ They talk to a running API over HTTP: GRADLAB_URL (default http://127.0.0.1:8000
 Exit codes: 0 the job succeeded (or the command did its work), 1 the job failed or was cancelled or the API
 answered with an error, 2 a usage error (bad option, unreadable spec file).
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ from rich.text import Text
 from api.client import ApiError, Client, Event, Job, WaitTimeout
 from core.report import format_value, result_tables, summary_tables, verdict_text
 
-client_cli = typer.Typer(help="Work with jobs on a gradlab API (GRADLAB_URL, GRADLAB_API_KEY).",
-                         no_args_is_help=True, add_completion=False)
+client_cli = typer.Typer(
+    help="Work with jobs on a gradlab API (GRADLAB_URL, GRADLAB_API_KEY).", no_args_is_help=True, add_completion=False
+)
 datasets_cli = typer.Typer(help="Upload datasets for jobs to train on.", no_args_is_help=True)
 client_cli.add_typer(datasets_cli, name="datasets")
 
@@ -39,7 +41,7 @@ LATEST_METRICS = 6
 QUEUE_POLL_S = 1.0
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
@@ -74,13 +76,18 @@ def _load_spec(path: Path) -> dict[str, Any]:
     """A job spec from .json or .yaml/.yml (other suffixes: JSON, then YAML); a bad file is a usage error."""
     text = path.read_text(encoding="utf-8")
     try:
-        spec = json.loads(text) if path.suffix.lower() == ".json" else (
-            yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else _json_or_yaml(text))
+        spec = (
+            json.loads(text)
+            if path.suffix.lower() == ".json"
+            else (yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else _json_or_yaml(text))
+        )
     except (ValueError, yaml.YAMLError) as exc:
         raise typer.BadParameter(f"{path} is not valid JSON/YAML: {exc}", param_hint="SPEC") from None
     if not isinstance(spec, dict) or "kind" not in spec:
-        raise typer.BadParameter(f"{path} must hold a mapping with at least 'kind' and 'params' "
-                                 f"(print one with: gradlab kinds KIND)", param_hint="SPEC")
+        raise typer.BadParameter(
+            f"{path} must hold a mapping with at least 'kind' and 'params' (print one with: gradlab kinds KIND)",
+            param_hint="SPEC",
+        )
     return spec
 
 
@@ -113,8 +120,15 @@ def _print_result(job: Job) -> None:
 
 def _print_outcome(job: Job) -> None:
     """Final state of a job: its result tables, or why it did not succeed; exits 1 unless it succeeded."""
-    out.print(Text.assemble("job ", (job.id, "bold"), " ", _status(job.status),
-                            f"  ({job.kind}, attempt {job.attempt}, device {job.device or '—'})"))
+    out.print(
+        Text.assemble(
+            "job ",
+            (job.id, "bold"),
+            " ",
+            _status(job.status),
+            f"  ({job.kind}, attempt {job.attempt}, device {job.device or '—'})",
+        )
+    )
     if job.succeeded:
         _print_result(job)
         return
@@ -148,7 +162,7 @@ def _about(seconds: float) -> str:
 
 
 def queue_place(job: Job) -> str:
-    """"3rd in the gpu queue, ~4 min" for a queued job that knows its place (empty otherwise)."""
+    """ "3rd in the gpu queue, ~4 min" for a queued job that knows its place (empty otherwise)."""
     if job.status != "queued" or job.queue_position is None:
         return ""
     eta = "" if job.eta_s is None else f", ~{_about(job.eta_s)}"
@@ -170,38 +184,62 @@ def _wait_in_queue(client: Client, job: Job, deadline: float | None, show: Calla
 def _watch(client: Client, job: Job, timeout: float | None) -> Job:
     """Follow the job's events with a live progress bar until it is terminal; returns the final job."""
     latest: dict[str, tuple[int, float | None]] = {}
-    progress = _JobProgress(SpinnerColumn(), TextColumn("{task.fields[status]}"), BarColumn(), TaskProgressColumn(),
-                            TimeElapsedColumn(), TextColumn("{task.description}"), console=out, transient=False)
+    progress = _JobProgress(
+        SpinnerColumn(),
+        TextColumn("{task.fields[status]}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=out,
+        transient=False,
+    )
 
     def on_event(event: Event) -> None:
         if event.event == "status":
             d = event.data
-            progress.update(task, completed=d["progress"] * 100, description=d.get("message", ""),
-                            status=f"[{STATUS_STYLE.get(d['status'], '')}]{d['status']}[/]")
+            progress.update(
+                task,
+                completed=d["progress"] * 100,
+                description=d.get("message", ""),
+                status=f"[{STATUS_STYLE.get(d['status'], '')}]{d['status']}[/]",
+            )
         elif event.event == "metric":
             latest.pop(event.data["name"], None)  # re-insert: most recently updated last
             latest[event.data["name"]] = (event.data["step"], event.data["value"])
             shown = list(latest.items())[-LATEST_METRICS:]
-            progress.metrics_line = Text("  " + "  ".join(f"{n}={format_value(v)}@{s}" for n, (s, v) in shown),
-                                         style="dim")
+            progress.metrics_line = Text(
+                "  " + "  ".join(f"{n}={format_value(v)}@{s}" for n, (s, v) in shown), style="dim"
+            )
 
     deadline = None if timeout is None else time.monotonic() + timeout
     with progress:
-        task = progress.add_task(job.message, total=100, completed=job.progress * 100,
-                                 status=f"[{STATUS_STYLE.get(job.status, '')}]{job.status}[/]")
+        task = progress.add_task(
+            job.message,
+            total=100,
+            completed=job.progress * 100,
+            status=f"[{STATUS_STYLE.get(job.status, '')}]{job.status}[/]",
+        )
         _wait_in_queue(client, job, deadline, lambda text: progress.update(task, description=text))
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.1)
         return client.wait(job.id, timeout=remaining, on_event=on_event)
 
 
 @client_cli.command()
-def submit(spec: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True,
-                                       help="job spec: .json or .yaml with kind, params, seed, device, timeout_s"),
-           wait: bool = typer.Option(False, "--wait", "-w", help="follow the job live and print its result"),
-           idempotency_key: str | None = typer.Option(None, help="retrying with the same key makes no 2nd job"),
-           timeout: float | None = typer.Option(None, min=1, help="with --wait: give up watching after this "
-                                                                     "many seconds (exit 1; the job keeps running)")
-           ) -> None:
+def submit(
+    spec: Path = typer.Argument(
+        ...,
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="job spec: .json or .yaml with kind, params, seed, device, timeout_s",
+    ),
+    wait: bool = typer.Option(False, "--wait", "-w", help="follow the job live and print its result"),
+    idempotency_key: str | None = typer.Option(None, help="retrying with the same key makes no 2nd job"),
+    timeout: float | None = typer.Option(
+        None, min=1, help="with --wait: give up watching after this many seconds (exit 1; the job keeps running)"
+    ),
+) -> None:
     """Submit a job; with --wait show live progress and metrics, then the result table (exit 1 if it failed)."""
     body = _load_spec(spec)
     with _api() as client:
@@ -216,22 +254,24 @@ def submit(spec: Path = typer.Argument(..., exists=True, dir_okay=False, readabl
             err.print(f"{exc}; job {job.id} keeps running", markup=False)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err.print(f"stopped watching; job {job.id} keeps running (gradlab cancel {job.id} stops it)",
-                      markup=False)
+            err.print(f"stopped watching; job {job.id} keeps running (gradlab cancel {job.id} stops it)", markup=False)
             raise typer.Exit(130) from None
         _print_outcome(final)
 
 
 @client_cli.command()
-def jobs(status: Status | None = typer.Option(None, help="only jobs in this state"),
-         kind: str | None = typer.Option(None, help="only jobs of this kind"),
-         limit: int = typer.Option(20, min=1, max=10_000, help="at most this many, newest first")) -> None:
+def jobs(
+    status: Status | None = typer.Option(None, help="only jobs in this state"),
+    kind: str | None = typer.Option(None, help="only jobs of this kind"),
+    limit: int = typer.Option(20, min=1, max=10_000, help="at most this many, newest first"),
+) -> None:
     """List jobs, newest first."""
     table = Table("id", "kind", "status", "progress", "message", "created")
     with _api() as client:
         for job in client.list(status=status.value if status else None, kind=kind, limit=limit):
-            table.add_row(job.id, job.kind, _status(job.status), f"{job.progress:.0%}", job.message[:60],
-                          _when(job.created_at))
+            table.add_row(
+                job.id, job.kind, _status(job.status), f"{job.progress:.0%}", job.message[:60], _when(job.created_at)
+            )
     out.print(table)
 
 
@@ -244,11 +284,19 @@ def show(job_id: str = typer.Argument(..., help="job id")) -> None:
     info = Table(show_header=False, box=None)
     info.add_column(style="bold")
     info.add_column()
-    rows = [("id", job.id), ("kind", job.kind), ("status", _status(job.status)),
-            ("progress", f"{job.progress:.0%}  {job.message}"), ("attempt", str(job.attempt)),
-            ("device", f"{job.device or '—'} (asked {job.device_requested})"), ("seed", str(job.seed)),
-            ("created", _when(job.created_at)), ("started", _when(job.started_at)),
-            ("finished", _when(job.finished_at)), ("params", json.dumps(job.params, separators=(",", ":")))]
+    rows = [
+        ("id", job.id),
+        ("kind", job.kind),
+        ("status", _status(job.status)),
+        ("progress", f"{job.progress:.0%}  {job.message}"),
+        ("attempt", str(job.attempt)),
+        ("device", f"{job.device or '—'} (asked {job.device_requested})"),
+        ("seed", str(job.seed)),
+        ("created", _when(job.created_at)),
+        ("started", _when(job.started_at)),
+        ("finished", _when(job.finished_at)),
+        ("params", json.dumps(job.params, separators=(",", ":"))),
+    ]
     if job.error:
         rows.append(("error", f"{job.error.type}: {job.error.message}"))
     if queue_place(job):
@@ -275,18 +323,22 @@ def cancel(job_id: str = typer.Argument(..., help="job id")) -> None:
 def _event_line(event: Event) -> Text:
     d = event.data
     if event.event == "status":
-        return Text.assemble(("status ", "bold"), _status(d["status"]),
-                             f" {d['progress']:.0%} attempt {d['attempt']}: {d['message']}")
+        return Text.assemble(
+            ("status ", "bold"), _status(d["status"]), f" {d['progress']:.0%} attempt {d['attempt']}: {d['message']}"
+        )
     if event.event == "metric":
         return Text(f"metric step={d['step']} {d['name']}={format_value(d['value'])}")
     return Text(f"{event.event} {json.dumps(d)}")
 
 
 @client_cli.command()
-def events(job_id: str = typer.Argument(..., help="job id"),
-           follow: bool = typer.Option(False, "--follow", "-f", help="stream live until the job finishes"),
-           as_json: bool = typer.Option(False, "--json", help="one JSON object per line")) -> None:
+def events(
+    job_id: str = typer.Argument(..., help="job id"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="stream live until the job finishes"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
+) -> None:
     """The job's status and metric rows; with --follow stream new ones live (exit 1 unless it succeeded)."""
+
     def emit(event: Event) -> None:
         if as_json:
             print(json.dumps({"event": event.event, "id": event.id, **event.data}), flush=True)
@@ -298,8 +350,12 @@ def events(job_id: str = typer.Argument(..., help="job id"),
             for row in client.metrics(job_id):
                 emit(Event("metric", {"step": row.step, "name": row.name, "value": row.value}))
             job = client.get(job_id)
-            emit(Event("status", {"status": job.status, "progress": job.progress, "message": job.message,
-                                  "attempt": job.attempt}))
+            emit(
+                Event(
+                    "status",
+                    {"status": job.status, "progress": job.progress, "message": job.message, "attempt": job.attempt},
+                )
+            )
             return
         try:
             for event in client.events(job_id):
@@ -314,9 +370,12 @@ client_cli.command("logs", help="Alias of events.")(events)
 
 
 @client_cli.command()
-def artifacts(job_id: str = typer.Argument(..., help="job id"),
-              out_dir: Path | None = typer.Option(None, "--out", "-o", file_okay=False,
-                                                     help="download every artifact into this directory")) -> None:
+def artifacts(
+    job_id: str = typer.Argument(..., help="job id"),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", file_okay=False, help="download every artifact into this directory"
+    ),
+) -> None:
     """List a job's artifacts, or download them all with --out DIR."""
     with _api() as client:
         if out_dir is None:
@@ -330,8 +389,10 @@ def artifacts(job_id: str = typer.Argument(..., help="job id"),
 
 
 @client_cli.command()
-def kinds(kind: str | None = typer.Argument(None, help="print this kind's example spec, ready to edit"),
-          as_yaml: bool = typer.Option(False, "--yaml", help="print the example as YAML instead of JSON")) -> None:
+def kinds(
+    kind: str | None = typer.Argument(None, help="print this kind's example spec, ready to edit"),
+    as_yaml: bool = typer.Option(False, "--yaml", help="print the example as YAML instead of JSON"),
+) -> None:
     """The job kinds; with KIND its example spec (gradlab kinds KIND > spec.json; gradlab submit spec.json)."""
     with _api() as client:
         if kind is not None:
@@ -340,23 +401,31 @@ def kinds(kind: str | None = typer.Argument(None, help="print this kind's exampl
             sys.stdout.write(text)
             return
         found = client.kinds()
-    table = Table("kind", "description", title="gradlab kinds KIND > spec.json prints an example spec",
-                  title_justify="left")
+    table = Table(
+        "kind", "description", title="gradlab kinds KIND > spec.json prints an example spec", title_justify="left"
+    )
     for k in found:
         table.add_row(k.name, k.description)
     out.print(table)
 
 
 @datasets_cli.command("upload")
-def datasets_upload(file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True,
-                                                help=".csv or .npz (arrays x and optionally y)"),
-                    label_column: str | None = typer.Option(None, help="CSV column holding the labels")) -> None:
+def datasets_upload(
+    file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, readable=True, help=".csv or .npz (arrays x and optionally y)"
+    ),
+    label_column: str | None = typer.Option(None, help="CSV column holding the labels"),
+) -> None:
     """Upload a dataset; use the printed id as params.dataset of a job."""
     with _api() as client:
         ds = client.upload_dataset(file, label_column=label_column)
-    out.print(Text.assemble("dataset ", (ds.id, "bold"),
-                            f" {ds.filename}: {ds.rows} rows × {ds.columns} columns, "
-                            f"{'with' if ds.has_labels else 'no'} labels"))
+    out.print(
+        Text.assemble(
+            "dataset ",
+            (ds.id, "bold"),
+            f" {ds.filename}: {ds.rows} rows × {ds.columns} columns, {'with' if ds.has_labels else 'no'} labels",
+        )
+    )
 
 
 def register(cli: typer.Typer) -> None:

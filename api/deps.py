@@ -1,4 +1,5 @@
 """Request-scoped dependencies: a database session and the app-wide settings and Celery app."""
+
 from __future__ import annotations
 
 import uuid

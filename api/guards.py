@@ -5,6 +5,7 @@
 - With authentication disabled every caller is an admin, which is only safe for callers on this machine: the app
   itself refuses any other peer (403), whatever started it (``gradlab api``, ``gradlab up``, uvicorn directly).
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -37,8 +38,9 @@ class RejectNul:
             await self.app(scope, receive, send)
             return
         message = f"{field}: must not contain NUL bytes"
-        await problem_response(422, message, errors=[{"field": field, "message": "must not contain NUL bytes",
-                                                      "type": "nul_byte"}])(scope, receive, send)
+        await problem_response(
+            422, message, errors=[{"field": field, "message": "must not contain NUL bytes", "type": "nul_byte"}]
+        )(scope, receive, send)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -62,7 +64,10 @@ class LoopbackOnly:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")
         if scope["type"] == "http" and client and not is_loopback(client[0]):
-            await problem_response(403, f"authentication is disabled (GRADLAB_AUTH=disabled), so this API serves only "
-                                        f"callers on its own machine, not {client[0]}")(scope, receive, send)
+            await problem_response(
+                403,
+                f"authentication is disabled (GRADLAB_AUTH=disabled), so this API serves only "
+                f"callers on its own machine, not {client[0]}",
+            )(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -1,6 +1,7 @@
 """Caps on a request body while it streams in: its size (Content-Length may be absent or wrong) and the time it may
 take to arrive, so a client that sends a body slowly or never finishes it cannot hold a connection and its buffers.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,9 @@ class BodyTooSlow(HTTPException):
     """408, raised from ``receive`` like ``BodyTooLarge``; uvicorn closes the connection after the answer."""
 
     def __init__(self, timeout_s: float):
-        super().__init__(408, f"body: the request body must arrive within {timeout_s:g} s",
-                         headers={"Connection": "close"})
+        super().__init__(
+            408, f"body: the request body must arrive within {timeout_s:g} s", headers={"Connection": "close"}
+        )
 
 
 class BodyLimits:

@@ -9,6 +9,7 @@ Metrics from several uvicorn worker processes: ``gradlab api`` points ``PROMETHE
 folder before the workers start, and prometheus-client then keeps each process's values in a file there, which
 the ``/metrics`` route of any process sums (``api.routes.metrics``).
 """
+
 from __future__ import annotations
 
 import os
@@ -41,9 +42,13 @@ def http_histogram():
     if _http_histogram is None:
         from prometheus_client import Histogram
 
-        _http_histogram = Histogram("gradlab_http_request_duration_seconds", "HTTP requests by route template",
-                                    ["method", "route", "status"], buckets=LATENCY_BUCKETS,
-                                    registry=None if multiprocess() else http_registry())
+        _http_histogram = Histogram(
+            "gradlab_http_request_duration_seconds",
+            "HTTP requests by route template",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=None if multiprocess() else http_registry(),
+        )
     return _http_histogram
 
 

@@ -1,5 +1,6 @@
 """HTTP request and response bodies. The job-creation body is a discriminated union on ``kind``, one member per
 registered technique, so FastAPI validates each kind's params and publishes their schemas in OpenAPI."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -28,12 +29,14 @@ def _job_request_models() -> list[type[JobRequestBase]]:
     models = []
     for name, kind in specs().items():
         model_name = "".join(p.title() for p in name.split("_")) + "Job"
-        models.append(create_model(model_name, __base__=JobRequestBase,
-                                   kind=(Literal[name], ...), params=(kind.params, ...)))
+        models.append(
+            create_model(model_name, __base__=JobRequestBase, kind=(Literal[name], ...), params=(kind.params, ...))
+        )
     return models
 
 
-JobRequest = Annotated[Union[tuple(_job_request_models())], Field(discriminator="kind")]
+# Union[...] of a tuple built at run time: the `X | Y` spelling cannot take one.
+JobRequest = Annotated[Union[tuple(_job_request_models())], Field(discriminator="kind")]  # noqa: UP007
 
 
 class ErrorOut(BaseModel):
@@ -63,8 +66,11 @@ class JobOut(BaseModel):
     attempt: int
     queue: str
     queue_position: int | None = Field(None, description="while queued: 1 when it starts next in its queue")
-    eta_s: float | None = Field(None, description="while queued: estimated seconds until it starts, from recent "
-                                "run times of the kinds ahead of it; null without a live worker or run history")
+    eta_s: float | None = Field(
+        None,
+        description="while queued: estimated seconds until it starts, from recent "
+        "run times of the kinds ahead of it; null without a live worker or run history",
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -73,16 +79,33 @@ class JobOut(BaseModel):
     links: dict[str, str]
 
     @classmethod
-    def of(cls, job: Job) -> "JobOut":
+    def of(cls, job: Job) -> JobOut:
         base = f"/v1/jobs/{job.id}"
-        return cls(id=job.id, kind=job.kind, status=job.status, progress=job.progress, message=job.message,
-                   params=job.params, seed=job.seed, device_requested=job.device_requested, device=job.device,
-                   timeout_s=job.timeout_s, attempt=job.attempt, queue=job.queue, created_at=job.created_at,
-                   started_at=job.started_at, finished_at=job.finished_at,
-                   result=job.result if job.status == "succeeded" else None,
-                   error=ErrorOut(type=job.error_type, message=job.error_message or "") if job.error_type else None,
-                   links={"self": base, "metrics": f"{base}/metrics", "artifacts": f"{base}/artifacts",
-                          "cancel": f"{base}/cancel"})
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            status=job.status,
+            progress=job.progress,
+            message=job.message,
+            params=job.params,
+            seed=job.seed,
+            device_requested=job.device_requested,
+            device=job.device,
+            timeout_s=job.timeout_s,
+            attempt=job.attempt,
+            queue=job.queue,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            result=job.result if job.status == "succeeded" else None,
+            error=ErrorOut(type=job.error_type, message=job.error_message or "") if job.error_type else None,
+            links={
+                "self": base,
+                "metrics": f"{base}/metrics",
+                "artifacts": f"{base}/artifacts",
+                "cancel": f"{base}/cancel",
+            },
+        )
 
 
 class JobPage(BaseModel):
@@ -152,10 +175,21 @@ class ModelOut(BaseModel):
     layers: list[ModelLayer] | None = None
 
     @classmethod
-    def of(cls, row, detail: bool = False) -> "ModelOut":
+    def of(cls, row, detail: bool = False) -> ModelOut:
         summary = row.summary
-        return cls(id=row.id, filename=row.filename, format=row.format, model_type=row.model_type, task=row.task,
-                   n_params=row.n_params, n_tensors=summary["n_tensors"], has_weights=row.weights_size is not None,
-                   weights_size=row.weights_size, weights_sha256=row.weights_sha256, created_at=row.created_at,
-                   use_as={"source": "uploaded", "id": str(row.id)},
-                   config=row.config if detail else None, layers=summary["layers"] if detail else None)
+        return cls(
+            id=row.id,
+            filename=row.filename,
+            format=row.format,
+            model_type=row.model_type,
+            task=row.task,
+            n_params=row.n_params,
+            n_tensors=summary["n_tensors"],
+            has_weights=row.weights_size is not None,
+            weights_size=row.weights_size,
+            weights_sha256=row.weights_sha256,
+            created_at=row.created_at,
+            use_as={"source": "uploaded", "id": str(row.id)},
+            config=row.config if detail else None,
+            layers=summary["layers"] if detail else None,
+        )

@@ -5,6 +5,7 @@ that has started, or for the first byte of a new connection, so held half-open c
 closes a connection that has not finished a request's headers ``GRADLAB_HEADER_TIMEOUT_S`` after it opened or after
 its previous response. Body deadlines are the app's (``api.limits.BodyLimits``).
 """
+
 from __future__ import annotations
 
 import asyncio

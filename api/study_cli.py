@@ -1,5 +1,6 @@
 """``gradlab study submit|show|cancel``: a grid of settings over seeds as one study, followed with a progress bar
 and read as one comparison table (mean ± 95 % CI per setting, paired difference against the baseline)."""
+
 from __future__ import annotations
 
 import sys
@@ -34,11 +35,19 @@ def _stat(f: dict | None) -> str:
 def _print_study(study: dict) -> None:
     c = study["comparison"]
     counts = ", ".join(f"{n} {s}" for s, n in sorted(study["counts"].items()))
-    out.print(Text.assemble("study ", (study["id"], "bold"), " ", (study["status"], STATUS_STYLE.get(study["status"], "")),
-                            f"  ({study['kind']}, {len(study['jobs'])} jobs: {counts})"))
+    out.print(
+        Text.assemble(
+            "study ",
+            (study["id"], "bold"),
+            " ",
+            (study["status"], STATUS_STYLE.get(study["status"], "")),
+            f"  ({study['kind']}, {len(study['jobs'])} jobs: {counts})",
+        )
+    )
     baseline = c["rows"][c["baseline"]]["label"] if c["rows"] else "—"
-    table = Table(title=f"mean ± 95 % CI over seeds; Δ = paired difference from the baseline ({baseline})",
-                  title_justify="left")
+    table = Table(
+        title=f"mean ± 95 % CI over seeds; Δ = paired difference from the baseline ({baseline})", title_justify="left"
+    )
     for col in ("setting", "jobs ok", "verdicts"):
         table.add_column(col)
     for name in c["figures"]:
@@ -57,13 +66,23 @@ def _print_study(study: dict) -> None:
 
 def _follow(client, study: dict, timeout: float | None) -> dict:
     deadline = None if timeout is None else time.monotonic() + timeout
-    with Progress(TextColumn("{task.fields[status]}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=out) as bar:
+    with Progress(
+        TextColumn("{task.fields[status]}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=out,
+    ) as bar:
         task = bar.add_task("", total=100, status=study["status"])
         while True:
             done = sum(study["counts"].get(s, 0) for s in TERMINAL)
-            bar.update(task, completed=study["progress"] * 100, status=study["status"],
-                       description=f"{done}/{len(study['jobs'])} jobs finished")
+            bar.update(
+                task,
+                completed=study["progress"] * 100,
+                status=study["status"],
+                description=f"{done}/{len(study['jobs'])} jobs finished",
+            )
             if study["status"] in TERMINAL:
                 return study
             if deadline is not None and time.monotonic() > deadline:
@@ -74,20 +93,32 @@ def _follow(client, study: dict, timeout: float | None) -> dict:
 
 
 @study_cli.command("submit")
-def submit(spec: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True,
-                                       help="study spec: kind, base, grid or settings, seeds, baseline"),
-           wait: bool = typer.Option(False, "--wait", "-w", help="follow it and print the comparison"),
-           idempotency_key: str | None = typer.Option(None, help="retrying with the same key makes no 2nd study"),
-           timeout: float | None = typer.Option(None, min=1, help="with --wait: give up watching after this many "
-                                                                   "seconds (exit 1; the study keeps running)")
-           ) -> None:
+def submit(
+    spec: Path = typer.Argument(
+        ...,
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="study spec: kind, base, grid or settings, seeds, baseline",
+    ),
+    wait: bool = typer.Option(False, "--wait", "-w", help="follow it and print the comparison"),
+    idempotency_key: str | None = typer.Option(None, help="retrying with the same key makes no 2nd study"),
+    timeout: float | None = typer.Option(
+        None, min=1, help="with --wait: give up watching after this many seconds (exit 1; the study keeps running)"
+    ),
+) -> None:
     """Submit a study; with --wait, a progress bar until every job finished, then the comparison table."""
     body = _load_spec(spec)
     with _api() as client:
         study = client.submit_study(body, idempotency_key=idempotency_key)
-        out.print(Text.assemble("submitted study ", (study["id"], "bold"),
-                                f" ({study['kind']}: {len(study['settings'])} settings × {len(study['seeds'])} "
-                                f"seeds = {len(study['jobs'])} jobs)"))
+        out.print(
+            Text.assemble(
+                "submitted study ",
+                (study["id"], "bold"),
+                f" ({study['kind']}: {len(study['settings'])} settings × {len(study['seeds'])} "
+                f"seeds = {len(study['jobs'])} jobs)",
+            )
+        )
         if not wait:
             out.print(f"follow it with: gradlab study show {study['id']}", markup=False)
             return
@@ -98,8 +129,10 @@ def submit(spec: Path = typer.Argument(..., exists=True, dir_okay=False, readabl
 
 
 @study_cli.command("show")
-def show(study_id: str = typer.Argument(..., help="study id"),
-         csv: bool = typer.Option(False, "--csv", help="print the comparison as CSV instead")) -> None:
+def show(
+    study_id: str = typer.Argument(..., help="study id"),
+    csv: bool = typer.Option(False, "--csv", help="print the comparison as CSV instead"),
+) -> None:
     """A study's state and its comparison table (or CSV)."""
     with _api() as client:
         if csv:

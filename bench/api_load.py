@@ -17,6 +17,7 @@ Run from the repository root: ``python -m bench.api_load [--clients 32] [--durat
 and an in-process pass counts, per gradlab request, the SQL statements, commits, broker publishes and the time
 spent in each (``request_anatomy``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,19 @@ from collections import Counter
 import httpx
 
 from bench import wrk_load
-from bench.common import (LIGHT_JOB, PROFILES, BenchStack, CpuMeter, PySpy, closed_loop, light_job, print_table,
-                          run_async, wait_ready, write_results)
+from bench.common import (
+    LIGHT_JOB,
+    PROFILES,
+    BenchStack,
+    CpuMeter,
+    PySpy,
+    closed_loop,
+    light_job,
+    print_table,
+    run_async,
+    wait_ready,
+    write_results,
+)
 from tests.stack import BIN, free_port
 
 FLOOR_THROUGHPUT_RATIO = 3.0
@@ -39,6 +51,7 @@ FLOOR_THROUGHPUT_RATIO = 3.0
 
 def _gradlab_requests(job_ids: list[str], auth: list[str]):
     """POSTs from a random tenant's key each, GETs of the seeded jobs (the first tenant's: the client's own key)."""
+
     async def post(client: httpx.AsyncClient, i: int) -> httpx.Response:
         headers = {"Authorization": random.choice(auth)} if auth else None
         return await client.post("/v1/jobs", json=light_job(i), headers=headers)
@@ -55,9 +68,10 @@ def _gradlab_requests(job_ids: list[str], auth: list[str]):
 
 def _mlflow_requests(run_ids: list[str]):
     async def post(client: httpx.AsyncClient, i: int) -> httpx.Response:
-        return await client.post("/api/2.0/mlflow/runs/create",
-                                 json={"experiment_id": "0", "start_time": int(time.time() * 1000),
-                                       "run_name": f"bench-{i}"})
+        return await client.post(
+            "/api/2.0/mlflow/runs/create",
+            json={"experiment_id": "0", "start_time": int(time.time() * 1000), "run_name": f"bench-{i}"},
+        )
 
     async def get(client: httpx.AsyncClient, i: int) -> httpx.Response:
         return await client.get("/api/2.0/mlflow/runs/get", params={"run_id": random.choice(run_ids)})
@@ -81,9 +95,25 @@ def start_mlflow(bs: BenchStack, url: str, workers: int) -> tuple[str | None, st
     port = free_port()
     art = bs.tmp / "mlflow-artifacts"
     art.mkdir()
-    proc = bs.spawn([exe, "server", "--backend-store-uri", url, "--default-artifact-root", art.as_uri(),
-                     "--no-serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-                    "mlflow", cwd=bs.tmp)
+    proc = bs.spawn(
+        [
+            exe,
+            "server",
+            "--backend-store-uri",
+            url,
+            "--default-artifact-root",
+            art.as_uri(),
+            "--no-serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        "mlflow",
+        cwd=bs.tmp,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, base + "/health", lambda: bs.log_tail("mlflow"))
@@ -97,29 +127,54 @@ def _wrk_requests(job_ids: list[str], run_ids: list[str], auth: list[str]) -> di
     key, its GETs from the first tenant's (the owner of the seeded jobs)."""
     job_body = json.dumps(LIGHT_JOB)[:-1] + ', "seed": {n}}'
     run_body = '{"experiment_id": "0", "start_time": {now_ms}, "run_name": "bench-{n}"}'
-    return {"gradlab POST": dict(method="POST", path="/v1/jobs", body=job_body, auth=auth),
-            "gradlab GET": dict(method="GET", path="/v1/jobs/{id}", ids=job_ids, auth=auth[:1]),
-            "mlflow POST": dict(method="POST", path="/api/2.0/mlflow/runs/create", body=run_body),
-            "mlflow GET": dict(method="GET", path="/api/2.0/mlflow/runs/get?run_id={id}", ids=run_ids)}
+    return {
+        "gradlab POST": dict(method="POST", path="/v1/jobs", body=job_body, auth=auth),
+        "gradlab GET": dict(method="GET", path="/v1/jobs/{id}", ids=job_ids, auth=auth[:1]),
+        "mlflow POST": dict(method="POST", path="/api/2.0/mlflow/runs/create", body=run_body),
+        "mlflow GET": dict(method="GET", path="/api/2.0/mlflow/runs/get?run_id={id}", ids=run_ids),
+    }
 
 
 def _phase(url, request, name, args, headers=None, on_response=None, meters=(), template=None) -> dict:
     """One measured phase: wrk with ``template`` when ``--loadgen wrk``, else the Python generator."""
     if args.loadgen == "wrk":
-        return wrk_load.wrk_closed_loop(url, name=name, clients=args.clients, duration_s=args.duration,
-                                        warmup_s=args.warmup, meters=meters, **template)
-    return run_async(closed_loop(url, request, name=name, clients=args.clients, duration_s=args.duration,
-                                 warmup_s=args.warmup, headers=headers, on_response=on_response,
-                                 meters=meters)).summary()
+        return wrk_load.wrk_closed_loop(
+            url,
+            name=name,
+            clients=args.clients,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            meters=meters,
+            **template,
+        )
+    return run_async(
+        closed_loop(
+            url,
+            request,
+            name=name,
+            clients=args.clients,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            headers=headers,
+            on_response=on_response,
+            meters=meters,
+        )
+    ).summary()
 
 
 def _pooled(case: str, results: list[dict]) -> dict:
     """One summary for all rounds of a case: throughput over the summed windows, latency percentiles as the
     request-weighted mean of the rounds' (wrk reports percentiles, not samples), CPU split averaged."""
     n = sum(r["requests"] for r in results) or 1
-    out = {"case": case, "clients": results[0]["clients"], "rounds": len(results),
-           "duration_s": sum(r["duration_s"] for r in results), "requests": n,
-           "ok": sum(r["ok"] for r in results), "load_generator": results[0].get("load_generator", "python")}
+    out = {
+        "case": case,
+        "clients": results[0]["clients"],
+        "rounds": len(results),
+        "duration_s": sum(r["duration_s"] for r in results),
+        "requests": n,
+        "ok": sum(r["ok"] for r in results),
+        "load_generator": results[0].get("load_generator", "python"),
+    }
     out["throughput_rps"] = out["ok"] / out["duration_s"]
     for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms"):
         out[key] = sum(r[key] * r["requests"] for r in results if r[key] is not None) / n
@@ -146,7 +201,9 @@ def add_history(database_url: str, tenant: str, n: int) -> None:
             "SELECT gen_random_uuid(), %s, 'init_averaging', 'succeeded', '{\"widths\": [2, 2]}', g, 'cpu', "
             "'cpu', 'cpu', 3600, 1.0, 'succeeded', 1, now() - make_interval(secs => 120 + g * 10), "
             "now() - make_interval(secs => 119 + g * 10), now() - make_interval(secs => 118 + g * 10), '{}' "
-            "FROM generate_series(1, %s) AS g", (tenant, n))
+            "FROM generate_series(1, %s) AS g",
+            (tenant, n),
+        )
         conn.execute("ANALYZE jobs")
 
 
@@ -163,18 +220,27 @@ def explain_admission(database_url: str, tenant: str, settings) -> list[dict]:
 
     engine = make_engine(database_url)
     seen: list[tuple[str, object]] = []
-    event.listen(engine, "before_cursor_execute",
-                 lambda conn, cur, statement, params, ctx, many: seen.append((statement, params)))
+    event.listen(
+        engine,
+        "before_cursor_execute",
+        lambda conn, cur, statement, params, ctx, many: seen.append((statement, params)),
+    )
     out = []
     try:
         with make_sessionmaker(engine)() as s:
-            use = store.usage(s, tenant, utcnow() - timedelta(seconds=60), settings.max_active_jobs_per_tenant,
-                              settings.submissions_per_minute_per_tenant)
+            use = store.usage(
+                s,
+                tenant,
+                utcnow() - timedelta(seconds=60),
+                settings.max_active_jobs_per_tenant,
+                settings.submissions_per_minute_per_tenant,
+            )
         for statement, params in [q for q in seen if q[0].lstrip().upper().startswith("SELECT")]:
             with engine.connect() as conn:
                 plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + statement, params).scalars().all()
-            ms = next((float(line.split(":")[1].split()[0]) for line in plan if line.startswith("Execution Time")),
-                      None)
+            ms = next(
+                (float(line.split(":")[1].split()[0]) for line in plan if line.startswith("Execution Time")), None
+            )
             out.append({"sql": " ".join(statement.split()), "execution_ms": ms, "plan": plan})
     finally:
         engine.dispose()
@@ -231,8 +297,10 @@ def request_anatomy(bs: BenchStack, n: int) -> list[dict]:
         transport = httpx.ASGITransport(app=app)
         out = []
         async with httpx.AsyncClient(transport=transport, base_url="http://anatomy", headers=bs.headers) as client:
-            cases = (("POST /v1/jobs", lambda i: client.post("/v1/jobs", json=light_job(2 * 10**9 + i))),
-                     ("GET /v1/jobs/{id}", lambda i: client.get(f"/v1/jobs/{job_ids[i % len(job_ids)]}")))
+            cases = (
+                ("POST /v1/jobs", lambda i: client.post("/v1/jobs", json=light_job(2 * 10**9 + i))),
+                ("GET /v1/jobs/{id}", lambda i: client.get(f"/v1/jobs/{job_ids[i % len(job_ids)]}")),
+            )
             for case, call in cases:
                 for i in range(5):  # warm caches (statement compilation, pool) before counting
                     resp = await call(i)
@@ -244,12 +312,21 @@ def request_anatomy(bs: BenchStack, n: int) -> list[dict]:
                 for i in range(n):
                     (await call(i)).raise_for_status()
                 total_ms = 1e3 * (time.perf_counter() - t0) / n
-                parts = [{"what": k, "per_request": c / n, "ms_per_request": sql_ms[k] / n if k in sql_ms else None}
-                         for k, c in sorted(tally.items())]
+                parts = [
+                    {"what": k, "per_request": c / n, "ms_per_request": sql_ms[k] / n if k in sql_ms else None}
+                    for k, c in sorted(tally.items())
+                ]
                 waits = sum(sql_ms.values()) / n
-                out.append({"case": case, "requests": n, "ms_per_request": total_ms,
-                            "sql_and_broker_ms_per_request": waits, "python_ms_per_request": total_ms - waits,
-                            "parts": parts})
+                out.append(
+                    {
+                        "case": case,
+                        "requests": n,
+                        "ms_per_request": total_ms,
+                        "sql_and_broker_ms_per_request": waits,
+                        "python_ms_per_request": total_ms - waits,
+                        "parts": parts,
+                    }
+                )
         return out
 
     try:
@@ -265,22 +342,45 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each phase")
     ap.add_argument("--rounds", type=int, default=2, help="alternations of the four phases")
     ap.add_argument("--workers", type=int, default=2, help="server worker processes of each service")
-    ap.add_argument("--auth", choices=["key", "disabled"], default="key",
-                    help="gradlab: Bearer API keys with the default admission limits (production), or "
-                         "GRADLAB_AUTH=disabled on loopback (limits raised: one tenant)")
-    ap.add_argument("--tenants", type=int, default=32,
-                    help="with keys: tenants the POSTs are spread over, each within the default limits")
+    ap.add_argument(
+        "--auth",
+        choices=["key", "disabled"],
+        default="key",
+        help="gradlab: Bearer API keys with the default admission limits (production), or "
+        "GRADLAB_AUTH=disabled on loopback (limits raised: one tenant)",
+    )
+    ap.add_argument(
+        "--tenants",
+        type=int,
+        default=32,
+        help="with keys: tenants the POSTs are spread over, each within the default limits",
+    )
     ap.add_argument("--seed-jobs", type=int, default=200, help="jobs/runs created before the GET phases")
-    ap.add_argument("--history", type=int, default=0,
-                    help="finished jobs of the benchmark tenant in the database before the load starts")
+    ap.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="finished jobs of the benchmark tenant in the database before the load starts",
+    )
     ap.add_argument("--no-mlflow", action="store_true", help="gradlab only")
-    ap.add_argument("--loadgen", choices=["wrk", "python"], default="wrk" if wrk_load.available() else "python",
-                    help="wrk (default where installed) or the Python closed-loop generator")
-    ap.add_argument("--anatomy-requests", type=int, default=200,
-                    help="requests per endpoint of the in-process statement count (0: skip)")
-    ap.add_argument("--profile", choices=["wall", "gil"],
-                    help="py-spy the gradlab API processes during its phases (wall: where requests wait; "
-                         "gil: where Python CPU goes)")
+    ap.add_argument(
+        "--loadgen",
+        choices=["wrk", "python"],
+        default="wrk" if wrk_load.available() else "python",
+        help="wrk (default where installed) or the Python closed-loop generator",
+    )
+    ap.add_argument(
+        "--anatomy-requests",
+        type=int,
+        default=200,
+        help="requests per endpoint of the in-process statement count (0: skip)",
+    )
+    ap.add_argument(
+        "--profile",
+        choices=["wall", "gil"],
+        help="py-spy the gradlab API processes during its phases (wall: where requests wait; "
+        "gil: where Python CPU goes)",
+    )
     args = ap.parse_args()
 
     job_ids: list[str] = []
@@ -311,9 +411,10 @@ def main() -> None:
         if ml_url:
             with httpx.Client(base_url=ml_url, timeout=30) as c:
                 for i in range(args.seed_jobs):
-                    resp = c.post("/api/2.0/mlflow/runs/create",
-                                  json={"experiment_id": "0", "start_time": int(time.time() * 1000),
-                                        "run_name": f"seed-{i}"})
+                    resp = c.post(
+                        "/api/2.0/mlflow/runs/create",
+                        json={"experiment_id": "0", "start_time": int(time.time() * 1000), "run_name": f"seed-{i}"},
+                    )
                     resp.raise_for_status()
                     run_ids.append(resp.json()["run"]["info"]["run_id"])
 
@@ -324,8 +425,18 @@ def main() -> None:
         templates = _wrk_requests(job_ids, run_ids, bs.auth_values)
 
         def gradlab_phase(case, request):
-            run = lambda: _phase(api_url, request, case, args, bs.headers, None,  # noqa: E731
-                                 (CpuMeter(roots),), templates[case])
+            def run():
+                return _phase(
+                    api_url,
+                    request,
+                    case,
+                    args,
+                    bs.headers,
+                    None,  # noqa: E731
+                    (CpuMeter(roots),),
+                    templates[case],
+                )
+
             if not args.profile:
                 return run()
             out = PROFILES / f"api_load_{case.split()[-1].lower()}_{args.profile}_r{rnd}.txt"
@@ -355,43 +466,76 @@ def main() -> None:
     by_case = {r["case"]: r for r in rows}
     ratios = {}
     if mlflow_info["compared"]:
-        for op, gl, ml in (("create", "gradlab POST /v1/jobs", "mlflow POST runs/create"),
-                           ("get", "gradlab GET /v1/jobs/{id}", "mlflow GET runs/get")):
+        for op, gl, ml in (
+            ("create", "gradlab POST /v1/jobs", "mlflow POST runs/create"),
+            ("get", "gradlab GET /v1/jobs/{id}", "mlflow GET runs/get"),
+        ):
             g, m = by_case[gl], by_case[ml]
             tp = g["throughput_rps"] / m["throughput_rps"] if m["throughput_rps"] else None
             p99 = g["p99_ms"] / m["p99_ms"] if m["p99_ms"] else None
-            ratios[op] = {"throughput_gradlab_over_mlflow": tp, "p99_gradlab_over_mlflow": p99,
-                          "p50_gradlab_over_mlflow": g["p50_ms"] / m["p50_ms"] if m["p50_ms"] else None,
-                          "meets_floor": bool(tp is not None and tp >= FLOOR_THROUGHPUT_RATIO
-                                              and p99 is not None and p99 <= 1.0)}
+            ratios[op] = {
+                "throughput_gradlab_over_mlflow": tp,
+                "p99_gradlab_over_mlflow": p99,
+                "p50_gradlab_over_mlflow": g["p50_ms"] / m["p50_ms"] if m["p50_ms"] else None,
+                "meets_floor": bool(tp is not None and tp >= FLOOR_THROUGHPUT_RATIO and p99 is not None and p99 <= 1.0),
+            }
 
     display = []
     for row in rows:
         cores = row["cpu_cores"]
-        display.append({**row, "srv": cores.get("gradlab api" if row["case"].startswith("gradlab") else "mlflow", 0.0),
-                        "pg": cores.get("postgres", 0.0), "gen": cores.get("this script (load generator)", 0.0),
-                        "oth": cores.get("other processes", 0.0)})
-    print(f"\n{args.clients} closed-loop clients, {args.duration:g} s x {args.rounds} round(s) per case, "
-          f"{args.workers} server processes each; gradlab auth={args.auth}")
-    print_table(display, [("case", "case", "s"), ("throughput_rps", "req/s", ".0f"), ("p50_ms", "p50 ms", ".1f"),
-                       ("p90_ms", "p90 ms", ".1f"), ("p99_ms", "p99 ms", ".1f"), ("max_ms", "max ms", ".1f"),
-                       ("ok", "ok", "d"), ("machine_busy", "box busy", ".0%"), ("srv", "server cores", ".2f"),
-                       ("pg", "pg cores", ".2f"), ("gen", "loadgen cores", ".2f"), ("oth", "other cores", ".2f")])
+        display.append(
+            {
+                **row,
+                "srv": cores.get("gradlab api" if row["case"].startswith("gradlab") else "mlflow", 0.0),
+                "pg": cores.get("postgres", 0.0),
+                "gen": cores.get("this script (load generator)", 0.0),
+                "oth": cores.get("other processes", 0.0),
+            }
+        )
+    print(
+        f"\n{args.clients} closed-loop clients, {args.duration:g} s x {args.rounds} round(s) per case, "
+        f"{args.workers} server processes each; gradlab auth={args.auth}"
+    )
+    print_table(
+        display,
+        [
+            ("case", "case", "s"),
+            ("throughput_rps", "req/s", ".0f"),
+            ("p50_ms", "p50 ms", ".1f"),
+            ("p90_ms", "p90 ms", ".1f"),
+            ("p99_ms", "p99 ms", ".1f"),
+            ("max_ms", "max ms", ".1f"),
+            ("ok", "ok", "d"),
+            ("machine_busy", "box busy", ".0%"),
+            ("srv", "server cores", ".2f"),
+            ("pg", "pg cores", ".2f"),
+            ("gen", "loadgen cores", ".2f"),
+            ("oth", "other cores", ".2f"),
+        ],
+    )
     for row in rows:
         bad = {k: v for k, v in row["statuses"].items() if v and not k.startswith("2")}
         if bad or row["errors"]:
             print(f"  {row['case']}: non-2xx {bad} errors {row['errors']}")
     if ratios:
         print(f"\nratios (floor: throughput >= {FLOOR_THROUGHPUT_RATIO:g}x MLflow, p99 <= MLflow's)")
-        print_table([{"op": k, **v} for k, v in ratios.items()],
-                    [("op", "operation", "s"), ("throughput_gradlab_over_mlflow", "throughput x", ".2f"),
-                     ("p50_gradlab_over_mlflow", "p50 ratio", ".2f"), ("p99_gradlab_over_mlflow", "p99 ratio", ".2f"),
-                     ("meets_floor", "floor met", "")])
+        print_table(
+            [{"op": k, **v} for k, v in ratios.items()],
+            [
+                ("op", "operation", "s"),
+                ("throughput_gradlab_over_mlflow", "throughput x", ".2f"),
+                ("p50_gradlab_over_mlflow", "p50 ratio", ".2f"),
+                ("p99_gradlab_over_mlflow", "p99 ratio", ".2f"),
+                ("meets_floor", "floor met", ""),
+            ],
+        )
     else:
         print(f"\nno MLflow comparison: {mlflow_info.get('why_not')}")
     for a in anatomy:
-        print(f"\nanatomy of {a['case']} (in-process, no load): {a['ms_per_request']:.2f} ms/request, of which "
-              f"{a['sql_and_broker_ms_per_request']:.2f} ms waiting on SQL/broker")
+        print(
+            f"\nanatomy of {a['case']} (in-process, no load): {a['ms_per_request']:.2f} ms/request, of which "
+            f"{a['sql_and_broker_ms_per_request']:.2f} ms waiting on SQL/broker"
+        )
         for part in a["parts"]:
             ms = "" if part["ms_per_request"] is None else f"{part['ms_per_request']:7.3f} ms"
             print(f"  {part['per_request']:5.2f} x  {ms:>10}  {part['what']}")
@@ -403,12 +547,23 @@ def main() -> None:
             print(f"\nprofile {name}: top self time ({summary['samples']} samples)")
             for r in summary["by_self"][:10]:
                 print(f"  {r['self']:6.1%}  {r['function']}")
-    path = write_results("api_load", {
-        "config": {**vars(args), "gradlab_server": f"gradlab api --workers {args.workers}",
-                   "mlflow_server": f"mlflow server --backend-store-uri postgresql+psycopg://... --workers "
-                                    f"{args.workers}", "jobs_in_db_at_end": queued_at_end},
-        "mlflow": mlflow_info, "rows": rows, "ratios": ratios, "request_anatomy": anatomy,
-        "admission_queries": admission, "profiles": profiles})
+    path = write_results(
+        "api_load",
+        {
+            "config": {
+                **vars(args),
+                "gradlab_server": f"gradlab api --workers {args.workers}",
+                "mlflow_server": f"mlflow server --backend-store-uri postgresql+psycopg://... --workers {args.workers}",
+                "jobs_in_db_at_end": queued_at_end,
+            },
+            "mlflow": mlflow_info,
+            "rows": rows,
+            "ratios": ratios,
+            "request_anatomy": anatomy,
+            "admission_queries": admission,
+            "profiles": profiles,
+        },
+    )
     print(f"\nwrote {path}")
 
 

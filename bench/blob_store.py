@@ -1,15 +1,18 @@
 """Benchmark: the directory blob store against plain ``cp``/``cat`` on the same disk.
 
 Write: ``DirectoryStore.put`` streams a file in 1 MiB chunks, hashing (SHA-256) on the way, into a temporary that it
-fsyncs and renames; compared with ``cp`` alone, ``cp`` followed by ``sync FILE`` (the same durability; cp may copy in the kernel), and a
+fsyncs and renames; compared with ``cp`` alone, ``cp`` followed by ``sync FILE`` (the same durability; cp may copy in
+the kernel), and a
 plain Python 1 MiB read/write loop with fsync (the userspace copy an upload from a socket makes anyway); and
 ``sha256sum`` alone, the hashing that ``put`` adds. Read:
 ``DirectoryStore.open`` read in 1 MiB chunks against ``cat FILE > /dev/null``. The files are in the page cache on
-reads (no root to drop it), so read figures are memory-bandwidth bound for both. Throughput in MiB/s, median of ``--repeats`` rounds, the
+reads (no root to drop it), so read figures are memory-bandwidth bound for both. Throughput in MiB/s, median of
+``--repeats`` rounds, the
 arms alternating within each round.
 
 Run from the repository root: ``python -m bench.blob_store [--mib 512] [--repeats 3] [--dir DIR]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +48,9 @@ def main() -> None:
         with open(src, "wb") as fh:
             fh.writelines(block for _ in range(args.mib))
         store = DirectoryStore(root / "store")
-        times: dict[str, list[float]] = {k: [] for k in ("cp", "cp+sync", "py-copy+fsync", "sha256sum", "put", "cat",
-                                                           "read")}
+        times: dict[str, list[float]] = {
+            k: [] for k in ("cp", "cp+sync", "py-copy+fsync", "sha256sum", "put", "cat", "read")
+        }
 
         def py_copy():  # the userspace copy an upload must make anyway (bytes arrive from a socket), without hashing
             with open(src, "rb") as fh, open(root / "copy3", "wb") as sink:
@@ -66,14 +70,21 @@ def main() -> None:
 
         for _ in range(args.repeats):
             times["cp"].append(_timed(lambda: subprocess.run(["cp", src, root / "copy"], check=True)))
-            times["cp+sync"].append(_timed(lambda: subprocess.run(
-                ["sh", "-c", f'cp "{src}" "{root}/copy2" && sync "{root}/copy2"'], check=True)))
+            times["cp+sync"].append(
+                _timed(
+                    lambda: subprocess.run(
+                        ["sh", "-c", f'cp "{src}" "{root}/copy2" && sync "{root}/copy2"'], check=True
+                    )
+                )
+            )
             times["py-copy+fsync"].append(_timed(py_copy))
-            times["sha256sum"].append(_timed(lambda: subprocess.run(["sha256sum", src], check=True,
-                                                                    stdout=subprocess.DEVNULL)))
+            times["sha256sum"].append(
+                _timed(lambda: subprocess.run(["sha256sum", src], check=True, stdout=subprocess.DEVNULL))
+            )
             times["put"].append(_timed(put_store))
-            times["cat"].append(_timed(lambda: subprocess.run(["sh", "-c", f'cat "{root}/copy" > /dev/null'],
-                                                              check=True)))
+            times["cat"].append(
+                _timed(lambda: subprocess.run(["sh", "-c", f'cat "{root}/copy" > /dev/null'], check=True))
+            )
             times["read"].append(_timed(read_store))
         out = {k: round(args.mib / statistics.median(v), 1) for k, v in times.items()}
         print(json.dumps({"mib": args.mib, "repeats": args.repeats, "MiB_per_s": out}))

@@ -4,6 +4,7 @@ and worker processes on them, a closed-loop HTTP load generator, percentiles, ta
 Everything a benchmark starts is stopped and removed by ``BenchStack.close`` (databases dropped, Redis keys deleted,
 processes killed), so a run leaves nothing behind on the shared PostgreSQL and Redis servers.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,21 +23,33 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from tests.stack import (BIN, REDIS_URL, ROOT, Stack, create_database, delete_redis_prefix, wait_http,
-                         drop_database, free_port)
+from tests.stack import (
+    BIN,
+    REDIS_URL,
+    ROOT,
+    Stack,
+    create_database,
+    delete_redis_prefix,
+    drop_database,
+    free_port,
+    wait_http,
+)
 
 RESULTS = ROOT / "bench" / "results"
 PROFILES = RESULTS / "profiles"
 
 # The lightest job there is: one 2x2 layer, one draw of 16 samples, one mean (and one small PNG plot).
-LIGHT_JOB = {"kind": "init_averaging", "params": {"widths": [2, 2], "trials": 1, "batch": 16,
-                                                  "means": ["arithmetic"]}, "device": "cpu"}
+LIGHT_JOB = {
+    "kind": "init_averaging",
+    "params": {"widths": [2, 2], "trials": 1, "batch": 16, "means": ["arithmetic"]},
+    "device": "cpu",
+}
 
 
 # --- machine and results -------------------------------------------------------------------------------------------
@@ -44,13 +57,27 @@ def machine() -> dict:
     """What the figures were measured on; the load average says how busy the shared box was."""
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or platform.machine())
-    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal"))
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(mem_kib / 2**20, 1), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "loadavg_1_5_15": list(os.getloadavg()), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or platform.machine(),
+    )
+    mem_kib = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": round(mem_kib / 2**20, 1),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_1_5_15": list(os.getloadavg()),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def write_results(name: str, payload: dict) -> Path:
@@ -65,12 +92,19 @@ def percentiles(values: list[float]) -> dict:
     if not values:
         return {"n": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None, "mean_ms": None}
     arr = np.asarray(values) * 1e3
-    return {"n": len(values), "p50_ms": float(np.percentile(arr, 50)), "p90_ms": float(np.percentile(arr, 90)),
-            "p99_ms": float(np.percentile(arr, 99)), "max_ms": float(arr.max()), "mean_ms": float(arr.mean())}
+    return {
+        "n": len(values),
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p90_ms": float(np.percentile(arr, 90)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "max_ms": float(arr.max()),
+        "mean_ms": float(arr.mean()),
+    }
 
 
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
     """``columns``: (key, header, format spec); None prints as '-'."""
+
     def cell(row, key, spec):
         value = row.get(key)
         return "-" if value is None else format(value, spec)
@@ -85,7 +119,8 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
 class CpuMeter:
     """Where the machine's CPU went over a phase, in cores, per group of processes read from /proc: named process
     trees (an API supervisor and its workers), postgres, redis, this script and its other children (the load
-    generator) and everything else; plus the busy fraction of the whole machine. On a shared box this shows whether other work, or the load
+    generator) and everything else; plus the busy fraction of the whole machine. On a shared box this shows whether
+    other work, or the load
     generator itself, competed with the service."""
 
     def __init__(self, roots: dict[str, int] | None = None):
@@ -113,8 +148,10 @@ class CpuMeter:
             before = self._procs0.get(pid)
             cores[self._group(pid, comm, parents)] += (cpu - before[2] if before else cpu) / wall
         cores["this script (load generator)"] += (self._exited_children() - self._children0) / wall
-        self.result = {"machine_busy": (busy1 - busy0) / max(total1 - total0, 1),
-                       "cpu_cores": {k: round(v, 3) for k, v in sorted(cores.items(), key=lambda kv: -kv[1])}}
+        self.result = {
+            "machine_busy": (busy1 - busy0) / max(total1 - total0, 1),
+            "cpu_cores": {k: round(v, 3) for k, v in sorted(cores.items(), key=lambda kv: -kv[1])},
+        }
         return self.result
 
     def __enter__(self) -> CpuMeter:
@@ -158,8 +195,8 @@ class CpuMeter:
                 raw = (entry / "stat").read_text()
             except OSError:
                 continue
-            comm = raw[raw.index("(") + 1:raw.rindex(")")]
-            fields = raw[raw.rindex(")") + 2:].split()
+            comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+            fields = raw[raw.rindex(")") + 2 :].split()
             out[int(entry.name)] = (int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / tick)
         return out
 
@@ -192,7 +229,7 @@ class BenchStack:
         self.engines: list = []
         self.stack: Stack | None = None
 
-    def __enter__(self) -> "BenchStack":
+    def __enter__(self) -> BenchStack:
         try:
             self.database_url = self.new_database()
             from core.jobs.migrate import upgrade
@@ -204,17 +241,23 @@ class BenchStack:
                 "GRADLAB_BROKER_KEY_PREFIX": self.prefix,
                 "GRADLAB_DATA_DIR": str(self.tmp / "data"),
                 "GRADLAB_AUTH": "disabled" if self.auth == "disabled" else "required",
-                **({} if self.production_limits and self.auth == "key" else
-                   {"GRADLAB_MAX_ACTIVE_JOBS_PER_TENANT": str(10**9),
-                    "GRADLAB_SUBMISSIONS_PER_MINUTE_PER_TENANT": str(10**9)}),
+                **(
+                    {}
+                    if self.production_limits and self.auth == "key"
+                    else {
+                        "GRADLAB_MAX_ACTIVE_JOBS_PER_TENANT": str(10**9),
+                        "GRADLAB_SUBMISSIONS_PER_MINUTE_PER_TENANT": str(10**9),
+                    }
+                ),
                 "GRADLAB_TORCH_THREADS": "1",
                 **self.env_overrides,
             }
             (self.tmp / "logs").mkdir()
             self.stack = Stack(env=self.env, log_dir=self.tmp / "logs")
             if self.auth == "key":
-                self.auth_values = [f"Bearer {self._create_key('bench' if i == 0 else f'bench-{i}')}"
-                                    for i in range(self.tenants)]
+                self.auth_values = [
+                    f"Bearer {self._create_key('bench' if i == 0 else f'bench-{i}')}" for i in range(self.tenants)
+                ]
                 self.headers = {"Authorization": self.auth_values[0]}
         except BaseException:
             self.close()
@@ -261,8 +304,9 @@ class BenchStack:
     def start_api(self, workers: int = 1) -> tuple[str, subprocess.Popen]:
         """``gradlab api --workers N`` on a free port; (base URL, the uvicorn supervisor process)."""
         port = free_port()
-        proc = self.spawn([str(BIN / "gradlab"), "api", "--port", str(port), "--workers", str(workers)],
-                          f"api-{port}", env=self.env)
+        proc = self.spawn(
+            [str(BIN / "gradlab"), "api", "--port", str(port), "--workers", str(workers)], f"api-{port}", env=self.env
+        )
         url = f"http://127.0.0.1:{port}"
         wait_ready(proc, url + "/healthz", lambda: self.log_tail(f"api-{port}"))
         return url, proc
@@ -275,8 +319,9 @@ class BenchStack:
         full_env = {**os.environ, **(env or {})}
         full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
         with open(self.tmp / "logs" / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(args, env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd or ROOT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                args, env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd or ROOT, start_new_session=True
+            )
         self.extra_procs.append(proc)
         return proc
 
@@ -338,8 +383,19 @@ class PySpy:
             print("py-spy not installed: running without a profile", file=sys.stderr)
             return self
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        args = [exe, "record", "-p", str(self.pid), "-f", "raw", "-o", str(self.out), "-r", str(self.rate),
-                "--nonblocking"]
+        args = [
+            exe,
+            "record",
+            "-p",
+            str(self.pid),
+            "-f",
+            "raw",
+            "-o",
+            str(self.out),
+            "-r",
+            str(self.rate),
+            "--nonblocking",
+        ]
         if self.subprocesses:
             args.append("--subprocesses")
         if self.mode == "gil":
@@ -384,8 +440,11 @@ def summarize_profile(path: Path, top: int = 30) -> dict:
     def row(f):
         return {"function": f, "inclusive": inclusive[f] / total, "self": own[f] / total}
 
-    return {"samples": total, "by_inclusive": [row(f) for f, _ in inclusive.most_common(top)],
-            "by_self": [row(f) for f, _ in own.most_common(top)]}
+    return {
+        "samples": total,
+        "by_inclusive": [row(f) for f, _ in inclusive.most_common(top)],
+        "by_self": [row(f) for f, _ in own.most_common(top)],
+    }
 
 
 # --- closed-loop HTTP load -----------------------------------------------------------------------------------------
@@ -401,19 +460,35 @@ class LoadResult:
 
     def summary(self) -> dict:
         ok = sum(n for s, n in self.statuses.items() if 200 <= s < 300)
-        return {"case": self.name, "clients": self.clients, "duration_s": self.duration_s,
-                "requests": len(self.latencies), "ok": ok, "throughput_rps": ok / self.duration_s,
-                **percentiles(self.latencies), "statuses": {str(k): v for k, v in self.statuses.items()},
-                "errors": dict(self.errors), **self.measured}
+        return {
+            "case": self.name,
+            "clients": self.clients,
+            "duration_s": self.duration_s,
+            "requests": len(self.latencies),
+            "ok": ok,
+            "throughput_rps": ok / self.duration_s,
+            **percentiles(self.latencies),
+            "statuses": {str(k): v for k, v in self.statuses.items()},
+            "errors": dict(self.errors),
+            **self.measured,
+        }
 
 
 Request = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
 
 
-async def closed_loop(base_url: str, request: Request, *, name: str, clients: int, duration_s: float,
-                      warmup_s: float, headers: dict | None = None,
-                      on_response: Callable[[httpx.Response], None] | None = None,
-                      meters: tuple = ()) -> LoadResult:
+async def closed_loop(
+    base_url: str,
+    request: Request,
+    *,
+    name: str,
+    clients: int,
+    duration_s: float,
+    warmup_s: float,
+    headers: dict | None = None,
+    on_response: Callable[[httpx.Response], None] | None = None,
+    meters: tuple = (),
+) -> LoadResult:
     """``clients`` coroutines each send a request, wait for its answer, and send the next, for warmup + duration.
 
     Only requests that start after the warm-up and finish before the end count; throughput is what completed in
@@ -483,6 +558,7 @@ def job_times(sessions, job_ids: list) -> dict:
     from core.jobs.models import Job
 
     with sessions() as s:
-        rows = s.execute(select(Job.id, Job.status, Job.created_at, Job.started_at, Job.finished_at)
-                         .where(Job.id.in_(job_ids))).all()
+        rows = s.execute(
+            select(Job.id, Job.status, Job.created_at, Job.started_at, Job.finished_at).where(Job.id.in_(job_ids))
+        ).all()
     return {r.id: r for r in rows}

@@ -9,6 +9,7 @@ Peak memory: CUDA ``max_memory_allocated``; CPU resident-set high-water mark (``
 /proc/self/clear_refs, minus ``VmRSS`` before the step) — see ``PeakMemory``.
 Run: ``python -m bench.contrastive_accumulation`` (``--help`` for sizes; ``--device cuda`` on a GPU machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,13 @@ def measure(cfg: dict) -> dict:
 
 
 def in_subprocess(cfg: dict) -> dict:
-    done = subprocess.run([sys.executable, "-m", "bench.contrastive_accumulation", "--measure", json.dumps(cfg)],
-                          capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.contrastive_accumulation", "--measure", json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -91,16 +97,23 @@ def main() -> None:
         print(json.dumps(measure(json.loads(args.measure))))
         return
 
-    base = {"device": args.device, "threads": args.threads, "widths": [int(w) for w in args.widths.split(",")],
-            "in_dim": args.in_dim, "chunk": args.chunk, "repeats": args.repeats}
+    base = {
+        "device": args.device,
+        "threads": args.threads,
+        "widths": [int(w) for w in args.widths.split(",")],
+        "in_dim": args.in_dim,
+        "chunk": args.chunk,
+        "repeats": args.repeats,
+    }
     timing = []
     print(f"time per step, chunk={args.chunk}, widths={base['widths']}, device={args.device}, threads={args.threads}")
     print(f"{'B':>7} {'chunked s':>10} {'full s':>10} {'ratio':>6}")
     for batch in (int(b) for b in args.time_batches.split(",")):
         got = {m: in_subprocess({**base, "method": m, "batch": batch}) for m in ("chunked", "full")}
         ratio = got["chunked"]["time_s"] / got["full"]["time_s"]
-        timing.append({"batch": batch, "chunked_s": got["chunked"]["time_s"], "full_s": got["full"]["time_s"],
-                       "ratio": ratio})
+        timing.append(
+            {"batch": batch, "chunked_s": got["chunked"]["time_s"], "full_s": got["full"]["time_s"], "ratio": ratio}
+        )
         print(f"{batch:>7} {got['chunked']['time_s']:>10.4f} {got['full']['time_s']:>10.4f} {ratio:>6.2f}")
 
     memory, method = [], None
@@ -122,8 +135,9 @@ def main() -> None:
     print(f"memory method: {method}")
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"config": base, "memory_method": method, "time_ratio": timing,
-                                   "memory_vs_batch": memory}, indent=2))
+    RESULTS.write_text(
+        json.dumps({"config": base, "memory_method": method, "time_ratio": timing, "memory_vs_batch": memory}, indent=2)
+    )
     print(f"wrote {RESULTS}")
 
 

@@ -10,6 +10,7 @@ worker on this machine's clock), the bare task's from the timestamp it returns.
 
 Run from the repository root: ``python -m bench.dispatch [--jobs 500]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,18 @@ FLOOR_OVERHEAD_MS = 10.0
 def make_bare_app(broker_url: str, prefix: str) -> Celery:
     """The smallest Celery app comparable to gradlab's: JSON, late acks, prefetch 1, keys under ``prefix``."""
     app = Celery("bare", broker=broker_url, backend=broker_url)
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"], task_acks_late=True,
-                    worker_prefetch_multiplier=1, worker_hijack_root_logger=False,
-                    broker_connection_retry_on_startup=True, task_default_queue=BARE_QUEUE,
-                    broker_transport_options={"global_keyprefix": prefix},
-                    result_backend_transport_options={"global_keyprefix": prefix})
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=BARE_QUEUE,
+        broker_transport_options={"global_keyprefix": prefix},
+        result_backend_transport_options={"global_keyprefix": prefix},
+    )
 
     @app.task(name="bare.noop")
     def noop() -> float:
@@ -50,10 +58,25 @@ bare = make_bare_app(os.environ.get("BENCH_BARE_BROKER", REDIS_URL), os.environ.
 
 
 def start_bare_worker(bs: BenchStack) -> None:
-    proc = bs.spawn([str(BIN / "celery"), "-A", "bench.dispatch:bare", "worker", "-Q", BARE_QUEUE, "--pool=solo",
-                     "--concurrency=1", "--without-mingle", "--without-gossip", "--loglevel=INFO",
-                     "-n", f"bare-{uuid.uuid4().hex[:6]}@%h"],
-                    "bare-worker", env={"BENCH_BARE_BROKER": REDIS_URL, "BENCH_BARE_PREFIX": bs.prefix})
+    proc = bs.spawn(
+        [
+            str(BIN / "celery"),
+            "-A",
+            "bench.dispatch:bare",
+            "worker",
+            "-Q",
+            BARE_QUEUE,
+            "--pool=solo",
+            "--concurrency=1",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel=INFO",
+            "-n",
+            f"bare-{uuid.uuid4().hex[:6]}@%h",
+        ],
+        "bare-worker",
+        env={"BENCH_BARE_BROKER": REDIS_URL, "BENCH_BARE_PREFIX": bs.prefix},
+    )
     deadline = time.monotonic() + 60
     while " ready." not in bs.log_tail("bare-worker", 100_000):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -70,8 +93,9 @@ def gradlab_once(client: httpx.Client, db, seed: int, poll_s: float, timeout_s: 
     job_id = resp.json()["id"]
     deadline = time.monotonic() + timeout_s
     while True:
-        row = db.execute("SELECT status, created_at, published_at, started_at, finished_at FROM jobs WHERE id = %s",
-                         (job_id,)).fetchone()
+        row = db.execute(
+            "SELECT status, created_at, published_at, started_at, finished_at FROM jobs WHERE id = %s", (job_id,)
+        ).fetchone()
         if row[0] in ("succeeded", "failed", "cancelled"):
             break
         if time.monotonic() > deadline:
@@ -80,9 +104,13 @@ def gradlab_once(client: httpx.Client, db, seed: int, poll_s: float, timeout_s: 
     if row[0] != "succeeded":
         raise RuntimeError(f"job {job_id} {row[0]}")
     _, created, published, started, finished = row
-    return {"post_answered": t_answer - t_send, "created": created.timestamp() - t_send,
-            "published": published.timestamp() - t_send if published else None,
-            "started": started.timestamp() - t_send, "succeeded": finished.timestamp() - t_send}
+    return {
+        "post_answered": t_answer - t_send,
+        "created": created.timestamp() - t_send,
+        "published": published.timestamp() - t_send if published else None,
+        "started": started.timestamp() - t_send,
+        "succeeded": finished.timestamp() - t_send,
+    }
 
 
 def bare_once(app: Celery) -> dict:
@@ -110,8 +138,10 @@ def main() -> None:
         worker = bs.start_worker()
         start_bare_worker(bs)
         dsn = bs.database_url.replace("postgresql+psycopg://", "postgresql://")
-        with psycopg.connect(dsn, autocommit=True) as db, \
-                httpx.Client(base_url=api_url, headers=bs.headers, timeout=30) as client:
+        with (
+            psycopg.connect(dsn, autocommit=True) as db,
+            httpx.Client(base_url=api_url, headers=bs.headers, timeout=30) as client,
+        ):
             for i in range(args.warmup):
                 gradlab_once(client, db, i, args.poll_ms / 1e3)
                 bare_once(sender)
@@ -132,8 +162,10 @@ def main() -> None:
     table = [
         {"what": "gradlab: POST answered (201)", **stats(gl, "post_answered")},
         {"what": "gradlab: POST -> row created (API, after auth + admission)", **stats(gl, "created")},
-        {"what": "gradlab: row created -> claimed by the worker (started_at; includes the publish)",
-         **stats(gl, "started", "created")},
+        {
+            "what": "gradlab: row created -> claimed by the worker (started_at; includes the publish)",
+            **stats(gl, "started", "created"),
+        },
         {"what": "gradlab: POST -> started_at", **stats(gl, "started")},
         {"what": "gradlab: started_at -> succeeded (running the job)", **stats(gl, "succeeded", "started")},
         {"what": "gradlab: POST -> succeeded", **stats(gl, "succeeded")},
@@ -151,20 +183,41 @@ def main() -> None:
     }
     overhead["meets_floor"] = overhead["start_p50_ms"] <= FLOOR_OVERHEAD_MS
 
-    print(f"\n{args.jobs} sequential jobs ({light_job(0)['kind']} {light_job(0)['params']}), one worker; "
-          f"{args.jobs} bare Celery no-op round trips interleaved")
-    print_table(table, [("what", "interval", "s"), ("p50_ms", "p50 ms", ".2f"), ("p90_ms", "p90 ms", ".2f"),
-                        ("p99_ms", "p99 ms", ".2f"), ("max_ms", "max ms", ".1f")])
-    print(f"\noverhead over bare Celery, p50: POST -> started {overhead['start_p50_ms']:.2f} ms "
-          f"(floor {FLOOR_OVERHEAD_MS:g} ms: {'met' if overhead['meets_floor'] else 'NOT met'}); "
-          f"POST -> succeeded vs round trip {overhead['succeeded_vs_round_trip_p50_ms']:.2f} ms, of which running "
-          f"the job {overhead['job_run_p50_ms']:.2f} ms")
+    print(
+        f"\n{args.jobs} sequential jobs ({light_job(0)['kind']} {light_job(0)['params']}), one worker; "
+        f"{args.jobs} bare Celery no-op round trips interleaved"
+    )
+    print_table(
+        table,
+        [
+            ("what", "interval", "s"),
+            ("p50_ms", "p50 ms", ".2f"),
+            ("p90_ms", "p90 ms", ".2f"),
+            ("p99_ms", "p99 ms", ".2f"),
+            ("max_ms", "max ms", ".1f"),
+        ],
+    )
+    print(
+        f"\noverhead over bare Celery, p50: POST -> started {overhead['start_p50_ms']:.2f} ms "
+        f"(floor {FLOOR_OVERHEAD_MS:g} ms: {'met' if overhead['meets_floor'] else 'NOT met'}); "
+        f"POST -> succeeded vs round trip {overhead['succeeded_vs_round_trip_p50_ms']:.2f} ms, of which running "
+        f"the job {overhead['job_run_p50_ms']:.2f} ms"
+    )
     if spy.summary:
         print(f"\nprofile of the gradlab worker ({spy.summary['samples']} samples), top inclusive:")
         for r in spy.summary["by_inclusive"][:25]:
             print(f"  {r['inclusive']:6.1%}  {r['function']}")
-    path = write_results("dispatch", {"config": vars(args), "job": light_job(0), "rows": table,
-                                      "overhead": overhead, "floor_ms": FLOOR_OVERHEAD_MS, "profile": spy.summary})
+    path = write_results(
+        "dispatch",
+        {
+            "config": vars(args),
+            "job": light_job(0),
+            "rows": table,
+            "overhead": overhead,
+            "floor_ms": FLOOR_OVERHEAD_MS,
+            "profile": spy.summary,
+        },
+    )
     print(f"wrote {path}")
 
 

@@ -21,6 +21,7 @@ the default, where all of torch's work runs on the calling thread).
 
 Run ``python -m bench.eg_stepsize`` from the repository root; results go to ``bench/results/eg_stepsize.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,7 @@ OPTIMIZERS = {
     "eg_global": lambda ps, lr: EGStepSize(ps, lr=lr, gamma=1.0, granularity="global", **EG_CLAMPS),
     "eg_coordinate_fused": lambda ps, lr: EGStepSize(ps, lr=lr, gamma=100.0, fused=True, **EG_CLAMPS),
     "eg_layer_fused": lambda ps, lr: EGStepSize(ps, lr=lr, gamma=1.0, granularity="layer", fused=True, **EG_CLAMPS),
-    "eg_global_fused": lambda ps, lr: EGStepSize(ps, lr=lr, gamma=1.0, granularity="global", fused=True,
-                                                 **EG_CLAMPS),
+    "eg_global_fused": lambda ps, lr: EGStepSize(ps, lr=lr, gamma=1.0, granularity="global", fused=True, **EG_CLAMPS),
     "eg_funnel": lambda ps, lr: EGFunnel(ps, lr=lr, gamma_p=100.0, gamma_s=1.0, **FUNNEL_CLAMPS),
     "hypergradient": lambda ps, lr: HypergradientSGD(ps, lr=lr, beta=1e-3, lr_floor=0.0),
     "adam": lambda ps, lr: torch.optim.Adam(ps, lr=lr),
@@ -59,8 +59,13 @@ OPTIMIZERS = {
 
 def _model(width: int, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.ReLU(), torch.nn.Linear(width, width),
-                               torch.nn.ReLU(), torch.nn.Linear(width, 10))
+    return torch.nn.Sequential(
+        torch.nn.Linear(width, width),
+        torch.nn.ReLU(),
+        torch.nn.Linear(width, width),
+        torch.nn.ReLU(),
+        torch.nn.Linear(width, 10),
+    )
 
 
 def _block(fn, n: int) -> tuple[float, float]:
@@ -120,12 +125,24 @@ def measure(width: int, batch: int, rounds: int, budget_s: float, seed: int = 0)
     for name, f in floors.items():
         with torch.no_grad():
             finite = bool(torch.isfinite(loss_of(setups[name][0])))
-        rows[name] = {"train_ms": 1e3 * f["train"], "step_ms": 1e3 * f["step"], "finite": finite,
-                      "train_ratio": f["train"] / base["train"], "step_ratio": f["step"] / base["step"],
-                      "first_step_s": setups[name][3], "train_ratio_cpu": f["train_cpu"] / base["train_cpu"],
-                      "step_ratio_cpu": f["step_cpu"] / base["step_cpu"]}
-    return {"width": width, "batch": batch, "parameters": params, "steps_per_block": n, "rounds": rounds,
-            "optimizers": rows}
+        rows[name] = {
+            "train_ms": 1e3 * f["train"],
+            "step_ms": 1e3 * f["step"],
+            "finite": finite,
+            "train_ratio": f["train"] / base["train"],
+            "step_ratio": f["step"] / base["step"],
+            "first_step_s": setups[name][3],
+            "train_ratio_cpu": f["train_cpu"] / base["train_cpu"],
+            "step_ratio_cpu": f["step_cpu"] / base["step_cpu"],
+        }
+    return {
+        "width": width,
+        "batch": batch,
+        "parameters": params,
+        "steps_per_block": n,
+        "rounds": rounds,
+        "optimizers": rows,
+    }
 
 
 def _verdict(ratio: float) -> str:
@@ -145,59 +162,93 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     results = [measure(w, args.batch, args.rounds, args.budget_s, args.seed) for w in args.widths]
 
-    header = (f"{'width':>6} {'params':>9} {'optimizer':>14} {'train ms':>9} {'x SGD':>6} {'cpu x':>6} "
-              f"{'step ms':>8} {'x SGD':>6} {'cpu x':>6}")
+    header = (
+        f"{'width':>6} {'params':>9} {'optimizer':>14} {'train ms':>9} {'x SGD':>6} {'cpu x':>6} "
+        f"{'step ms':>8} {'x SGD':>6} {'cpu x':>6}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
         for name, row in r["optimizers"].items():
             flag = "" if name not in GRANULARITY_OF or row["train_ratio"] <= TARGET else "  > target"
             flag += "" if row["finite"] else "  (non-finite loss)"
-            print(f"{r['width']:>6} {r['parameters']:>9} {name:>14} {row['train_ms']:>9.3f} "
-                  f"{row['train_ratio']:>6.2f} {row['train_ratio_cpu']:>6.2f} {row['step_ms']:>8.3f} "
-                  f"{row['step_ratio']:>6.2f} {row['step_ratio_cpu']:>6.2f}{flag}")
+            print(
+                f"{r['width']:>6} {r['parameters']:>9} {name:>14} {row['train_ms']:>9.3f} "
+                f"{row['train_ratio']:>6.2f} {row['train_ratio_cpu']:>6.2f} {row['step_ms']:>8.3f} "
+                f"{row['step_ratio']:>6.2f} {row['step_ratio_cpu']:>6.2f}{flag}"
+            )
 
     # the figure the target is about: EGStepSize's training step time ratio vs SGD, per width and granularity
     def table(names: dict[str, str], title: str) -> tuple[dict, dict]:
-        ratios = {g: {str(r["width"]): r["optimizers"][name]["train_ratio"] for r in results}
-                  for name, g in names.items()}
-        ratios_cpu = {g: {str(r["width"]): r["optimizers"][name]["train_ratio_cpu"] for r in results}
-                      for name, g in names.items()}
-        print(f"\n{title} training step time ratio vs torch.optim.SGD (zero_grad + forward + backward + step, "
-              f"floor of {args.rounds} interleaved rounds; target <= {TARGET}; cpu-clock ratio in brackets)")
+        ratios = {
+            g: {str(r["width"]): r["optimizers"][name]["train_ratio"] for r in results} for name, g in names.items()
+        }
+        ratios_cpu = {
+            g: {str(r["width"]): r["optimizers"][name]["train_ratio_cpu"] for r in results} for name, g in names.items()
+        }
+        print(
+            f"\n{title} training step time ratio vs torch.optim.SGD (zero_grad + forward + backward + step, "
+            f"floor of {args.rounds} interleaved rounds; target <= {TARGET}; cpu-clock ratio in brackets)"
+        )
         print(f"{'width':>6} {'params':>9}" + "".join(f" {g:>20}" for g in ratios))
         for r in results:
-            cells = "".join(f" {ratios[g][str(r['width'])]:>5.2f} ({ratios_cpu[g][str(r['width'])]:.2f}) "
-                            f"{_verdict(ratios[g][str(r['width'])]):>6}" for g in ratios)
+            cells = "".join(
+                f" {ratios[g][str(r['width'])]:>5.2f} ({ratios_cpu[g][str(r['width'])]:.2f}) "
+                f"{_verdict(ratios[g][str(r['width'])]):>6}"
+                for g in ratios
+            )
             print(f"{r['width']:>6} {r['parameters']:>9}{cells}")
         return ratios, ratios_cpu
 
     fused, fused_cpu = table(FUSED_OF, "EGStepSize(fused=True)")
-    print("first step of EGStepSize(fused=True), compilation included, s: " + "; ".join(
-        f"width {r['width']} " + "/".join(f"{r['optimizers'][n]['first_step_s']:.1f}" for n in FUSED_OF)
-        for r in results) + " (" + "/".join(FUSED_OF.values()) + "; later widths recompile for the new shapes)")
+    print(
+        "first step of EGStepSize(fused=True), compilation included, s: "
+        + "; ".join(
+            f"width {r['width']} " + "/".join(f"{r['optimizers'][n]['first_step_s']:.1f}" for n in FUSED_OF)
+            for r in results
+        )
+        + " ("
+        + "/".join(FUSED_OF.values())
+        + "; later widths recompile for the new shapes)"
+    )
     fused_worst = max(v for per in fused.values() for v in per.values())
-    print(f"EGStepSize(fused=True) within {TARGET}x of SGD at every width and granularity: "
-          f"{'yes' if fused_worst <= TARGET else 'no'} (worst {fused_worst:.2f})")
+    print(
+        f"EGStepSize(fused=True) within {TARGET}x of SGD at every width and granularity: "
+        f"{'yes' if fused_worst <= TARGET else 'no'} (worst {fused_worst:.2f})"
+    )
     by_granularity, by_granularity_cpu = table(GRANULARITY_OF, "EGStepSize (eager)")
     worst_width, worst_granularity, worst = max(
-        ((w, g, v) for g, per in by_granularity.items() for w, v in per.items()), key=lambda t: t[2])
+        ((w, g, v) for g, per in by_granularity.items() for w, v in per.items()), key=lambda t: t[2]
+    )
     within = worst <= TARGET
-    print(f"EGStepSize within {TARGET}x of SGD at every width and granularity: {'yes' if within else 'no'} "
-          f"(worst {worst:.2f}: {worst_granularity} at width {worst_width})")
+    print(
+        f"EGStepSize within {TARGET}x of SGD at every width and granularity: {'yes' if within else 'no'} "
+        f"(worst {worst:.2f}: {worst_granularity} at width {worst_width})"
+    )
     others = [n for n in OPTIMIZERS if n != "sgd" and n not in GRANULARITY_OF and n not in FUSED_OF]
-    print("not held to the target: " + ", ".join(
-        f"{n} " + "/".join(f"{r['optimizers'][n]['train_ratio']:.2f}" for r in results) for n in others)
-          + f" (widths {'/'.join(str(w) for w in args.widths)})")
+    print(
+        "not held to the target: "
+        + ", ".join(f"{n} " + "/".join(f"{r['optimizers'][n]['train_ratio']:.2f}" for r in results) for n in others)
+        + f" (widths {'/'.join(str(w) for w in args.widths)})"
+    )
 
-    report = {"target_train_ratio": TARGET, "worst_train_ratio": worst, "within_target": within,
-              "worst_at": f"{worst_granularity} @ width {worst_width}",
-              "eg_stepsize_train_ratio_vs_sgd": by_granularity,
-              "eg_stepsize_train_ratio_vs_sgd_cpu_clock": by_granularity_cpu,
-              "eg_stepsize_fused_train_ratio_vs_sgd": fused, "eg_stepsize_fused_train_ratio_vs_sgd_cpu_clock": fused_cpu,
-              "eg_stepsize_fused_worst_train_ratio": fused_worst,
-              "threads": args.threads, "torch": torch.__version__, "machine": platform.machine(),
-              "processor": platform.processor(), "loadavg_1_5_15": list(os.getloadavg()), "results": results}
+    report = {
+        "target_train_ratio": TARGET,
+        "worst_train_ratio": worst,
+        "within_target": within,
+        "worst_at": f"{worst_granularity} @ width {worst_width}",
+        "eg_stepsize_train_ratio_vs_sgd": by_granularity,
+        "eg_stepsize_train_ratio_vs_sgd_cpu_clock": by_granularity_cpu,
+        "eg_stepsize_fused_train_ratio_vs_sgd": fused,
+        "eg_stepsize_fused_train_ratio_vs_sgd_cpu_clock": fused_cpu,
+        "eg_stepsize_fused_worst_train_ratio": fused_worst,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "loadavg_1_5_15": list(os.getloadavg()),
+        "results": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

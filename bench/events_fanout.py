@@ -12,6 +12,7 @@ difference divided by N. The API process's CPU over the same windows is reported
 
     python -m bench.events_fanout [--streams 1000] [--gets 200] [--rounds 3] [--window 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,10 +75,13 @@ async def _hold(url: str, n: int) -> None:
 def db_counters(database: str) -> tuple[float, int, int]:
     """(time, transactions, table reads of jobs and metrics) from PostgreSQL's statistics."""
     with psycopg.connect(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}", autocommit=True) as conn:
-        xacts = conn.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
-                             (database,)).fetchone()[0]
-        reads = conn.execute("SELECT sum(coalesce(seq_scan, 0) + coalesce(idx_scan, 0)) FROM pg_stat_user_tables "
-                             "WHERE relname IN ('jobs', 'metrics')").fetchone()[0]
+        xacts = conn.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s", (database,)
+        ).fetchone()[0]
+        reads = conn.execute(
+            "SELECT sum(coalesce(seq_scan, 0) + coalesce(idx_scan, 0)) FROM pg_stat_user_tables "
+            "WHERE relname IN ('jobs', 'metrics')"
+        ).fetchone()[0]
     return time.monotonic(), int(xacts), int(reads)
 
 
@@ -107,8 +111,12 @@ class Holder:
         self.url, self.n, self.delivered = url, n, ""
 
     def __enter__(self) -> Self:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.events_fanout", "--streams", str(self.n),
-                                      "--hold", self.url], stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.events_fanout", "--streams", str(self.n), "--hold", self.url],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         line = self.proc.stdout.readline()
         if not line.startswith("held"):
             self.proc.kill()
@@ -137,8 +145,7 @@ class Writer(threading.Thread):
             batch = [(step + k, "loss", 1.0 / (1 + step + k)) for k in range(self.rows)]
             step += self.rows
             with self.sessions() as session:
-                store.beat(session, self.job_id, 1, progress=min(0.99, step / 1e6), message=None,
-                           metric_rows=batch)
+                store.beat(session, self.job_id, 1, progress=min(0.99, step / 1e6), message=None, metric_rows=batch)
             self.written += self.rows
 
 
@@ -146,8 +153,7 @@ def db_phase(label: str, streams: int, database: str, window_s: float, roots: di
     cpu = CpuMeter(roots).start()
     rates = db_rates(database, window_s)
     used = cpu.stop()
-    return {"phase": label, "streams": streams, **rates, "api_cores": used["cpu_cores"].get("api", 0.0),
-            "cpu": used}
+    return {"phase": label, "streams": streams, **rates, "api_cores": used["cpu_cores"].get("api", 0.0), "cpu": used}
 
 
 def main() -> None:
@@ -209,9 +215,17 @@ def main() -> None:
         "frames_delivered_in_db_window_phase": holder.delivered,
         "metric_rows_written": writer.written,
     }
-    print_table(rows, [("phase", "phase", "s"), ("get_p50_ms", "GET p50 ms", ".2f"),
-                       ("get_p99_ms", "GET p99 ms", ".2f"), ("xacts_per_s", "DB xacts/s", ".2f"),
-                       ("table_reads_per_s", "DB table reads/s", ".2f"), ("api_cores", "API cores", ".3f")])
+    print_table(
+        rows,
+        [
+            ("phase", "phase", "s"),
+            ("get_p50_ms", "GET p50 ms", ".2f"),
+            ("get_p99_ms", "GET p99 ms", ".2f"),
+            ("xacts_per_s", "DB xacts/s", ".2f"),
+            ("table_reads_per_s", "DB table reads/s", ".2f"),
+            ("api_cores", "API cores", ".3f"),
+        ],
+    )
     print({k: (round(v, 5) if isinstance(v, float) else v) for k, v in summary.items()})
     path = write_results("events_fanout", {"config": vars(args), "rows": rows, "summary": summary})
     print(f"results: {path}")

@@ -6,6 +6,7 @@ forward-backward of the batch, the measurement with the method ``auto`` picks, a
 stays affordable, and writes bench/results/gradient_penalty_bound.json. Threads default to 1: on a shared
 machine, multi-threaded BLAS timings swing by orders of magnitude with the neighbours' load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ def mlp(width: int, depth: int, gen: torch.Generator) -> nn.Sequential:
     for i, (a, b) in enumerate(zip(dims, dims[1:])):
         lin = nn.Linear(a, b).double()
         with torch.no_grad():
-            lin.weight.copy_(torch.randn(b, a, generator=gen, dtype=torch.float64) / a ** 0.5)
+            lin.weight.copy_(torch.randn(b, a, generator=gen, dtype=torch.float64) / a**0.5)
         mods.append(lin)
         if i < len(dims) - 2:
             mods.append(nn.Tanh())
@@ -63,8 +64,10 @@ def main() -> None:
     y = torch.randint(0, CLASSES, (args.batch,), generator=gen)
     rows = []
     print(f"batch {args.batch}, d_in {D_IN}, float64, tanh, {args.threads} thread(s); times per sample")
-    print(f"{'width':>6} {'depth':>5} {'method':>7} {'iters':>5} {'fwd-bwd ms':>10} {'measure ms':>10} "
-          f"{'x fwd-bwd':>10} {'W svd ms':>9} {'ratio med':>9}")
+    print(
+        f"{'width':>6} {'depth':>5} {'method':>7} {'iters':>5} {'fwd-bwd ms':>10} {'measure ms':>10} "
+        f"{'x fwd-bwd':>10} {'W svd ms':>9} {'ratio med':>9}"
+    )
     for width, depth in SIZES:
         model = mlp(width, depth, gen)
         repeats = 3 if width * depth <= 512 else 1
@@ -86,22 +89,41 @@ def main() -> None:
 
             t_m = best_of(measure, repeats) / args.batch
             r = out["r"]
-            row = {"width": width, "depth": depth, "method": method, "auto": method == auto,
-                   "power_iters": int(r["power_iters"]), "fwd_bwd_ms_per_sample": 1e3 * t_fb,
-                   "measure_ms_per_sample": 1e3 * t_m, "measure_over_fwd_bwd": t_m / t_fb,
-                   "w_svd_ms_per_measurement": 1e3 * t_svd, "ratio_median": float(r["ratio"].median()),
-                   "violations": int((r["lhs"] > r["rhs"] * (1 + 1e-9)).sum())}
+            row = {
+                "width": width,
+                "depth": depth,
+                "method": method,
+                "auto": method == auto,
+                "power_iters": int(r["power_iters"]),
+                "fwd_bwd_ms_per_sample": 1e3 * t_fb,
+                "measure_ms_per_sample": 1e3 * t_m,
+                "measure_over_fwd_bwd": t_m / t_fb,
+                "w_svd_ms_per_measurement": 1e3 * t_svd,
+                "ratio_median": float(r["ratio"].median()),
+                "violations": int((r["lhs"] > r["rhs"] * (1 + 1e-9)).sum()),
+            }
             rows.append(row)
-            print(f"{width:>6} {depth:>5} {method + ('*' if method == auto else ''):>7} {row['power_iters']:>5} "
-                  f"{row['fwd_bwd_ms_per_sample']:>10.3f} {row['measure_ms_per_sample']:>10.1f} "
-                  f"{row['measure_over_fwd_bwd']:>10.0f} {row['w_svd_ms_per_measurement']:>9.1f} "
-                  f"{row['ratio_median']:>9.3f}", flush=True)
+            print(
+                f"{width:>6} {depth:>5} {method + ('*' if method == auto else ''):>7} {row['power_iters']:>5} "
+                f"{row['fwd_bwd_ms_per_sample']:>10.3f} {row['measure_ms_per_sample']:>10.1f} "
+                f"{row['measure_over_fwd_bwd']:>10.0f} {row['w_svd_ms_per_measurement']:>9.1f} "
+                f"{row['ratio_median']:>9.3f}",
+                flush=True,
+            )
     print("* = the method auto picks; measure includes the W SVDs, amortized over the batch")
     out_dir = Path(__file__).resolve().parent / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"batch": args.batch, "threads": args.threads, "d_in": D_IN, "classes": CLASSES, "dtype": "float64",
-            "activation": "tanh", "torch": torch.__version__, "machine": platform.machine(),
-            "processor": platform.processor()}
+    meta = {
+        "batch": args.batch,
+        "threads": args.threads,
+        "d_in": D_IN,
+        "classes": CLASSES,
+        "dtype": "float64",
+        "activation": "tanh",
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+    }
     (out_dir / "gradient_penalty_bound.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
 

@@ -12,6 +12,7 @@ figure per constraint is the median over rounds of the mean step time within a r
     python -m bench.gradnorm_gan                 # ring8 MLP; digits conv critic (GPU: larger, longer)
     python -m bench.gradnorm_gan --device cuda
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,11 +37,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(setting: dict, data: torch.Tensor, bounded: bool, device: torch.device, rounds: int,
-            steps_per_round: int, warmup: int) -> dict[str, dict]:
+def measure(
+    setting: dict,
+    data: torch.Tensor,
+    bounded: bool,
+    device: torch.device,
+    rounds: int,
+    steps_per_round: int,
+    warmup: int,
+) -> dict[str, dict]:
     """Per constraint: median ms per step, saved bytes per critic / generator update, CUDA peak bytes."""
-    trainers = {c: Trainer(GradnormGanParams(**setting, constraint=c), data.to(device), bounded, 0, device)
-                for c in CONSTRAINTS}
+    trainers = {
+        c: Trainer(GradnormGanParams(**setting, constraint=c), data.to(device), bounded, 0, device) for c in CONSTRAINTS
+    }
     out = {}
     for c, tr in trainers.items():
         for _ in range(warmup):
@@ -52,8 +61,12 @@ def measure(setting: dict, data: torch.Tensor, bounded: bool, device: torch.devi
             base = torch.cuda.memory_allocated(device)
         tr.step(meter_d, meter_g)
         peak = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else None
-        out[c] = {"saved_bytes_critic": meter_d.total, "saved_bytes_generator": meter_g.total,
-                  "peak_cuda_bytes": peak, "round_ms": []}
+        out[c] = {
+            "saved_bytes_critic": meter_d.total,
+            "saved_bytes_generator": meter_g.total,
+            "peak_cuda_bytes": peak,
+            "round_ms": [],
+        }
     for _ in range(rounds):
         for c, tr in trainers.items():
             _sync(device)
@@ -83,11 +96,15 @@ def ratios(table: dict[str, dict]) -> dict[str, float]:
 
 def print_table(title: str, table: dict[str, dict], rat: dict[str, float]) -> None:
     print(f"\n{title}")
-    print(f"{'constraint':<11} {'ms/step':>9} {'saved KiB (D upd)':>18} {'saved KiB (G upd)':>18} {'CUDA peak MiB':>14}")
+    print(
+        f"{'constraint':<11} {'ms/step':>9} {'saved KiB (D upd)':>18} {'saved KiB (G upd)':>18} {'CUDA peak MiB':>14}"
+    )
     for c, row in table.items():
         peak = "-" if row["peak_cuda_bytes"] is None else f"{row['peak_cuda_bytes'] / 2**20:.1f}"
-        print(f"{c:<11} {row['ms_per_step']:>9.2f} {row['saved_bytes_critic'] / 1024:>18.1f} "
-              f"{row['saved_bytes_generator'] / 1024:>18.1f} {peak:>14}")
+        print(
+            f"{c:<11} {row['ms_per_step']:>9.2f} {row['saved_bytes_critic'] / 1024:>18.1f} "
+            f"{row['saved_bytes_generator'] / 1024:>18.1f} {peak:>14}"
+        )
     print("  " + "  ".join(f"{k}={v:.2f}" for k, v in rat.items()))
 
 
@@ -102,21 +119,36 @@ def main() -> None:
     x_ring = mixture("ring8", 10000, torch.Generator().manual_seed(0), 0.05)[0]
     mlp = {"dataset": "ring8", "width": 128, "depth": 3, "z_dim": 16, "n_critic": 1, "batch": 256}
     digits = torch.as_tensor(load_builtin("digits", 0)["x"])
-    conv = {"dataset": "digits", "arch": "conv", "channels": 64 if gpu else 16, "z_dim": 32, "n_critic": 1,
-            "batch": 256 if gpu else 64}
+    conv = {
+        "dataset": "digits",
+        "arch": "conv",
+        "channels": 64 if gpu else 16,
+        "z_dim": 32,
+        "n_critic": 1,
+        "batch": 256 if gpu else 64,
+    }
 
     cases = {
         "ring8 MLP critic (width 128, depth 3, batch 256)": (mlp, x_ring, False, 40),
-        f"digits conv critic (channels {conv['channels']}, batch {conv['batch']})": (conv, digits, True,
-                                                                                   40 if gpu else 10),
+        f"digits conv critic (channels {conv['channels']}, batch {conv['batch']})": (
+            conv,
+            digits,
+            True,
+            40 if gpu else 10,
+        ),
     }
     report = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "cases": {}}
     for title, (setting, data, bounded, steps) in cases.items():
         table = measure(setting, data, bounded, device, args.rounds, steps, warmup=3)
         rat = ratios(table)
         print_table(f"{title} on {device}", table, rat)
-        report["cases"][title] = {"setting": setting, "steps_per_round": steps, "rounds": args.rounds,
-                                  "table": table, "ratios": rat}
+        report["cases"][title] = {
+            "setting": setting,
+            "steps_per_round": steps,
+            "rounds": args.rounds,
+            "table": table,
+            "ratios": rat,
+        }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {RESULTS}")

@@ -15,6 +15,7 @@ each request's CPU, free of that noise.
 
 Run from the repository root: ``python -m bench.http_metrics [--clients 32] [--duration 8] [--pairs 4]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,9 @@ def start_api(bs: BenchStack, metrics: bool, workers: int) -> tuple[str, int]:
     env = {**bs.env, "GRADLAB_METRICS": "true" if metrics else "false"}
     if metrics:
         env["GRADLAB_METRICS_TOKEN"] = "bench-scrape-token"
-    proc = bs.spawn([str(BIN / "gradlab"), "api", "--port", str(port), "--workers", str(workers)],
-                    f"api-{port}", env=env)
+    proc = bs.spawn(
+        [str(BIN / "gradlab"), "api", "--port", str(port), "--workers", str(workers)], f"api-{port}", env=env
+    )
     url = f"http://127.0.0.1:{port}"
     wait_ready(proc, url + "/healthz", lambda: bs.log_tail(f"api-{port}"))
     return url, proc.pid
@@ -95,15 +97,20 @@ def middleware_cost(requests: int = 20000, repeats: int = 5) -> dict:
     arms = {False: RequestContext(_answer_201, metrics=False), True: RequestContext(_answer_201, metrics=True)}
     times: dict[bool, list[float]] = {False: [], True: []}
     for i in range(repeats):
-        for metrics in ((False, True) if i % 2 == 0 else (True, False)):
+        for metrics in (False, True) if i % 2 == 0 else (True, False):
             times[metrics].append(asyncio.run(per_request(arms[metrics])))
     return {"off_us": statistics.median(times[False]), "on_us": statistics.median(times[True])}
 
 
 def measure_middleware_cost() -> dict:
     with tempfile.TemporaryDirectory(prefix="gradlab-bench-prom-") as folder:
-        out = subprocess.run([sys.executable, "-m", "bench.http_metrics", "--middleware-cost"], check=True,
-                             capture_output=True, text=True, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": folder})
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.http_metrics", "--middleware-cost"],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": folder},
+        )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -120,8 +127,7 @@ class Scraper:
         self.thread: threading.Thread | None = None
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30,
-                          headers={"Authorization": "Bearer bench-scrape-token"}) as c:
+        with httpx.Client(base_url=self.url, timeout=30, headers={"Authorization": "Bearer bench-scrape-token"}) as c:
             while True:
                 waited_from = time.monotonic()
                 if self.stopping.wait(self.due_in):
@@ -157,11 +163,16 @@ def main() -> None:
         print(json.dumps(middleware_cost()))
         return
     cost = measure_middleware_cost()
-    print(f"middleware alone: {cost['off_us']:.1f} us/request with metrics off, {cost['on_us']:.1f} us on "
-          f"(+{cost['on_us'] - cost['off_us']:.1f} us)", flush=True)
+    print(
+        f"middleware alone: {cost['off_us']:.1f} us/request with metrics off, {cost['on_us']:.1f} us on "
+        f"(+{cost['on_us'] - cost['off_us']:.1f} us)",
+        flush=True,
+    )
 
-    with (BenchStack("http-metrics-off", tenants=args.tenants, production_limits=True) as off,
-          BenchStack("http-metrics-on", tenants=args.tenants, production_limits=True) as on):
+    with (
+        BenchStack("http-metrics-off", tenants=args.tenants, production_limits=True) as off,
+        BenchStack("http-metrics-on", tenants=args.tenants, production_limits=True) as on,
+    ):
         arms = {}
         for name, bs, metrics in (("off", off, False), ("on", on, True)):
             url, pid = start_api(bs, metrics, args.workers)
@@ -174,13 +185,21 @@ def main() -> None:
         results: dict[str, list[dict]] = {"off": [], "on": []}
         scraper = Scraper(arms["on"][0], SCRAPE_INTERVAL_S)
         for pair in range(args.pairs):
-            for name in (("off", "on") if pair % 2 == 0 else ("on", "off")):
+            for name in ("off", "on") if pair % 2 == 0 else ("on", "off"):
                 url, pid, post = arms[name]
 
                 def phase(url=url, post=post, name=name, pid=pid):
-                    return run_async(closed_loop(url, post, name=f"POST metrics {name}", clients=args.clients,
-                                                 duration_s=args.duration, warmup_s=args.warmup,
-                                                 meters=(CpuMeter({"gradlab api": pid}),))).summary()
+                    return run_async(
+                        closed_loop(
+                            url,
+                            post,
+                            name=f"POST metrics {name}",
+                            clients=args.clients,
+                            duration_s=args.duration,
+                            warmup_s=args.warmup,
+                            meters=(CpuMeter({"gradlab api": pid}),),
+                        )
+                    ).summary()
 
                 if name == "on":
                     with scraper:
@@ -190,44 +209,80 @@ def main() -> None:
                 api_cores = summary["cpu_cores"].get("gradlab api", 0.0)
                 summary["api_cpu_ms_per_post"] = api_cores * summary["duration_s"] / max(summary["ok"], 1) * 1e3
                 results[name].append(summary)
-                print(f"pair {pair + 1} {name}: {summary['throughput_rps']:.1f} req/s "
-                      f"(p50 {summary['p50_ms']:.1f} ms, p99 {summary['p99_ms']:.1f} ms, "
-                      f"API {summary['api_cpu_ms_per_post']:.2f} CPU-ms/POST, busy {summary['machine_busy']:.0%}, "
-                      f"non-2xx {summary['requests'] - summary['ok']})", flush=True)
+                print(
+                    f"pair {pair + 1} {name}: {summary['throughput_rps']:.1f} req/s "
+                    f"(p50 {summary['p50_ms']:.1f} ms, p99 {summary['p99_ms']:.1f} ms, "
+                    f"API {summary['api_cpu_ms_per_post']:.2f} CPU-ms/POST, busy {summary['machine_busy']:.0%}, "
+                    f"non-2xx {summary['requests'] - summary['ok']})",
+                    flush=True,
+                )
         scrape_s = scraper.scrapes
-        with httpx.Client(base_url=arms["on"][0], timeout=30,
-                          headers={"Authorization": "Bearer bench-scrape-token"}) as c:
+        with httpx.Client(
+            base_url=arms["on"][0], timeout=30, headers={"Authorization": "Bearer bench-scrape-token"}
+        ) as c:
             exposition = c.get("/metrics").text
     ratios = [a["throughput_rps"] / b["throughput_rps"] for a, b in zip(results["on"], results["off"])]
     slowdown = 1.0 - statistics.median(ratios)
     cpu_ratios = [a["api_cpu_ms_per_post"] / b["api_cpu_ms_per_post"] for a, b in zip(results["on"], results["off"])]
-    rows = [{"arm": name, "median_rps": statistics.median(r["throughput_rps"] for r in results[name]),
-             "p50_ms": statistics.median(r["p50_ms"] for r in results[name]),
-             "p99_ms": statistics.median(r["p99_ms"] for r in results[name]),
-             "api_cores": statistics.median(r["cpu_cores"].get("gradlab api", 0.0) for r in results[name]),
-             "cpu_ms": statistics.median(r["api_cpu_ms_per_post"] for r in results[name])}
-            for name in ("off", "on")]
-    print_table(rows, [("arm", "arm", "s"), ("median_rps", "POST req/s (median)", ".1f"),
-                       ("p50_ms", "p50 ms", ".1f"), ("p99_ms", "p99 ms", ".1f"), ("api_cores", "API cores", ".2f"),
-                       ("cpu_ms", "API CPU-ms/POST", ".2f")])
-    observed = sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
-                   if line.startswith('gradlab_http_request_duration_seconds_count{method="POST",route="/v1/jobs"'))
-    print(f"throughput on/off per pair: {', '.join(f'{r:.3f}' for r in ratios)}; median slowdown "
-          f"{slowdown:+.1%} (floor {FLOOR_SLOWDOWN:.0%}: {'met' if slowdown <= FLOOR_SLOWDOWN else 'MISSED'}); "
-          f"API CPU per POST on/off per pair: {', '.join(f'{r:.3f}' for r in cpu_ratios)} (median "
-          f"{statistics.median(cpu_ratios) - 1:+.1%}); {len(scrape_s)} scrapes, "
-          f"median {statistics.median(scrape_s) * 1e3:.0f} ms; "
-          f"{observed:.0f} POSTs counted by the on-API's histogram")
-    added_cpu = (cost["on_us"] - cost["off_us"]) / 1e3 / statistics.median(
-        r["api_cpu_ms_per_post"] for r in results["off"])
-    print(f"metrics' own CPU per POST: +{cost['on_us'] - cost['off_us']:.1f} us, {added_cpu:.2%} of the API's CPU "
-          f"per POST here (the throughput cost where the API has the cores to itself)")
-    write_results("http_metrics", {"args": vars(args), "pairs": results, "ratios_on_over_off": ratios,
-                                   "median_slowdown": slowdown,
-                                   "api_cpu_per_post_ratios_on_over_off": cpu_ratios, "floor_slowdown": FLOOR_SLOWDOWN,
-                                   "met": slowdown <= FLOOR_SLOWDOWN, "scrape_s": scrape_s,
-                                   "posts_counted_by_histogram": observed, "summary": rows,
-                                   "middleware_us": cost, "middleware_share_of_post_cpu": added_cpu})
+    rows = [
+        {
+            "arm": name,
+            "median_rps": statistics.median(r["throughput_rps"] for r in results[name]),
+            "p50_ms": statistics.median(r["p50_ms"] for r in results[name]),
+            "p99_ms": statistics.median(r["p99_ms"] for r in results[name]),
+            "api_cores": statistics.median(r["cpu_cores"].get("gradlab api", 0.0) for r in results[name]),
+            "cpu_ms": statistics.median(r["api_cpu_ms_per_post"] for r in results[name]),
+        }
+        for name in ("off", "on")
+    ]
+    print_table(
+        rows,
+        [
+            ("arm", "arm", "s"),
+            ("median_rps", "POST req/s (median)", ".1f"),
+            ("p50_ms", "p50 ms", ".1f"),
+            ("p99_ms", "p99 ms", ".1f"),
+            ("api_cores", "API cores", ".2f"),
+            ("cpu_ms", "API CPU-ms/POST", ".2f"),
+        ],
+    )
+    observed = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in exposition.splitlines()
+        if line.startswith('gradlab_http_request_duration_seconds_count{method="POST",route="/v1/jobs"')
+    )
+    print(
+        f"throughput on/off per pair: {', '.join(f'{r:.3f}' for r in ratios)}; median slowdown "
+        f"{slowdown:+.1%} (floor {FLOOR_SLOWDOWN:.0%}: {'met' if slowdown <= FLOOR_SLOWDOWN else 'MISSED'}); "
+        f"API CPU per POST on/off per pair: {', '.join(f'{r:.3f}' for r in cpu_ratios)} (median "
+        f"{statistics.median(cpu_ratios) - 1:+.1%}); {len(scrape_s)} scrapes, "
+        f"median {statistics.median(scrape_s) * 1e3:.0f} ms; "
+        f"{observed:.0f} POSTs counted by the on-API's histogram"
+    )
+    added_cpu = (
+        (cost["on_us"] - cost["off_us"]) / 1e3 / statistics.median(r["api_cpu_ms_per_post"] for r in results["off"])
+    )
+    print(
+        f"metrics' own CPU per POST: +{cost['on_us'] - cost['off_us']:.1f} us, {added_cpu:.2%} of the API's CPU "
+        f"per POST here (the throughput cost where the API has the cores to itself)"
+    )
+    write_results(
+        "http_metrics",
+        {
+            "args": vars(args),
+            "pairs": results,
+            "ratios_on_over_off": ratios,
+            "median_slowdown": slowdown,
+            "api_cpu_per_post_ratios_on_over_off": cpu_ratios,
+            "floor_slowdown": FLOOR_SLOWDOWN,
+            "met": slowdown <= FLOOR_SLOWDOWN,
+            "scrape_s": scrape_s,
+            "posts_counted_by_histogram": observed,
+            "summary": rows,
+            "middleware_us": cost,
+            "middleware_share_of_post_cpu": added_cpu,
+        },
+    )
 
 
 if __name__ == "__main__":

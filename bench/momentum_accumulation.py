@@ -7,6 +7,7 @@ accumulation, the gradient buffer that must survive between micro-steps.
 
 Run from the repository root: ``python -m bench.momentum_accumulation [--device cuda] [--reps N]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,6 +60,7 @@ def _time_interleaved(fns: dict, device, reps, warmup=3) -> dict[str, float]:
 
 def _explicit_window(opt, ps, grads, buffers):
     """k micro-steps of explicit accumulation (the first writes the buffer, the rest add) and one torch step."""
+
     def window():
         torch._foreach_copy_(buffers, grads)
         for _ in range(K - 1):
@@ -67,6 +69,7 @@ def _explicit_window(opt, ps, grads, buffers):
             p.grad = b
         torch._foreach_div_(buffers, K)
         opt.step()
+
     return window
 
 
@@ -74,6 +77,7 @@ def _accum_window(opt):
     def window():
         for _ in range(K):
             opt.step()
+
     return window
 
 
@@ -86,24 +90,36 @@ def bench_step_time(device, reps) -> list[dict]:
             else:
                 torch_cls, accum_cls, extra = torch.optim.SGD, AccumSGDM, {"momentum": 0.9}
             calls = {}  # name -> (function, micro-steps per call)
-            for name, make in ((f"torch {torch_cls.__name__} (default)", lambda ps: torch_cls(ps, lr=1e-3, **extra)),
-                               (f"torch {torch_cls.__name__} (foreach)",
-                                lambda ps: torch_cls(ps, lr=1e-3, foreach=True, **extra)),
-                               (f"{accum_cls.__name__} k=1", lambda ps: accum_cls(ps, lr=1e-3))):
+            for name, make in (
+                (f"torch {torch_cls.__name__} (default)", lambda ps: torch_cls(ps, lr=1e-3, **extra)),
+                (f"torch {torch_cls.__name__} (foreach)", lambda ps: torch_cls(ps, lr=1e-3, foreach=True, **extra)),
+                (f"{accum_cls.__name__} k=1", lambda ps: accum_cls(ps, lr=1e-3)),
+            ):
                 ps, _ = _params(shapes, device)
                 calls[name] = (make(ps).step, 1)
             ps, grads = _params(shapes, device)
             buffers = [torch.zeros_like(p) for p in ps]
             calls[f"explicit buffer + torch (k={K}), per micro-step"] = (
-                _explicit_window(torch_cls(ps, lr=1e-3, **extra), ps, grads, buffers), K)
+                _explicit_window(torch_cls(ps, lr=1e-3, **extra), ps, grads, buffers),
+                K,
+            )
             ps, _ = _params(shapes, device)
             calls[f"{accum_cls.__name__} k={K}, per micro-step"] = (
-                _accum_window(accum_cls(ps, lr=1e-3, accum_steps=K)), K)
+                _accum_window(accum_cls(ps, lr=1e-3, accum_steps=K)),
+                K,
+            )
             secs = _time_interleaved({name: fn for name, (fn, _) in calls.items()}, device, reps)
             base = secs[f"torch {torch_cls.__name__} (default)"]
             for name, (_, per) in calls.items():
-                rows.append({"shapes": label, "family": family, "case": name,
-                             "ms_per_micro_step": 1e3 * secs[name] / per, "vs_torch_default": secs[name] / per / base})
+                rows.append(
+                    {
+                        "shapes": label,
+                        "family": family,
+                        "case": name,
+                        "ms_per_micro_step": 1e3 * secs[name] / per,
+                        "vs_torch_default": secs[name] / per / base,
+                    }
+                )
     return rows
 
 
@@ -122,9 +138,16 @@ def bench_memory(device) -> list[dict]:
         ours.step()
         explicit = state_bytes(torch_opt) + param_bytes
         inside = state_bytes(ours)
-        rows.append({"family": family, "param_bytes": param_bytes, "torch_state_plus_buffer_bytes": explicit,
-                     "accum_state_bytes": inside, "saved_bytes": explicit - inside,
-                     "saved_in_param_tensors": (explicit - inside) / param_bytes})
+        rows.append(
+            {
+                "family": family,
+                "param_bytes": param_bytes,
+                "torch_state_plus_buffer_bytes": explicit,
+                "accum_state_bytes": inside,
+                "saved_bytes": explicit - inside,
+                "saved_in_param_tensors": (explicit - inside) / param_bytes,
+            }
+        )
     return rows
 
 
@@ -142,17 +165,31 @@ def main() -> None:
     print(f"{'parameters':30s} {'case':52s} {'ms/step':>9s} {'vs torch':>9s}")
     for r in times:
         print(f"{r['shapes']:30s} {r['case']:52s} {r['ms_per_micro_step']:9.3f} {r['vs_torch_default']:8.2f}x")
-    print(f"\n{'family':6s} {'param MiB':>10s} {'torch state + buffer MiB':>25s} {'accum state MiB':>16s} "
-          f"{'saved (param tensors)':>22s}")
+    print(
+        f"\n{'family':6s} {'param MiB':>10s} {'torch state + buffer MiB':>25s} {'accum state MiB':>16s} "
+        f"{'saved (param tensors)':>22s}"
+    )
     for r in memory:
         mib = 2**20
-        print(f"{r['family']:6s} {r['param_bytes'] / mib:10.2f} {r['torch_state_plus_buffer_bytes'] / mib:25.2f} "
-              f"{r['accum_state_bytes'] / mib:16.2f} {r['saved_in_param_tensors']:22.4f}")
+        print(
+            f"{r['family']:6s} {r['param_bytes'] / mib:10.2f} {r['torch_state_plus_buffer_bytes'] / mib:25.2f} "
+            f"{r['accum_state_bytes'] / mib:16.2f} {r['saved_in_param_tensors']:22.4f}"
+        )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "momentum_accumulation.json").write_text(json.dumps(
-        {"device": str(device), "threads": args.threads, "torch": torch.__version__, "reps": args.reps,
-         "step_time": times, "memory": memory}, indent=2))
+    (out / "momentum_accumulation.json").write_text(
+        json.dumps(
+            {
+                "device": str(device),
+                "threads": args.threads,
+                "torch": torch.__version__,
+                "reps": args.reps,
+                "step_time": times,
+                "memory": memory,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

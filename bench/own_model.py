@@ -10,6 +10,7 @@
 
 Run from the repository root: ``python -m bench.own_model [--seq 32] [--k 4] [--device cpu]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,23 @@ from core.models.build import build
 from core.models.inspect import summarize
 from core.models.spec import HFConfigModel
 
-GPT2_SMALL = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257,
-              "n_positions": 1024}
-BERT_BASE = {"model_type": "bert", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-             "intermediate_size": 3072, "vocab_size": 30522, "max_position_embeddings": 512}
+GPT2_SMALL = {
+    "model_type": "gpt2",
+    "n_embd": 768,
+    "n_layer": 12,
+    "n_head": 12,
+    "vocab_size": 50257,
+    "n_positions": 1024,
+}
+BERT_BASE = {
+    "model_type": "bert",
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "vocab_size": 30522,
+    "max_position_embeddings": 512,
+}
 
 
 def accumulation(args) -> dict:
@@ -51,8 +65,15 @@ def accumulation(args) -> dict:
     for key in ("explicit_seconds_per_micro_step", "chi_exact_seconds_per_micro_step"):
         out[key] = statistics.median(getattr(w, key) for w in windows)
     n_params = sum(p.numel() for p in built.module.parameters())
-    return {"config": "gpt2-small (124M)", "n_params": n_params, "k": args.k, "batch": args.batch,
-            "seq_len": args.seq, "windows": args.repeats, **out}
+    return {
+        "config": "gpt2-small (124M)",
+        "n_params": n_params,
+        "k": args.k,
+        "batch": args.batch,
+        "seq_len": args.seq,
+        "windows": args.repeats,
+        **out,
+    }
 
 
 def budget_vs_peak(args) -> dict:
@@ -91,9 +112,17 @@ def init_analysis(args) -> dict:
         reinit_nonsquare_(built.module, mean, "normal", gen)
         ratios[mean] = variance_ratios(built, ids, gen)
     t_analyse = time.perf_counter() - t1
-    return {"config": "bert-base (110M)", "n_params": sum(p.numel() for p in built.module.parameters()),
-            "nonsquare_weights": len(rows), "batch": args.batch, "seq_len": 128, "build_seconds": t_build,
-            "analyse_seconds": t_analyse, "own_init": own, "means": ratios}
+    return {
+        "config": "bert-base (110M)",
+        "n_params": sum(p.numel() for p in built.module.parameters()),
+        "nonsquare_weights": len(rows),
+        "batch": args.batch,
+        "seq_len": 128,
+        "build_seconds": t_build,
+        "analyse_seconds": t_analyse,
+        "own_init": own,
+        "means": ratios,
+    }
 
 
 def main() -> None:
@@ -107,16 +136,26 @@ def main() -> None:
     out = {"accumulation": accumulation(args), "budget": budget_vs_peak(args), "init_averaging": init_analysis(args)}
     a, b, i = out["accumulation"], out["budget"], out["init_averaging"]
     mib = 2**20
-    print(f"| {a['config']} | explicit-buffer Adam | {a['explicit_buffer_bytes'] / mib:.1f} MiB kept | "
-          f"{a['explicit_seconds_per_micro_step']:.2f} s/micro-step |")
-    print(f"| {a['config']} | AccumAdam (chi exact) | {a['chi_exact_bytes'] / mib:.1f} MiB kept | "
-          f"{a['chi_exact_seconds_per_micro_step']:.2f} s/micro-step |")
-    print(f"saving {a['saving_bytes'] / mib:.1f} MiB = one parameter-sized tensor: "
-          f"{a['saving_is_one_parameter_sized_tensor']}")
-    print(f"budget estimate {b['estimate_bytes'] / mib:.0f} MiB vs measured peak {b['measured_peak_bytes'] / mib:.0f}"
-          f" MiB (x{b['ratio']:.2f})")
-    print(f"init_averaging on {i['config']}: build {i['build_seconds']:.1f} s, analyse {i['analyse_seconds']:.1f} s "
-          f"({i['nonsquare_weights']} non-square weights, own + {len(MEANS)} means)")
+    print(
+        f"| {a['config']} | explicit-buffer Adam | {a['explicit_buffer_bytes'] / mib:.1f} MiB kept | "
+        f"{a['explicit_seconds_per_micro_step']:.2f} s/micro-step |"
+    )
+    print(
+        f"| {a['config']} | AccumAdam (chi exact) | {a['chi_exact_bytes'] / mib:.1f} MiB kept | "
+        f"{a['chi_exact_seconds_per_micro_step']:.2f} s/micro-step |"
+    )
+    print(
+        f"saving {a['saving_bytes'] / mib:.1f} MiB = one parameter-sized tensor: "
+        f"{a['saving_is_one_parameter_sized_tensor']}"
+    )
+    print(
+        f"budget estimate {b['estimate_bytes'] / mib:.0f} MiB vs measured peak {b['measured_peak_bytes'] / mib:.0f}"
+        f" MiB (x{b['ratio']:.2f})"
+    )
+    print(
+        f"init_averaging on {i['config']}: build {i['build_seconds']:.1f} s, analyse {i['analyse_seconds']:.1f} s "
+        f"({i['nonsquare_weights']} non-square weights, own + {len(MEANS)} means)"
+    )
     print(json.dumps(out))
 
 

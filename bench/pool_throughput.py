@@ -8,6 +8,7 @@ solo pool (one job at a time), as ``gradlab worker`` runs it.
 
 Run from the repository root: ``python -m bench.pool_throughput [--jobs 60] [--workers 1,2] [--rounds 2]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,17 @@ import time
 
 import httpx
 
-from bench.common import (BenchStack, CpuMeter, job_times, light_job, percentiles, print_table, run_async,
-                          stop_group, write_results)
+from bench.common import (
+    BenchStack,
+    CpuMeter,
+    job_times,
+    light_job,
+    percentiles,
+    print_table,
+    run_async,
+    stop_group,
+    write_results,
+)
 
 
 async def submit_all(url: str, headers: dict, first_seed: int, n: int, concurrency: int) -> list[str]:
@@ -26,6 +36,7 @@ async def submit_all(url: str, headers: dict, first_seed: int, n: int, concurren
     ids: list[str] = []
     seeds = iter(range(first_seed, first_seed + n))
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+
         async def submitter():
             for seed in seeds:
                 resp = await client.post("/v1/jobs", json=light_job(seed))
@@ -52,8 +63,9 @@ def wait_all(sessions, ids: list[str], timeout_s: float) -> dict:
         time.sleep(0.05)
 
 
-def run_batch(bs: BenchStack, api_url: str, api_pid: int, sessions, workers: list, size: int, n: int,
-              concurrency: int, seed: int) -> dict:
+def run_batch(
+    bs: BenchStack, api_url: str, api_pid: int, sessions, workers: list, size: int, n: int, concurrency: int, seed: int
+) -> dict:
     """Bring the pool to ``size`` workers (start or stop some), then time ``n`` jobs submitted at once."""
     started_new = False
     while len(workers) < size:
@@ -73,18 +85,29 @@ def run_batch(bs: BenchStack, api_url: str, api_pid: int, sessions, workers: lis
     started = [r.started_at.timestamp() for r in done.values() if r.started_at]
     ok = sum(r.status == "succeeded" for r in done.values())
     runs = [(r.finished_at - r.started_at).total_seconds() for r in done.values() if r.started_at]
-    return {"workers": size, "jobs": n, "succeeded": ok, "seconds": max(finished) - t0,
-            "jobs_per_s": ok / (max(finished) - t0), "submit_seconds": t_submitted - t0,
-            "first_start_to_last_finish_s": max(finished) - min(started), "job_run": percentiles(runs),
-            **meter.result}
+    return {
+        "workers": size,
+        "jobs": n,
+        "succeeded": ok,
+        "seconds": max(finished) - t0,
+        "jobs_per_s": ok / (max(finished) - t0),
+        "submit_seconds": t_submitted - t0,
+        "first_start_to_last_finish_s": max(finished) - min(started),
+        "job_run": percentiles(runs),
+        **meter.result,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=60, help="jobs per batch")
     ap.add_argument("--workers", default="1,2", help="pool sizes")
-    ap.add_argument("--rounds", type=int, default=2,
-                    help="the sizes are run in turn this many times (1,2,1,2,...) so load drift hits all alike")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="the sizes are run in turn this many times (1,2,1,2,...) so load drift hits all alike",
+    )
     ap.add_argument("--concurrency", type=int, default=8, help="POSTs in flight while submitting")
     ap.add_argument("--auth", choices=["key", "disabled"], default="key")
     args = ap.parse_args()
@@ -98,8 +121,19 @@ def main() -> None:
         for rnd in range(args.rounds):
             for size in sizes:
                 print(f"round {rnd + 1}/{args.rounds}: {size} worker(s), {args.jobs} jobs ...", flush=True)
-                batches.append(run_batch(bs, api_url, api_proc.pid, sessions, workers, size, args.jobs,
-                                         args.concurrency, 10**7 * (len(batches) + 1)))
+                batches.append(
+                    run_batch(
+                        bs,
+                        api_url,
+                        api_proc.pid,
+                        sessions,
+                        workers,
+                        size,
+                        args.jobs,
+                        args.concurrency,
+                        10**7 * (len(batches) + 1),
+                    )
+                )
     rows = []
     for size in sizes:
         mine = [b for b in batches if b["workers"] == size]
@@ -109,23 +143,46 @@ def main() -> None:
                 cores[k] = cores.get(k, 0.0) + v / len(mine)
         seconds = sum(b["seconds"] for b in mine)
         ok = sum(b["succeeded"] for b in mine)
-        rows.append({"workers": size, "jobs": sum(b["jobs"] for b in mine), "succeeded": ok, "seconds": seconds,
-                     "jobs_per_s": ok / seconds, "run_p50_ms": statistics.median(b["job_run"]["p50_ms"] for b in mine),
-                     "machine_busy": statistics.mean(b["machine_busy"] for b in mine),
-                     "worker_cores": sum(v for k, v in cores.items() if k.startswith("worker")),
-                     "api_cores": cores.get("gradlab api", 0.0), "pg_cores": cores.get("postgres", 0.0),
-                     "other_cores": cores.get("other processes", 0.0)})
+        rows.append(
+            {
+                "workers": size,
+                "jobs": sum(b["jobs"] for b in mine),
+                "succeeded": ok,
+                "seconds": seconds,
+                "jobs_per_s": ok / seconds,
+                "run_p50_ms": statistics.median(b["job_run"]["p50_ms"] for b in mine),
+                "machine_busy": statistics.mean(b["machine_busy"] for b in mine),
+                "worker_cores": sum(v for k, v in cores.items() if k.startswith("worker")),
+                "api_cores": cores.get("gradlab api", 0.0),
+                "pg_cores": cores.get("postgres", 0.0),
+                "other_cores": cores.get("other processes", 0.0),
+            }
+        )
     for r in rows:
         r["speedup"] = r["jobs_per_s"] / rows[0]["jobs_per_s"]
-    print(f"\n{args.jobs} jobs ({light_job(0)['kind']} {light_job(0)['params']}) submitted at once per batch, "
-          f"{args.rounds} batch(es) per pool size")
-    print_table(rows, [("workers", "workers", "d"), ("succeeded", "ok", "d"), ("seconds", "seconds", ".2f"),
-                       ("jobs_per_s", "jobs/s", ".2f"), ("speedup", "speedup", ".2f"),
-                       ("run_p50_ms", "run p50 ms", ".1f"), ("worker_cores", "worker cores", ".2f"),
-                       ("api_cores", "api cores", ".2f"), ("pg_cores", "pg cores", ".2f"),
-                       ("other_cores", "other cores", ".2f"), ("machine_busy", "box busy", ".0%")])
-    path = write_results("pool_throughput", {"config": vars(args), "job": light_job(0), "rows": rows,
-                                             "batches": batches})
+    print(
+        f"\n{args.jobs} jobs ({light_job(0)['kind']} {light_job(0)['params']}) submitted at once per batch, "
+        f"{args.rounds} batch(es) per pool size"
+    )
+    print_table(
+        rows,
+        [
+            ("workers", "workers", "d"),
+            ("succeeded", "ok", "d"),
+            ("seconds", "seconds", ".2f"),
+            ("jobs_per_s", "jobs/s", ".2f"),
+            ("speedup", "speedup", ".2f"),
+            ("run_p50_ms", "run p50 ms", ".1f"),
+            ("worker_cores", "worker cores", ".2f"),
+            ("api_cores", "api cores", ".2f"),
+            ("pg_cores", "pg cores", ".2f"),
+            ("other_cores", "other cores", ".2f"),
+            ("machine_busy", "box busy", ".0%"),
+        ],
+    )
+    path = write_results(
+        "pool_throughput", {"config": vars(args), "job": light_job(0), "rows": rows, "batches": batches}
+    )
     print(f"wrote {path}")
 
 

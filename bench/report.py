@@ -7,6 +7,7 @@ reported as failed, with its last output lines, and its older JSON (if any) is s
 
 Run from the repository root: ``python -m bench.report [--from-results] [--only api_load,dispatch]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,14 @@ from datetime import UTC, datetime
 
 from bench.common import RESULTS, ROOT, machine
 
-TECHNIQUES = ["contrastive_accumulation", "momentum_accumulation", "gradnorm_gan", "vae_density",
-              "gradient_penalty_bound", "eg_stepsize"]
+TECHNIQUES = [
+    "contrastive_accumulation",
+    "momentum_accumulation",
+    "gradnorm_gan",
+    "vae_density",
+    "gradient_penalty_bound",
+    "eg_stepsize",
+]
 SERVICE = ["api_load", "dispatch", "metrics_ingest", "pool_throughput", "events_fanout"]
 REPORT = ROOT / "bench" / "report.md"
 
@@ -84,8 +91,12 @@ def flatten(row: dict, prefix: str = "") -> list[dict]:
             base[key] = v
     rows = [base]
     for key, entries in explode:
-        rows = [{**r, key: name, **sub} for r in rows for name, inner in entries.items()
-                for sub in flatten(inner, key + ".")]
+        rows = [
+            {**r, key: name, **sub}
+            for r in rows
+            for name, inner in entries.items()
+            for sub in flatten(inner, key + ".")
+        ]
     return rows
 
 
@@ -104,9 +115,15 @@ def render(data, depth: int = 3) -> list[str]:
         if k in scalars:
             continue
         heading = "#" * min(depth, 6) + f" {k}"
-        if isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values()) and \
-                all(all(_scalar(y) or isinstance(y, dict) and all(_scalar(z) for z in y.values())
-                        for y in x.values()) for x in v.values()):
+        if (
+            isinstance(v, dict)
+            and v
+            and all(isinstance(x, dict) for x in v.values())
+            and all(
+                all(_scalar(y) or isinstance(y, dict) and all(_scalar(z) for z in y.values()) for y in x.values())
+                for x in v.values()
+            )
+        ):
             out += [heading, ""] + table([{"name": name, **r} for name, x in v.items() for r in flatten(x)]) + [""]
         else:
             out += [heading, ""] + render(v, depth + 1) + [""]
@@ -116,96 +133,201 @@ def render(data, depth: int = 3) -> list[str]:
 # --- service sections ------------------------------------------------------------------------------------------------
 def api_load_section(d: dict) -> list[str]:
     cfg = d["config"]
-    out = [f"{cfg['clients']} closed-loop clients, {cfg['duration']:g} s x {cfg['rounds']} round(s) per case after "
-           f"{cfg['warmup']:g} s warm-up; `{cfg['gradlab_server']}` (auth={cfg['auth']}) vs "
-           f"`{cfg['mlflow_server']}`; MLflow: "
-           + (f"version {d['mlflow'].get('version')}" if d["mlflow"]["compared"]
-              else f"NOT compared ({d['mlflow'].get('why_not')})"), ""]
-    rows = [{**r, "server_cores": r["cpu_cores"].get("gradlab api" if r["case"].startswith("gradlab") else "mlflow"),
-             "pg_cores": r["cpu_cores"].get("postgres"), "other_cores": r["cpu_cores"].get("other processes"),
-             "loadgen_cores": r["cpu_cores"].get("this script (load generator)")} for r in d["rows"]]
-    out += table(rows, [("case", "case"), ("throughput_rps", "req/s"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"),
-                        ("p99_ms", "p99 ms"), ("max_ms", "max ms"), ("ok", "ok"), ("server_cores", "server cores"),
-                        ("pg_cores", "postgres cores"), ("loadgen_cores", "load generator cores"),
-                        ("other_cores", "other processes' cores"), ("machine_busy", "machine busy")]) + [""]
+    out = [
+        f"{cfg['clients']} closed-loop clients, {cfg['duration']:g} s x {cfg['rounds']} round(s) per case after "
+        f"{cfg['warmup']:g} s warm-up; `{cfg['gradlab_server']}` (auth={cfg['auth']}) vs "
+        f"`{cfg['mlflow_server']}`; MLflow: "
+        + (
+            f"version {d['mlflow'].get('version')}"
+            if d["mlflow"]["compared"]
+            else f"NOT compared ({d['mlflow'].get('why_not')})"
+        ),
+        "",
+    ]
+    rows = [
+        {
+            **r,
+            "server_cores": r["cpu_cores"].get("gradlab api" if r["case"].startswith("gradlab") else "mlflow"),
+            "pg_cores": r["cpu_cores"].get("postgres"),
+            "other_cores": r["cpu_cores"].get("other processes"),
+            "loadgen_cores": r["cpu_cores"].get("this script (load generator)"),
+        }
+        for r in d["rows"]
+    ]
+    out += table(
+        rows,
+        [
+            ("case", "case"),
+            ("throughput_rps", "req/s"),
+            ("p50_ms", "p50 ms"),
+            ("p90_ms", "p90 ms"),
+            ("p99_ms", "p99 ms"),
+            ("max_ms", "max ms"),
+            ("ok", "ok"),
+            ("server_cores", "server cores"),
+            ("pg_cores", "postgres cores"),
+            ("loadgen_cores", "load generator cores"),
+            ("other_cores", "other processes' cores"),
+            ("machine_busy", "machine busy"),
+        ],
+    ) + [""]
     if d["ratios"]:
         out += ["Ratios gradlab / MLflow (floor: throughput >= 3x, p99 <= 1x):", ""]
-        out += table([{"operation": k, **v} for k, v in d["ratios"].items()],
-                     [("operation", "operation"), ("throughput_gradlab_over_mlflow", "throughput ratio"),
-                      ("p50_gradlab_over_mlflow", "p50 ratio"), ("p99_gradlab_over_mlflow", "p99 ratio"),
-                      ("meets_floor", "floor met")]) + [""]
+        out += table(
+            [{"operation": k, **v} for k, v in d["ratios"].items()],
+            [
+                ("operation", "operation"),
+                ("throughput_gradlab_over_mlflow", "throughput ratio"),
+                ("p50_gradlab_over_mlflow", "p50 ratio"),
+                ("p99_gradlab_over_mlflow", "p99 ratio"),
+                ("meets_floor", "floor met"),
+            ],
+        ) + [""]
     for a in d.get("request_anatomy", []):
-        out += [f"Anatomy of one `{a['case']}` in-process (no load): {a['ms_per_request']:.2f} ms, of which "
-                f"{a['sql_and_broker_ms_per_request']:.2f} ms waiting on SQL and the broker.", ""]
-        out += table(a["parts"], [("what", "what"), ("per_request", "per request"),
-                                  ("ms_per_request", "ms per request")]) + [""]
+        out += [
+            f"Anatomy of one `{a['case']}` in-process (no load): {a['ms_per_request']:.2f} ms, of which "
+            f"{a['sql_and_broker_ms_per_request']:.2f} ms waiting on SQL and the broker.",
+            "",
+        ]
+        out += table(
+            a["parts"], [("what", "what"), ("per_request", "per request"), ("ms_per_request", "ms per request")]
+        ) + [""]
     return out
 
 
 def dispatch_section(d: dict) -> list[str]:
     o = d["overhead"]
-    out = [f"{d['config']['jobs']} sequential `{d['job']['kind']}` jobs {d['job']['params']} on one worker, each "
-           f"followed by a bare Celery no-op round trip on the same Redis.", ""]
-    out += table(d["rows"], [("what", "interval"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"),
-                             ("max_ms", "max ms")]) + [""]
-    out += [f"Overhead over bare Celery (p50, POST -> started_at vs send -> task started): "
-            f"**{o['start_p50_ms']:.2f} ms** (floor {d['floor_ms']:g} ms: {'met' if o['meets_floor'] else 'NOT met'})"
-            f"; p99 {o['start_p99_ms']:.2f} ms. POST -> succeeded vs the bare round trip: "
-            f"{o['succeeded_vs_round_trip_p50_ms']:.2f} ms, of which running the job {o['job_run_p50_ms']:.2f} ms.", ""]
+    out = [
+        f"{d['config']['jobs']} sequential `{d['job']['kind']}` jobs {d['job']['params']} on one worker, each "
+        f"followed by a bare Celery no-op round trip on the same Redis.",
+        "",
+    ]
+    out += table(
+        d["rows"],
+        [("what", "interval"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("max_ms", "max ms")],
+    ) + [""]
+    out += [
+        f"Overhead over bare Celery (p50, POST -> started_at vs send -> task started): "
+        f"**{o['start_p50_ms']:.2f} ms** (floor {d['floor_ms']:g} ms: {'met' if o['meets_floor'] else 'NOT met'})"
+        f"; p99 {o['start_p99_ms']:.2f} ms. POST -> succeeded vs the bare round trip: "
+        f"{o['succeeded_vs_round_trip_p50_ms']:.2f} ms, of which running the job {o['job_run_p50_ms']:.2f} ms.",
+        "",
+    ]
     return out
 
 
 def metrics_section(d: dict) -> list[str]:
     st = d["settings"]
-    out = [f"Metric rows logged through `DbRunContext` (its heartbeat thread writes a batch as soon as "
-           f"{st['metric_flush_rows']} rows wait, else every "
-           f"{min(st['metric_flush_interval_s'], st['heartbeat_interval_s']):g} s; back-pressure at 20 batches), "
-           f"{d['config']['threads']} torch thread. `training`: an SGD step of a 256-wide MLP logging four metrics; "
-           f"`stress`: a 64x64 matmul logging one (the per-row cost of logging itself).", ""]
-    out += table(d["write"], [("workload", "workload"), ("rows_stored", "rows"), ("metrics_per_step", "rows per step"),
-                              ("step_us_no_logging", "us per step, bare"), ("no_logging_s", "s bare"),
-                              ("logging_s", "s logging"), ("slowdown", "slowdown"),
-                              ("overhead_us_per_row", "us per row"), ("rows_per_s_logged", "rows/s logged"),
-                              ("db_rows_per_s_in_flush", "rows/s while flushing")]) + [""]
+    out = [
+        f"Metric rows logged through `DbRunContext` (its heartbeat thread writes a batch as soon as "
+        f"{st['metric_flush_rows']} rows wait, else every "
+        f"{min(st['metric_flush_interval_s'], st['heartbeat_interval_s']):g} s; back-pressure at 20 batches), "
+        f"{d['config']['threads']} torch thread. `training`: an SGD step of a 256-wide MLP logging four metrics; "
+        f"`stress`: a 64x64 matmul logging one (the per-row cost of logging itself).",
+        "",
+    ]
+    out += table(
+        d["write"],
+        [
+            ("workload", "workload"),
+            ("rows_stored", "rows"),
+            ("metrics_per_step", "rows per step"),
+            ("step_us_no_logging", "us per step, bare"),
+            ("no_logging_s", "s bare"),
+            ("logging_s", "s logging"),
+            ("slowdown", "slowdown"),
+            ("overhead_us_per_row", "us per row"),
+            ("rows_per_s_logged", "rows/s logged"),
+            ("db_rows_per_s_in_flush", "rows/s while flushing"),
+        ],
+    ) + [""]
     training = d["write"][0]
-    out += [f"Slowdown of the training job **{training['slowdown']:.1%}** (floor {d['floor_slowdown']:.0%}: "
-            f"{'met' if training['meets_floor'] else 'NOT met'}).", "", "Reading back, GET /v1/jobs/{id}/metrics:", ""]
-    out += table(d["read"], [("schema", "schema"), ("page_size", "limit"), ("pages", "pages"),
-                             ("seconds", "seconds"), ("rows_per_s", "rows/s"), ("ms_per_page", "ms per page")])
+    out += [
+        f"Slowdown of the training job **{training['slowdown']:.1%}** (floor {d['floor_slowdown']:.0%}: "
+        f"{'met' if training['meets_floor'] else 'NOT met'}).",
+        "",
+        "Reading back, GET /v1/jobs/{id}/metrics:",
+        "",
+    ]
+    out += table(
+        d["read"],
+        [
+            ("schema", "schema"),
+            ("page_size", "limit"),
+            ("pages", "pages"),
+            ("seconds", "seconds"),
+            ("rows_per_s", "rows/s"),
+            ("ms_per_page", "ms per page"),
+        ],
+    )
     return out + [""]
 
 
 def pool_section(d: dict) -> list[str]:
-    out = [f"`{d['job']['kind']}` {d['job']['params']}: {d['config']['jobs']} jobs submitted at once per batch, "
-           f"{d['config']['rounds']} batch(es) per pool size, sizes taking turns.", ""]
-    return out + table(d["rows"], [("workers", "workers"), ("succeeded", "jobs"), ("seconds", "seconds"),
-                                   ("jobs_per_s", "jobs/s"), ("speedup", "speedup"), ("run_p50_ms", "run p50 ms"),
-                                   ("worker_cores", "worker cores"), ("api_cores", "API cores"),
-                                   ("pg_cores", "postgres cores"), ("other_cores", "other processes' cores"),
-                                   ("machine_busy", "machine busy")]) + [""]
+    out = [
+        f"`{d['job']['kind']}` {d['job']['params']}: {d['config']['jobs']} jobs submitted at once per batch, "
+        f"{d['config']['rounds']} batch(es) per pool size, sizes taking turns.",
+        "",
+    ]
+    return (
+        out
+        + table(
+            d["rows"],
+            [
+                ("workers", "workers"),
+                ("succeeded", "jobs"),
+                ("seconds", "seconds"),
+                ("jobs_per_s", "jobs/s"),
+                ("speedup", "speedup"),
+                ("run_p50_ms", "run p50 ms"),
+                ("worker_cores", "worker cores"),
+                ("api_cores", "API cores"),
+                ("pg_cores", "postgres cores"),
+                ("other_cores", "other processes' cores"),
+                ("machine_busy", "machine busy"),
+            ],
+        )
+        + [""]
+    )
 
 
 def fanout_section(d: dict) -> list[str]:
     c, s = d["config"], d["summary"]
-    out = [f"One API process, a running job writing {c['rows']} metric rows a second; {c['streams']} held "
-           f"`/events` streams on it (a separate process reads them) against none. GETs: {c['rounds']} alternating "
-           f"rounds of {c['gets']} sequential `GET /v1/jobs/{{id}}`; database work over {c['window']:g} s windows "
-           f"without GETs, from PostgreSQL's statistics.", ""]
-    out += table(d["rows"], [("phase", "phase"), ("get_p50_ms", "GET p50 ms"), ("get_p99_ms", "GET p99 ms"),
-                             ("xacts_per_s", "DB transactions/s"), ("table_reads_per_s", "DB table reads/s"),
-                             ("api_cores", "API cores")]) + [""]
-    out += [f"GET p50 with {c['streams']} streams / without: **{s['p50_ratio']:.2f}x** (floor 2x: "
-            f"{'met' if s['p50_ratio'] <= 2 else 'NOT met'}); p99 {s['p99_ratio']:.2f}x. Per watcher: "
-            f"{s['xacts_per_s_per_watcher']:.4f} database transactions/s and {s['table_reads_per_s_per_watcher']:.4f} "
-            f"table reads/s; API CPU {s['api_cores_per_1000_watchers']:.3f} cores per 1,000 watchers.", ""]
+    out = [
+        f"One API process, a running job writing {c['rows']} metric rows a second; {c['streams']} held "
+        f"`/events` streams on it (a separate process reads them) against none. GETs: {c['rounds']} alternating "
+        f"rounds of {c['gets']} sequential `GET /v1/jobs/{{id}}`; database work over {c['window']:g} s windows "
+        f"without GETs, from PostgreSQL's statistics.",
+        "",
+    ]
+    out += table(
+        d["rows"],
+        [
+            ("phase", "phase"),
+            ("get_p50_ms", "GET p50 ms"),
+            ("get_p99_ms", "GET p99 ms"),
+            ("xacts_per_s", "DB transactions/s"),
+            ("table_reads_per_s", "DB table reads/s"),
+            ("api_cores", "API cores"),
+        ],
+    ) + [""]
+    out += [
+        f"GET p50 with {c['streams']} streams / without: **{s['p50_ratio']:.2f}x** (floor 2x: "
+        f"{'met' if s['p50_ratio'] <= 2 else 'NOT met'}); p99 {s['p99_ratio']:.2f}x. Per watcher: "
+        f"{s['xacts_per_s_per_watcher']:.4f} database transactions/s and {s['table_reads_per_s_per_watcher']:.4f} "
+        f"table reads/s; API CPU {s['api_cores_per_1000_watchers']:.3f} cores per 1,000 watchers.",
+        "",
+    ]
     return out
 
 
-SECTIONS = {"api_load": ("API load: gradlab vs MLflow", api_load_section),
-            "dispatch": ("Dispatch latency vs bare Celery", dispatch_section),
-            "metrics_ingest": ("Metrics ingestion", metrics_section),
-            "pool_throughput": ("Worker pool throughput", pool_section),
-            "events_fanout": ("Event-stream fan-out", fanout_section)}
+SECTIONS = {
+    "api_load": ("API load: gradlab vs MLflow", api_load_section),
+    "dispatch": ("Dispatch latency vs bare Celery", dispatch_section),
+    "metrics_ingest": ("Metrics ingestion", metrics_section),
+    "pool_throughput": ("Worker pool throughput", pool_section),
+    "events_fanout": ("Event-stream fan-out", fanout_section),
+}
 
 
 # --- running -------------------------------------------------------------------------------------------------------
@@ -214,8 +336,14 @@ def run(name: str, timeout_s: float) -> dict:
     print(f"\n=== bench.{name}", flush=True)
     t0 = time.monotonic()
     lines: list[str] = []
-    proc = subprocess.Popen([sys.executable, "-m", f"bench.{name}"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"bench.{name}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
     def echo() -> None:
         for line in proc.stdout:
@@ -253,12 +381,16 @@ def section(name: str, ran: dict | None, started: float) -> list[str]:
     measured = recorded.get("date") if isinstance(recorded, dict) else None  # service benchmarks record it
     written = datetime.fromisoformat(measured) if measured else datetime.fromtimestamp(path.stat().st_mtime, UTC)
     if ran is None or written.timestamp() < started:
-        out += [f"_Results from {written.isoformat(timespec='seconds')}"
-                f"{' (stale: this run did not replace them)' if ran is not None else ''}._", ""]
+        out += [
+            f"_Results from {written.isoformat(timespec='seconds')}"
+            f"{' (stale: this run did not replace them)' if ran is not None else ''}._",
+            "",
+        ]
     elif ran is not None:
         out += [f"_Ran in {ran['seconds']:.0f} s._", ""]
-    body = {k: v for k, v in data.items() if k not in ("machine", "profiles", "profile", "admission_queries",
-                                                        "page_plan")}
+    body = {
+        k: v for k, v in data.items() if k not in ("machine", "profiles", "profile", "admission_queries", "page_plan")
+    }
     if render_service is not None:
         try:
             return out + render_service(data)
@@ -285,16 +417,22 @@ def main() -> None:
     started = time.time()
     ran = {} if args.from_results else {name: run(name, args.timeout) for name in names}
     m = machine()
-    lines = ["# gradlab benchmark report", "",
-             f"Generated {m['date']} by `python -m bench.report{' --from-results' if args.from_results else ''}`.",
-             "", "## Machine", "",
-             f"- CPU: {m['cpu']}, {m['cores']} cores; RAM {m['ram_gib']} GiB",
-             f"- torch {m['torch']}, Python {m['python']}, {m['platform']}",
-             "- load average (1, 5, 15 min) when the report was written: "
-             + ", ".join(f"{x:.2f}" for x in m["loadavg_1_5_15"]),
-             "- Each results file records the machine and load it was measured under (`machine` in the JSON). The "
-             "machine may be shared with other work: figures from a busy machine are pessimistic, and the service "
-             "tables show how many cores other processes took during each measurement.", ""]
+    lines = [
+        "# gradlab benchmark report",
+        "",
+        f"Generated {m['date']} by `python -m bench.report{' --from-results' if args.from_results else ''}`.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores; RAM {m['ram_gib']} GiB",
+        f"- torch {m['torch']}, Python {m['python']}, {m['platform']}",
+        "- load average (1, 5, 15 min) when the report was written: "
+        + ", ".join(f"{x:.2f}" for x in m["loadavg_1_5_15"]),
+        "- Each results file records the machine and load it was measured under (`machine` in the JSON). The "
+        "machine may be shared with other work: figures from a busy machine are pessimistic, and the service "
+        "tables show how many cores other processes took during each measurement.",
+        "",
+    ]
     for heading, group in (("Service", SERVICE), ("Techniques", TECHNIQUES)):
         chosen = [n for n in group if n in names]
         if chosen:

@@ -5,6 +5,7 @@ longer has, and more of it the faster the server answers, so it flattens exactly
 wrk (C, epoll) sends the same closed loop, ``clients`` connections each sending its next request when the answer
 arrived, for a fraction of that. ``bench/closed_loop.lua`` builds the requests and reports counts and percentiles.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,20 @@ def available() -> bool:
 
 
 def _run(base_url: str, env: dict, clients: int, seconds: float, threads: int) -> dict:
-    cmd = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{max(1, round(seconds))}s", "--timeout", "30s",
-           "-s", str(LUA), base_url]
+    cmd = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(clients),
+        "-d",
+        f"{max(1, round(seconds))}s",
+        "--timeout",
+        "30s",
+        "-s",
+        str(LUA),
+        base_url,
+    ]
     proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=seconds + 60)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
     if proc.returncode != 0 or line is None:
@@ -31,9 +44,21 @@ def _run(base_url: str, env: dict, clients: int, seconds: float, threads: int) -
     return json.loads(line.removeprefix("WRK_JSON "))
 
 
-def wrk_closed_loop(base_url: str, *, name: str, method: str, path: str, clients: int, duration_s: float,
-                    warmup_s: float, body: str | None = None, ids: list[str] | None = None,
-                    auth: list[str] | None = None, meters: tuple = (), threads: int = 2) -> dict:
+def wrk_closed_loop(
+    base_url: str,
+    *,
+    name: str,
+    method: str,
+    path: str,
+    clients: int,
+    duration_s: float,
+    warmup_s: float,
+    body: str | None = None,
+    ids: list[str] | None = None,
+    auth: list[str] | None = None,
+    meters: tuple = (),
+    threads: int = 2,
+) -> dict:
     """One phase: an unmeasured warm-up run, then the measured run with ``meters`` (start/stop) around it.
 
     ``path`` may hold ``{id}`` (a random entry of ``ids`` per request) and ``body`` ``{n}`` / ``{now_ms}``; each
@@ -61,8 +86,21 @@ def wrk_closed_loop(base_url: str, *, name: str, method: str, path: str, clients
     seconds = raw["duration_us"] / 1e6
     failed = raw["connect_errors"] + raw["read_errors"] + raw["write_errors"] + raw["timeouts"]
     ok = raw["requests"] - raw["status_errors"]
-    return {"case": name, "clients": clients, "duration_s": seconds, "requests": raw["requests"], "ok": ok,
-            "throughput_rps": ok / seconds, "n": raw["requests"], "p50_ms": raw["p50_us"] / 1e3,
-            "p90_ms": raw["p90_us"] / 1e3, "p99_ms": raw["p99_us"] / 1e3, "max_ms": raw["max_us"] / 1e3,
-            "mean_ms": raw["mean_us"] / 1e3, "statuses": {"2xx/3xx": ok, "4xx/5xx": raw["status_errors"]},
-            "errors": {"socket": failed} if failed else {}, "load_generator": "wrk", **measured}
+    return {
+        "case": name,
+        "clients": clients,
+        "duration_s": seconds,
+        "requests": raw["requests"],
+        "ok": ok,
+        "throughput_rps": ok / seconds,
+        "n": raw["requests"],
+        "p50_ms": raw["p50_us"] / 1e3,
+        "p90_ms": raw["p90_us"] / 1e3,
+        "p99_ms": raw["p99_us"] / 1e3,
+        "max_ms": raw["max_us"] / 1e3,
+        "mean_ms": raw["mean_us"] / 1e3,
+        "statuses": {"2xx/3xx": ok, "4xx/5xx": raw["status_errors"]},
+        "errors": {"socket": failed} if failed else {},
+        "load_generator": "wrk",
+        **measured,
+    }

@@ -10,6 +10,7 @@ result stays exact; BatchNorm in training mode mixes samples across chunks and i
 The score matrix is never built whole here: the loss and ``G`` are computed in row blocks of at most ``chunk_size``
 rows and ``max_score_elements`` entries, so a batch of B costs O(B·d) plus one block, not O(B²).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -41,8 +42,14 @@ def info_nce_loss(reps: Tensor, positives: Tensor, temperature: float = 0.05, no
     return F.cross_entropy(scores.fill_diagonal_(float("-inf")), positives)
 
 
-def two_tower_info_nce_loss(queries: Tensor, keys: Tensor, positives: Tensor | None = None,
-                            temperature: float = 0.05, normalize: bool = True, symmetric: bool = False) -> Tensor:
+def two_tower_info_nce_loss(
+    queries: Tensor,
+    keys: Tensor,
+    positives: Tensor | None = None,
+    temperature: float = 0.05,
+    normalize: bool = True,
+    symmetric: bool = False,
+) -> Tensor:
     """Two-tower InfoNCE (DPR; CLIP when ``symmetric``): query i must pick key ``positives[i]`` among all keys.
 
     ``positives`` defaults to the diagonal (key i belongs to query i). ``symmetric`` averages the query→key loss with
@@ -60,9 +67,16 @@ def two_tower_info_nce_loss(queries: Tensor, keys: Tensor, positives: Tensor | N
     return 0.5 * (loss + F.cross_entropy(scores.T, back))
 
 
-def accumulated_backward(encoder: nn.Module, inputs: Tensor, positives: Tensor, chunk_size: int,
-                         temperature: float = 0.05, normalize: bool = True, *,
-                         max_score_elements: int = DEFAULT_MAX_SCORE_ELEMENTS) -> float:
+def accumulated_backward(
+    encoder: nn.Module,
+    inputs: Tensor,
+    positives: Tensor,
+    chunk_size: int,
+    temperature: float = 0.05,
+    normalize: bool = True,
+    *,
+    max_score_elements: int = DEFAULT_MAX_SCORE_ELEMENTS,
+) -> float:
     """Add the exact gradient of ``info_nce_loss(encoder(inputs), positives, ...)`` to the encoder's ``.grad``.
 
     Activation memory is that of ``chunk_size`` rows (plus B×d for the cached representations and their gradient).
@@ -74,18 +88,28 @@ def accumulated_backward(encoder: nn.Module, inputs: Tensor, positives: Tensor, 
     after_first_pass = _rng_state(inputs.device)
     h = reps[0].requires_grad_()
     z = F.normalize(h, dim=1) if normalize else h
-    loss, z_grad = _blockwise_loss_grad(z.detach(), positives, temperature, True,
-                                        score_block_rows(z.shape[0], chunk_size, max_score_elements))
+    loss, z_grad = _blockwise_loss_grad(
+        z.detach(), positives, temperature, True, score_block_rows(z.shape[0], chunk_size, max_score_elements)
+    )
     z.backward(z_grad)
     _replay_backward([(encoder, inputs)], [h.grad], states, chunk_size)
     _set_rng_state(inputs.device, after_first_pass)
     return loss
 
 
-def accumulated_backward_two_tower(query_encoder: nn.Module, key_encoder: nn.Module, queries: Tensor, keys: Tensor,
-                                   chunk_size: int, positives: Tensor | None = None, temperature: float = 0.05,
-                                   normalize: bool = True, symmetric: bool = False, *,
-                                   max_score_elements: int = DEFAULT_MAX_SCORE_ELEMENTS) -> float:
+def accumulated_backward_two_tower(
+    query_encoder: nn.Module,
+    key_encoder: nn.Module,
+    queries: Tensor,
+    keys: Tensor,
+    chunk_size: int,
+    positives: Tensor | None = None,
+    temperature: float = 0.05,
+    normalize: bool = True,
+    symmetric: bool = False,
+    *,
+    max_score_elements: int = DEFAULT_MAX_SCORE_ELEMENTS,
+) -> float:
     """Exact gradient of ``two_tower_info_nce_loss(query_encoder(queries), key_encoder(keys), ...)``, chunked.
 
     The two encoders may be the same module (shared weights): both towers' contributions then add up in its
@@ -115,9 +139,16 @@ def accumulated_backward_two_tower(query_encoder: nn.Module, key_encoder: nn.Mod
     return loss
 
 
-def naive_accumulated_backward(encoder: nn.Module, inputs: Tensor, positives: Tensor, chunk_size: int,
-                               temperature: float = 0.05, normalize: bool = True, *,
-                               max_score_elements: int = DEFAULT_MAX_SCORE_ELEMENTS) -> NaiveLosses:
+def naive_accumulated_backward(
+    encoder: nn.Module,
+    inputs: Tensor,
+    positives: Tensor,
+    chunk_size: int,
+    temperature: float = 0.05,
+    normalize: bool = True,
+    *,
+    max_score_elements: int = DEFAULT_MAX_SCORE_ELEMENTS,
+) -> NaiveLosses:
     """The common but inexact way: InfoNCE within each contiguous chunk, weighted by chunk length / B, summed.
 
     Every row's positive must lie in its own chunk (e.g. two views interleaved and an even ``chunk_size``).
@@ -138,15 +169,24 @@ def naive_accumulated_backward(encoder: nn.Module, inputs: Tensor, positives: Te
         outs.append(out.detach())
     z = torch.cat(outs)
     z = F.normalize(z, dim=1) if normalize else z
-    full, _ = _blockwise_loss_grad(z, positives, temperature, False,
-                                   score_block_rows(total, chunk_size, max_score_elements))
+    full, _ = _blockwise_loss_grad(
+        z, positives, temperature, False, score_block_rows(total, chunk_size, max_score_elements)
+    )
     return NaiveLosses(full=full, chunk_mean=chunk_mean)
 
 
-def naive_accumulated_backward_two_tower(query_encoder: nn.Module, key_encoder: nn.Module, queries: Tensor,
-                                         keys: Tensor, chunk_size: int, temperature: float = 0.05,
-                                         normalize: bool = True, symmetric: bool = False, *,
-                                         max_score_elements: int = DEFAULT_MAX_SCORE_ELEMENTS) -> NaiveLosses:
+def naive_accumulated_backward_two_tower(
+    query_encoder: nn.Module,
+    key_encoder: nn.Module,
+    queries: Tensor,
+    keys: Tensor,
+    chunk_size: int,
+    temperature: float = 0.05,
+    normalize: bool = True,
+    symmetric: bool = False,
+    *,
+    max_score_elements: int = DEFAULT_MAX_SCORE_ELEMENTS,
+) -> NaiveLosses:
     """Naive two-tower accumulation with diagonal positives: query/key chunk i only see each other. For comparison."""
     if queries.shape[0] != keys.shape[0]:
         raise ValueError("naive two-tower accumulation needs as many keys as queries")
@@ -180,8 +220,9 @@ def _default_positives(positives: Tensor | None, queries: Tensor) -> Tensor:
 
 def _check_positives(positives: Tensor, rows: int, cols: int, forbid_self: bool) -> None:
     if positives.dtype != torch.long or positives.shape != (rows,):
-        raise ValueError(f"positives must be a long tensor of shape ({rows},), got {positives.dtype} "
-                         f"{tuple(positives.shape)}")
+        raise ValueError(
+            f"positives must be a long tensor of shape ({rows},), got {positives.dtype} {tuple(positives.shape)}"
+        )
     if rows == 0:
         raise ValueError("empty batch")
     if bool(((positives < 0) | (positives >= cols)).any()):
@@ -203,9 +244,11 @@ def _refuse_batch_coupling(encoder: nn.Module) -> None:
     """BatchNorm with batch statistics mixes rows across chunks, so no chunked method can reproduce its gradient."""
     for name, module in encoder.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or not module.track_running_stats):
-            raise ValueError(f"encoder module {name or type(module).__name__!r} is BatchNorm using batch statistics: "
-                             "it couples the samples of a batch, so chunked accumulation cannot be exact "
-                             "(use LayerNorm/GroupNorm, or put it in eval mode with running statistics)")
+            raise ValueError(
+                f"encoder module {name or type(module).__name__!r} is BatchNorm using batch statistics: "
+                "it couples the samples of a batch, so chunked accumulation cannot be exact "
+                "(use LayerNorm/GroupNorm, or put it in eval mode with running statistics)"
+            )
 
 
 def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
@@ -254,8 +297,9 @@ def _replay_backward(towers, grads: list[Tensor], states, chunk_size: int) -> No
         torch.sum(out * grads[t][start:stop]).backward()
 
 
-def _blockwise_loss_grad(z: Tensor, positives: Tensor, temperature: float, need_grad: bool,
-                         block: int) -> tuple[float, Tensor | None]:
+def _blockwise_loss_grad(
+    z: Tensor, positives: Tensor, temperature: float, need_grad: bool, block: int
+) -> tuple[float, Tensor | None]:
     """Single-encoder InfoNCE (mean over rows, diagonal masked) and its gradient w.r.t. z, one row block at a time.
 
     Each sample enters as an anchor (its row block) and as a candidate (a column of every block), so the gradient
@@ -278,8 +322,9 @@ def _blockwise_loss_grad(z: Tensor, positives: Tensor, temperature: float, need_
     return loss, z.grad
 
 
-def _blockwise_two_tower(q: Tensor, k: Tensor, positives: Tensor, temperature: float, block: int,
-                         need_grad: bool = True) -> tuple[float, Tensor | None, Tensor | None]:
+def _blockwise_two_tower(
+    q: Tensor, k: Tensor, positives: Tensor, temperature: float, block: int, need_grad: bool = True
+) -> tuple[float, Tensor | None, Tensor | None]:
     """Query→key InfoNCE (mean over queries) and its gradients w.r.t. q and k, in blocks of queries."""
     q = q.detach().requires_grad_(need_grad)
     k = k.detach().requires_grad_(need_grad)

@@ -1,5 +1,6 @@
 """Cost arithmetic of the techniques that needs no torch: the API's budget checks (spec modules) and the
 techniques themselves share it, so a job is refused before queueing by the same numbers it will run with."""
+
 from __future__ import annotations
 
 import itertools

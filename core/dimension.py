@@ -3,6 +3,7 @@
 Vectors spread uniformly on a sphere of radius √n give pair entropy H ≈ ln N² + h_n with h_n/n → −½·ln φ;
 asking H < 0 gives n > 2·ln N / (½·ln φ). Everything here works in log space: e^(n·cos θ) overflows for large n.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,7 @@ def entropy_per_dim(n: int, grid: int = 400_001) -> float:
     log_density = (n - 2) * np.log(np.sin(theta))
     log_w = log_density + n * cos
     log_norm = np.logaddexp.reduce(log_density)
-    log_mean_exp = np.logaddexp.reduce(log_w) - log_norm           # ln E[e^(n cos θ)]
+    log_mean_exp = np.logaddexp.reduce(log_w) - log_norm  # ln E[e^(n cos θ)]
     weights = np.exp(log_w - log_w.max())
     mean_cos_tilted = float(np.sum(cos * weights) / np.sum(weights))  # E[cos θ e^(n cos θ)] / E[e^(n cos θ)]
     return float((log_mean_exp - n * mean_cos_tilted) / n)

@@ -11,6 +11,7 @@ The bound holds inside regions only: D̂ jumps across region boundaries, which i
 measures finite-difference slopes between sample pairs instead of trusting the gradient alone.
 Nothing here knows about jobs, params or HTTP.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,13 +27,16 @@ Variant = Literal["gn", "gran", "plain"]
 VARIANTS: tuple[str, ...] = ("gn", "gran", "plain")
 
 _BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-BATCHNORM_REASON = ("BatchNorm in train mode mixes the samples of a batch, so the gradient of the summed critic "
-                    "output with respect to one input is no longer that sample's own ∇ₓD and the per-sample norm "
-                    "is wrong")
+BATCHNORM_REASON = (
+    "BatchNorm in train mode mixes the samples of a batch, so the gradient of the summed critic "
+    "output with respect to one input is no longer that sample's own ∇ₓD and the per-sample norm "
+    "is wrong"
+)
 
 
-def normalize_discriminator(D: Callable[[Tensor], Tensor], x: Tensor, variant: Variant = "gn",
-                            eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+def normalize_discriminator(
+    D: Callable[[Tensor], Tensor], x: Tensor, variant: Variant = "gn", eps: float = 1e-8
+) -> tuple[Tensor, Tensor]:
     """Normalized critic scores D̂(x) (shape (B,)) and the per-sample raw gradient norms ‖∇ₓD(x)‖ (shape (B,)).
 
     The input gradient is taken with ``create_graph=True``, so both outputs stay differentiable with respect to D's
@@ -102,8 +106,13 @@ class GradNormalized(nn.Module):
     The raw norms of the last call are kept, detached, in ``self.last_grad_norm`` for logging.
     """
 
-    def __init__(self, D: nn.Module, variant: Variant = "gn", eps: float = 1e-8,
-                 batchnorm: Literal["refuse", "replace"] = "refuse"):
+    def __init__(
+        self,
+        D: nn.Module,
+        variant: Variant = "gn",
+        eps: float = 1e-8,
+        batchnorm: Literal["refuse", "replace"] = "refuse",
+    ):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
@@ -112,8 +121,9 @@ class GradNormalized(nn.Module):
         found = find_batchnorm(D)
         self.replacements: list[str] = []
         if found and batchnorm == "refuse":
-            raise ValueError(f"critic has BatchNorm layers {found}: {BATCHNORM_REASON}; remove them or pass "
-                             "batchnorm='replace'")
+            raise ValueError(
+                f"critic has BatchNorm layers {found}: {BATCHNORM_REASON}; remove them or pass batchnorm='replace'"
+            )
         if found:
             self.replacements = replace_batchnorm(D)
             warnings.warn("; ".join(self.replacements), stacklevel=2)
@@ -130,6 +140,7 @@ class GradNormalized(nn.Module):
 
 # ---------------------------------------------------------------------------------------------------------------
 # 2-D Gaussian mixtures and mode coverage
+
 
 def ring8_centres(radius: float = 2.0) -> Tensor:
     """Eight centres evenly spaced on a circle (the usual ring benchmark of mode-collapse studies)."""
@@ -151,15 +162,18 @@ MIXTURES: dict[str, tuple[Callable[[], Tensor], float]] = {
 """Name → (centres factory, default per-coordinate standard deviation)."""
 
 
-def sample_mixture(centres: Tensor, std: float, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def sample_mixture(
+    centres: Tensor, std: float, n: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """``n`` points of an equal-weight isotropic Gaussian mixture and the index of the mode each came from."""
     labels = torch.randint(len(centres), (n,), generator=generator)
     noise = torch.randn(n, centres.shape[1], generator=generator)
     return centres[labels] + std * noise, labels
 
 
-def mixture(name: str, n: int, generator: torch.Generator | None = None,
-            std: float | None = None) -> tuple[Tensor, Tensor, Tensor, float]:
+def mixture(
+    name: str, n: int, generator: torch.Generator | None = None, std: float | None = None
+) -> tuple[Tensor, Tensor, Tensor, float]:
     """Points, mode labels, centres and standard deviation of the named built-in mixture (``ring8`` or ``grid25``)."""
     if name not in MIXTURES:
         raise KeyError(f"unknown mixture {name!r}; known: {sorted(MIXTURES)}")
@@ -170,8 +184,9 @@ def mixture(name: str, n: int, generator: torch.Generator | None = None,
     return x, y, centres, sigma
 
 
-def mode_coverage(samples: Tensor, centres: Tensor, std: float, n_sigma: float = 3.0,
-                  min_fraction: float = 0.1) -> dict:
+def mode_coverage(
+    samples: Tensor, centres: Tensor, std: float, n_sigma: float = 3.0, min_fraction: float = 0.1
+) -> dict:
     """How many modes a generator covers and how many of its samples are of high quality.
 
     A sample is high quality when it lies within ``n_sigma``·std of its nearest centre. A mode is covered when it
@@ -196,6 +211,7 @@ def mode_coverage(samples: Tensor, centres: Tensor, std: float, n_sigma: float =
 
 # ---------------------------------------------------------------------------------------------------------------
 # Lipschitz statistics of a trained critic
+
 
 def input_grad_norms(score_fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
     """Scores and per-sample ‖∇ₓ score‖ of any critic (plain, normalized or constrained), both detached."""
@@ -223,8 +239,9 @@ def max_pair_slope(x: Tensor, scores: Tensor, min_distance: float = 1e-6) -> tup
     return float(slopes.max()), float((slopes > 1.0).double().mean())
 
 
-def probe_critic(score_fn: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor,
-                 generator: torch.Generator | None = None) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+def probe_critic(
+    score_fn: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, generator: torch.Generator | None = None
+) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
     """Points, scores and ‖∇ₓ score‖ on real, fake and interpolated points (keys ``real``, ``fake``, ``interp``).
 
     Interpolates are x̂ = α·real + (1 − α)·fake with α ~ U(0, 1) per pair, where WGAN-GP applies its penalty.
@@ -239,8 +256,9 @@ def probe_critic(score_fn: Callable[[Tensor], Tensor], real: Tensor, fake: Tenso
     return probes
 
 
-def summarize_probes(probes: dict[str, tuple[Tensor, Tensor, Tensor]], generator: torch.Generator | None = None,
-                     pair_points: int = 512) -> dict[str, float]:
+def summarize_probes(
+    probes: dict[str, tuple[Tensor, Tensor, Tensor]], generator: torch.Generator | None = None, pair_points: int = 512
+) -> dict[str, float]:
     """``grad_max_<set>``, ``grad_mean_<set>`` per probe set, and ``max_pair_slope``, ``share_pairs_over_1`` over all
     pairs of up to ``pair_points`` points drawn from the union of the sets."""
     out: dict[str, float] = {}
@@ -254,8 +272,13 @@ def summarize_probes(probes: dict[str, tuple[Tensor, Tensor, Tensor]], generator
     return out
 
 
-def lipschitz_stats(score_fn: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor,
-                    generator: torch.Generator | None = None, pair_points: int = 512) -> dict[str, float]:
+def lipschitz_stats(
+    score_fn: Callable[[Tensor], Tensor],
+    real: Tensor,
+    fake: Tensor,
+    generator: torch.Generator | None = None,
+    pair_points: int = 512,
+) -> dict[str, float]:
     """Measured Lipschitz behaviour of a critic: max and mean gradient norms on real, fake and interpolated points,
     and the largest finite-difference slope between sample pairs (see :func:`probe_critic`, :func:`max_pair_slope`)."""
     return summarize_probes(probe_critic(score_fn, real, fake, generator), generator, pair_points)
@@ -263,6 +286,7 @@ def lipschitz_stats(score_fn: Callable[[Tensor], Tensor], real: Tensor, fake: Te
 
 # ---------------------------------------------------------------------------------------------------------------
 # Image quality through a fixed feature network
+
 
 def frechet_distance(feat_a: np.ndarray, feat_b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets: ‖μa − μb‖² + tr(Σa + Σb − 2(Σa^½ Σb Σa^½)^½).

@@ -4,6 +4,7 @@ Shaped like ``torch.nn.init``: in-place functions ending in ``_`` that take the 
 way torch does (weight is (out, in, *kernel); the receptive field multiplies both fans) and accept ``generator``.
 σ² = 1 / mean(fan_in, fan_out) with the mean chosen by name.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,16 +41,18 @@ def fans(tensor: torch.Tensor) -> tuple[int, int]:
     return tensor.shape[1] * receptive, tensor.shape[0] * receptive
 
 
-def averaged_normal_(tensor: torch.Tensor, mean: Mean = "geometric", gain: float = 1.0,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def averaged_normal_(
+    tensor: torch.Tensor, mean: Mean = "geometric", gain: float = 1.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Fill ``tensor`` from N(0, gain²·σ²) with σ² = averaged_variance(fan_in, fan_out, mean)."""
     std = gain * math.sqrt(averaged_variance(*fans(tensor), mean))
     with torch.no_grad():
         return tensor.normal_(0.0, std, generator=generator)
 
 
-def averaged_uniform_(tensor: torch.Tensor, mean: Mean = "geometric", gain: float = 1.0,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+def averaged_uniform_(
+    tensor: torch.Tensor, mean: Mean = "geometric", gain: float = 1.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Fill ``tensor`` from U(−a, a) with a = √3·gain·σ, the same variance as ``averaged_normal_``."""
     bound = math.sqrt(3.0) * gain * math.sqrt(averaged_variance(*fans(tensor), mean))
     with torch.no_grad():

@@ -4,13 +4,14 @@ Every line carries the context it was written in: the request id in the API, the
 worker in a worker. The context lives in context variables, so it follows a request or a task without being passed
 around; a thread that works for a job is started in a copy of its context.
 """
+
 from __future__ import annotations
 
 import contextvars
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 CONTEXT_FIELDS = ("request_id", "job_id", "attempt", "kind", "tenant", "worker")
 _context: contextvars.ContextVar[dict | None] = contextvars.ContextVar("gradlab_log_context", default=None)
@@ -44,8 +45,12 @@ class JsonFormatter(logging.Formatter):
     exception's traceback as one string when there is one."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-                "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         for key in CONTEXT_FIELDS:
             value = getattr(record, key, None)
             if value is not None:

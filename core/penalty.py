@@ -11,10 +11,11 @@ The functions here take a plain ``nn.Sequential`` of ``nn.Linear`` layers and pa
 activations; they never touch ``.grad`` of the model (everything runs on detached weights), so they can be
 called in the middle of training.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -111,8 +112,14 @@ def _unit_rows(v: Tensor, fallback: Tensor) -> Tensor:
     return torch.where(n > 0, v / torch.where(n > 0, n, torch.ones_like(n)), fb)
 
 
-def spectral_norm_power(fn: Callable[[Tensor], Tensor], x: Tensor, v0: Tensor | None = None,
-                        tol: float = 1e-6, max_iter: int = 100, seed: int = 0) -> tuple[Tensor, int]:
+def spectral_norm_power(
+    fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    v0: Tensor | None = None,
+    tol: float = 1e-6,
+    max_iter: int = 100,
+    seed: int = 0,
+) -> tuple[Tensor, int]:
     """Per-sample ‖∂fn/∂x‖₂ by power iteration on JᵀJ, with J v by jvp and Jᵀ u by vjp (no Jacobian is formed).
 
     fn maps a batch (B, d) to (B, m) row by row (no mixing across samples). Each estimate sqrt(‖JᵀJ v‖) is a
@@ -162,14 +169,20 @@ def jacobian_fro_forward(model: nn.Sequential, x: Tensor) -> list[Tensor]:
     sq = [torch.zeros(b, dtype=x.dtype, device=x.device) for _ in layers[1:]]
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     for start in range(0, d, chunk):
-        basis = eye[start:start + chunk, None, :].expand(-1, b, d)
+        basis = eye[start : start + chunk, None, :].expand(-1, b, d)
         for acc, col in zip(sq, torch.func.vmap(push)(basis)):
             acc += col.square().sum(dim=(0, 2))
     return [s.sqrt() for s in sq]
 
 
-def jacobian_spectral_norms(model: nn.Sequential, x: Tensor, method: str = "jacrev", v0: Tensor | None = None,
-                            tol: float = 1e-6, max_iter: int = 100) -> list[Tensor]:
+def jacobian_spectral_norms(
+    model: nn.Sequential,
+    x: Tensor,
+    method: str = "jacrev",
+    v0: Tensor | None = None,
+    tol: float = 1e-6,
+    max_iter: int = 100,
+) -> list[Tensor]:
     """Per-sample ‖∂h^(t)/∂x‖₂ for every layer t = 1..l of the MLP (t = 1 is the identity, norm 1).
 
     ``method="jacrev"`` takes the largest singular value of the materialized Jacobian (exact);
@@ -184,8 +197,11 @@ def jacobian_spectral_norms(model: nn.Sequential, x: Tensor, method: str = "jacr
     if method != "power":
         raise ValueError(f"method must be 'jacrev' or 'power', not {method!r}")
     for t in range(1, len(layers)):
-        norms.append(spectral_norm_power(lambda xx, t=t: _apply(layers, xx, t)[-1], x, v0=v0, tol=tol,
-                                         max_iter=max_iter, seed=t)[0])
+        norms.append(
+            spectral_norm_power(
+                lambda xx, t=t: _apply(layers, xx, t)[-1], x, v0=v0, tol=tol, max_iter=max_iter, seed=t
+            )[0]
+        )
     return norms
 
 
@@ -194,8 +210,16 @@ def _zero_safe_div(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(num == 0, torch.zeros_like(num), num / den)
 
 
-def gradient_bound_terms(model: nn.Sequential, x: Tensor, reduce="sum", target=None, method: str = "auto",
-                         frobenius: bool = True, tol: float = 1e-6, max_iter: int = 100) -> dict:
+def gradient_bound_terms(
+    model: nn.Sequential,
+    x: Tensor,
+    reduce="sum",
+    target=None,
+    method: str = "auto",
+    frobenius: bool = True,
+    tol: float = 1e-6,
+    max_iter: int = 100,
+) -> dict:
     """Both sides of the input- vs parameter-gradient inequality and their per-layer factors.
 
     model: ``nn.Sequential`` of ``nn.Linear`` and elementwise activations (see ``ELEMENTWISE``).
@@ -227,8 +251,7 @@ def gradient_bound_terms(model: nn.Sequential, x: Tensor, reduce="sum", target=N
         raise ValueError(f"x must be (d,) or (B, d) with d = {layers[0][0].in_features}, got {tuple(x.shape)}")
     d_in = xb.shape[1]
     if method == "auto":
-        method = auto_method(d_in, [lin.in_features for lin, _ in layers[1:]], xb.shape[0], max_iter,
-                             xb.element_size())
+        method = auto_method(d_in, [lin.in_features for lin, _ in layers[1:]], xb.shape[0], max_iter, xb.element_size())
 
     # One forward and one backward give ∇_x f and every δ = ∂f/∂z^(t+1) (rows never mix, so summing f is exact).
     xg = xb.clone().requires_grad_(True)
@@ -258,6 +281,7 @@ def gradient_bound_terms(model: nn.Sequential, x: Tensor, reduce="sum", target=N
             back.append(torch.einsum("bm,bmd->bd", aw[t], j))
     else:
         for t in range(1, len(layers)):
+
             def prefix(xx: Tensor, t=t) -> Tensor:
                 return _apply(layers, xx, t)[-1]
 
@@ -295,8 +319,16 @@ def gradient_bound_terms(model: nn.Sequential, x: Tensor, reduce="sum", target=N
 
     rhs = torch.stack(rhs_parts).sum(dim=0)
     lhs = torch.stack([p["term"] for p in per_layer]).sum(dim=0)
-    out = {"f": f.detach(), "grad_x_norm": gx_sq.sqrt(), "lhs": lhs, "rhs": rhs, "ratio": lhs / rhs,
-           "method": method, "power_iters": iters, "layers": per_layer}
+    out = {
+        "f": f.detach(),
+        "grad_x_norm": gx_sq.sqrt(),
+        "lhs": lhs,
+        "rhs": rhs,
+        "ratio": lhs / rhs,
+        "method": method,
+        "power_iters": iters,
+        "layers": per_layer,
+    }
     for p in per_layer:
         p["share"] = p["param_grad_sq"] / rhs
     if frobenius:

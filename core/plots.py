@@ -1,4 +1,5 @@
 """Matplotlib (Agg) figures rendered to PNG bytes, so techniques can store plots as artifacts."""
+
 from __future__ import annotations
 
 import io

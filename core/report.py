@@ -4,6 +4,7 @@ The tables are shared with the CLI, so a result reads the same in a terminal and
 nested dicts become ``key.sub = value`` rows, lists of records (one dict per arm, dimension, optimizer, ...) become
 tables of their own with one column per field.
 """
+
 from __future__ import annotations
 
 import base64
@@ -54,6 +55,7 @@ def _format_list(values: list) -> str:
     if values and all(isinstance(v, list) for v in values):
         width = len(values[0]) if all(len(v) == len(values[0]) for v in values) else "?"
         return f"[{len(values)}×{width} values]"
+
     def one(v) -> str:
         return f"{{{format_value(v)}}}" if isinstance(v, dict) else format_value(v)
 
@@ -130,10 +132,11 @@ def flat_rows(data: dict) -> list[list[str]]:
 
 def _table_html(table: Table) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
-                   for row in table.rows)
-    return (f"<table><caption>{html.escape(table.title)}</caption><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table>")
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in table.rows)
+    return (
+        f"<table><caption>{html.escape(table.title)}</caption><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table>"
+    )
 
 
 STYLE = """
@@ -146,7 +149,8 @@ caption{text-align:left;font-weight:600;padding:4px 0}th,td{border:1px solid #dd
 text-align:left;vertical-align:top}th{background:#eef1f5}td:not(:first-child){font-variant-numeric:tabular-nums}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:10px;align-content:start}
 figure{margin:0;background:#fff;border:1px solid #dde1e7;padding:6px}figure img{width:100%;height:auto;display:block}
-figcaption{font-size:12px;color:#555;padding-top:4px}h3{font-size:13px;margin:4px 0}ul{margin:4px 0 12px;padding-left:18px}
+figcaption{font-size:12px;color:#555;padding-top:4px}h3{font-size:13px;margin:4px 0}
+ul{margin:4px 0 12px;padding-left:18px}
 .headline{font-size:15px;font-weight:600;margin:4px 0 6px}.verdict{margin:0 0 10px;padding:4px 8px;border-radius:4px;
 background:#eef1f5}.verdict.supports{background:#e3f4e8}.verdict.contradicts{background:#fbe5e5}
 @media print{main{height:auto;display:block}}
@@ -163,16 +167,20 @@ def html_report(kind: str, params: dict, result: dict, artifacts: list[tuple[str
     tables = "".join(_table_html(t) for t in result_tables(result or {}))
     summary = (result or {}).get("summary")
     if summary:
-        tables = (f'<p class="headline">{html.escape(summary["headline"])}</p>'
-                  f'<p class="verdict {html.escape(summary["verdict"]["outcome"])}">{html.escape(verdict_text(summary))}'
-                  f"</p>" + "".join(_table_html(t) for t in summary_tables(summary)) + tables)
+        tables = (
+            f'<p class="headline">{html.escape(summary["headline"])}</p>'
+            f'<p class="verdict {html.escape(summary["verdict"]["outcome"])}">{html.escape(verdict_text(summary))}'
+            f"</p>" + "".join(_table_html(t) for t in summary_tables(summary)) + tables
+        )
     params_table = _table_html(Table("Params", ["param", "value"], flat_rows(params or {})))
     figures, others = [], []
     for name, data, media_type in artifacts:
         if media_type == "image/png":
             src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-            figures.append(f'<figure><img src="{src}" alt="{html.escape(name)}">'
-                           f"<figcaption>{html.escape(name)}</figcaption></figure>")
+            figures.append(
+                f'<figure><img src="{src}" alt="{html.escape(name)}">'
+                f"<figcaption>{html.escape(name)}</figcaption></figure>"
+            )
         else:
             others.append(f"<li>{html.escape(name)} ({html.escape(media_type)}, {format_value(len(data))} bytes)</li>")
     other_list = f"<h3>Other artifacts</h3><ul>{''.join(others)}</ul>" if others else ""

@@ -3,6 +3,7 @@
 The defaults are the embedded configuration: a SQLite file and kombu's filesystem
 transport under ``data_dir``, so that ``gradlab up`` needs no server at all.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -19,46 +20,82 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), description="SQLite file and filesystem broker live here.")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in data_dir.")
     broker_url: str | None = Field(default=None, description="Celery broker URL; default: filesystem in data_dir.")
-    blob_url: str | None = Field(default=None, description="Where datasets, model weights and artifacts are "
-                                 "stored: file:///dir or s3://bucket/prefix; default: file://<data_dir>/blobs.")
-    blob_s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, Ceph, ...); "
-                                             "default: AWS. Credentials come from the usual AWS_* variables.")
+    blob_url: str | None = Field(
+        default=None,
+        description="Where datasets, model weights and artifacts are "
+        "stored: file:///dir or s3://bucket/prefix; default: file://<data_dir>/blobs.",
+    )
+    blob_s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3-compatible endpoint (MinIO, Ceph, ...); "
+        "default: AWS. Credentials come from the usual AWS_* variables.",
+    )
     queues: str = Field(default="cpu,gpu,auto", description="Comma-separated queues a worker consumes.")
-    extra_kinds: str = Field(default="", description="Comma-separated importable packages, each with a spec and a "
-                             "run module like core/techniques/<kind>/, registered beside the built-in kinds.")
+    extra_kinds: str = Field(
+        default="",
+        description="Comma-separated importable packages, each with a spec and a "
+        "run module like core/techniques/<kind>/, registered beside the built-in kinds.",
+    )
     broker_key_prefix: str = Field(default="", description="Prefix of every Redis key (shared Redis servers).")
 
     torch_threads: int = Field(default=0, ge=0, description="torch threads per worker process; 0: torch's default")
     heartbeat_interval_s: float = 2.0
     heartbeat_timeout_s: float = 30.0
-    requeue_queued_after_s: float = Field(default=60.0, description="A queued job's message is published again "
-                                          "this long after it was sent, then at doubling intervals (store.sweep).")
+    requeue_queued_after_s: float = Field(
+        default=60.0,
+        description="A queued job's message is published again "
+        "this long after it was sent, then at doubling intervals (store.sweep).",
+    )
     sweep_interval_s: float = 5.0
     max_attempts: int = 3
-    stop_grace_s: float = Field(default=30.0, gt=0, description="A job still running this long past its timeout_s, "
-                                "or after it was cancelled, has its worker process restarted.")
+    stop_grace_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A job still running this long past its timeout_s, "
+        "or after it was cancelled, has its worker process restarted.",
+    )
     cancel_poll_interval_s: float = 0.5
     metric_flush_rows: int = 2000
     metric_flush_interval_s: float = 1.0
 
     auth: Literal["required", "disabled"] = Field(
-        default="required", description="'disabled' only for a loopback-bound API (the embedded default).")
-    auth_cache_s: float = Field(default=2.0, ge=0, description="An API process remembers an authenticated key this "
-                                "long (a revoked key works until then); 0: look every key up.")
+        default="required", description="'disabled' only for a loopback-bound API (the embedded default)."
+    )
+    auth_cache_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="An API process remembers an authenticated key this "
+        "long (a revoked key works until then); 0: look every key up.",
+    )
     max_active_jobs_per_tenant: int = 1000
     submissions_per_minute_per_tenant: int = 6000
     max_request_bytes: int = 1024 * 1024
     max_upload_bytes: int = 32 * 1024 * 1024
-    max_dataset_bytes: int = Field(default=64 * 1024 * 1024, description="Cap on an uploaded dataset as stored "
-                                   "(float32 x, int64 y); judged from the upload's headers before its data is read.")
-    header_timeout_s: float = Field(default=10.0, gt=0, description="A connection must finish a request's headers "
-                                    "this long after it opens or after its previous response.")
-    body_timeout_s: float = Field(default=60.0, gt=0, description="A request's whole body must arrive within this "
-                                  "long of its headers (408 otherwise).")
-    max_streams_per_key: int = Field(default=100, ge=1, description="Open /events streams per API key and API "
-                                     "process (429 beyond).")
-    events_poll_s: float = Field(default=0.3, gt=0, description="How often an API process reads a watched job's "
-                                 "status and new metric rows (once per job, whatever the number of watchers).")
+    max_dataset_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        description="Cap on an uploaded dataset as stored "
+        "(float32 x, int64 y); judged from the upload's headers before its data is read.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection must finish a request's headers "
+        "this long after it opens or after its previous response.",
+    )
+    body_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A request's whole body must arrive within this long of its headers (408 otherwise).",
+    )
+    max_streams_per_key: int = Field(
+        default=100, ge=1, description="Open /events streams per API key and API process (429 beyond)."
+    )
+    events_poll_s: float = Field(
+        default=0.3,
+        gt=0,
+        description="How often an API process reads a watched job's "
+        "status and new metric rows (once per job, whatever the number of watchers).",
+    )
     max_artifact_bytes: int = 64 * 1024 * 1024
     max_timeout_s: int = 24 * 3600
     max_model_upload_bytes: int = Field(default=256 * 1024 * 1024, description="config + safetensors of one model")
@@ -67,10 +104,14 @@ class Settings(BaseSettings):
     inspect_timeout_s: float = Field(default=120.0, gt=0, description="limit of one meta-device model inspection")
 
     log_format: Literal["json", "console"] = Field(
-        default="json", description="Log lines as JSON objects, or human-readable ('console', `gradlab up`'s).")
+        default="json", description="Log lines as JSON objects, or human-readable ('console', `gradlab up`'s)."
+    )
     metrics: bool = Field(default=True, description="Prometheus metrics: /metrics and per-request HTTP metrics.")
-    metrics_token: str | None = Field(default=None, description="Bearer token Prometheus sends to /metrics when "
-                                      "authentication is required (unset: /metrics refuses every caller).")
+    metrics_token: str | None = Field(
+        default=None,
+        description="Bearer token Prometheus sends to /metrics when "
+        "authentication is required (unset: /metrics refuses every caller).",
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -5,6 +5,7 @@ children's summaries into the comparison a person reads: per setting, each key f
 (Student t), and, where the baseline setting ran the same seeds, the paired differences against it (the seed's own
 noise cancels, so a small effect shows with few seeds). Pure Python: no HTTP, no SQL.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,8 +49,9 @@ def _label(overrides: dict) -> str:
 def expand(base: dict, grid: dict[str, list] | None, settings: list[dict] | None) -> list[tuple[str, dict]]:
     """(label, params) per setting: every combination of the grid's values (first key varies slowest), or each
     explicit override set, applied to ``base``. Keys may be dotted paths into nested params."""
-    overrides = ([dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] if grid
-                 else list(settings or [{}]))
+    overrides = (
+        [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] if grid else list(settings or [{}])
+    )
     out = []
     for o in overrides:
         params = copy.deepcopy(base)
@@ -116,17 +118,24 @@ def compare(labels: list[str], baseline: int, children: list[Child]) -> dict:
             outcome = ((c.summary or {}).get("verdict") or {}).get("outcome")
             if outcome:
                 verdicts[outcome] = verdicts.get(outcome, 0) + 1
-        row = {"setting": i, "label": label, "jobs": len(kids), "succeeded": len(done),
-               "failed": sum(c.status == "failed" for c in kids), "verdicts": verdicts,
-               "figures": {n: mean_ci([_figures(c).get(n) for c in done if _numeric(_figures(c).get(n))])
-                           for n in names},
-               "paired": None}
+        row = {
+            "setting": i,
+            "label": label,
+            "jobs": len(kids),
+            "succeeded": len(done),
+            "failed": sum(c.status == "failed" for c in kids),
+            "verdicts": verdicts,
+            "figures": {n: mean_ci([_figures(c).get(n) for c in done if _numeric(_figures(c).get(n))]) for n in names},
+            "paired": None,
+        }
         if i != baseline:
             paired = {}
             for n in names:
-                diffs = [_figures(c)[n] - base_by_seed[c.seed][n] for c in done
-                         if c.seed in base_by_seed and _numeric(_figures(c).get(n))
-                         and _numeric(base_by_seed[c.seed].get(n))]
+                diffs = [
+                    _figures(c)[n] - base_by_seed[c.seed][n]
+                    for c in done
+                    if c.seed in base_by_seed and _numeric(_figures(c).get(n)) and _numeric(base_by_seed[c.seed].get(n))
+                ]
                 paired[n] = mean_ci(diffs)
             row["paired"] = paired
         rows.append(row)
@@ -139,9 +148,10 @@ def to_csv(comparison: dict) -> str:
     buf = io.StringIO()
     out = csv.writer(buf, lineterminator="\n")
     names = comparison["figures"]
-    out.writerow(["setting", "label", "jobs", "succeeded", "failed", "supports", "contradicts", "inconclusive"]
-                 + [f"{n}{suffix}" for n in names
-                    for suffix in ("_mean", "_ci95", "_n", "_diff_vs_baseline", "_diff_ci95")])
+    out.writerow(
+        ["setting", "label", "jobs", "succeeded", "failed", "supports", "contradicts", "inconclusive"]
+        + [f"{n}{suffix}" for n in names for suffix in ("_mean", "_ci95", "_n", "_diff_vs_baseline", "_diff_ci95")]
+    )
     for row in comparison["rows"]:
         cells = [row["setting"], row["label"], row["jobs"], row["succeeded"], row["failed"]]
         cells += [row["verdicts"].get(v, 0) for v in ("supports", "contradicts", "inconclusive")]

@@ -6,6 +6,7 @@ the statistic it rests on, one comparison table (rows = arms or settings; cells 
 seeds; never arrays: those stay in the result, the metrics and the artifacts), and flat key figures, which studies
 average over seeds. Pure Python: the API and the worker both import it, neither loads torch for it.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,8 @@ class Summary(BaseModel):
     verdict: Verdict
     table: Table
     figures: dict[str, float | int | None] = Field(
-        description="key figures by name; a study reports each as mean ± 95 % CI over its seeds")
+        description="key figures by name; a study reports each as mean ± 95 % CI over its seeds"
+    )
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -73,7 +75,7 @@ def fmt(value: float | None, digits: int = 3) -> str:
     if mag == 0:
         return "0"
     if 1e-3 <= mag < 1e5:
-        return f"{value:.{digits}g}" if mag < 10 ** digits else f"{value:,.0f}"
+        return f"{value:.{digits}g}" if mag < 10**digits else f"{value:,.0f}"
     mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
     return f"{float(mantissa):g}e{int(exponent)}"
 
@@ -93,9 +95,25 @@ def fmt_spread(s: Spread) -> str:
     return fmt(s.mean) if s.sd is None else f"{fmt(s.mean)} ± {fmt(s.sd, 2)}"
 
 
-def summary(*, question: str, claim: str, headline: str, outcome: Outcome, statistic: str, rule: str,
-            columns: list[str], rows: list[list[Cell]], figures: dict[str, float | int | None]) -> dict:
+def summary(
+    *,
+    question: str,
+    claim: str,
+    headline: str,
+    outcome: Outcome,
+    statistic: str,
+    rule: str,
+    columns: list[str],
+    rows: list[list[Cell]],
+    figures: dict[str, float | int | None],
+) -> dict:
     """Build and check a summary; the verdict's value is read from ``figures`` so the two cannot disagree."""
     verdict = Verdict(outcome=outcome, statistic=statistic, value=figures[statistic], rule=rule)
-    return Summary(question=question, claim=claim, headline=headline, verdict=verdict,
-                   table=Table(columns=columns, rows=rows), figures=figures).model_dump(mode="json")
+    return Summary(
+        question=question,
+        claim=claim,
+        headline=headline,
+        verdict=verdict,
+        table=Table(columns=columns, rows=rows),
+        figures=figures,
+    ).model_dump(mode="json")

@@ -5,10 +5,12 @@ TECHNIQUES.md §6: with a proposal q(z|x) and a model p(x, z),
 is the ELBO in expectation for K = 1 and the IWAE bound for K > 1 (non-decreasing in K, converging to log p(x)).
 Everything here is plain torch: no job, context or HTTP. Natural logs (nats) throughout.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Literal, NamedTuple, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +22,8 @@ LOG_2PI = math.log(2.0 * math.pi)
 DEFAULT_CHUNK_ROWS = 1 << 12
 # Activation bytes of one chunk when the model's width is known: on CPU a cache-sized chunk evaluates ~2x faster
 # than a 64 MiB one (measured, bench/vae_density.py); accelerators want large chunks to fill the device.
-CPU_CHUNK_BYTES = 2 * 1024 ** 2
-ACCELERATOR_CHUNK_BYTES = 256 * 1024 ** 2
+CPU_CHUNK_BYTES = 2 * 1024**2
+ACCELERATOR_CHUNK_BYTES = 256 * 1024**2
 
 SampleProposal = Callable[[Tensor, int], Tensor]
 LogProposal = Callable[[Tensor, Tensor], Tensor]
@@ -51,8 +53,14 @@ def _chunk_sizes(k: int, batch: int, chunk_size: int | None) -> Iterator[int]:
         done += size
 
 
-def _log_weight_chunks(x: Tensor, sample_proposal: SampleProposal, log_proposal: LogProposal, log_joint: LogJoint,
-                       k: int, chunk_size: int | None) -> Iterator[Tensor]:
+def _log_weight_chunks(
+    x: Tensor,
+    sample_proposal: SampleProposal,
+    log_proposal: LogProposal,
+    log_joint: LogJoint,
+    k: int,
+    chunk_size: int | None,
+) -> Iterator[Tensor]:
     """Log importance weights, (c, B) at a time, so that only one chunk of z is ever alive."""
     batch = x.shape[0]
     for size in _chunk_sizes(k, batch, chunk_size):
@@ -62,8 +70,14 @@ def _log_weight_chunks(x: Tensor, sample_proposal: SampleProposal, log_proposal:
         yield log_joint(x, z) - log_proposal(z, x)
 
 
-def importance_log_likelihood(x: Tensor, sample_proposal: SampleProposal, log_proposal: LogProposal,
-                              log_joint: LogJoint, k: int, chunk_size: int | None = None) -> Tensor:
+def importance_log_likelihood(
+    x: Tensor,
+    sample_proposal: SampleProposal,
+    log_proposal: LogProposal,
+    log_joint: LogJoint,
+    k: int,
+    chunk_size: int | None = None,
+) -> Tensor:
     """L_K for each row of ``x``: log (1/K) Σ_k exp(log_joint(x, z_k) − log_proposal(z_k, x)), shape (B,).
 
     ``sample_proposal(x, c)`` returns z of shape (c, B, d_z); ``log_proposal(z, x)`` and ``log_joint(x, z)`` return
@@ -78,8 +92,14 @@ def importance_log_likelihood(x: Tensor, sample_proposal: SampleProposal, log_pr
     return total - math.log(k)
 
 
-def importance_statistics(x: Tensor, sample_proposal: SampleProposal, log_proposal: LogProposal,
-                          log_joint: LogJoint, k: int, chunk_size: int | None = None) -> ImportanceStats:
+def importance_statistics(
+    x: Tensor,
+    sample_proposal: SampleProposal,
+    log_proposal: LogProposal,
+    log_joint: LogJoint,
+    k: int,
+    chunk_size: int | None = None,
+) -> ImportanceStats:
     """L_K, the K-sample ELBO and the effective sample size from the same K draws (same chunking as above).
 
     The ESS says how tight L_K is likely to be: near K the proposal matches the posterior and L_K ≈ log p(x);
@@ -119,8 +139,9 @@ class DiagonalGaussian:
         self.mean, self.log_std, self.generator = mean, log_std, generator
 
     def sample(self, x: Tensor, k: int) -> Tensor:
-        eps = torch.randn((k, *self.mean.shape), generator=self.generator, device=self.mean.device,
-                          dtype=self.mean.dtype)
+        eps = torch.randn(
+            (k, *self.mean.shape), generator=self.generator, device=self.mean.device, dtype=self.mean.dtype
+        )
         return self.mean + torch.exp(self.log_std) * eps
 
     def log_prob(self, z: Tensor, x: Tensor) -> Tensor:
@@ -135,8 +156,9 @@ class FullGaussian:
         self.mean, self.scale_tril, self.generator = mean, scale_tril, generator
 
     def sample(self, x: Tensor, k: int) -> Tensor:
-        eps = torch.randn((k, *self.mean.shape, 1), generator=self.generator, device=self.mean.device,
-                          dtype=self.mean.dtype)
+        eps = torch.randn(
+            (k, *self.mean.shape, 1), generator=self.generator, device=self.mean.device, dtype=self.mean.dtype
+        )
         return self.mean + (self.scale_tril @ eps).squeeze(-1)
 
     def log_prob(self, z: Tensor, x: Tensor) -> Tensor:
@@ -164,8 +186,14 @@ class LinearGaussian:
         self.A, self.c, self.sigma = A, c, float(sigma)
 
     @classmethod
-    def random(cls, data_dim: int, latent_dim: int, sigma: float, generator: torch.Generator,
-               dtype: torch.dtype = torch.float64) -> "LinearGaussian":
+    def random(
+        cls,
+        data_dim: int,
+        latent_dim: int,
+        sigma: float,
+        generator: torch.Generator,
+        dtype: torch.dtype = torch.float64,
+    ) -> LinearGaussian:
         """A with N(0, 1) entries and c with N(0, 1) entries: a generic model with known truth."""
         A = torch.randn(data_dim, latent_dim, generator=generator, dtype=dtype)
         c = torch.randn(data_dim, generator=generator, dtype=dtype)
@@ -193,7 +221,7 @@ class LinearGaussian:
         return self.log_conditional(x, z) + standard_normal_log_prob(z)
 
     def covariance(self) -> Tensor:
-        return self.A @ self.A.T + self.sigma ** 2 * torch.eye(self.data_dim, dtype=self.A.dtype)
+        return self.A @ self.A.T + self.sigma**2 * torch.eye(self.data_dim, dtype=self.A.dtype)
 
     def log_marginal(self, x: Tensor) -> Tensor:
         """Exact log p(x) = log N(x; c, AAᵀ + σ²I), shape (B,)."""
@@ -204,9 +232,9 @@ class LinearGaussian:
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean (B, d_z) and Cholesky factor (d_z, d_z) of the exact posterior p(z|x)."""
-        precision = torch.eye(self.latent_dim, dtype=self.A.dtype) + self.A.T @ self.A / self.sigma ** 2
+        precision = torch.eye(self.latent_dim, dtype=self.A.dtype) + self.A.T @ self.A / self.sigma**2
         cov = torch.cholesky_inverse(torch.linalg.cholesky(precision))
-        mean = (x - self.c) @ self.A @ cov / self.sigma ** 2
+        mean = (x - self.c) @ self.A @ cov / self.sigma**2
         return mean, torch.linalg.cholesky(cov)
 
     def posterior_proposal(self, x: Tensor, generator: torch.Generator | None = None) -> FullGaussian:
@@ -236,9 +264,17 @@ class VAE(nn.Module):
     An empty ``hidden`` makes encoder and decoder affine (the linear-Gaussian family, exact in the limit).
     """
 
-    def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (200, 200),
-                 likelihood: Likelihood = "gaussian", fixed_sigma: float | None = None, levels: int = 256,
-                 min_log_sigma: float = -7.0, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        hidden: Sequence[int] = (200, 200),
+        likelihood: Likelihood = "gaussian",
+        fixed_sigma: float | None = None,
+        levels: int = 256,
+        min_log_sigma: float = -7.0,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         if likelihood not in ("bernoulli", "gaussian", "dequantized"):
             raise ValueError(f"unknown likelihood {likelihood!r}")
@@ -299,15 +335,17 @@ class VAE(nn.Module):
         widest = max(layer.out_features for layer in self.decoder if isinstance(layer, nn.Linear))
         return widest * next(self.parameters()).element_size()
 
-    def log_likelihood(self, x: Tensor, k: int, chunk_size: int | None = None,
-                       generator: torch.Generator | None = None) -> Tensor:
+    def log_likelihood(
+        self, x: Tensor, k: int, chunk_size: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
         """L_K for each row with the encoder as proposal (nats, shape (B,)); chunk_size defaults to chunk_size_for."""
         q = self.proposal(x, generator)
         chunk = chunk_size or chunk_size_for(x.shape[0], self.activation_bytes_per_row(), x.device)
         return importance_log_likelihood(x, q.sample, q.log_prob, self.log_joint, k, chunk)
 
-    def importance_statistics(self, x: Tensor, k: int, chunk_size: int | None = None,
-                              generator: torch.Generator | None = None) -> ImportanceStats:
+    def importance_statistics(
+        self, x: Tensor, k: int, chunk_size: int | None = None, generator: torch.Generator | None = None
+    ) -> ImportanceStats:
         q = self.proposal(x, generator)
         chunk = chunk_size or chunk_size_for(x.shape[0], self.activation_bytes_per_row(), x.device)
         return importance_statistics(x, q.sample, q.log_prob, self.log_joint, k, chunk)

@@ -1,4 +1,5 @@
 """Alembic environment: the URL comes from the caller's config or from gradlab's settings."""
+
 from __future__ import annotations
 
 from alembic import context
@@ -14,8 +15,12 @@ url = config.get_main_option("sqlalchemy.url") or get_settings().resolved_databa
 def run_migrations_online() -> None:
     engine = make_engine(url)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=Base.metadata,
-                          render_as_batch=url.startswith("sqlite"), compare_type=True)
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            render_as_batch=url.startswith("sqlite"),
+            compare_type=True,
+        )
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()

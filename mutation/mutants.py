@@ -16,6 +16,7 @@ while tests are only added); it refuses a module whose source changed since, whi
     python mutation/mutants.py eg accum --sample 0   # two modules, all of their mutants
     python mutation/mutants.py --survivors     # after adding tests: the survivors again
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,16 +40,20 @@ SCRATCH = ROOT / ".mutants"
 # Tests that train, run whole jobs, compile or validate job params are left out: a mutant costs one test process,
 # and those either take seconds each or do not reach the module's math. (-k matches substrings: "fused" would also
 # drop every test named "...refused...", hence the compiled test's full name.)
-SLOW = ("not job and not end_to_end and not example and not fused_step_equals_eager_step and not same_seed "
-        "and not same_spec "
-        "and not uploaded and not timeout and not bad_params and not budget and not divergence and not digits "
-        "and not covers_more_modes and not cancellation and not recovery and not optimizers_share "
-        "and not large_batch and not cpu_peak and not builtin and not two_tower_job")
+SLOW = (
+    "not job and not end_to_end and not example and not fused_step_equals_eager_step and not same_seed "
+    "and not same_spec "
+    "and not uploaded and not timeout and not bad_params and not budget and not divergence and not digits "
+    "and not covers_more_modes and not cancellation and not recovery and not optimizers_share "
+    "and not large_batch and not cpu_peak and not builtin and not two_tower_job"
+)
 
 # name: (module path, its own fast unit-test files)
 MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "contrastive": ("core/contrastive.py", ("tests/unit/test_contrastive_accumulation.py",
-                                            "tests/unit/test_contrastive_checks.py")),
+    "contrastive": (
+        "core/contrastive.py",
+        ("tests/unit/test_contrastive_accumulation.py", "tests/unit/test_contrastive_checks.py"),
+    ),
     "accum": ("core/optim/accum.py", ("tests/unit/test_momentum_accumulation.py", "tests/unit/test_optim_accum.py")),
     "eg": ("core/optim/eg.py", ("tests/unit/test_eg_stepsize.py", "tests/unit/test_optim_eg.py")),
     "gan": ("core/gan.py", ("tests/unit/test_gradnorm_gan.py", "tests/unit/test_gan_math.py")),
@@ -74,20 +79,28 @@ EXCLUDED_OPERATORS = [
 
 
 def _config(module: str, tests: list[str], timeout: float) -> str:
-    command = " ".join([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                        *tests, "-k", f"'{SLOW}'"])
+    command = " ".join(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests, "-k", f"'{SLOW}'"]
+    )
     excluded = ", ".join(json.dumps(e) for e in EXCLUDED_OPERATORS)
-    return (f'[cosmic-ray]\nmodule-path = "{module}"\ntimeout = {timeout}\nexcluded-modules = []\n'
-            f'test-command = "{command}"\n\n[cosmic-ray.distributor]\nname = "local"\n\n'
-            f'[cosmic-ray.filters.operators-filter]\nexclude-operators = [{excluded}]\n')
+    return (
+        f'[cosmic-ray]\nmodule-path = "{module}"\ntimeout = {timeout}\nexcluded-modules = []\n'
+        f'test-command = "{command}"\n\n[cosmic-ray.distributor]\nname = "local"\n\n'
+        f"[cosmic-ray.filters.operators-filter]\nexclude-operators = [{excluded}]\n"
+    )
 
 
 def _copy_tree(dest: Path) -> None:
     """The tracked and untracked-but-not-ignored files of the working tree, copied to ``dest``."""
     if dest.exists():
         shutil.rmtree(dest)
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
-                           capture_output=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True, capture_output=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, files):
         src = ROOT / name
         if src.is_file():
@@ -98,9 +111,10 @@ def _copy_tree(dest: Path) -> None:
 def _sample(db_path: Path, size: int, seed: int) -> tuple[int, int]:
     """Mark all but ``size`` pending mutants (drawn with ``seed``) skipped; (mutants, kept)."""
     with use_db(str(db_path), WorkDB.Mode.open) as db:
-        pending = sorted(db.pending_work_items, key=lambda w: (str(w.mutations[0].start_pos),
-                                                               w.mutations[0].operator_name,
-                                                               w.mutations[0].occurrence))
+        pending = sorted(
+            db.pending_work_items,
+            key=lambda w: (str(w.mutations[0].start_pos), w.mutations[0].operator_name, w.mutations[0].occurrence),
+        )
         if size <= 0 or len(pending) <= size:
             return len(pending), len(pending)
         keep = {w.job_id for w in random.Random(seed).sample(pending, size)}
@@ -148,10 +162,14 @@ def run_module(name: str, sample: int, seed: int, timeout: float, survivors_of: 
         raise SystemExit(f"{name}: {module} changed since its last run (or it has none): run it in full")
     os.environ["PYTHONPATH"] = str(tree)  # the copy's code, not the working tree's, in every test process
     bin_dir = Path(sys.executable).parent
-    run = lambda *args: subprocess.run([*args], cwd=tree, check=True, capture_output=True)
+
+    def run(*args):
+        return subprocess.run([*args], cwd=tree, check=True, capture_output=True)
+
     started = time.monotonic()
-    baseline = subprocess.run(_config_command(config), cwd=tree, shell=True, capture_output=True, text=True,
-                              check=False)
+    baseline = subprocess.run(
+        _config_command(config), cwd=tree, shell=True, capture_output=True, text=True, check=False
+    )
     if baseline.returncode != 0:
         raise SystemExit(f"{name}: the unmutated tests fail, nothing to measure:\n{baseline.stdout[-3000:]}")
     if survivors_of is None:
@@ -165,10 +183,16 @@ def run_module(name: str, sample: int, seed: int, timeout: float, survivors_of: 
     run(bin_dir / "cosmic-ray", "exec", str(config), str(db))
     counts = _tally(db, work / "survivors.txt")
     done = counts["killed"] + counts["survived"]
-    return {"module": module, "source": _digest(ROOT / module), "tests": tests, "mutants": total, "sampled": kept,
-            **counts,
-            "score": round(counts["killed"] / done, 3) if done else None,
-            "minutes": round((time.monotonic() - started) / 60, 1)}
+    return {
+        "module": module,
+        "source": _digest(ROOT / module),
+        "tests": tests,
+        "mutants": total,
+        "sampled": kept,
+        **counts,
+        "score": round(counts["killed"] / done, 3) if done else None,
+        "minutes": round((time.monotonic() - started) / 60, 1),
+    }
 
 
 def _config_command(config: Path) -> str:
@@ -199,9 +223,12 @@ def main() -> None:
         result = run_module(name, args.sample, args.seed, args.timeout, scores[name] if args.survivors else None)
         scores[name] = result
         args.out.write_text(json.dumps(scores, indent=1))
-        print(f"{name:12s} {result['module']:22s} mutants {result['mutants']:4d} sampled {result['sampled']:4d} "
-              f"killed {result['killed']:3d} survived {result['survived']:3d} incompetent {result['incompetent']:2d} "
-              f"score {result['score']}  ({result['minutes']} min)", flush=True)
+        print(
+            f"{name:12s} {result['module']:22s} mutants {result['mutants']:4d} sampled {result['sampled']:4d} "
+            f"killed {result['killed']:3d} survived {result['survived']:3d} incompetent {result['incompetent']:2d} "
+            f"score {result['score']}  ({result['minutes']} min)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

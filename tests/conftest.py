@@ -1,4 +1,5 @@
 """Fixtures: a fresh PostgreSQL database and Redis key prefix per test module, and process stacks on them."""
+
 from __future__ import annotations
 
 import uuid

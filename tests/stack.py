@@ -2,6 +2,7 @@
 
 Everything a test starts it also stops and removes; nothing depends on state left in the shared servers.
 """
+
 from __future__ import annotations
 
 import os
@@ -69,14 +70,14 @@ class Stack:
         log = open(self.log_dir / f"{name}-{len(self.procs)}.log", "wb")
         env = {**os.environ, **self.env, **(extra_env or {})}
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                start_new_session=True)
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         self.procs.append(proc)
         return proc
 
     def migrate(self) -> None:
-        subprocess.run([str(BIN / "gradlab"), "migrate"], env={**os.environ, **self.env}, cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [str(BIN / "gradlab"), "migrate"], env={**os.environ, **self.env}, cwd=ROOT, check=True, capture_output=True
+        )
 
     def start_api(self, args: list[str] | None = None, port: int | None = None) -> str:
         """Start an API process (``args`` must then listen on ``port``); returns its base URL. A free port can be
@@ -96,8 +97,9 @@ class Stack:
             return url
         raise AssertionError("unreachable")
 
-    def start_worker(self, queues: str = "cpu,gpu,auto", args: list[str] | None = None,
-                     extra_env: dict | None = None) -> subprocess.Popen:
+    def start_worker(
+        self, queues: str = "cpu,gpu,auto", args: list[str] | None = None, extra_env: dict | None = None
+    ) -> subprocess.Popen:
         proc = self._spawn(args or [str(BIN / "gradlab"), "worker", "--queues", queues], "worker", extra_env)
         self.wait_worker_ready(proc)
         return proc
@@ -140,8 +142,9 @@ def wait_http(url: str, timeout: float = 60, proc: subprocess.Popen | None = Non
     raise TimeoutError(f"{url} did not answer in {timeout:g}s:\n{log_tail()}")
 
 
-def wait_job(client: httpx.Client, job_id: str, statuses=("succeeded", "failed", "cancelled"),
-             timeout: float = 120) -> dict:
+def wait_job(
+    client: httpx.Client, job_id: str, statuses=("succeeded", "failed", "cancelled"), timeout: float = 120
+) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}").json()

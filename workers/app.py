@@ -8,6 +8,7 @@ Pool: ``solo`` — the job runs in the worker process itself, so that process ow
 forked after CUDA could have been touched), and a SIGKILL of the worker is a SIGKILL of the job. Run one worker
 process per device (or per core budget) to scale out.
 """
+
 from __future__ import annotations
 
 from celery import Celery
@@ -45,8 +46,11 @@ def celery_config(settings: Settings) -> dict:
         # The filesystem transport has no broadcast: no remote control, mingle or gossip.
         conf["worker_enable_remote_control"] = False
     else:
-        conf["broker_transport_options"] = {"visibility_timeout": 3600, "socket_connect_timeout": 3,
-                                            "socket_timeout": 5}
+        conf["broker_transport_options"] = {
+            "visibility_timeout": 3600,
+            "socket_connect_timeout": 3,
+            "socket_timeout": 5,
+        }
         if settings.broker_key_prefix:
             conf["broker_transport_options"]["global_keyprefix"] = settings.broker_key_prefix
         # task events (received, started, succeeded, ...) for `celery flower` and `celery events`

@@ -6,6 +6,7 @@ the claim on, and it is also the job's hard deadline: a technique that has not s
 ``timeout_s`` (the job is then failed as ``timeout``), or after it was cancelled or taken away, never checks in
 again, so ``on_hung`` is called to end the process that runs it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -15,7 +16,7 @@ import math
 import threading
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -39,8 +40,16 @@ class JobLost(Exception):
 
 
 class DbRunContext:
-    def __init__(self, sessions: sessionmaker, settings: Settings, job_id: uuid.UUID, attempt: int,
-                 seed: int, timeout_s: float, on_hung: Callable[[str], None]):
+    def __init__(
+        self,
+        sessions: sessionmaker,
+        settings: Settings,
+        job_id: uuid.UUID,
+        attempt: int,
+        seed: int,
+        timeout_s: float,
+        on_hung: Callable[[str], None],
+    ):
         self.sessions = sessions
         self.settings = settings
         self.job_id = job_id
@@ -62,8 +71,9 @@ class DbRunContext:
         self._stop = threading.Event()
         self._wake = threading.Event()  # set with _stop, or when a full batch of rows waits
         # in a copy of the job's context, so that its log lines carry the job's fields
-        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._beat_loop,),
-                                        name=f"heartbeat-{job_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._beat_loop,), name=f"heartbeat-{job_id}", daemon=True
+        )
 
     # --- RunContext -------------------------------------------------------------------------------------------
     def progress(self, fraction: float, message: str = "") -> None:
@@ -87,8 +97,16 @@ class DbRunContext:
 
         def write() -> bool:
             with self.sessions() as s:
-                return store.put_artifact(s, self.job_id, self.attempt, name, media_type=media_type,
-                                          size=info.size, sha256=info.sha256, location=key)
+                return store.put_artifact(
+                    s,
+                    self.job_id,
+                    self.attempt,
+                    name,
+                    media_type=media_type,
+                    size=info.size,
+                    sha256=info.sha256,
+                    location=key,
+                )
 
         if not retrying(write):
             blobs.delete(key)
@@ -153,8 +171,14 @@ class DbRunContext:
             progress, self._progress = self._progress, None
         try:
             with self.sessions() as s:
-                ok = store.beat(s, self.job_id, self.attempt, progress[0] if progress else None,
-                                progress[1] if progress else None, rows)
+                ok = store.beat(
+                    s,
+                    self.job_id,
+                    self.attempt,
+                    progress[0] if progress else None,
+                    progress[1] if progress else None,
+                    rows,
+                )
         except Exception:
             self._rows.extendleft(reversed(rows))  # keep the rows for the next try, in their order
             with self._lock:
@@ -204,13 +228,16 @@ class DbRunContext:
             return f"job {self.job_id} {why} and did not stop within {grace:g}s"
         if now - self._started <= self.timeout_s + grace:
             return None
-        message = (f"job ran past its timeout_s={self.timeout_s:g} and did not stop within {grace:g}s more; "
-                   f"its worker process was restarted")
+        message = (
+            f"job ran past its timeout_s={self.timeout_s:g} and did not stop within {grace:g}s more; "
+            f"its worker process was restarted"
+        )
         try:
             self.flush()
             with self.sessions() as s:
-                store.finish(s, self.job_id, self.attempt, JobStatus.failed, error_type="timeout",
-                             error_message=message)
+                store.finish(
+                    s, self.job_id, self.attempt, JobStatus.failed, error_type="timeout", error_message=message
+                )
         except Exception as exc:  # not ours any more, or no database: the sweeper settles the row
             log.warning("could not record the timeout of job %s: %s", self.job_id, exc)
         return f"job {self.job_id} {message}"

@@ -1,5 +1,6 @@
 """The worker's logging: gradlab's format (``GRADLAB_LOG_FORMAT``) for every logger, Celery's included, and the
 job id on Celery's own "Task ... received" line, which is written before the task (and its log context) starts."""
+
 from __future__ import annotations
 
 import logging

@@ -4,6 +4,7 @@ A thread registers the row when the worker is ready, beats every ``heartbeat_int
 when the worker stops; a killed worker's row stays with its last beat, so ``GET /v1/workers`` leaves it out and
 the ``gradlab_worker_heartbeat_age_seconds`` metric shows it going silent. Rows silent for a day are forgotten.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,13 @@ def describe_device() -> dict:
     if torch.cuda.is_available():
         index = torch.cuda.current_device()
         free, total = torch.cuda.mem_get_info(index)
-        return {"type": "cuda", "name": torch.cuda.get_device_name(index), "count": torch.cuda.device_count(),
-                "memory_total_bytes": total, "memory_free_bytes": free}
+        return {
+            "type": "cuda",
+            "name": torch.cuda.get_device_name(index),
+            "count": torch.cuda.device_count(),
+            "memory_total_bytes": total,
+            "memory_free_bytes": free,
+        }
     return {"type": "cpu", "threads": torch.get_num_threads()}
 
 
@@ -42,8 +48,15 @@ class Presence(threading.Thread):
 
     def _register(self) -> None:
         with self.sessions() as s:
-            store.register_worker(s, name=self.worker, host=socket.gethostname(), pid=os.getpid(),
-                                  queues=self.queues, device=describe_device(), forget_before=utcnow() - FORGET_AFTER)
+            store.register_worker(
+                s,
+                name=self.worker,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                queues=self.queues,
+                device=describe_device(),
+                forget_before=utcnow() - FORGET_AFTER,
+            )
 
     def _beat(self) -> None:
         with self.sessions() as s:

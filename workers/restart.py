@@ -6,6 +6,7 @@ image (exec) is the one way to stop it that also releases everything it held, it
 keeps the process id, so a supervisor or ``gradlab up`` sees one worker that carries on. The job's message stays
 unacknowledged; when the broker delivers it again its claim is a no-op, since the job is finished.
 """
+
 from __future__ import annotations
 
 import logging

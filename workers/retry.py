@@ -1,9 +1,11 @@
 """Retrying database work through a short outage (e.g. a PostgreSQL restart), so a worker loses no result."""
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 

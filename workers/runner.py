@@ -1,4 +1,5 @@
 """Running one job: claim, pick the device, run the technique, record the outcome. Called by the Celery task."""
+
 from __future__ import annotations
 
 import logging
@@ -16,13 +17,13 @@ from core import logs
 from core.blobs import blob_store
 from core.blobs.keys import attempt_prefix
 from core.jobs import store
-from core.report import html_report
 from core.jobs.states import JobStatus
+from core.report import html_report
 from core.settings import Settings
 from core.techniques import get_kind
 from core.techniques.base import JobCancelled, JobTimedOut
-from workers.context import DbRunContext, JobLost
 from workers import telemetry
+from workers.context import DbRunContext, JobLost
 from workers.restart import restart_worker_process
 from workers.retry import retrying
 
@@ -75,6 +76,7 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
         def write():
             with sessions() as s:
                 return store.finish(s, jid, attempt, status, **kw)
+
         return retrying(write)
 
     try:

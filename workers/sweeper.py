@@ -1,4 +1,5 @@
 """The sweeper: a thread in every worker that re-publishes lost messages and recovers jobs of dead workers."""
+
 from __future__ import annotations
 
 import logging
@@ -39,9 +40,13 @@ def broker_started_at(app: Celery) -> datetime | None:
 def sweep_once(sessions: sessionmaker, settings: Settings, app: Celery) -> store.SweepOutcome:
     started = broker_started_at(app)
     with sessions() as s:
-        outcome = store.sweep(s, heartbeat_timeout_s=settings.heartbeat_timeout_s,
-                              requeue_queued_after_s=settings.requeue_queued_after_s,
-                              max_attempts=settings.max_attempts, broker_started_at=started)
+        outcome = store.sweep(
+            s,
+            heartbeat_timeout_s=settings.heartbeat_timeout_s,
+            requeue_queued_after_s=settings.requeue_queued_after_s,
+            max_attempts=settings.max_attempts,
+            broker_started_at=started,
+        )
     for job_id, queue in outcome.republish:
         if not publish(app, job_id, queue):
             with sessions() as s:

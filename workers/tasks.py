@@ -1,4 +1,5 @@
 """The worker process: its Celery app with the one task, and its set-up (kinds, database engine, sweeper thread)."""
+
 from __future__ import annotations
 
 import logging

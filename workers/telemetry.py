@@ -5,6 +5,7 @@ API exports them with the rest, labelled by worker. So Prometheus scrapes one ta
 figures reach it from wherever a worker can reach the database (a GPU machine behind NAT needs no inbound port),
 and a worker's counters stay visible while it runs; its series end when it stops.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,18 +28,35 @@ class _Metrics:
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self.wait_s = Histogram("gradlab_job_wait_seconds", "Seconds from a job's creation to the start of an "
-                                "attempt", ["kind", "queue"], buckets=BUCKETS, registry=r)
-        self.run_s = Histogram("gradlab_job_run_seconds", "Seconds an attempt ran, by how it ended",
-                               ["kind", "outcome"], buckets=BUCKETS, registry=r)
-        self.attempts = Counter("gradlab_job_attempts", "Attempts started (claims); retry=true for attempt > 1",
-                                ["kind", "retry"], registry=r)
-        self.failures = Counter("gradlab_job_failures", "Jobs that failed, by error type", ["kind", "type"],
-                                registry=r)
-        self.sweeps = Counter("gradlab_sweeper_actions", "Sweeper actions: requeued (worker lost), republished "
-                              "(message lost), failed (worker lost on the last attempt)", ["action"], registry=r)
-        self.metric_rows = Counter("gradlab_metric_rows_ingested", "Metric rows written to the database",
-                                   registry=r)
+        self.wait_s = Histogram(
+            "gradlab_job_wait_seconds",
+            "Seconds from a job's creation to the start of an attempt",
+            ["kind", "queue"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.run_s = Histogram(
+            "gradlab_job_run_seconds",
+            "Seconds an attempt ran, by how it ended",
+            ["kind", "outcome"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.attempts = Counter(
+            "gradlab_job_attempts",
+            "Attempts started (claims); retry=true for attempt > 1",
+            ["kind", "retry"],
+            registry=r,
+        )
+        self.failures = Counter("gradlab_job_failures", "Jobs that failed, by error type", ["kind", "type"], registry=r)
+        self.sweeps = Counter(
+            "gradlab_sweeper_actions",
+            "Sweeper actions: requeued (worker lost), republished "
+            "(message lost), failed (worker lost on the last attempt)",
+            ["action"],
+            registry=r,
+        )
+        self.metric_rows = Counter("gradlab_metric_rows_ingested", "Metric rows written to the database", registry=r)
 
 
 _metrics: _Metrics | None = None
@@ -59,9 +77,15 @@ def rows_ingested(n: int) -> None:
 
 def snapshot() -> list[dict]:
     """Every metric family with its samples, as JSON for the worker's row (``_created`` samples left out)."""
-    return [{"name": fam.name, "type": fam.type, "help": fam.documentation,
-             "samples": [[s.name, s.labels, s.value] for s in fam.samples if not s.name.endswith("_created")]}
-            for fam in metrics().registry.collect()]
+    return [
+        {
+            "name": fam.name,
+            "type": fam.type,
+            "help": fam.documentation,
+            "samples": [[s.name, s.labels, s.value] for s in fam.samples if not s.name.endswith("_created")],
+        }
+        for fam in metrics().registry.collect()
+    ]
 
 
 def record_sweep(outcome: store.SweepOutcome) -> None:
@@ -113,8 +137,9 @@ def _measure_and_unbind(task_id=None, task=None, args=None, retval=None, state=N
     attempt = logs.current("attempt")  # bound by the runner once it claimed the job
     try:
         if attempt is not None:
-            record_outcome(_sessions(), str(args[0]), retval if isinstance(retval, str) else "failed", WORKER_NAME,
-                           attempt)
+            record_outcome(
+                _sessions(), str(args[0]), retval if isinstance(retval, str) else "failed", WORKER_NAME, attempt
+            )
     except Exception as exc:  # metrics never fail a job
         log.warning("recording job metrics failed: %s", exc)
     token = getattr(task.request, "log_token", None)

@@ -2,6 +2,7 @@
 
 The API key was checked before the body was read (``api.auth.KeyFirst``); the file arrives spooled by the multipart
 parser (to disk past 1 MiB) and is parsed from there in bounded memory."""
+
 from __future__ import annotations
 
 import io
@@ -26,14 +27,32 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
 def _out(ds: Dataset) -> DatasetOut:
-    return DatasetOut(id=ds.id, filename=ds.filename, format=ds.format, rows=ds.rows, columns=ds.columns,
-                      has_labels=ds.has_labels, size=ds.size, sha256=ds.sha256, created_at=ds.created_at)
+    return DatasetOut(
+        id=ds.id,
+        filename=ds.filename,
+        format=ds.format,
+        rows=ds.rows,
+        columns=ds.columns,
+        has_labels=ds.has_labels,
+        size=ds.size,
+        sha256=ds.sha256,
+        created_at=ds.created_at,
+    )
 
 
-@router.post("", status_code=201, response_model=DatasetOut,
-             responses={413: {"description": "upload too large"}, 422: {"description": "not a dataset"}})
-def upload(request: Request, file: UploadFile = File(...), label_column: str | None = Form(None, max_length=128),
-           session: Session = Depends(db), who: Principal = Depends(principal)):
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    responses={413: {"description": "upload too large"}, 422: {"description": "not a dataset"}},
+)
+def upload(
+    request: Request,
+    file: UploadFile = File(...),
+    label_column: str | None = Form(None, max_length=128),
+    session: Session = Depends(db),
+    who: Principal = Depends(principal),
+):
     settings = request.app.state.settings
     cap = settings.max_upload_bytes
     if file.file.seek(0, io.SEEK_END) > cap:
@@ -43,13 +62,23 @@ def upload(request: Request, file: UploadFile = File(...), label_column: str | N
         parsed = parse_upload(filename, file.file, label_column, settings.max_dataset_bytes)
     except UploadRejected as exc:
         field = str(exc).split(":", 1)[0]
-        raise Problem(422, str(exc), errors=[{"field": field, "message": str(exc), "type": "invalid_upload"}])
+        raise Problem(422, str(exc), errors=[{"field": field, "message": str(exc), "type": "invalid_upload"}]) from None
     ds_id = uuid.uuid4()
     key = dataset_key(ds_id)
     info = blob_store(settings).put(key, [parsed.npz])  # bytes first: a row never names a missing blob
-    ds = Dataset(id=ds_id, tenant=who.tenant, filename=filename, format=filename.rsplit(".", 1)[-1].lower(),
-                 rows=parsed.rows, columns=parsed.columns, has_labels=parsed.has_labels,
-                 size=info.size, sha256=info.sha256, location=key, created_at=utcnow())
+    ds = Dataset(
+        id=ds_id,
+        tenant=who.tenant,
+        filename=filename,
+        format=filename.rsplit(".", 1)[-1].lower(),
+        rows=parsed.rows,
+        columns=parsed.columns,
+        has_labels=parsed.has_labels,
+        size=info.size,
+        sha256=info.sha256,
+        location=key,
+        created_at=utcnow(),
+    )
     return _out(store.add_dataset(session, ds))
 
 

@@ -6,6 +6,7 @@ feed of the job (``core.jobs.watch``) polls once for all its watchers. Each API 
 ``GRADLAB_MAX_STREAMS_PER_KEY`` streams open on an API process (429 beyond); a stream ends after the terminal
 status event.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,8 +45,11 @@ class StreamSlots:
     def take(self, key: str) -> Callable[[], None]:
         """A slot for ``key`` and the function that frees it; Problem 429 when the key holds ``cap`` already."""
         if self.open.get(key, 0) >= self.cap:
-            raise Problem(429, f"this API key holds {self.cap} open event streams on this server (the limit); "
-                               f"close one first", headers={"Retry-After": "5"})
+            raise Problem(
+                429,
+                f"this API key holds {self.cap} open event streams on this server (the limit); close one first",
+                headers={"Retry-After": "5"},
+            )
         self.open[key] = self.open.get(key, 0) + 1
 
         def free() -> None:
@@ -137,19 +141,34 @@ def _tenant(sessions, job_id: uuid.UUID) -> str | None:
         return store.job_tenant(session, job_id)
 
 
-@router.get("/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}},
-                             "description": "`status` events {status, progress, message, attempt} on each change and "
-                                            "`metric` events {step, name, value} with the metric row id as SSE id; "
-                                            "send Last-Event-ID to resume; the stream ends after a terminal status"},
-                       429: {"description": "this API key holds the most open event streams allowed"}})
-async def job_events(job_id: str, request: Request, who: Principal = Depends(principal),
-                     last_event_id: Annotated[str | None, Header(max_length=32)] = None):
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`status` events {status, progress, message, attempt} on each change and "
+            "`metric` events {step, name, value} with the metric row id as SSE id; "
+            "send Last-Event-ID to resume; the stream ends after a terminal status",
+        },
+        429: {"description": "this API key holds the most open event streams allowed"},
+    },
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    who: Principal = Depends(principal),
+    last_event_id: Annotated[str | None, Header(max_length=32)] = None,
+):
     jid = parse_id(job_id)
     state = request.app.state
     tenant = await run_in_threadpool(_tenant, state.sessions, jid)
     if tenant is None or not owns(who, tenant):
         raise Problem(404, f"job {job_id} not found")
     free = state.stream_slots.take(request.state.key_hash)
-    return HeldStream(_stream(state.job_feeds, jid, _last_id(last_event_id)), free, media_type="text/event-stream",
-                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return HeldStream(
+        _stream(state.job_feeds, jid, _last_id(last_event_id)),
+        free,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,4 +1,5 @@
 """Liveness (the process answers) and readiness (database and broker reachable)."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request

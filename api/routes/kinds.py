@@ -1,4 +1,5 @@
 """Job kinds: what can be run, each with its params JSON Schema and a runnable example spec."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter
@@ -12,8 +13,12 @@ router = APIRouter(prefix="/v1/kinds", tags=["kinds"])
 
 
 def _out(kind: KindSpec) -> KindOut:
-    return KindOut(name=kind.name, description=kind.description, params_schema=kind.params.model_json_schema(),
-                   example={"kind": kind.name, "params": kind.example, "seed": 0, "device": "auto"})
+    return KindOut(
+        name=kind.name,
+        description=kind.description,
+        params_schema=kind.params.model_json_schema(),
+        example={"kind": kind.name, "params": kind.example, "seed": 0, "device": "auto"},
+    )
 
 
 @router.get("", response_model=list[KindOut])

@@ -10,6 +10,7 @@
 Access: open when authentication is disabled; otherwise ``Authorization: Bearer $GRADLAB_METRICS_TOKEN`` (a
 token for the scraper alone, so Prometheus holds no API key).
 """
+
 from __future__ import annotations
 
 import hmac
@@ -48,16 +49,20 @@ class ServiceCollector:
         yield jobs
         depth = GaugeMetricFamily("gradlab_queue_depth", "Queued jobs per queue", labels=["queue"])
         running = GaugeMetricFamily("gradlab_queue_running", "Running jobs per queue", labels=["queue"])
-        oldest = GaugeMetricFamily("gradlab_queue_oldest_wait_seconds",
-                                   "How long the longest-waiting queued job of each queue has waited", labels=["queue"])
+        oldest = GaugeMetricFamily(
+            "gradlab_queue_oldest_wait_seconds",
+            "How long the longest-waiting queued job of each queue has waited",
+            labels=["queue"],
+        )
         for name in sorted(set(QUEUE_FOR_DEVICE.values()) | set(queues)):
             q = queues.get(name, store.QueueState(0, None, 0))
             depth.add_metric([name], q.depth)
             running.add_metric([name], q.running)
             oldest.add_metric([name], (now - q.oldest_created_at).total_seconds() if q.oldest_created_at else 0.0)
         yield from (depth, running, oldest)
-        age = GaugeMetricFamily("gradlab_worker_heartbeat_age_seconds", "Seconds since each worker's last beat",
-                                labels=["worker"])
+        age = GaugeMetricFamily(
+            "gradlab_worker_heartbeat_age_seconds", "Seconds since each worker's last beat", labels=["worker"]
+        )
         families: dict[str, Metric] = {}
         for state in workers:
             w = state.worker
@@ -79,8 +84,11 @@ def _allowed(request: Request, authorization: str | None) -> bool:
     if settings.auth == "disabled":
         return True
     scheme, _, token = (authorization or "").partition(" ")
-    return bool(settings.metrics_token) and scheme.lower() == "bearer" and hmac.compare_digest(
-        token.strip().encode(), settings.metrics_token.encode())
+    return (
+        bool(settings.metrics_token)
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(token.strip().encode(), settings.metrics_token.encode())
+    )
 
 
 def _exposition(sessions) -> tuple[bytes, str]:
@@ -115,7 +123,10 @@ async def metrics(request: Request, authorization: Annotated[str | None, Header(
     if not request.app.state.settings.metrics:
         raise Problem(404, "metrics are off (GRADLAB_METRICS=false)")
     if not _allowed(request, authorization):
-        raise Problem(401, "authorization: send 'Authorization: Bearer <GRADLAB_METRICS_TOKEN>'",
-                      headers={"WWW-Authenticate": "Bearer"})
+        raise Problem(
+            401,
+            "authorization: send 'Authorization: Bearer <GRADLAB_METRICS_TOKEN>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     body, media_type = await run_in_threadpool(_exposition, request.app.state.sessions)
     return Response(body, media_type=media_type)

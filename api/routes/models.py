@@ -1,6 +1,7 @@
 """Uploaded models: a Hugging Face config.json and optional model.safetensors, checked and inspected before
 they are stored. Sizes are checked before bytes are read, the safetensors header before its data, and the model
 is built on the ``meta`` device in a child process (torch never loads into the API)."""
+
 from __future__ import annotations
 
 import json
@@ -62,11 +63,20 @@ def _config(upload: UploadFile) -> dict:
     return config
 
 
-@router.post("", status_code=201, response_model=ModelOut, response_model_exclude_none=True,
-             responses={413: {"description": "upload too large"}, 422: {"description": "not a model we build"}})
-def upload(request: Request, config: UploadFile = File(..., description="config.json of a Hugging Face model"),
-           weights: UploadFile | None = File(None, description="model.safetensors (safetensors only, no pickle)"),
-           session: Session = Depends(db), who: Principal = Depends(principal)):
+@router.post(
+    "",
+    status_code=201,
+    response_model=ModelOut,
+    response_model_exclude_none=True,
+    responses={413: {"description": "upload too large"}, 422: {"description": "not a model we build"}},
+)
+def upload(
+    request: Request,
+    config: UploadFile = File(..., description="config.json of a Hugging Face model"),
+    weights: UploadFile | None = File(None, description="model.safetensors (safetensors only, no pickle)"),
+    session: Session = Depends(db),
+    who: Principal = Depends(principal),
+):
     settings = request.app.state.settings
     cfg = _config(config)
     header = size = None
@@ -89,16 +99,27 @@ def upload(request: Request, config: UploadFile = File(..., description="config.
     except ModelRejected as exc:
         raise _rejected(str(exc)) from None
     except InspectionFailed as exc:
-        raise Problem(503, f"model: could not be inspected now ({exc}); retry", headers={"Retry-After": "5"})
+        raise Problem(503, f"model: could not be inspected now ({exc}); retry", headers={"Retry-After": "5"}) from None
     model_id, key, info = uuid.uuid4(), None, None
     if weights is not None:  # streamed from the spooled upload into the store, before the row names it
         weights.file.seek(0)
         key = model_weights_key(model_id)
         info = blob_store(settings).put(key, weights.file)
-    row = StoredModel(id=model_id, tenant=who.tenant, filename=_name(config, "config.json"), format="hf_config",
-                      model_type=cfg["model_type"], task=summary["task"], config=cfg, n_params=summary["n_params"],
-                      summary=summary, weights_location=key, weights_size=info and info.size,
-                      weights_sha256=info and info.sha256, created_at=utcnow())
+    row = StoredModel(
+        id=model_id,
+        tenant=who.tenant,
+        filename=_name(config, "config.json"),
+        format="hf_config",
+        model_type=cfg["model_type"],
+        task=summary["task"],
+        config=cfg,
+        n_params=summary["n_params"],
+        summary=summary,
+        weights_location=key,
+        weights_size=info and info.size,
+        weights_sha256=info and info.sha256,
+        created_at=utcnow(),
+    )
     store.add_model(session, row)
     return ModelOut.of(row, detail=True)
 
@@ -112,6 +133,9 @@ def get_model(model_id: str, session: Session = Depends(db), who: Principal = De
 
 
 @router.get("", response_model=list[ModelOut], response_model_exclude_none=True)
-def list_models(session: Session = Depends(db), who: Principal = Depends(principal),
-                limit: Annotated[int, Query(ge=1, le=500)] = 100):
+def list_models(
+    session: Session = Depends(db),
+    who: Principal = Depends(principal),
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+):
     return [ModelOut.of(r) for r in store.list_models(session, tenant=visible_tenant(who), limit=limit)]

@@ -1,4 +1,5 @@
 """Workers and queues, for whoever runs the service: ``GET /v1/workers`` (admin) and ``GET /v1/queues``."""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -58,13 +59,20 @@ def list_workers(request: Request, session: Session = Depends(db), who: Principa
     if not who.admin:
         raise Problem(403, "workers are listed for admin keys only")
     now = utcnow()
-    return [WorkerOut(name=s.worker.name, host=s.worker.host, pid=s.worker.pid, queues=s.worker.queues,
-                      device=s.worker.device,
-                      current_job=CurrentJob(id=s.job_id, kind=s.job_kind, started_at=s.job_started_at)
-                      if s.job_id else None,
-                      started_at=s.worker.started_at, last_heartbeat=s.worker.heartbeat_at,
-                      heartbeat_age_s=(now - s.worker.heartbeat_at).total_seconds())
-            for s in store.workers(session, alive_since(request.app.state.settings))]
+    return [
+        WorkerOut(
+            name=s.worker.name,
+            host=s.worker.host,
+            pid=s.worker.pid,
+            queues=s.worker.queues,
+            device=s.worker.device,
+            current_job=CurrentJob(id=s.job_id, kind=s.job_kind, started_at=s.job_started_at) if s.job_id else None,
+            started_at=s.worker.started_at,
+            last_heartbeat=s.worker.heartbeat_at,
+            heartbeat_age_s=(now - s.worker.heartbeat_at).total_seconds(),
+        )
+        for s in store.workers(session, alive_since(request.app.state.settings))
+    ]
 
 
 @router.get("/queues", response_model=list[QueueOut])
@@ -77,9 +85,15 @@ def list_queues(request: Request, session: Session = Depends(db), who: Principal
     out = []
     for name in sorted(set(QUEUE_FOR_DEVICE.values()) | set(queues)):
         q = queues.get(name, store.QueueState(0, None, 0))
-        out.append(QueueOut(name=name, depth=q.depth, running=q.running,
-                            oldest_wait_s=(now - q.oldest_created_at).total_seconds() if q.oldest_created_at else None,
-                            workers=sum(1 for s in live if name in s.worker.queues)))
+        out.append(
+            QueueOut(
+                name=name,
+                depth=q.depth,
+                running=q.running,
+                oldest_wait_s=(now - q.oldest_created_at).total_seconds() if q.oldest_created_at else None,
+                workers=sum(1 for s in live if name in s.worker.queues),
+            )
+        )
     return out
 
 

@@ -4,6 +4,7 @@ The children spread over every worker like any job (they are jobs), count agains
 cancelled with their study. ``GET /v1/studies/{id}`` answers with the study's state and the comparison of its
 children's summaries; ``…/comparison.csv`` with the same table as CSV.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,10 +41,12 @@ class StudyRequest(BaseModel):
     kind: str = Field(max_length=64)
     base: dict[str, Any] = Field(default_factory=dict, description="params shared by every setting")
     grid: dict[str, list[Any]] | None = Field(None, description="param -> values; every combination is a setting")
-    settings: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=MAX_STUDY_JOBS,
-                                                  description="explicit param overrides, one per setting")
-    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0], min_length=1,
-                                                                 max_length=100)
+    settings: list[dict[str, Any]] | None = Field(
+        None, min_length=1, max_length=MAX_STUDY_JOBS, description="explicit param overrides, one per setting"
+    )
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
+        default_factory=lambda: [0], min_length=1, max_length=100
+    )
     baseline: int = Field(0, ge=0, description="index of the setting the others are compared with")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     timeout_s: int = Field(3600, ge=1, le=24 * 3600)
@@ -64,7 +67,8 @@ class ComparisonRow(BaseModel):
     verdicts: dict[str, int] = Field(description="how many children's summaries support, contradict, …")
     figures: dict[str, FigureStat] = Field(description="each summary figure: mean ± 95 % CI over seeds")
     paired: dict[str, FigureStat] | None = Field(
-        description="difference from the baseline setting over the seeds both ran (None for the baseline)")
+        description="difference from the baseline setting over the seeds both ran (None for the baseline)"
+    )
 
 
 class Comparison(BaseModel):
@@ -117,13 +121,24 @@ def _out(session, study: Study) -> StudyOut:
     labels = [s["label"] for s in study.settings]
     base = f"/v1/studies/{study.id}"
     return StudyOut(
-        id=study.id, kind=study.kind, status=studies.status(children, study.cancelled_at is not None),
-        progress=studies.progress(children), created_at=study.created_at, cancelled_at=study.cancelled_at,
-        settings=[StudySetting(index=i, **s) for i, s in enumerate(study.settings)], seeds=study.seeds,
-        counts=counts, jobs=[StudyChild(id=r.job_id, setting=r.setting, seed=r.seed, status=r.status) for r in rows],
+        id=study.id,
+        kind=study.kind,
+        status=studies.status(children, study.cancelled_at is not None),
+        progress=studies.progress(children),
+        created_at=study.created_at,
+        cancelled_at=study.cancelled_at,
+        settings=[StudySetting(index=i, **s) for i, s in enumerate(study.settings)],
+        seeds=study.seeds,
+        counts=counts,
+        jobs=[StudyChild(id=r.job_id, setting=r.setting, seed=r.seed, status=r.status) for r in rows],
         comparison=Comparison(**studies.compare(labels, study.baseline, children)),
-        links={"self": base, "csv": f"{base}/comparison.csv", "cancel": f"{base}/cancel",
-               "page": f"/studies/{study.id}"})
+        links={
+            "self": base,
+            "csv": f"{base}/comparison.csv",
+            "cancel": f"{base}/cancel",
+            "page": f"/studies/{study.id}",
+        },
+    )
 
 
 def _invalid(field: str, message: str) -> Problem:
@@ -145,8 +160,9 @@ def _settings(body: StudyRequest) -> list[tuple[str, Any]]:
         if count * len(body.seeds) > MAX_STUDY_JOBS:
             raise _invalid("grid", f"{count} settings × {len(body.seeds)} seeds exceeds {MAX_STUDY_JOBS} jobs")
     elif body.settings is not None and len(body.settings) * len(body.seeds) > MAX_STUDY_JOBS:
-        raise _invalid("settings", f"{len(body.settings)} settings × {len(body.seeds)} seeds exceeds "
-                                   f"{MAX_STUDY_JOBS} jobs")
+        raise _invalid(
+            "settings", f"{len(body.settings)} settings × {len(body.seeds)} seeds exceeds {MAX_STUDY_JOBS} jobs"
+        )
     if len(set(body.seeds)) != len(body.seeds):
         raise _invalid("seeds", "each seed may appear once")
     model = specs()[body.kind].params
@@ -156,8 +172,14 @@ def _settings(body: StudyRequest) -> list[tuple[str, Any]]:
             validated = model.model_validate(params)
         except ValidationError as exc:
             where = "grid" if body.grid is not None else f"settings[{i}]" if body.settings is not None else "base"
-            errors = [{"field": ".".join([where, *map(str, e["loc"])]), "message": f"{e['msg']} (setting {label})",
-                       "type": e["type"]} for e in exc.errors()]
+            errors = [
+                {
+                    "field": ".".join([where, *map(str, e["loc"])]),
+                    "message": f"{e['msg']} (setting {label})",
+                    "type": e["type"],
+                }
+                for e in exc.errors()
+            ]
             raise Problem(422, "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors) from None
         out.append((label, validated))
     if body.baseline >= len(out):
@@ -169,25 +191,43 @@ def _admit(session, settings, tenant: str, n: int) -> None:
     """The study's n children against the tenant's caps, as n submissions at once: 429 when they do not fit."""
     cap, rate = settings.max_active_jobs_per_tenant, settings.submissions_per_minute_per_tenant
     if n > cap or n > rate:
-        raise _invalid("seeds", f"the study's {n} jobs exceed the tenant's limits ({cap} active jobs, "
-                                f"{rate} submissions a minute)")
+        raise _invalid(
+            "seeds", f"the study's {n} jobs exceed the tenant's limits ({cap} active jobs, {rate} submissions a minute)"
+        )
     now = utcnow()
     use = store.usage(session, tenant, now - RATE_WINDOW, cap - n + 1, rate - n + 1)
     if use.at_active_cap:
-        raise Problem(429, f"tenant {tenant}: {n} more jobs would pass the limit of {cap} queued or running jobs",
-                      headers={"Retry-After": "5"})
+        raise Problem(
+            429,
+            f"tenant {tenant}: {n} more jobs would pass the limit of {cap} queued or running jobs",
+            headers={"Retry-After": "5"},
+        )
     if use.window_filled_at is not None:
         wait = max(1, math.ceil((use.window_filled_at + RATE_WINDOW - now).total_seconds()))
-        raise Problem(429, f"tenant {tenant}: {n} more jobs would pass the limit of {rate} submissions a minute",
-                      headers={"Retry-After": str(wait)})
+        raise Problem(
+            429,
+            f"tenant {tenant}: {n} more jobs would pass the limit of {rate} submissions a minute",
+            headers={"Retry-After": str(wait)},
+        )
 
 
-@router.post("", status_code=201, response_model=StudyOut,
-             responses={200: {"description": "replay of an earlier request with the same Idempotency-Key"},
-                        409: {"description": "Idempotency-Key reused with another body"}})
-def submit_study(body: StudyRequest, request: Request, response: Response, session=Depends(db),
-                 who: Principal = Depends(principal),
-                 idempotency_key: Annotated[str | None, Header(max_length=255)] = None):
+@router.post(
+    "",
+    status_code=201,
+    response_model=StudyOut,
+    responses={
+        200: {"description": "replay of an earlier request with the same Idempotency-Key"},
+        409: {"description": "Idempotency-Key reused with another body"},
+    },
+)
+def submit_study(
+    body: StudyRequest,
+    request: Request,
+    response: Response,
+    session=Depends(db),
+    who: Principal = Depends(principal),
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+):
     expanded = _settings(body)
     for _, params in expanded:
         for ds in uploaded_dataset_ids(params):
@@ -201,10 +241,19 @@ def submit_study(body: StudyRequest, request: Request, response: Response, sessi
         if idempotency_key is None or store.find_study_replay(session, who.tenant, idempotency_key, body_hash) is None:
             _admit(session, request.app.state.settings, who.tenant, n)
         study, jobs, created = store.create_study(
-            session, tenant=who.tenant, kind=body.kind, request=body.model_dump(mode="json"), settings=settings,
-            seeds=body.seeds, baseline=body.baseline, device=body.device, timeout_s=body.timeout_s,
-            republish_after_s=request.app.state.settings.requeue_queued_after_s, idempotency_key=idempotency_key,
-            body_hash=body_hash)
+            session,
+            tenant=who.tenant,
+            kind=body.kind,
+            request=body.model_dump(mode="json"),
+            settings=settings,
+            seeds=body.seeds,
+            baseline=body.baseline,
+            device=body.device,
+            timeout_s=body.timeout_s,
+            republish_after_s=request.app.state.settings.requeue_queued_after_s,
+            idempotency_key=idempotency_key,
+            body_hash=body_hash,
+        )
     except store.IdempotencyConflict as exc:
         raise Problem(409, str(exc)) from None
     for job_id, queue in jobs:
@@ -221,12 +270,14 @@ def get_study(study_id: str, session=Depends(db), who: Principal = Depends(princ
     return _out(session, _study(session, study_id, who))
 
 
-@router.get("/{study_id}/comparison.csv", response_class=Response,
-            responses={200: {"content": {"text/csv": {}}}})
+@router.get("/{study_id}/comparison.csv", response_class=Response, responses={200: {"content": {"text/csv": {}}}})
 def comparison_csv(study_id: str, session=Depends(db), who: Principal = Depends(principal)):
     out = _out(session, _study(session, study_id, who))
-    return Response(studies.to_csv(out.comparison.model_dump()), media_type="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="study-{out.id}.csv"'})
+    return Response(
+        studies.to_csv(out.comparison.model_dump()),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="study-{out.id}.csv"'},
+    )
 
 
 class StudyMetricRow(BaseModel):
@@ -241,14 +292,19 @@ class StudyMetrics(BaseModel):
 
 
 @router.get("/{study_id}/metrics", response_model=StudyMetrics)
-def study_metrics(study_id: str, name: Annotated[str, Query(min_length=1, max_length=128)],
-                  points: Annotated[int, Query(ge=2, le=2000)] = 500, session=Depends(db),
-                  who: Principal = Depends(principal)):
+def study_metrics(
+    study_id: str,
+    name: Annotated[str, Query(min_length=1, max_length=128)],
+    points: Annotated[int, Query(ge=2, le=2000)] = 500,
+    session=Depends(db),
+    who: Principal = Depends(principal),
+):
     """One metric of every child job, each series downsampled (min and max per step bucket), in one answer."""
     study = _study(session, study_id, who)
     rows = store.study_downsampled_metrics(session, study.id, name=name, points=points)
-    return JSONResponse({"items": [{"job_id": str(r.job_id), "step": r.step, "name": r.name, "value": r.value}
-                                   for r in rows]})
+    return JSONResponse(
+        {"items": [{"job_id": str(r.job_id), "step": r.step, "name": r.name, "value": r.value} for r in rows]}
+    )
 
 
 @router.post("/{study_id}/cancel", response_model=StudyOut)

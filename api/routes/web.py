@@ -3,6 +3,7 @@
 The pages are static HTML that read everything through the public API with fetch, so they need no server-side
 rendering and obey the same authentication as any other client (the key is typed into the page, never put in URLs).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,15 +17,17 @@ STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 # Browser libraries from the npm registry, pinned by api/vendor/package-lock.json and installed by `make install`
 # (npm ci --prefix api/vendor); only the files the pages load are served.
 VENDOR_DIR = Path(__file__).resolve().parents[1] / "vendor" / "node_modules"
-VENDOR_FILES = {"uplot.js": ("uplot/dist/uPlot.iife.min.js", "text/javascript"),
-                "uplot.css": ("uplot/dist/uPlot.min.css", "text/css")}
+VENDOR_FILES = {
+    "uplot.js": ("uplot/dist/uPlot.iife.min.js", "text/javascript"),
+    "uplot.css": ("uplot/dist/uPlot.min.css", "text/css"),
+}
 
 # Only same-origin scripts, styles and API calls (no inline script or style); images also from blob:/data:
 # (artifacts fetched with the key).
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
-                               "img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
-                               "frame-ancestors 'none'; form-action 'self'",
+    "img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
@@ -64,5 +67,8 @@ def vendor(name: str):
     path, media_type = VENDOR_FILES[name]
     if not (VENDOR_DIR / path).is_file():
         raise Problem(404, f"{name} is not installed: run `make install` (npm ci --prefix api/vendor)")
-    return FileResponse(VENDOR_DIR / path, media_type=media_type,
-                        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=86400"})
+    return FileResponse(
+        VENDOR_DIR / path,
+        media_type=media_type,
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=86400"},
+    )

@@ -1,4 +1,5 @@
 """Where bytes live: datasets, uploaded models' weights and job artifacts (the database keeps only their metadata)."""
+
 from core.blobs.store import (
     BlobInfo,
     BlobStore,

@@ -1,4 +1,5 @@
 """Where each kind of blob lives in the store (one layout, used by the API, the workers and the migration)."""
+
 from __future__ import annotations
 
 import uuid

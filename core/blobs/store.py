@@ -5,6 +5,7 @@ over the key; S3 makes an object visible only when its (multipart) upload comple
 aborted. A writer that dies mid-write therefore leaves at most a stray temporary (``.tmp-*``, never read as a blob),
 and a reader sees either the old bytes or the new ones. The size and SHA-256 are computed while the bytes stream by.
 """
+
 from __future__ import annotations
 
 import hashlib

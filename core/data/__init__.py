@@ -1,4 +1,5 @@
 """Datasets a job can name: built-in generators and arrays a user uploaded (referenced by UUID)."""
+
 from core.data.builtin import BUILTIN_DATASETS, load_builtin
 from core.data.refs import load_arrays, uploaded_dataset_ids
 

@@ -1,4 +1,5 @@
 """Built-in datasets, generated locally (no download): scikit-learn's bundled digits and synthetic clusters."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,10 @@ def clusters(seed: int, n: int = 2000, dim: int = 16, classes: int = 10, spread:
     return {"x": x.astype(np.float32), "y": y.astype(np.int64)}
 
 
-BUILTIN_DATASETS = {"digits": "scikit-learn 8x8 digits, 1797x64 in [0,1], 10 classes",
-                    "clusters": "synthetic Gaussian clusters, 2000x16, 10 classes"}
+BUILTIN_DATASETS = {
+    "digits": "scikit-learn 8x8 digits, 1797x64 in [0,1], 10 classes",
+    "clusters": "synthetic Gaussian clusters, 2000x16, 10 classes",
+}
 
 
 def load_builtin(name: str, seed: int) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
 """Resolve a params' dataset reference: a built-in name or the UUID of an uploaded dataset."""
+
 from __future__ import annotations
 
 from uuid import UUID

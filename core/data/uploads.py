@@ -5,9 +5,11 @@ An upload is judged on what it declares before any of its data is read: a .npz b
 ``.npy`` header (shape, dtype, the entry's uncompressed size, which must match), a .csv by its first row and its line
 count; the dataset it would become must fit ``max_stored_bytes``. Data is then read in chunks of at most
 ``CHUNK_BYTES``, each checked and spooled to a temporary file, so a refusal late in the file (a NaN in the last row)
-has held one chunk's worth, not the array; only an accepted dataset is assembled in memory, as the stored blob. The parser
+has held one chunk's worth, not the array; only an accepted dataset is assembled in memory, as the stored blob. The
+parser
 takes a binary file object and knows nothing of HTTP, so it can run wherever the upload lands.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,12 +72,14 @@ def _check_shape(rows: int, columns: int, has_labels: bool, cap: int) -> None:
     if rows < 2 or columns < 1:
         raise UploadRejected(f"x: {rows} rows and {columns} columns are too few (at least 2 and 1)")
     if rows > MAX_ROWS or columns > MAX_COLUMNS:
-        raise UploadRejected(f"x: {rows} rows and {columns} columns exceed the limits ({MAX_ROWS} rows, "
-                             f"{MAX_COLUMNS} columns)")
+        raise UploadRejected(
+            f"x: {rows} rows and {columns} columns exceed the limits ({MAX_ROWS} rows, {MAX_COLUMNS} columns)"
+        )
     size = stored_size(rows, columns, has_labels)
     if size > cap:
-        raise UploadRejected(f"file: {rows} rows x {columns} columns would store {size} bytes as float32, over the "
-                             f"limit of {cap} bytes")
+        raise UploadRejected(
+            f"file: {rows} rows x {columns} columns would store {size} bytes as float32, over the limit of {cap} bytes"
+        )
 
 
 class _Spool:
@@ -116,14 +120,16 @@ class _Spool:
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
             parts: list[tuple[str, BinaryIO, np.dtype, tuple[int, ...]]] = [
-                ("x", self.x, X_DTYPE, (self.rows, self.columns))]
+                ("x", self.x, X_DTYPE, (self.rows, self.columns))
+            ]
             if self.y is not None:
                 parts.append(("y", self.y, Y_DTYPE, (self.rows,)))
             for name, spool, dtype, shape in parts:
                 spool.seek(0)
                 with zf.open(f"{name}.npy", "w", force_zip64=True) as entry:
                     np.lib.format.write_array_header_1_0(
-                        entry, {"descr": dtype.str, "fortran_order": False, "shape": shape})
+                        entry, {"descr": dtype.str, "fortran_order": False, "shape": shape}
+                    )
                     while block := spool.read(CHUNK_BYTES):
                         entry.write(block)
         return CanonicalDataset(self.rows, self.columns, self.y is not None, buf.getvalue())
@@ -179,8 +185,9 @@ def _check_directory(fp: BinaryIO) -> None:
         raise UploadRejected("file: not a .npz (no zip directory)")
     _, _, _, _, entries, directory_bytes, _, _ = _EOCD.unpack_from(tail, at)
     if entries > 2 or directory_bytes > _MAX_DIRECTORY_BYTES:
-        raise UploadRejected(f"file: the .npz lists {entries} entries in {directory_bytes} bytes; at most x.npy and "
-                             f"y.npy are accepted")
+        raise UploadRejected(
+            f"file: the .npz lists {entries} entries in {directory_bytes} bytes; at most x.npy and y.npy are accepted"
+        )
     fp.seek(0)
 
 
@@ -207,8 +214,10 @@ def _read_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> _NpyE
         raise UploadRejected(f"{name}: Fortran-ordered arrays are not accepted; save np.ascontiguousarray({name})")
     declared = math.prod(shape) * dtype.itemsize
     if offset + declared != info.file_size:
-        raise UploadRejected(f"{name}: the header declares shape {shape} of {dtype} ({declared} bytes) but the entry "
-                             f"holds {info.file_size - offset} bytes of data")
+        raise UploadRejected(
+            f"{name}: the header declares shape {shape} of {dtype} ({declared} bytes) but the entry "
+            f"holds {info.file_size - offset} bytes of data"
+        )
     return _NpyEntry(info, shape, dtype, offset)
 
 
@@ -259,19 +268,23 @@ def _parse_csv(fp: BinaryIO, label_column: str | None, spool: _Spool, cap: int) 
     rows = 0
     for block in _line_blocks(fp):
         try:
-            table = np.loadtxt(io.StringIO(block.decode("utf-8")), delimiter=",", dtype=np.float64, ndmin=2,
-                               comments=None)
+            table = np.loadtxt(
+                io.StringIO(block.decode("utf-8")), delimiter=",", dtype=np.float64, ndmin=2, comments=None
+            )
         except UnicodeDecodeError:
             raise UploadRejected("file: a .csv must be UTF-8 text") from None
         except ValueError as exc:
             reason = str(exc).split(";", 1)[0].rstrip(".")
-            raise UploadRejected(f"file: every row must hold {len(header)} numbers ({reason}, counting from data "
-                                 f"row {rows + 1})") from None
+            raise UploadRejected(
+                f"file: every row must hold {len(header)} numbers ({reason}, counting from data row {rows + 1})"
+            ) from None
         if table.size == 0:
             continue
         if table.shape[1] != len(header):
-            raise UploadRejected(f"file: every row must hold {len(header)} numbers (rows from {rows + 1} of the "
-                                 f"data hold {table.shape[1]})")
+            raise UploadRejected(
+                f"file: every row must hold {len(header)} numbers (rows from {rows + 1} of the "
+                f"data hold {table.shape[1]})"
+            )
         if label is None:
             spool.add_x(table)
         else:

@@ -1,5 +1,6 @@
 """Engine and session factory: SQLite gets WAL and a busy timeout so the API and a worker can share the file;
 PostgreSQL connections are checked before use when they sat idle."""
+
 from __future__ import annotations
 
 import time

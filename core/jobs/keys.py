@@ -1,4 +1,5 @@
 """API keys: created once (the plain key is shown only then), stored as SHA-256, revoked by id."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,16 +34,18 @@ def create_key(session: Session, tenant: str, name: str = "", admin: bool = Fals
     if not TENANT_RE.match(tenant):
         raise ValueError("tenant: 1-64 characters from A-Z a-z 0-9 _ . -")
     plain = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(id=uuid.uuid4(), tenant=tenant, name=name[:128], key_hash=hash_key(plain), admin=admin,
-                 created_at=utcnow())
+    row = ApiKey(
+        id=uuid.uuid4(), tenant=tenant, name=name[:128], key_hash=hash_key(plain), admin=admin, created_at=utcnow()
+    )
     session.add(row)
     session.commit()
     return row, plain
 
 
 def revoke_key(session: Session, key_id: uuid.UUID) -> bool:
-    res = session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-                          .values(revoked_at=utcnow()))
+    res = session.execute(
+        update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
+    )
     session.commit()
     return res.rowcount == 1
 
@@ -53,6 +56,7 @@ def list_keys(session: Session) -> list[ApiKey]:
 
 def authenticate(session: Session, key_hash: str) -> Principal | None:
     """Who holds the key whose ``hash_key`` is ``key_hash``; None for an unknown or revoked key."""
-    row = session.execute(select(ApiKey.tenant, ApiKey.admin).where(
-        ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))).first()
+    row = session.execute(
+        select(ApiKey.tenant, ApiKey.admin).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+    ).first()
     return Principal(row[0], row[1]) if row else None

@@ -1,13 +1,26 @@
 """SQLAlchemy models. The schema itself is made only by the Alembic migrations (a test keeps them in step)."""
+
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String,
-                        Text, TypeDecorator, UniqueConstraint, Uuid, text)
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
 
 ACTIVE_WHERE = "status IN ('queued', 'running')"
 QUEUED_WHERE = "status = 'queued'"
@@ -15,7 +28,7 @@ SUCCEEDED_WHERE = "status = 'succeeded'"
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator):
@@ -27,11 +40,11 @@ class UTCDateTime(TypeDecorator):
     def process_bind_param(self, value, dialect):
         if value is not None and value.tzinfo is None:
             raise ValueError("naive datetime")
-        return value.astimezone(timezone.utc) if value is not None else None
+        return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value, dialect):
         if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
+            return value.replace(tzinfo=UTC)
         return value
 
 
@@ -49,11 +62,22 @@ class Job(Base):
         # admission counts a tenant's queued and running jobs on each submission: this index holds only those
         Index("ix_jobs_tenant_active", "tenant", postgresql_where=text(ACTIVE_WHERE), sqlite_where=text(ACTIVE_WHERE)),
         # queue depth and a queued job's position: the queued jobs of a queue in publishing order
-        Index("ix_jobs_queued_queue", "queue", "published_at", postgresql_where=text(QUEUED_WHERE),
-              sqlite_where=text(QUEUED_WHERE)),
+        Index(
+            "ix_jobs_queued_queue",
+            "queue",
+            "published_at",
+            postgresql_where=text(QUEUED_WHERE),
+            sqlite_where=text(QUEUED_WHERE),
+        ),
         # a queued job's ETA: the latest run times of a kind on a queue
-        Index("ix_jobs_succeeded_kind", "kind", "queue", "finished_at", postgresql_where=text(SUCCEEDED_WHERE),
-              sqlite_where=text(SUCCEEDED_WHERE)),
+        Index(
+            "ix_jobs_succeeded_kind",
+            "kind",
+            "queue",
+            "finished_at",
+            postgresql_where=text(SUCCEEDED_WHERE),
+            sqlite_where=text(SUCCEEDED_WHERE),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -86,8 +110,10 @@ class Job(Base):
 
 class Metric(Base):
     __tablename__ = "metrics"
-    __table_args__ = (Index("ix_metrics_job_name_step", "job_id", "name", "step"),
-                      Index("ix_metrics_job_id_id", "job_id", "id"))
+    __table_args__ = (
+        Index("ix_metrics_job_name_step", "job_id", "name", "step"),
+        Index("ix_metrics_job_id_id", "job_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"))
@@ -166,8 +192,10 @@ class Study(Base):
     cancelled. Its state and figures are read from its child jobs, which are ordinary jobs (``study_jobs``)."""
 
     __tablename__ = "studies"
-    __table_args__ = (UniqueConstraint("tenant", "idempotency_key", name="uq_studies_tenant_idempotency_key"),
-                      Index("ix_studies_tenant_created", "tenant", "created_at"))
+    __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key", name="uq_studies_tenant_idempotency_key"),
+        Index("ix_studies_tenant_created", "tenant", "created_at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     tenant: Mapped[str] = mapped_column(String(64))

@@ -6,6 +6,7 @@ the queue, its kind's typical run time. The workers share that work, so the wait
 The typical run time of a kind is the median of its recent run times (a few slow outliers do not move it). With
 no live worker, or a kind ahead that never ran, there is no estimate.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -15,8 +16,9 @@ def typical_run_s(samples: list[float]) -> float | None:
     return statistics.median(samples) if samples else None
 
 
-def estimate_wait_s(ahead: dict[str, int], running: list[tuple[str, float]], workers: int,
-                    run_s: dict[str, list[float]]) -> float | None:
+def estimate_wait_s(
+    ahead: dict[str, int], running: list[tuple[str, float]], workers: int, run_s: dict[str, list[float]]
+) -> float | None:
     if workers < 1:
         return None
     typical = {kind: typical_run_s(samples) for kind, samples in run_s.items()}
@@ -26,4 +28,3 @@ def estimate_wait_s(ahead: dict[str, int], running: list[tuple[str, float]], wor
     work = sum(max(typical[kind] - elapsed, 0.0) for kind, elapsed in running)
     work += sum(count * typical[kind] for kind, count in ahead.items())
     return work / workers
-

@@ -3,6 +3,7 @@
 queued -> running -> succeeded | failed | cancelled; running -> queued only by the sweeper (a retry, counted in
 ``attempt``); queued -> cancelled by the user. Terminal states are final.
 """
+
 from enum import StrEnum
 
 

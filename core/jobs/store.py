@@ -3,6 +3,7 @@
 A transition only happens when the row is still in the state the caller believes it is in, so a duplicate
 message, a second worker or a sweeper racing a slow worker can never run a job twice to completion.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,8 +17,7 @@ from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select,
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.jobs.models import (ACTIVE_WHERE, Artifact, Dataset, Job, Metric, StoredModel, Study, StudyJob, Worker,
-                              utcnow)
+from core.jobs.models import ACTIVE_WHERE, Artifact, Dataset, Job, Metric, StoredModel, Study, StudyJob, Worker, utcnow
 from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
 
 
@@ -76,21 +76,54 @@ class AdmissionRefused(Exception):
 
 # Built once: it runs on every submission, and building and keying a statement per call cost more CPU than the
 # database spent on it. The active jobs' condition is spelled as the partial index's, so the planner uses it.
-_NTH_ACTIVE = (select(Job.id).where(Job.tenant == bindparam("tenant"), text(ACTIVE_WHERE))
-               .offset(bindparam("active_skip")).limit(1).scalar_subquery())
-_NTH_RECENT = (select(Job.created_at).where(Job.tenant == bindparam("tenant"), Job.created_at >= bindparam("since"))
-               .order_by(Job.created_at.desc()).offset(bindparam("window_skip")).limit(1).scalar_subquery())
+_NTH_ACTIVE = (
+    select(Job.id)
+    .where(Job.tenant == bindparam("tenant"), text(ACTIVE_WHERE))
+    .offset(bindparam("active_skip"))
+    .limit(1)
+    .scalar_subquery()
+)
+_NTH_RECENT = (
+    select(Job.created_at)
+    .where(Job.tenant == bindparam("tenant"), Job.created_at >= bindparam("since"))
+    .order_by(Job.created_at.desc())
+    .offset(bindparam("window_skip"))
+    .limit(1)
+    .scalar_subquery()
+)
 _USAGE = select(_NTH_ACTIVE.is_not(None), _NTH_RECENT)
 
-_JOB_COLUMNS = ("id", "tenant", "kind", "status", "params", "seed", "device_requested", "queue", "timeout_s",
-                "progress", "message", "attempt", "idempotency_key", "request_hash", "created_at", "published_at",
-                "republish_at")
+_JOB_COLUMNS = (
+    "id",
+    "tenant",
+    "kind",
+    "status",
+    "params",
+    "seed",
+    "device_requested",
+    "queue",
+    "timeout_s",
+    "progress",
+    "message",
+    "attempt",
+    "idempotency_key",
+    "request_hash",
+    "created_at",
+    "published_at",
+    "republish_at",
+)
 _INSERT_JOB = insert(Job.__table__)
 # The same row, inserted only while the tenant is under both caps: the check and the insert are one statement.
-_INSERT_ADMITTED_JOB = insert(Job.__table__).from_select(
-    _JOB_COLUMNS,
-    select(*[bindparam(f"new_{c}", type_=Job.__table__.c[c].type) for c in _JOB_COLUMNS])
-    .where(_NTH_ACTIVE.is_(None), _NTH_RECENT.is_(None))).execution_options(preserve_rowcount=True)
+_INSERT_ADMITTED_JOB = (
+    insert(Job.__table__)
+    .from_select(
+        _JOB_COLUMNS,
+        select(*[bindparam(f"new_{c}", type_=Job.__table__.c[c].type) for c in _JOB_COLUMNS]).where(
+            _NTH_ACTIVE.is_(None), _NTH_RECENT.is_(None)
+        ),
+    )
+    .execution_options(preserve_rowcount=True)
+)
 # Serialises one tenant's admissions on PostgreSQL until commit (a hash collision only serialises two tenants).
 _TENANT_LOCK = select(func.pg_advisory_xact_lock(func.hashtextextended(bindparam("tenant"), 0)))
 
@@ -98,14 +131,30 @@ _TENANT_LOCK = select(func.pg_advisory_xact_lock(func.hashtextextended(bindparam
 def usage(session: Session, tenant: str, since: datetime, active_cap: int, window_cap: int) -> Usage:
     """A tenant's ``Usage`` in one statement whose cost is bounded by the caps, not by the tenant's history: each
     part reads at most ``cap`` index entries (the active jobs from a partial index of queued and running ones)."""
-    at_cap, filled_at = session.connection().execute(_USAGE, {
-        "tenant": tenant, "since": since, "active_skip": active_cap - 1, "window_skip": window_cap - 1}).one()
+    at_cap, filled_at = (
+        session.connection()
+        .execute(
+            _USAGE, {"tenant": tenant, "since": since, "active_skip": active_cap - 1, "window_skip": window_cap - 1}
+        )
+        .one()
+    )
     return Usage(bool(at_cap), filled_at)
 
 
-def create_job(session: Session, *, tenant: str, kind: str, params: dict, seed: int, device: str, timeout_s: int,
-               republish_after_s: float, admission: Admission | None = None, idempotency_key: str | None = None,
-               body_hash: str | None = None) -> tuple[Job, bool]:
+def create_job(
+    session: Session,
+    *,
+    tenant: str,
+    kind: str,
+    params: dict,
+    seed: int,
+    device: str,
+    timeout_s: int,
+    republish_after_s: float,
+    admission: Admission | None = None,
+    idempotency_key: str | None = None,
+    body_hash: str | None = None,
+) -> tuple[Job, bool]:
     """Insert a queued job and commit. Returns (job, created); with a known key, the earlier job and False.
 
     With ``admission``, the caps are checked and the row inserted atomically, so concurrent submissions cannot
@@ -119,10 +168,25 @@ def create_job(session: Session, *, tenant: str, kind: str, params: dict, seed: 
         if earlier is not None:
             return earlier, False
     now = utcnow()
-    values = dict(id=uuid.uuid4(), tenant=tenant, kind=kind, status=JobStatus.queued, params=params, seed=seed,
-                  device_requested=device, queue=QUEUE_FOR_DEVICE[device], timeout_s=timeout_s, progress=0.0,
-                  message="queued", attempt=0, idempotency_key=idempotency_key, request_hash=body_hash,
-                  created_at=now, published_at=now, republish_at=now + timedelta(seconds=republish_after_s))
+    values = dict(
+        id=uuid.uuid4(),
+        tenant=tenant,
+        kind=kind,
+        status=JobStatus.queued,
+        params=params,
+        seed=seed,
+        device_requested=device,
+        queue=QUEUE_FOR_DEVICE[device],
+        timeout_s=timeout_s,
+        progress=0.0,
+        message="queued",
+        attempt=0,
+        idempotency_key=idempotency_key,
+        request_hash=body_hash,
+        created_at=now,
+        published_at=now,
+        republish_at=now + timedelta(seconds=republish_after_s),
+    )
     try:
         # Core inserts: the ORM's unit of work cost about a tenth of the API's CPU per submission
         if admission is None:
@@ -146,9 +210,16 @@ def _insert_admitted(session: Session, values: dict, admission: Admission) -> bo
     conn = session.connection()
     if conn.dialect.name == "postgresql":
         conn.execute(_TENANT_LOCK, {"tenant": values["tenant"]})
-    res = conn.execute(_INSERT_ADMITTED_JOB, {
-        **{f"new_{c}": values[c] for c in _JOB_COLUMNS}, "tenant": values["tenant"], "since": admission.since,
-        "active_skip": admission.active_cap - 1, "window_skip": admission.window_cap - 1})
+    res = conn.execute(
+        _INSERT_ADMITTED_JOB,
+        {
+            **{f"new_{c}": values[c] for c in _JOB_COLUMNS},
+            "tenant": values["tenant"],
+            "since": admission.since,
+            "active_skip": admission.active_cap - 1,
+            "window_skip": admission.window_cap - 1,
+        },
+    )
     return res.rowcount == 1
 
 
@@ -165,10 +236,19 @@ def claim(session: Session, job_id: uuid.UUID, worker: str) -> Job | None:
     """
     now = utcnow()
     res = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
-        .values(status=JobStatus.running, attempt=Job.attempt + 1, worker=worker, started_at=now,
-                heartbeat_at=now, progress=0.0, message="running")
-        .execution_options(synchronize_session=False))
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(
+            status=JobStatus.running,
+            attempt=Job.attempt + 1,
+            worker=worker,
+            started_at=now,
+            heartbeat_at=now,
+            progress=0.0,
+            message="running",
+        )
+        .execution_options(synchronize_session=False)
+    )
     if res.rowcount != 1:
         session.rollback()
         return None
@@ -187,16 +267,23 @@ def record_device(session: Session, job_id: uuid.UUID, attempt: int, device: str
     session.commit()
 
 
-def beat(session: Session, job_id: uuid.UUID, attempt: int, progress: float | None, message: str | None,
-         metric_rows: list[tuple[int, str, float | None]]) -> bool:
+def beat(
+    session: Session,
+    job_id: uuid.UUID,
+    attempt: int,
+    progress: float | None,
+    message: str | None,
+    metric_rows: list[tuple[int, str, float | None]],
+) -> bool:
     """Heartbeat, latest progress and buffered metrics in one transaction; False if the job is no longer ours."""
     values: dict = {"heartbeat_at": utcnow()}
     if progress is not None:
         values["progress"] = progress
     if message is not None:
         values["message"] = message
-    res = session.execute(update(Job).where(_owned(job_id, attempt)).values(**values)
-                          .execution_options(synchronize_session=False))
+    res = session.execute(
+        update(Job).where(_owned(job_id, attempt)).values(**values).execution_options(synchronize_session=False)
+    )
     if res.rowcount != 1:
         session.rollback()
         return False
@@ -236,39 +323,79 @@ def _copy_text(job_id: uuid.UUID, rows: list[tuple[int, str, float | None]]) -> 
     return "".join(lines)
 
 
-def put_artifact(session: Session, job_id: uuid.UUID, attempt: int, name: str, *, media_type: str, size: int,
-                 sha256: str, location: str) -> bool:
+def put_artifact(
+    session: Session,
+    job_id: uuid.UUID,
+    attempt: int,
+    name: str,
+    *,
+    media_type: str,
+    size: int,
+    sha256: str,
+    location: str,
+) -> bool:
     """Record (or replace) a named artifact whose bytes are already in the blob store; False if the job is no
     longer ours (the caller then removes the blob it wrote)."""
     if session.scalar(select(Job.id).where(_owned(job_id, attempt))) is None:
         return False
     session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
-    session.add(Artifact(job_id=job_id, name=name, media_type=media_type, size=size, sha256=sha256,
-                         location=location, created_at=utcnow()))
+    session.add(
+        Artifact(
+            job_id=job_id,
+            name=name,
+            media_type=media_type,
+            size=size,
+            sha256=sha256,
+            location=location,
+            created_at=utcnow(),
+        )
+    )
     session.commit()
     return True
 
 
-def finish(session: Session, job_id: uuid.UUID, attempt: int, status: JobStatus, *, result: dict | None = None,
-           error_type: str | None = None, error_message: str | None = None) -> bool:
+def finish(
+    session: Session,
+    job_id: uuid.UUID,
+    attempt: int,
+    status: JobStatus,
+    *,
+    result: dict | None = None,
+    error_type: str | None = None,
+    error_message: str | None = None,
+) -> bool:
     """running -> terminal, only for the attempt that owns the job."""
-    values = {"status": status, "finished_at": utcnow(), "result": result, "error_type": error_type,
-              "error_message": error_message}
+    values = {
+        "status": status,
+        "finished_at": utcnow(),
+        "result": result,
+        "error_type": error_type,
+        "error_message": error_message,
+    }
     if status == JobStatus.succeeded:
         values.update(progress=1.0, message="succeeded")
     else:
         values["message"] = status.value
-    res = session.execute(update(Job).where(_owned(job_id, attempt)).values(**values)
-                          .execution_options(synchronize_session=False))
+    res = session.execute(
+        update(Job).where(_owned(job_id, attempt)).values(**values).execution_options(synchronize_session=False)
+    )
     session.commit()
     return res.rowcount == 1
 
 
 def fail_queued(session: Session, job_id: uuid.UUID, error_type: str, error_message: str) -> bool:
     """queued -> failed, for a job that can never be claimed (e.g. a device no worker has)."""
-    res = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
-                          .values(status=JobStatus.failed, finished_at=utcnow(), error_type=error_type,
-                                  error_message=error_message, message="failed"))
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(
+            status=JobStatus.failed,
+            finished_at=utcnow(),
+            error_type=error_type,
+            error_message=error_message,
+            message="failed",
+        )
+    )
     session.commit()
     return res.rowcount == 1
 
@@ -276,9 +403,11 @@ def fail_queued(session: Session, job_id: uuid.UUID, error_type: str, error_mess
 def cancel(session: Session, job_id: uuid.UUID) -> Job:
     """queued or running -> cancelled. A running job's worker sees it at its next heartbeat and stops."""
     res = session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.queued, JobStatus.running]))
         .values(status=JobStatus.cancelled, finished_at=utcnow(), message="cancelled")
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False)
+    )
     session.commit()
     job = session.get(Job, job_id, populate_existing=True)
     if res.rowcount != 1:
@@ -302,8 +431,11 @@ def dataset_columns(session: Session, dataset_id: uuid.UUID) -> int | None:
 
 def list_artifacts(session: Session, job_id: uuid.UUID) -> list:
     """(name, media_type, size, sha256) of a job's artifacts, by name; the bytes stay in the database."""
-    return session.execute(select(Artifact.name, Artifact.media_type, Artifact.size, Artifact.sha256)
-                           .where(Artifact.job_id == job_id).order_by(Artifact.name)).all()
+    return session.execute(
+        select(Artifact.name, Artifact.media_type, Artifact.size, Artifact.sha256)
+        .where(Artifact.job_id == job_id)
+        .order_by(Artifact.name)
+    ).all()
 
 
 def ping(session: Session) -> None:
@@ -323,8 +455,15 @@ class SweepOutcome:
     failed: list[uuid.UUID]
 
 
-def sweep(session: Session, *, heartbeat_timeout_s: float, requeue_queued_after_s: float,
-          max_attempts: int, broker_started_at: datetime | None = None, now: datetime | None = None) -> SweepOutcome:
+def sweep(
+    session: Session,
+    *,
+    heartbeat_timeout_s: float,
+    requeue_queued_after_s: float,
+    max_attempts: int,
+    broker_started_at: datetime | None = None,
+    now: datetime | None = None,
+) -> SweepOutcome:
     """Recover from dead workers and lost messages.
 
     - running with a stale heartbeat: back to queued (a retry) while attempts remain, else failed;
@@ -334,32 +473,53 @@ def sweep(session: Session, *, heartbeat_timeout_s: float, requeue_queued_after_
     now = now or utcnow()
     out = SweepOutcome([], [], [])
     stale = now - timedelta(seconds=heartbeat_timeout_s)
-    dead = session.execute(select(Job.id, Job.attempt, Job.queue).where(
-        Job.status == JobStatus.running, Job.heartbeat_at < stale)).all()
+    dead = session.execute(
+        select(Job.id, Job.attempt, Job.queue).where(Job.status == JobStatus.running, Job.heartbeat_at < stale)
+    ).all()
     for job_id, attempt, queue in dead:
         if attempt >= max_attempts:
-            res = session.execute(update(Job).where(_owned(job_id, attempt), Job.heartbeat_at < stale).values(
-                status=JobStatus.failed, finished_at=now, message="failed", error_type="worker_lost",
-                error_message=f"the worker running this job stopped responding on each of {attempt} attempts "
-                              f"(killed, out of memory, or lost); giving up"))
+            res = session.execute(
+                update(Job)
+                .where(_owned(job_id, attempt), Job.heartbeat_at < stale)
+                .values(
+                    status=JobStatus.failed,
+                    finished_at=now,
+                    message="failed",
+                    error_type="worker_lost",
+                    error_message=f"the worker running this job stopped responding on each of {attempt} attempts "
+                    f"(killed, out of memory, or lost); giving up",
+                )
+            )
             if res.rowcount == 1:
                 out.failed.append(job_id)
         else:
-            res = session.execute(update(Job).where(_owned(job_id, attempt), Job.heartbeat_at < stale).values(
-                status=JobStatus.queued, published_at=now,
-                republish_at=now + timedelta(seconds=requeue_queued_after_s), worker=None,
-                message=f"retrying: worker lost on attempt {attempt}"))
+            res = session.execute(
+                update(Job)
+                .where(_owned(job_id, attempt), Job.heartbeat_at < stale)
+                .values(
+                    status=JobStatus.queued,
+                    published_at=now,
+                    republish_at=now + timedelta(seconds=requeue_queued_after_s),
+                    worker=None,
+                    message=f"retrying: worker lost on attempt {attempt}",
+                )
+            )
             if res.rowcount == 1:
                 out.retried.append(job_id)
                 out.republish.append((job_id, queue))
         session.commit()
     due = _due_for_publishing(now, broker_started_at)
-    waiting = session.execute(select(Job.id, Job.queue, Job.published_at).where(Job.status == JobStatus.queued, due)).all()
+    waiting = session.execute(
+        select(Job.id, Job.queue, Job.published_at).where(Job.status == JobStatus.queued, due)
+    ).all()
     for job_id, queue, published_at in waiting:
         # the gap between blind re-publishes doubles: a job waiting in a long queue gets a handful of messages
         gap = max(requeue_queued_after_s, 2 * (now - published_at).total_seconds() if published_at else 0.0)
-        res = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued, due).values(
-            published_at=now, republish_at=now + timedelta(seconds=gap)))
+        res = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.queued, due)
+            .values(published_at=now, republish_at=now + timedelta(seconds=gap))
+        )
         if res.rowcount == 1:
             out.republish.append((job_id, queue))
         session.commit()
@@ -403,8 +563,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     return created_at, uuid.UUID(jid)
 
 
-def list_jobs(session: Session, *, tenant: str | None, status: str | None, kind: str | None, limit: int,
-              cursor: str | None) -> tuple[list[Job], str | None]:
+def list_jobs(
+    session: Session, *, tenant: str | None, status: str | None, kind: str | None, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
     """Newest first, keyset-paginated on (created_at, id): stable while new jobs arrive. tenant None: all."""
     q = select(Job)
     if tenant is not None:
@@ -421,8 +582,9 @@ def list_jobs(session: Session, *, tenant: str | None, status: str | None, kind:
     return rows[:limit], nxt
 
 
-def read_metrics(session: Session, job_id: uuid.UUID, *, name: str | None, after_step: int | None,
-                 cursor: int | None, limit: int) -> tuple[list, int | None]:
+def read_metrics(
+    session: Session, job_id: uuid.UUID, *, name: str | None, after_step: int | None, cursor: int | None, limit: int
+) -> tuple[list, int | None]:
     """Metric rows (id, step, name, value) in the order they were logged; ``cursor`` is the last row id seen."""
     q = select(Metric.id, Metric.step, Metric.name, Metric.value).where(Metric.job_id == job_id)
     if name:
@@ -508,30 +670,47 @@ def study_downsampled_metrics(session: Session, study_id: uuid.UUID, *, name: st
     """One metric of every child of a study, each child's series downsampled as ``downsampled_metrics`` does:
     rows (job_id, step, name, value), in one query (a study page draws them all at once)."""
     children = select(StudyJob.job_id).where(StudyJob.study_id == study_id)
-    return session.execute(_downsampled([Metric.job_id.in_(children), Metric.name == name,
-                                         Metric.value.is_not(None)], points)).all()
+    return session.execute(
+        _downsampled([Metric.job_id.in_(children), Metric.name == name, Metric.value.is_not(None)], points)
+    ).all()
 
 
 def _downsampled(where: list, points: int):
     """The min/max decimation as one statement, windows only (a join to per-series ranges let PostgreSQL's planner
     rescan the aggregate per row on a fresh table): each series' span, then each row's bucket, then the extremes."""
     series = {"partition_by": (Metric.job_id, Metric.name)}
-    spans = select(Metric.id, Metric.job_id, Metric.step, Metric.name, Metric.value,
-                   func.min(Metric.step).over(**series).label("lo"),
-                   func.max(Metric.step).over(**series).label("hi"),
-                   func.count().over(**series).label("n")).where(*where).subquery()
+    spans = (
+        select(
+            Metric.id,
+            Metric.job_id,
+            Metric.step,
+            Metric.name,
+            Metric.value,
+            func.min(Metric.step).over(**series).label("lo"),
+            func.max(Metric.step).over(**series).label("hi"),
+            func.count().over(**series).label("n"),
+        )
+        .where(*where)
+        .subquery()
+    )
     buckets = max(1, points // 2)
-    bucket = case((spans.c.n <= points, spans.c.id),
-                  else_=(spans.c.step - spans.c.lo) * buckets // (spans.c.hi - spans.c.lo + 1))
+    bucket = case(
+        (spans.c.n <= points, spans.c.id), else_=(spans.c.step - spans.c.lo) * buckets // (spans.c.hi - spans.c.lo + 1)
+    )
     in_bucket = {"partition_by": (spans.c.job_id, spans.c.name, bucket)}
-    ranked = select(spans.c.job_id, spans.c.step, spans.c.name, spans.c.value,
-                    func.row_number().over(**in_bucket, order_by=(spans.c.value.asc(), spans.c.step.asc()))
-                    .label("low"),
-                    func.row_number().over(**in_bucket, order_by=(spans.c.value.desc(), spans.c.step.asc()))
-                    .label("high")).subquery()
-    return (select(ranked.c.job_id, ranked.c.step, ranked.c.name, ranked.c.value)
-            .where(or_(ranked.c.low == 1, ranked.c.high == 1))
-            .order_by(ranked.c.job_id, ranked.c.name, ranked.c.step))
+    ranked = select(
+        spans.c.job_id,
+        spans.c.step,
+        spans.c.name,
+        spans.c.value,
+        func.row_number().over(**in_bucket, order_by=(spans.c.value.asc(), spans.c.step.asc())).label("low"),
+        func.row_number().over(**in_bucket, order_by=(spans.c.value.desc(), spans.c.step.asc())).label("high"),
+    ).subquery()
+    return (
+        select(ranked.c.job_id, ranked.c.step, ranked.c.name, ranked.c.value)
+        .where(or_(ranked.c.low == 1, ranked.c.high == 1))
+        .order_by(ranked.c.job_id, ranked.c.name, ranked.c.step)
+    )
 
 
 def find_study_replay(session: Session, tenant: str, idempotency_key: str, body_hash: str) -> Study | None:
@@ -542,10 +721,21 @@ def find_study_replay(session: Session, tenant: str, idempotency_key: str, body_
     return earlier
 
 
-def create_study(session: Session, *, tenant: str, kind: str, request: dict, settings: list[dict], seeds: list[int],
-                 baseline: int, device: str, timeout_s: int, republish_after_s: float,
-                 idempotency_key: str | None = None,
-                 body_hash: str | None = None) -> tuple[Study, list[tuple[uuid.UUID, str]], bool]:
+def create_study(
+    session: Session,
+    *,
+    tenant: str,
+    kind: str,
+    request: dict,
+    settings: list[dict],
+    seeds: list[int],
+    baseline: int,
+    device: str,
+    timeout_s: int,
+    republish_after_s: float,
+    idempotency_key: str | None = None,
+    body_hash: str | None = None,
+) -> tuple[Study, list[tuple[uuid.UUID, str]], bool]:
     """Insert a study, one queued job per (setting, seed) and the links, in one transaction. Returns the study, its
     new jobs as (id, queue) to publish, and whether it was created (False: a replay of the same key and body)."""
     if idempotency_key is not None:
@@ -553,17 +743,43 @@ def create_study(session: Session, *, tenant: str, kind: str, request: dict, set
         if earlier is not None:
             return earlier, [], False
     now = utcnow()
-    study = dict(id=uuid.uuid4(), tenant=tenant, kind=kind, request=request, settings=settings, seeds=seeds,
-                 baseline=baseline, idempotency_key=idempotency_key, request_hash=body_hash, created_at=now)
+    study = dict(
+        id=uuid.uuid4(),
+        tenant=tenant,
+        kind=kind,
+        request=request,
+        settings=settings,
+        seeds=seeds,
+        baseline=baseline,
+        idempotency_key=idempotency_key,
+        request_hash=body_hash,
+        created_at=now,
+    )
     jobs, links = [], []
     for index, setting in enumerate(settings):
         for seed in seeds:
             job_id = uuid.uuid4()
-            jobs.append(dict(id=job_id, tenant=tenant, kind=kind, status=JobStatus.queued, params=setting["params"],
-                             seed=seed, device_requested=device, queue=QUEUE_FOR_DEVICE[device],
-                             timeout_s=timeout_s, progress=0.0, message="queued", attempt=0, idempotency_key=None,
-                             request_hash=None, created_at=now, published_at=now,
-                             republish_at=now + timedelta(seconds=republish_after_s)))
+            jobs.append(
+                dict(
+                    id=job_id,
+                    tenant=tenant,
+                    kind=kind,
+                    status=JobStatus.queued,
+                    params=setting["params"],
+                    seed=seed,
+                    device_requested=device,
+                    queue=QUEUE_FOR_DEVICE[device],
+                    timeout_s=timeout_s,
+                    progress=0.0,
+                    message="queued",
+                    attempt=0,
+                    idempotency_key=None,
+                    request_hash=None,
+                    created_at=now,
+                    published_at=now,
+                    republish_at=now + timedelta(seconds=republish_after_s),
+                )
+            )
             links.append(dict(study_id=study["id"], job_id=job_id, setting=index, seed=seed))
     try:
         conn = session.connection()
@@ -587,43 +803,61 @@ def get_study(session: Session, study_id: uuid.UUID) -> Study | None:
 def study_children(session: Session, study_id: uuid.UUID) -> list:
     """Each child's (job_id, setting, seed, status, progress, summary): the summary alone, not the whole result."""
     return session.execute(
-        select(StudyJob.job_id, StudyJob.setting, StudyJob.seed, Job.status, Job.progress,
-               Job.result["summary"].label("summary"))
-        .join(Job, Job.id == StudyJob.job_id).where(StudyJob.study_id == study_id)
-        .order_by(StudyJob.setting, StudyJob.seed)).all()
+        select(
+            StudyJob.job_id,
+            StudyJob.setting,
+            StudyJob.seed,
+            Job.status,
+            Job.progress,
+            Job.result["summary"].label("summary"),
+        )
+        .join(Job, Job.id == StudyJob.job_id)
+        .where(StudyJob.study_id == study_id)
+        .order_by(StudyJob.setting, StudyJob.seed)
+    ).all()
 
 
 def cancel_study(session: Session, study_id: uuid.UUID) -> int:
     """Mark the study cancelled and cancel its queued and running children (their workers stop at the next
     heartbeat, as for a single cancel); returns how many children were cancelled."""
     now = utcnow()
-    session.execute(update(Study).where(Study.id == study_id, Study.cancelled_at.is_(None))
-                    .values(cancelled_at=now).execution_options(synchronize_session=False))
+    session.execute(
+        update(Study)
+        .where(Study.id == study_id, Study.cancelled_at.is_(None))
+        .values(cancelled_at=now)
+        .execution_options(synchronize_session=False)
+    )
     children = select(StudyJob.job_id).where(StudyJob.study_id == study_id)
     res = session.execute(
-        update(Job).where(Job.id.in_(children), Job.status.in_([JobStatus.queued, JobStatus.running]))
+        update(Job)
+        .where(Job.id.in_(children), Job.status.in_([JobStatus.queued, JobStatus.running]))
         .values(status=JobStatus.cancelled, finished_at=now, message="cancelled with its study")
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False)
+    )
     session.commit()
     return res.rowcount
 
 
 # --- what operators see: workers, queues, the service's state (GET /v1/workers, /v1/queues, /metrics) ----------
 
-def register_worker(session: Session, *, name: str, host: str, pid: int, queues: list[str], device: dict,
-                    forget_before: datetime) -> None:
+
+def register_worker(
+    session: Session, *, name: str, host: str, pid: int, queues: list[str], device: dict, forget_before: datetime
+) -> None:
     """A worker process announces itself; rows of workers silent since ``forget_before`` are removed."""
     now = utcnow()
     session.execute(delete(Worker).where(or_(Worker.name == name, Worker.heartbeat_at < forget_before)))
-    session.add(Worker(name=name, host=host, pid=pid, queues=queues, device=device, stats=[], started_at=now,
-                       heartbeat_at=now))
+    session.add(
+        Worker(name=name, host=host, pid=pid, queues=queues, device=device, stats=[], started_at=now, heartbeat_at=now)
+    )
     session.commit()
 
 
 def worker_beat(session: Session, name: str, device: dict, stats: list) -> bool:
     """The worker is alive, with its device's state and its counters; False if its row is gone (re-register)."""
-    res = session.execute(update(Worker).where(Worker.name == name)
-                          .values(heartbeat_at=utcnow(), device=device, stats=stats))
+    res = session.execute(
+        update(Worker).where(Worker.name == name).values(heartbeat_at=utcnow(), device=device, stats=stats)
+    )
     session.commit()
     return res.rowcount == 1
 
@@ -643,8 +877,11 @@ class WorkerState:
 
 def workers(session: Session, alive_since: datetime | None = None) -> list[WorkerState]:
     """Every worker row (those that beat since ``alive_since``, when given) with the job each is running."""
-    q = (select(Worker, Job.id, Job.kind, Job.started_at)
-         .outerjoin(Job, and_(Job.worker == Worker.name, Job.status == JobStatus.running)).order_by(Worker.name))
+    q = (
+        select(Worker, Job.id, Job.kind, Job.started_at)
+        .outerjoin(Job, and_(Job.worker == Worker.name, Job.status == JobStatus.running))
+        .order_by(Worker.name)
+    )
     if alive_since is not None:
         q = q.where(Worker.heartbeat_at >= alive_since)
     return [WorkerState(w, jid, kind, started) for w, jid, kind, started in session.execute(q).all()]
@@ -659,27 +896,41 @@ class QueueState:
 
 def queues(session: Session) -> dict[str, QueueState]:
     """Depth, oldest queued job and running jobs of every queue that has any."""
-    queued = {q: (n, oldest) for q, n, oldest in session.execute(
-        select(Job.queue, func.count(), func.min(Job.created_at)).where(Job.status == JobStatus.queued)
-        .group_by(Job.queue)).all()}
-    running = dict(session.execute(select(Job.queue, func.count()).where(Job.status == JobStatus.running)
-                                   .group_by(Job.queue)).all())
-    return {q: QueueState(queued.get(q, (0, None))[0], queued.get(q, (0, None))[1], running.get(q, 0))
-            for q in sorted(set(queued) | set(running))}
+    queued = {
+        q: (n, oldest)
+        for q, n, oldest in session.execute(
+            select(Job.queue, func.count(), func.min(Job.created_at))
+            .where(Job.status == JobStatus.queued)
+            .group_by(Job.queue)
+        ).all()
+    }
+    running = dict(
+        session.execute(
+            select(Job.queue, func.count()).where(Job.status == JobStatus.running).group_by(Job.queue)
+        ).all()
+    )
+    return {
+        q: QueueState(queued.get(q, (0, None))[0], queued.get(q, (0, None))[1], running.get(q, 0))
+        for q in sorted(set(queued) | set(running))
+    }
 
 
 def job_counts(session: Session) -> list[tuple[str, str, int]]:
     """(status, kind, number of jobs) for every pair that has jobs."""
-    return [tuple(r) for r in session.execute(
-        select(Job.status, Job.kind, func.count()).group_by(Job.status, Job.kind)).all()]
+    return [
+        tuple(r)
+        for r in session.execute(select(Job.status, Job.kind, func.count()).group_by(Job.status, Job.kind)).all()
+    ]
 
 
 def blob_bytes(session: Session) -> dict[str, int]:
     """Bytes in the blob store, by what they are (from the rows' recorded sizes): artifacts, uploaded datasets and
     uploaded models' weights."""
-    return {"artifacts": session.scalar(select(func.coalesce(func.sum(Artifact.size), 0))),
-            "datasets": session.scalar(select(func.coalesce(func.sum(Dataset.size), 0))),
-            "models": session.scalar(select(func.coalesce(func.sum(StoredModel.weights_size), 0)))}
+    return {
+        "artifacts": session.scalar(select(func.coalesce(func.sum(Artifact.size), 0))),
+        "datasets": session.scalar(select(func.coalesce(func.sum(Dataset.size), 0))),
+        "models": session.scalar(select(func.coalesce(func.sum(StoredModel.weights_size), 0))),
+    }
 
 
 @dataclass(frozen=True)
@@ -702,8 +953,7 @@ def queue_outlook(session: Session, job: Job, alive_since: datetime) -> QueueOut
     goes to the back); a job whose publishing failed waits for the sweeper, behind every published one."""
     mine = and_(Job.queue == job.queue, Job.status == JobStatus.queued, Job.id != job.id)
     if job.published_at is not None:
-        before = or_(Job.published_at < job.published_at,
-                     and_(Job.published_at == job.published_at, Job.id < job.id))
+        before = or_(Job.published_at < job.published_at, and_(Job.published_at == job.published_at, Job.id < job.id))
     else:
         before = or_(Job.published_at.is_not(None), Job.created_at < job.created_at)
     ahead = dict(session.execute(select(Job.kind, func.count()).where(mine, before).group_by(Job.kind)).all())
@@ -712,15 +962,24 @@ def queue_outlook(session: Session, job: Job, alive_since: datetime) -> QueueOut
     names = {s.worker.name for s in consumers}
     running = [(s.job_kind, (now - s.job_started_at).total_seconds()) for s in consumers if s.job_id is not None]
     kinds = set(ahead) | {kind for kind, _ in running}
-    return QueueOutlook(position=1 + sum(ahead.values()), ahead=ahead, running=running, workers=len(names),
-                        run_s={kind: recent_run_seconds(session, kind, job.queue) for kind in kinds})
+    return QueueOutlook(
+        position=1 + sum(ahead.values()),
+        ahead=ahead,
+        running=running,
+        workers=len(names),
+        run_s={kind: recent_run_seconds(session, kind, job.queue) for kind in kinds},
+    )
 
 
 def recent_run_seconds(session: Session, kind: str, queue: str, n: int = RUN_TIME_SAMPLE) -> list[float]:
     """Run times of the latest ``n`` succeeded jobs of ``kind`` on ``queue`` (on any queue when it has none)."""
     for where in (and_(Job.kind == kind, Job.queue == queue), Job.kind == kind):
-        rows = session.execute(select(Job.started_at, Job.finished_at).where(where, Job.status == JobStatus.succeeded)
-                               .order_by(Job.finished_at.desc()).limit(n)).all()
+        rows = session.execute(
+            select(Job.started_at, Job.finished_at)
+            .where(where, Job.status == JobStatus.succeeded)
+            .order_by(Job.finished_at.desc())
+            .limit(n)
+        ).all()
         if rows:
             return [(f - s).total_seconds() for s, f in rows if s is not None and f is not None]
     return []
@@ -728,5 +987,16 @@ def recent_run_seconds(session: Session, kind: str, queue: str, n: int = RUN_TIM
 
 def job_timing(session: Session, job_id: uuid.UUID):
     """(kind, queue, status, attempt, worker, error_type, created_at, started_at, finished_at) of a job."""
-    return session.execute(select(Job.kind, Job.queue, Job.status, Job.attempt, Job.worker, Job.error_type,
-                                  Job.created_at, Job.started_at, Job.finished_at).where(Job.id == job_id)).first()
+    return session.execute(
+        select(
+            Job.kind,
+            Job.queue,
+            Job.status,
+            Job.attempt,
+            Job.worker,
+            Job.error_type,
+            Job.created_at,
+            Job.started_at,
+            Job.finished_at,
+        ).where(Job.id == job_id)
+    ).first()

@@ -9,6 +9,7 @@ feed's window from the database itself, then joins it.
 A feed publishes a status only once it has read every row up to it (the status is read before the rows, and a worker
 writes its rows before it finishes), so a watcher that sees a terminal status has been given every row.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -56,8 +57,9 @@ class JobFeed:
 class JobFeeds:
     """The process's feeds, made on a job's first watcher and dropped after its last."""
 
-    def __init__(self, sessions: Callable, poll_s: float, encode: Callable[[tuple], str],
-                 buffer_rows: int = 10 * BATCH):
+    def __init__(
+        self, sessions: Callable, poll_s: float, encode: Callable[[tuple], str], buffer_rows: int = 10 * BATCH
+    ):
         self.sessions, self.poll_s, self.encode, self.buffer_rows = sessions, poll_s, encode, buffer_rows
         self.feeds: dict[uuid.UUID, JobFeed] = {}
 
@@ -134,4 +136,3 @@ class JobFeeds:
             drop = max(excess, self.buffer_rows // 2)  # trim in halves, not row by row
             feed.floor = feed.ids[drop - 1]
             del feed.ids[:drop], feed.encoded[:drop]
-

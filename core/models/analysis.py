@@ -1,6 +1,7 @@
 """What the techniques measure on a user's model (torch): its non-square weights and their averaged-fan variances
 (TECHNIQUES.md §4), variance ratios through the whole network, and the memory of gradient accumulation inside the
 optimizer versus an explicit buffer (§3)."""
+
 from __future__ import annotations
 
 import time
@@ -30,9 +31,16 @@ def layer_table(module: nn.Module, means: list[str]) -> list[dict]:
     rows = []
     for name, p in nonsquare_weights(module):
         fan_in, fan_out = fans(p)
-        rows.append({"name": name, "shape": list(p.shape), "fan_in": fan_in, "fan_out": fan_out,
-                     "current_variance": float(p.detach().double().var()),
-                     "variance": {m: averaged_variance(fan_in, fan_out, m) for m in means}})
+        rows.append(
+            {
+                "name": name,
+                "shape": list(p.shape),
+                "fan_in": fan_in,
+                "fan_out": fan_out,
+                "current_variance": float(p.detach().double().var()),
+                "variance": {m: averaged_variance(fan_in, fan_out, m) for m in means},
+            }
+        )
     return rows
 
 
@@ -66,6 +74,7 @@ def variance_ratios(built: BuiltModel, inputs: torch.Tensor, generator: torch.Ge
         captured["in"] = x
         out = built.module(x)
     else:
+
         def keep(_, __, output):
             output.retain_grad()
             captured["in"] = output
@@ -99,15 +108,23 @@ class AccumulationMemory:
         return self.explicit_buffer_bytes - self.chi_exact_bytes
 
     def as_dict(self) -> dict:
-        return {"explicit_buffer_bytes": self.explicit_buffer_bytes, "chi_exact_bytes": self.chi_exact_bytes,
-                "saving_bytes": self.saving, "param_bytes": self.param_bytes,
-                "saving_is_one_parameter_sized_tensor": self.saving == self.param_bytes,
-                "explicit_seconds_per_micro_step": self.explicit_seconds_per_micro_step,
-                "chi_exact_seconds_per_micro_step": self.chi_exact_seconds_per_micro_step}
+        return {
+            "explicit_buffer_bytes": self.explicit_buffer_bytes,
+            "chi_exact_bytes": self.chi_exact_bytes,
+            "saving_bytes": self.saving,
+            "param_bytes": self.param_bytes,
+            "saving_is_one_parameter_sized_tensor": self.saving == self.param_bytes,
+            "explicit_seconds_per_micro_step": self.explicit_seconds_per_micro_step,
+            "chi_exact_seconds_per_micro_step": self.chi_exact_seconds_per_micro_step,
+        }
 
 
-def accumulation_memory(built: BuiltModel, batches: list[tuple[torch.Tensor, torch.Tensor | None]],
-                        optimizer: str = "adam", lr: float = 1e-4) -> AccumulationMemory:
+def accumulation_memory(
+    built: BuiltModel,
+    batches: list[tuple[torch.Tensor, torch.Tensor | None]],
+    optimizer: str = "adam",
+    lr: float = 1e-4,
+) -> AccumulationMemory:
     """Run one window of k = len(batches) micro-steps per arm on the same starting weights and measure what each
     keeps between micro-steps: explicit accumulation holds the optimizer state plus a gradient per parameter until
     the window's step; the exact χ rule folds each micro-gradient into the momentum and frees it at once."""
@@ -127,8 +144,12 @@ def accumulation_memory(built: BuiltModel, batches: list[tuple[torch.Tensor, tor
             loss = built.loss(inputs, targets)
             if arm == "explicit_buffer":
                 (loss / k).backward()
-                held = max(held, sum(p.grad.numel() * p.grad.element_size()
-                                     for p in built.module.parameters() if p.grad is not None))
+                held = max(
+                    held,
+                    sum(
+                        p.grad.numel() * p.grad.element_size() for p in built.module.parameters() if p.grad is not None
+                    ),
+                )
                 if t == k:
                     opt.step()
                     opt.zero_grad(set_to_none=True)
@@ -140,5 +161,10 @@ def accumulation_memory(built: BuiltModel, batches: list[tuple[torch.Tensor, tor
         measured[arm] = (state_bytes(opt) + held, seconds)
         del opt
     param_bytes = sum(p.numel() * p.element_size() for p in built.module.parameters())
-    return AccumulationMemory(measured["explicit_buffer"][0], measured["chi_exact"][0], param_bytes,
-                              measured["explicit_buffer"][1], measured["chi_exact"][1])
+    return AccumulationMemory(
+        measured["explicit_buffer"][0],
+        measured["chi_exact"][0],
+        param_bytes,
+        measured["explicit_buffer"][1],
+        measured["chi_exact"][1],
+    )

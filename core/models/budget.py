@@ -4,6 +4,7 @@ Per arm alive at once: weights, gradients, optimizer state (parameter-sized tens
 with momentum 1) and the activations saved for backward by one micro-batch. The activation figure is measured,
 not modelled: the inspector runs the forward and loss on ``meta`` tensors and adds up what autograd saves.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -46,9 +47,13 @@ def estimate(n_params: int, activation_bytes: int, work: Workload) -> MemoryEsti
     """``activation_bytes``: what the inspector measured for one micro-batch of ``work`` in float32."""
     per = n_params * work.dtype_bytes
     scale = work.dtype_bytes / 4
-    return MemoryEstimate(n_params=n_params, weights=work.arms * per, grads=work.arms * per,
-                          optimizer=work.arms * per * (work.optimizer_states + work.extra_buffers),
-                          activations=int(work.arms * activation_bytes * scale))
+    return MemoryEstimate(
+        n_params=n_params,
+        weights=work.arms * per,
+        grads=work.arms * per,
+        optimizer=work.arms * per * (work.optimizer_states + work.extra_buffers),
+        activations=int(work.arms * activation_bytes * scale),
+    )
 
 
 def refusal(est: MemoryEstimate, queue: str, capacity: int) -> str | None:
@@ -56,7 +61,9 @@ def refusal(est: MemoryEstimate, queue: str, capacity: int) -> str | None:
     if est.total <= capacity:
         return None
     gib = 2**30
-    return (f"about {est.total / gib:.2f} GiB needed (weights {est.weights / gib:.2f}, gradients "
-            f"{est.grads / gib:.2f}, optimizer state {est.optimizer / gib:.2f}, activations "
-            f"{est.activations / gib:.2f}) for {est.n_params:,} parameters exceeds the {capacity / gib:.2f} GiB "
-            f"of a '{queue}' worker")
+    return (
+        f"about {est.total / gib:.2f} GiB needed (weights {est.weights / gib:.2f}, gradients "
+        f"{est.grads / gib:.2f}, optimizer state {est.optimizer / gib:.2f}, activations "
+        f"{est.activations / gib:.2f}) for {est.n_params:,} parameters exceeds the {capacity / gib:.2f} GiB "
+        f"of a '{queue}' worker"
+    )

@@ -4,6 +4,7 @@ Every model comes back as a ``BuiltModel``: the module, its task and one loss, s
 any of them the same way. Hugging Face configs are built with ``AutoModelFor*.from_config`` (native classes only:
 the spec refused remote code); weights come only from safetensors.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,8 +36,9 @@ class BuiltModel:
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.module(input_ids=inputs).logits if self.hf else self.module(inputs)
 
-    def predictions(self, inputs: torch.Tensor, targets: torch.Tensor | None = None,
-                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def predictions(
+        self, inputs: torch.Tensor, targets: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, labels) flattened to (n, classes) and (n,), -100 where nothing is predicted: ``targets``
         (classify), the next token (causal LM) or the masked tokens (masked LM; ``mask`` marks them, default one
         position in ``MASK_EVERY``; the mask token is the vocabulary's last id)."""
@@ -46,15 +48,16 @@ class BuiltModel:
             logits = self.logits(inputs)[:, :-1]
             return logits.reshape(-1, logits.shape[-1]), inputs[:, 1:].reshape(-1)
         if mask is None:
-            mask = (torch.arange(inputs.shape[1], device=inputs.device) % MASK_EVERY == MASK_EVERY // 2)
+            mask = torch.arange(inputs.shape[1], device=inputs.device) % MASK_EVERY == MASK_EVERY // 2
             mask = mask.expand_as(inputs)
         masked = torch.where(mask, torch.full_like(inputs, self.vocab_size - 1), inputs)
         labels = torch.where(mask, inputs, torch.full_like(inputs, -100))  # no boolean indexing: runs on meta
         logits = self.logits(masked)
         return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
 
-    def loss(self, inputs: torch.Tensor, targets: torch.Tensor | None = None,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self, inputs: torch.Tensor, targets: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Mean cross-entropy over the predicted positions (see ``predictions``)."""
         return F.cross_entropy(*self.predictions(inputs, targets, mask), ignore_index=-100)
 
@@ -67,8 +70,15 @@ class BuiltModel:
         loss = float(F.cross_entropy(logits, labels, reduction="sum"))
         return loss, float((logits.argmax(-1) == labels).sum()), int(labels.numel())
 
-    def sample_inputs(self, batch: int, seq_len: int | None, features: int | None, classes: int | None,
-                      device: torch.device | str, generator: torch.Generator | None = None):
+    def sample_inputs(
+        self,
+        batch: int,
+        seq_len: int | None,
+        features: int | None,
+        classes: int | None,
+        device: torch.device | str,
+        generator: torch.Generator | None = None,
+    ):
         """Random inputs of the right shape (on ``meta``: shapes only, nothing allocated): (inputs, targets or
         None)."""
         if self.tokens:
@@ -78,15 +88,20 @@ class BuiltModel:
             ids = torch.randint(0, self.vocab_size, (batch, length), generator=generator)
             return ids.to(device), None
         if str(device) == "meta":
-            return (torch.empty(batch, features, device="meta"),
-                    torch.empty(batch, dtype=torch.long, device="meta"))
+            return (torch.empty(batch, features, device="meta"), torch.empty(batch, dtype=torch.long, device="meta"))
         x = torch.randn(batch, features, generator=generator)
         y = torch.randint(0, classes, (batch,), generator=generator)
         return x.to(device), y.to(device)
 
 
-def build(spec: BuiltinModel | HFConfigModel, *, features: int | None = None, classes: int | None = None,
-          device: torch.device | str = "cpu", weights: bytes | None = None) -> BuiltModel:
+def build(
+    spec: BuiltinModel | HFConfigModel,
+    *,
+    features: int | None = None,
+    classes: int | None = None,
+    device: torch.device | str = "cpu",
+    weights: bytes | None = None,
+) -> BuiltModel:
     """The model, on ``device`` (``meta`` builds shapes only). ``weights``: safetensors bytes to load."""
     with torch.device(device):
         built = _build_hf(spec) if isinstance(spec, HFConfigModel) else _build_builtin(spec, features, classes)

@@ -3,6 +3,7 @@
 Image models read each row as a square one-channel image; Transformers read token ids and return per-position
 vocabulary logits (``encode`` gives the hidden states, for pooling).
 """
+
 from __future__ import annotations
 
 import math
@@ -29,9 +30,16 @@ def small_cnn(features: int, channels: int, hidden: int, classes: int) -> nn.Seq
     side, c = square_side(features), channels
     return nn.Sequential(
         nn.Unflatten(1, (1, side, side)),
-        nn.Conv2d(1, c, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(2 * c * (side // 2) ** 2, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+        nn.Conv2d(1, c, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(c, 2 * c, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * c * (side // 2) ** 2, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, classes),
+    )
 
 
 class ResidualBlock(nn.Module):
@@ -39,10 +47,18 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
-                                  nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
-        self.skip = (nn.Identity() if stride == 1 and c_in == c_out else
-                     nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)))
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.body(x) + self.skip(x))
@@ -58,8 +74,16 @@ def resnet(features: int, channels: int, blocks: int, classes: int) -> nn.Sequen
         widen = blocks > 1 and i == blocks // 2
         stages.append(ResidualBlock(width, 2 * width if widen else width, 2 if widen else 1))
         width = 2 * width if widen else width
-    return nn.Sequential(nn.Unflatten(1, (1, side, side)), nn.Conv2d(1, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c),
-                         nn.ReLU(), *stages, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes))
+    return nn.Sequential(
+        nn.Unflatten(1, (1, side, side)),
+        nn.Conv2d(1, c, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        *stages,
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, classes),
+    )
 
 
 class TokenTransformer(nn.Module):
@@ -71,8 +95,9 @@ class TokenTransformer(nn.Module):
         self.causal = causal
         self.tok = nn.Embedding(vocab, hidden)
         self.pos = nn.Embedding(context, hidden)
-        layer = nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout=0.0, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            hidden, heads, 4 * hidden, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, vocab, bias=False)

@@ -1,5 +1,6 @@
 """The n > c·ln N check on a model's own sizes (TECHNIQUES.md §1): its token embedding against its vocabulary and
 its attention head against its context. Plain arithmetic on the config, so it needs neither torch nor a build."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,12 @@ def embedding_sizes(model: BuiltinModel | HFConfigModel) -> dict[str, int] | Non
         return {"hidden": s["hidden"], "vocab": s["vocab"], "head_dim": s["head_dim"], "context": s["context"]}
     if model.arch not in TRANSFORMER_ARCHS:
         return None
-    return {"hidden": model.hidden, "vocab": model.vocab_size, "head_dim": model.hidden // model.heads,
-            "context": model.context}
+    return {
+        "hidden": model.hidden,
+        "vocab": model.vocab_size,
+        "head_dim": model.hidden // model.heads,
+        "context": model.context,
+    }
 
 
 def largest_supported(n: int, coefficient: float) -> int:
@@ -32,10 +37,24 @@ def largest_supported(n: int, coefficient: float) -> int:
 def model_checks(sizes: dict[str, int], coefficient: float) -> dict:
     """One row per embedding-like dimension, and the largest context the head size supports."""
     rows = []
-    for what, n, big_n, field in (("token_embedding", sizes["hidden"], sizes["vocab"], "vocab_size"),
-                                  ("attention_head", sizes["head_dim"], sizes["context"], "context")):
+    for what, n, big_n, field in (
+        ("token_embedding", sizes["hidden"], sizes["vocab"], "vocab_size"),
+        ("attention_head", sizes["head_dim"], sizes["context"], "context"),
+    ):
         bound = coefficient * math.log(big_n) if big_n >= 2 else 0.0
-        rows.append({"what": what, "n": n, "N": big_n, "N_is": field, "bound": bound, "ok": n > bound,
-                     "largest_N_supported": largest_supported(n, coefficient)})
-    return {"rows": rows, "max_context_for_head_dim": largest_supported(sizes["head_dim"], coefficient),
-            "all_ok": all(r["ok"] for r in rows)}
+        rows.append(
+            {
+                "what": what,
+                "n": n,
+                "N": big_n,
+                "N_is": field,
+                "bound": bound,
+                "ok": n > bound,
+                "largest_N_supported": largest_supported(n, coefficient),
+            }
+        )
+    return {
+        "rows": rows,
+        "max_context_for_head_dim": largest_supported(sizes["head_dim"], coefficient),
+        "all_ok": all(r["ok"] for r in rows),
+    }

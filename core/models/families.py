@@ -4,6 +4,7 @@ An allowlist, not transformers' own registry: every family here is a native tran
 is built with ``AutoModelForCausalLM``/``AutoModelForMaskedLM``, and names its sizes in known fields, so the API
 can check and bound a config without importing transformers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,10 +28,24 @@ class Family:
         return (self.hidden, self.layers, self.heads, self.vocab, self.context)
 
 
-_DECODER = Family("causal_lm", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
-                  "max_position_embeddings", "intermediate_size")
-_ENCODER = Family("masked_lm", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size",
-                  "max_position_embeddings", "intermediate_size")
+_DECODER = Family(
+    "causal_lm",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "vocab_size",
+    "max_position_embeddings",
+    "intermediate_size",
+)
+_ENCODER = Family(
+    "masked_lm",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "vocab_size",
+    "max_position_embeddings",
+    "intermediate_size",
+)
 
 FAMILIES: dict[str, Family] = {
     "gpt2": Family("causal_lm", "n_embd", "n_layer", "n_head", "vocab_size", "n_positions", "n_inner"),
@@ -40,6 +55,7 @@ FAMILIES: dict[str, Family] = {
     "gpt_neox": _DECODER,
     "bert": _ENCODER,
     "roberta": _ENCODER,
-    "distilbert": Family("masked_lm", "dim", "n_layers", "n_heads", "vocab_size", "max_position_embeddings",
-                         "hidden_dim"),
+    "distilbert": Family(
+        "masked_lm", "dim", "n_layers", "n_heads", "vocab_size", "max_position_embeddings", "hidden_dim"
+    ),
 }

@@ -5,6 +5,7 @@ Run as ``python -m core.models.inspect``: one JSON request per line on stdin, on
 The API keeps it as a child process (``core.models.inspector``) so that torch and transformers never load into
 the API process, and are imported once, not per request.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ MAX_LAYERS_LISTED = 400
 FIELD_PREFIX = re.compile(r"^(config|weights|model)[\w.\[\]]*: ")
 
 
-def saved_activation_bytes(built: BuiltModel, batch: int, seq_len: int | None, features: int | None,
-                           classes: int | None) -> int:
+def saved_activation_bytes(
+    built: BuiltModel, batch: int, seq_len: int | None, features: int | None, classes: int | None
+) -> int:
     """Bytes of the tensors autograd saves for backward in one forward and loss, measured on ``meta`` tensors."""
     total = 0
 
@@ -43,8 +45,11 @@ def weight_mismatches(built: BuiltModel, header: dict[str, list]) -> list[str]:
     own = built.module.state_dict()
     distinct = {n for n, _ in built.module.named_parameters()} | {n for n, _ in built.module.named_buffers()}
     problems = [f"{n}: the model has no such tensor" for n in sorted(set(header) - set(own))]
-    problems += [f"{n}: shape {list(header[n][1])} in the file, {list(own[n].shape)} in the model"
-                 for n in sorted(set(header) & set(own)) if list(header[n][1]) != list(own[n].shape)]
+    problems += [
+        f"{n}: shape {list(header[n][1])} in the file, {list(own[n].shape)} in the model"
+        for n in sorted(set(header) & set(own))
+        if list(header[n][1]) != list(own[n].shape)
+    ]
     problems += [f"{n}: missing from the file" for n in sorted((set(own) - set(header)) & distinct)]
     return problems
 
@@ -67,8 +72,9 @@ def summarize(request: dict) -> dict:
         if problems:
             raise ValueError(f"weights: {len(problems)} tensors do not match the config ({'; '.join(problems[:3])})")
     if request.get("input"):
-        out["activation_bytes"] = saved_activation_bytes(built, shape["batch"], shape.get("seq_len"),
-                                                         shape.get("features"), shape.get("classes"))
+        out["activation_bytes"] = saved_activation_bytes(
+            built, shape["batch"], shape.get("seq_len"), shape.get("features"), shape.get("classes")
+        )
     return out
 
 

@@ -4,6 +4,7 @@ One long-lived child per API process answers one request at a time (torch and tr
 there); it is started on first use, replaced when it dies or overruns a request's time limit, and recycled after
 ``RECYCLE_AFTER`` requests. Answers are remembered per process.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,11 +35,23 @@ class _Child:
         self.served = 0
 
     def _start(self) -> subprocess.Popen:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-               "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "OMP_NUM_THREADS": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "HF_HUB_OFFLINE": "1",
+        }
         self.served = 0
-        return subprocess.Popen([sys.executable, "-m", "core.models.inspect"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "core.models.inspect"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -61,8 +74,11 @@ class _Child:
         line = self.proc.stdout.readline() if ready else ""
         if not line:
             self.stop()
-            raise InspectionFailed(f"no answer from the model inspector within {timeout_s:g} s" if not ready
-                                   else "the model inspector exited")
+            raise InspectionFailed(
+                f"no answer from the model inspector within {timeout_s:g} s"
+                if not ready
+                else "the model inspector exited"
+            )
         return json.loads(line)
 
 
@@ -71,8 +87,9 @@ _CACHE: OrderedDict[str, dict] = OrderedDict()
 _LOCK = Lock()
 
 
-def inspect_model(model: dict, *, input: dict | None = None, weights_header: dict | None = None,
-                  timeout_s: float = 120.0) -> dict:
+def inspect_model(
+    model: dict, *, input: dict | None = None, weights_header: dict | None = None, timeout_s: float = 120.0
+) -> dict:
     """Summary of ``model`` (a builtin or hf_config spec as JSON): task, n_params, layers and, with ``input``
     ({batch, seq_len, features, classes}), the activation bytes of one micro-batch."""
     request = json.dumps({"model": model, "input": input, "weights_header": weights_header}, sort_keys=True)

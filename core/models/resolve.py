@@ -1,13 +1,15 @@
 """Turn a job's ``model`` spec into a built network on the worker (torch): uploaded ids are read through the run
 context, so a technique never sees SQL."""
+
 from __future__ import annotations
 
 from core.models.build import BuiltModel, build
 from core.models.spec import BuiltinModel, HFConfigModel, UploadedModel
 
 
-def materialize(spec: BuiltinModel | HFConfigModel | UploadedModel, ctx) -> tuple[BuiltinModel | HFConfigModel,
-                                                                                 bytes | None]:
+def materialize(
+    spec: BuiltinModel | HFConfigModel | UploadedModel, ctx
+) -> tuple[BuiltinModel | HFConfigModel, bytes | None]:
     """The buildable spec and its safetensors bytes (None: the model's own random initialisation)."""
     if isinstance(spec, UploadedModel):
         config, weights = ctx.load_model(str(spec.id))
@@ -20,8 +22,9 @@ def materialize(spec: BuiltinModel | HFConfigModel | UploadedModel, ctx) -> tupl
     return spec, None
 
 
-def load_model(spec: BuiltinModel | HFConfigModel | UploadedModel, ctx, *, features: int | None = None,
-               classes: int | None = None) -> BuiltModel:
+def load_model(
+    spec: BuiltinModel | HFConfigModel | UploadedModel, ctx, *, features: int | None = None, classes: int | None = None
+) -> BuiltModel:
     buildable, weights = materialize(spec, ctx)
     built = build(buildable, features=features, classes=classes, weights=weights)
     built.module.to(ctx.device)

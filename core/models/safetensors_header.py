@@ -4,6 +4,7 @@ Layout: an 8-byte little-endian header length, that many bytes of JSON ({name: {
 optional ``__metadata__`` of strings), then the tensor bytes. Every offset is checked to lie inside the data, to
 match its shape and dtype, and the tensors to tile the data without overlap or gaps.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,12 @@ def _check_entry(name: str, entry, data_size: int) -> list:
         raise WeightsRejected(f"weights: {name}: dtype {dtype!r} is not one of {sorted(DTYPE_BYTES)}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise WeightsRejected(f"weights: {name}: shape must be a list of non-negative integers")
-    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1] <= data_size):
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1] <= data_size
+    ):
         raise WeightsRejected(f"weights: {name}: data_offsets outside the file's data")
     if offsets[1] - offsets[0] != math.prod(shape) * DTYPE_BYTES[dtype]:
         raise WeightsRejected(f"weights: {name}: {offsets[1] - offsets[0]} bytes for shape {shape} of {dtype}")

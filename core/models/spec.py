@@ -5,6 +5,7 @@ families (``families.FAMILIES``), no ``auto_map`` or other remote-code switch (t
 such a config silently as its native class), bounded sizes and a bounded analytic parameter count, so that the
 ``meta``-device build that follows (``inspector``) is cheap whatever the user sends.
 """
+
 from __future__ import annotations
 
 import json
@@ -93,8 +94,9 @@ def check_hf_config(config: dict[str, Any]) -> None:
             raise ValueError(f"config.{key}: refused, it {why}")
     model_type = config.get("model_type")
     if model_type not in FAMILIES:
-        raise ValueError(f"config.model_type: {model_type!r} is not a family this service builds "
-                         f"(one of {sorted(FAMILIES)})")
+        raise ValueError(
+            f"config.model_type: {model_type!r} is not a family this service builds (one of {sorted(FAMILIES)})"
+        )
     family = FAMILIES[model_type]
     sizes = hf_sizes(config)
     for role, name in zip(("hidden", "layers", "heads", "vocab", "context"), family.size_fields):

@@ -1,5 +1,6 @@
 """Dataset rows as token ids for token models (numpy only): the built-in digits as pixel levels 0..16, an upload
 as its integer values."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,10 @@ def token_rows(x: np.ndarray, vocab: int, context: int, pixel_levels: bool = Fal
     if pixel_levels:
         x = np.round(x * 16)
     if x.ndim != 2 or (x != np.round(x)).any() or x.min() < 0 or x.max() >= vocab - 1:
-        raise ValueError(f"dataset: a token model needs rows of integer token ids in [0, {vocab - 1}) (the last "
-                         f"id, {vocab - 1}, is the mask token)")
+        raise ValueError(
+            f"dataset: a token model needs rows of integer token ids in [0, {vocab - 1}) (the last "
+            f"id, {vocab - 1}, is the mask token)"
+        )
     if x.shape[1] < 2:
         raise ValueError("dataset: token rows need at least 2 tokens")
     return x[:, :context].astype(np.int64)

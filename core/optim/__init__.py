@@ -1,4 +1,5 @@
 """Optimizers shaped like torch.optim: param groups, state_dict/load_state_dict, closure."""
+
 from core.optim.accum import AccumAdam, AccumSGDM
 from core.optim.eg import EGFunnel, EGStepSize, HypergradientSGD, eg_step_
 

@@ -14,10 +14,11 @@ live in the param group: ``group["micro_step"]`` and ``group["updates"]``; they 
 ``group["lr"]`` is read only on update steps: step an LR scheduler once per update (when ``updates`` changed), not
 once per micro-step.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.optim import Optimizer
@@ -30,8 +31,12 @@ def beta_tilde(beta: float, k: int) -> float:
 
 def state_bytes(optimizer: Optimizer) -> int:
     """Bytes held by the tensors of ``optimizer.state`` (what an optimizer keeps between steps)."""
-    return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-               if isinstance(t, torch.Tensor))
+    return sum(
+        t.numel() * t.element_size()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor)
+    )
 
 
 def _check_common(lr: float, accum_steps: int, weight_decay: float) -> None:
@@ -112,8 +117,9 @@ class AccumSGDM(_AccumOptimizer):
 
     _state_keys = ("exp_avg",)
 
-    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, accum_steps: int = 1,
-                 weight_decay: float = 0.0) -> None:
+    def __init__(
+        self, params: Iterable, lr: float, momentum: float = 0.9, accum_steps: int = 1, weight_decay: float = 0.0
+    ) -> None:
         _check_common(lr, accum_steps, weight_decay)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
@@ -152,15 +158,23 @@ class AccumAdam(_AccumOptimizer):
 
     _state_keys = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, accum_steps: int = 1, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        accum_steps: int = 1,
+        weight_decay: float = 0.0,
+    ) -> None:
         _check_common(lr, accum_steps, weight_decay)
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         if not eps >= 0.0:
             raise ValueError(f"eps must be >= 0, got {eps}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, accum_steps=accum_steps,
-                                      weight_decay=weight_decay))
+        super().__init__(
+            params, dict(lr=lr, betas=tuple(betas), eps=eps, accum_steps=accum_steps, weight_decay=weight_decay)
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
@@ -183,8 +197,8 @@ class AccumAdam(_AccumOptimizer):
                 if group["weight_decay"]:
                     torch._foreach_mul_(params, 1.0 - lr * group["weight_decay"])
                 # m̂/(√v̂ + ε) = s·m / (bc1·(√v + ε·s)) with s = √(1-β2^t): one pass fewer than dividing √v by s.
-                s = math.sqrt(1.0 - beta2 ** t)
+                s = math.sqrt(1.0 - beta2**t)
                 denom = torch._foreach_sqrt(vs)
                 torch._foreach_add_(denom, group["eps"] * s)
-                torch._foreach_addcdiv_(params, ms, denom, value=-lr * s / (1.0 - beta1 ** t))
+                torch._foreach_addcdiv_(params, ms, denom, value=-lr * s / (1.0 - beta1**t))
         return loss

@@ -7,11 +7,12 @@ rate, sign flips lower it. ``EGFunnel`` is the fuller form of Amid, Anil, Fifty 
 scale ``s`` and per-coordinate gains ``p``; ``HypergradientSGD`` is the additive rule of Baydin et al.
 (2018), kept here as the baseline the EG rules are compared against.
 """
+
 from __future__ import annotations
 
 import math
 import operator
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -86,8 +87,9 @@ class _Flat:
     values.
     """
 
-    def __init__(self, group: dict, params: list[Tensor], states: list[dict], full: tuple[str, ...],
-                 scalar: tuple[str, ...]):
+    def __init__(
+        self, group: dict, params: list[Tensor], states: list[dict], full: tuple[str, ...], scalar: tuple[str, ...]
+    ):
         self.group, self.params, self.keys = group, list(params), full + scalar
         self.members = self._members(params, states, full, scalar)
         chosen = set(self.members)
@@ -118,8 +120,11 @@ class _Flat:
                 s[key] = view
         # what matches() checks: each member's state dict, and each state tensor in it, is still ours
         self._states = ss
-        self._entries = ([s for key in self.keys for s in ss], [key for key in self.keys for _ in ss],
-                         [v for key in self.keys for v in self.views[key]])
+        self._entries = (
+            [s for key in self.keys for s in ss],
+            [key for key in self.keys for _ in ss],
+            [v for key in self.keys for v in self.views[key]],
+        )
         if full:
             self.grad = new(offsets[-1])
             self.grad_segments = segments(self.grad)
@@ -128,9 +133,13 @@ class _Flat:
     @staticmethod
     def _members(params: list[Tensor], states: list[dict], full: tuple[str, ...], scalar: tuple[str, ...]):
         if full:
-            fits = [i for i, (p, s) in enumerate(zip(params, states))
-                    if p.numel() * p.element_size() <= _FLAT_BYTES and p.is_contiguous()
-                    and all(s[key].shape == p.shape for key in full)]
+            fits = [
+                i
+                for i, (p, s) in enumerate(zip(params, states))
+                if p.numel() * p.element_size() <= _FLAT_BYTES
+                and p.is_contiguous()
+                and all(s[key].shape == p.shape for key in full)
+            ]
         else:
             fits = [i for i, s in enumerate(states) if all(s[key].dim() == 0 for key in scalar)]
         if fits:
@@ -139,16 +148,24 @@ class _Flat:
         return fits if len(fits) > 1 else []
 
     def matches(self, group: dict, params: list[Tensor], states: list[dict]) -> bool:
-        if self.group is not group or len(params) != len(self.params) or any(map(operator.is_not, params,
-                                                                                  self.params)):
+        if self.group is not group or len(params) != len(self.params) or any(map(operator.is_not, params, self.params)):
             return False
         dicts, keys, views = self._entries
-        return not (any(map(operator.is_not, [states[i] for i in self.members], self._states))
-                    or any(map(operator.is_not, map(dict.get, dicts, keys), views)))
+        return not (
+            any(map(operator.is_not, [states[i] for i in self.members], self._states))
+            or any(map(operator.is_not, map(dict.get, dicts, keys), views))
+        )
 
 
-def _flat_state(opt: Optimizer, group: dict, tag: str, params: list[Tensor], states: list[dict],
-                full: tuple[str, ...] = (), scalar: tuple[str, ...] = ()) -> _Flat:
+def _flat_state(
+    opt: Optimizer,
+    group: dict,
+    tag: str,
+    params: list[Tensor],
+    states: list[dict],
+    full: tuple[str, ...] = (),
+    scalar: tuple[str, ...] = (),
+) -> _Flat:
     """The group's flat state for ``params`` under ``tag``, built (again) unless the current one still holds."""
     plans = opt.__dict__.setdefault("_flat_state", {})  # not in __getstate__: copies and pickles rebuild it
     key = (id(group), tag)
@@ -168,8 +185,9 @@ def _gather(plan: _Flat, grads: list[Tensor]) -> None:
         torch._foreach_copy_(plan.grad_views, [grads[i] for i in plan.members])
 
 
-def _dots(a: list[Tensor], b: list[Tensor], plan: _Flat | None = None, key: str = "",
-          total: bool = False) -> list[Tensor]:
+def _dots(
+    a: list[Tensor], b: list[Tensor], plan: _Flat | None = None, key: str = "", total: bool = False
+) -> list[Tensor]:
     """``<a_i, b_i>`` for each pair, as 0-dim tensors; with ``total``, terms that sum to ``Σ_i <a_i, b_i>``.
 
     With ``plan``, whose full ``key`` holds the members' ``a_i`` and whose gradient buffer holds their ``b_i``
@@ -179,8 +197,7 @@ def _dots(a: list[Tensor], b: list[Tensor], plan: _Flat | None = None, key: str 
     if plan is None or not plan.members:
         return [torch.vdot(x.flatten(), y.flatten()) for x, y in zip(a, b)]
     if total:
-        return [torch.vdot(plan.flat[key], plan.grad)] + [torch.vdot(a[i].flatten(), b[i].flatten())
-                                                           for i in plan.rest]
+        return [torch.vdot(plan.flat[key], plan.grad)] + [torch.vdot(a[i].flatten(), b[i].flatten()) for i in plan.rest]
     dots: list[Tensor] = [None] * len(a)  # type: ignore[list-item]
     for i, x, y in zip(plan.members, plan.segments[key], plan.grad_segments):
         dots[i] = torch.vdot(x, y)
@@ -189,8 +206,18 @@ def _dots(a: list[Tensor], b: list[Tensor], plan: _Flat | None = None, key: str 
     return dots
 
 
-def _eg_0dim_(log_values: list[Tensor], values: list[Tensor], dots: list[Tensor], shared: bool, gamma: float,
-              cap: float, bound: float, plan: _Flat, keys: tuple[str, str], base2: bool = False) -> None:
+def _eg_0dim_(
+    log_values: list[Tensor],
+    values: list[Tensor],
+    dots: list[Tensor],
+    shared: bool,
+    gamma: float,
+    cap: float,
+    bound: float,
+    plan: _Flat,
+    keys: tuple[str, str],
+    base2: bool = False,
+) -> None:
     """EG on 0-dim quantities: ``log x ← clamp(log x + clamp(γ dot, ±cap), ±bound)``, ``x ← exp(log x)``.
 
     Per tensor, or, if ``shared``, one ``log x`` moved by ``γ Σ dots`` and copied to every tensor (``dots`` then
@@ -254,8 +281,9 @@ def _log_rate_(g: Tensor, prev: Tensor, log2_nu: Tensor, nu: Tensor, gamma: floa
 # ``layer``/``global`` the move and the copy to ``prev_grad`` (their inner products and ν are settled before, as in
 # the eager path). The small tensors keep the eager path on the flat buffers: a compiled call costs tens of
 # microseconds of guards and wrappers, more than a few passes over them (hence also ``_FUSED_NUMEL``). The
-# hyperparameters reach it as one tensor, so a changing ``lr`` (a scheduler) does not recompile; a new set of big-tensor shapes does, up to torch._dynamo's
-# recompile limit (``torch._dynamo.config.recompile_limit``), past which dynamo runs the same function uncompiled.
+# hyperparameters reach it as one tensor, so a changing ``lr`` (a scheduler) does not recompile; a new set of
+# big-tensor shapes does, up to torch._dynamo's recompile limit (``torch._dynamo.config.recompile_limit``), past
+# which dynamo runs the same function uncompiled.
 # The arithmetic is the eager path's, operation for operation, up to float rounding.
 _COMPILED: dict[str, Callable] = {}
 # Tensors from this many elements on go through the compiled update: a compiled call costs ~0.1-0.2 ms on a CPU
@@ -268,8 +296,15 @@ def _big(params: list[Tensor], rest: list[int]) -> list[int]:
     return [i for i in rest if params[i].numel() >= _FUSED_NUMEL]
 
 
-def _fused_rate_move(hp: Tensor, adapt: bool, ps: list[Tensor], gs: list[Tensor], prevs: list[Tensor],
-                     log2_nus: list[Tensor], nus: list[Tensor]) -> None:
+def _fused_rate_move(
+    hp: Tensor,
+    adapt: bool,
+    ps: list[Tensor],
+    gs: list[Tensor],
+    prevs: list[Tensor],
+    log2_nus: list[Tensor],
+    nus: list[Tensor],
+) -> None:
     """``coordinate``, per tensor: ``_log_rate_``, then ``θ ← θ − lr ν ⊙ g`` and ``prev ← g``."""
     lr, gamma, cap, bound = hp[0], hp[1], hp[2], hp[3]
     for p, g, prev, log2_nu, nu in zip(ps, gs, prevs, log2_nus, nus):
@@ -285,8 +320,9 @@ def _fused_rate_move(hp: Tensor, adapt: bool, ps: list[Tensor], gs: list[Tensor]
         prev.copy_(g)
 
 
-def _fused_move(hp: Tensor, ps: list[Tensor], gs: list[Tensor], prevs: list[Tensor], nu: Tensor | list[Tensor],
-                pos: tuple[int, ...]) -> None:
+def _fused_move(
+    hp: Tensor, ps: list[Tensor], gs: list[Tensor], prevs: list[Tensor], nu: Tensor | list[Tensor], pos: tuple[int, ...]
+) -> None:
     """``layer``/``global``, per tensor: ``θ ← θ − lr ν ⊙ g``, ``prev ← g``; ν is ``nu[pos[k]]`` of a vector (the
     group's shared one: passing its 0-dim views instead would alias inputs) or ``nu[k]`` of a list."""
     lr = hp[0]
@@ -325,15 +361,29 @@ class EGStepSize(Optimizer):
     up to float rounding. Its first step with such tensors compiles it (seconds); new shapes compile it again.
     """
 
-    def __init__(self, params: Iterable, lr: float = 1e-2, gamma: float = 1.0, granularity: str = "coordinate",
-                 max_log_step: float | None = None, max_log_nu: float | None = None, fused: bool = False):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-2,
+        gamma: float = 1.0,
+        granularity: str = "coordinate",
+        max_log_step: float | None = None,
+        max_log_nu: float | None = None,
+        fused: bool = False,
+    ):
         _check_positive(lr=lr)
         _check_clamps(max_log_step=max_log_step, max_log_nu=max_log_nu)
         _check_non_negative(gamma=gamma)
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-        defaults = dict(lr=lr, gamma=gamma, granularity=granularity, max_log_step=max_log_step,
-                        max_log_nu=max_log_nu, fused=bool(fused))
+        defaults = dict(
+            lr=lr,
+            gamma=gamma,
+            granularity=granularity,
+            max_log_step=max_log_step,
+            max_log_nu=max_log_nu,
+            fused=bool(fused),
+        )
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict) -> None:
@@ -346,8 +396,14 @@ class EGStepSize(Optimizer):
 
     def _hyper(self, group: dict, ref: Tensor) -> Tensor:
         """``[lr, γ, max_log_step, max_log_nu]`` as one tensor on ``ref``'s device, kept while they stay the same."""
-        key = (group["lr"], group["gamma"], _bound(group["max_log_step"]), _bound(group["max_log_nu"]), ref.dtype,
-               ref.device)
+        key = (
+            group["lr"],
+            group["gamma"],
+            _bound(group["max_log_step"]),
+            _bound(group["max_log_nu"]),
+            ref.dtype,
+            ref.device,
+        )
         cache = self.__dict__.setdefault("_fused_hyper", {})  # not in __getstate__, like _flat_state
         held = cache.get(id(group))
         if held is None or held[0] != key:
@@ -393,9 +449,13 @@ class EGStepSize(Optimizer):
                 if fused:
                     big = _big(params, rest)
                     if big:
-                        _compiled("rate_move")(self._hyper(group, params[0]), gamma > 0, [params[i] for i in big],
-                                               [params[i].grad for i in big],
-                                               *([states[i][k] for i in big] for k in ("prev_grad", "log2_nu", "nu")))
+                        _compiled("rate_move")(
+                            self._hyper(group, params[0]),
+                            gamma > 0,
+                            [params[i] for i in big],
+                            [params[i].grad for i in big],
+                            *([states[i][k] for i in big] for k in ("prev_grad", "log2_nu", "nu")),
+                        )
                         rest = [i for i in rest if i not in big]
                 for i in rest:
                     p, s = params[i], states[i]
@@ -411,11 +471,25 @@ class EGStepSize(Optimizer):
             dots = _dots(prevs, grads, flat, "prev_grad", shared)  # all before any prev_grad is overwritten
             plan = _flat_state(self, group, "nu", params, states, scalar=("log2_nu", "nu"))
             nus = [s["nu"] for s in states]
-            _eg_0dim_([s["log2_nu"] for s in states], nus, dots, shared, gamma, cap, bound, plan, ("log2_nu", "nu"),
-                      base2=True)
+            _eg_0dim_(
+                [s["log2_nu"] for s in states],
+                nus,
+                dots,
+                shared,
+                gamma,
+                cap,
+                bound,
+                plan,
+                ("log2_nu", "nu"),
+                base2=True,
+            )
             if flat.members:
-                torch._foreach_addcmul_([params[i] for i in flat.members], [grads[i] for i in flat.members],
-                                        [nus[i] for i in flat.members], value=-lr)
+                torch._foreach_addcmul_(
+                    [params[i] for i in flat.members],
+                    [grads[i] for i in flat.members],
+                    [nus[i] for i in flat.members],
+                    value=-lr,
+                )
                 flat.flat["prev_grad"].copy_(flat.grad)
             rest = flat.rest
             big = _big(params, rest) if fused else []
@@ -426,8 +500,14 @@ class EGStepSize(Optimizer):
                 elif not any(inside):
                     nu, pos = [nus[i] for i in big], ()
                 if all(inside) or not any(inside):
-                    _compiled("move")(self._hyper(group, params[0]), [params[i] for i in big], [grads[i] for i in big],
-                                      [prevs[i] for i in big], nu, pos)
+                    _compiled("move")(
+                        self._hyper(group, params[0]),
+                        [params[i] for i in big],
+                        [grads[i] for i in big],
+                        [prevs[i] for i in big],
+                        nu,
+                        pos,
+                    )
                     rest = [i for i in rest if i not in big]
             for i in rest:
                 params[i].addcmul_(grads[i], nus[i], value=-lr)
@@ -454,9 +534,18 @@ class EGFunnel(Optimizer):
     small parameters (and every ``s``) are views of buffers shared within the param group.
     """
 
-    def __init__(self, params: Iterable, lr: float = 1e-2, momentum: float = 0.9, gamma_p: float = 1.0,
-                 gamma_s: float = 1.0, beta: float = 0.9, scale: str = "global", max_log_step: float | None = None,
-                 max_log_gain: float | None = None):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-2,
+        momentum: float = 0.9,
+        gamma_p: float = 1.0,
+        gamma_s: float = 1.0,
+        beta: float = 0.9,
+        scale: str = "global",
+        max_log_step: float | None = None,
+        max_log_gain: float | None = None,
+    ):
         _check_positive(lr=lr)
         _check_clamps(max_log_step=max_log_step, max_log_gain=max_log_gain)
         _check_non_negative(gamma_p=gamma_p, gamma_s=gamma_s)
@@ -466,8 +555,16 @@ class EGFunnel(Optimizer):
             raise ValueError(f"beta must be in [0, 1), got {beta}")
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-        defaults = dict(lr=lr, momentum=momentum, gamma_p=gamma_p, gamma_s=gamma_s, beta=beta, scale=scale,
-                        max_log_step=max_log_step, max_log_gain=max_log_gain)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            gamma_p=gamma_p,
+            gamma_s=gamma_s,
+            beta=beta,
+            scale=scale,
+            max_log_step=max_log_step,
+            max_log_gain=max_log_gain,
+        )
         super().__init__(params, defaults)
 
     def _state(self, p: Tensor) -> dict:
@@ -492,8 +589,14 @@ class EGFunnel(Optimizer):
             if not params:
                 continue
             cap, bound = _bound(group["max_log_step"]), _bound(group["max_log_gain"])
-            moments = dict(gamma_p=group["gamma_p"], cap=cap, bound=bound, lr=group["lr"],
-                           momentum=group["momentum"], weight=1.0 - group["beta"])
+            moments = dict(
+                gamma_p=group["gamma_p"],
+                cap=cap,
+                bound=bound,
+                lr=group["lr"],
+                momentum=group["momentum"],
+                weight=1.0 - group["beta"],
+            )
             states = [self._state(p) for p in params]
             grads = [p.grad for p in params]
             keys = ("m", "v", "log_p", "p")
@@ -503,12 +606,25 @@ class EGFunnel(Optimizer):
             shared = group["scale"] == "global"
             dots = _dots([s["v"] for s in states], grads, flat, "v", shared)
             plan = _flat_state(self, group, "s", params, states, scalar=("log_s", "s"))
-            _eg_0dim_([s["log_s"] for s in states], [s["s"] for s in states], dots, shared, group["gamma_s"], cap,
-                      bound, plan, ("log_s", "s"))
+            _eg_0dim_(
+                [s["log_s"] for s in states],
+                [s["s"] for s in states],
+                dots,
+                shared,
+                group["gamma_s"],
+                cap,
+                bound,
+                plan,
+                ("log_s", "s"),
+            )
             if flat.members:
                 self._moments(flat.grad, *(flat.flat[k] for k in keys), **moments)
-                torch._foreach_addcmul_([params[i] for i in flat.members], flat.views["v"],
-                                        [states[i]["s"] for i in flat.members], value=-1.0)
+                torch._foreach_addcmul_(
+                    [params[i] for i in flat.members],
+                    flat.views["v"],
+                    [states[i]["s"] for i in flat.members],
+                    value=-1.0,
+                )
             for i in flat.rest:
                 s = states[i]
                 self._moments(grads[i], *(s[k] for k in keys), **moments)
@@ -516,8 +632,19 @@ class EGFunnel(Optimizer):
         return loss
 
     @staticmethod
-    def _moments(g: Tensor, m: Tensor, v: Tensor, log_gain: Tensor, gain: Tensor, gamma_p: float, cap: float,
-                 bound: float, lr: float, momentum: float, weight: float) -> None:
+    def _moments(
+        g: Tensor,
+        m: Tensor,
+        v: Tensor,
+        log_gain: Tensor,
+        gain: Tensor,
+        gamma_p: float,
+        cap: float,
+        bound: float,
+        lr: float,
+        momentum: float,
+        weight: float,
+    ) -> None:
         """Gains from ``m_{t-1} ⊙ g`` (``p`` as scratch), then ``m ← lerp(m, g, 1 − β)``, ``v ← μ v + lr p ⊙ g``."""
         if gamma_p > 0:
             torch.mul(m, g, out=gain)

@@ -4,6 +4,7 @@ states its answer), registered by naming it here (or, outside this package, in t
 ``specs()`` loads only the spec modules (no torch: what the API needs); ``kinds()`` adds the run functions
 (torch and the techniques: what a worker loads once, when it starts) and the summaries.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -38,8 +39,14 @@ def specs() -> dict[str, KindSpec]:
 
 @lru_cache
 def kinds() -> dict[str, Kind]:
-    loaded = [Kind(importlib.import_module(f"{package}.spec").SPEC, importlib.import_module(f"{package}.run").run,
-                   _summarize(package)) for package in _packages()]
+    loaded = [
+        Kind(
+            importlib.import_module(f"{package}.spec").SPEC,
+            importlib.import_module(f"{package}.run").run,
+            _summarize(package),
+        )
+        for package in _packages()
+    ]
     return {k.name: k for k in loaded}
 
 

@@ -3,13 +3,16 @@
 A kind is a package ``core/techniques/<kind>/`` with two modules: ``spec`` defines a ``Params`` model (validated at
 the API, before anything is queued) and exports ``SPEC``, a ``KindSpec``; it imports no torch, so the API stays
 light. ``run`` defines ``run(params, ctx) -> dict`` (torch). An optional ``summary`` module defines
-``summarize(params, result) -> dict`` (pure: a ``core.summary.Summary``), the answer the worker attaches to the result. Neither sees HTTP, SQL or Celery: everything a run
+``summarize(params, result) -> dict`` (pure: a ``core.summary.Summary``), the answer the worker attaches to the
+result. Neither sees HTTP, SQL or Celery: everything a run
 reports goes through the ``RunContext`` it is handed. This module is imported by both sides, so it holds no torch.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 

@@ -1,4 +1,5 @@
 """An in-memory RunContext: run any technique from plain Python (notebooks, unit tests) without the service."""
+
 from __future__ import annotations
 
 import time

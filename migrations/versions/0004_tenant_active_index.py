@@ -4,6 +4,7 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-26
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -16,8 +17,13 @@ ACTIVE_WHERE = "status IN ('queued', 'running')"
 
 
 def upgrade() -> None:
-    op.create_index("ix_jobs_tenant_active", "jobs", ["tenant"], postgresql_where=sa.text(ACTIVE_WHERE),
-                    sqlite_where=sa.text(ACTIVE_WHERE))
+    op.create_index(
+        "ix_jobs_tenant_active",
+        "jobs",
+        ["tenant"],
+        postgresql_where=sa.text(ACTIVE_WHERE),
+        sqlite_where=sa.text(ACTIVE_WHERE),
+    )
 
 
 def downgrade() -> None:

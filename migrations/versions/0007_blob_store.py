@@ -8,6 +8,7 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-11-29
 """
+
 import functools
 
 import sqlalchemy as sa
@@ -23,8 +24,11 @@ branch_labels = None
 depends_on = None
 
 # (table, byte column, location column, nullable bytes)
-MOVED = [("datasets", "data", "location", False), ("artifacts", "data", "location", False),
-         ("models", "weights", "weights_location", True)]
+MOVED = [
+    ("datasets", "data", "location", False),
+    ("artifacts", "data", "location", False),
+    ("models", "weights", "weights_location", True),
+]
 
 
 @functools.cache

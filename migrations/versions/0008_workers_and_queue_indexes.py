@@ -4,6 +4,7 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-11-29
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -28,10 +29,20 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
     )
-    op.create_index("ix_jobs_queued_queue", "jobs", ["queue", "published_at"],
-                    postgresql_where=sa.text(QUEUED_WHERE), sqlite_where=sa.text(QUEUED_WHERE))
-    op.create_index("ix_jobs_succeeded_kind", "jobs", ["kind", "queue", "finished_at"],
-                    postgresql_where=sa.text(SUCCEEDED_WHERE), sqlite_where=sa.text(SUCCEEDED_WHERE))
+    op.create_index(
+        "ix_jobs_queued_queue",
+        "jobs",
+        ["queue", "published_at"],
+        postgresql_where=sa.text(QUEUED_WHERE),
+        sqlite_where=sa.text(QUEUED_WHERE),
+    )
+    op.create_index(
+        "ix_jobs_succeeded_kind",
+        "jobs",
+        ["kind", "queue", "finished_at"],
+        postgresql_where=sa.text(SUCCEEDED_WHERE),
+        sqlite_where=sa.text(SUCCEEDED_WHERE),
+    )
 
 
 def downgrade() -> None:

@@ -1,5 +1,6 @@
 """Admission is atomic: concurrent submissions never take a tenant past its caps, on either backend, through the
 store and through a real API process."""
+
 from __future__ import annotations
 
 import threading
@@ -43,8 +44,17 @@ def _submit_all_at_once(sessions, tenant: str, admission: store.Admission) -> li
         with sessions() as s:
             gate.wait()
             try:
-                return store.create_job(s, tenant=tenant, kind="init_averaging", params={}, seed=0, device="cpu",
-                                        timeout_s=60, republish_after_s=60, admission=admission)[0]
+                return store.create_job(
+                    s,
+                    tenant=tenant,
+                    kind="init_averaging",
+                    params={},
+                    seed=0,
+                    device="cpu",
+                    timeout_s=60,
+                    republish_after_s=60,
+                    admission=admission,
+                )[0]
             except store.AdmissionRefused as exc:
                 return exc
 

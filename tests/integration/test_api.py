@@ -1,4 +1,5 @@
 """Every status code of the v1 API, against a real API process on PostgreSQL and Redis (no worker: jobs stay queued)."""
+
 from __future__ import annotations
 
 import io
@@ -38,18 +39,21 @@ def test_submit_returns_201_with_a_queued_job(api):
     assert api.get(f"/v1/jobs/{job['id']}").json()["id"] == job["id"]
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"kind": "no_such_kind", "params": {}}, "kind"),
-    ({"params": {}}, "kind"),
-    ({"kind": "embedding_dim", "params": {}}, "params.vocab_sizes"),
-    ({"kind": "embedding_dim", "params": {"vocab_sizes": "many"}}, "params.vocab_sizes"),
-    ({"kind": "embedding_dim", "params": {"vocab_sizes": [10, "x"]}}, "params.vocab_sizes[1]"),
-    ({"kind": "init_averaging", "params": {"widths": [10, 10], "batch": 10**9}}, "params.batch"),
-    ({"kind": "init_averaging", "params": {"widths": [10, 10], "surprise": 1}}, "params.surprise"),
-    ({**EMB, "seed": -1}, "seed"),
-    ({**EMB, "device": "tpu"}, "device"),
-    ({**EMB, "timeout_s": 0}, "timeout_s"),
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"kind": "no_such_kind", "params": {}}, "kind"),
+        ({"params": {}}, "kind"),
+        ({"kind": "embedding_dim", "params": {}}, "params.vocab_sizes"),
+        ({"kind": "embedding_dim", "params": {"vocab_sizes": "many"}}, "params.vocab_sizes"),
+        ({"kind": "embedding_dim", "params": {"vocab_sizes": [10, "x"]}}, "params.vocab_sizes[1]"),
+        ({"kind": "init_averaging", "params": {"widths": [10, 10], "batch": 10**9}}, "params.batch"),
+        ({"kind": "init_averaging", "params": {"widths": [10, 10], "surprise": 1}}, "params.surprise"),
+        ({**EMB, "seed": -1}, "seed"),
+        ({**EMB, "device": "tpu"}, "device"),
+        ({**EMB, "timeout_s": 0}, "timeout_s"),
+    ],
+)
 def test_invalid_specs_are_422_naming_the_field(api, body, field):
     body = problem(api.post("/v1/jobs", json=body), 422)
     assert field in [e["field"] for e in body["errors"]], body
@@ -58,7 +62,7 @@ def test_invalid_specs_are_422_naming_the_field(api, body, field):
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_infinity_are_refused(api, literal):
-    raw = '{"kind": "embedding_dim", "params": {"vocab_sizes": [10], "coefficient": %s}}' % literal
+    raw = f'{{"kind": "embedding_dim", "params": {{"vocab_sizes": [10], "coefficient": {literal}}}}}'
     body = problem(api.post("/v1/jobs", content=raw, headers={"content-type": "application/json"}), 422)
     assert any(e["field"].startswith("params.coefficient") for e in body["errors"])
 
@@ -83,8 +87,14 @@ def test_idempotency_key(api):
 
 
 def test_unknown_and_malformed_ids_are_404(api):
-    for path in (f"/v1/jobs/{uuid.uuid4()}", "/v1/jobs/not-a-uuid", f"/v1/jobs/{uuid.uuid4()}/metrics",
-                 f"/v1/jobs/{uuid.uuid4()}/artifacts", f"/v1/datasets/{uuid.uuid4()}", "/v1/kinds/nope"):
+    for path in (
+        f"/v1/jobs/{uuid.uuid4()}",
+        "/v1/jobs/not-a-uuid",
+        f"/v1/jobs/{uuid.uuid4()}/metrics",
+        f"/v1/jobs/{uuid.uuid4()}/artifacts",
+        f"/v1/datasets/{uuid.uuid4()}",
+        "/v1/kinds/nope",
+    ):
         problem(api.get(path), 404)
     problem(api.post(f"/v1/jobs/{uuid.uuid4()}/cancel"), 404)
 

@@ -1,4 +1,5 @@
 """Artifacts live in the blob store: downloads stream the stored bytes, and a new attempt removes its predecessors'."""
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,10 @@ def test_artifacts_are_blobs_per_attempt_and_a_retry_removes_the_dead_attempts(a
     # as if attempt 1's worker had died after writing its artifacts: the sweeper re-queues the job, attempt 2 claims it
     engine = create_engine(pg_database[1])
     with engine.begin() as conn:
-        conn.execute(text("UPDATE jobs SET status = 'running', finished_at = NULL, heartbeat_at = :stale WHERE id = :i"),
-                     {"i": job["id"], "stale": datetime.now(UTC) - timedelta(hours=1)})
+        conn.execute(
+            text("UPDATE jobs SET status = 'running', finished_at = NULL, heartbeat_at = :stale WHERE id = :i"),
+            {"i": job["id"], "stale": datetime.now(UTC) - timedelta(hours=1)},
+        )
     engine.dispose()
     done = wait_job(api, job["id"], timeout=180)
     assert done["status"] == "succeeded" and done["attempt"] == 2, done

@@ -1,4 +1,5 @@
 """Migration 0007 moves the bytes of rows made at revision 0005 into the blob store and back, on both backends."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,41 +21,77 @@ NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def _sql(statement: str) -> sa.TextClause:
-    return sa.text(statement).bindparams(*(sa.bindparam(n, type_=sa.Uuid) for n in ("id", "job") if f":{n}" in statement),
-                                         sa.bindparam("now", type_=sa.DateTime(timezone=True)))
+    return sa.text(statement).bindparams(
+        *(sa.bindparam(n, type_=sa.Uuid) for n in ("id", "job") if f":{n}" in statement),
+        sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+    )
 
 
 def _old_rows(url: str) -> dict[str, bytes]:
     """Rows with bytes in them, written with plain SQL as revision 0005 stored them."""
     job, ds, model = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    payload = {"ds": b"PK\x03\x04 dataset " + bytes(range(256)) * 40, "png": b"\x89PNG artifact \x00\xff",
-               "weights": b"safetensors " + b"\x01" * 5000}
+    payload = {
+        "ds": b"PK\x03\x04 dataset " + bytes(range(256)) * 40,
+        "png": b"\x89PNG artifact \x00\xff",
+        "weights": b"safetensors " + b"\x01" * 5000,
+    }
     engine = make_engine(url)
     with engine.begin() as conn:
-        conn.execute(_sql(
-            "INSERT INTO jobs (id, tenant, kind, status, params, seed, device_requested, queue, timeout_s, progress,"
-            " message, attempt, created_at) VALUES (:id, 't', 'k', 'succeeded', '{}', 1, 'cpu', 'cpu', 60, 1.0, '',"
-            " 2, :now)"), {"id": job, "now": NOW})
-        conn.execute(_sql(
-            "INSERT INTO artifacts (job_id, name, media_type, size, sha256, data, created_at)"
-            " VALUES (:job, 'loss curve.png', 'image/png', :size, :sha, :data, :now)"),
-            {"job": job, "size": len(payload["png"]), "sha": hashlib.sha256(payload["png"]).hexdigest(),
-             "data": payload["png"], "now": NOW})
-        conn.execute(_sql(
-            "INSERT INTO datasets (id, tenant, filename, format, rows, columns, has_labels, size, sha256, data,"
-            " created_at) VALUES (:id, 't', 'a.npz', 'npz', 3, 2, true, :size, :sha, :data, :now)"),
-            {"id": ds, "size": len(payload["ds"]), "sha": hashlib.sha256(payload["ds"]).hexdigest(),
-             "data": payload["ds"], "now": NOW})
+        conn.execute(
+            _sql(
+                "INSERT INTO jobs (id, tenant, kind, status, params, seed, device_requested, queue, timeout_s,"
+                " progress, message, attempt, created_at)"
+                " VALUES (:id, 't', 'k', 'succeeded', '{}', 1, 'cpu', 'cpu', 60, 1.0, '', 2, :now)"
+            ),
+            {"id": job, "now": NOW},
+        )
+        conn.execute(
+            _sql(
+                "INSERT INTO artifacts (job_id, name, media_type, size, sha256, data, created_at)"
+                " VALUES (:job, 'loss curve.png', 'image/png', :size, :sha, :data, :now)"
+            ),
+            {
+                "job": job,
+                "size": len(payload["png"]),
+                "sha": hashlib.sha256(payload["png"]).hexdigest(),
+                "data": payload["png"],
+                "now": NOW,
+            },
+        )
+        conn.execute(
+            _sql(
+                "INSERT INTO datasets (id, tenant, filename, format, rows, columns, has_labels, size, sha256, data,"
+                " created_at) VALUES (:id, 't', 'a.npz', 'npz', 3, 2, true, :size, :sha, :data, :now)"
+            ),
+            {
+                "id": ds,
+                "size": len(payload["ds"]),
+                "sha": hashlib.sha256(payload["ds"]).hexdigest(),
+                "data": payload["ds"],
+                "now": NOW,
+            },
+        )
         for mid, weights in ((model, payload["weights"]), (uuid.uuid4(), None)):
-            conn.execute(_sql(
-                "INSERT INTO models (id, tenant, filename, format, model_type, task, config, n_params, summary,"
-                " weights, weights_size, weights_sha256, created_at) VALUES (:id, 't', 'config.json', 'hf_config',"
-                " 'bert', 'mlm', '{}', 10, '{}', :w, :ws, :wh, :now)"),
-                {"id": mid, "w": weights, "ws": None if weights is None else len(weights),
-                 "wh": None if weights is None else hashlib.sha256(weights).hexdigest(), "now": NOW})
+            conn.execute(
+                _sql(
+                    "INSERT INTO models (id, tenant, filename, format, model_type, task, config, n_params, summary,"
+                    " weights, weights_size, weights_sha256, created_at) VALUES (:id, 't', 'config.json', 'hf_config',"
+                    " 'bert', 'mlm', '{}', 10, '{}', :w, :ws, :wh, :now)"
+                ),
+                {
+                    "id": mid,
+                    "w": weights,
+                    "ws": None if weights is None else len(weights),
+                    "wh": None if weights is None else hashlib.sha256(weights).hexdigest(),
+                    "now": NOW,
+                },
+            )
     engine.dispose()
-    return {f"datasets/{ds}.npz": payload["ds"], f"artifacts/{job}/2/loss%20curve.png": payload["png"],
-            f"models/{model}/model.safetensors": payload["weights"]}
+    return {
+        f"datasets/{ds}.npz": payload["ds"],
+        f"artifacts/{job}/2/loss%20curve.png": payload["png"],
+        f"models/{model}/model.safetensors": payload["weights"],
+    }
 
 
 def _check_round_trip(url: str, blob_dir) -> None:
@@ -69,15 +106,19 @@ def _check_round_trip(url: str, blob_dir) -> None:
         assert read_blob(store, key) == data
     engine = make_engine(url)
     with engine.connect() as conn:
-        locations = {*conn.execute(sa.text("SELECT location FROM datasets")).scalars(),
-                     *conn.execute(sa.text("SELECT location FROM artifacts")).scalars(),
-                     *conn.execute(sa.text("SELECT weights_location FROM models")).scalars()}
+        locations = {
+            *conn.execute(sa.text("SELECT location FROM datasets")).scalars(),
+            *conn.execute(sa.text("SELECT location FROM artifacts")).scalars(),
+            *conn.execute(sa.text("SELECT weights_location FROM models")).scalars(),
+        }
     assert locations == {*expected, None}
     command.downgrade(cfg, "0005")
     with engine.connect() as conn:
-        back = {*conn.execute(sa.text("SELECT data FROM datasets")).scalars(),
-                *conn.execute(sa.text("SELECT data FROM artifacts")).scalars(),
-                *conn.execute(sa.text("SELECT weights FROM models")).scalars()}
+        back = {
+            *conn.execute(sa.text("SELECT data FROM datasets")).scalars(),
+            *conn.execute(sa.text("SELECT data FROM artifacts")).scalars(),
+            *conn.execute(sa.text("SELECT weights FROM models")).scalars(),
+        }
     engine.dispose()
     assert {bytes(b) if b is not None else None for b in back} == {*expected.values(), None}
 

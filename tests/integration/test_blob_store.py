@@ -1,5 +1,6 @@
 """Blob stores: streamed writes with size and SHA-256, all-or-nothing under failure and SIGKILL, on a directory and
 on a real S3 endpoint (moto's server process on loopback)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -84,8 +85,12 @@ def test_delete_prefix_removes_one_attempt_only(store):
     store.delete_prefix("artifacts/j/1/")
     store.delete("artifacts/j/2/b.json")
     store.delete("artifacts/j/2/missing")
-    assert [store.exists(f"artifacts/j/{a}/{n}") for a in (1, 2) for n in ("a.png", "b.json")] == \
-        [False, False, True, False]
+    assert [store.exists(f"artifacts/j/{a}/{n}") for a in (1, 2) for n in ("a.png", "b.json")] == [
+        False,
+        False,
+        True,
+        False,
+    ]
 
 
 def test_a_writer_killed_mid_write_leaves_the_old_bytes_or_nothing(store, s3_server_env):
@@ -103,8 +108,12 @@ def test_a_writer_killed_mid_write_leaves_the_old_bytes_or_nothing(store, s3_ser
         store.put(sys.argv[1], blocks())
     """)
     for key in ("datasets/k.npz", "datasets/fresh.npz"):
-        proc = subprocess.Popen([sys.executable, "-c", child, key], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                env={**os.environ, **CREDS, "PYTHONPATH": os.getcwd()})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", child, key],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, **CREDS, "PYTHONPATH": os.getcwd()},
+        )
         assert proc.stdout.readline().strip() == b"half"
         proc.send_signal(signal.SIGKILL)
         proc.wait()

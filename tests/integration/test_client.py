@@ -1,6 +1,7 @@
 """The Python client, the client CLI commands and the SSE event stream against a real API process and a real
 Celery worker on PostgreSQL and Redis. The CLI runs in-process through Typer's CliRunner, but every command talks
 HTTP to the API process (GRADLAB_URL)."""
+
 from __future__ import annotations
 
 import base64
@@ -22,17 +23,35 @@ from api.client_cli import client_cli
 from core.report import html_report
 from tests.stack import BIN, ROOT, free_port, wait_http
 
-FAST = {"kind": "embedding_dim", "device": "cpu",
-        "params": {"vocab_sizes": [512, 100000], "entropy_dims": [16, 64],
-                   "sweep": {"vocab_size": 32, "target_rank": 4, "dims": [2, 4, 8], "steps": 100}}}
+FAST = {
+    "kind": "embedding_dim",
+    "device": "cpu",
+    "params": {
+        "vocab_sizes": [512, 100000],
+        "entropy_dims": [16, 64],
+        "sweep": {"vocab_size": 32, "target_rank": 4, "dims": [2, 4, 8], "steps": 100},
+    },
+}
 # About 4 s of fitting with metrics flushed every second: long enough to disconnect and resume mid-run.
-MEDIUM = {"kind": "embedding_dim", "device": "cpu",
-          "params": {"vocab_sizes": [100], "entropy_dims": [16],
-                     "sweep": {"vocab_size": 256, "target_rank": 8, "dims": [4, 8, 16, 24], "steps": 400}}}
+MEDIUM = {
+    "kind": "embedding_dim",
+    "device": "cpu",
+    "params": {
+        "vocab_sizes": [100],
+        "entropy_dims": [16],
+        "sweep": {"vocab_size": 256, "target_rank": 8, "dims": [4, 8, 16, 24], "steps": 400},
+    },
+}
 # Runs for a quarter of a minute or more; the tests that start it cancel it.
-LONG = {"kind": "embedding_dim", "device": "cpu",
-        "params": {"vocab_sizes": [100], "entropy_dims": [16],
-                   "sweep": {"vocab_size": 512, "target_rank": 8, "dims": [32, 48], "steps": 2000}}}
+LONG = {
+    "kind": "embedding_dim",
+    "device": "cpu",
+    "params": {
+        "vocab_sizes": [100],
+        "entropy_dims": [16],
+        "sweep": {"vocab_size": 512, "target_rank": 8, "dims": [32, 48], "steps": 2000},
+    },
+}
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -48,8 +67,10 @@ def cli(stack, client):
     runner = CliRunner()
 
     def invoke(*args: str):
-        return runner.invoke(client_cli, list(args), env={"GRADLAB_URL": stack.api_url, "GRADLAB_API_KEY": "",
-                                                          "COLUMNS": "200"})
+        return runner.invoke(
+            client_cli, list(args), env={"GRADLAB_URL": stack.api_url, "GRADLAB_API_KEY": "", "COLUMNS": "200"}
+        )
+
     return invoke
 
 
@@ -77,16 +98,21 @@ def sse(api_url: str, job_id: str, last_event_id: str | None = None, max_metrics
                 out.append((frame["event"], frame.get("id"), json.loads(frame["data"])))
                 if frame["event"] == "status" and out[-1][2]["status"] in ("succeeded", "failed", "cancelled"):
                     return out
-                if max_metrics is not None and sum(e == "metric" for e, _, _ in out) >= max_metrics \
-                        and any(e == "status" for e, _, _ in out):
+                if (
+                    max_metrics is not None
+                    and sum(e == "metric" for e, _, _ in out) >= max_metrics
+                    and any(e == "status" for e, _, _ in out)
+                ):
                     return out
             frame = {}
     return out
 
 
 def all_metric_rows(api, job_id):
-    return [(r["step"], r["name"], r["value"]) for r in
-            api.get(f"/v1/jobs/{job_id}/metrics", params={"limit": 10000}).json()["items"]]
+    return [
+        (r["step"], r["name"], r["value"])
+        for r in api.get(f"/v1/jobs/{job_id}/metrics", params={"limit": 10000}).json()["items"]
+    ]
 
 
 # --- the CLI ---------------------------------------------------------------------------------------------------------
@@ -100,8 +126,11 @@ def test_cli_submit_yaml_and_wait_prints_the_result_table(cli, client, tmp_path)
     assert "dimensions" in res.output and "min_dimension" in res.output  # the records table of the result
     summary = client.get(job_id).result["summary"]  # the job's JSON carries the kind's answer, printed first
     assert summary["verdict"]["outcome"] == "supports" and summary["headline"].startswith("n > 8.33·ln N")
-    assert res.output.index("verdict: supports (elbow_over_formula") < res.output.index("Comparison") \
+    assert (
+        res.output.index("verdict: supports (elbow_over_formula")
+        < res.output.index("Comparison")
         < res.output.index("min_dimension")
+    )
     assert "100,000" in res.output  # numbers are formatted
     assert client.get(job_id).succeeded
 
@@ -269,15 +298,24 @@ def test_events_resume_mid_run_without_losing_or_repeating_rows(stack, api, clie
     assert running and all(0 <= d["progress"] <= 1 and d["attempt"] == 1 for d in running)
 
     # the client resumes the same way from an id it was given
-    resumed = [(e.data["step"], e.data["name"], e.data["value"])
-               for e in client.events(job.id, last_event_id=last_id) if e.event == "metric"]
+    resumed = [
+        (e.data["step"], e.data["name"], e.data["value"])
+        for e in client.events(job.id, last_event_id=last_id)
+        if e.event == "metric"
+    ]
     assert resumed == [row for i, row in delivered if i > int(last_id)]
 
 
 def test_events_honour_auth_and_tenants(stack, finished):
     def key(*args: str) -> str:
-        out = subprocess.run([str(BIN / "gradlab"), "keys", "create", *args], env={**os.environ, **stack.env},
-                             cwd=ROOT, check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [str(BIN / "gradlab"), "keys", "create", *args],
+            env={**os.environ, **stack.env},
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         return out.split("key: ", 1)[1].strip()
 
     port = free_port()

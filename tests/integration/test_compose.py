@@ -1,5 +1,6 @@
 """docker-compose.yml, run without Docker: its migrate, api and worker-cpu commands with their own environment,
 service host names mapped to this test's PostgreSQL database and Redis prefix; then a job through HTTP."""
+
 from __future__ import annotations
 
 import os
@@ -72,12 +73,24 @@ def test_compose_commands_run_a_job(pg_database, redis_prefix, tmp_path):
     try:
         env = mapped_env("migrate", url, redis_prefix, tmp_path)
         # PYTHONPATH passes through so that the checkout under test (a worktree, too) is what migrates
-        subprocess.run(native(COMPOSE["services"]["migrate"]["command"]),
-                       env={**env, "PATH": str(BIN), "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
-                       cwd=ROOT, check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            native(COMPOSE["services"]["migrate"]["command"]),
+            env={**env, "PATH": str(BIN), "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         # The compose API requires keys (GRADLAB_AUTH defaults to required): make one as an operator would.
-        out = subprocess.run([str(BIN / "gradlab"), "keys", "create", "--tenant", "compose"], env=env, cwd=ROOT,
-                             check=True, capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run(
+            [str(BIN / "gradlab"), "keys", "create", "--tenant", "compose"],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
         key = out.split("key: ", 1)[1].strip()
         stack = Stack(env=mapped_env("api", url, redis_prefix, tmp_path), log_dir=tmp_path)
         try:
@@ -85,8 +98,7 @@ def test_compose_commands_run_a_job(pg_database, redis_prefix, tmp_path):
             stack.start_api(native(COMPOSE["services"]["api"]["command"], port), port)
             stack.env = mapped_env("worker-cpu", url, redis_prefix, tmp_path)
             stack.start_worker(args=native(COMPOSE["services"]["worker-cpu"]["command"]))
-            with httpx.Client(base_url=stack.api_url, timeout=30,
-                              headers={"Authorization": f"Bearer {key}"}) as client:
+            with httpx.Client(base_url=stack.api_url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as client:
                 assert httpx.get(stack.api_url + "/v1/jobs").status_code == 401
                 assert client.get("/readyz").status_code == 200
                 job = client.post("/v1/jobs", json={"kind": "embedding_dim", "params": {"vocab_sizes": [512]}})

@@ -1,6 +1,7 @@
 """Server-side downsampling of metric series (``store.downsampled_metrics``, ``GET …/metrics?points=``), on both
 backends: every bucket's least and greatest value come back exactly, as rows that were logged, and short series come
 back whole."""
+
 from __future__ import annotations
 
 import random

@@ -1,4 +1,5 @@
 """`gradlab up`: SQLite + filesystem broker, a real worker process (no eager mode), the same code path."""
+
 from __future__ import annotations
 
 import os
@@ -15,15 +16,25 @@ def test_gradlab_up_runs_jobs_and_stops_cleanly(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRADLAB_")}
     log = open(tmp_path / "up.log", "wb")
-    proc = subprocess.Popen([str(BIN / "gradlab"), "up", "--port", str(port), "--data-dir", str(tmp_path / "d")],
-                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "gradlab"), "up", "--port", str(port), "--data-dir", str(tmp_path / "d")],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=90)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             assert client.get("/readyz").status_code == 200
-            ids = [client.post("/v1/jobs", json={"kind": k, "params": p}).json()["id"] for k, p in [
-                ("embedding_dim", {"vocab_sizes": [100000]}),
-                ("init_averaging", {"widths": [100, 10, 100], "batch": 256})]]
+            ids = [
+                client.post("/v1/jobs", json={"kind": k, "params": p}).json()["id"]
+                for k, p in [
+                    ("embedding_dim", {"vocab_sizes": [100000]}),
+                    ("init_averaging", {"widths": [100, 10, 100], "batch": 256}),
+                ]
+            ]
             for job_id in ids:
                 done = wait_job(client, job_id, timeout=120)
                 assert done["status"] == "succeeded", done

@@ -4,6 +4,7 @@ its deadline (timeout or cancel, plus a grace period) by restarting its worker p
 The test-only kind ``hang`` (tests/kinds/hang, registered through GRADLAB_EXTRA_KINDS, so no test code sits on a
 production path) has a step that blocks without ever calling check_cancelled, and a run module that can be made
 slow to import."""
+
 from __future__ import annotations
 
 import os
@@ -21,10 +22,15 @@ GRACE_S = 1.0
 
 @pytest.fixture(scope="module")
 def service_env(service_env):
-    return {**service_env, "GRADLAB_EXTRA_KINDS": "tests.kinds.hang",
-            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-            "GRADLAB_HEARTBEAT_INTERVAL_S": "0.2", "GRADLAB_HEARTBEAT_TIMEOUT_S": "2",
-            "GRADLAB_SWEEP_INTERVAL_S": "0.2", "GRADLAB_STOP_GRACE_S": str(GRACE_S)}
+    return {
+        **service_env,
+        "GRADLAB_EXTRA_KINDS": "tests.kinds.hang",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+        "GRADLAB_HEARTBEAT_INTERVAL_S": "0.2",
+        "GRADLAB_HEARTBEAT_TIMEOUT_S": "2",
+        "GRADLAB_SWEEP_INTERVAL_S": "0.2",
+        "GRADLAB_STOP_GRACE_S": str(GRACE_S),
+    }
 
 
 def worker_log(stack, proc) -> str:

@@ -2,6 +2,7 @@
 gets every metric row exactly once, in order, then the terminal status; each API key may hold only
 GRADLAB_MAX_STREAMS_PER_KEY open streams (429 beyond). The test writes the job's rows itself through the store, as
 a worker's heartbeat would, so it decides when rows arrive."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,12 @@ JOB = {"kind": "init_averaging", "params": {"widths": [8, 8]}}
 
 @pytest.fixture(scope="module")
 def service_env(service_env):
-    return {**service_env, "GRADLAB_AUTH": "required", "GRADLAB_MAX_STREAMS_PER_KEY": str(CAP),
-            "GRADLAB_EVENTS_POLL_S": "0.05"}
+    return {
+        **service_env,
+        "GRADLAB_AUTH": "required",
+        "GRADLAB_MAX_STREAMS_PER_KEY": str(CAP),
+        "GRADLAB_EVENTS_POLL_S": "0.05",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +45,7 @@ def new_key(sessions, api):
     def make(tenant: str = "watchers") -> dict:
         with sessions() as session:
             return {"Authorization": f"Bearer {create_key(session, tenant)[1]}"}
+
     return make
 
 
@@ -110,14 +116,16 @@ def test_each_watcher_gets_every_row_once_then_the_terminal_status(stack, api, s
             assert store.beat(session, jid, 1, progress=i / len(batches), message=None, metric_rows=rows)
         if i == 2:  # a watcher resuming mid-run from the id of row 100
             with sessions() as session:
-                resume_at = store.read_metrics(session, jid, name=None, after_step=None, cursor=None,
-                                               limit=101)[0][100].id
+                resume_at = store.read_metrics(session, jid, name=None, after_step=None, cursor=None, limit=101)[0][
+                    100
+                ].id
             late = Watcher(url, {**new_key("fanout"), "Last-Event-ID": str(resume_at)})
             late.start()
     with sessions() as session:
         assert store.finish(session, jid, 1, JobStatus.succeeded, result={})
-        every = [r.id for r in store.read_metrics(session, jid, name=None, after_step=None, cursor=None,
-                                                  limit=10_000)[0]]
+        every = [
+            r.id for r in store.read_metrics(session, jid, name=None, after_step=None, cursor=None, limit=10_000)[0]
+        ]
     assert len(every) == written
     for w in early + [late]:
         w.join(60)

@@ -1,12 +1,13 @@
 """Faults injected for real: workers SIGKILLed, Redis and PostgreSQL stopped and restarted, messages duplicated,
 processes restarted with jobs in every state. Every submitted job is accounted for: none lost, none run twice."""
+
 from __future__ import annotations
 
 import os
 import signal
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -17,9 +18,14 @@ from core.jobs.db import make_engine
 from tests.servers import PG_BIN, PrivatePostgres, PrivateRedis
 from tests.stack import Stack, wait_job
 
-MEDIUM = {"kind": "embedding_dim",
-          "params": {"vocab_sizes": [100], "entropy_dims": [16],
-                     "sweep": {"vocab_size": 384, "target_rank": 8, "dims": [24, 32], "steps": 500}}}
+MEDIUM = {
+    "kind": "embedding_dim",
+    "params": {
+        "vocab_sizes": [100],
+        "entropy_dims": [16],
+        "sweep": {"vocab_size": 384, "target_rank": 8, "dims": [24, 32], "steps": 500},
+    },
+}
 QUICK = {"kind": "init_averaging", "params": {"widths": [16, 16]}}
 
 
@@ -36,8 +42,11 @@ def wait_until(predicate, timeout: float, what: str):
 def running_job(api, ids, attempt=None, started_after: datetime | None = None):
     for jid in ids:
         job = api.get(f"/v1/jobs/{jid}").json()
-        if job["status"] == "running" and (attempt is None or job["attempt"] == attempt) and \
-                (started_after is None or datetime.fromisoformat(job["started_at"]) > started_after):
+        if (
+            job["status"] == "running"
+            and (attempt is None or job["attempt"] == attempt)
+            and (started_after is None or datetime.fromisoformat(job["started_at"]) > started_after)
+        ):
             return job
     return None
 
@@ -45,8 +54,9 @@ def running_job(api, ids, attempt=None, started_after: datetime | None = None):
 def succeeded_rows(db_url: str, ids: list[str]) -> int:
     engine = create_engine(db_url)
     with engine.connect() as conn:
-        n = conn.execute(text("SELECT count(*) FROM jobs WHERE status = 'succeeded' AND id = ANY(:ids)"),
-                         {"ids": ids}).scalar()
+        n = conn.execute(
+            text("SELECT count(*) FROM jobs WHERE status = 'succeeded' AND id = ANY(:ids)"), {"ids": ids}
+        ).scalar()
     engine.dispose()
     return n
 
@@ -69,16 +79,21 @@ def sweep_witness(db_url: str) -> None:
     canary = str(uuid.uuid4())
     try:
         with engine.begin() as conn:
-            conn.execute(text(
-                "INSERT INTO jobs (id, tenant, kind, status, params, seed, device_requested, queue, timeout_s, "
-                "progress, message, attempt, created_at, heartbeat_at) VALUES (:id, 'canary', 'init_averaging', "
-                "'running', '{\"widths\": [8, 8]}', 0, 'cpu', 'cpu', 60, 0, 'running', 1, now(), "
-                "now() - interval '1 hour')"), {"id": canary})
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, tenant, kind, status, params, seed, device_requested, queue, timeout_s, "
+                    "progress, message, attempt, created_at, heartbeat_at) VALUES (:id, 'canary', 'init_averaging', "
+                    "'running', '{\"widths\": [8, 8]}', 0, 'cpu', 'cpu', 60, 0, 'running', 1, now(), "
+                    "now() - interval '1 hour')"
+                ),
+                {"id": canary},
+            )
 
         def swept():
             with engine.connect() as conn:
-                status, attempt = conn.execute(text("SELECT status, attempt FROM jobs WHERE id = :id"),
-                                               {"id": canary}).one()
+                status, attempt = conn.execute(
+                    text("SELECT status, attempt FROM jobs WHERE id = :id"), {"id": canary}
+                ).one()
             return not (status == "running" and attempt == 1)
 
         wait_until(swept, 60, "a sweep after the canary was planted")
@@ -92,7 +107,7 @@ def kill_worker(proc) -> None:
 
 
 def test_worker_sigkill_repeated_loses_nothing(stack, api, pg_database):
-    born = datetime.now(timezone.utc)  # a job the worker started next claims starts after this
+    born = datetime.now(UTC)  # a job the worker started next claims starts after this
     worker = stack.start_worker()
     ids = [api.post("/v1/jobs", json=MEDIUM).json()["id"] for _ in range(4)]
     kills = 0
@@ -101,7 +116,7 @@ def test_worker_sigkill_repeated_loses_nothing(stack, api, pg_database):
         wait_until(lambda: has_metrics(api, job["id"]), 60, "the running job to log metrics")
         kill_worker(worker)
         kills += 1
-        born = datetime.now(timezone.utc)
+        born = datetime.now(UTC)
         worker = stack.start_worker()
     done = [wait_job(api, jid, timeout=300) for jid in ids]
     assert [d["status"] for d in done] == ["succeeded"] * 4, done
@@ -136,8 +151,9 @@ def test_message_published_twice_runs_once(stack, api, pg_database):
     from workers.publish import publish
 
     workers = [stack.start_worker(), stack.start_worker()]
-    app = make_celery(Settings(broker_url=stack.env["GRADLAB_BROKER_URL"],
-                               broker_key_prefix=stack.env["GRADLAB_BROKER_KEY_PREFIX"]))
+    app = make_celery(
+        Settings(broker_url=stack.env["GRADLAB_BROKER_URL"], broker_key_prefix=stack.env["GRADLAB_BROKER_KEY_PREFIX"])
+    )
     ids = []
     for _ in range(3):
         job = api.post("/v1/jobs", json=MEDIUM).json()
@@ -164,8 +180,12 @@ def test_restart_with_jobs_in_every_state_changes_nothing_wrongly(stack, api, pg
     running = api.post("/v1/jobs", json=MEDIUM).json()["id"]
     wait_until(lambda: running_job(api, [running]), 60, "the job to run")
     before = {jid: api.get(f"/v1/jobs/{jid}").json() for jid in (ok, failed, cancelled, queued)}
-    assert [before[j]["status"] for j in (ok, failed, cancelled, queued)] == \
-        ["succeeded", "failed", "cancelled", "queued"]
+    assert [before[j]["status"] for j in (ok, failed, cancelled, queued)] == [
+        "succeeded",
+        "failed",
+        "cancelled",
+        "queued",
+    ]
 
     api_proc = next(p for p in stack.procs if p.args[1] == "api" and p.poll() is None)
     for proc in (api_proc, worker):
@@ -179,8 +199,9 @@ def test_restart_with_jobs_in_every_state_changes_nothing_wrongly(stack, api, pg
         sweep_witness(pg_database[1])  # the restarted worker's sweeper has looked at every job
         for jid, old in before.items():
             now = client.get(f"/v1/jobs/{jid}").json()
-            assert {k: now[k] for k in ("status", "finished_at", "result", "error", "attempt")} == \
-                {k: old[k] for k in ("status", "finished_at", "result", "error", "attempt")}
+            assert {k: now[k] for k in ("status", "finished_at", "result", "error", "attempt")} == {
+                k: old[k] for k in ("status", "finished_at", "result", "error", "attempt")
+            }
     kill_worker(worker)
 
 
@@ -224,14 +245,21 @@ def test_postgres_restarted_api_503_then_recovers_and_workers_lose_no_result(ser
             ids = [api.post("/v1/jobs", json=MEDIUM).json()["id"] for _ in range(3)]
             wait_until(lambda: running_job(api, ids), 120, "a job to run")
             pg.stop()
-            for method, path, body in (("GET", f"/v1/jobs/{ids[0]}", None), ("GET", "/v1/jobs", None),
-                                       ("POST", "/v1/jobs", QUICK)):
+            for method, path, body in (
+                ("GET", f"/v1/jobs/{ids[0]}", None),
+                ("GET", "/v1/jobs", None),
+                ("POST", "/v1/jobs", QUICK),
+            ):
                 resp = api.request(method, path, json=body)
                 assert resp.status_code == 503, resp.text
                 assert resp.headers["content-type"].startswith("application/problem+json")
-            wait_until(lambda: any(worker_log_has(tmp_path, t) for t in ("database unavailable", "heartbeat for job",
-                                                                            "sweep failed")),
-                       60, "the worker to see the outage")
+            wait_until(
+                lambda: any(
+                    worker_log_has(tmp_path, t) for t in ("database unavailable", "heartbeat for job", "sweep failed")
+                ),
+                60,
+                "the worker to see the outage",
+            )
             pg.start()
             wait_until(lambda: api.get("/v1/jobs").status_code == 200, 60, "the API to recover")
             done = [wait_job(api, jid, timeout=300) for jid in ids]

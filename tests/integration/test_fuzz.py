@@ -3,6 +3,7 @@
 
 positive_data_acceptance is left out on purpose: the resource limits (memory and work estimates that combine
 several fields) cannot be written in JSON Schema, so some schema-valid specs are rightly refused with 422."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,14 @@ def service_env(service_env):
 
 
 def test_api_conforms_to_its_schema(api, stack):
-    out = subprocess.run([str(BIN / "gradlab"), "keys", "create", "--tenant", "fuzz"], env={**os.environ, **stack.env},
-                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [str(BIN / "gradlab"), "keys", "create", "--tenant", "fuzz"],
+        env={**os.environ, **stack.env},
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     auth = {"Authorization": "Bearer " + out.split("key: ", 1)[1].strip()}
     schema = schemathesis.openapi.from_url(stack.api_url + "/openapi.json")
     calls: dict[str, int] = {}
@@ -39,8 +46,13 @@ def test_api_conforms_to_its_schema(api, stack):
         label = f"{operation.method.upper()} {operation.path}"
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def fuzz(case):
             case.call_and_validate(headers=auth, excluded_checks=[positive_data_acceptance])
             calls[label] = calls.get(label, 0) + 1
@@ -54,19 +66,31 @@ def test_job_bodies_outside_the_schema_are_refused(api, stack):
     """Negative data for POST /v1/jobs (bodies the schema forbids): every one is refused, so the service is no
     laxer than its published schema. Schemathesis's mutations rarely pick a coercible value (``"5"`` for an
     integer), so those are pinned in test_hostile.py::test_job_bodies_are_strict."""
-    out = subprocess.run([str(BIN / "gradlab"), "keys", "create", "--tenant", "fuzz-negative"],
-                         env={**os.environ, **stack.env}, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [str(BIN / "gradlab"), "keys", "create", "--tenant", "fuzz-negative"],
+        env={**os.environ, **stack.env},
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     auth = {"Authorization": "Bearer " + out.split("key: ", 1)[1].strip()}
     schema = schemathesis.openapi.from_url(stack.api_url + "/openapi.json")
     operation = schema["/v1/jobs"]["POST"]
     calls = []
 
     @given(case=operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
-    @settings(max_examples=NEGATIVE_EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=NEGATIVE_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     def fuzz(case):
-        negative = {location.value for location, info in case.meta.components.items()
-                    if info.mode == GenerationMode.NEGATIVE}
+        negative = {
+            location.value for location, info in case.meta.components.items() if info.mode == GenerationMode.NEGATIVE
+        }
         if negative != {"body"}:
             return  # only bodies are judged here (a broken header would be replaced by the valid key below)
         case.call_and_validate(headers=auth, checks=[negative_data_rejection])

@@ -4,6 +4,7 @@ strict job bodies, the key checked before a body is read, header and body deadli
 
 Every bomb and liar file is made here; the zip bomb really expands (1 GiB of zeros from about 1 MB).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,7 @@ FEW_TENS_OF_MIB = 40 * MiB  # a refused upload may raise the API's peak RSS by a
 
 @pytest.fixture(scope="module")
 def service_env(service_env):
-    return {**service_env, "GRADLAB_AUTH": "required", "GRADLAB_HEADER_TIMEOUT_S": "0.5",
-            "GRADLAB_BODY_TIMEOUT_S": "1"}
+    return {**service_env, "GRADLAB_AUTH": "required", "GRADLAB_HEADER_TIMEOUT_S": "0.5", "GRADLAB_BODY_TIMEOUT_S": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +51,15 @@ def api_pid(stack, api) -> int:
 def sqlite_api(tmp_path_factory):
     """An API process on the embedded SQLite database and filesystem broker (authentication off, loopback)."""
     data = tmp_path_factory.mktemp("sqlite-data")
-    stack = Stack(env={"GRADLAB_DATA_DIR": str(data), "GRADLAB_DATABASE_URL": f"sqlite:///{data}/gradlab.sqlite3",
-                       "GRADLAB_BROKER_URL": "filesystem://", "GRADLAB_AUTH": "disabled"},
-                  log_dir=tmp_path_factory.mktemp("sqlite-logs"))
+    stack = Stack(
+        env={
+            "GRADLAB_DATA_DIR": str(data),
+            "GRADLAB_DATABASE_URL": f"sqlite:///{data}/gradlab.sqlite3",
+            "GRADLAB_BROKER_URL": "filesystem://",
+            "GRADLAB_AUTH": "disabled",
+        },
+        log_dir=tmp_path_factory.mktemp("sqlite-logs"),
+    )
     stack.migrate()
     try:
         stack.start_api()
@@ -84,14 +90,41 @@ def zip_of(entries: list[tuple[str, bytes, int, int, int]]) -> bytes:
     out, central = io.BytesIO(), []
     for name, payload, method, crc, usize in entries:
         offset = out.tell()
-        out.write(struct.pack("<4s2B4HL2L2H", b"PK\x03\x04", 20, 0, 0, method, 0, 33, crc, len(payload), usize,
-                              len(name), 0) + name.encode() + payload)
-        central.append(struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", 20, 3, 20, 0, 0, method, 0, 33, crc,
-                                   len(payload), usize, len(name), 0, 0, 0, 0, 0, offset) + name.encode())
+        out.write(
+            struct.pack("<4s2B4HL2L2H", b"PK\x03\x04", 20, 0, 0, method, 0, 33, crc, len(payload), usize, len(name), 0)
+            + name.encode()
+            + payload
+        )
+        central.append(
+            struct.pack(
+                "<4s4B4HL2L5H2L",
+                b"PK\x01\x02",
+                20,
+                3,
+                20,
+                0,
+                0,
+                method,
+                0,
+                33,
+                crc,
+                len(payload),
+                usize,
+                len(name),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
+            + name.encode()
+        )
     directory = b"".join(central)
     start = out.tell()
-    out.write(directory + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(directory),
-                                      start, 0))
+    out.write(
+        directory + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries), len(directory), start, 0)
+    )
     return out.getvalue()
 
 
@@ -130,19 +163,41 @@ def bombs() -> dict[str, tuple]:
     return {
         "zip bomb (1 GiB of zeros)": ("bomb.npz", zeros_bomb(), 422, "exceed the limits"),
         "header claims 10^12 elements": (
-            "liar.npz", zip_of([stored("x.npy", npy_header((10**12,)) + bytes(800))]), 422, "declares"),
+            "liar.npz",
+            zip_of([stored("x.npy", npy_header((10**12,)) + bytes(800))]),
+            422,
+            "declares",
+        ),
         "zip claims more than the header": (
-            "liar.npz", zip_of([stored("x.npy", npy_header((4, 2)) + ones, usize=200)]), 422, "declares"),
+            "liar.npz",
+            zip_of([stored("x.npy", npy_header((4, 2)) + ones, usize=200)]),
+            422,
+            "declares",
+        ),
         "entry holds more than both declare": (
-            "liar.npz", zip_of([("x.npy", npy_header((4, 2)) + ones + bytes(MiB), 0,
-                                 zlib.crc32(npy_header((4, 2)) + ones + bytes(MiB)), len(npy_header((4, 2))) + 64)]),
-            422, "not a readable"),
+            "liar.npz",
+            zip_of(
+                [
+                    (
+                        "x.npy",
+                        npy_header((4, 2)) + ones + bytes(MiB),
+                        0,
+                        zlib.crc32(npy_header((4, 2)) + ones + bytes(MiB)),
+                        len(npy_header((4, 2))) + 64,
+                    )
+                ]
+            ),
+            422,
+            "not a readable",
+        ),
         "int8 that would store 240 MB": (
-            "stored.npz", npz_bytes(True, x=np.zeros((1_000_000, 60), np.int8)), 422, "would store"),
-        "object dtype": ("evil.npz", zip_of([stored("x.npy", npy_header((2,), "|O") + bytes(16))]), 422,
-                         "not numeric"),
-        "60,000 zip entries": ("many.npz", zip_of([stored(f"x{i}.npy", b"") for i in range(60_000)]), 422,
-                               "entries"),
+            "stored.npz",
+            npz_bytes(True, x=np.zeros((1_000_000, 60), np.int8)),
+            422,
+            "would store",
+        ),
+        "object dtype": ("evil.npz", zip_of([stored("x.npy", npy_header((2,), "|O") + bytes(16))]), 422, "not numeric"),
+        "60,000 zip entries": ("many.npz", zip_of([stored(f"x{i}.npy", b"") for i in range(60_000)]), 422, "entries"),
         "32 MB CSV that would store 69 MB": ("cells.csv", labelled, 422, "would store", {"label_column": "label"}),
         "20 MB CSV, bad last row": ("late.csv", csv_rows + b"1," * 19 + b"nan\n", 422, "NaN"),
         "33 MB upload": ("big.csv", bytes(33 * MiB), 413, "capped"),
@@ -165,19 +220,28 @@ def test_upload_bombs_are_refused_with_the_api_peak_memory_near_idle(api, key, a
         with open(f"/proc/{api_pid}/clear_refs", "w") as f:
             f.write("5")  # the peak (VmHWM) restarts from the present RSS
         idle = vm(api_pid, "VmRSS")
-        body = problem(api.post("/v1/datasets", files={"file": (filename, content)}, data=form[0] if form else None,
-                                headers=key, timeout=120), status)
+        body = problem(
+            api.post(
+                "/v1/datasets",
+                files={"file": (filename, content)},
+                data=form[0] if form else None,
+                headers=key,
+                timeout=120,
+            ),
+            status,
+        )
         assert words in body["detail"], (case, body["detail"])
         rises[case] = vm(api_pid, "VmHWM") - idle
-    print("\npeak RSS rise of the API process per refused upload (MiB): "
-          + ", ".join(f"{case}: {rise / MiB:.1f}" for case, rise in rises.items()))
+    print(
+        "\npeak RSS rise of the API process per refused upload (MiB): "
+        + ", ".join(f"{case}: {rise / MiB:.1f}" for case, rise in rises.items())
+    )
     assert max(rises.values()) < FEW_TENS_OF_MIB, rises
 
 
 def test_a_dataset_is_stored_as_float32_and_int64_within_the_stored_cap(api, key):
     x = np.random.default_rng(1).integers(0, 255, size=(1000, 20), dtype=np.uint8)
-    up = api.post("/v1/datasets", files={"file": ("u8.npz", npz_bytes(True, x=x, y=np.arange(1000) % 3))},
-                  headers=key)
+    up = api.post("/v1/datasets", files={"file": ("u8.npz", npz_bytes(True, x=x, y=np.arange(1000) % 3))}, headers=key)
     assert up.status_code == 201, up.text
     ds = up.json()
     assert (ds["rows"], ds["columns"], ds["has_labels"]) == (1000, 20, True)
@@ -201,14 +265,21 @@ def client(request, api, key, sqlite_api):
 def test_nul_bytes_and_naive_cursors_are_4xx_on_both_databases(client):
     job = client.post("/v1/jobs", json=JOB).json()
     jid = job["id"]
-    for path, field in (("/v1/jobs?kind=init%00averaging", "kind"), (f"/v1/jobs/{jid}/metrics?name=loss%00", "name"),
-                        (f"/v1/jobs/{jid}/artifacts/plot%00.png", "path"), (f"/v1/jobs/{jid}%00", "path")):
+    for path, field in (
+        ("/v1/jobs?kind=init%00averaging", "kind"),
+        (f"/v1/jobs/{jid}/metrics?name=loss%00", "name"),
+        (f"/v1/jobs/{jid}/artifacts/plot%00.png", "path"),
+        (f"/v1/jobs/{jid}%00", "path"),
+    ):
         body = problem(client.get(path), 422)
         assert body["errors"][0]["field"] == field and "NUL" in body["detail"]
     naive = base64.urlsafe_b64encode(f"2020-01-01T00:00:00|{jid}".encode()).decode()
     problem(client.get("/v1/jobs", params={"cursor": naive}), 400)
-    for bad in ({**JOB, "kind": "init_averaging\x00"}, {**JOB, "params": {"widths": [8, 8], "mean\x00": 1}},
-                {**JOB, "params": {"widths": [8, 8], "distribution": "normal\x00"}}):
+    for bad in (
+        {**JOB, "kind": "init_averaging\x00"},
+        {**JOB, "params": {"widths": [8, 8], "mean\x00": 1}},
+        {**JOB, "params": {"widths": [8, 8], "distribution": "normal\x00"}},
+    ):
         problem(client.post("/v1/jobs", json=bad), 422)
     up = client.post("/v1/datasets", files={"file": ("a.csv", b"a,b\n1,2\n3,4\n")}, data={"label_column": "b\x00"})
     assert problem(up, 422)["errors"][0]["field"] == "label_column"
@@ -235,8 +306,8 @@ def raw_connection(url: str) -> socket.socket:
 def read_response(sock: socket.socket) -> bytes:
     data = b""
     while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + int(
-            next((ln.split(b":")[1] for ln in data.split(b"\r\n") if ln.lower().startswith(b"content-length")),
-                 b"0")):
+        next((ln.split(b":")[1] for ln in data.split(b"\r\n") if ln.lower().startswith(b"content-length")), b"0")
+    ):
         chunk = sock.recv(65536)
         if not chunk:
             break
@@ -246,8 +317,10 @@ def read_response(sock: socket.socket) -> bytes:
 
 def test_an_upload_without_a_key_is_refused_before_its_body_is_sent(stack, api):
     with raw_connection(stack.api_url) as sock:
-        sock.sendall(b"POST /v1/datasets HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                     b"Content-Length: 20000000\r\n\r\n")  # and never the body
+        sock.sendall(
+            b"POST /v1/datasets HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 20000000\r\n\r\n"
+        )  # and never the body
         head = read_response(sock)
     assert head.startswith(b"HTTP/1.1 401"), head[:200]
     assert b"application/problem+json" in head and b"Bearer" in head
@@ -261,8 +334,10 @@ def test_unfinished_headers_and_bodies_are_cut_off(stack, api, key):
             assert sock.recv(1024) == b""  # closed by the server (the socket's own timeout is 10 s)
             assert time.monotonic() - started < 5
     with raw_connection(stack.api_url) as sock:
-        sock.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Authorization: " + key["Authorization"].encode() + b"\r\nContent-Length: 100\r\n\r\n{\"kind\"")
+        sock.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: " + key["Authorization"].encode() + b'\r\nContent-Length: 100\r\n\r\n{"kind"'
+        )
         reply = read_response(sock)
         assert reply.startswith(b"HTTP/1.1 408"), reply[:300]
         assert b"application/problem+json" in reply and b"within 1 s" in reply
@@ -274,8 +349,15 @@ def test_unfinished_headers_and_bodies_are_cut_off(stack, api, key):
 
 
 def gradlab(stack, *args: str, auth: str = "disabled") -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "gradlab"), *args], env={**os.environ, **stack.env, "GRADLAB_AUTH": auth},
-                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [str(BIN / "gradlab"), *args],
+        env={**os.environ, **stack.env, "GRADLAB_AUTH": auth},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_up_refuses_an_open_address_before_saying_it_is_up(stack, tmp_path):
@@ -285,8 +367,10 @@ def test_up_refuses_an_open_address_before_saying_it_is_up(stack, tmp_path):
 
 
 def test_a_host_name_is_resolved_not_a_traceback(stack, tmp_path):
-    for args in (("api", "--host", "no-such-host.invalid"), ("up", "--host", "no-such-host.invalid", "--data-dir",
-                                                             str(tmp_path / "d"))):
+    for args in (
+        ("api", "--host", "no-such-host.invalid"),
+        ("up", "--host", "no-such-host.invalid", "--data-dir", str(tmp_path / "d")),
+    ):
         out = gradlab(stack, *args, "--port", str(free_port()))
         assert out.returncode == 2 and "--host no-such-host.invalid" in out.stderr
         assert "Traceback" not in out.stderr + out.stdout

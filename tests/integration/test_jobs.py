@@ -1,4 +1,5 @@
 """Jobs run by real Celery worker processes on PostgreSQL + Redis: results, metrics, artifacts, cancel, SIGKILL."""
+
 from __future__ import annotations
 
 import os
@@ -12,9 +13,14 @@ from sqlalchemy import create_engine, text
 from core.techniques import specs
 from tests.stack import wait_job
 
-LONG_SWEEP = {"kind": "embedding_dim",
-              "params": {"vocab_sizes": [100], "entropy_dims": [16],
-                         "sweep": {"vocab_size": 512, "target_rank": 8, "dims": [32, 48], "steps": 600}}}
+LONG_SWEEP = {
+    "kind": "embedding_dim",
+    "params": {
+        "vocab_sizes": [100],
+        "entropy_dims": [16],
+        "sweep": {"vocab_size": 512, "target_rank": 8, "dims": [32, 48], "steps": 600},
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +52,25 @@ def test_example_job_end_to_end(api, worker, kind):
 
 
 def test_results_match_the_technique(api, worker):
-    job = api.post("/v1/jobs", json={"kind": "embedding_dim", "params": {"vocab_sizes": [100000, 512],
-                                                                         "entropy_dims": [64]}}).json()
+    job = api.post(
+        "/v1/jobs", json={"kind": "embedding_dim", "params": {"vocab_sizes": [100000, 512], "entropy_dims": [64]}}
+    ).json()
     result = wait_job(api, job["id"])["result"]
     assert [d["min_dimension"] for d in result["dimensions"]] == [96, 52]
     assert result["entropy_per_dim"][0]["h_n_over_n"] == pytest.approx(-0.2418, abs=1e-4)
 
 
 def test_metrics_paging_and_filters(api, worker):
-    job = api.post("/v1/jobs", json=LONG_SWEEP | {"params": {**LONG_SWEEP["params"], "sweep": {
-        **LONG_SWEEP["params"]["sweep"], "vocab_size": 64, "steps": 200}}}).json()
+    job = api.post(
+        "/v1/jobs",
+        json=LONG_SWEEP
+        | {
+            "params": {
+                **LONG_SWEEP["params"],
+                "sweep": {**LONG_SWEEP["params"]["sweep"], "vocab_size": 64, "steps": 200},
+            }
+        },
+    ).json()
     assert wait_job(api, job["id"], timeout=120)["status"] == "succeeded"
     everything = api.get(f"/v1/jobs/{job['id']}/metrics", params={"limit": 10000}).json()["items"]
     paged, cursor = [], None
@@ -123,8 +138,9 @@ def test_worker_sigkill_mid_job_is_recovered_without_running_twice(api, worker, 
     assert len(steps) == len(set(steps))
     engine = create_engine(pg_database[1])
     with engine.connect() as conn:
-        succeeded = conn.execute(text("SELECT count(*) FROM jobs WHERE id = :i AND status = 'succeeded'"),
-                                 {"i": job["id"]}).scalar()
+        succeeded = conn.execute(
+            text("SELECT count(*) FROM jobs WHERE id = :i AND status = 'succeeded'"), {"i": job["id"]}
+        ).scalar()
     engine.dispose()
     assert succeeded == 1
     assert replacement.poll() is None
@@ -132,8 +148,10 @@ def test_worker_sigkill_mid_job_is_recovered_without_running_twice(api, worker, 
 
 def test_every_kind_is_registered_with_a_runnable_example(api, worker):
     # The examples are what README and `GET /v1/kinds` offer users: each must succeed on a real worker.
-    ids = {name: api.post("/v1/jobs", json={"kind": name, "params": k.example, "device": "cpu"}).json()["id"]
-           for name, k in specs().items()}
+    ids = {
+        name: api.post("/v1/jobs", json={"kind": name, "params": k.example, "device": "cpu"}).json()["id"]
+        for name, k in specs().items()
+    }
     for name, job_id in ids.items():
         done = wait_job(api, job_id, timeout=300)
         assert done["status"] == "succeeded", (name, done.get("error"))

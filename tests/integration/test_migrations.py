@@ -1,4 +1,5 @@
 """Alembic migrations are the only way a schema is made, and they agree with the models on both backends."""
+
 from __future__ import annotations
 
 from alembic import command

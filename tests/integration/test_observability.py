@@ -4,6 +4,7 @@ queues with two workers, queue position and ETA behind one worker, Celery task e
 The module's stack: the API (metrics on, auth disabled) and two workers, W1 consuming cpu+auto and W2 gpu+auto,
 so the cpu queue has one worker and the auto queue two.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -26,9 +27,14 @@ from tests.stack import BIN, wait_job
 
 QUICK = {"kind": "init_averaging", "params": {"widths": [16, 16]}}
 QUICK_EMBEDDING = {"kind": "embedding_dim", "params": {"vocab_sizes": [100]}}
-LONG = {"kind": "embedding_dim",
-        "params": {"vocab_sizes": [100], "entropy_dims": [16],
-                   "sweep": {"vocab_size": 512, "target_rank": 8, "dims": [32, 48], "steps": 600}}}
+LONG = {
+    "kind": "embedding_dim",
+    "params": {
+        "vocab_sizes": [100],
+        "entropy_dims": [16],
+        "sweep": {"vocab_size": 512, "target_rank": 8, "dims": [32, 48], "steps": 600},
+    },
+}
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -76,8 +82,11 @@ def test_metrics_move_with_a_run_of_jobs_and_match_the_database(api, workers, db
     done = [wait_job(api, job_id, timeout=120) for job_id in ids]
     assert [d["status"] for d in done] == ["succeeded"] * 3 + ["failed"], done
 
-    ran = rows(db, "SELECT kind, status, count(*) FROM jobs WHERE started_at IS NOT NULL "
-                   "AND status IN ('succeeded', 'failed', 'cancelled') GROUP BY kind, status")
+    ran = rows(
+        db,
+        "SELECT kind, status, count(*) FROM jobs WHERE started_at IS NOT NULL "
+        "AND status IN ('succeeded', 'failed', 'cancelled') GROUP BY kind, status",
+    )
 
     def caught_up():  # each worker writes its counters with its next beat
         samples = scrape(api)
@@ -93,13 +102,16 @@ def test_metrics_move_with_a_run_of_jobs_and_match_the_database(api, workers, db
     queued = dict(rows(db, "SELECT queue, count(*) FROM jobs WHERE status = 'queued' GROUP BY queue"))
     for queue in ("cpu", "gpu", "auto"):
         assert total(after, "gradlab_queue_depth", queue=queue) == queued.get(queue, 0)
-    assert total(after, "gradlab_blob_bytes", store="artifacts") == rows(
-        db, "SELECT coalesce(sum(size), 0) FROM artifacts")[0][0] > 0
+    assert (
+        total(after, "gradlab_blob_bytes", store="artifacts")
+        == rows(db, "SELECT coalesce(sum(size), 0) FROM artifacts")[0][0]
+        > 0
+    )
     # heartbeat ages: the scrape's time less the beat it read, which lies between two reads of the rows around it
     beats_before = dict(rows(db, "SELECT name, heartbeat_at FROM workers"))
-    t0 = datetime.now(timezone.utc)
+    t0 = datetime.now(UTC)
     ages = {s.labels["worker"]: s.value for s in scrape(api) if s.name == "gradlab_worker_heartbeat_age_seconds"}
-    t1 = datetime.now(timezone.utc)
+    t1 = datetime.now(UTC)
     beats_after = dict(rows(db, "SELECT name, heartbeat_at FROM workers"))
     assert len(ages) == 2 and set(ages) == set(beats_before) == set(beats_after)
     for name, age in ages.items():
@@ -111,8 +123,11 @@ def test_metrics_move_with_a_run_of_jobs_and_match_the_database(api, workers, db
         assert total(after, "gradlab_job_run_seconds_count", kind=kind, outcome=status) == n
     # each claim is observed once: its wait since creation (the database keeps the latest attempt's start), and
     # the attempt; a job retried after a lost worker (a stalled beat on a busy machine) counts every attempt
-    claims = rows(db, "SELECT kind, queue, attempt, extract(epoch FROM started_at - created_at) FROM jobs "
-                      "WHERE started_at IS NOT NULL")
+    claims = rows(
+        db,
+        "SELECT kind, queue, attempt, extract(epoch FROM started_at - created_at) FROM jobs "
+        "WHERE started_at IS NOT NULL",
+    )
     by_pair = defaultdict(list)
     for kind, queue, attempt, wait in claims:
         by_pair[(kind, queue)].append((attempt, float(wait)))
@@ -122,10 +137,12 @@ def test_metrics_move_with_a_run_of_jobs_and_match_the_database(api, workers, db
         assert total(after, "gradlab_job_wait_seconds_bucket", kind=kind, queue=queue, le="+Inf") == count
         if count == len(seen):  # no retries: the waits are the rows' own
             assert total(after, "gradlab_job_wait_seconds_sum", kind=kind, queue=queue) == pytest.approx(
-                sum(wait for _, wait in seen), abs=1e-3)
+                sum(wait for _, wait in seen), abs=1e-3
+            )
     assert total(after, "gradlab_job_attempts_total") == sum(attempt for _, _, attempt, _ in claims)
-    for kind, error_type, n in rows(db, "SELECT kind, error_type, count(*) FROM jobs WHERE status = 'failed' "
-                                        "GROUP BY kind, error_type"):
+    for kind, error_type, n in rows(
+        db, "SELECT kind, error_type, count(*) FROM jobs WHERE status = 'failed' GROUP BY kind, error_type"
+    ):
         assert total(after, "gradlab_job_failures_total", kind=kind, type=error_type) == n
     assert total(after, "gradlab_job_failures_total", kind="init_averaging", type="device_unavailable") >= 1
     stored_rows = rows(db, "SELECT count(*) FROM metrics")[0][0]
@@ -136,8 +153,10 @@ def test_metrics_move_with_a_run_of_jobs_and_match_the_database(api, workers, db
 
     # HTTP: by route template, moved by exactly the requests made
     posts = dict(method="POST", route="/v1/jobs", status="201")
-    assert (total(after, "gradlab_http_request_duration_seconds_count", **posts)
-            - total(before, "gradlab_http_request_duration_seconds_count", **posts)) == 4
+    assert (
+        total(after, "gradlab_http_request_duration_seconds_count", **posts)
+        - total(before, "gradlab_http_request_duration_seconds_count", **posts)
+    ) == 4
     assert total(after, "gradlab_http_request_duration_seconds_count", method="GET", route="/v1/jobs/{job_id}") > 0
     routes = {s.labels["route"] for s in after if s.name.startswith("gradlab_http_request_duration_seconds")}
     assert not any(re.search(r"[0-9a-f]{8}-[0-9a-f]{4}", r) for r in routes), routes
@@ -149,12 +168,20 @@ def test_sweeper_republishing_is_counted(api, workers, db):
     before = total(scrape(api), "gradlab_sweeper_actions_total", action="republished")
     job_id = str(uuid.uuid4())
     with db.begin() as conn:
-        conn.execute(text("INSERT INTO jobs (id, tenant, kind, status, params, seed, device_requested, queue, "
-                          "timeout_s, progress, message, attempt, created_at, published_at) VALUES (:id, 'local', "
-                          "'init_averaging', 'queued', :params, 0, 'auto', 'nobody', 60, 0, 'queued', 0, now(), "
-                          "NULL)"), {"id": job_id, "params": json.dumps(QUICK["params"])})
-    wait_until(lambda: total(scrape(api), "gradlab_sweeper_actions_total", action="republished") > before, 30,
-               "no sweeper counted the re-publication")
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, tenant, kind, status, params, seed, device_requested, queue, "
+                "timeout_s, progress, message, attempt, created_at, published_at) VALUES (:id, 'local', "
+                "'init_averaging', 'queued', :params, 0, 'auto', 'nobody', 60, 0, 'queued', 0, now(), "
+                "NULL)"
+            ),
+            {"id": job_id, "params": json.dumps(QUICK["params"])},
+        )
+    wait_until(
+        lambda: total(scrape(api), "gradlab_sweeper_actions_total", action="republished") > before,
+        30,
+        "no sweeper counted the re-publication",
+    )
     assert rows(db, "SELECT published_at IS NOT NULL FROM jobs WHERE id = :id", id=job_id)[0][0]
     assert total(scrape(api), "gradlab_queue_depth", queue="nobody") == 1
     assert api.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
@@ -185,14 +212,24 @@ def test_workers_and_queues_during_a_run_with_two_workers(api, workers, db):
         api.post(f"/v1/jobs/{job_id}/cancel")
     for job_id in running:
         wait_job(api, job_id)
-    wait_until(lambda: all(w["current_job"] is None for w in api.get("/v1/workers").json()), 30,
-               "the workers did not drop the cancelled jobs")
+    wait_until(
+        lambda: all(w["current_job"] is None for w in api.get("/v1/workers").json()),
+        30,
+        "the workers did not drop the cancelled jobs",
+    )
 
 
 def _run_s(db, kind: str, queue: str) -> float:
-    samples = [float(r[0]) for r in rows(
-        db, "SELECT extract(epoch FROM finished_at - started_at) FROM jobs WHERE kind = :kind AND queue = :queue "
-            "AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 20", kind=kind, queue=queue)]
+    samples = [
+        float(r[0])
+        for r in rows(
+            db,
+            "SELECT extract(epoch FROM finished_at - started_at) FROM jobs WHERE kind = :kind AND queue = :queue "
+            "AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 20",
+            kind=kind,
+            queue=queue,
+        )
+    ]
     return statistics.median(samples)
 
 
@@ -208,9 +245,9 @@ def test_queue_position_and_eta_of_five_jobs_behind_one_worker(api, workers, db,
     typical_long, typical_quick = _run_s(db, "embedding_dim", "cpu"), _run_s(db, "init_averaging", "cpu")
     etas = []
     for position, job_id in enumerate(queued, start=1):
-        t0 = datetime.now(timezone.utc)
+        t0 = datetime.now(UTC)
         job = api.get(f"/v1/jobs/{job_id}").json()
-        t1 = datetime.now(timezone.utc)
+        t1 = datetime.now(UTC)
         assert job["status"] == "queued" and job["queue"] == "cpu" and job["queue_position"] == position
 
         def expected(now, position=position):
@@ -225,8 +262,14 @@ def test_queue_position_and_eta_of_five_jobs_behind_one_worker(api, workers, db,
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({**QUICK, "device": "cpu"}))
     env = {**os.environ, **stack.env, "GRADLAB_URL": stack.api_url, "COLUMNS": "200"}
-    cli = subprocess.run([str(BIN / "gradlab"), "submit", str(spec), "--wait", "--timeout", "3"], env=env,
-                         capture_output=True, text=True, timeout=60, check=False)
+    cli = subprocess.run(
+        [str(BIN / "gradlab"), "submit", str(spec), "--wait", "--timeout", "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert cli.returncode == 1, cli.stdout + cli.stderr
     assert "6th in the cpu queue" in cli.stdout, cli.stdout
 
@@ -271,16 +314,15 @@ def test_logs_of_one_job_carry_its_id_from_submit_to_finish(api, workers, stack,
     assert all(ln.get("job_id") == job_id for ln in lines if job_id in ln["message"])
     assert all(ln.get("worker") == worker for ln in mine)
     first, last = lines.index(mine[0]), lines.index(mine[-1])
-    window = [ln for ln in lines[first:last + 1] if ln["logger"] not in ("workers.presence", "workers.sweeper")]
+    window = [ln for ln in lines[first : last + 1] if ln["logger"] not in ("workers.presence", "workers.sweeper")]
     assert all(ln.get("job_id") == job_id for ln in window), [ln for ln in window if ln.get("job_id") != job_id]
     messages = [ln["message"] for ln in mine]
     assert "received" in messages[0] and f"job {job_id}: succeeded" in messages
     assert mine[-1]["logger"] == "celery.app.trace" and "succeeded in" in messages[-1]
     claimed = next(ln for ln in mine if "claimed" in ln["message"])
     assert claimed["attempt"] == 1 and claimed["kind"] == "init_averaging" and claimed["tenant"] == "local"
-    after_claim = mine[mine.index(claimed):]
-    assert all(ln["attempt"] == 1 and ln["kind"] == "init_averaging" and ln["tenant"] == "local"
-               for ln in after_claim)
+    after_claim = mine[mine.index(claimed) :]
+    assert all(ln["attempt"] == 1 and ln["kind"] == "init_averaging" and ln["tenant"] == "local" for ln in after_claim)
 
 
 def test_request_id_in_header_and_problem_body(api, workers):
@@ -288,8 +330,11 @@ def test_request_id_in_header_and_problem_body(api, workers):
     resp = api.get(f"/v1/jobs/{missing}", headers={"X-Request-ID": "trace-42"})
     assert resp.status_code == 404 and resp.headers["content-type"] == "application/problem+json"
     assert resp.headers["x-request-id"] == "trace-42" and resp.json()["request_id"] == "trace-42"
-    resp = api.post("/v1/jobs", json={"kind": "init_averaging", "params": {"widths": "x"}},
-                    headers={"X-Request-ID": "bad id with spaces"})
+    resp = api.post(
+        "/v1/jobs",
+        json={"kind": "init_averaging", "params": {"widths": "x"}},
+        headers={"X-Request-ID": "bad id with spaces"},
+    )
     assert resp.status_code == 422
     generated = resp.headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", generated) and resp.json()["request_id"] == generated
@@ -306,8 +351,11 @@ def test_access_with_authentication_required(stack, pg_database, workers):
         user, admin = create_key(s, "acme", "user", False)[1], create_key(s, "ops", "admin", True)[1]
     engine.dispose()
     port = free_port()
-    proc = stack._spawn([str(BIN / "gradlab"), "api", "--port", str(port)], "api-auth",
-                        {"GRADLAB_AUTH": "required", "GRADLAB_METRICS_TOKEN": "scrape-token-1"})
+    proc = stack._spawn(
+        [str(BIN / "gradlab"), "api", "--port", str(port)],
+        "api-auth",
+        {"GRADLAB_AUTH": "required", "GRADLAB_METRICS_TOKEN": "scrape-token-1"},
+    )
     wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
         as_user, as_admin = {"Authorization": f"Bearer {user}"}, {"Authorization": f"Bearer {admin}"}
@@ -331,8 +379,9 @@ def test_task_events_reach_a_celery_event_receiver(api, workers, stack):
     from core.settings import Settings
     from workers.app import make_celery
 
-    app = make_celery(Settings(broker_url=stack.env["GRADLAB_BROKER_URL"],
-                               broker_key_prefix=stack.env["GRADLAB_BROKER_KEY_PREFIX"]))
+    app = make_celery(
+        Settings(broker_url=stack.env["GRADLAB_BROKER_URL"], broker_key_prefix=stack.env["GRADLAB_BROKER_KEY_PREFIX"])
+    )
     events: list[dict] = []
     stop = threading.Event()
 
@@ -356,8 +405,7 @@ def test_task_events_reach_a_celery_event_receiver(api, workers, stack):
 
         def task_seen():
             received = [e for e in events if e["type"] == "task-received" and job_id in e.get("args", "")]
-            return received and any(e["type"] == "task-succeeded" and e["uuid"] == received[0]["uuid"]
-                                    for e in events)
+            return received and any(e["type"] == "task-succeeded" and e["uuid"] == received[0]["uuid"] for e in events)
 
         wait_until(task_seen, 30, "no task-received/task-succeeded events for the job")
     finally:
@@ -386,6 +434,7 @@ def test_compose_prometheus_and_grafana_read_what_the_api_exports(api, workers):
 
     exported = {family(f.name) for f in text_string_to_metric_families(api.get("/metrics").text)}
     dashboard = json.loads((ROOT / "docker" / "grafana" / "dashboards" / "gradlab.json").read_text())
-    plotted = {family(m) for p in dashboard["panels"] for t in p["targets"]
-               for m in re.findall(r"gradlab_\w+", t["expr"])}
+    plotted = {
+        family(m) for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"gradlab_\w+", t["expr"])
+    }
     assert plotted and plotted <= exported, plotted - exported

@@ -1,4 +1,5 @@
 """API keys, tenant isolation (another tenant's ids are 404 everywhere), limits (413, 429), loopback-only no-auth."""
+
 from __future__ import annotations
 
 import io
@@ -19,13 +20,23 @@ JOB = {"kind": "init_averaging", "params": {"widths": [8, 8]}}
 
 @pytest.fixture(scope="module")
 def service_env(service_env):
-    return {**service_env, "GRADLAB_AUTH": "required", "GRADLAB_MAX_ACTIVE_JOBS_PER_TENANT": "4",
-            "GRADLAB_SUBMISSIONS_PER_MINUTE_PER_TENANT": "6"}
+    return {
+        **service_env,
+        "GRADLAB_AUTH": "required",
+        "GRADLAB_MAX_ACTIVE_JOBS_PER_TENANT": "4",
+        "GRADLAB_SUBMISSIONS_PER_MINUTE_PER_TENANT": "6",
+    }
 
 
 def make_key(stack, tenant: str, admin: bool = False) -> tuple[str, str]:
-    out = subprocess.run([str(BIN / "gradlab"), "keys", "create", "--tenant", tenant] + (["--admin"] if admin else []),
-                         env={**os.environ, **stack.env}, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [str(BIN / "gradlab"), "keys", "create", "--tenant", tenant] + (["--admin"] if admin else []),
+        env={**os.environ, **stack.env},
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     fields = dict(line.split(": ", 1) for line in out.strip().splitlines())
     return fields["id"], fields["key"]
 
@@ -61,18 +72,27 @@ def test_other_tenants_ids_are_404_on_every_endpoint(api, keys):
     np.savez(buf, x=np.zeros((4, 2)))
     ds = api.post("/v1/datasets", files={"file": ("a.npz", buf.getvalue())}, headers=as_(keys, "alice")).json()
     jid = job["id"]
-    for method, path in [("GET", f"/v1/jobs/{jid}"), ("GET", f"/v1/jobs/{jid}/metrics"),
-                         ("GET", f"/v1/jobs/{jid}/artifacts"), ("GET", f"/v1/jobs/{jid}/artifacts/x.png"),
-                         ("POST", f"/v1/jobs/{jid}/cancel"), ("GET", f"/v1/datasets/{ds['id']}")]:
+    for method, path in [
+        ("GET", f"/v1/jobs/{jid}"),
+        ("GET", f"/v1/jobs/{jid}/metrics"),
+        ("GET", f"/v1/jobs/{jid}/artifacts"),
+        ("GET", f"/v1/jobs/{jid}/artifacts/x.png"),
+        ("POST", f"/v1/jobs/{jid}/cancel"),
+        ("GET", f"/v1/datasets/{ds['id']}"),
+    ]:
         resp = api.request(method, path, headers=as_(keys, "bob"))
         assert resp.status_code == 404, (path, resp.text)
-        assert api.request(method, path, headers=as_(keys, "alice")).status_code in (200, 404 if "x.png" in path
-                                                                                      else 200)
+        assert api.request(method, path, headers=as_(keys, "alice")).status_code in (
+            200,
+            404 if "x.png" in path else 200,
+        )
     listed = api.get("/v1/jobs", params={"limit": 500}, headers=as_(keys, "bob")).json()["items"]
     assert jid not in [j["id"] for j in listed]
     admin_view = api.get(f"/v1/jobs/{jid}", headers=as_(keys, "root"))
     assert admin_view.status_code == 200
-    assert jid in [j["id"] for j in api.get("/v1/jobs", params={"limit": 500}, headers=as_(keys, "root")).json()["items"]]
+    assert jid in [
+        j["id"] for j in api.get("/v1/jobs", params={"limit": 500}, headers=as_(keys, "root")).json()["items"]
+    ]
     api.post(f"/v1/jobs/{jid}/cancel", headers=as_(keys, "alice"))
 
 
@@ -91,8 +111,13 @@ def test_revoked_key_is_refused_once_the_api_forgets_it(api, stack, keys):
     key_id, plain = make_key(stack, "carol")
     h = {"Authorization": f"Bearer {plain}"}
     assert api.get("/v1/jobs", headers=h).status_code == 200
-    subprocess.run([str(BIN / "gradlab"), "keys", "revoke", key_id], env={**os.environ, **stack.env}, cwd=ROOT,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(BIN / "gradlab"), "keys", "revoke", key_id],
+        env={**os.environ, **stack.env},
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     revoked_at = time.monotonic()
     while api.get("/v1/jobs", headers=h).status_code == 200:
         assert time.monotonic() - revoked_at < Settings().auth_cache_s + 1.0, "revoked key still accepted"
@@ -131,9 +156,14 @@ def test_oversized_bodies_are_413(api, keys):
 
 
 def test_unauthenticated_api_refuses_a_non_loopback_address(stack):
-    out = subprocess.run([str(BIN / "gradlab"), "api", "--host", "0.0.0.0", "--port", str(free_port())],
-                         env={**os.environ, **stack.env, "GRADLAB_AUTH": "disabled"}, cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(BIN / "gradlab"), "api", "--host", "0.0.0.0", "--port", str(free_port())],
+        env={**os.environ, **stack.env, "GRADLAB_AUTH": "disabled"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "refusing" in out.stderr
 
 
@@ -152,8 +182,11 @@ def test_studies_are_tenant_scoped_and_count_their_jobs_against_the_caps(api, st
     made = api.post("/v1/studies", json=study, headers=carol)
     assert made.status_code == 201, made.text
     sid = made.json()["id"]
-    for method, path in [("GET", f"/v1/studies/{sid}"), ("GET", f"/v1/studies/{sid}/comparison.csv"),
-                         ("POST", f"/v1/studies/{sid}/cancel")]:
+    for method, path in [
+        ("GET", f"/v1/studies/{sid}"),
+        ("GET", f"/v1/studies/{sid}/comparison.csv"),
+        ("POST", f"/v1/studies/{sid}/cancel"),
+    ]:
         assert api.request(method, path, headers=as_(keys, "bob")).status_code == 404, path
     assert api.get(f"/v1/studies/{sid}", headers=as_(keys, "root")).status_code == 200
     # 3 queued children of the cap of 4: a study of 2 more is refused as a whole, one of 1 fits

@@ -1,5 +1,6 @@
 """Store queries on the hot paths, on both backends: admission (``store.usage``) is exact at the caps and blind
 to finished and old jobs; metric rows written in bulk (COPY text on PostgreSQL) read back exactly."""
+
 from __future__ import annotations
 
 import uuid
@@ -27,9 +28,23 @@ def sessions(request, tmp_path):
 
 
 def _add(session, tenant: str, status: str, created_at) -> None:
-    session.add(Job(id=uuid.uuid4(), tenant=tenant, kind="init_averaging", status=status, params={}, seed=0,
-                    device_requested="cpu", queue="cpu", timeout_s=60, progress=0.0, message="", attempt=0,
-                    created_at=created_at))
+    session.add(
+        Job(
+            id=uuid.uuid4(),
+            tenant=tenant,
+            kind="init_averaging",
+            status=status,
+            params={},
+            seed=0,
+            device_requested="cpu",
+            queue="cpu",
+            timeout_s=60,
+            progress=0.0,
+            message="",
+            attempt=0,
+            created_at=created_at,
+        )
+    )
     session.commit()
 
 
@@ -57,11 +72,19 @@ def test_usage_is_exact_at_the_caps_and_ignores_finished_old_and_other_tenants(s
 
 def test_metric_rows_round_trip_exactly_through_the_bulk_write(sessions):
     with sessions() as s:
-        job, _ = store.create_job(s, tenant="t", kind="init_averaging", params={}, seed=0, device="cpu", timeout_s=60,
-                                  republish_after_s=60)
+        job, _ = store.create_job(
+            s, tenant="t", kind="init_averaging", params={}, seed=0, device="cpu", timeout_s=60, republish_after_s=60
+        )
         job = store.claim(s, job.id, "test")
-        rows = [(0, "loss", 0.1), (1, "tab\tnew\nline\rback\\slash", -0.0), (2, "µ/ν ratio", 1e-300),
-                (3, "loss", 1.7976931348623157e308), (4, "loss", None), (5, "loss", 1 / 3), (2**40, "loss", -2.5e-8)]
+        rows = [
+            (0, "loss", 0.1),
+            (1, "tab\tnew\nline\rback\\slash", -0.0),
+            (2, "µ/ν ratio", 1e-300),
+            (3, "loss", 1.7976931348623157e308),
+            (4, "loss", None),
+            (5, "loss", 1 / 3),
+            (2**40, "loss", -2.5e-8),
+        ]
         assert store.beat(s, job.id, job.attempt, None, None, rows)
         back, _ = store.read_metrics(s, job.id, name=None, after_step=None, cursor=None, limit=100)
     assert [(r.step, r.name, r.value) for r in back] == rows

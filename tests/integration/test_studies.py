@@ -1,6 +1,7 @@
 """Studies on a real stack (PostgreSQL, Redis, worker processes): a grid × seeds study spreads over two workers and
 completes with a comparison recomputed here from its children; one is cancelled midway; one survives a SIGKILLed
 worker; CSV export, the CLI, idempotency and the 422s of bad studies."""
+
 from __future__ import annotations
 
 import csv
@@ -20,14 +21,26 @@ from typer.testing import CliRunner
 from api.client_cli import client_cli
 from api.study_cli import study_cli
 
-GRID = {"kind": "init_averaging", "base": {"widths": [32, 64, 32], "batch": 64, "trials": 1},
-        "grid": {"distribution": ["normal", "uniform"], "activation": ["linear", "relu", "tanh"]},
-        "seeds": [0, 1], "baseline": 0, "device": "cpu"}
+GRID = {
+    "kind": "init_averaging",
+    "base": {"widths": [32, 64, 32], "batch": 64, "trials": 1},
+    "grid": {"distribution": ["normal", "uniform"], "activation": ["linear", "relu", "tanh"]},
+    "seeds": [0, 1],
+    "baseline": 0,
+    "device": "cpu",
+}
 # embedding_dim sweeps of a few seconds each: long enough to cancel or kill a worker under them
-SLOW = {"kind": "embedding_dim", "device": "cpu",
-        "base": {"vocab_sizes": [100], "entropy_dims": [16],
-                 "sweep": {"vocab_size": 256, "target_rank": 8, "dims": [8, 16], "steps": 300}},
-        "grid": {"sweep.target_rank": [4, 8]}, "seeds": [0, 1]}
+SLOW = {
+    "kind": "embedding_dim",
+    "device": "cpu",
+    "base": {
+        "vocab_sizes": [100],
+        "entropy_dims": [16],
+        "sweep": {"vocab_size": 256, "target_rank": 8, "dims": [8, 16], "steps": 300},
+    },
+    "grid": {"sweep.target_rank": [4, 8]},
+    "seeds": [0, 1],
+}
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -44,6 +57,7 @@ def finished(api, study_id: str, timeout: float = 240) -> dict:
     def done():
         s = api.get(f"/v1/studies/{study_id}").json()
         return s if s["status"] in ("succeeded", "failed", "cancelled") else None
+
     return wait_for(done, timeout, f"study {study_id} to finish")
 
 
@@ -58,7 +72,9 @@ def test_study_of_12_jobs_over_2_workers_completes_and_compares(stack, api, work
     assert made.status_code == 201, made.text
     study = made.json()
     assert len(study["jobs"]) == 12 and [s["label"] for s in study["settings"]][:2] == [
-        "distribution=normal, activation=linear", "distribution=normal, activation=relu"]
+        "distribution=normal, activation=linear",
+        "distribution=normal, activation=relu",
+    ]
     again = api.post("/v1/studies", json=GRID, headers={"Idempotency-Key": key})
     assert again.status_code == 200 and again.json()["id"] == study["id"]
     assert api.post("/v1/studies", json={**GRID, "seeds": [0]}, headers={"Idempotency-Key": key}).status_code == 409
@@ -66,13 +82,14 @@ def test_study_of_12_jobs_over_2_workers_completes_and_compares(stack, api, work
     study = finished(api, study["id"])
     assert study["status"] == "succeeded" and study["counts"] == {"succeeded": 12} and study["progress"] == 1.0
     # every child is an ordinary job, and the two workers shared them
-    ran_by = {stack.procs.index(w): (stack.log_dir / f"worker-{stack.procs.index(w)}.log").read_text()
-              for w in workers}
+    ran_by = {stack.procs.index(w): (stack.log_dir / f"worker-{stack.procs.index(w)}.log").read_text() for w in workers}
     assert all(any(j["id"] in log for j in study["jobs"]) for log in ran_by.values()), "a worker ran no job"
 
     # the comparison, recomputed from the children's own summaries
-    figures = {(j["setting"], j["seed"]): api.get(f"/v1/jobs/{j['id']}").json()["result"]["summary"]["figures"]
-               for j in study["jobs"]}
+    figures = {
+        (j["setting"], j["seed"]): api.get(f"/v1/jobs/{j['id']}").json()["result"]["summary"]["figures"]
+        for j in study["jobs"]
+    }
     comparison = study["comparison"]
     assert "max_relative_error" in comparison["figures"] and len(comparison["rows"]) == 6
     t975 = student_t.ppf(0.975, 1)
@@ -95,8 +112,10 @@ def test_study_of_12_jobs_over_2_workers_completes_and_compares(stack, api, work
         per_job.setdefault(r["job_id"], []).append((r["step"], r["value"]))
     assert set(per_job) == {j["id"] for j in study["jobs"]}  # one answer holds every child's curve
     one = study["jobs"][5]["id"]
-    assert per_job[one] == [(r["step"], r["value"]) for r in api.get(
-        f"/v1/jobs/{one}/metrics", params={"name": "forward_moment/geometric"}).json()["items"]]
+    assert per_job[one] == [
+        (r["step"], r["value"])
+        for r in api.get(f"/v1/jobs/{one}/metrics", params={"name": "forward_moment/geometric"}).json()["items"]
+    ]
     assert api.get(f"/v1/studies/{study['id']}/metrics").status_code == 422  # name is required
 
     text_csv = api.get(f"/v1/studies/{study['id']}/comparison.csv")
@@ -111,8 +130,11 @@ def test_study_of_12_jobs_over_2_workers_completes_and_compares(stack, api, work
 
     env = {"GRADLAB_URL": stack.api_url, "GRADLAB_API_KEY": "", "COLUMNS": "1500"}  # no wrapping
     shown = CliRunner().invoke(study_cli, ["show", study["id"]], env=env)
-    assert shown.exit_code == 0 and "distribution=uniform, activation=tanh" in shown.output and "12 succeeded" in \
-        shown.output
+    assert (
+        shown.exit_code == 0
+        and "distribution=uniform, activation=tanh" in shown.output
+        and "12 succeeded" in shown.output
+    )
     assert CliRunner().invoke(study_cli, ["show", study["id"], "--csv"], env=env).output == text_csv.text
     spec = tmp_path / "study.json"
     spec.write_text(json.dumps({**GRID, "grid": {"activation": ["linear", "tanh"]}, "seeds": [3]}))
@@ -137,8 +159,9 @@ def test_bad_studies_are_refused_with_the_field(api):
 
 def test_study_cancelled_midway_cancels_its_children(api, workers):
     study = api.post("/v1/studies", json=SLOW).json()
-    wait_for(lambda: api.get(f"/v1/studies/{study['id']}").json()["counts"].get("running"), 120,
-             "a child to be running")
+    wait_for(
+        lambda: api.get(f"/v1/studies/{study['id']}").json()["counts"].get("running"), 120, "a child to be running"
+    )
     cancelled = api.post(f"/v1/studies/{study['id']}/cancel").json()
     assert cancelled["status"] in ("running", "cancelled") and cancelled["cancelled_at"]
     assert not cancelled["counts"].get("queued") and not cancelled["counts"].get("running")
@@ -157,8 +180,9 @@ def test_study_resumes_after_a_worker_is_sigkilled(stack, api, workers, pg_datab
 
     def running_pid():
         with engine.connect() as conn:
-            row = conn.execute(text("SELECT worker FROM jobs WHERE status = 'running' AND id = ANY(:ids)"),
-                               {"ids": ids}).first()
+            row = conn.execute(
+                text("SELECT worker FROM jobs WHERE status = 'running' AND id = ANY(:ids)"), {"ids": ids}
+            ).first()
         return row and int(row[0].rsplit(":", 1)[1])
 
     pid = wait_for(running_pid, 120, "a child to be running")

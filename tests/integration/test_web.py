@@ -1,6 +1,7 @@
 """The web pages in a real headless Chromium (Debian's ``chromium`` package) against a real API and worker: the job
 page of a finished job shows its answer first, then one uPlot chart per metric with the series overlaid, the full
 result and the artifacts, and the screenshot is not blank. The charts need uPlot from ``make install`` (npm)."""
+
 from __future__ import annotations
 
 import html
@@ -20,12 +21,20 @@ from api.client import Client
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 UPLOT = Path(__file__).resolve().parents[2] / "api" / "vendor" / "node_modules" / "uplot" / "dist" / "uPlot.iife.min.js"
 browser = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not found: apt-get install -y chromium")
-charts = pytest.mark.skipif(not UPLOT.exists(), reason="uPlot not installed: `make install` runs npm ci --prefix "
-                                                       "api/vendor (needs npm and the npm registry)")
+charts = pytest.mark.skipif(
+    not UPLOT.exists(),
+    reason="uPlot not installed: `make install` runs npm ci --prefix api/vendor (needs npm and the npm registry)",
+)
 
-SPEC = {"kind": "embedding_dim", "device": "cpu",
-        "params": {"vocab_sizes": [512, 100000], "entropy_dims": [16, 64, 128],
-                   "sweep": {"vocab_size": 32, "target_rank": 4, "dims": [2, 4, 8], "steps": 100}}}
+SPEC = {
+    "kind": "embedding_dim",
+    "device": "cpu",
+    "params": {
+        "vocab_sizes": [512, 100000],
+        "entropy_dims": [16, 64, 128],
+        "sweep": {"vocab_size": 32, "target_rank": 4, "dims": [2, 4, 8], "steps": 100},
+    },
+}
 WIDTH, HEIGHT = 1280, 1300
 # matplotlib's and the page's first series colour (#1f77b4), as drawn on the chart canvases
 SERIES_RGB = np.array([0x1F, 0x77, 0xB4]) / 255
@@ -49,11 +58,29 @@ def _warm_chromium(tmp_path_factory):
 
 def chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
-         f"--window-size={WIDTH},{HEIGHT}", "--virtual-time-budget=8000", *args, url],
-        check=False, capture_output=True, text=True, timeout=60)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--window-size={WIDTH},{HEIGHT}",
+            "--virtual-time-budget=8000",
+            *args,
+            url,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @browser
@@ -61,7 +88,7 @@ def chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProces
 @pytest.mark.usefixtures("_warm_chromium")
 def test_job_page_dom_has_answer_charts_result_and_artifacts(stack, job, tmp_path):
     dom = chromium(tmp_path, f"{stack.api_url}/jobs/{job.id}", "--dump-dom").stdout
-    assert 'data-state="done"' in dom, dom[dom.find("<main>"):][:3000]  # the script got to the end
+    assert 'data-state="done"' in dom, dom[dom.find("<main>") :][:3000]  # the script got to the end
     summary = job.result["summary"]  # the answer comes first: headline, verdict, comparison
     assert dom.index(html.escape(summary["headline"], quote=False)) < dom.index('id="charts"')
     assert 'class="verdict supports"' in dom and 'class="grid summary-table"' in dom
@@ -113,15 +140,23 @@ def test_pages_and_static_files_are_served_locally(api):
     for name in ("uplot.js", "uplot.css"):
         got = api.get(f"/vendor/{name}")
         if UPLOT.exists():
-            assert got.status_code == 200 and got.content == (UPLOT.parent / (
-                "uPlot.iife.min.js" if name == "uplot.js" else "uPlot.min.css")).read_bytes()
+            assert (
+                got.status_code == 200
+                and got.content
+                == (UPLOT.parent / ("uPlot.iife.min.js" if name == "uplot.js" else "uPlot.min.css")).read_bytes()
+            )
         else:
             assert got.status_code == 404 and "make install" in got.json()["detail"]
     assert api.get("/vendor/package.json").status_code == 404  # only the files the pages load
 
 
-STUDY = {"kind": "init_averaging", "base": {"widths": [32, 64, 32], "batch": 64, "trials": 1}, "device": "cpu",
-         "grid": {"activation": ["linear", "relu"]}, "seeds": [0, 1]}
+STUDY = {
+    "kind": "init_averaging",
+    "base": {"widths": [32, 64, 32], "batch": 64, "trials": 1},
+    "device": "cpu",
+    "grid": {"activation": ["linear", "relu"]},
+    "seeds": [0, 1],
+}
 
 
 @pytest.fixture(scope="module")
@@ -141,13 +176,14 @@ def study(stack, api, job):
 def test_study_page_compares_settings_and_overlays_their_curves(stack, study, tmp_path):
     url = f"{stack.api_url}/studies/{study['id']}"
     dom = chromium(tmp_path, url, "--dump-dom").stdout
-    assert 'data-state="done"' in dom, dom[dom.find("<main>"):][:3000]
+    assert 'data-state="done"' in dom, dom[dom.find("<main>") :][:3000]
     assert 'class="grid study-table"' in dom and "activation=relu" in dom and "(baseline)" in dom
     assert "max_relative_error" in dom and " Δ " in dom  # figures with CIs and paired differences
     charts = re.findall(r'aria-label="([^"]*)" data-series="(\d+)"', dom)
-    probe = httpx.get(f"{stack.api_url}/v1/studies/{study['id']}/metrics",
-                      params={"name": "forward_moment/arithmetic", "points": 500}).text[:300]
-    assert ("forward_moment/arithmetic", "4") in charts, (charts, dom[dom.find('id="charts"'):][:300], probe)
+    probe = httpx.get(
+        f"{stack.api_url}/v1/studies/{study['id']}/metrics", params={"name": "forward_moment/arithmetic", "points": 500}
+    ).text[:300]
+    assert ("forward_moment/arithmetic", "4") in charts, (charts, dom[dom.find('id="charts"') :][:300], probe)
     assert dom.count('href="/jobs/') == 4
     shot = tmp_path / "study.png"
     chromium(tmp_path, url, f"--screenshot={shot}")
@@ -167,10 +203,10 @@ def test_compare_page_puts_jobs_side_by_side(stack, study, tmp_path):
     index = chromium(tmp_path, stack.api_url + "/", "--dump-dom").stdout
     assert 'id="compare"' in index and f'aria-label="select {a}"' in index  # the list's checkboxes
     dom = chromium(tmp_path, f"{stack.api_url}/compare?ids={a},{b}", "--dump-dom").stdout
-    assert 'data-state="done"' in dom, dom[dom.find("<main>"):][:3000]
+    assert 'data-state="done"' in dom, dom[dom.find("<main>") :][:3000]
     assert dom.count('class="answer"') == 2 and dom.count('class="grid summary-table"') == 2
     charts = re.findall(r'aria-label="([^"]*)" data-series="(\d+)"', dom)
-    assert ("forward_moment", "6") in charts, (charts, dom[dom.find('id="error"'):][:300])  # 3 means × 2 jobs
+    assert ("forward_moment", "6") in charts, (charts, dom[dom.find('id="error"') :][:300])  # 3 means × 2 jobs
 
 
 @browser
@@ -185,10 +221,15 @@ def test_queued_job_page_shows_its_place_in_the_queue(stack, job, tmp_path, pg_d
     job_id = str(uuid.uuid4())
     engine = create_engine(pg_database[1])
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO jobs (id, tenant, kind, status, params, seed, device_requested, queue, "
-                          "timeout_s, progress, message, attempt, created_at, published_at) VALUES (:id, 'local', "
-                          "'init_averaging', 'queued', :params, 0, 'auto', 'nobody', 60, 0, 'queued', 0, now(), "
-                          "now())"), {"id": job_id, "params": json.dumps({"widths": [8, 8]})})
+        conn.execute(
+            text(
+                "INSERT INTO jobs (id, tenant, kind, status, params, seed, device_requested, queue, "
+                "timeout_s, progress, message, attempt, created_at, published_at) VALUES (:id, 'local', "
+                "'init_averaging', 'queued', :params, 0, 'auto', 'nobody', 60, 0, 'queued', 0, now(), "
+                "now())"
+            ),
+            {"id": job_id, "params": json.dumps({"widths": [8, 8]})},
+        )
     engine.dispose()
     dom = chromium(tmp_path, f"{stack.api_url}/jobs/{job_id}", "--dump-dom").stdout
-    assert '<p id="job-queue" class="muted">1st in the nobody queue</p>' in dom, dom[dom.find("<main>"):][:2000]
+    assert '<p id="job-queue" class="muted">1st in the nobody queue</p>' in dom, dom[dom.find("<main>") :][:2000]

@@ -1,4 +1,5 @@
 """Unit tests run torch on one thread: on a small shared machine two OpenMP threads stall small ops badly."""
+
 import pytest
 import torch
 

@@ -1,5 +1,6 @@
 """The API's shape: importing and building it loads no torch and touches no files, and every route outside an
 explicit public list sits behind the API key."""
+
 from __future__ import annotations
 
 import re
@@ -18,15 +19,26 @@ from tests.stack import ROOT
 
 # (method, path) pairs anyone may call; everything else must depend on api.auth.principal.
 PUBLIC = {
-    ("GET", "/healthz"), ("GET", "/readyz"),
-    ("GET", "/v1/kinds"), ("GET", "/v1/kinds/{kind}"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/v1/kinds"),
+    ("GET", "/v1/kinds/{kind}"),
     # static pages and their vendored scripts: the pages call the API with the user's key
-    ("GET", "/"), ("GET", "/jobs/{job_id}"), ("GET", "/compare"), ("GET", "/studies/{study_id}"),
+    ("GET", "/"),
+    ("GET", "/jobs/{job_id}"),
+    ("GET", "/compare"),
+    ("GET", "/studies/{study_id}"),
     ("GET", "/vendor/{name}"),
     # the Prometheus scrape endpoint checks its own scrape token (tests/integration/test_observability.py)
     ("GET", "/metrics"),
-    ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
-    ("HEAD", "/openapi.json"), ("HEAD", "/docs"), ("HEAD", "/docs/oauth2-redirect"), ("HEAD", "/redoc"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/redoc"),
+    ("HEAD", "/openapi.json"),
+    ("HEAD", "/docs"),
+    ("HEAD", "/docs/oauth2-redirect"),
+    ("HEAD", "/redoc"),
 }
 PUBLIC_MOUNTS = {"/static"}
 
@@ -34,12 +46,19 @@ PUBLIC_MOUNTS = {"/static"}
 def test_importing_and_building_the_api_loads_no_torch_and_writes_nothing(tmp_path):
     work = tmp_path / "cwd"
     work.mkdir()
-    code = ("import sys; import api.app; from core.settings import Settings; "
-            f"api.app.create_app(Settings(database_url='sqlite:///{tmp_path / 'db.sqlite3'}')); "
-            "heavy = sorted(m for m in ('torch', 'matplotlib', 'sklearn') if m in sys.modules); "
-            "assert not heavy, heavy")
-    subprocess.run([sys.executable, "-c", code], cwd=work, check=True, timeout=120,
-                   env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    code = (
+        "import sys; import api.app; from core.settings import Settings; "
+        f"api.app.create_app(Settings(database_url='sqlite:///{tmp_path / 'db.sqlite3'}')); "
+        "heavy = sorted(m for m in ('torch', 'matplotlib', 'sklearn') if m in sys.modules); "
+        "assert not heavy, heavy"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=work,
+        check=True,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert list(work.iterdir()) == []  # no data/broker folders made by an import
 
 
@@ -79,8 +98,13 @@ def test_every_route_outside_the_public_list_requires_the_api_key(app):
 
 
 def test_protected_routes_answer_401_without_a_key(app):
-    protected = [(m, r.path) for r in _routes(app) if not isinstance(r.original_route, Mount) for m in r.methods
-                 if (m, r.path) not in PUBLIC]
+    protected = [
+        (m, r.path)
+        for r in _routes(app)
+        if not isinstance(r.original_route, Mount)
+        for m in r.methods
+        if (m, r.path) not in PUBLIC
+    ]
     assert len(protected) >= 9
     with TestClient(app) as client:
         for method, path in protected:

@@ -1,5 +1,6 @@
 """Checks of TECHNIQUES.md §2: the InfoNCE definition and its analytic cases, the exactness of the chunked gradient
 (several chunk sizes, dropout on, both towers), the naive accumulation being different, BatchNorm refused, the job."""
+
 import math
 
 import numpy as np
@@ -8,9 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from core.contrastive import (accumulated_backward, accumulated_backward_two_tower, info_nce_loss,
-                              naive_accumulated_backward, naive_accumulated_backward_two_tower,
-                              two_tower_info_nce_loss)
+from core.contrastive import (
+    accumulated_backward,
+    accumulated_backward_two_tower,
+    info_nce_loss,
+    naive_accumulated_backward,
+    naive_accumulated_backward_two_tower,
+    two_tower_info_nce_loss,
+)
 from core.techniques import get_kind
 from core.techniques.contrastive_accumulation.run import PeakMemory
 from core.techniques.local import LocalContext
@@ -41,10 +47,11 @@ def rel(a, b):
 
 def chunked_graph(enc, x, chunk):
     """Whole-batch graph, forwarded chunk by chunk so dropout draws the same masks as the chunked method."""
-    return torch.cat([enc(x[s:s + chunk]) for s in range(0, x.shape[0], chunk)])
+    return torch.cat([enc(x[s : s + chunk]) for s in range(0, x.shape[0], chunk)])
 
 
 # ---- the loss itself -------------------------------------------------------------------------------------------
+
 
 def test_info_nce_matches_direct_formula():
     g = torch.Generator().manual_seed(1)
@@ -96,6 +103,7 @@ def test_self_positive_refused():
 
 
 # ---- exactness: single encoder ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("chunk", [1, 3, 5, 8, B])
@@ -152,6 +160,7 @@ def test_rng_left_as_after_one_forward_pass():
 
 # ---- exactness: two towers -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("chunk", [1, 4, 7, B])
 @pytest.mark.parametrize("symmetric", [False, True])
@@ -165,8 +174,8 @@ def test_two_tower_accumulated_equals_full_batch(dtype, tol, chunk, symmetric):
     torch.manual_seed(11)
     qs, ks = [], []
     for s in range(0, B, chunk):  # query chunk i then key chunk i, as the method runs them
-        qs.append(qe(xq[s:s + chunk]))
-        ks.append(ke(xk[s:s + chunk]))
+        qs.append(qe(xq[s : s + chunk]))
+        ks.append(ke(xk[s : s + chunk]))
     ref_loss = two_tower_info_nce_loss(torch.cat(qs), torch.cat(ks), symmetric=symmetric)
     ref_loss.backward()
     assert rel(got, flat_grad(qe, ke)) <= tol
@@ -185,6 +194,7 @@ def test_two_tower_more_keys_than_queries_and_shared_weights():
 
 
 # ---- naive accumulation is a different objective ---------------------------------------------------------------
+
 
 def test_naive_differs_but_is_exact_with_one_chunk():
     enc = mlp(torch.float64)
@@ -223,6 +233,7 @@ def test_naive_needs_positive_in_chunk():
 
 # ---- BatchNorm -------------------------------------------------------------------------------------------------
 
+
 def test_batchnorm_refused_in_training_and_exact_in_eval():
     enc = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 4)).double()
     x = torch.randn(B, 6, dtype=torch.float64)
@@ -240,12 +251,21 @@ def test_batchnorm_refused_in_training_and_exact_in_eval():
 
 # ---- the job ---------------------------------------------------------------------------------------------------
 
+
 def test_example_job_end_to_end():
     ctx = LocalContext()
     params = KIND.params(**KIND.example)
     result = KIND.run(params, ctx)
-    for key in ("loss_curve", "final_loss", "grad_check", "time_per_step_s", "time_ratio_chunked_over_full",
-                "peak_memory_bytes", "peak_memory_method", "linear_probe_accuracy"):
+    for key in (
+        "loss_curve",
+        "final_loss",
+        "grad_check",
+        "time_per_step_s",
+        "time_ratio_chunked_over_full",
+        "peak_memory_bytes",
+        "peak_memory_method",
+        "linear_probe_accuracy",
+    ):
         assert key in result
     assert result["methods"] == ["chunked", "naive", "full"]
     assert len(result["loss_curve"]) == params.steps == len(ctx.series("loss")) == len(ctx.series("loss_full"))
@@ -264,8 +284,9 @@ def test_example_job_end_to_end():
 
 
 def test_two_tower_job_is_deterministic():
-    spec = dict(dataset="clusters", towers="two_tower", widths=[16, 8], batch_size=48, chunk_size=10, steps=3,
-                compare=True)
+    spec = dict(
+        dataset="clusters", towers="two_tower", widths=[16, 8], batch_size=48, chunk_size=10, steps=3, compare=True
+    )
     a = KIND.run(KIND.params(**spec), LocalContext(seed=5))
     b = KIND.run(KIND.params(**spec), LocalContext(seed=5))
     assert a["loss_curve"] == b["loss_curve"] and a["final_loss"] == b["final_loss"]
@@ -281,17 +302,20 @@ def test_uploaded_dataset_by_uuid():
     assert len(result["loss_curve"]) == 2
 
 
-@pytest.mark.parametrize("bad", [
-    dict(chunk_size=600, batch_size=512),
-    dict(batch_size=511),
-    dict(chunk_size=63),
-    dict(widths=[2048, 2048, 2048, 2048], batch_size=65536, chunk_size=65536),
-    dict(batch_size=65536, chunk_size=256, steps=2000),
-    dict(temperature=float("nan")),
-    dict(widths=[]),
-    dict(dataset="mnist"),
-    dict(unknown=1),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(chunk_size=600, batch_size=512),
+        dict(batch_size=511),
+        dict(chunk_size=63),
+        dict(widths=[2048, 2048, 2048, 2048], batch_size=65536, chunk_size=65536),
+        dict(batch_size=65536, chunk_size=256, steps=2000),
+        dict(temperature=float("nan")),
+        dict(widths=[]),
+        dict(dataset="mnist"),
+        dict(unknown=1),
+    ],
+)
 def test_bad_params_rejected(bad):
     with pytest.raises(pydantic.ValidationError):
         KIND.params(**bad)

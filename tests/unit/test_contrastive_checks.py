@@ -1,5 +1,6 @@
 """The contrastive helpers' reported figures (the naive arms' chunk_mean and full loss) computed by hand, and the
 input checks' messages, which name the valid range."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,13 +30,15 @@ def test_naive_two_tower_reports_the_chunk_weighted_mean_and_the_full_loss(symme
     gen = torch.Generator().manual_seed(0)
     queries, keys = torch.randn(7, 5, generator=gen, dtype=F64), torch.randn(7, 5, generator=gen, dtype=F64)
     qe, ke = _tower(1), _tower(2)
-    got = naive_accumulated_backward_two_tower(qe, ke, queries, keys, chunk_size=3, temperature=0.5,
-                                               symmetric=symmetric)
+    got = naive_accumulated_backward_two_tower(
+        qe, ke, queries, keys, chunk_size=3, temperature=0.5, symmetric=symmetric
+    )
     with torch.no_grad():
         q, k = qe(queries), ke(keys)
         chunks = [(0, 3), (3, 6), (6, 7)]
-        want_mean = sum(float(two_tower_info_nce_loss(q[a:b], k[a:b], None, 0.5, True, symmetric)) * (b - a) / 7
-                        for a, b in chunks)
+        want_mean = sum(
+            float(two_tower_info_nce_loss(q[a:b], k[a:b], None, 0.5, True, symmetric)) * (b - a) / 7 for a, b in chunks
+        )
         want_full = float(two_tower_info_nce_loss(q, k, None, 0.5, True, symmetric))
     assert got.chunk_mean == pytest.approx(want_mean, rel=1e-12)
     assert float(got.full) == pytest.approx(want_full, rel=1e-12)
@@ -49,8 +52,10 @@ def test_naive_single_tower_reports_the_chunk_weighted_mean():
     got = naive_accumulated_backward(enc, x, positives, chunk_size=4, temperature=0.5)
     with torch.no_grad():
         z = enc(x)
-        want_mean = (float(info_nce_loss(z[:4], positives[:4], 0.5)) * 4 / 6
-                     + float(info_nce_loss(z[4:], positives[4:] - 4, 0.5)) * 2 / 6)
+        want_mean = (
+            float(info_nce_loss(z[:4], positives[:4], 0.5)) * 4 / 6
+            + float(info_nce_loss(z[4:], positives[4:] - 4, 0.5)) * 2 / 6
+        )
         want_full = float(info_nce_loss(z, positives, 0.5))
     assert got.chunk_mean == pytest.approx(want_mean, rel=1e-12)
     assert float(got.full) == pytest.approx(want_full, rel=1e-12)

@@ -1,4 +1,5 @@
 """Checks of TECHNIQUES.md §8: EG identities, the ν closed form, the hypergradient, the ½aθ² regimes, the job."""
+
 from __future__ import annotations
 
 import copy
@@ -14,8 +15,8 @@ import torch
 
 import core.optim.eg as eg_module
 from core.optim.eg import EGFunnel, EGStepSize, HypergradientSGD, eg_step_
-from core.techniques.base import JobTimedOut
 from core.techniques import get_kind
+from core.techniques.base import JobTimedOut
 from core.techniques.eg_stepsize.run import plane_rotation
 from core.techniques.eg_stepsize.spec import EGStepSizeParams
 from core.techniques.local import LocalContext
@@ -35,7 +36,7 @@ def _feed(opt: torch.optim.Optimizer, params: list[torch.Tensor], grads: list[to
 def _loss(theta: torch.Tensor) -> torch.Tensor:
     """A smooth non-quadratic loss, so consecutive gradients are not related by a constant matrix."""
     a = torch.linspace(-1.0, 2.0, theta.numel(), dtype=theta.dtype).reshape(theta.shape)
-    return torch.log(torch.cosh(theta * a - 0.3)).sum() + 0.1 * (theta ** 4).sum()
+    return torch.log(torch.cosh(theta * a - 0.3)).sum() + 0.1 * (theta**4).sum()
 
 
 def _grad(theta: torch.Tensor) -> torch.Tensor:
@@ -98,7 +99,6 @@ def test_nu_equals_closed_form_cumulative_product(granularity):
             torch.testing.assert_close(p.detach(), expected_theta[i], rtol=1e-12, atol=1e-14)
 
 
-
 def _compile_or_skip() -> None:
     """Skip, saying why, where torch.compile itself does not work here (no compiler toolchain, unsupported)."""
     try:
@@ -115,14 +115,17 @@ def test_fused_step_equals_eager_step(granularity, monkeypatch):
     monkeypatch.setattr(eg_module, "_FUSED_NUMEL", 1000)
     monkeypatch.setattr(eg_module, "_COMPILED", {})
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 130), torch.nn.Tanh(), torch.nn.Linear(130, 128), torch.nn.Tanh(),
-                                torch.nn.Linear(128, 3)).double()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 130), torch.nn.Tanh(), torch.nn.Linear(130, 128), torch.nn.Tanh(), torch.nn.Linear(128, 3)
+    ).double()
     twin = copy.deepcopy(model)
     gamma = 30.0 if granularity == "coordinate" else 3.0
-    eager = EGStepSize(model.parameters(), lr=0.05, gamma=gamma, granularity=granularity, max_log_step=0.3,
-                       max_log_nu=2.0)
-    fused = EGStepSize(twin.parameters(), lr=0.05, gamma=gamma, granularity=granularity, max_log_step=0.3,
-                       max_log_nu=2.0, fused=True)
+    eager = EGStepSize(
+        model.parameters(), lr=0.05, gamma=gamma, granularity=granularity, max_log_step=0.3, max_log_nu=2.0
+    )
+    fused = EGStepSize(
+        twin.parameters(), lr=0.05, gamma=gamma, granularity=granularity, max_log_step=0.3, max_log_nu=2.0, fused=True
+    )
     gen = torch.Generator().manual_seed(5)
     x, y = torch.randn(16, 4, generator=gen, dtype=F64), torch.randint(0, 3, (16,), generator=gen)
     for t in range(20):
@@ -144,6 +147,7 @@ def test_fused_step_equals_eager_step(granularity, monkeypatch):
     assert moved  # the rates did adapt, so the comparison covers the EG update and not just SGD
     assert fused.param_groups[0]["fused"] and not eager.param_groups[0]["fused"]
     assert set(eg_module._COMPILED) == {"rate_move" if granularity == "coordinate" else "move"}  # it did run
+
 
 def test_first_step_is_plain_sgd_and_gamma_zero_is_sgd():
     model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
@@ -219,7 +223,7 @@ def test_quadratic_nu_grows_below_one_and_shrinks_between_one_and_two():
 
     def closure():
         opt.zero_grad()
-        loss = 0.5 * (a * theta ** 2).sum()
+        loss = 0.5 * (a * theta**2).sum()
         loss.backward()
         return loss
 
@@ -305,8 +309,7 @@ def test_hypergradient_sgd_rate_is_cumulative_sum_of_inner_products():
     expected = [torch.zeros(s, dtype=F64) for s in shapes]
     for t, grads in enumerate(seq):
         _feed(opt, params, grads)
-        alpha = alpha0 + beta * sum(float((seq[k - 1][i] * seq[k][i]).sum())
-                                    for k in range(1, t + 1) for i in range(2))
+        alpha = alpha0 + beta * sum(float((seq[k - 1][i] * seq[k][i]).sum()) for k in range(1, t + 1) for i in range(2))
         assert alpha > 0
         assert opt.param_groups[0]["lr"] == pytest.approx(alpha, rel=1e-12)
         expected = [e - alpha * g for e, g in zip(expected, grads)]
@@ -385,14 +388,17 @@ def test_state_dict_round_trip_continues_identically(name):
             torch.testing.assert_close(restored.state[pb][key], value, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("make", [
-    lambda ps: EGStepSize(ps, lr=-1.0),
-    lambda ps: EGStepSize(ps, granularity="row"),
-    lambda ps: EGStepSize(ps, gamma=-0.1),
-    lambda ps: EGFunnel(ps, momentum=1.0),
-    lambda ps: EGFunnel(ps, scale="coordinate"),
-    lambda ps: HypergradientSGD(ps, beta=-1.0),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: EGStepSize(ps, lr=-1.0),
+        lambda ps: EGStepSize(ps, granularity="row"),
+        lambda ps: EGStepSize(ps, gamma=-0.1),
+        lambda ps: EGFunnel(ps, momentum=1.0),
+        lambda ps: EGFunnel(ps, scale="coordinate"),
+        lambda ps: HypergradientSGD(ps, beta=-1.0),
+    ],
+)
 def test_bad_hyperparameters_are_refused(make):
     with pytest.raises(ValueError):
         make([torch.zeros(2, requires_grad=True)])
@@ -431,8 +437,17 @@ def test_plane_rotation_odd_dimension_keeps_one_axis():
 
 
 def _small(**overrides) -> dict:
-    spec = {"dataset": "clusters", "model": "mlp", "hidden": 16, "steps": 40, "batch_size": 32, "eval_every": 10,
-            "optimizers": [{"name": "sgd"}, {"name": "eg_stepsize"}], "lr_scales": [1.0], "shift_every": 20}
+    spec = {
+        "dataset": "clusters",
+        "model": "mlp",
+        "hidden": 16,
+        "steps": 40,
+        "batch_size": 32,
+        "eval_every": 10,
+        "optimizers": [{"name": "sgd"}, {"name": "eg_stepsize"}],
+        "lr_scales": [1.0],
+        "shift_every": 20,
+    }
     spec.update(overrides)
     return spec
 
@@ -484,8 +499,9 @@ def test_same_spec_and_seed_give_same_result_and_seeds_differ():
 
 def test_optimizers_share_initialization_and_batches():
     """With γ = 0 EG is plain SGD, so on the same init and minibatches the two curves must coincide."""
-    params = KIND.params(**_small(optimizers=[{"name": "sgd", "lr": 0.2}, {"name": "eg_stepsize", "lr": 0.2,
-                                                                          "gamma": 0.0}]))
+    params = KIND.params(
+        **_small(optimizers=[{"name": "sgd", "lr": 0.2}, {"name": "eg_stepsize", "lr": 0.2, "gamma": 0.0}])
+    )
     out = KIND.run(params, LocalContext())
     sgd, eg = out["curves"]["sgd"]["x1"]["test_loss"], out["curves"]["eg_stepsize"]["x1"]["test_loss"]
     np.testing.assert_allclose(sgd, eg, rtol=1e-5)
@@ -510,8 +526,11 @@ def test_recovery_is_measured_against_the_pre_shift_loss():
             assert shift["pre_shift_loss"] == pytest.approx(losses[idx[shift["step"]]])
             k = shift["recovery_steps"]
             later = [s for s in out["eval_steps"] if shift["step"] < s <= shift["step"] + params.shift_every]
-            hits = [s - shift["step"] for s in later
-                    if losses[idx[s]] <= shift["pre_shift_loss"] * (1 + params.recovery_tol)]
+            hits = [
+                s - shift["step"]
+                for s in later
+                if losses[idx[s]] <= shift["pre_shift_loss"] * (1 + params.recovery_tol)
+            ]
             assert k == (hits[0] if hits else None)
 
 
@@ -532,17 +551,20 @@ def test_timeout_stops_the_job():
         KIND.run(KIND.params(**_small()), LocalContext(timeout_s=0.0))
 
 
-@pytest.mark.parametrize("bad", [
-    {"lr_scales": [0.0]},
-    {"lr_scales": []},
-    {"shift_every": 15},
-    {"steps": 20000, "eval_every": 1},
-    {"optimizers": [{"name": "rmsprop"}]},
-    {"optimizers": [{"name": "eg_stepsize", "granularity": "row"}]},
-    {"optimizers": [{"name": "sgd", "lr": float("nan")}]},
-    {"hidden": 1024, "depth": 4, "batch_size": 4096, "steps": 20000, "eval_every": 100, "seeds": 5},
-    {"momentum": 0.9},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"lr_scales": [0.0]},
+        {"lr_scales": []},
+        {"shift_every": 15},
+        {"steps": 20000, "eval_every": 1},
+        {"optimizers": [{"name": "rmsprop"}]},
+        {"optimizers": [{"name": "eg_stepsize", "granularity": "row"}]},
+        {"optimizers": [{"name": "sgd", "lr": float("nan")}]},
+        {"hidden": 1024, "depth": 4, "batch_size": 4096, "steps": 20000, "eval_every": 100, "seeds": 5},
+        {"momentum": 0.9},
+    ],
+)
 def test_bad_params_raise_validation_error(bad):
     with pytest.raises(pydantic.ValidationError):
         EGStepSizeParams(**_small(**bad))

@@ -1,4 +1,5 @@
 """TECHNIQUES.md §1: the worked values, h_n/n by integration, and the empirical elbow on a known-rank target."""
+
 import math
 
 import pytest
@@ -88,16 +89,21 @@ def test_job_runs_and_reports_dimensions_entropy_and_plot():
 
 
 def test_exact_coefficient_option():
-    result = KIND.run(EmbeddingDimParams(vocab_sizes=[100000], coefficient="exact", entropy_dims=[16]),
-                      LocalContext())
+    result = KIND.run(EmbeddingDimParams(vocab_sizes=[100000], coefficient="exact", entropy_dims=[16]), LocalContext())
     assert result["dimensions"][0]["bound"] == pytest.approx(8.3123 * math.log(100000), rel=1e-4)
 
 
-@pytest.mark.parametrize("bad", [{"vocab_sizes": [1]}, {"vocab_sizes": []}, {"vocab_sizes": [10], "coefficient": -1},
-                                 {"vocab_sizes": [10], "coefficient": float("nan")},
-                                 {"vocab_sizes": [10], "entropy_dims": [10**7]},
-                                 {"vocab_sizes": [10], "sweep": {"vocab_size": 1024, "dims": [512] * 32,
-                                                                 "steps": 5000}}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"vocab_sizes": [1]},
+        {"vocab_sizes": []},
+        {"vocab_sizes": [10], "coefficient": -1},
+        {"vocab_sizes": [10], "coefficient": float("nan")},
+        {"vocab_sizes": [10], "entropy_dims": [10**7]},
+        {"vocab_sizes": [10], "sweep": {"vocab_size": 1024, "dims": [512] * 32, "steps": 5000}},
+    ],
+)
 def test_bad_params_are_refused(bad):
     with pytest.raises(ValidationError):
         EmbeddingDimParams(**bad)

@@ -1,5 +1,6 @@
 """Gradient normalization's parameter gradient, and the baselines the gradnorm_gan comparison rests on (WGAN-GP,
 spectral norm, weight clipping), each pinned on a case with a known answer."""
+
 from __future__ import annotations
 
 import copy
@@ -54,7 +55,7 @@ def test_normalized_critic_gradient_in_w_matches_finite_differences(variant):
     _d_hat, norm = normalize_discriminator(D, x, variant, eps)
     frozen = norm.detach()
     d = D(x).reshape(-1)
-    wrong = {"gn": d / (frozen + d.abs()), "gran": d * frozen / (frozen ** 2 + eps), "plain": d / (frozen + eps)}
+    wrong = {"gn": d / (frozen + d.abs()), "gran": d * frozen / (frozen**2 + eps), "plain": d / (frozen + eps)}
     (detached,) = torch.autograd.grad(wrong[variant].sum(), weight)
     assert float((detached - numeric).abs().max()) > 1e-3
 
@@ -75,7 +76,10 @@ def test_gradient_penalty_is_squared_distance_of_the_norm_from_one():
 
 def test_gradient_penalty_is_taken_at_interpolates_between_real_and_fake():
     """On D(x) = ½‖x‖², ∇D = x: the penalty is the mean of (‖α r + (1−α) f‖ − 1)² with the generator's α."""
-    D = lambda x: 0.5 * x.square().sum(dim=1, keepdim=True)
+
+    def D(x):
+        return 0.5 * x.square().sum(dim=1, keepdim=True)
+
     real = torch.randn(8, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
     fake = torch.randn(8, 3, generator=torch.Generator().manual_seed(3), dtype=F64) + 5.0
     alpha = torch.rand(8, 1, generator=torch.Generator().manual_seed(9), dtype=torch.float32).to(F64)
@@ -105,8 +109,11 @@ def test_spectral_norm_is_on_every_critic_layer_and_makes_each_norm_one():
         assert float(torch.linalg.matrix_norm(m.weight.detach(), ord=2)) == pytest.approx(1.0, abs=1e-3)
     _, plain = build_nets(_params(constraint="none"), 2, False, seed=0)
     assert not any(nn.utils.parametrize.is_parametrized(m) for m in plain.modules())
-    assert any(abs(float(torch.linalg.matrix_norm(m.weight.detach(), ord=2)) - 1.0) > 0.05
-               for m in plain.modules() if isinstance(m, nn.Linear))
+    assert any(
+        abs(float(torch.linalg.matrix_norm(m.weight.detach(), ord=2)) - 1.0) > 0.05
+        for m in plain.modules()
+        if isinstance(m, nn.Linear)
+    )
 
 
 def test_clipping_is_the_unclipped_update_clamped_to_the_bound():
@@ -115,7 +122,9 @@ def test_clipping_is_the_unclipped_update_clamped_to_the_bound():
     tiny critic's hidden biases get exactly cancelling gradients and would not move.)"""
     data = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
     c = 0.02
-    clipped = Trainer(_params(constraint="clip", clip_value=c, lr_d=0.05, loss="bce"), data, False, 0, torch.device("cpu"))
+    clipped = Trainer(
+        _params(constraint="clip", clip_value=c, lr_d=0.05, loss="bce"), data, False, 0, torch.device("cpu")
+    )
     free = Trainer(_params(constraint="none", lr_d=0.05, loss="bce"), data, False, 0, torch.device("cpu"))
     with torch.no_grad():  # both start from the same critic, strictly inside the bound
         for w in clipped.D.parameters():

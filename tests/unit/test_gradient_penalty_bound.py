@@ -1,5 +1,6 @@
 """Checks of TECHNIQUES.md §7: exact equality cases, the inequality on random MLPs, the per-layer identity against
 independent autograd, jacrev vs power iteration, and the job end to end."""
+
 from __future__ import annotations
 
 import io
@@ -12,9 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from core import costs, penalty
-from core.penalty import (auto_method, gradient_bound_terms, jacobian_spectral_norms,
-                          spectral_norm_power, split_layers)
+from core import costs
+from core.penalty import auto_method, gradient_bound_terms, jacobian_spectral_norms, spectral_norm_power, split_layers
 from core.techniques import get_kind
 from core.techniques.local import LocalContext
 
@@ -116,8 +116,9 @@ def test_inequality_holds_on_hundreds_of_random_mlps():
             reduce = "sum"
         # power with very few iterations too: the warm start must keep the bound valid when it stops early
         method = ["jacrev", "power"][case % 2]
-        r = gradient_bound_terms(model, x, reduce=reduce, target=target, method=method,
-                                 max_iter=int(rng.integers(1, 30)))
+        r = gradient_bound_terms(
+            model, x, reduce=reduce, target=target, method=method, max_iter=int(rng.integers(1, 30))
+        )
         msg = f"case {case}: {model} {kind} {method}"
         assert torch.all(r["lhs"] <= r["rhs"] * (1 + 1e-10) + 1e-300), msg
         assert torch.all(r["lhs_frobenius"] <= r["lhs"] * (1 + 1e-10) + 1e-300), msg
@@ -148,7 +149,7 @@ def test_per_layer_identity_and_parameter_gradient_against_autograd(seed):
 
         def f_of(p, xx):
             out = torch.func.functional_call(model, p, (xx[None],))
-            return nn.functional.cross_entropy(out, target[i:i + 1])
+            return nn.functional.cross_entropy(out, target[i : i + 1])
 
         g_theta = torch.func.grad(f_of)(params, xi)
         g_x = torch.func.grad(f_of, argnums=1)(params, xi)
@@ -158,8 +159,9 @@ def test_per_layer_identity_and_parameter_gradient_against_autograd(seed):
             layer = r["layers"][t]
             lin = model[pos]
             h = model[:pos](xi) if pos else xi
-            jac = torch.autograd.functional.jacobian(lambda xx: model[:pos](xx), xi) if pos else torch.eye(d_in,
-                                                                                                          dtype=DT)
+            jac = (
+                torch.autograd.functional.jacobian(lambda xx: model[:pos](xx), xi) if pos else torch.eye(d_in, dtype=DT)
+            )
             g_w = g_theta[f"{pos}.weight"]
             g_b_sq = g_theta[f"{pos}.bias"].square().sum() if lin.bias is not None else 0.0
             # h (∇_x f)ᵀ = (∇_W f)ᵀ W ∂h/∂x, with every piece from plain autograd
@@ -251,8 +253,16 @@ def test_rejects_what_is_outside_the_stated_form():
 def test_job_example_end_to_end():
     ctx = LocalContext()
     result = KIND.run(KIND.params(**KIND.example), ctx)
-    for key in ("measured_steps", "ratio", "ratio_frobenius", "violations", "layers", "max_identity_residual",
-                "final_accuracy", "jacobian_method"):
+    for key in (
+        "measured_steps",
+        "ratio",
+        "ratio_frobenius",
+        "violations",
+        "layers",
+        "max_identity_residual",
+        "final_accuracy",
+        "jacobian_method",
+    ):
         assert key in result
     assert result["violations"] == 0 and result["violations_frobenius"] == 0
     assert result["max_identity_residual"] <= 1e-10
@@ -278,14 +288,27 @@ def test_job_other_targets_on_uploaded_data_and_determinism():
     rng = np.random.default_rng(0)
     key = str(uuid.uuid4())
     data = {"x": rng.normal(size=(120, 5)).astype(np.float32), "y": rng.integers(0, 3, size=120)}
-    spec = {"dataset": key, "widths": [6, 6], "activation": "gelu", "init": "orthogonal", "f": "logit",
-            "target_class": 1, "steps": 12, "lr": 0.05, "optimizer": "adam", "every": 4, "samples": 6,
-            "method": "power"}
+    spec = {
+        "dataset": key,
+        "widths": [6, 6],
+        "activation": "gelu",
+        "init": "orthogonal",
+        "f": "logit",
+        "target_class": 1,
+        "steps": 12,
+        "lr": 0.05,
+        "optimizer": "adam",
+        "every": 4,
+        "samples": 6,
+        "method": "power",
+    }
     runs = [KIND.run(KIND.params(**spec), LocalContext(seed=3, datasets={key: data})) for _ in range(2)]
     assert runs[0] == runs[1]
     assert runs[0]["violations"] == 0 and runs[0]["jacobian_method"] == "power"
-    summed = KIND.run(KIND.params(**{**spec, "f": "sum", "target_class": None, "activation": "linear"}),
-                      LocalContext(seed=3, datasets={key: data}))
+    summed = KIND.run(
+        KIND.params(**{**spec, "f": "sum", "target_class": None, "activation": "linear"}),
+        LocalContext(seed=3, datasets={key: data}),
+    )
     assert summed["violations"] == 0 and summed["classes"] == 3
     with pytest.raises(ValueError, match="target_class"):
         KIND.run(KIND.params(**{**spec, "target_class": 5}), LocalContext(datasets={key: data}))
@@ -294,22 +317,27 @@ def test_job_other_targets_on_uploaded_data_and_determinism():
     # an upload's shape is known only at run time: Jacobians of 7 x 1024 x 4096 per sample cannot be materialized
     wide = {"x": np.zeros((4, 4096), dtype=np.float32), "y": np.arange(4) % 2}
     with pytest.raises(ValueError, match="method: needs about"):
-        KIND.run(KIND.params(**{**spec, "widths": [1024] * 7, "samples": 256, "method": "jacrev"}),
-                 LocalContext(datasets={key: wide}))
+        KIND.run(
+            KIND.params(**{**spec, "widths": [1024] * 7, "samples": 256, "method": "jacrev"}),
+            LocalContext(datasets={key: wide}),
+        )
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"widths": [2000]}, "widths"),
-    ({"widths": [8] * 8}, "widths"),
-    ({"steps": 10, "every": 20}, "every"),
-    ({"steps": 5000, "every": 1}, "every"),
-    ({"samples": 0}, "samples"),
-    ({"lr": 0.0}, "lr"),
-    ({"activation": "softsign"}, "activation"),
-    ({"dataset": "mnist"}, "dataset"),
-    ({"unknown": 1}, "unknown"),
-    ({"widths": [1024] * 7, "steps": 5000, "batch_size": 1024, "every": 100}, "steps"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"widths": [2000]}, "widths"),
+        ({"widths": [8] * 8}, "widths"),
+        ({"steps": 10, "every": 20}, "every"),
+        ({"steps": 5000, "every": 1}, "every"),
+        ({"samples": 0}, "samples"),
+        ({"lr": 0.0}, "lr"),
+        ({"activation": "softsign"}, "activation"),
+        ({"dataset": "mnist"}, "dataset"),
+        ({"unknown": 1}, "unknown"),
+        ({"widths": [1024] * 7, "steps": 5000, "batch_size": 1024, "every": 100}, "steps"),
+    ],
+)
 def test_bad_params_are_refused(bad, field):
     with pytest.raises(pydantic.ValidationError, match=field):
         KIND.params(**{**KIND.example, **bad})

@@ -1,5 +1,6 @@
 """Job kind gradnorm_gan (TECHNIQUES.md §5): the in-region gradient identities of GN / GraN / plain normalization,
 the BatchNorm guard, the measurement tools checked on analytic cases, and short training runs."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,8 @@ from core.gan import (
     ring8_centres,
     sample_mixture,
 )
-from core.techniques.base import JobTimedOut
 from core.techniques import get_kind
+from core.techniques.base import JobTimedOut
 from core.techniques.gradnorm_gan.run import Trainer
 from core.techniques.gradnorm_gan.spec import GradnormGanParams, check_budget
 from core.techniques.local import LocalContext
@@ -61,6 +62,7 @@ def normalized_input_grad(D, x, variant, eps):
 
 # ---------------------------------------------------------------------------------------------------------------
 # The identities of §5 on ReLU nets
+
 
 def test_gn_gradient_identity_float64():
     D = relu_mlp(5)
@@ -101,12 +103,18 @@ def test_gran_and_plain_gradient_identities(variant):
 
 def test_per_sample_norm_is_over_the_flattened_image():
     torch.manual_seed(4)
-    D = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(4, 4, 4, 2, 1), nn.LeakyReLU(0.2),
-                      nn.Flatten(), nn.Linear(4 * 4 * 4, 1)).double()
+    D = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(4, 4, 4, 2, 1),
+        nn.LeakyReLU(0.2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 1),
+    ).double()
     x = torch.rand(16, 1, 8, 8, dtype=torch.float64)
     _, grad_norm = normalize_discriminator(D, x, "gn")
     for i in range(3):  # each sample alone: its own gradient, flattened over channels and pixels
-        xi = x[i:i + 1].clone().requires_grad_(True)
+        xi = x[i : i + 1].clone().requires_grad_(True)
         (gi,) = torch.autograd.grad(D(xi).sum(), xi)
         assert math.isclose(float(grad_norm[i].detach()), float(gi.flatten().norm()), rel_tol=1e-12)
     w, d = region_gradient(D, x)
@@ -150,6 +158,7 @@ def test_normalize_rejects_bad_arguments():
 # ---------------------------------------------------------------------------------------------------------------
 # BatchNorm
 
+
 def bn_critic() -> nn.Sequential:
     torch.manual_seed(5)
     return nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
@@ -179,6 +188,7 @@ def test_batchnorm_replaced_by_per_sample_norm():
 
 # ---------------------------------------------------------------------------------------------------------------
 # Measurement tools on analytic cases
+
 
 def test_mixture_geometry():
     ring = ring8_centres(2.0)
@@ -264,6 +274,7 @@ def test_classifier_scores_extremes():
 # ---------------------------------------------------------------------------------------------------------------
 # Training
 
+
 def ring_params(**over) -> GradnormGanParams:
     return KIND.params(**{**KIND.example, **over})
 
@@ -294,9 +305,13 @@ def test_gn_covers_more_modes_than_unconstrained_wgan_critic():
 def test_hinge_equals_wasserstein_for_gn():
     """|D̂| ≤ 1 under GN, so relu(1 − D̂) = 1 − D̂ and relu(1 + D̂) = 1 + D̂: the hinge critic loss is the WGAN loss
     plus 2, with the same gradients, so training is the same."""
-    a = Trainer(ring_params(steps=15, loss="hinge"), sample_mixture(ring8_centres(), 0.05, 1000,
-                                                                  torch.Generator().manual_seed(0))[0],
-                False, 0, torch.device("cpu"))
+    a = Trainer(
+        ring_params(steps=15, loss="hinge"),
+        sample_mixture(ring8_centres(), 0.05, 1000, torch.Generator().manual_seed(0))[0],
+        False,
+        0,
+        torch.device("cpu"),
+    )
     b = Trainer(ring_params(steps=15, loss="wasserstein"), a.data, False, 0, torch.device("cpu"))
     for _ in range(15):
         out_a, out_b = a.step(), b.step()
@@ -343,8 +358,16 @@ def test_same_seed_same_result_and_constraints_run():
 
 
 def test_digits_conv_job_uses_a_trained_judge():
-    spec = {"dataset": "digits", "arch": "conv", "channels": 4, "z_dim": 8, "steps": 4, "n_critic": 1,
-            "batch": 32, "eval_samples": 256}
+    spec = {
+        "dataset": "digits",
+        "arch": "conv",
+        "channels": 4,
+        "z_dim": 8,
+        "steps": 4,
+        "n_critic": 1,
+        "batch": 32,
+        "eval_samples": 256,
+    }
     result = KIND.run(KIND.params(**spec), LocalContext(seed=0))
     q = result["quality"]
     assert q["classifier_test_accuracy"] > 0.85  # the judge recognises real digits
@@ -363,18 +386,21 @@ def test_uploaded_dataset_and_timeout():
         KIND.run(KIND.params(**spec), LocalContext(seed=0, timeout_s=0.0, datasets=ctx.datasets))
 
 
-@pytest.mark.parametrize("bad", [
-    {"constraint": "lasso"},
-    {"loss": "mse"},
-    {"width": 4},
-    {"steps": 0},
-    {"eps": 0.0},
-    {"dataset": "clusters"},
-    {"arch": "conv"},                                         # conv on a 2-D mixture
-    {"steps": 20000, "batch": 2048, "width": 1024, "depth": 6, "n_critic": 10},  # work budget
-    {"lr_d": float("nan")},
-    {"unknown_field": 1},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"constraint": "lasso"},
+        {"loss": "mse"},
+        {"width": 4},
+        {"steps": 0},
+        {"eps": 0.0},
+        {"dataset": "clusters"},
+        {"arch": "conv"},  # conv on a 2-D mixture
+        {"steps": 20000, "batch": 2048, "width": 1024, "depth": 6, "n_critic": 10},  # work budget
+        {"lr_d": float("nan")},
+        {"unknown_field": 1},
+    ],
+)
 def test_bad_params_are_refused(bad):
     with pytest.raises(pydantic.ValidationError):
         KIND.params(**{**KIND.example, **bad})
@@ -406,8 +432,9 @@ def test_divergence_stops_the_run_and_reports_none(monkeypatch):
     monkeypatch.setattr(Trainer, "step", poisoned)
     for dataset in ("ring8", "digits"):
         calls["n"] = 0
-        result = KIND.run(KIND.params(**{**KIND.example, "dataset": dataset, "steps": 10, "eval_samples": 256}),
-                          LocalContext(seed=0))
+        result = KIND.run(
+            KIND.params(**{**KIND.example, "dataset": dataset, "steps": 10, "eval_samples": 256}), LocalContext(seed=0)
+        )
         json.dumps(result, allow_nan=False)
         assert result["diverged_at_step"] == 3 and result["steps_run"] == 3
         assert result["lipschitz"]["grad_max_real"] is None

@@ -1,4 +1,5 @@
 """TECHNIQUES.md §4: averaged variances, fans read as torch does, composed ratios and their Monte Carlo."""
+
 import math
 
 import pytest
@@ -47,8 +48,8 @@ def test_composed_pair_ratios(m, n, arith, quad):
 
 
 def test_fans_follow_torch_conventions():
-    assert fans(torch.empty(30, 20)) == (20, 30)                # Linear weight is (out, in)
-    assert fans(torch.empty(16, 3, 5, 5)) == (75, 400)          # conv: receptive field multiplies both
+    assert fans(torch.empty(30, 20)) == (20, 30)  # Linear weight is (out, in)
+    assert fans(torch.empty(16, 3, 5, 5)) == (75, 400)  # conv: receptive field multiplies both
 
 
 def test_normal_and_uniform_fill_with_the_requested_variance():
@@ -62,8 +63,7 @@ def test_normal_and_uniform_fill_with_the_requested_variance():
 
 
 def test_single_layer_forward_and_backward_ratios_by_monte_carlo():
-    params = InitAveragingParams(widths=[300, 60], means=["arithmetic", "geometric", "quadratic"], batch=4096,
-                                 trials=8)
+    params = InitAveragingParams(widths=[300, 60], means=["arithmetic", "geometric", "quadratic"], batch=4096, trials=8)
     result = KIND.run(params, LocalContext())
     for mean, r in result["means"].items():
         var = averaged_variance(300, 60, mean)
@@ -84,8 +84,15 @@ def test_job_reproduces_the_768_3072_ratios_and_stores_a_plot():
     assert ctx.artifacts["forward_moments.png"][0].startswith(b"\x89PNG")
 
 
-@pytest.mark.parametrize("bad", [{"widths": [10]}, {"widths": [10, 0]}, {"widths": [10, 10], "means": ["median"]},
-                                 {"widths": [16384, 16384, 16384], "batch": 65536}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"widths": [10]},
+        {"widths": [10, 0]},
+        {"widths": [10, 10], "means": ["median"]},
+        {"widths": [16384, 16384, 16384], "batch": 65536},
+    ],
+)
 def test_bad_params_are_refused(bad):
     with pytest.raises(ValidationError):
         InitAveragingParams(**bad)

@@ -1,5 +1,6 @@
 """core/init.py's refusals: every fan must be positive, and a mean it does not know is refused whatever its name
 sorts next to."""
+
 from __future__ import annotations
 
 import pytest

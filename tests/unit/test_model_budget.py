@@ -1,5 +1,6 @@
 """The memory estimate made before queueing (meta-device build, no allocation) against the peak measured while
 training the same model on the same micro-batch (torch's MemTracker counts every live tensor byte)."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,12 +18,18 @@ CASES = {
     "bert": ({"source": "hf_config", "config": TINY["bert"]}, Workload(batch=8, seq_len=64)),
     "gpt2": ({"source": "hf_config", "config": TINY["gpt2"]}, Workload(batch=8, seq_len=64)),
     "llama": ({"source": "hf_config", "config": TINY["llama"]}, Workload(batch=8, seq_len=64)),
-    "causal_lm": ({"source": "builtin", "arch": "causal_lm", "hidden": 64, "depth": 2, "vocab_size": 512,
-                   "context": 64}, Workload(batch=8, seq_len=64)),
-    "resnet": ({"source": "builtin", "arch": "resnet", "channels": 16, "depth": 2},
-               Workload(batch=64, features=64, classes=10)),
-    "mlp": ({"source": "builtin", "arch": "mlp", "hidden": 512, "depth": 2},
-            Workload(batch=256, features=64, classes=10)),
+    "causal_lm": (
+        {"source": "builtin", "arch": "causal_lm", "hidden": 64, "depth": 2, "vocab_size": 512, "context": 64},
+        Workload(batch=8, seq_len=64),
+    ),
+    "resnet": (
+        {"source": "builtin", "arch": "resnet", "channels": 16, "depth": 2},
+        Workload(batch=64, features=64, classes=10),
+    ),
+    "mlp": (
+        {"source": "builtin", "arch": "mlp", "hidden": 512, "depth": 2},
+        Workload(batch=256, features=64, classes=10),
+    ),
 }
 
 

@@ -1,5 +1,6 @@
 """Model sources: spec checks, builds of every built-in and tiny HF family, safetensors, the n > c·ln N checks on a
 model's sizes, init tables and variance ratios, and accumulation memory (TECHNIQUES.md §1, §3, §4)."""
+
 from __future__ import annotations
 
 import io
@@ -37,20 +38,25 @@ def spec(**fields):
 
 
 def test_the_spec_side_imports_neither_torch_nor_transformers():
-    code = ("import sys; import core.models.spec, core.models.checks, core.models.budget, core.models.inspector, "
-            "core.models.safetensors_header; bad = {'torch', 'transformers'} & set(sys.modules); "
-            "sys.exit(f'imported {bad}' if bad else 0)")
+    code = (
+        "import sys; import core.models.spec, core.models.checks, core.models.budget, core.models.inspector, "
+        "core.models.safetensors_header; bad = {'torch', 'transformers'} & set(sys.modules); "
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
-@pytest.mark.parametrize("config, field, words", [
-    ({**TINY_GPT2, "auto_map": {"AutoModel": "x.Y"}}, "config.auto_map", "remote code"),
-    ({**TINY_GPT2, "trust_remote_code": True}, "config.trust_remote_code", "never executed"),
-    ({**TINY_GPT2, "model_type": "custom"}, "config.model_type", "not a family"),
-    ({k: v for k, v in TINY_GPT2.items() if k != "n_head"}, "config.n_head", "required"),
-    ({**TINY_GPT2, "n_head": 3}, "config.n_head", "not a multiple"),
-    ({**TINY_GPT2, "vocab_size": 10**9}, "config.vocab_size", "outside"),
-])
+@pytest.mark.parametrize(
+    "config, field, words",
+    [
+        ({**TINY_GPT2, "auto_map": {"AutoModel": "x.Y"}}, "config.auto_map", "remote code"),
+        ({**TINY_GPT2, "trust_remote_code": True}, "config.trust_remote_code", "never executed"),
+        ({**TINY_GPT2, "model_type": "custom"}, "config.model_type", "not a family"),
+        ({k: v for k, v in TINY_GPT2.items() if k != "n_head"}, "config.n_head", "required"),
+        ({**TINY_GPT2, "n_head": 3}, "config.n_head", "not a multiple"),
+        ({**TINY_GPT2, "vocab_size": 10**9}, "config.vocab_size", "outside"),
+    ],
+)
 def test_unsafe_or_unbounded_configs_are_refused_naming_the_field(config, field, words):
     with pytest.raises(ValidationError) as exc:
         spec(source="hf_config", config=config)
@@ -105,25 +111,45 @@ def _safetensors(entries: dict, data: bytes) -> bytes:
     return struct.pack("<Q", len(header)) + header + data
 
 
-@pytest.mark.parametrize("blob, words", [
-    (b"\x80\x04\x95" + b"\0" * 20, "pickle"),
-    (b"PK\x03\x04" + b"\0" * 20, "pickle"),
-    (struct.pack("<Q", 10**9) + b"{}", "header length"),
-    (_safetensors({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}, b"\0" * 8), "outside"),
-    (_safetensors({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}, b"\0" * 12), "bytes for shape"),
-    (_safetensors({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                   "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12), "overlaps"),
-    (_safetensors({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8), "cover"),
-    (_safetensors({"w": {"dtype": "O", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4), "dtype"),
-])
+@pytest.mark.parametrize(
+    "blob, words",
+    [
+        (b"\x80\x04\x95" + b"\0" * 20, "pickle"),
+        (b"PK\x03\x04" + b"\0" * 20, "pickle"),
+        (struct.pack("<Q", 10**9) + b"{}", "header length"),
+        (_safetensors({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}, b"\0" * 8), "outside"),
+        (
+            _safetensors({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}, b"\0" * 12),
+            "bytes for shape",
+        ),
+        (
+            _safetensors(
+                {
+                    "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                    "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+                },
+                b"\0" * 12,
+            ),
+            "overlaps",
+        ),
+        (_safetensors({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8), "cover"),
+        (_safetensors({"w": {"dtype": "O", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4), "dtype"),
+    ],
+)
 def test_malformed_safetensors_headers_are_refused_before_the_data(blob, words):
     with pytest.raises(WeightsRejected, match=words):
         read_header(io.BytesIO(blob), len(blob))
 
 
 def test_model_checks_on_gpt2_small_sizes():
-    gpt2_small = {"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257,
-                  "n_positions": 1024}
+    gpt2_small = {
+        "model_type": "gpt2",
+        "n_embd": 768,
+        "n_layer": 12,
+        "n_head": 12,
+        "vocab_size": 50257,
+        "n_positions": 1024,
+    }
     checks = model_checks(embedding_sizes(spec(source="hf_config", config=gpt2_small)), 8.33)
     token, head = checks["rows"]
     assert (token["n"], token["N"]) == (768, 50257) and token["bound"] == pytest.approx(8.33 * math.log(50257))
@@ -145,13 +171,14 @@ def test_layer_table_lists_every_nonsquare_weight_with_its_init_variance():
     built = build(spec(source="hf_config", config=TINY_BERT))
     rows = layer_table(built.module, ["arithmetic", "geometric"])
     shapes = {r["name"]: tuple(r["shape"]) for r in rows}
-    expected = {n: tuple(p.shape) for n, p in built.module.named_parameters()
-                if p.dim() == 2 and p.shape[0] != p.shape[1]}
+    expected = {
+        n: tuple(p.shape) for n, p in built.module.named_parameters() if p.dim() == 2 and p.shape[0] != p.shape[1]
+    }
     assert shapes == expected and any("intermediate" in n for n in shapes)
     for r in rows:
         assert r["variance"]["arithmetic"] == pytest.approx(2 / (r["fan_in"] + r["fan_out"]))
         if "embeddings" not in r["name"]:  # BERT draws dense weights from N(0, initializer_range²)
-            assert r["current_variance"] == pytest.approx(0.02 ** 2, rel=0.2)
+            assert r["current_variance"] == pytest.approx(0.02**2, rel=0.2)
 
 
 @pytest.mark.parametrize("mean", ["arithmetic", "geometric", "harmonic"])
@@ -199,10 +226,23 @@ def test_eg_stepsize_trains_a_builtin_causal_lm_on_digits_as_tokens():
     from core.techniques.local import LocalContext
 
     kind = get_kind("eg_stepsize")
-    params = kind.params(model={"source": "builtin", "arch": "causal_lm", "hidden": 16, "heads": 2, "depth": 1,
-                                "vocab_size": 24, "context": 64},
-                         optimizers=[{"name": "adam", "lr": 0.01}, {"name": "eg_stepsize", "lr": 0.01}],
-                         lr_scales=[1.0], steps=10, batch_size=8, eval_every=10, eval_size=32)
+    params = kind.params(
+        model={
+            "source": "builtin",
+            "arch": "causal_lm",
+            "hidden": 16,
+            "heads": 2,
+            "depth": 1,
+            "vocab_size": 24,
+            "context": 64,
+        },
+        optimizers=[{"name": "adam", "lr": 0.01}, {"name": "eg_stepsize", "lr": 0.01}],
+        lr_scales=[1.0],
+        steps=10,
+        batch_size=8,
+        eval_every=10,
+        eval_size=32,
+    )
     result = kind.run(params, LocalContext())
     assert result["classes"] == 24 and result["input_dim"] == 64  # a 64-token sequence of pixel levels per image
     first, last = (result["curves"]["adam"]["x1"]["test_loss"][i] for i in (0, -1))
@@ -228,12 +268,31 @@ def test_contrastive_towers_pooled_from_a_transformer_give_the_exact_full_batch_
     from core.techniques.local import LocalContext
 
     rng = np.random.default_rng(0)
-    ctx = LocalContext(datasets={"00000000-0000-0000-0000-00000000000a": {
-        "x": rng.integers(0, 30, size=(40, 12)).astype(np.float32), "y": rng.integers(0, 2, size=40)}})
+    ctx = LocalContext(
+        datasets={
+            "00000000-0000-0000-0000-00000000000a": {
+                "x": rng.integers(0, 30, size=(40, 12)).astype(np.float32),
+                "y": rng.integers(0, 2, size=40),
+            }
+        }
+    )
     kind = get_kind("contrastive_accumulation")
-    params = kind.params(dataset="00000000-0000-0000-0000-00000000000a", towers="two_tower", batch_size=8,
-                         chunk_size=2, steps=1, model={"source": "builtin", "arch": "transformer_encoder",
-                                                       "hidden": 16, "heads": 2, "depth": 1, "vocab_size": 32,
-                                                       "context": 16}, pooling="cls")
+    params = kind.params(
+        dataset="00000000-0000-0000-0000-00000000000a",
+        towers="two_tower",
+        batch_size=8,
+        chunk_size=2,
+        steps=1,
+        model={
+            "source": "builtin",
+            "arch": "transformer_encoder",
+            "hidden": 16,
+            "heads": 2,
+            "depth": 1,
+            "vocab_size": 32,
+            "context": 16,
+        },
+        pooling="cls",
+    )
     check = kind.run(params, ctx)["grad_check"]
     assert check["rel_diff_accumulated"] < 1e-4 and check["rel_diff_naive"] > 1e-2

@@ -1,5 +1,6 @@
 """Checks of TECHNIQUES.md §3: accumulation inside the momentum equals explicit accumulation (SGDM), its Adam
 analogue has the same m and a larger v, β̃^k values, state_dict resumption, and the job end to end."""
+
 from __future__ import annotations
 
 import copy
@@ -15,8 +16,8 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from core.optim.accum import AccumAdam, AccumSGDM, beta_tilde, state_bytes
-from core.techniques.local import LocalContext
 from core.techniques import get_kind
+from core.techniques.local import LocalContext
 from core.techniques.momentum_accumulation.spec import ARMS
 
 KIND = get_kind("momentum_accumulation")
@@ -29,8 +30,10 @@ def _net(seed: int) -> torch.nn.Module:
 
 def _batches(n: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
-    return [(torch.randn(4, 5, generator=gen, dtype=torch.float64), torch.randint(0, 3, (4,), generator=gen))
-            for _ in range(n)]
+    return [
+        (torch.randn(4, 5, generator=gen, dtype=torch.float64), torch.randint(0, 3, (4,), generator=gen))
+        for _ in range(n)
+    ]
 
 
 def _flat(net: torch.nn.Module) -> torch.Tensor:
@@ -107,7 +110,7 @@ def _window_variance_ema(grads: list[torch.Tensor], k: int, beta2: float) -> tor
     """v_B - v_A after the last update: EMA (β2) of the within-window variance mean(g²) - mean(g)²."""
     gap = torch.zeros_like(grads[0])
     for w in range(0, len(grads), k):
-        window = torch.stack(grads[w:w + k])
+        window = torch.stack(grads[w : w + k])
         gap = beta2 * gap + (1 - beta2) * (window.pow(2).mean(0) - window.mean(0).pow(2))
     return gap
 
@@ -125,7 +128,7 @@ def test_adam_m_equals_explicit_and_v_exceeds_it_by_the_window_variance():
         p.grad = grads[t - 1].clone()
         ours.step()
         if t % k == 0:
-            q.grad = torch.stack(grads[t - k:t]).mean(0)
+            q.grad = torch.stack(grads[t - k : t]).mean(0)
             ref.step()
             m_b, v_b = ours.state[p]["exp_avg"], ours.state[p]["exp_avg_sq"]
             m_a, v_a = ref.state[q]["exp_avg"], ref.state[q]["exp_avg_sq"]
@@ -185,10 +188,13 @@ def test_beta_tilde_power_k_matches_the_documented_values():
     assert math.exp(-0.1) == pytest.approx(0.90484, abs=5e-6)
 
 
-@pytest.mark.parametrize("make", [
-    lambda ps: AccumSGDM(ps, lr=0.1, momentum=0.9, accum_steps=3, weight_decay=0.01),
-    lambda ps: AccumAdam(ps, lr=0.01, accum_steps=3, weight_decay=0.01),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: AccumSGDM(ps, lr=0.1, momentum=0.9, accum_steps=3, weight_decay=0.01),
+        lambda ps: AccumAdam(ps, lr=0.01, accum_steps=3, weight_decay=0.01),
+    ],
+)
 def test_state_dict_round_trip_mid_window_resumes_identically(make):
     data = _batches(40, seed=5)
     net = _net(4)
@@ -225,8 +231,9 @@ def test_state_is_one_parameter_sized_tensor_per_moment():
         assert state_bytes(opt) == moments * n_bytes
 
 
-@pytest.mark.parametrize("kwargs", [dict(accum_steps=0), dict(accum_steps=2.0), dict(momentum=1.0), dict(lr=-1.0),
-                                    dict(weight_decay=-0.1)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(accum_steps=0), dict(accum_steps=2.0), dict(momentum=1.0), dict(lr=-1.0), dict(weight_decay=-0.1)]
+)
 def test_sgdm_rejects_bad_hyperparameters(kwargs):
     args = dict(lr=0.1) | kwargs
     with pytest.raises(ValueError):
@@ -266,8 +273,20 @@ def test_job_cnn_adam_uploaded_dataset_and_determinism():
     y = rng.integers(0, 3, 120)
     x = rng.standard_normal((120, 16)).astype(np.float32) + y[:, None]
     ds = str(uuid.uuid4())
-    spec = dict(dataset=ds, model="cnn", channels=2, hidden=8, optimizer="adam", lr=0.01, accum_steps=4,
-                micro_batch=4, steps=24, seeds=2, eval_every=8, arms=["chi_exact", "explicit_buffer"])
+    spec = dict(
+        dataset=ds,
+        model="cnn",
+        channels=2,
+        hidden=8,
+        optimizer="adam",
+        lr=0.01,
+        accum_steps=4,
+        micro_batch=4,
+        steps=24,
+        seeds=2,
+        eval_every=8,
+        arms=["chi_exact", "explicit_buffer"],
+    )
     runs = []
     for _ in range(2):
         ctx = LocalContext(seed=3, datasets={ds: {"x": x, "y": y}})
@@ -282,19 +301,22 @@ def test_job_cnn_adam_uploaded_dataset_and_determinism():
         KIND.run(KIND.params(**spec), LocalContext(datasets={ds: {"x": x}}))
 
 
-@pytest.mark.parametrize("bad", [
-    dict(arms=["chi_exact", "chi_exact"]),
-    dict(arms=[]),
-    dict(arms=["sgd_only"]),
-    dict(steps=3, accum_steps=4),
-    dict(model="cnn", dataset="clusters"),
-    dict(betas=[1.0, 0.999]),
-    dict(eval_every=1000, steps=100),
-    dict(steps=100_000, seeds=10),
-    dict(hidden=1024, micro_batch=1024, steps=20_000),
-    dict(lr=float("nan")),
-    dict(unknown_field=1),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(arms=["chi_exact", "chi_exact"]),
+        dict(arms=[]),
+        dict(arms=["sgd_only"]),
+        dict(steps=3, accum_steps=4),
+        dict(model="cnn", dataset="clusters"),
+        dict(betas=[1.0, 0.999]),
+        dict(eval_every=1000, steps=100),
+        dict(steps=100_000, seeds=10),
+        dict(hidden=1024, micro_batch=1024, steps=20_000),
+        dict(lr=float("nan")),
+        dict(unknown_field=1),
+    ],
+)
 def test_bad_params_raise_validation_error(bad):
     with pytest.raises(pydantic.ValidationError):
         KIND.params(**(KIND.example | bad))
@@ -319,8 +341,17 @@ def test_reported_updates_are_the_weight_changes_that_happened(optimizer):
 
     hooks = [register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)]
     try:
-        params = KIND.params(dataset="digits", hidden=8, optimizer=optimizer, lr=0.1, accum_steps=4, micro_batch=4,
-                             steps=22, seeds=1, eval_every=22)
+        params = KIND.params(
+            dataset="digits",
+            hidden=8,
+            optimizer=optimizer,
+            lr=0.1,
+            accum_steps=4,
+            micro_batch=4,
+            steps=22,
+            seeds=1,
+            eval_every=22,
+        )
         result = KIND.run(params, LocalContext())
     finally:
         for h in hooks:

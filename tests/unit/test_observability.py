@@ -1,4 +1,5 @@
 """Log formats with their context, the queue-wait estimate, and the CLI's words for a place in a queue."""
+
 from __future__ import annotations
 
 import json
@@ -66,15 +67,38 @@ def test_no_estimate_without_a_worker_or_a_run_history():
 
 
 def job(**kw) -> Job:
-    base = dict(id="x", kind="k", status="queued", progress=0.0, message="queued", params={}, seed=0,
-                device_requested="cuda", device=None, timeout_s=60, attempt=0, created_at=None, queue="gpu")
+    base = dict(
+        id="x",
+        kind="k",
+        status="queued",
+        progress=0.0,
+        message="queued",
+        params={},
+        seed=0,
+        device_requested="cuda",
+        device=None,
+        timeout_s=60,
+        attempt=0,
+        created_at=None,
+        queue="gpu",
+    )
     return Job(**{**base, **kw})
 
 
-@pytest.mark.parametrize("position,eta,words", [
-    (1, None, "1st in the gpu queue"), (2, 5.4, "2nd in the gpu queue, ~5 s"), (3, 240.0, "3rd in the gpu queue, ~4 min"),
-    (4, 7200.0, "4th in the gpu queue, ~2.0 h"), (11, None, "11th in the gpu queue"), (12, None, "12th in the gpu queue"),
-    (13, None, "13th in the gpu queue"), (21, None, "21st in the gpu queue"), (112, None, "112th in the gpu queue")])
+@pytest.mark.parametrize(
+    "position,eta,words",
+    [
+        (1, None, "1st in the gpu queue"),
+        (2, 5.4, "2nd in the gpu queue, ~5 s"),
+        (3, 240.0, "3rd in the gpu queue, ~4 min"),
+        (4, 7200.0, "4th in the gpu queue, ~2.0 h"),
+        (11, None, "11th in the gpu queue"),
+        (12, None, "12th in the gpu queue"),
+        (13, None, "13th in the gpu queue"),
+        (21, None, "21st in the gpu queue"),
+        (112, None, "112th in the gpu queue"),
+    ],
+)
 def test_place_in_queue_in_words(position, eta, words):
     assert queue_place(job(queue_position=position, eta_s=eta)) == words
 

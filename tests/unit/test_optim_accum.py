@@ -1,5 +1,6 @@
 """AccumSGDM/AccumAdam: the update counter counts the updates that happened, and the argument checks refuse
 exactly what is outside the documented ranges."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,9 @@ import torch
 from core.optim.accum import AccumAdam, AccumSGDM
 
 
-@pytest.mark.parametrize("make", [lambda ps: AccumSGDM(ps, lr=0.1, accum_steps=3),
-                                  lambda ps: AccumAdam(ps, lr=0.1, accum_steps=3)])
+@pytest.mark.parametrize(
+    "make", [lambda ps: AccumSGDM(ps, lr=0.1, accum_steps=3), lambda ps: AccumAdam(ps, lr=0.1, accum_steps=3)]
+)
 def test_updates_counts_the_micro_steps_that_moved_the_parameters(make):
     p = torch.zeros(4, dtype=torch.float64, requires_grad=True)
     opt = make([p])
@@ -28,8 +30,13 @@ def test_updates_counts_the_micro_steps_that_moved_the_parameters(make):
 def test_adam_accepts_its_documented_ranges_and_refuses_the_rest():
     p = [torch.zeros(2, requires_grad=True)]
     AccumAdam(p, eps=0.0, betas=(0.0, 0.0))  # the closed ends of the ranges are allowed
-    for bad, field in (({"eps": -0.5}, "eps"), ({"eps": -2.0}, "eps"), ({"betas": (0.9, 1.0)}, "betas"),
-                       ({"betas": (1.0, 0.9)}, "betas"), ({"betas": (0.9, -0.1)}, "betas")):
+    for bad, field in (
+        ({"eps": -0.5}, "eps"),
+        ({"eps": -2.0}, "eps"),
+        ({"betas": (0.9, 1.0)}, "betas"),
+        ({"betas": (1.0, 0.9)}, "betas"),
+        ({"betas": (0.9, -0.1)}, "betas"),
+    ):
         with pytest.raises(ValueError, match=field):
             AccumAdam(p, **bad)
 

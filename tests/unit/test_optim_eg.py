@@ -1,5 +1,6 @@
 """EG optimizers: defaults are the published rules, the safety clamps do what they say, and every code path (flat
 buffers, big tensors with their own state, the fused update run eagerly) computes the same closed form."""
+
 from __future__ import annotations
 
 import copy
@@ -31,8 +32,10 @@ def _grads(steps: int, shapes, scale: float, seed: int) -> list[list[torch.Tenso
 
 def _closed_form_log_nu(seq, t: int, granularity: str, gamma: float) -> list[torch.Tensor]:
     """log ν_{t+1} = γ Σ_{k≤t} g_{k−1} ⊙ g_k, summed per tensor (layer) or over the group (global)."""
-    sums = [sum((seq[k - 1][i] * seq[k][i] for k in range(1, t + 1)), torch.zeros_like(seq[0][i]))
-            for i in range(len(seq[0]))]
+    sums = [
+        sum((seq[k - 1][i] * seq[k][i] for k in range(1, t + 1)), torch.zeros_like(seq[0][i]))
+        for i in range(len(seq[0]))
+    ]
     if granularity == "layer":
         sums = [s.sum() for s in sums]
     elif granularity == "global":
@@ -59,14 +62,14 @@ def test_defaults_compute_the_published_rule_on_small_and_big_tensors(granularit
         _feed(opt, params, grads)
         expected = _closed_form_log_nu(seq, t, granularity, gamma)
         if t:
-            step = _closed_form_log_nu(seq[t - 1:t + 1], 1, granularity, gamma)
+            step = _closed_form_log_nu(seq[t - 1 : t + 1], 1, granularity, gamma)
             biggest_step = max(biggest_step, max(float(s.abs().max()) for s in step))
         for i, p in enumerate(params):
             state = opt.state[p]
-            torch.testing.assert_close(state["log2_nu"] * math.log(2), expected[i].expand_as(state["log2_nu"]),
-                                       rtol=1e-12, atol=1e-12)
-            torch.testing.assert_close(state["nu"], torch.exp(expected[i]).expand_as(state["nu"]), rtol=1e-12,
-                                       atol=0)
+            torch.testing.assert_close(
+                state["log2_nu"] * math.log(2), expected[i].expand_as(state["log2_nu"]), rtol=1e-12, atol=1e-12
+            )
+            torch.testing.assert_close(state["nu"], torch.exp(expected[i]).expand_as(state["nu"]), rtol=1e-12, atol=0)
             theta[i] = theta[i] - lr * state["nu"] * grads[i]
             torch.testing.assert_close(p.detach(), theta[i], rtol=1e-12, atol=1e-15)
     assert biggest_step > 1.0  # far past the old default clamp of 0.5 per step
@@ -85,8 +88,9 @@ def test_max_log_step_clamps_each_exponent_on_every_path(granularity):
     _feed(opt, params, ones)  # products of 100 (sums of far more for layer/global), clamped to +cap
     _feed(opt, params, [-g for g in ones])  # products of −100, clamped to −cap: back to 0
     for p in params:
-        torch.testing.assert_close(opt.state[p]["log2_nu"] * math.log(2), torch.full_like(opt.state[p]["log2_nu"],
-                                                                                            0.0), atol=1e-12, rtol=0)
+        torch.testing.assert_close(
+            opt.state[p]["log2_nu"] * math.log(2), torch.full_like(opt.state[p]["log2_nu"], 0.0), atol=1e-12, rtol=0
+        )
     _feed(opt, params, [g * 1e-3 for g in ones])  # −0.1 per coordinate: inside the clamp for coordinates only
     for p in params:
         log_nu = opt.state[p]["log2_nu"] * math.log(2)
@@ -171,13 +175,13 @@ def test_fused_branch_of_step_equals_eager_step_without_compiling(granularity, m
     monkeypatch.setattr(eg_module, "_compiled", lambda name: eg_module._FUSED[name])
     monkeypatch.setattr(eg_module, "_FUSED_NUMEL", 1000)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 130), torch.nn.Tanh(), torch.nn.Linear(130, 128), torch.nn.Tanh(),
-                                torch.nn.Linear(128, 3)).double()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 130), torch.nn.Tanh(), torch.nn.Linear(130, 128), torch.nn.Tanh(), torch.nn.Linear(128, 3)
+    ).double()
     twin = copy.deepcopy(model)
     gamma = 30.0 if granularity == "coordinate" else 3.0
     eager = EGStepSize(model.parameters(), lr=0.05, gamma=gamma, granularity=granularity, max_log_step=0.3)
-    fused = EGStepSize(twin.parameters(), lr=0.05, gamma=gamma, granularity=granularity, max_log_step=0.3,
-                       fused=True)
+    fused = EGStepSize(twin.parameters(), lr=0.05, gamma=gamma, granularity=granularity, max_log_step=0.3, fused=True)
     gen = torch.Generator().manual_seed(5)
     x, y = torch.randn(16, 4, generator=gen, dtype=F64), torch.randint(0, 3, (16,), generator=gen)
     for t in range(6):
@@ -259,8 +263,9 @@ def test_a_parameter_that_gets_its_first_gradient_later_joins_the_update():
     torch.testing.assert_close(opt.state[b]["nu"], torch.exp(log_nu_b), rtol=1e-12, atol=0)
     log_nu_a = _closed_form_log_nu([[g[0]] for g in seq], len(seq) - 1, "coordinate", 0.5)[0]
     torch.testing.assert_close(opt.state[a]["nu"], torch.exp(log_nu_a), rtol=1e-12, atol=0)
-    expected_b = -0.1 * sum(torch.exp(_closed_form_log_nu(b_seq, t, "coordinate", 0.5)[0]) * b_seq[t][0]
-                            for t in range(len(b_seq)))
+    expected_b = -0.1 * sum(
+        torch.exp(_closed_form_log_nu(b_seq, t, "coordinate", 0.5)[0]) * b_seq[t][0] for t in range(len(b_seq))
+    )
     torch.testing.assert_close(b.detach(), expected_b, rtol=1e-12, atol=1e-15)
 
 

@@ -1,5 +1,6 @@
 """core/penalty.py's method switch and messages: "power" really runs power iteration (a lower bound after one
 step), a wrong input width names the first layer's width, and "auto" keeps jacrev up to its memory cap inclusive."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """The worker's pure helpers: device choice and JSON-safe results."""
+
 import pytest
 import torch
 
@@ -6,8 +7,11 @@ from workers.runner import DeviceUnavailable, json_safe, pick_device
 
 
 def test_results_with_nan_or_infinity_are_stored_as_null():
-    assert json_safe({"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": (2, "x")}) == \
-        {"a": None, "b": [1.0, None, {"c": None}], "d": [2, "x"]}
+    assert json_safe({"a": float("nan"), "b": [1.0, float("inf"), {"c": -float("inf")}], "d": (2, "x")}) == {
+        "a": None,
+        "b": [1.0, None, {"c": None}],
+        "d": [2, "x"],
+    }
 
 
 def test_device_choice():

@@ -1,6 +1,7 @@
 """Each kind's summary on a real (small) run of the kind: the summary validates, its headline quotes the result's
 own figures, the verdict reads the statistic it names, and the verdict flips on a result edited to contradict the
 post's claim (and back to 'supports' on one edited to satisfy it)."""
+
 from __future__ import annotations
 
 import copy
@@ -14,21 +15,58 @@ from core.techniques import get_kind, kinds
 from core.techniques.local import LocalContext
 
 SMALL = {
-    "embedding_dim": {"vocab_sizes": [512, 100000], "entropy_dims": [16, 128],
-                      "sweep": {"vocab_size": 8, "target_rank": 2, "dims": [1, 2, 4], "steps": 10}},
+    "embedding_dim": {
+        "vocab_sizes": [512, 100000],
+        "entropy_dims": [16, 128],
+        "sweep": {"vocab_size": 8, "target_rank": 2, "dims": [1, 2, 4], "steps": 10},
+    },
     "init_averaging": {"widths": [64, 256, 64], "batch": 256, "trials": 1},
     "contrastive_accumulation": {"dataset": "clusters", "widths": [8], "batch_size": 32, "chunk_size": 8, "steps": 1},
-    "gradnorm_gan": {"dataset": "ring8", "constraint": "gn", "width": 16, "depth": 2, "steps": 6, "batch": 64,
-                     "eval_samples": 256},
-    "momentum_accumulation": {"dataset": "digits", "model": "mlp", "hidden": 8, "optimizer": "sgdm", "lr": 0.3,
-                              "accum_steps": 4, "micro_batch": 4, "steps": 16, "seeds": 2, "eval_every": 8,
-                              "dtype": "float64"},
-    "vae_density": {"dataset": "linear_gaussian", "synthetic_dim": 4, "synthetic_latent": 1, "synthetic_n": 200,
-                    "latent_dim": 1, "hidden": [8], "steps": 30, "eval_k": [1, 10, 100], "eval_samples": 50},
+    "gradnorm_gan": {
+        "dataset": "ring8",
+        "constraint": "gn",
+        "width": 16,
+        "depth": 2,
+        "steps": 6,
+        "batch": 64,
+        "eval_samples": 256,
+    },
+    "momentum_accumulation": {
+        "dataset": "digits",
+        "model": "mlp",
+        "hidden": 8,
+        "optimizer": "sgdm",
+        "lr": 0.3,
+        "accum_steps": 4,
+        "micro_batch": 4,
+        "steps": 16,
+        "seeds": 2,
+        "eval_every": 8,
+        "dtype": "float64",
+    },
+    "vae_density": {
+        "dataset": "linear_gaussian",
+        "synthetic_dim": 4,
+        "synthetic_latent": 1,
+        "synthetic_n": 200,
+        "latent_dim": 1,
+        "hidden": [8],
+        "steps": 30,
+        "eval_k": [1, 10, 100],
+        "eval_samples": 50,
+    },
     "gradient_penalty_bound": {"dataset": "digits", "widths": [8], "steps": 10, "every": 5, "samples": 4},
-    "eg_stepsize": {"dataset": "clusters", "model": "mlp", "hidden": 16, "steps": 20, "batch_size": 32,
-                    "eval_every": 10, "optimizers": [{"name": "sgd"}, {"name": "eg_stepsize"}],
-                    "lr_scales": [0.1, 1.0], "shift_every": 0},
+    "eg_stepsize": {
+        "dataset": "clusters",
+        "model": "mlp",
+        "hidden": 16,
+        "steps": 20,
+        "batch_size": 32,
+        "eval_every": 10,
+        "optimizers": [{"name": "sgd"}, {"name": "eg_stepsize"}],
+        "lr_scales": [0.1, 1.0],
+        "shift_every": 0,
+    },
 }
 
 
@@ -58,8 +96,15 @@ def test_every_kind_has_a_summary_registered_through_its_package():
 
 
 def test_format_and_spread():
-    assert [fmt(v) for v in (0.91634, 3.3306690738754696e-16, 1e-4, 100000, 12, 0.0, None)] == \
-        ["0.916", "3.33e-16", "1e-4", "100,000", "12", "0", "n/a"]
+    assert [fmt(v) for v in (0.91634, 3.3306690738754696e-16, 1e-4, 100000, 12, 0.0, None)] == [
+        "0.916",
+        "3.33e-16",
+        "1e-4",
+        "100,000",
+        "12",
+        "0",
+        "n/a",
+    ]
     s = spread([0.9, 0.92, None])
     assert (s.mean, s.sd, s.n) == (pytest.approx(0.91), pytest.approx(0.0141421356), 2)
     assert fmt_spread(s) == "0.91 ± 0.014" and fmt_spread(spread([0.5])) == "0.5"
@@ -71,10 +116,12 @@ def test_embedding_dim():
     for d in r["dimensions"]:
         assert f"{d['min_dimension']} dimensions for N = {fmt(d['vocab_size'])}" in s["headline"]
     sweep = r["sweep"]
-    assert f"levels off at n = {sweep['elbow']}" in s["headline"] and f"formula's {sweep['formula_dimension']}" in \
-        s["headline"]
+    assert (
+        f"levels off at n = {sweep['elbow']}" in s["headline"]
+        and f"formula's {sweep['formula_dimension']}" in s["headline"]
+    )
     assert [row[2] for row in s["table"]["rows"]] == [d["min_dimension"] for d in r["dimensions"]]
-    assert s["verdict"]["outcome"] == "supports"          # a rank-2 target levels off far below the formula's n
+    assert s["verdict"]["outcome"] == "supports"  # a rank-2 target levels off far below the formula's n
     above = edited("embedding_dim")
     above["sweep"]["elbow"] = sweep["formula_dimension"] + 1
     assert summarize("embedding_dim", above)["verdict"]["outcome"] == "contradicts"
@@ -82,7 +129,7 @@ def test_embedding_dim():
     del no_sweep["sweep"]
     out = summarize("embedding_dim", no_sweep)
     assert out["verdict"]["statistic"] == "implied_coefficient"
-    assert out["verdict"]["outcome"] == "supports"        # h_n/n at n = 128 gives 8.29, within 1 % of 8.31
+    assert out["verdict"]["outcome"] == "supports"  # h_n/n at n = 128 gives 8.29, within 1 % of 8.31
     assert f"{out['figures']['implied_coefficient']:.3f}" in out["headline"]
 
 
@@ -98,7 +145,7 @@ def test_init_averaging():
     out = summarize("init_averaging", exact)
     assert out["verdict"]["outcome"] == "supports" and out["verdict"]["value"] == 0.0
     off = edited("init_averaging")
-    off["means"]["geometric"]["forward_ratio"] = 0.64       # geometric behaving like Xavier: the claim fails
+    off["means"]["geometric"]["forward_ratio"] = 0.64  # geometric behaving like Xavier: the claim fails
     out = summarize("init_averaging", off)
     assert out["verdict"]["outcome"] == "contradicts" and out["verdict"]["value"] == pytest.approx(0.36, rel=1e-9)
     relu = edited("init_averaging")
@@ -114,7 +161,7 @@ def test_contrastive_accumulation():
     assert s["verdict"]["outcome"] == "supports"
     assert [row[0] for row in s["table"]["rows"]] == ["chunked", "naive", "full"]
     broken = edited("contrastive_accumulation")
-    broken["grad_check"]["rel_diff_accumulated"] = 0.02       # as far off as naive chunking: not exact
+    broken["grad_check"]["rel_diff_accumulated"] = 0.02  # as far off as naive chunking: not exact
     assert summarize("contrastive_accumulation", broken)["verdict"]["outcome"] == "contradicts"
     same = edited("contrastive_accumulation")
     same["grad_check"]["rel_diff_naive"] = same["grad_check"]["rel_diff_accumulated"]  # chunk = batch: no contrast
@@ -126,7 +173,7 @@ def test_gradnorm_gan():
     lip = _run("gradnorm_gan")[1]["lipschitz"]
     top = max(lip["grad_max_real"], lip["grad_max_fake"], lip["grad_max_interp"])
     assert f"max ‖∇D̂‖ {fmt(top, 5)}" in s["headline"] and s["figures"]["max_input_grad_norm"] == top
-    assert s["verdict"]["outcome"] == "supports"              # GN's gradient norm is ≤ 1 by construction
+    assert s["verdict"]["outcome"] == "supports"  # GN's gradient norm is ≤ 1 by construction
     over = edited("gradnorm_gan")
     over["lipschitz"]["grad_max_fake"] = 1.5
     assert summarize("gradnorm_gan", over)["verdict"]["outcome"] == "contradicts"
@@ -173,7 +220,7 @@ def test_vae_density():
         b["nats"], b["stderr_nats"] = held["exact_nats"] - 1.0 / (i + 1), 0.01
     assert summarize("vae_density", ordered)["verdict"]["outcome"] == "supports"
     above_truth = copy.deepcopy(ordered)
-    above_truth["heldout"]["bounds"][-1]["nats"] = held["exact_nats"] + 0.5   # an estimate above log p(x)
+    above_truth["heldout"]["bounds"][-1]["nats"] = held["exact_nats"] + 0.5  # an estimate above log p(x)
     out = summarize("vae_density", above_truth)
     assert out["verdict"]["outcome"] == "contradicts" and out["verdict"]["value"] == pytest.approx(50.0)
 

@@ -1,4 +1,5 @@
 """vae_density: importance-sampled log p(x) (TECHNIQUES.md §6) checked on cases with a known answer."""
+
 from __future__ import annotations
 
 import io
@@ -11,11 +12,18 @@ import pydantic
 import pytest
 import torch
 
+from core.techniques import get_kind
 from core.techniques.base import JobTimedOut
 from core.techniques.local import LocalContext
-from core.techniques import get_kind
-from core.vae import (VAE, DiagonalGaussian, FullGaussian, LinearGaussian, bits_per_dim, importance_log_likelihood,
-                      importance_statistics)
+from core.vae import (
+    VAE,
+    DiagonalGaussian,
+    FullGaussian,
+    LinearGaussian,
+    bits_per_dim,
+    importance_log_likelihood,
+    importance_statistics,
+)
 
 KIND = get_kind("vae_density")
 
@@ -33,8 +41,9 @@ def test_linear_gaussian_log_marginal_and_posterior_are_exact():
     # Bayes: log p(x, z) − log p(z|x) = log p(x) at any z, not only at posterior draws.
     z = 3.0 * torch.randn(5, x.shape[0], 2, generator=gen, dtype=torch.float64)
     posterior = model.posterior_proposal(x)
-    torch.testing.assert_close(model.log_joint(x, z) - posterior.log_prob(z, x),
-                               model.log_marginal(x).expand(5, -1), rtol=0, atol=1e-9)
+    torch.testing.assert_close(
+        model.log_joint(x, z) - posterior.log_prob(z, x), model.log_marginal(x).expand(5, -1), rtol=0, atol=1e-9
+    )
 
 
 @pytest.mark.parametrize("k, chunk_size", [(1, None), (2, 1), (17, 5), (300, None), (5000, 700)])
@@ -53,8 +62,9 @@ def test_poorer_proposal_estimate_rises_with_k_toward_truth():
     mean, scale_tril = model.posterior(x)
     q = FullGaussian(mean + 0.5, 1.5 * scale_tril, gen)  # shifted and too wide
     truth = model.log_marginal(x).mean().item()
-    estimates = [importance_log_likelihood(x, q.sample, q.log_prob, model.log_joint, k).mean().item()
-                 for k in (1, 5, 50, 500)]
+    estimates = [
+        importance_log_likelihood(x, q.sample, q.log_prob, model.log_joint, k).mean().item() for k in (1, 5, 50, 500)
+    ]
     assert all(b > a for a, b in zip(estimates, estimates[1:])), estimates
     assert estimates[-1] <= truth + 0.02
     assert truth - estimates[0] > 1.0 and truth - estimates[-1] < 0.1, (truth, estimates)
@@ -64,8 +74,10 @@ def test_chunked_equals_unchunked_on_the_same_draws():
     model, x, gen = _model(n=25)
     k = 103
     bank = torch.randn(k, x.shape[0], 2, generator=gen, dtype=torch.float64) * 2.0 + 0.3
-    q = DiagonalGaussian(torch.full((x.shape[0], 2), 0.3, dtype=torch.float64),
-                         torch.full((x.shape[0], 2), math.log(2.0), dtype=torch.float64))
+    q = DiagonalGaussian(
+        torch.full((x.shape[0], 2), 0.3, dtype=torch.float64),
+        torch.full((x.shape[0], 2), math.log(2.0), dtype=torch.float64),
+    )
     log_w = model.log_joint(x, bank) - q.log_prob(bank, x)
 
     def banked(chunk_size):
@@ -73,7 +85,7 @@ def test_chunked_equals_unchunked_on_the_same_draws():
 
         def sample(xx, c):
             calls.append(c)
-            out = bank[cursor[0]:cursor[0] + c]
+            out = bank[cursor[0] : cursor[0] + c]
             cursor[0] += c
             return out
 
@@ -87,7 +99,7 @@ def test_chunked_equals_unchunked_on_the_same_draws():
     torch.testing.assert_close(whole, torch.logsumexp(log_w, 0) - math.log(k), rtol=0, atol=1e-12)
     torch.testing.assert_close(whole_stats.elbo, log_w.mean(0), rtol=0, atol=1e-12)
     w = torch.exp(log_w)
-    torch.testing.assert_close(whole_stats.ess, w.sum(0) ** 2 / (w ** 2).sum(0), rtol=1e-9, atol=0)
+    torch.testing.assert_close(whole_stats.ess, w.sum(0) ** 2 / (w**2).sum(0), rtol=1e-9, atol=0)
     for chunk_size in (1, 7, 50, None):
         value, stats, calls = banked(chunk_size)
         assert sum(calls) == 2 * k and (chunk_size is None or max(calls) <= chunk_size)
@@ -161,10 +173,12 @@ def test_training_losses_are_elbo_and_iwae_bounds():
     # k = 1: reconstruction at one reparameterized draw minus the analytic KL(q(z|x) || N(0, I)).
     q = model.proposal(x)
     z = q.mean + torch.exp(q.log_std) * torch.randn((1, 20, 3), generator=torch.Generator().manual_seed(6))
-    kl = torch.distributions.kl_divergence(torch.distributions.Normal(q.mean, torch.exp(q.log_std)),
-                                           torch.distributions.Normal(0.0, 1.0)).sum(-1)
-    torch.testing.assert_close(model.loss(x, 1, torch.Generator().manual_seed(6)),
-                               -(model.log_conditional(x, z)[0] - kl).mean())
+    kl = torch.distributions.kl_divergence(
+        torch.distributions.Normal(q.mean, torch.exp(q.log_std)), torch.distributions.Normal(0.0, 1.0)
+    ).sum(-1)
+    torch.testing.assert_close(
+        model.loss(x, 1, torch.Generator().manual_seed(6)), -(model.log_conditional(x, z)[0] - kl).mean()
+    )
 
 
 def _run(ctx=None, **overrides):
@@ -179,8 +193,20 @@ def _bound(result, split, k):
 
 def test_example_runs_end_to_end():
     result, ctx = _run()
-    expected = {"dataset", "likelihood", "data_dim", "n_train", "n_heldout", "train", "heldout", "eval_k",
-                "final_train_loss", "heldout_npy_columns", "decoder_sigma", "true_sigma"}
+    expected = {
+        "dataset",
+        "likelihood",
+        "data_dim",
+        "n_train",
+        "n_heldout",
+        "train",
+        "heldout",
+        "eval_k",
+        "final_train_loss",
+        "heldout_npy_columns",
+        "decoder_sigma",
+        "true_sigma",
+    }
     assert expected <= set(result)
     json.dumps(result, allow_nan=False)  # plain JSON, no NaN/inf
     assert result["likelihood"] == "gaussian" and result["data_dim"] == KIND.example["synthetic_dim"]
@@ -205,8 +231,17 @@ def test_example_runs_end_to_end():
 def test_trained_model_on_linear_gaussian_within_five_hundredths_of_a_nat_at_k_1000():
     """An affine VAE on linear-Gaussian data can match the truth: L_1000 sits 0.018 (train) and 0.022 (held-out)
     nats below the exact log p(x) here; the bound allows 0.05, and a held-out gap must be a shortfall."""
-    result, _ = _run(synthetic_dim=4, synthetic_latent=2, synthetic_n=1200, latent_dim=2, hidden=[], steps=600,
-                     lr=0.02, eval_k=[1000], eval_samples=200)
+    result, _ = _run(
+        synthetic_dim=4,
+        synthetic_latent=2,
+        synthetic_n=1200,
+        latent_dim=2,
+        hidden=[],
+        steps=600,
+        lr=0.02,
+        eval_k=[1000],
+        eval_samples=200,
+    )
     assert 0.0 < _bound(result, "heldout", 1000)["gap_to_exact_nats"]
     for split in ("train", "heldout"):
         bound = _bound(result, split, 1000)
@@ -235,9 +270,11 @@ def test_builtin_digits_sets_pick_their_likelihood():
 
 def test_uploaded_arrays_choose_and_check_the_likelihood():
     rng = np.random.default_rng(0)
-    arrays = {"binary": (rng.random((60, 5)) < 0.4).astype(np.float32),
-              "bytes": rng.integers(0, 256, (60, 5)).astype(np.float32),
-              "real": rng.standard_normal((60, 5)).astype(np.float32)}
+    arrays = {
+        "binary": (rng.random((60, 5)) < 0.4).astype(np.float32),
+        "bytes": rng.integers(0, 256, (60, 5)).astype(np.float32),
+        "real": rng.standard_normal((60, 5)).astype(np.float32),
+    }
     ids = {name: str(uuid.uuid4()) for name in arrays}
     ctx_data = {ids[name]: {"x": x} for name, x in arrays.items()}
     small = dict(hidden=[8], steps=3, eval_k=[2], eval_samples=10)
@@ -254,29 +291,35 @@ def test_training_checks_for_cancellation():
         _run(LocalContext(timeout_s=0.0))
 
 
-@pytest.mark.parametrize("bad", [
-    {"eval_k": [1, 6000]},
-    {"eval_k": [10, 5]},
-    {"eval_k": []},
-    {"likelihood": "bernoulli"},  # linear_gaussian is continuous
-    {"dataset": "digits_binarized", "fixed_sigma": 0.1},
-    {"dataset": "digits_dequantized", "likelihood": "gaussian"},
-    {"latent_dim": 0},
-    {"hidden": [2048]},
-    {"lr": float("nan")},
-    {"no_such_field": 1},
-    {"dataset": "digits"},  # discrete pixels: only the binarized / dequantized variants have a proper likelihood
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"eval_k": [1, 6000]},
+        {"eval_k": [10, 5]},
+        {"eval_k": []},
+        {"likelihood": "bernoulli"},  # linear_gaussian is continuous
+        {"dataset": "digits_binarized", "fixed_sigma": 0.1},
+        {"dataset": "digits_dequantized", "likelihood": "gaussian"},
+        {"latent_dim": 0},
+        {"hidden": [2048]},
+        {"lr": float("nan")},
+        {"no_such_field": 1},
+        {"dataset": "digits"},  # discrete pixels: only the binarized / dequantized variants have a proper likelihood
+    ],
+)
 def test_bad_params_are_refused(bad):
     with pytest.raises(pydantic.ValidationError):
         KIND.params(**{**KIND.example, **bad})
 
 
-@pytest.mark.parametrize("field, bad", [
-    ("steps", {"steps": 100_000, "batch_size": 1024, "train_k": 8, "hidden": [1024, 1024]}),  # ~6e15 FLOP
-    ("batch_size", {"batch_size": 1024, "train_k": 64, "hidden": [1024] * 4}),  # ~8 GiB of activations
-    ("eval_k", {"eval_k": [5000], "eval_samples": 5000, "hidden": [1024] * 4, "steps": 1}),
-])
+@pytest.mark.parametrize(
+    "field, bad",
+    [
+        ("steps", {"steps": 100_000, "batch_size": 1024, "train_k": 8, "hidden": [1024, 1024]}),  # ~6e15 FLOP
+        ("batch_size", {"batch_size": 1024, "train_k": 64, "hidden": [1024] * 4}),  # ~8 GiB of activations
+        ("eval_k", {"eval_k": [5000], "eval_samples": 5000, "hidden": [1024] * 4, "steps": 1}),
+    ],
+)
 def test_budget_errors_name_the_field(field, bad):
     with pytest.raises(pydantic.ValidationError, match=f"{field}:"):
         KIND.params(**{**KIND.example, **bad})
@@ -298,9 +341,9 @@ def test_heldout_exact_log_px_is_taken_on_the_heldout_rows():
     np.testing.assert_allclose(table[:, columns.index("exact_log_px_nats")], exact.numpy(), rtol=0, atol=1e-9)
     assert result["heldout"]["exact_nats"] == pytest.approx(float(exact.mean()), abs=1e-9)
     order = np.random.default_rng(ctx.seed).permutation(params.synthetic_n)
-    heldout = order[:result["n_heldout"]]
+    heldout = order[: result["n_heldout"]]
     assert set(rows) <= set(heldout) and len(rows) == min(40, len(heldout))
-    train_rows = torch.from_numpy(order[result["n_heldout"]:][:40])
+    train_rows = torch.from_numpy(order[result["n_heldout"] :][:40])
     assert result["train"]["exact_nats"] == pytest.approx(float(truth.log_marginal(x[train_rows]).mean()), abs=1e-9)
     assert result["train"]["exact_nats"] != pytest.approx(result["heldout"]["exact_nats"], abs=1e-3)
 
@@ -312,5 +355,6 @@ def test_digits_17_levels_has_17_levels_and_its_former_name_runs_the_same_job():
     assert {k: v for k, v in new.items() if k != "dataset"} == {k: v for k, v in old.items() if k != "dataset"}
     assert new["dataset"] == "digits_17_levels" and new["likelihood"] == "dequantized"
     from core.techniques.vae_density.run import _load
+
     x, _, _ = _load(KIND.params(**{**KIND.example, "dataset": "digits_17_levels"}), ctx)
     assert len(np.unique(x)) == 17 and x.min() == 0 and x.max() == 255

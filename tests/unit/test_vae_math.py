@@ -1,5 +1,6 @@
 """The encoder's proposal q(z|x) against closed forms: its density, its reparameterized draws, and the KL of the
 ELBO loss."""
+
 from __future__ import annotations
 
 import math
@@ -109,7 +110,8 @@ def test_bernoulli_vae_has_no_variance_and_the_default_sigma_floor_is_e_minus_7(
     bern = VAE(4, 2, hidden=(3,), likelihood="bernoulli")
     assert bern.log_sigma is None
     assert sum(p.numel() for p in bern.parameters()) == sum(
-        p.numel() for m in bern.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters())
+        p.numel() for m in bern.modules() if isinstance(m, torch.nn.Linear) for p in m.parameters()
+    )
     gauss = VAE(4, 2, hidden=(3,))
     with torch.no_grad():
         gauss.log_sigma.fill_(-10.0)

@@ -7,6 +7,7 @@ negatives. ``towers="two_tower"``: a query encoder sees view 1 and a key encoder
 the symmetric CLIP loss. ``compare`` trains, from the same initialisation and on the same batches, the naive per-chunk
 accumulation and, when it fits the memory budget, the plain full batch.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,9 +37,9 @@ from core.models.tokens import token_rows
 from core.plots import new_figure, to_png
 from core.techniques.contrastive_accumulation.spec import (
     ContrastiveAccumulationParams,
-    tower_count,
     check_budget,
     full_batch_fits,
+    tower_count,
 )
 
 PROBE_MAX_SAMPLES = 4000
@@ -158,8 +159,11 @@ class _Trainer:
     def __init__(self, method: str, towers: list[nn.Module], p):
         self.method, self.towers, self.p = method, towers, p
         params = [w for t in towers for w in t.parameters()]
-        self.opt = (torch.optim.Adam(params, lr=p.lr) if p.optimizer == "adam"
-                    else torch.optim.SGD(params, lr=p.lr, momentum=0.9))
+        self.opt = (
+            torch.optim.Adam(params, lr=p.lr)
+            if p.optimizer == "adam"
+            else torch.optim.SGD(params, lr=p.lr, momentum=0.9)
+        )
 
     def zero_grad(self) -> None:
         for t in self.towers:
@@ -181,8 +185,7 @@ class _Trainer:
         else:
             q, k = self.towers
             if self.method == "chunked":
-                return {"loss": accumulated_backward_two_tower(q, k, a, b, c, None, p.temperature,
-                                                               p.normalize, True)}
+                return {"loss": accumulated_backward_two_tower(q, k, a, b, c, None, p.temperature, p.normalize, True)}
             if self.method == "naive":
                 got = naive_accumulated_backward_two_tower(q, k, a, b, c, p.temperature, p.normalize, True)
                 return {"loss": got.full, "chunk_loss": got.chunk_mean}
@@ -197,14 +200,14 @@ class _Trainer:
         c = chunk
         if p.towers == "shared":
             enc = self.towers[0]
-            out = torch.cat([enc(a[s:s + c]) for s in range(0, a.shape[0], c)])
+            out = torch.cat([enc(a[s : s + c]) for s in range(0, a.shape[0], c)])
             loss = info_nce_loss(out, torch.arange(a.shape[0], device=a.device) ^ 1, p.temperature, p.normalize)
         else:
             q, k = self.towers
             qs, ks = [], []
             for s in range(0, a.shape[0], c):
-                qs.append(q(a[s:s + c]))
-                ks.append(k(b[s:s + c]))
+                qs.append(q(a[s : s + c]))
+                ks.append(k(b[s : s + c]))
             loss = two_tower_info_nce_loss(torch.cat(qs), torch.cat(ks), None, p.temperature, p.normalize, True)
         loss.backward()
         return float(loss.detach())
@@ -217,8 +220,9 @@ def _rel_diff(g: torch.Tensor, ref: torch.Tensor) -> float:
     return float((g - ref).abs().max() / ref.abs().max().clamp_min(torch.finfo(ref.dtype).tiny))
 
 
-def _gradient_check(trainers: dict[str, _Trainer], batches: _Batches, batch: int, chunk: int,
-                    device: torch.device) -> dict:
+def _gradient_check(
+    trainers: dict[str, _Trainer], batches: _Batches, batch: int, chunk: int, device: torch.device
+) -> dict:
     """Step-0 gradients of each method against the reference, all from the same RNG state and initial weights."""
     a, b = batches.draw(batch)
     devices = [device] if device.type == "cuda" else []
@@ -233,15 +237,25 @@ def _gradient_check(trainers: dict[str, _Trainer], batches: _Batches, batch: int
                 losses[name] = tr.gradient(a, b, chunk)["loss"]
         grads[name] = tr.flat_grad().clone()
         tr.zero_grad()
-    return {"batch_size": batch, "chunk_size": chunk,
-            "rel_diff_accumulated": _rel_diff(grads["chunked"], grads["reference"]),
-            "rel_diff_naive": _rel_diff(grads["naive"], grads["reference"]),
-            "loss_reference": losses["reference"], "loss_accumulated": losses["chunked"],
-            "loss_naive_full": losses["naive"]}
+    return {
+        "batch_size": batch,
+        "chunk_size": chunk,
+        "rel_diff_accumulated": _rel_diff(grads["chunked"], grads["reference"]),
+        "rel_diff_naive": _rel_diff(grads["naive"], grads["reference"]),
+        "loss_reference": losses["reference"],
+        "loss_accumulated": losses["chunked"],
+        "loss_naive_full": losses["naive"],
+    }
 
 
-def _probe_accuracy(tower: nn.Module, x: np.ndarray, y: np.ndarray | None, rng: np.random.Generator,
-                    device: torch.device, normalize: bool) -> float | None:
+def _probe_accuracy(
+    tower: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    rng: np.random.Generator,
+    device: torch.device,
+    normalize: bool,
+) -> float | None:
     """Held-out accuracy of a logistic regression on the frozen encoder's clean (unaugmented) representations."""
     if y is None or len(np.unique(y)) < 2:
         return None
@@ -253,7 +267,7 @@ def _probe_accuracy(tower: nn.Module, x: np.ndarray, y: np.ndarray | None, rng: 
     was_training = tower.training
     tower.eval()
     with torch.no_grad():
-        feats = torch.cat([tower(torch.from_numpy(x[idx[s:s + 1024]]).to(device)) for s in range(0, len(idx), 1024)])
+        feats = torch.cat([tower(torch.from_numpy(x[idx[s : s + 1024]]).to(device)) for s in range(0, len(idx), 1024)])
         if normalize:
             feats = nn.functional.normalize(feats, dim=1)
     tower.train(was_training)
@@ -335,26 +349,33 @@ def _run(p: ContrastiveAccumulationParams, ctx, device: torch.device) -> dict:
             ctx.metric(step, f"step_time_s_{m}", times[m][-1])
             ctx.check_cancelled()
         if step % max(1, p.steps // 10) == 0 or step == p.steps - 1:
-            ctx.progress(0.05 + 0.85 * (step + 1) / p.steps,
-                         f"step {step + 1}/{p.steps} loss {curves['chunked'][-1]:.4f}")
+            ctx.progress(
+                0.05 + 0.85 * (step + 1) / p.steps, f"step {step + 1}/{p.steps} loss {curves['chunked'][-1]:.4f}"
+            )
 
     ctx.progress(0.92, "linear probes")
     probe = {"init": _probe_accuracy(init[0], x, y, np.random.default_rng(ctx.seed + 1), device, p.normalize)}
     for m in methods:
-        probe[m] = _probe_accuracy(trainers[m].towers[0], x, y, np.random.default_rng(ctx.seed + 1), device,
-                                   p.normalize)
+        probe[m] = _probe_accuracy(
+            trainers[m].towers[0], x, y, np.random.default_rng(ctx.seed + 1), device, p.normalize
+        )
 
     time_per_step = {m: statistics.median(times[m]) for m in methods}
     peak_memory = {m: (int(statistics.median(peaks[m])) if peaks[m] else None) for m in methods}
     result = {
-        "towers": p.towers, "batch_size": p.batch_size, "chunk_size": p.chunk_size, "device": str(device),
-        "methods": methods, "full_batch_fits": full_fits,
+        "towers": p.towers,
+        "batch_size": p.batch_size,
+        "chunk_size": p.chunk_size,
+        "device": str(device),
+        "methods": methods,
+        "full_batch_fits": full_fits,
         "loss_curve": [_finite_or_none(v) for v in curves["chunked"]],
         "final_loss": {m: _finite_or_none(curves[m][-1]) for m in methods},
         "grad_check": {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in grad_check.items()},
         "time_per_step_s": time_per_step,
-        "time_ratio_chunked_over_full": (time_per_step["chunked"] / time_per_step["full"]
-                                         if "full" in time_per_step else None),
+        "time_ratio_chunked_over_full": (
+            time_per_step["chunked"] / time_per_step["full"] if "full" in time_per_step else None
+        ),
         "peak_memory_bytes": peak_memory,
         "peak_memory_method": meter.method + " (median over steps of one gradient computation)",
         "linear_probe_accuracy": probe,
@@ -369,8 +390,11 @@ def _run(p: ContrastiveAccumulationParams, ctx, device: torch.device) -> dict:
     return result
 
 
-_LABELS = {"chunked": "exact chunked accumulation", "naive": "naive per-chunk InfoNCE (true full-batch loss)",
-           "full": "plain full batch"}
+_LABELS = {
+    "chunked": "exact chunked accumulation",
+    "naive": "naive per-chunk InfoNCE (true full-batch loss)",
+    "full": "plain full batch",
+}
 
 
 def _loss_plot(curves: dict[str, list[float]], p) -> bytes:

@@ -1,4 +1,5 @@
-"""The ``contrastive_accumulation`` kind as the API sees it: params, budget check, description and example (no torch)."""
+"""The ``contrastive_accumulation`` kind as the API sees it: params, budget check, description, example (no torch)."""
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -31,9 +32,12 @@ class ContrastiveAccumulationParams(Params):
     compare: bool = True
     mask_prob: float = Field(default=0.2, ge=0.0, le=0.9)
     noise_std: float = Field(default=0.1, ge=0.0, le=2.0)
-    model: ModelSpec | None = Field(None, description="towers from a Transformer (builtin, Hugging Face config or "
-                                    "uploaded) pooled over its hidden states, on rows of token ids; widths and "
-                                    "noise_std then do not apply, views mask tokens with mask_prob")
+    model: ModelSpec | None = Field(
+        None,
+        description="towers from a Transformer (builtin, Hugging Face config or "
+        "uploaded) pooled over its hidden states, on rows of token ids; widths and "
+        "noise_std then do not apply, views mask tokens with mask_prob",
+    )
     pooling: Literal["mean", "cls"] = Field("mean", description="model: mean over positions, or the first token")
 
     @model_validator(mode="after")
@@ -43,16 +47,22 @@ class ContrastiveAccumulationParams(Params):
         if self.towers == "shared" and self.batch_size % 2:
             raise ValueError("batch_size: must be even with towers='shared' (two views per sample)")
         if self.towers == "shared" and self.chunk_size % 2:
-            raise ValueError("chunk_size: must be even with towers='shared' so each view pair shares a chunk "
-                             "(the naive comparison needs it)")
+            raise ValueError(
+                "chunk_size: must be even with towers='shared' so each view pair shares a chunk "
+                "(the naive comparison needs it)"
+            )
         if self.model is None:
             check_budget(self, BUILTIN_INPUT_DIMS.get(str(self.dataset), 64))
         elif isinstance(self.model, BuiltinModel) and self.model.arch not in TRANSFORMER_ARCHS:
-            raise ValueError(f"model.arch: towers pool a Transformer's hidden states; {self.model.arch} has none "
-                             "(use widths for an MLP tower)")
+            raise ValueError(
+                f"model.arch: towers pool a Transformer's hidden states; {self.model.arch} has none "
+                "(use widths for an MLP tower)"
+            )
         elif self.dataset == "clusters":
-            raise ValueError("model: Transformer towers read rows of token ids (digits, or an upload of integer "
-                             "rows); clusters is continuous")
+            raise ValueError(
+                "model: Transformer towers read rows of token ids (digits, or an upload of integer "
+                "rows); clusters is continuous"
+            )
         return self
 
 
@@ -66,24 +76,32 @@ def model_workload(p: ContrastiveAccumulationParams, columns: int | None) -> Wor
     # per tower of each of the three methods: weights, gradients, optimizer state; plus the initial towers;
     # less the one set the estimate counts itself
     extra = 3 * towers * (2 + states) + towers - (2 + states)
-    return Workload(batch=rows * towers, seq_len=BUILTIN_INPUT_DIMS.get(str(p.dataset), columns),
-                    optimizer_states=states, extra_buffers=extra)
+    return Workload(
+        batch=rows * towers,
+        seq_len=BUILTIN_INPUT_DIMS.get(str(p.dataset), columns),
+        optimizer_states=states,
+        extra_buffers=extra,
+    )
 
 
 def check_budget(p: ContrastiveAccumulationParams, in_dim: int) -> None:
     """Refuse a job whose chunked step cannot fit ``MEMORY_BUDGET_BYTES`` or whose work exceeds ``MAX_JOB_FLOP``."""
     need = memory_bytes(p, in_dim, "chunked", p.batch_size)
     if need > MEMORY_BUDGET_BYTES:
-        raise ValueError(f"chunk_size: a chunked step needs ~{need / 2**30:.1f} GiB "
-                         f"(> {MEMORY_BUDGET_BYTES >> 30} GiB); lower chunk_size, widths or batch_size")
+        raise ValueError(
+            f"chunk_size: a chunked step needs ~{need / 2**30:.1f} GiB "
+            f"(> {MEMORY_BUDGET_BYTES >> 30} GiB); lower chunk_size, widths or batch_size"
+        )
     work = p.steps * step_flop(p, in_dim, "chunked", p.batch_size)
     if p.compare:
         work += p.steps * step_flop(p, in_dim, "naive", p.batch_size)
         if full_batch_fits(p, in_dim, p.batch_size):
             work += p.steps * step_flop(p, in_dim, "full", p.batch_size)
     if work > MAX_JOB_FLOP:
-        raise ValueError(f"steps: ~{work:.2g} FLOP exceeds {MAX_JOB_FLOP:.0e}; lower steps, batch_size or widths "
-                         "(the loss alone costs ~6·B²·d per step), or set compare=false")
+        raise ValueError(
+            f"steps: ~{work:.2g} FLOP exceeds {MAX_JOB_FLOP:.0e}; lower steps, batch_size or widths "
+            "(the loss alone costs ~6·B²·d per step), or set compare=false"
+        )
 
 
 def tower_count(p) -> int:
@@ -120,10 +138,22 @@ def step_flop(p, in_dim: int, method: str, batch: int) -> float:
 SPEC = KindSpec(
     name="contrastive_accumulation",
     description="Exact large-batch InfoNCE gradient in the memory of one chunk (cached representation gradients), "
-                "checked against full-batch autograd and naive per-chunk accumulation.",
+    "checked against full-batch autograd and naive per-chunk accumulation.",
     params=ContrastiveAccumulationParams,
-    example={"dataset": "digits", "towers": "shared", "widths": [256, 256, 64], "dropout": 0.1, "batch_size": 1024,
-             "chunk_size": 64, "temperature": 0.1, "steps": 20, "lr": 0.001, "optimizer": "adam", "compare": True,
-             "mask_prob": 0.2, "noise_std": 0.1},
+    example={
+        "dataset": "digits",
+        "towers": "shared",
+        "widths": [256, 256, 64],
+        "dropout": 0.1,
+        "batch_size": 1024,
+        "chunk_size": 64,
+        "temperature": 0.1,
+        "steps": 20,
+        "lr": 0.001,
+        "optimizer": "adam",
+        "compare": True,
+        "mask_prob": 0.2,
+        "noise_std": 0.1,
+    },
     model_workload=model_workload,
 )

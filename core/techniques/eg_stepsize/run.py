@@ -5,6 +5,7 @@ each of ``lr_scales`` (so deliberately bad rates, 10x too large or too small, ca
 distribution shift that rotates the inputs every ``shift_every`` steps. The result holds loss/accuracy curves, the
 per-layer trajectories of the adapted quantities (ν, p, s, α) and how long each run took to recover after a shift.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,8 +27,12 @@ from core.techniques.eg_stepsize.spec import EGStepSizeParams, check_budget, tok
 
 DIVERGED_LOSS = 1e6
 EVAL_CHUNK = 256
-QUANTITY_LABELS = {"nu": "ν (multiplier of lr)", "p": "p (per-coordinate gain)", "s": "s (scale)",
-                   "alpha": "α (learning rate)"}
+QUANTITY_LABELS = {
+    "nu": "ν (multiplier of lr)",
+    "p": "p (per-coordinate gain)",
+    "s": "s (scale)",
+    "alpha": "α (learning rate)",
+}
 
 
 def plane_rotation(dim: int, angle: float, rng: np.random.Generator) -> np.ndarray:
@@ -40,7 +45,7 @@ def plane_rotation(dim: int, angle: float, rng: np.random.Generator) -> np.ndarr
     block = np.eye(dim)
     c, s = math.cos(angle), math.sin(angle)
     for i in range(0, dim - 1, 2):
-        block[i:i + 2, i:i + 2] = [[c, s], [-s, c]]
+        block[i : i + 2, i : i + 2] = [[c, s], [-s, c]]
     return q @ block @ q.T
 
 
@@ -54,8 +59,9 @@ def _labels(spec_names: list[str]) -> list[str]:
     return out
 
 
-def _build_model(dim: int, classes: int, params: EGStepSizeParams,
-                 gen: torch.Generator | None = None) -> torch.nn.Sequential:
+def _build_model(
+    dim: int, classes: int, params: EGStepSizeParams, gen: torch.Generator | None = None
+) -> torch.nn.Sequential:
     """Linear or ReLU MLP classifier; with ``gen``, weights and biases ~ U(±1/√fan_in) (torch's default law)."""
     layers: OrderedDict[str, torch.nn.Module] = OrderedDict()
     width = dim
@@ -88,10 +94,25 @@ def make_optimizer(spec, lr: float, model: torch.nn.Module) -> torch.optim.Optim
     if spec.name == "hypergradient":
         return HypergradientSGD(ps, lr=lr, beta=spec.beta, lr_floor=spec.lr_floor)
     if spec.name == "eg_stepsize":
-        return EGStepSize(ps, lr=lr, gamma=spec.gamma, granularity=spec.granularity,
-                          max_log_step=spec.max_log_step, max_log_nu=spec.max_log_nu)
-    return EGFunnel(ps, lr=lr, momentum=spec.momentum, gamma_p=spec.gamma_p, gamma_s=spec.gamma_s, beta=spec.beta,
-                    scale=spec.scale, max_log_step=spec.max_log_step, max_log_gain=spec.max_log_gain)
+        return EGStepSize(
+            ps,
+            lr=lr,
+            gamma=spec.gamma,
+            granularity=spec.granularity,
+            max_log_step=spec.max_log_step,
+            max_log_nu=spec.max_log_nu,
+        )
+    return EGFunnel(
+        ps,
+        lr=lr,
+        momentum=spec.momentum,
+        gamma_p=spec.gamma_p,
+        gamma_s=spec.gamma_s,
+        beta=spec.beta,
+        scale=spec.scale,
+        max_log_step=spec.max_log_step,
+        max_log_gain=spec.max_log_gain,
+    )
 
 
 def adapted_quantities(opt: torch.optim.Optimizer, named: list[tuple[str, torch.Tensor]]) -> dict:
@@ -199,8 +220,8 @@ def _evaluate(built: BuiltModel, x, y, rotation) -> tuple[float, float]:
     loss = correct = 0.0
     count = 0
     for i in range(0, len(x), EVAL_CHUNK):
-        xc = x[i:i + EVAL_CHUNK]
-        part = built.scores(xc if rotation is None else xc @ rotation, None if y is None else y[i:i + EVAL_CHUNK])
+        xc = x[i : i + EVAL_CHUNK]
+        part = built.scores(xc if rotation is None else xc @ rotation, None if y is None else y[i : i + EVAL_CHUNK])
         loss, correct, count = loss + part[0], correct + part[1], count + part[2]
     built.module.train()
     return loss / count, correct / count
@@ -210,12 +231,22 @@ def _fresh(params: EGStepSizeParams, data: _Data, template: BuiltModel | None) -
     """A model to load an initial state into: the built-in classifier, or a copy of the user's model."""
     if template is None:
         return BuiltModel(_build_model(data.dim, data.classes, params), "classify")
-    return BuiltModel(copy.deepcopy(template.module), template.task, template.vocab_size, template.context,
-                      template.hf)
+    return BuiltModel(copy.deepcopy(template.module), template.task, template.vocab_size, template.context, template.hf)
 
 
-def _train(params, spec, lr, init, data: _Data, rotations, batch_seed, ctx, tag, record_rates,
-           template: BuiltModel | None = None) -> dict:
+def _train(
+    params,
+    spec,
+    lr,
+    init,
+    data: _Data,
+    rotations,
+    batch_seed,
+    ctx,
+    tag,
+    record_rates,
+    template: BuiltModel | None = None,
+) -> dict:
     """One optimizer at one rate on one seed: evaluation curve, adapted quantities, recovery after shifts."""
     built = _fresh(params, data, template)
     model = built.module.to(ctx.device)
@@ -247,7 +278,8 @@ def _train(params, spec, lr, init, data: _Data, rotations, batch_seed, ctx, tag,
                 for quantity, layers in adapted_quantities(opt, named).items():
                     for layer, stat in layers.items():
                         series = rates.setdefault(quantity, {}).setdefault(
-                            layer, {"step": [], "mean": [], "min": [], "max": []})
+                            layer, {"step": [], "mean": [], "min": [], "max": []}
+                        )
                         series["step"].append(t)
                         for key, value in zip(("mean", "min", "max"), stat):
                             series[key].append(_finite(value))
@@ -257,8 +289,14 @@ def _train(params, spec, lr, init, data: _Data, rotations, batch_seed, ctx, tag,
                 period += 1
                 rotation = rotations[period]
                 shock, _ = _evaluate(built, data.x_eval, data.y_eval, rotation)
-                shifts.append({"step": t, "pre_shift_loss": _finite(test_loss), "post_shift_loss": _finite(shock),
-                               "recovery_steps": None})
+                shifts.append(
+                    {
+                        "step": t,
+                        "pre_shift_loss": _finite(test_loss),
+                        "post_shift_loss": _finite(shock),
+                        "recovery_steps": None,
+                    }
+                )
         if t == params.steps:
             break
         ctx.check_cancelled()
@@ -278,8 +316,13 @@ def _train(params, spec, lr, init, data: _Data, rotations, batch_seed, ctx, tag,
     n_points = len(range(0, params.steps, params.eval_every)) + 1
     for key in curve:
         curve[key].extend([None] * (n_points - len(curve[key])))
-    return {"curve": curve, "rates": rates, "shifts": shifts, "diverged_at": diverged_at,
-            "rate_factor": rate_factor(opt, lr) if diverged_at is None else None}
+    return {
+        "curve": curve,
+        "rates": rates,
+        "shifts": shifts,
+        "diverged_at": diverged_at,
+        "rate_factor": rate_factor(opt, lr) if diverged_at is None else None,
+    }
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:
@@ -317,19 +360,39 @@ def run(params: EGStepSizeParams, ctx: RunContext) -> dict:
             per_seed = []
             for i, (model_seed, _) in enumerate(seeds):
                 lr = spec.lr * scale
-                out = _train(params, spec, lr, inits[i], data, rotations[i], model_seed + 1, ctx,
-                             f"{label}/{key}/seed{i}", record_rates=i == 0, template=template)
+                out = _train(
+                    params,
+                    spec,
+                    lr,
+                    inits[i],
+                    data,
+                    rotations[i],
+                    model_seed + 1,
+                    ctx,
+                    f"{label}/{key}/seed{i}",
+                    record_rates=i == 0,
+                    template=template,
+                )
                 per_seed.append(out)
-                runs.append({"optimizer": label, "lr_scale": scale, "lr": lr, "seed": i,
-                             "diverged_at": out["diverged_at"],
-                             "final_test_loss": out["curve"]["test_loss"][-1],
-                             "final_test_acc": out["curve"]["test_acc"][-1],
-                             "rate_factor": out["rate_factor"], "shifts": out["shifts"]})
+                runs.append(
+                    {
+                        "optimizer": label,
+                        "lr_scale": scale,
+                        "lr": lr,
+                        "seed": i,
+                        "diverged_at": out["diverged_at"],
+                        "final_test_loss": out["curve"]["test_loss"][-1],
+                        "final_test_acc": out["curve"]["test_acc"][-1],
+                        "rate_factor": out["rate_factor"],
+                        "shifts": out["shifts"],
+                    }
+                )
                 done += 1
                 ctx.progress(done / total, f"{label} lr x{scale:g} seed {i}")
             curves.setdefault(label, {})[key] = {
                 name: [_mean_or_none([o["curve"][name][j] for o in per_seed]) for j in range(len(eval_steps))]
-                for name in ("test_loss", "test_acc", "train_loss")}
+                for name in ("test_loss", "test_acc", "train_loss")
+            }
             if per_seed[0]["rates"]:
                 rates.setdefault(label, {})[key] = per_seed[0]["rates"]
     settings = _settings(runs, labels, params.lr_scales)
@@ -338,9 +401,19 @@ def run(params: EGStepSizeParams, ctx: RunContext) -> dict:
     ctx.artifact("accuracy.png", _plot_curves(curves, eval_steps, shift_steps, params, "test_acc"), "image/png")
     if rates:
         ctx.artifact("rates.png", _plot_rates(rates, params, shift_steps), "image/png")
-    return {"optimizers": labels, "lr_scales": params.lr_scales, "seeds": params.seeds, "classes": data.classes,
-            "input_dim": data.dim, "eval_steps": eval_steps, "shift_steps": shift_steps, "settings": settings,
-            "runs": runs, "curves": curves, "rates": rates}
+    return {
+        "optimizers": labels,
+        "lr_scales": params.lr_scales,
+        "seeds": params.seeds,
+        "classes": data.classes,
+        "input_dim": data.dim,
+        "eval_steps": eval_steps,
+        "shift_steps": shift_steps,
+        "settings": settings,
+        "runs": runs,
+        "curves": curves,
+        "rates": rates,
+    }
 
 
 def _settings(runs: list[dict], labels: list[str], scales: list[float]) -> list[dict]:
@@ -351,17 +424,21 @@ def _settings(runs: list[dict], labels: list[str], scales: list[float]) -> list[
             group = [r for r in runs if r["optimizer"] == label and r["lr_scale"] == scale]
             recoveries = [s["recovery_steps"] for r in group for s in r["shifts"]]
             factors = [r["rate_factor"] for r in group if r["rate_factor"] is not None]
-            out.append({
-                "optimizer": label, "lr_scale": scale,
-                "final_test_loss": _mean_or_none([r["final_test_loss"] for r in group]),
-                "final_test_acc": _mean_or_none([r["final_test_acc"] for r in group]),
-                "diverged_runs": sum(r["diverged_at"] is not None for r in group),
-                "rate_factor": float(np.exp(np.mean(np.log(factors)))) if factors and min(factors) > 0 else None,
-                "shifts": len(recoveries),
-                "recovered_shifts": sum(v is not None for v in recoveries),
-                "mean_recovery_steps": float(np.mean([v for v in recoveries if v is not None]))
-                if any(v is not None for v in recoveries) else None,
-            })
+            out.append(
+                {
+                    "optimizer": label,
+                    "lr_scale": scale,
+                    "final_test_loss": _mean_or_none([r["final_test_loss"] for r in group]),
+                    "final_test_acc": _mean_or_none([r["final_test_acc"] for r in group]),
+                    "diverged_runs": sum(r["diverged_at"] is not None for r in group),
+                    "rate_factor": float(np.exp(np.mean(np.log(factors)))) if factors and min(factors) > 0 else None,
+                    "shifts": len(recoveries),
+                    "recovered_shifts": sum(v is not None for v in recoveries),
+                    "mean_recovery_steps": float(np.mean([v for v in recoveries if v is not None]))
+                    if any(v is not None for v in recoveries)
+                    else None,
+                }
+            )
     return out
 
 
@@ -372,8 +449,7 @@ def _shift_lines(ax, shift_steps: list[int]) -> None:
 
 def _plot_curves(curves: dict, eval_steps: list[int], shift_steps: list[int], params, metric: str) -> bytes:
     scales = [f"x{s:g}" for s in params.lr_scales]
-    fig, axes = plt.subplots(1, len(scales), figsize=(4.2 * len(scales), 3.8), dpi=100, squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(1, len(scales), figsize=(4.2 * len(scales), 3.8), dpi=100, squeeze=False, sharey=True)
     for ax, key in zip(axes[0], scales):
         for label, per_scale in curves.items():
             ys = [np.nan if v is None else v for v in per_scale[key][metric]]
@@ -385,24 +461,27 @@ def _plot_curves(curves: dict, eval_steps: list[int], shift_steps: list[int], pa
             ax.set_yscale("log")
     axes[0][0].set_ylabel("held-out cross-entropy (nats)" if metric == "test_loss" else "held-out accuracy")
     axes[0][-1].legend(fontsize=8)
-    fig.suptitle(("Loss" if metric == "test_loss" else "Accuracy") + f" (mean of {params.seeds} seed(s); "
-                 "gaps: diverged)")
+    fig.suptitle(
+        ("Loss" if metric == "test_loss" else "Accuracy") + f" (mean of {params.seeds} seed(s); gaps: diverged)"
+    )
     return to_png(fig)
 
 
 def _plot_rates(rates: dict, params, shift_steps: list[int]) -> bytes:
     rows = [(label, q) for label in rates for q in next(iter(rates[label].values()))]
     scales = [f"x{s:g}" for s in params.lr_scales]
-    fig, axes = plt.subplots(len(rows), len(scales), figsize=(4.2 * len(scales), 2.8 * len(rows)), dpi=100,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), len(scales), figsize=(4.2 * len(scales), 2.8 * len(rows)), dpi=100, squeeze=False
+    )
     for r, (label, quantity) in enumerate(rows):
         for c, key in enumerate(scales):
             ax = axes[r][c]
             for layer, series in rates[label].get(key, {}).get(quantity, {}).items():
                 nan = lambda vs: [np.nan if v is None else v for v in vs]  # noqa: E731
-                line, = ax.plot(series["step"], nan(series["mean"]), label=layer)
-                ax.fill_between(series["step"], nan(series["min"]), nan(series["max"]), color=line.get_color(),
-                                alpha=0.15)
+                (line,) = ax.plot(series["step"], nan(series["mean"]), label=layer)
+                ax.fill_between(
+                    series["step"], nan(series["min"]), nan(series["max"]), color=line.get_color(), alpha=0.15
+                )
             _shift_lines(ax, shift_steps)
             ax.set_yscale("log")
             ax.set_title(f"{label}, lr {key.replace('x', '× ')}", fontsize=9)

@@ -1,8 +1,9 @@
 """The ``eg_stepsize`` kind as the API sees it: params, budget check, description and example (no torch)."""
+
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import Field, model_validator
@@ -39,8 +40,9 @@ class HypergradientSpec(Params):
     name: Literal["hypergradient"] = "hypergradient"
     lr: float = Field(0.3, gt=0, le=100)
     beta: float = Field(1e-3, ge=0, le=10, description="rate of α ← α + β <g_{t-1}, g_t>")
-    lr_floor: float | None = Field(0.0, ge=0, le=100, description="safety floor of α; null: the paper's rule, "
-                                   "under which α may turn negative")
+    lr_floor: float | None = Field(
+        0.0, ge=0, le=100, description="safety floor of α; null: the paper's rule, under which α may turn negative"
+    )
 
 
 class EGStepSizeSpec(Params):
@@ -48,8 +50,9 @@ class EGStepSizeSpec(Params):
     lr: float = Field(0.3, gt=0, le=100)
     gamma: float = Field(100.0, ge=0, le=1e6, description="EG rate of ν; the product g_{t-1} g_t is not scale free")
     granularity: Literal["coordinate", "layer", "global"] = "coordinate"
-    max_log_step: float | None = Field(0.1, gt=0, le=10, description="safety clamp of each step's change of log ν; "
-                                       "null: off (the published rule)")
+    max_log_step: float | None = Field(
+        0.1, gt=0, le=10, description="safety clamp of each step's change of log ν; null: off (the published rule)"
+    )
     max_log_nu: float | None = Field(10.0, gt=0, le=50, description="safety clamp of log ν; null: off")
 
 
@@ -65,8 +68,9 @@ class EGFunnelSpec(Params):
     max_log_gain: float | None = Field(10.0, gt=0, le=50, description="safety clamp of log p and log s; null: off")
 
 
-OptimizerSpec = Annotated[Union[SGDSpec, MomentumSpec, AdamSpec, HypergradientSpec, EGStepSizeSpec, EGFunnelSpec],
-                          Field(discriminator="name")]
+OptimizerSpec = Annotated[
+    SGDSpec | MomentumSpec | AdamSpec | HypergradientSpec | EGStepSizeSpec | EGFunnelSpec, Field(discriminator="name")
+]
 
 
 def _default_optimizers() -> list:
@@ -82,13 +86,19 @@ def param_count(dim: int, classes: int, model: str, hidden: int, depth: int) -> 
 class EGStepSizeParams(Params):
     dataset: Literal["digits", "clusters"] | UUID = "digits"
     model: Literal["linear", "mlp"] | ModelSpec = Field(
-        "mlp", description="linear or mlp, or a model spec: a classifier (builtin mlp/cnn/resnet) on labelled rows, "
-        "or a token model (causal or masked LM) on rows of token ids (digits: pixel levels 0..16)")
+        "mlp",
+        description="linear or mlp, or a model spec: a classifier (builtin mlp/cnn/resnet) on labelled rows, "
+        "or a token model (causal or masked LM) on rows of token ids (digits: pixel levels 0..16)",
+    )
     hidden: int = Field(64, ge=2, le=1024, description="width of each hidden layer (mlp)")
     depth: int = Field(1, ge=1, le=4, description="number of hidden layers (mlp)")
     optimizers: list[OptimizerSpec] = Field(default_factory=_default_optimizers, min_length=1, max_length=8)
-    lr_scales: list[float] = Field(default_factory=lambda: [0.1, 1.0, 10.0], min_length=1, max_length=8,
-                                   description="each optimizer runs at lr times each scale")
+    lr_scales: list[float] = Field(
+        default_factory=lambda: [0.1, 1.0, 10.0],
+        min_length=1,
+        max_length=8,
+        description="each optimizer runs at lr times each scale",
+    )
     steps: int = Field(300, ge=1, le=20000)
     batch_size: int = Field(64, ge=1, le=4096)
     eval_every: int = Field(10, ge=1, le=20000, description="steps between held-out evaluations")
@@ -112,8 +122,10 @@ class EGStepSizeParams(Params):
             if self.shift_every:
                 raise ValueError("shift_every: shifts rotate continuous input rows; a token model takes 0")
             if self.dataset == "clusters":
-                raise ValueError("model: token models train on rows of token ids (digits, or an upload of integer "
-                                 "rows); clusters is continuous")
+                raise ValueError(
+                    "model: token models train on rows of token ids (digits, or an upload of integer "
+                    "rows); clusters is continuous"
+                )
         return self
 
 
@@ -140,19 +152,40 @@ def model_workload(params: EGStepSizeParams, columns: int | None) -> Workload | 
     if isinstance(params.model, str):
         return None
     features = {"digits": 64, "clusters": 16}.get(params.dataset, columns)
-    return Workload(batch=params.batch_size, seq_len=features, features=features,
-                    classes=10 if not isinstance(params.dataset, UUID) else 256, optimizer_states=5,
-                    extra_buffers=params.seeds)
+    return Workload(
+        batch=params.batch_size,
+        seq_len=features,
+        features=features,
+        classes=10 if not isinstance(params.dataset, UUID) else 256,
+        optimizer_states=5,
+        extra_buffers=params.seeds,
+    )
 
 
 SPEC = KindSpec(
     name="eg_stepsize",
     description="Exponentiated-gradient step-size adaptation vs fixed rates, momentum, Adam and hypergradient SGD.",
     params=EGStepSizeParams,
-    example={"dataset": "digits", "model": "mlp", "hidden": 32, "depth": 1,
-             "optimizers": [{"name": "sgd"}, {"name": "momentum"}, {"name": "adam"}, {"name": "hypergradient"},
-                            {"name": "eg_stepsize"}, {"name": "eg_funnel"}],
-             "lr_scales": [0.1, 1.0, 10.0], "steps": 300, "batch_size": 64, "eval_every": 10,
-             "shift_every": 100, "shift_angle": 60.0, "seeds": 1},
+    example={
+        "dataset": "digits",
+        "model": "mlp",
+        "hidden": 32,
+        "depth": 1,
+        "optimizers": [
+            {"name": "sgd"},
+            {"name": "momentum"},
+            {"name": "adam"},
+            {"name": "hypergradient"},
+            {"name": "eg_stepsize"},
+            {"name": "eg_funnel"},
+        ],
+        "lr_scales": [0.1, 1.0, 10.0],
+        "steps": 300,
+        "batch_size": 64,
+        "eval_every": 10,
+        "shift_every": 100,
+        "shift_angle": 60.0,
+        "seeds": 1,
+    },
     model_workload=model_workload,
 )

@@ -1,4 +1,5 @@
 """Job kind ``embedding_dim``: the n > 8.33·ln N rule, h_n/n by integration, and an optional empirical sweep."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,14 @@ from core.techniques.embedding_dim.spec import EmbeddingDimParams, SweepParams
 
 def run(params: EmbeddingDimParams, ctx: RunContext) -> dict:
     coefficient = dimension.EXACT_COEFFICIENT if params.coefficient == "exact" else float(params.coefficient)
-    dims = [{"vocab_size": n, "bound": dimension.dimension_bound(n, coefficient),
-             "min_dimension": dimension.min_dimension(n, coefficient)} for n in params.vocab_sizes]
+    dims = [
+        {
+            "vocab_size": n,
+            "bound": dimension.dimension_bound(n, coefficient),
+            "min_dimension": dimension.min_dimension(n, coefficient),
+        }
+        for n in params.vocab_sizes
+    ]
     ctx.progress(0.05, "dimension bounds")
 
     entropy = []
@@ -24,8 +31,12 @@ def run(params: EmbeddingDimParams, ctx: RunContext) -> dict:
         entropy.append({"n": n, "h_n_over_n": value})
         ctx.metric(n, "entropy_per_dim", value)
         ctx.progress(0.05 + 0.25 * (i + 1) / len(params.entropy_dims), f"h_n/n at n={n}")
-    result = {"coefficient": coefficient, "dimensions": dims, "entropy_per_dim": entropy,
-              "entropy_per_dim_limit": dimension.ENTROPY_PER_DIM_LIMIT}
+    result = {
+        "coefficient": coefficient,
+        "dimensions": dims,
+        "entropy_per_dim": entropy,
+        "entropy_per_dim_limit": dimension.ENTROPY_PER_DIM_LIMIT,
+    }
     ctx.artifact("entropy_per_dim.png", _entropy_plot(entropy), "image/png")
 
     if params.model is not None:
@@ -46,6 +57,7 @@ def _sweep(sp: SweepParams, coefficient: float, ctx: RunContext) -> dict:
     dims = sorted(sp.dims)
     losses = []
     for i, n in enumerate(dims):
+
         def on_step(step: int, kl: float, n=n) -> None:
             ctx.check_cancelled()
             if step % 10 == 0 or step == sp.steps - 1:
@@ -57,8 +69,14 @@ def _sweep(sp: SweepParams, coefficient: float, ctx: RunContext) -> dict:
     knee = dimension.elbow(dims, losses)
     formula = dimension.min_dimension(sp.vocab_size, coefficient)
     ctx.artifact("sweep.png", _sweep_plot(dims, losses, knee, formula, sp), "image/png")
-    return {"vocab_size": sp.vocab_size, "target_rank": sp.target_rank, "dims": dims, "fit_kl": losses,
-            "elbow": knee, "formula_dimension": formula}
+    return {
+        "vocab_size": sp.vocab_size,
+        "target_rank": sp.target_rank,
+        "dims": dims,
+        "fit_kl": losses,
+        "elbow": knee,
+        "formula_dimension": formula,
+    }
 
 
 def _entropy_plot(entropy: list[dict]) -> bytes:

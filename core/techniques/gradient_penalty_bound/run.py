@@ -4,6 +4,7 @@ and how its factors move while the MLP trains (TECHNIQUES.md §7).
 Training runs in float32; every measurement runs on a float64 copy of the model, so that identity residuals sit
 at rounding level and a reported violation means a real one, not float32 noise.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,8 @@ from core.techniques.gradient_penalty_bound.spec import (
     POWER_MAX_ITER,
     POWER_TOL,
     GradientPenaltyBoundParams,
-    layer_dims,
     check_budget,
+    layer_dims,
 )
 
 VIOLATION_RTOL = 1e-9
@@ -83,36 +84,54 @@ def measure(model: nn.Sequential, xs: torch.Tensor, ys: torch.Tensor, p: Gradien
         reduce, target = "logit", ys if p.target_class is None else p.target_class
     else:
         reduce, target = "sum", None
-    r = gradient_bound_terms(m64, xs.double(), reduce=reduce, target=target, method=p.method,
-                             tol=POWER_TOL, max_iter=POWER_MAX_ITER)
+    r = gradient_bound_terms(
+        m64, xs.double(), reduce=reduce, target=target, method=p.method, tol=POWER_TOL, max_iter=POWER_MAX_ITER
+    )
     ratio = r["ratio"]
     finite = ratio[torch.isfinite(ratio)]
-    qs = ([_num(v) for v in torch.quantile(finite, torch.tensor([0.1, 0.5, 0.9], dtype=finite.dtype,
-                                                                     device=finite.device))]
-          if finite.numel() else [None, None, None])
+    qs = (
+        [
+            _num(v)
+            for v in torch.quantile(finite, torch.tensor([0.1, 0.5, 0.9], dtype=finite.dtype, device=finite.device))
+        ]
+        if finite.numel()
+        else [None, None, None]
+    )
     return {
         "ratios": ratio.cpu().numpy(),
-        "q10": qs[0], "median": qs[1], "q90": qs[2],
+        "q10": qs[0],
+        "median": qs[1],
+        "q90": qs[2],
         "min": _num(finite.min()) if finite.numel() else None,
         "max": _num(finite.max()) if finite.numel() else None,
         "fro_median": _median(r["ratio_frobenius"]),
         "fro_max": _num(r["ratio_frobenius"][torch.isfinite(r["ratio_frobenius"])].max())
-        if bool(torch.isfinite(r["ratio_frobenius"]).any()) else None,
+        if bool(torch.isfinite(r["ratio_frobenius"]).any())
+        else None,
         "violations": int((r["lhs"] > r["rhs"] * (1 + VIOLATION_RTOL)).sum()),
         "violations_fro": int((r["lhs_frobenius"] > r["rhs"] * (1 + VIOLATION_RTOL)).sum()),
         "residual": max(float(layer["residual"].max()) for layer in r["layers"]),
         "power_iters": int(r["power_iters"]),
         "method": r["method"],
-        "layers": [{"w_norm": _num(layer["w_norm"]), "w_fro": _num(layer["w_fro"]),
-                    "h_norm": _median(layer["h_norm"]), "jac_norm": _median(layer["jac_norm"]),
-                    "share": _median(layer["share"])} for layer in r["layers"]],
+        "layers": [
+            {
+                "w_norm": _num(layer["w_norm"]),
+                "w_fro": _num(layer["w_fro"]),
+                "h_norm": _median(layer["h_norm"]),
+                "jac_norm": _median(layer["jac_norm"]),
+                "share": _median(layer["share"]),
+            }
+            for layer in r["layers"]
+        ],
     }
 
 
 def _plots(ctx, steps: list[int], history: list[dict], n_layers: int) -> None:
     fig, ax = new_figure()
-    series = {k: np.array([np.nan if h[k] is None else h[k] for h in history]) for k in
-              ("q10", "median", "q90", "min", "max", "fro_median")}
+    series = {
+        k: np.array([np.nan if h[k] is None else h[k] for h in history])
+        for k in ("q10", "median", "q90", "min", "max", "fro_median")
+    }
     ax.fill_between(steps, series["q10"], series["q90"], alpha=0.3, label="spectral, 10–90% of samples")
     ax.plot(steps, series["median"], marker="o", label="spectral, median")
     ax.plot(steps, series["min"], ls=":", color="grey", label="spectral, min / max")
@@ -128,10 +147,15 @@ def _plots(ctx, steps: list[int], history: list[dict], n_layers: int) -> None:
 
     fig, ax = new_figure()
     for t in range(n_layers):
-        line, = ax.plot(steps, [h["layers"][t]["w_norm"] for h in history], label=f"‖W^({t + 1})‖₂")
+        (line,) = ax.plot(steps, [h["layers"][t]["w_norm"] for h in history], label=f"‖W^({t + 1})‖₂")
         if t > 0:
-            ax.plot(steps, [h["layers"][t]["jac_norm"] for h in history], ls="--", color=line.get_color(),
-                    label=f"median ‖∂h^({t + 1})/∂x‖₂")
+            ax.plot(
+                steps,
+                [h["layers"][t]["jac_norm"] for h in history],
+                ls="--",
+                color=line.get_color(),
+                label=f"median ‖∂h^({t + 1})/∂x‖₂",
+            )
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("spectral norm  (dimensionless)")
@@ -223,9 +247,10 @@ def run(params: GradientPenaltyBoundParams, ctx) -> dict:
         "violations_frobenius": sum(h["violations_fro"] for h in history),
         "max_identity_residual": _num(max(h["residual"] for h in history)),
         "max_power_iters": max(h["power_iters"] for h in history),
-        "layers": [{key: [h["layers"][t][key] for h in history] for key in ("w_norm", "w_fro", "h_norm", "jac_norm",
-                                                                            "share")}
-                   for t in range(len(dims) - 1)],
+        "layers": [
+            {key: [h["layers"][t][key] for h in history] for key in ("w_norm", "w_fro", "h_norm", "jac_norm", "share")}
+            for t in range(len(dims) - 1)
+        ],
         "final_loss": _num(full_loss),
         "final_accuracy": accuracy,
         "last_batch_loss": _num(loss.detach()),

@@ -1,4 +1,5 @@
 """The ``gradient_penalty_bound`` kind as the API sees it: params, budget check, description and example (no torch)."""
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -27,17 +28,25 @@ BUILTIN_SHAPES = {"digits": (64, 10, 1797), "clusters": (16, 10, 2000)}
 
 
 class GradientPenaltyBoundParams(Params):
-    dataset: Literal["digits", "clusters"] | UUID = Field("digits", description="Built-in name or uploaded UUID "
-                                                          "(needs integer labels y).")
-    widths: list[Annotated[int, Field(ge=1, le=1024)]] = Field([64, 64], min_length=0, max_length=7,
-                              description="Hidden widths; the MLP has len(widths) + 1 <= 8 Linear layers.")
+    dataset: Literal["digits", "clusters"] | UUID = Field(
+        "digits", description="Built-in name or uploaded UUID (needs integer labels y)."
+    )
+    widths: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        [64, 64],
+        min_length=0,
+        max_length=7,
+        description="Hidden widths; the MLP has len(widths) + 1 <= 8 Linear layers.",
+    )
     activation: Literal["relu", "tanh", "gelu", "linear"] = "relu"
     init: Literal["default", "xavier", "kaiming", "orthogonal"] = Field(
-        "default", description="default: torch's U(±1/sqrt(fan_in)); the others use the activation's gain, zero bias.")
+        "default", description="default: torch's U(±1/sqrt(fan_in)); the others use the activation's gain, zero bias."
+    )
     f: Literal["loss", "logit", "sum"] = Field(
-        "loss", description="Scalar f per sample: its cross-entropy, one logit, or the sum of all logits.")
-    target_class: int | None = Field(None, ge=0, le=9999,
-                                     description="Class whose logit f='logit' takes; None: the sample's own label.")
+        "loss", description="Scalar f per sample: its cross-entropy, one logit, or the sum of all logits."
+    )
+    target_class: int | None = Field(
+        None, ge=0, le=9999, description="Class whose logit f='logit' takes; None: the sample's own label."
+    )
     steps: int = Field(300, ge=1, le=5000)
     lr: float = Field(0.1, gt=0.0, le=10.0)
     optimizer: Literal["sgd", "momentum", "adam"] = "sgd"
@@ -45,12 +54,16 @@ class GradientPenaltyBoundParams(Params):
     every: int = Field(25, ge=1, le=5000, description="Measure the bound every this many steps (and at 0 and the end).")
     samples: int = Field(32, ge=1, le=256, description="Inputs per measurement (the same ones every time).")
     method: Literal["auto", "jacrev", "power"] = Field(
-        "auto", description="Spectral norm of ∂h/∂x: materialized by jacrev, power iteration with jvp/vjp, or auto.")
-    model: ModelSpec | None = Field(None, description="a chain of affine layers and elementwise activations: the "
-                                    "builtin mlp (sets widths and activation relu); other models are refused")
+        "auto", description="Spectral norm of ∂h/∂x: materialized by jacrev, power iteration with jvp/vjp, or auto."
+    )
+    model: ModelSpec | None = Field(
+        None,
+        description="a chain of affine layers and elementwise activations: the "
+        "builtin mlp (sets widths and activation relu); other models are refused",
+    )
 
     @model_validator(mode="after")
-    def _fits(self) -> "GradientPenaltyBoundParams":
+    def _fits(self) -> GradientPenaltyBoundParams:
         if self.model is not None:
             self._take_chain(self.model)
         if self.every > self.steps:
@@ -66,10 +79,15 @@ class GradientPenaltyBoundParams(Params):
         """The bound factors ‖∂h/∂x‖ layer by layer along a chain h_{l+1} = σ(W_l h_l + b_l); a model with
         convolutions and pooling, attention, normalisation or residual connections has no such chain."""
         if not isinstance(model, BuiltinModel) or model.arch != "mlp":
-            what = (f"the builtin {model.arch}" if isinstance(model, BuiltinModel) else
-                    "a Hugging Face transformer (attention, layer norm and residual connections)")
-            raise ValueError(f"model: {what} is not a chain of affine layers and elementwise activations, so the "
-                             "per-layer factors of the bound are undefined for it; use the builtin mlp or widths")
+            what = (
+                f"the builtin {model.arch}"
+                if isinstance(model, BuiltinModel)
+                else "a Hugging Face transformer (attention, layer norm and residual connections)"
+            )
+            raise ValueError(
+                f"model: {what} is not a chain of affine layers and elementwise activations, so the "
+                "per-layer factors of the bound are undefined for it; use the builtin mlp or widths"
+            )
         chain = [model.hidden] * model.depth
         if model.hidden > 1024:
             raise ValueError("model.hidden: at most 1024 for this kind")
@@ -96,8 +114,7 @@ def check_budget(p: GradientPenaltyBoundParams, d_in: int, classes: int, n: int)
     measurements = p.steps // p.every + 2
     train = p.steps * p.batch_size * fwd_bwd
     measure = measurements * (p.samples * (fwd_bwd + jac) + svd_w)
-    memory = (n_params * (4 * 4 + 8 * 2) + 3 * 4 * p.batch_size * sum(dims) + jac_bytes
-              + 2 * 64 * 2**20 + n * d_in * 8)
+    memory = n_params * (4 * 4 + 8 * 2) + 3 * 4 * p.batch_size * sum(dims) + jac_bytes + 2 * 64 * 2**20 + n * d_in * 8
     if memory > MAX_BYTES:
         field = "method" if jac_bytes > MAX_BYTES / 2 else "widths"
         raise ValueError(f"{field}: needs about {memory / 2**30:.1f} GiB, more than {MAX_BYTES / 2**30:.0f} GiB")
@@ -110,7 +127,18 @@ SPEC = KindSpec(
     name="gradient_penalty_bound",
     description="Measure the input- vs parameter-gradient inequality (and its per-layer factors) while an MLP trains.",
     params=GradientPenaltyBoundParams,
-    example={"dataset": "digits", "widths": [32, 32], "activation": "tanh", "init": "default", "f": "loss",
-             "steps": 150, "lr": 0.1, "optimizer": "sgd", "batch_size": 64, "every": 25, "samples": 16,
-             "method": "auto"},
+    example={
+        "dataset": "digits",
+        "widths": [32, 32],
+        "activation": "tanh",
+        "init": "default",
+        "f": "loss",
+        "steps": 150,
+        "lr": 0.1,
+        "optimizer": "sgd",
+        "batch_size": 64,
+        "every": 25,
+        "samples": 16,
+        "method": "auto",
+    },
 )

@@ -6,6 +6,7 @@ between sample pairs), how good the samples are (mode coverage on the 2-D mixtur
 on the real data for labelled sets such as digits), and what the constraint costs per step (wall time, bytes saved
 for backward, CUDA peak when on a GPU). Running the same spec with each ``constraint`` gives the comparison.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,7 +32,7 @@ from core.gan import (
     probe_critic,
     summarize_probes,
 )
-from core.techniques.gradnorm_gan.spec import GradnormGanParams, image_side, check_budget
+from core.techniques.gradnorm_gan.spec import GradnormGanParams, check_budget, image_side
 
 NORMALIZED = {"gn": "gn", "gran": "gran", "plain_norm": "plain"}
 CLASSIFIER_STEPS = 400
@@ -41,6 +42,7 @@ CURVE_POINTS = 200
 
 # ---------------------------------------------------------------------------------------------------------------
 # Networks
+
 
 def _mlp(d_in: int, d_out: int, width: int, depth: int, act: type[nn.Module]) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -62,10 +64,15 @@ class _ConvCritic(nn.Module):
         super().__init__()
         self.side = side
         self.net = nn.Sequential(
-            nn.Conv2d(1, c, 3, 1, 1), _LeakyReLU(),
-            nn.Conv2d(c, 2 * c, 4, 2, 1), _LeakyReLU(),
-            nn.Conv2d(2 * c, 4 * c, 4, 2, 1), _LeakyReLU(),
-            nn.Flatten(), nn.Linear(4 * c * (side // 4) ** 2, 1))
+            nn.Conv2d(1, c, 3, 1, 1),
+            _LeakyReLU(),
+            nn.Conv2d(c, 2 * c, 4, 2, 1),
+            _LeakyReLU(),
+            nn.Conv2d(2 * c, 4 * c, 4, 2, 1),
+            _LeakyReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * c * (side // 4) ** 2, 1),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.reshape(len(x), 1, self.side, self.side))
@@ -77,9 +84,12 @@ class _ConvGenerator(nn.Module):
         self.side, self.c = side, c
         self.fc = nn.Sequential(nn.Linear(z_dim, 4 * c * (side // 4) ** 2), nn.ReLU())
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(4 * c, 2 * c, 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(c, 1, 3, 1, 1))
+            nn.ConvTranspose2d(4 * c, 2 * c, 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * c, c, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(c, 1, 3, 1, 1),
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.fc(z).reshape(len(z), 4 * self.c, self.side // 4, self.side // 4)
@@ -111,7 +121,7 @@ def build_nets(params: GradnormGanParams, dim: int, bounded: bool, seed: int) ->
         if bounded:
             G = _Bounded(G)
         if params.constraint == "spectral":
-            for name, module in list(D.named_modules()):
+            for _name, module in list(D.named_modules()):
                 if isinstance(module, (nn.Linear, nn.Conv2d)):
                     nn.utils.parametrizations.spectral_norm(module)
     return G, D
@@ -119,6 +129,7 @@ def build_nets(params: GradnormGanParams, dim: int, bounded: bool, seed: int) ->
 
 # ---------------------------------------------------------------------------------------------------------------
 # Losses and one training step
+
 
 def critic_loss(kind: str, s_real: Tensor, s_fake: Tensor) -> Tensor:
     if kind == "wasserstein":
@@ -224,8 +235,11 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
-        return {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()),
-                "w_estimate": float((s_real.mean() - s_fake.mean()).detach())}
+        return {
+            "loss_d": float(loss_d.detach()),
+            "loss_g": float(loss_g.detach()),
+            "w_estimate": float((s_real.mean() - s_fake.mean()).detach()),
+        }
 
 
 def _sync(device: torch.device) -> None:
@@ -235,6 +249,7 @@ def _sync(device: torch.device) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Quality measures
+
 
 def train_classifier(x: Tensor, y: Tensor, seed: int, device: torch.device, check) -> tuple[nn.Module, float, Tensor]:
     """A small MLP classifier trained on 80% of the real data: the fixed judge of generated samples.
@@ -249,8 +264,9 @@ def train_classifier(x: Tensor, y: Tensor, seed: int, device: torch.device, chec
     classes = int(y.max()) + 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 4)
-        net = nn.Sequential(nn.Linear(x.shape[1], CLASSIFIER_WIDTH), nn.ReLU(),
-                            nn.Linear(CLASSIFIER_WIDTH, classes)).to(device)
+        net = nn.Sequential(
+            nn.Linear(x.shape[1], CLASSIFIER_WIDTH), nn.ReLU(), nn.Linear(CLASSIFIER_WIDTH, classes)
+        ).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     xd, yd = x.to(device), y.to(device)
     for _ in range(CLASSIFIER_STEPS):
@@ -272,6 +288,7 @@ def _features(classifier: nn.Module | None, x: Tensor) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Plots
+
 
 def _plot_losses(curves: dict[str, list], params: GradnormGanParams) -> bytes:
     fig, ax = plots.new_figure()
@@ -350,6 +367,7 @@ def _plot_lipschitz(norms: dict[str, np.ndarray], params: GradnormGanParams) -> 
 
 
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _clean(value):
     """JSON-safe copy: non-finite floats become None, numpy scalars become Python numbers."""
@@ -447,9 +465,13 @@ def run(params: GradnormGanParams, ctx) -> dict:
     quality: dict = {}
     if centres is not None:
         cov = mode_coverage(fake.cpu(), centres, std)
-        quality = {"modes_covered": cov["modes_covered"], "n_modes": cov["n_modes"],
-                   "high_quality_share": cov["high_quality_share"], "mode_counts": cov["counts"],
-                   "mixture_std": std}
+        quality = {
+            "modes_covered": cov["modes_covered"],
+            "n_modes": cov["n_modes"],
+            "high_quality_share": cov["high_quality_share"],
+            "mode_counts": cov["counts"],
+            "mixture_std": std,
+        }
     if classifier is not None:
         with torch.no_grad():
             probs = torch.softmax(classifier(torch.nan_to_num(fake)), dim=1)
@@ -457,13 +479,16 @@ def run(params: GradnormGanParams, ctx) -> dict:
         real_train = x[torch.ones(len(x), dtype=torch.bool).index_fill_(0, held_out, False)].to(device)
         quality.update(classifier_scores(probs))
         quality["classifier_test_accuracy"] = accuracy
-        quality["frechet_classifier_features"] = frechet_distance(_features(classifier, real_test),
-                                                                  _features(classifier, torch.nan_to_num(fake)))
-        quality["frechet_real_vs_real"] = frechet_distance(_features(classifier, real_test),
-                                                           _features(classifier, real_train))
+        quality["frechet_classifier_features"] = frechet_distance(
+            _features(classifier, real_test), _features(classifier, torch.nan_to_num(fake))
+        )
+        quality["frechet_real_vs_real"] = frechet_distance(
+            _features(classifier, real_test), _features(classifier, real_train)
+        )
     elif centres is None:
-        quality["frechet_raw"] = frechet_distance(real.double().cpu().numpy(),
-                                                  torch.nan_to_num(fake[:n_eval]).double().cpu().numpy())
+        quality["frechet_raw"] = frechet_distance(
+            real.double().cpu().numpy(), torch.nan_to_num(fake[:n_eval]).double().cpu().numpy()
+        )
 
     ctx.artifact("losses.png", _plot_losses(curves, params), "image/png")
     ctx.artifact("samples.png", _plot_samples(trainer, real[:1000], fake[:1000], centres, params), "image/png")
@@ -481,19 +506,21 @@ def run(params: GradnormGanParams, ctx) -> dict:
         "peak_cuda_bytes": peak_cuda,
         "device": str(device),
     }
-    result = _clean({
-        "dataset": str(params.dataset),
-        "constraint": params.constraint,
-        "loss": params.loss,
-        "steps_run": completed,
-        "diverged_at_step": diverged_at,
-        "final_loss_d": curves["loss_d"][-1] if curves["loss_d"] else None,
-        "final_loss_g": curves["loss_g"][-1] if curves["loss_g"] else None,
-        "lipschitz": lip,
-        "quality": quality,
-        "cost": cost,
-        "curves": {k: v[::every] for k, v in curves.items()},
-    })
+    result = _clean(
+        {
+            "dataset": str(params.dataset),
+            "constraint": params.constraint,
+            "loss": params.loss,
+            "steps_run": completed,
+            "diverged_at_step": diverged_at,
+            "final_loss_d": curves["loss_d"][-1] if curves["loss_d"] else None,
+            "final_loss_g": curves["loss_g"][-1] if curves["loss_g"] else None,
+            "lipschitz": lip,
+            "quality": quality,
+            "cost": cost,
+            "curves": {k: v[::every] for k, v in curves.items()},
+        }
+    )
     ctx.artifact("result.json", json.dumps(result).encode(), "application/json")
     ctx.progress(1.0, "done")
     return result

@@ -1,4 +1,5 @@
 """The ``gradnorm_gan`` kind as the API sees it: params, budget check, description and example (no torch)."""
+
 from __future__ import annotations
 
 import math
@@ -18,10 +19,12 @@ DATASET_DIMS = {"ring8": 2, "grid25": 2, "digits": 64}
 
 class GradnormGanParams(Params):
     dataset: Literal["ring8", "grid25", "digits"] | UUID = Field(
-        default="ring8", description="8 Gaussians on a ring, a 5×5 Gaussian grid, sklearn digits, or an upload.")
+        default="ring8", description="8 Gaussians on a ring, a 5×5 Gaussian grid, sklearn digits, or an upload."
+    )
     n_data: int = Field(default=10000, ge=256, le=200_000, description="Points drawn for the 2-D mixtures.")
     mixture_std: float | None = Field(
-        default=None, ge=1e-3, le=1.0, description="Std of each mixture component; None: 0.02 ring8, 0.05 grid25.")
+        default=None, ge=1e-3, le=1.0, description="Std of each mixture component; None: 0.02 ring8, 0.05 grid25."
+    )
     arch: Literal["mlp", "conv"] = Field(default="mlp", description="conv needs square images with side % 4 == 0.")
     width: int = Field(default=128, ge=8, le=1024, description="Hidden width of the MLP generator and critic.")
     depth: int = Field(default=3, ge=1, le=6, description="Hidden layers of the MLP generator and critic.")
@@ -67,8 +70,8 @@ def estimate(params: GradnormGanParams, dim: int) -> tuple[float, float]:
     scores a real and a fake batch and samples G once, a generator update runs G and D once each.
     """
     if params.arch == "mlp":
-        weights_d = dim * params.width + (params.depth - 1) * params.width ** 2 + params.width
-        weights_g = params.z_dim * params.width + (params.depth - 1) * params.width ** 2 + params.width * dim
+        weights_d = dim * params.width + (params.depth - 1) * params.width**2 + params.width
+        weights_g = params.z_dim * params.width + (params.depth - 1) * params.width**2 + params.width * dim
         acts = params.depth * params.width + dim
         flops_d, flops_g = 2 * weights_d, 2 * weights_g
     else:
@@ -94,15 +97,29 @@ def check_budget(params: GradnormGanParams, dim: int) -> None:
         field = "channels" if params.arch == "conv" else "width"
         raise ValueError(f"batch: about {memory / 2**30:.1f} GiB needed (limit 4 GiB); lower batch or {field}")
     if flops > WORK_LIMIT_FLOPS:
-        raise ValueError(f"steps: about {flops:.1e} FLOPs needed (limit {WORK_LIMIT_FLOPS:.0e}); lower steps, "
-                         "batch, n_critic or the network size")
+        raise ValueError(
+            f"steps: about {flops:.1e} FLOPs needed (limit {WORK_LIMIT_FLOPS:.0e}); lower steps, "
+            "batch, n_critic or the network size"
+        )
 
 
 SPEC = KindSpec(
     name="gradnorm_gan",
     description="GAN critics made Lipschitz by gradient normalization (GN, GraN) vs GP, spectral norm and clipping.",
     params=GradnormGanParams,
-    example={"dataset": "ring8", "mixture_std": 0.05, "constraint": "gn", "loss": "wasserstein", "width": 64,
-             "depth": 2, "z_dim": 4, "n_critic": 2, "steps": 500, "batch": 128, "lr_d": 1e-3, "lr_g": 1e-3,
-             "eval_samples": 1000},
+    example={
+        "dataset": "ring8",
+        "mixture_std": 0.05,
+        "constraint": "gn",
+        "loss": "wasserstein",
+        "width": 64,
+        "depth": 2,
+        "z_dim": 4,
+        "n_critic": 2,
+        "steps": 500,
+        "batch": 128,
+        "lr_d": 1e-3,
+        "lr_g": 1e-3,
+        "eval_samples": 1000,
+    },
 )

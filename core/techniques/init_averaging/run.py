@@ -1,4 +1,5 @@
 """Job kind ``init_averaging``: forward/backward variance through a stack initialized with averaged fans."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,8 +54,12 @@ def run(params: InitAveragingParams, ctx: RunContext) -> dict:
     if params.model is not None:
         return run_model(params, ctx)
     gen = torch.Generator().manual_seed(ctx.seed)
-    out: dict = {"widths": params.widths, "activation": params.activation, "distribution": params.distribution,
-                 "means": {}}
+    out: dict = {
+        "widths": params.widths,
+        "activation": params.activation,
+        "distribution": params.distribution,
+        "means": {},
+    }
     curves = {}
     for k, mean in enumerate(params.means):
         per_layer = [0.0] * (len(params.widths) - 1)
@@ -102,7 +107,7 @@ def _model_inputs(params: InitAveragingParams, ctx: RunContext, gen: torch.Gener
     buildable, weights = materialize(params.model, ctx)
     if isinstance(buildable, BuiltinModel) and buildable.arch not in TRANSFORMER_ARCHS:
         arrays = load_arrays(params.dataset, ctx)
-        x = torch.as_tensor(np.asarray(arrays["x"], dtype=np.float32)[:params.batch])
+        x = torch.as_tensor(np.asarray(arrays["x"], dtype=np.float32)[: params.batch])
         x = (x - x.mean()) / (x.std() + 1e-8)
         classes = int(np.max(arrays["y"])) + 1 if "y" in arrays else 10
         built = build(buildable, features=x.shape[1], classes=max(classes, 2), weights=weights)
@@ -138,9 +143,17 @@ def run_model(params: InitAveragingParams, ctx: RunContext) -> dict:
         ctx.metric(k, f"forward_ratio/{mean}", fwd)
         ctx.metric(k, f"backward_ratio/{mean}", bwd)
     ctx.artifact("model_variance_ratios.png", _model_plot(own, means), "image/png")
-    return {"model": {"task": built.task, "n_params": sum(p.numel() for p in built.module.parameters()),
-                      "nonsquare_weights": len(layers)},
-            "distribution": params.distribution, "own_init": own, "means": means, "layers": layers}
+    return {
+        "model": {
+            "task": built.task,
+            "n_params": sum(p.numel() for p in built.module.parameters()),
+            "nonsquare_weights": len(layers),
+        },
+        "distribution": params.distribution,
+        "own_init": own,
+        "means": means,
+        "layers": layers,
+    }
 
 
 def _model_plot(own: dict, means: dict) -> bytes:

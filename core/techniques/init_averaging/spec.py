@@ -1,4 +1,5 @@
 """The ``init_averaging`` kind as the API sees it: params, budget check, description and example (no torch)."""
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -16,17 +17,23 @@ UPLOAD_CLASSES = 256  # an uploaded dataset's label count is unknown before the 
 
 class InitAveragingParams(Params):
     widths: list[Annotated[int, Field(ge=1, le=16384)]] | None = Field(
-        None, min_length=2, max_length=17, description="layer widths, input first (or give model)")
-    model: ModelSpec | None = Field(None, description="analyse this network instead of a linear stack: a table of "
-                                    "its non-square weights and variance ratios through the whole model")
+        None, min_length=2, max_length=17, description="layer widths, input first (or give model)"
+    )
+    model: ModelSpec | None = Field(
+        None,
+        description="analyse this network instead of a linear stack: a table of "
+        "its non-square weights and variance ratios through the whole model",
+    )
     means: list[Literal["arithmetic", "geometric", "quadratic", "harmonic"]] = Field(
-        default_factory=lambda: ["arithmetic", "geometric", "quadratic"], min_length=1, max_length=4)
+        default_factory=lambda: ["arithmetic", "geometric", "quadratic"], min_length=1, max_length=4
+    )
     distribution: Literal["normal", "uniform"] = "normal"
     activation: Literal["linear", "relu", "tanh"] = Field("linear", description="widths only")
     batch: int = Field(1024, ge=1, le=65536)
     trials: int = Field(4, ge=1, le=64, description="independent weight draws averaged per mean")
     dataset: Literal["digits", "clusters"] | UUID = Field(
-        "digits", description="model with a classifier (MLP, CNN, ResNet): the rows fed through it")
+        "digits", description="model with a classifier (MLP, CNN, ResNet): the rows fed through it"
+    )
     seq_len: int = Field(128, ge=2, le=8192, description="model with tokens: sequence length (capped at its context)")
 
     @model_validator(mode="after")
@@ -50,16 +57,26 @@ def model_workload(params: InitAveragingParams, columns: int | None) -> Workload
     if params.model is None:
         return None
     builtin = not isinstance(params.dataset, UUID)
-    return Workload(batch=params.batch, seq_len=params.seq_len,
-                    features=BUILTIN_COLUMNS[params.dataset] if builtin else columns,
-                    classes=10 if builtin else UPLOAD_CLASSES, optimizer_states=0)
+    return Workload(
+        batch=params.batch,
+        seq_len=params.seq_len,
+        features=BUILTIN_COLUMNS[params.dataset] if builtin else columns,
+        classes=10 if builtin else UPLOAD_CLASSES,
+        optimizer_states=0,
+    )
 
 
 SPEC = KindSpec(
     name="init_averaging",
     description="Forward/backward variance through non-square layers initialized with averaged fans.",
     params=InitAveragingParams,
-    example={"widths": [768, 3072, 768], "means": ["arithmetic", "geometric", "quadratic", "harmonic"],
-             "distribution": "normal", "activation": "linear", "batch": 512, "trials": 2},
+    example={
+        "widths": [768, 3072, 768],
+        "means": ["arithmetic", "geometric", "quadratic", "harmonic"],
+        "distribution": "normal",
+        "activation": "linear",
+        "batch": 512,
+        "trials": 2,
+    },
     model_workload=model_workload,
 )

@@ -13,10 +13,11 @@ curves differ only by how and when the optimizer turns micro-gradients into upda
 steps//k updates, and ``updates`` reports the optimizer updates that did happen (``_stepped``), not that number.
 The LR is constant, so no scheduler has to choose between counting micro-steps and updates.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -46,13 +47,24 @@ def _model(params: MomentumAccumulationParams, features: int, classes: int, gen:
         side, c = cnn_side(features), params.channels
         net = torch.nn.Sequential(
             torch.nn.Unflatten(1, (1, side, side)),
-            torch.nn.Conv2d(1, c, 3, padding=1), torch.nn.ReLU(),
-            torch.nn.Conv2d(c, 2 * c, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(), torch.nn.Linear(2 * c * (side // 2) ** 2, h), torch.nn.ReLU(),
-            torch.nn.Linear(h, classes))
+            torch.nn.Conv2d(1, c, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(c, 2 * c, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(2 * c * (side // 2) ** 2, h),
+            torch.nn.ReLU(),
+            torch.nn.Linear(h, classes),
+        )
     else:
-        net = torch.nn.Sequential(torch.nn.Linear(features, h), torch.nn.ReLU(), torch.nn.Linear(h, h),
-                                  torch.nn.ReLU(), torch.nn.Linear(h, classes))
+        net = torch.nn.Sequential(
+            torch.nn.Linear(features, h),
+            torch.nn.ReLU(),
+            torch.nn.Linear(h, h),
+            torch.nn.ReLU(),
+            torch.nn.Linear(h, classes),
+        )
     with torch.no_grad():
         for layer in net:
             if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
@@ -86,7 +98,7 @@ def _batches(rng: np.random.Generator, n: int, size: int) -> Iterator[np.ndarray
         while need:
             if pos == n:
                 order, pos = rng.permutation(n), 0
-            chunk = order[pos:pos + need]
+            chunk = order[pos : pos + need]
             take.append(chunk)
             pos += len(chunk)
             need -= len(chunk)
@@ -98,7 +110,7 @@ def _evaluate(built: BuiltModel, x: torch.Tensor, y: torch.Tensor | None) -> tup
     loss = correct = 0.0
     count = 0
     for i in range(0, len(x), EVAL_CHUNK):
-        part = built.scores(x[i:i + EVAL_CHUNK], None if y is None else y[i:i + EVAL_CHUNK])
+        part = built.scores(x[i : i + EVAL_CHUNK], None if y is None else y[i : i + EVAL_CHUNK])
         loss, correct, count = loss + part[0], correct + part[1], count + part[2]
     return loss / count, correct / count
 
@@ -112,8 +124,16 @@ def _stepped(opt: torch.optim.Optimizer) -> int:
     return int(rate > 0 and group["updates"] > before)
 
 
-def _train(arm: str, params: MomentumAccumulationParams, built: BuiltModel, data: dict,
-           rng: np.random.Generator, eval_steps: set[int], ctx: RunContext, report) -> dict:
+def _train(
+    arm: str,
+    params: MomentumAccumulationParams,
+    built: BuiltModel,
+    data: dict,
+    rng: np.random.Generator,
+    eval_steps: set[int],
+    ctx: RunContext,
+    report,
+) -> dict:
     """One arm, one seed: returns its curves, the persistent optimizer bytes and the final flat weights."""
     k = params.accum_steps
     model = built.module
@@ -152,8 +172,12 @@ def _train(arm: str, params: MomentumAccumulationParams, built: BuiltModel, data
         if t in eval_steps:
             evaluate()
             report(t / params.steps)
-    return {**curves, "state_bytes": state_bytes(opt) + buffer_bytes, "updates": updates,
-            "weights": torch.cat([p.detach().flatten() for p in model.parameters()])}
+    return {
+        **curves,
+        "state_bytes": state_bytes(opt) + buffer_bytes,
+        "updates": updates,
+        "weights": torch.cat([p.detach().flatten() for p in model.parameters()]),
+    }
 
 
 def _finite(value: float) -> float | None:
@@ -198,8 +222,9 @@ def _plot(arms: dict, eval_steps: list[int], params: MomentumAccumulationParams)
     return to_png(fig)
 
 
-def _seeded(params: MomentumAccumulationParams, ctx: RunContext, gen: torch.Generator, seed: int,
-            features: int, classes: int) -> BuiltModel:
+def _seeded(
+    params: MomentumAccumulationParams, ctx: RunContext, gen: torch.Generator, seed: int, features: int, classes: int
+) -> BuiltModel:
     """The model of one seed: the built-in mlp/cnn from ``gen``; a model spec from torch's RNG seeded with
     ``seed`` (uploaded weights are the same for every seed)."""
     if isinstance(params.model, str):
@@ -242,13 +267,24 @@ def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
         return torch.as_tensor(a, dtype=dt, device=ctx.device)
 
     if tokens:
-        data = {"x": tensor(x[train], torch.int64), "y": None, "probe_x": tensor(x[train[:TRAIN_PROBE]], torch.int64),
-                "probe_y": None, "hold_x": tensor(x[hold], torch.int64), "hold_y": None}
+        data = {
+            "x": tensor(x[train], torch.int64),
+            "y": None,
+            "probe_x": tensor(x[train[:TRAIN_PROBE]], torch.int64),
+            "probe_y": None,
+            "hold_x": tensor(x[hold], torch.int64),
+            "hold_y": None,
+        }
     else:
         xs = (x - centre) / scale
-        data = {"x": tensor(xs[train]), "y": tensor(y[train], torch.int64),
-                "probe_x": tensor(xs[train[:TRAIN_PROBE]]), "probe_y": tensor(y[train[:TRAIN_PROBE]], torch.int64),
-                "hold_x": tensor(xs[hold]), "hold_y": tensor(y[hold], torch.int64)}
+        data = {
+            "x": tensor(xs[train]),
+            "y": tensor(y[train], torch.int64),
+            "probe_x": tensor(xs[train[:TRAIN_PROBE]]),
+            "probe_y": tensor(y[train[:TRAIN_PROBE]], torch.int64),
+            "hold_x": tensor(xs[hold]),
+            "hold_y": tensor(y[hold], torch.int64),
+        }
 
     eval_steps = sorted(set(range(params.eval_every, params.steps + 1, params.eval_every)) | {params.steps})
     eval_set = set(eval_steps)
@@ -313,9 +349,13 @@ def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
     saving = None
     if "explicit_buffer" in arms and "chi_exact" in arms:
         explicit, exact = arms["explicit_buffer"]["state_bytes"], arms["chi_exact"]["state_bytes"]
-        saving = {"explicit_buffer_bytes": explicit, "chi_exact_bytes": exact, "saving_bytes": explicit - exact,
-                  "param_bytes": n_params * item, "saving_is_one_parameter_sized_tensor":
-                  explicit - exact == n_params * item}
+        saving = {
+            "explicit_buffer_bytes": explicit,
+            "chi_exact_bytes": exact,
+            "saving_bytes": explicit - exact,
+            "param_bytes": n_params * item,
+            "saving_is_one_parameter_sized_tensor": explicit - exact == n_params * item,
+        }
     return {
         "optimizer": params.optimizer,
         "model": params.model if isinstance(params.model, str) else params.model.model_dump(mode="json"),

@@ -1,4 +1,5 @@
 """The ``momentum_accumulation`` kind as the API sees it: params, budget check, description and example (no torch)."""
+
 from __future__ import annotations
 
 import math
@@ -25,9 +26,11 @@ MAX_MICRO_STEPS = 300_000
 class MomentumAccumulationParams(Params):
     dataset: Literal["digits", "clusters"] | UUID = "digits"
     model: Literal["mlp", "cnn"] | ModelSpec = Field(
-        "mlp", description="mlp or cnn (cnn needs square images as rows; digits is 8x8), or a model spec: a "
+        "mlp",
+        description="mlp or cnn (cnn needs square images as rows; digits is 8x8), or a model spec: a "
         "classifier (builtin mlp/cnn/resnet) on labelled rows, or a token model (causal or masked LM) trained on "
-        "rows of token ids (digits: pixel levels 0..16)")
+        "rows of token ids (digits: pixel levels 0..16)",
+    )
     hidden: int = Field(64, ge=4, le=1024, description="width of the hidden dense layers")
     channels: int = Field(8, ge=2, le=64, description="cnn only: channels of the first conv (the second has 2x)")
     optimizer: Literal["sgdm", "adam"] = "sgdm"
@@ -59,8 +62,10 @@ class MomentumAccumulationParams(Params):
             raise ValueError("model: cnn is for image data (digits, or an upload of square images); clusters is not")
         if not isinstance(self.model, str):
             if token_model(self.model) and self.dataset == "clusters":
-                raise ValueError("model: token models train on rows of token ids (digits, or an upload of integer "
-                                 "rows); clusters is continuous")
+                raise ValueError(
+                    "model: token models train on rows of token ids (digits, or an upload of integer "
+                    "rows); clusters is continuous"
+                )
             return self
         if not isinstance(self.dataset, UUID):
             rows, features, classes = BUILTIN_SHAPES[self.dataset]
@@ -109,18 +114,34 @@ def model_workload(params: MomentumAccumulationParams, columns: int | None) -> W
     if isinstance(params.model, str):
         return None
     features = BUILTIN_SHAPES[params.dataset][1] if not isinstance(params.dataset, UUID) else columns
-    return Workload(batch=params.micro_batch, seq_len=features, features=features,
-                    classes=BUILTIN_SHAPES.get(params.dataset, (0, 0, 256))[2],
-                    optimizer_states=2 if params.optimizer == "adam" else 1, extra_buffers=2 * params.seeds,
-                    dtype_bytes=8 if params.dtype == "float64" else 4)
+    return Workload(
+        batch=params.micro_batch,
+        seq_len=features,
+        features=features,
+        classes=BUILTIN_SHAPES.get(params.dataset, (0, 0, 256))[2],
+        optimizer_states=2 if params.optimizer == "adam" else 1,
+        extra_buffers=2 * params.seeds,
+        dtype_bytes=8 if params.dtype == "float64" else 4,
+    )
 
 
 SPEC = KindSpec(
     name="momentum_accumulation",
     description="Gradient accumulation inside the momentum (no buffer) vs explicit accumulation and per-batch updates.",
     params=MomentumAccumulationParams,
-    example={"dataset": "digits", "model": "mlp", "hidden": 32, "optimizer": "sgdm", "betas": [0.9, 0.999],
-             "lr": 0.3, "accum_steps": 8, "micro_batch": 4, "steps": 480, "seeds": 2, "eval_every": 40,
-             "dtype": "float64"},
+    example={
+        "dataset": "digits",
+        "model": "mlp",
+        "hidden": 32,
+        "optimizer": "sgdm",
+        "betas": [0.9, 0.999],
+        "lr": 0.3,
+        "accum_steps": 8,
+        "micro_batch": 4,
+        "steps": 480,
+        "seeds": 2,
+        "eval_every": 40,
+        "dtype": "float64",
+    },
     model_workload=model_workload,
 )

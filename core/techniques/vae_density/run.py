@@ -5,6 +5,7 @@ subset and on held-out rows it never saw, L_K = logsumexp_k log w_k − log K is
 (fresh, independent draws per K), in nats and bits/dim, with the effective sample size as a tightness diagnostic.
 On ``linear_gaussian`` (p(z) = N(0, I), p(x|z) = N(Az + c, σ²I) with known A, c, σ) the exact log p(x) sits beside them.
 """
+
 from __future__ import annotations
 
 import io
@@ -66,8 +67,15 @@ def _load(p: VaeDensityParams, ctx: RunContext) -> tuple[np.ndarray, str, Linear
     return x.astype(np.float32), likelihood, None
 
 
-def _evaluate(model: VAE, x: torch.Tensor, ks: list[int], gen: torch.Generator, ctx: RunContext,
-              span: tuple[float, float], label: str) -> dict:
+def _evaluate(
+    model: VAE,
+    x: torch.Tensor,
+    ks: list[int],
+    gen: torch.Generator,
+    ctx: RunContext,
+    span: tuple[float, float],
+    label: str,
+) -> dict:
     """Per-row L_K for every K (independent draws per K) plus the ELBO and ESS from the largest-K pass."""
     per_k: dict[int, torch.Tensor] = {}
     elbo = ess = None
@@ -76,7 +84,7 @@ def _evaluate(model: VAE, x: torch.Tensor, ks: list[int], gen: torch.Generator, 
         values, elbos, esss = [], [], []
         for start in range(0, x.shape[0], EVAL_BATCH):
             ctx.check_cancelled()
-            batch = x[start:start + EVAL_BATCH]
+            batch = x[start : start + EVAL_BATCH]
             stats = model.importance_statistics(batch, k, None, gen)  # chunked to the device's budget
             values.append(stats.log_likelihood)
             elbos.append(stats.elbo)
@@ -90,18 +98,26 @@ def _evaluate(model: VAE, x: torch.Tensor, ks: list[int], gen: torch.Generator, 
 
 def _summary(ev: dict, dim: int, exact: torch.Tensor | None, k_max: int) -> dict:
     n = ev["elbo"].shape[0]
-    out = {"n_rows": n,
-           "elbo_nats": _num(ev["elbo"].mean()),
-           "elbo_bits_per_dim": _num(bits_per_dim(ev["elbo"].mean(), dim)),
-           "exact_nats": None if exact is None else _num(exact.mean()),
-           "exact_bits_per_dim": None if exact is None else _num(bits_per_dim(exact.mean(), dim)),
-           "ess_fraction_at_max_k": _num(ev["ess_last"].mean() / k_max),
-           "bounds": []}
+    out = {
+        "n_rows": n,
+        "elbo_nats": _num(ev["elbo"].mean()),
+        "elbo_bits_per_dim": _num(bits_per_dim(ev["elbo"].mean(), dim)),
+        "exact_nats": None if exact is None else _num(exact.mean()),
+        "exact_bits_per_dim": None if exact is None else _num(bits_per_dim(exact.mean(), dim)),
+        "ess_fraction_at_max_k": _num(ev["ess_last"].mean() / k_max),
+        "bounds": [],
+    }
     for k, values in ev["per_k"].items():
         stderr = values.std(unbiased=True) / math.sqrt(n) if n > 1 else torch.tensor(float("nan"))
-        out["bounds"].append({"k": k, "nats": _num(values.mean()), "stderr_nats": _num(stderr),
-                              "bits_per_dim": _num(bits_per_dim(values.mean(), dim)),
-                              "gap_to_exact_nats": None if exact is None else _num((exact - values).mean())})
+        out["bounds"].append(
+            {
+                "k": k,
+                "nats": _num(values.mean()),
+                "stderr_nats": _num(stderr),
+                "bits_per_dim": _num(bits_per_dim(values.mean(), dim)),
+                "gap_to_exact_nats": None if exact is None else _num((exact - values).mean()),
+            }
+        )
     return out
 
 
@@ -112,13 +128,15 @@ def _plot_bounds(summaries: dict, title: str) -> bytes:
         ks = [b["k"] for b in s["bounds"]]
         means = [np.nan if b["nats"] is None else b["nats"] for b in s["bounds"]]
         errs = [0.0 if b["stderr_nats"] is None else b["stderr_nats"] for b in s["bounds"]]
-        ax.errorbar(ks, means, yerr=errs, marker="o", capsize=3, color=colours[split],
-                    label=f"{split}: L_K (±1 s.e. over rows)")
+        ax.errorbar(
+            ks, means, yerr=errs, marker="o", capsize=3, color=colours[split], label=f"{split}: L_K (±1 s.e. over rows)"
+        )
         if s["elbo_nats"] is not None:
             ax.axhline(s["elbo_nats"], color=colours[split], linestyle="--", linewidth=1, label=f"{split}: ELBO")
         if s["exact_nats"] is not None:
-            ax.axhline(s["exact_nats"], color=colours[split], linestyle=":", linewidth=1.5,
-                       label=f"{split}: exact log p(x)")
+            ax.axhline(
+                s["exact_nats"], color=colours[split], linestyle=":", linewidth=1.5, label=f"{split}: exact log p(x)"
+            )
     ax.set_xscale("log")
     ax.set_xlabel("K (importance samples per row, log scale)")
     ax.set_ylabel("mean log-likelihood estimate (nats/sample)")
@@ -190,7 +208,7 @@ def run(params: VaeDensityParams, ctx: RunContext) -> dict:
             ctx.progress(0.7 * step / params.steps, f"step {step}/{params.steps}")
 
     model.eval()
-    splits = {"train": train_idx[:params.eval_samples], "heldout": heldout_idx[:params.eval_samples]}
+    splits = {"train": train_idx[: params.eval_samples], "heldout": heldout_idx[: params.eval_samples]}
     summaries, evaluations, exact_by_split = {}, {}, {}
     with torch.no_grad():
         for i, (split, rows) in enumerate(splits.items()):
@@ -218,13 +236,22 @@ def run(params: VaeDensityParams, ctx: RunContext) -> dict:
     ctx.progress(1.0, "done")
 
     sigma = None if model.log_sigma is None else model.sigma().detach().double().cpu()
-    sigma_summary = None if sigma is None else {"mean": _num(sigma.mean()), "min": _num(sigma.min()),
-                                                "max": _num(sigma.max())}
-    return {"dataset": str(params.dataset), "likelihood": likelihood, "data_dim": dim, "n_train": int(len(train_idx)),
-            "n_heldout": int(n_heldout), "train_k": params.train_k, "eval_k": list(params.eval_k),
-            "final_train_loss": _num(np.mean(train_loss[-max(1, len(train_loss) // 10):])),
-            "final_heldout_neg_elbo": _num(monitor[-1][1]),
-            "decoder_sigma": sigma_summary,
-            "true_sigma": None if truth is None else truth.sigma,
-            "train": summaries["train"], "heldout": summaries["heldout"],
-            "heldout_npy_columns": columns}
+    sigma_summary = (
+        None if sigma is None else {"mean": _num(sigma.mean()), "min": _num(sigma.min()), "max": _num(sigma.max())}
+    )
+    return {
+        "dataset": str(params.dataset),
+        "likelihood": likelihood,
+        "data_dim": dim,
+        "n_train": int(len(train_idx)),
+        "n_heldout": int(n_heldout),
+        "train_k": params.train_k,
+        "eval_k": list(params.eval_k),
+        "final_train_loss": _num(np.mean(train_loss[-max(1, len(train_loss) // 10) :])),
+        "final_heldout_neg_elbo": _num(monitor[-1][1]),
+        "decoder_sigma": sigma_summary,
+        "true_sigma": None if truth is None else truth.sigma,
+        "train": summaries["train"],
+        "heldout": summaries["heldout"],
+        "heldout_npy_columns": columns,
+    }

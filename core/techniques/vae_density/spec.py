@@ -1,4 +1,5 @@
 """The ``vae_density`` kind as the API sees it: params, budget check, description and example (no torch)."""
+
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -14,36 +15,49 @@ from core.techniques.base import KindSpec, Params
 # dequantized as 8-bit data. Only 17 of the 256 levels occur, so its bits/dim are an 8-bit code length of 17-level
 # data: not comparable with natural 8-bit images (a model can learn the 17 spikes and gain up to log2(256/17) ≈ 3.9
 # bits/dim over true 8-bit data). ``digits_dequantized`` is its former name, still accepted: stored jobs name it.
-BUILTIN_LIKELIHOOD = {"linear_gaussian": "gaussian", "digits_binarized": "bernoulli",
-                      "digits_17_levels": "dequantized", "digits_dequantized": "dequantized"}
+BUILTIN_LIKELIHOOD = {
+    "linear_gaussian": "gaussian",
+    "digits_binarized": "bernoulli",
+    "digits_17_levels": "dequantized",
+    "digits_dequantized": "dequantized",
+}
 BUILTIN_DIM = {"digits_binarized": 64, "digits_17_levels": 64, "digits_dequantized": 64}
 
 
-MEMORY_LIMIT_BYTES = 4 * 1024 ** 3
+MEMORY_LIMIT_BYTES = 4 * 1024**3
 FLOP_LIMIT = 2e13
 
 
 class VaeDensityParams(Params):
     dataset: Literal["linear_gaussian", "digits_binarized", "digits_17_levels", "digits_dequantized"] | UUID = Field(
-        "linear_gaussian", description="Built-in data set or the UUID of an uploaded one (x: (n, D)). The raw "
-                                       "digits/clusters sets are not offered: digits are discrete (use a variant). "
-                                       "digits_17_levels has 17 intensity levels on the 8-bit scale, so its bits/dim "
-                                       "do not compare with 8-bit images; digits_dequantized is its former name.")
+        "linear_gaussian",
+        description="Built-in data set or the UUID of an uploaded one (x: (n, D)). The raw "
+        "digits/clusters sets are not offered: digits are discrete (use a variant). "
+        "digits_17_levels has 17 intensity levels on the 8-bit scale, so its bits/dim "
+        "do not compare with 8-bit images; digits_dequantized is its former name.",
+    )
     likelihood: Literal["auto", "bernoulli", "gaussian", "dequantized"] = Field(
-        "auto", description="auto: the data set's own (uploads: binary -> bernoulli, integers 0..255 -> dequantized, "
-                            "else gaussian).")
-    fixed_sigma: float | None = Field(None, ge=1e-3, le=1e3,
-                                      description="Gaussian decoder σ; None learns one σ per dimension.")
+        "auto",
+        description="auto: the data set's own (uploads: binary -> bernoulli, integers 0..255 -> dequantized, "
+        "else gaussian).",
+    )
+    fixed_sigma: float | None = Field(
+        None, ge=1e-3, le=1e3, description="Gaussian decoder σ; None learns one σ per dimension."
+    )
     latent_dim: int = Field(2, ge=1, le=256)
     hidden: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
-        default_factory=lambda: [64, 64], max_length=4, description="MLP widths; [] makes encoder/decoder affine.")
+        default_factory=lambda: [64, 64], max_length=4, description="MLP widths; [] makes encoder/decoder affine."
+    )
     train_k: int = Field(1, ge=1, le=64, description="1: ELBO training; >1: IWAE bound with that many samples.")
     steps: int = Field(2000, ge=1, le=100_000)
     batch_size: int = Field(128, ge=1, le=1024)
     lr: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate.")
     eval_k: list[Annotated[int, Field(ge=1, le=5000)]] = Field(
-        default_factory=lambda: [1, 10, 100, 1000], min_length=1, max_length=8,
-        description="Importance-sample counts K to evaluate, strictly increasing.")
+        default_factory=lambda: [1, 10, 100, 1000],
+        min_length=1,
+        max_length=8,
+        description="Importance-sample counts K to evaluate, strictly increasing.",
+    )
     heldout_fraction: float = Field(0.2, ge=0.05, le=0.5)
     eval_samples: int = Field(500, ge=1, le=5000, description="At most this many rows evaluated per split.")
     synthetic_n: int = Field(2000, ge=20, le=100_000, description="linear_gaussian: number of rows.")
@@ -52,7 +66,7 @@ class VaeDensityParams(Params):
     synthetic_sigma: float = Field(0.5, ge=0.01, le=10.0, description="linear_gaussian: true noise σ.")
 
     @model_validator(mode="after")
-    def _check(self) -> "VaeDensityParams":
+    def _check(self) -> VaeDensityParams:
         if any(b <= a for a, b in zip(self.eval_k, self.eval_k[1:])):
             raise ValueError("eval_k: must be strictly increasing")
         resolved = self.likelihood
@@ -94,17 +108,32 @@ def check_budget(p: VaeDensityParams, data_dim: int | None) -> None:
     eval_flops = 2.0 * p.eval_samples * sum(k * dec + enc for k in p.eval_k)
     if train_flops + eval_flops > FLOP_LIMIT:
         if train_flops >= eval_flops:
-            raise ValueError(f"steps: training needs ~{train_flops:.1e} FLOP (steps x batch_size x train_k x model), "
-                             f"over the {FLOP_LIMIT:.0e} budget")
-        raise ValueError(f"eval_k: evaluation needs ~{eval_flops:.1e} FLOP (eval_samples x sum(eval_k) x model), "
-                         f"over the {FLOP_LIMIT:.0e} budget")
+            raise ValueError(
+                f"steps: training needs ~{train_flops:.1e} FLOP (steps x batch_size x train_k x model), "
+                f"over the {FLOP_LIMIT:.0e} budget"
+            )
+        raise ValueError(
+            f"eval_k: evaluation needs ~{eval_flops:.1e} FLOP (eval_samples x sum(eval_k) x model), "
+            f"over the {FLOP_LIMIT:.0e} budget"
+        )
 
 
 SPEC = KindSpec(
     name="vae_density",
     description="Per-sample log p(x) by importance sampling through a VAE (ELBO vs IWAE L_K, nats and bits/dim).",
     params=VaeDensityParams,
-    example={"dataset": "linear_gaussian", "synthetic_dim": 6, "synthetic_latent": 2, "synthetic_n": 1500,
-             "latent_dim": 2, "hidden": [32], "train_k": 1, "steps": 1500, "batch_size": 128, "lr": 0.01,
-             "eval_k": [1, 10, 100, 1000], "eval_samples": 200},
+    example={
+        "dataset": "linear_gaussian",
+        "synthetic_dim": 6,
+        "synthetic_latent": 2,
+        "synthetic_n": 1500,
+        "latent_dim": 2,
+        "hidden": [32],
+        "train_k": 1,
+        "steps": 1500,
+        "batch_size": 128,
+        "lr": 0.01,
+        "eval_k": [1, 10, 100, 1000],
+        "eval_samples": 200,
+    },
 )

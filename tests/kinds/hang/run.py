@@ -1,6 +1,7 @@
 """The ``hang`` kind's run: blocks forever in one call that never checks in, as a technique stuck in one long
 operation would. Importing this module takes ``HANG_KIND_IMPORT_DELAY_S`` seconds (default 0), as a heavy first
 import (torch, matplotlib's font cache) can on a loaded machine."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Params of the test-only ``hang`` kind."""
+
 from __future__ import annotations
 
 from core.techniques.base import KindSpec, Params
@@ -8,5 +9,9 @@ class HangParams(Params):
     block: bool = True  # False: return at once
 
 
-SPEC = KindSpec(name="hang", description="Test only: a step that blocks without ever calling check_cancelled.",
-                params=HangParams, example={"block": False})
+SPEC = KindSpec(
+    name="hang",
+    description="Test only: a step that blocks without ever calling check_cancelled.",
+    params=HangParams,
+    example={"block": False},
+)
