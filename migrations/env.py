@@ -15,6 +15,11 @@ url = config.get_main_option("sqlalchemy.url") or get_settings().resolved_databa
 def run_migrations_online() -> None:
     engine = make_engine(url)
     with engine.connect() as connection:
+        if url.startswith("sqlite"):
+            # SQLite alters a table by copying it into a new one and dropping the old: with foreign keys enforced,
+            # dropping `jobs` would cascade to its metrics and artifacts. The pragma only takes effect outside a
+            # transaction, so it goes to the driver's connection before SQLAlchemy begins one.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,

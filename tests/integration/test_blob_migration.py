@@ -99,7 +99,7 @@ def _check_round_trip(url: str, blob_dir) -> None:
     cfg.set_main_option("blob_url", blob_dir.as_uri())
     command.upgrade(cfg, "0005")
     expected = _old_rows(url)
-    command.upgrade(cfg, "0007")
+    command.upgrade(cfg, "head")  # through the blob-store migration (0007) to the schema the models describe
     assert_models_match(url)
     store = DirectoryStore(blob_dir)
     for key, data in expected.items():

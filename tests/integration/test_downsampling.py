@@ -40,7 +40,9 @@ def test_every_bucket_keeps_its_exact_min_and_max(sessions):
     long, short = _series(rng, 30_000), _series(rng, 150)
     points = 400
     with sessions() as s:
-        job, _ = store.create_job(s, tenant="t", kind="init_averaging", params={}, seed=0, device="cpu", timeout_s=60)
+        job, _ = store.create_job(
+            s, tenant="t", kind="init_averaging", params={}, seed=0, device="cpu", timeout_s=60, republish_after_s=60
+        )
         job = store.claim(s, job.id, "test")
         rows = [(st, "loss", v) for st, v in long] + [(st, "acc", v) for st, v in short]
         assert store.beat(s, job.id, job.attempt, None, None, rows)
