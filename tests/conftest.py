@@ -21,6 +21,23 @@ def pg_database():
     drop_database(name)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sessions(request, tmp_path):
+    """Sessions on an empty database at the newest migration, once on SQLite and once on PostgreSQL: for store
+    queries that must behave the same on both backends."""
+    from core.jobs.db import make_engine, make_sessionmaker
+    from core.jobs.migrate import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+        upgrade(url)
+    else:
+        url = request.getfixturevalue("pg_database")[1]
+    engine = make_engine(url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def redis_prefix():
     prefix = f"gradlab-test-{uuid.uuid4().hex[:10]}:"

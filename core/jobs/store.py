@@ -141,6 +141,40 @@ def usage(session: Session, tenant: str, since: datetime, active_cap: int, windo
     return Usage(bool(at_cap), filled_at)
 
 
+def _queued_job_row(
+    tenant: str,
+    kind: str,
+    params: dict,
+    seed: int,
+    device: str,
+    timeout_s: int,
+    republish_after_s: float,
+    now: datetime,
+    idempotency_key: str | None = None,
+    body_hash: str | None = None,
+) -> dict:
+    """The column values of a new queued job, published at ``now`` (a job alone or a study's child)."""
+    return dict(
+        id=uuid.uuid4(),
+        tenant=tenant,
+        kind=kind,
+        status=JobStatus.queued,
+        params=params,
+        seed=seed,
+        device_requested=device,
+        queue=QUEUE_FOR_DEVICE[device],
+        timeout_s=timeout_s,
+        progress=0.0,
+        message="queued",
+        attempt=0,
+        idempotency_key=idempotency_key,
+        request_hash=body_hash,
+        created_at=now,
+        published_at=now,
+        republish_at=now + timedelta(seconds=republish_after_s),
+    )
+
+
 def create_job(
     session: Session,
     *,
@@ -167,25 +201,8 @@ def create_job(
         earlier = find_replay(session, tenant, idempotency_key, body_hash)
         if earlier is not None:
             return earlier, False
-    now = utcnow()
-    values = dict(
-        id=uuid.uuid4(),
-        tenant=tenant,
-        kind=kind,
-        status=JobStatus.queued,
-        params=params,
-        seed=seed,
-        device_requested=device,
-        queue=QUEUE_FOR_DEVICE[device],
-        timeout_s=timeout_s,
-        progress=0.0,
-        message="queued",
-        attempt=0,
-        idempotency_key=idempotency_key,
-        request_hash=body_hash,
-        created_at=now,
-        published_at=now,
-        republish_at=now + timedelta(seconds=republish_after_s),
+    values = _queued_job_row(
+        tenant, kind, params, seed, device, timeout_s, republish_after_s, utcnow(), idempotency_key, body_hash
     )
     try:
         # Core inserts: the ORM's unit of work cost about a tenth of the API's CPU per submission
@@ -758,29 +775,9 @@ def create_study(
     jobs, links = [], []
     for index, setting in enumerate(settings):
         for seed in seeds:
-            job_id = uuid.uuid4()
-            jobs.append(
-                dict(
-                    id=job_id,
-                    tenant=tenant,
-                    kind=kind,
-                    status=JobStatus.queued,
-                    params=setting["params"],
-                    seed=seed,
-                    device_requested=device,
-                    queue=QUEUE_FOR_DEVICE[device],
-                    timeout_s=timeout_s,
-                    progress=0.0,
-                    message="queued",
-                    attempt=0,
-                    idempotency_key=None,
-                    request_hash=None,
-                    created_at=now,
-                    published_at=now,
-                    republish_at=now + timedelta(seconds=republish_after_s),
-                )
-            )
-            links.append(dict(study_id=study["id"], job_id=job_id, setting=index, seed=seed))
+            job = _queued_job_row(tenant, kind, setting["params"], seed, device, timeout_s, republish_after_s, now)
+            jobs.append(job)
+            links.append(dict(study_id=study["id"], job_id=job["id"], setting=index, seed=seed))
     try:
         conn = session.connection()
         conn.execute(insert(Study.__table__), study)

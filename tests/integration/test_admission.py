@@ -12,8 +12,6 @@ import httpx
 import pytest
 
 from core.jobs import store
-from core.jobs.db import make_engine, make_sessionmaker
-from core.jobs.migrate import upgrade
 from core.jobs.models import utcnow
 
 SUBMITS, CAP = 50, 10
@@ -22,18 +20,6 @@ SUBMITS, CAP = 50, 10
 @pytest.fixture(scope="module")
 def service_env(service_env):
     return {**service_env, "GRADLAB_MAX_ACTIVE_JOBS_PER_TENANT": str(CAP)}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sessions(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'admission.sqlite3'}"
-        upgrade(url)
-    else:
-        url = request.getfixturevalue("pg_database")[1]
-    engine = make_engine(url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def _submit_all_at_once(sessions, tenant: str, admission: store.Admission) -> list:

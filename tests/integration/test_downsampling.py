@@ -6,23 +6,7 @@ from __future__ import annotations
 
 import random
 
-import pytest
-
 from core.jobs import store
-from core.jobs.db import make_engine, make_sessionmaker
-from core.jobs.migrate import upgrade
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sessions(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'downsample.sqlite3'}"
-        upgrade(url)
-    else:
-        url = request.getfixturevalue("pg_database")[1]
-    engine = make_engine(url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def _series(rng: random.Random, n: int) -> list[tuple[int, float | None]]:

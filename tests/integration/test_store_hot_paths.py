@@ -6,25 +6,9 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-import pytest
-
 from core.jobs import store
-from core.jobs.db import make_engine, make_sessionmaker
-from core.jobs.migrate import upgrade
 from core.jobs.models import Job, utcnow
 from core.jobs.states import JobStatus
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def sessions(request, tmp_path):
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'admission.sqlite3'}"
-        upgrade(url)
-    else:
-        url = request.getfixturevalue("pg_database")[1]
-    engine = make_engine(url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def _add(session, tenant: str, status: str, created_at) -> None:
