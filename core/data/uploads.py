@@ -138,6 +138,10 @@ class _Spool:
 # --- .npz -------------------------------------------------------------------------------------------------------
 
 
+NPZ_COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+"""Zip methods of the entries read: what numpy writes, refused by the directory before any entry is opened."""
+
+
 @dataclass(frozen=True)
 class _NpyEntry:
     info: zipfile.ZipInfo
@@ -155,6 +159,11 @@ def _parse_npz(fp: BinaryIO, spool: _Spool, cap: int) -> None:
                 name = info.filename.removesuffix(".npy")
                 if name not in ("x", "y") or not info.filename.endswith(".npy"):
                     raise UploadRejected(f"file: unexpected entry {info.filename!r}; only x.npy and y.npy are read")
+                if info.compress_type not in NPZ_COMPRESSIONS or info.flag_bits & 0x1:
+                    raise UploadRejected(
+                        f"file: entry {info.filename!r} is encrypted or compressed with zip method "
+                        f"{info.compress_type}; numpy's savez/savez_compressed write stored or deflated entries"
+                    )
                 entries[name] = _read_header(zf, info, name)
             if "x" not in entries:
                 raise UploadRejected(f"file: the .npz must hold an array named 'x' (found {sorted(entries)})")
@@ -170,7 +179,7 @@ def _parse_npz(fp: BinaryIO, spool: _Spool, cap: int) -> None:
             _copy_rows(zf, x, columns, spool.add_x)
             if y is not None:
                 _copy_rows(zf, y, 1, lambda chunk: spool.add_y(chunk.reshape(-1)))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
         raise UploadRejected(f"file: not a readable .npz ({exc})") from None
 
 
