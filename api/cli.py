@@ -38,7 +38,7 @@ def _check_bind(host: str) -> None:
     from api.guards import is_loopback
 
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
     except (socket.gaierror, UnicodeError) as exc:
         typer.echo(f"--host {host}: not an address or a resolvable name ({exc})", err=True)
         raise typer.Exit(2) from None

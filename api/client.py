@@ -12,6 +12,7 @@ an unreachable server raises its subclass ``ApiUnreachable``.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -207,7 +208,8 @@ class _SseParser:
         self.retry_s = 1.0
 
     def feed(self, lines: Iterable[str]) -> Iterator[Event]:
-        name, data = "message", []
+        name = "message"
+        data: list[str] = []
         for line in lines:
             if not line:
                 if data:
@@ -391,17 +393,17 @@ class Client:
             time.sleep(poll_interval)
 
     # --- artifacts --------------------------------------------------------------------------------------------
-    def artifacts(self, job_id: str) -> list[Artifact]:
+    def artifacts(self, job_id: str) -> builtins.list[Artifact]:
         return [Artifact(**_known(Artifact, a)) for a in self._request("GET", f"/v1/jobs/{job_id}/artifacts").json()]
 
     def artifact(self, job_id: str, name: str) -> bytes:
         return self._request("GET", f"/v1/jobs/{job_id}/artifacts/{name}").content
 
-    def download_artifacts(self, job_id: str, out_dir: str | os.PathLike) -> list[Path]:
+    def download_artifacts(self, job_id: str, out_dir: str | os.PathLike) -> builtins.list[Path]:
         """Save every artifact of the job into ``out_dir`` (made if missing), checking size and SHA-256."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        saved = []
+        saved: builtins.list[Path] = []  # `list` in this class is the jobs listing
         for art in self.artifacts(job_id):
             filename = Path(art.name).name
             if filename in ("", ".", "..") or filename != art.name:
@@ -416,7 +418,7 @@ class Client:
         return saved
 
     # --- kinds and datasets -----------------------------------------------------------------------------------
-    def kinds(self) -> list[Kind]:
+    def kinds(self) -> builtins.list[Kind]:
         return [Kind(**_known(Kind, k)) for k in self._request("GET", "/v1/kinds").json()]
 
     def kind(self, name: str) -> Kind:

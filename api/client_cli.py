@@ -217,7 +217,7 @@ def _watch(client: Client, job: Job, timeout: float | None) -> Job:
         task = progress.add_task(
             job.message,
             total=100,
-            completed=job.progress * 100,
+            completed=job.progress * 100,  # type: ignore[arg-type]  # rich keeps a float (Task.completed); its annotation says int
             status=f"[{STATUS_STYLE.get(job.status, '')}]{job.status}[/]",
         )
         _wait_in_queue(client, job, deadline, lambda text: progress.update(task, description=text))
@@ -284,7 +284,7 @@ def show(job_id: str = typer.Argument(..., help="job id")) -> None:
     info = Table(show_header=False, box=None)
     info.add_column(style="bold")
     info.add_column()
-    rows = [
+    rows: list[tuple[str, str | Text]] = [
         ("id", job.id),
         ("kind", job.kind),
         ("status", _status(job.status)),

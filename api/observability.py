@@ -16,10 +16,14 @@ import os
 import re
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import logs
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Histogram
 
 REQUEST_ID_HEADER = b"x-request-id"
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -31,10 +35,10 @@ def multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-_http_histogram = None
+_http_histogram: Histogram | None = None
 
 
-def http_histogram():
+def http_histogram() -> Histogram:
     """The request histogram, made on first use: prometheus-client reads PROMETHEUS_MULTIPROC_DIR when it is
     first imported, which must happen after ``gradlab api`` has set it. In multiprocess mode it belongs to no
     registry (the files are read at scrape time); otherwise to ``HTTP_REGISTRY``."""
@@ -52,10 +56,10 @@ def http_histogram():
     return _http_histogram
 
 
-_http_registry = None
+_http_registry: CollectorRegistry | None = None
 
 
-def http_registry():
+def http_registry() -> CollectorRegistry:
     global _http_registry
     if _http_registry is None:
         from prometheus_client import CollectorRegistry
@@ -68,7 +72,7 @@ class RequestContext:
     def __init__(self, app: ASGIApp, metrics: bool):
         self.app = app
         self.histogram = http_histogram() if metrics else None
-        self._children: dict[tuple[str, str, int], object] = {}  # labels() takes a lock and checks; cached here
+        self._children: dict[tuple[str, str, int], Histogram] = {}  # labels() takes a lock and checks; cached here
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -9,6 +9,7 @@ its previous response. Body deadlines are the app's (``api.limits.BodyLimits``).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -16,7 +17,7 @@ from core.settings import get_settings
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout_s = get_settings().header_timeout_s
         self._header_deadline: asyncio.TimerHandle | None = None

@@ -78,7 +78,7 @@ def progress(children: list[Child]) -> float:
     return sum(1.0 if c.status not in ACTIVE else c.progress for c in children) / len(children)
 
 
-def mean_ci(values: list[float]) -> dict:
+def mean_ci(values: list[float | None]) -> dict:
     """Mean and half-width of the 95 % confidence interval (Student t, n − 1 degrees of freedom; None for n < 2)."""
     xs = [float(v) for v in values if v is not None and math.isfinite(v)]
     n = len(xs)

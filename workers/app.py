@@ -11,13 +11,15 @@ process per device (or per core budget) to scale out.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
 from core.settings import Settings, get_settings
 
 
-def celery_config(settings: Settings) -> dict:
-    conf = {
+def celery_config(settings: Settings) -> dict[str, Any]:
+    conf: dict[str, Any] = {
         "broker_url": settings.resolved_broker_url,
         "task_serializer": "json",
         "accept_content": ["json"],

@@ -123,6 +123,7 @@ def _budget_model(session: Session, settings, who: Principal, body) -> None:
             503, f"params.model: could not be inspected now ({exc}); retry", headers={"Retry-After": "5"}
         ) from None
     if weight_layers is not None and weight_layers != summary["layers"]:
+        assert isinstance(model, HFConfigModel)  # only an HF config names separate weights
         raise _model_refused(f"weights: the tensors of model {model.weights} do not match this config's")
     if workload is not None:
         queue = QUEUE_FOR_DEVICE[body.device]

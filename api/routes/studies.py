@@ -313,4 +313,6 @@ def cancel_study(study_id: str, session=Depends(db), who: Principal = Depends(pr
     study = _study(session, study_id, who)
     store.cancel_study(session, study.id)
     session.expire_all()
-    return _out(session, store.get_study(session, study.id))
+    cancelled = store.get_study(session, study.id)
+    assert cancelled is not None  # found just above; cancelling keeps the row
+    return _out(session, cancelled)

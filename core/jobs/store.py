@@ -37,7 +37,7 @@ def request_fingerprint(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def find_replay(session: Session, tenant: str, idempotency_key: str, body_hash: str) -> Job | None:
+def find_replay(session: Session, tenant: str, idempotency_key: str, body_hash: str | None) -> Job | None:
     """The job an earlier request with this key made; IdempotencyConflict if that request had another body."""
     earlier = session.scalar(select(Job).where(Job.tenant == tenant, Job.idempotency_key == idempotency_key))
     if earlier is not None and earlier.request_hash != body_hash:
@@ -730,7 +730,7 @@ def _downsampled(where: list, points: int):
     )
 
 
-def find_study_replay(session: Session, tenant: str, idempotency_key: str, body_hash: str) -> Study | None:
+def find_study_replay(session: Session, tenant: str, idempotency_key: str, body_hash: str | None) -> Study | None:
     """The study an earlier request with this key made; IdempotencyConflict if that request had another body."""
     earlier = session.scalar(select(Study).where(Study.tenant == tenant, Study.idempotency_key == idempotency_key))
     if earlier is not None and earlier.request_hash != body_hash:
