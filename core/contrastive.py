@@ -129,9 +129,11 @@ def accumulated_backward_two_tower(
     qd, kd = q.detach(), k.detach()
     block = score_block_rows(max(keys.shape[0], queries.shape[0]), chunk_size, max_score_elements)
     loss, gq, gk = _blockwise_two_tower(qd, kd, positives, temperature, block)
+    assert gq is not None and gk is not None  # need_grad: the gradients are there
     if symmetric:
         back = _inverse_permutation(positives, keys.shape[0])
         loss_back, gk_back, gq_back = _blockwise_two_tower(kd, qd, back, temperature, block)
+        assert gq_back is not None and gk_back is not None
         loss, gq, gk = 0.5 * (loss + loss_back), 0.5 * (gq + gq_back), 0.5 * (gk + gk_back)
     torch.autograd.backward([q, k], [gq, gk])
     _replay_backward(towers, [hq.grad, hk.grad], states, chunk_size)

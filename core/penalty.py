@@ -132,10 +132,10 @@ def spectral_norm_power(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     rand = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
     v = _unit_rows(rand if v0 is None else v0.detach(), rand)
-    _, vjp_fn = torch.func.vjp(fn, x)
+    _, vjp_fn = torch.func.vjp(fn, x)  # type: ignore[misc]  # the annotation includes has_aux=True's 3-tuple
     sigma = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for it in range(1, max_iter + 1):
-        _, u = torch.func.jvp(fn, (x,), (v,))
+        _, u = torch.func.jvp(fn, (x,), (v,))  # type: ignore[misc]  # likewise: 2-tuple without has_aux
         (w,) = vjp_fn(u)
         wn = w.norm(dim=1)
         new = torch.maximum(sigma, wn.sqrt())
@@ -199,7 +199,12 @@ def jacobian_spectral_norms(
     for t in range(1, len(layers)):
         norms.append(
             spectral_norm_power(
-                lambda xx, t=t: _apply(layers, xx, t)[-1], x, v0=v0, tol=tol, max_iter=max_iter, seed=t
+                lambda xx, t=t: _apply(layers, xx, t)[-1],  # type: ignore[misc]  # mypy infers no lambda with a default
+                x,
+                v0=v0,
+                tol=tol,
+                max_iter=max_iter,
+                seed=t,
             )[0]
         )
     return norms

@@ -261,9 +261,9 @@ def metrics(
 ):
     job = _job(session, job_id, who)
     if points is not None:
-        rows = store.downsampled_metrics(session, job.id, name=name, points=points)
+        kept = store.downsampled_metrics(session, job.id, name=name, points=points)
         return JSONResponse(
-            {"items": [{"step": r.step, "name": r.name, "value": r.value} for r in rows], "next_cursor": None}
+            {"items": [{"step": r.step, "name": r.name, "value": r.value} for r in kept], "next_cursor": None}
         )
     rows, nxt = store.read_metrics(session, job.id, name=name, after_step=after_step, cursor=cursor, limit=limit)
     # Plain dicts straight to JSON: a model per row was a third of the API's time when paging large series.

@@ -14,7 +14,8 @@ token for the scraper alone, so Prometheus holds no API key).
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -26,16 +27,20 @@ from core.jobs.models import utcnow
 from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
 from core.techniques import specs
 
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+    from sqlalchemy.orm import Session, sessionmaker
+
 router = APIRouter(include_in_schema=False)
 
 
 class ServiceCollector:
     """Metric families computed from the database on each scrape."""
 
-    def __init__(self, sessions):
+    def __init__(self, sessions: sessionmaker[Session]):
         self.sessions = sessions
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import GaugeMetricFamily, Metric
 
         now = utcnow()

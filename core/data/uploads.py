@@ -85,7 +85,7 @@ def _check_shape(rows: int, columns: int, has_labels: bool, cap: int) -> None:
 class _Spool:
     """Checked chunks of x and y in temporary files until the whole upload is accepted."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._files = contextlib.ExitStack()
         self.x = self._files.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 (the stack closes it)
         self.y: BinaryIO | None = None

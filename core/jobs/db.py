@@ -4,9 +4,10 @@ PostgreSQL connections are checked before use when they sat idle."""
 from __future__ import annotations
 
 import time
+from typing import Any, cast
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import sessionmaker
 
@@ -58,3 +59,9 @@ def _ping_after_idle(engine: Engine) -> None:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def rowcount(result: Result[*tuple[Any, ...]]) -> int:
+    """The rows an UPDATE or DELETE matched. Session.execute returns a CursorResult for one, but its annotation
+    says Result (it cannot tell the statement's kind), and only CursorResult has ``rowcount``."""
+    return cast(CursorResult, result).rowcount

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from core.jobs.db import rowcount
 from core.jobs.models import ApiKey, utcnow
 
 KEY_PREFIX = "glk_"
@@ -47,7 +48,7 @@ def revoke_key(session: Session, key_id: uuid.UUID) -> bool:
         update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
     )
     session.commit()
-    return res.rowcount == 1
+    return rowcount(res) == 1
 
 
 def list_keys(session: Session) -> list[ApiKey]:

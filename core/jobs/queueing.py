@@ -21,9 +21,9 @@ def estimate_wait_s(
 ) -> float | None:
     if workers < 1:
         return None
-    typical = {kind: typical_run_s(samples) for kind, samples in run_s.items()}
+    typical = {kind: s for kind, samples in run_s.items() if (s := typical_run_s(samples)) is not None}
     kinds = set(ahead) | {kind for kind, _ in running}
-    if any(typical.get(kind) is None for kind in kinds):
+    if any(kind not in typical for kind in kinds):
         return None
     work = sum(max(typical[kind] - elapsed, 0.0) for kind, elapsed in running)
     work += sum(count * typical[kind] for kind, count in ahead.items())

@@ -10,13 +10,16 @@ import base64
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, text, update
+from sqlalchemy import Row, Select, and_, bindparam, case, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core.jobs.db import rowcount
 from core.jobs.models import ACTIVE_WHERE, Artifact, Dataset, Job, Metric, StoredModel, Study, StudyJob, Worker, utcnow
 from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
 
@@ -266,7 +269,7 @@ def claim(session: Session, job_id: uuid.UUID, worker: str) -> Job | None:
         )
         .execution_options(synchronize_session=False)
     )
-    if res.rowcount != 1:
+    if rowcount(res) != 1:
         session.rollback()
         return None
     session.execute(delete(Metric).where(Metric.job_id == job_id))
@@ -301,7 +304,7 @@ def beat(
     res = session.execute(
         update(Job).where(_owned(job_id, attempt)).values(**values).execution_options(synchronize_session=False)
     )
-    if res.rowcount != 1:
+    if rowcount(res) != 1:
         session.rollback()
         return False
     if metric_rows:
@@ -314,6 +317,7 @@ def _insert_metrics(session: Session, job_id: uuid.UUID, rows: list[tuple[int, s
     """Batched metric rows in the caller's transaction; PostgreSQL gets COPY (about 3x an executemany)."""
     if session.get_bind().dialect.name == "postgresql":
         dbapi = session.connection().connection.driver_connection
+        assert dbapi is not None  # a connection in use has its driver's
         with dbapi.cursor() as cur, cur.copy("COPY metrics (job_id, step, name, value) FROM STDIN") as copy:
             copy.write(_copy_text(job_id, rows))
         return
@@ -397,7 +401,7 @@ def finish(
         update(Job).where(_owned(job_id, attempt)).values(**values).execution_options(synchronize_session=False)
     )
     session.commit()
-    return res.rowcount == 1
+    return rowcount(res) == 1
 
 
 def fail_queued(session: Session, job_id: uuid.UUID, error_type: str, error_message: str) -> bool:
@@ -414,7 +418,7 @@ def fail_queued(session: Session, job_id: uuid.UUID, error_type: str, error_mess
         )
     )
     session.commit()
-    return res.rowcount == 1
+    return rowcount(res) == 1
 
 
 def cancel(session: Session, job_id: uuid.UUID) -> Job:
@@ -427,7 +431,8 @@ def cancel(session: Session, job_id: uuid.UUID) -> Job:
     )
     session.commit()
     job = session.get(Job, job_id, populate_existing=True)
-    if res.rowcount != 1:
+    assert job is not None  # the caller found it; jobs are not deleted
+    if rowcount(res) != 1:
         raise TransitionRefused(job.status)
     return job
 
@@ -446,7 +451,7 @@ def dataset_columns(session: Session, dataset_id: uuid.UUID) -> int | None:
     return session.scalar(select(Dataset.columns).where(Dataset.id == dataset_id))
 
 
-def list_artifacts(session: Session, job_id: uuid.UUID) -> list:
+def list_artifacts(session: Session, job_id: uuid.UUID) -> Sequence[Row[str, str, int, str]]:
     """(name, media_type, size, sha256) of a job's artifacts, by name; the bytes stay in the database."""
     return session.execute(
         select(Artifact.name, Artifact.media_type, Artifact.size, Artifact.sha256)
@@ -507,7 +512,7 @@ def sweep(
                     f"(killed, out of memory, or lost); giving up",
                 )
             )
-            if res.rowcount == 1:
+            if rowcount(res) == 1:
                 out.failed.append(job_id)
         else:
             res = session.execute(
@@ -521,7 +526,7 @@ def sweep(
                     message=f"retrying: worker lost on attempt {attempt}",
                 )
             )
-            if res.rowcount == 1:
+            if rowcount(res) == 1:
                 out.retried.append(job_id)
                 out.republish.append((job_id, queue))
         session.commit()
@@ -537,7 +542,7 @@ def sweep(
             .where(Job.id == job_id, Job.status == JobStatus.queued, due)
             .values(published_at=now, republish_at=now + timedelta(seconds=gap))
         )
-        if res.rowcount == 1:
+        if rowcount(res) == 1:
             out.republish.append((job_id, queue))
         session.commit()
     return out
@@ -601,7 +606,7 @@ def list_jobs(
 
 def read_metrics(
     session: Session, job_id: uuid.UUID, *, name: str | None, after_step: int | None, cursor: int | None, limit: int
-) -> tuple[list, int | None]:
+) -> tuple[Sequence[Row[int, int, str, float | None]], int | None]:
     """Metric rows (id, step, name, value) in the order they were logged; ``cursor`` is the last row id seen."""
     q = select(Metric.id, Metric.step, Metric.name, Metric.value).where(Metric.job_id == job_id)
     if name:
@@ -629,7 +634,7 @@ def job_progress(session: Session, job_id: uuid.UUID) -> dict | None:
 
 def last_metric_id(session: Session, job_id: uuid.UUID) -> int:
     """The id of the job's newest metric row; 0 when it has none (row ids start at 1)."""
-    return session.scalar(select(func.coalesce(func.max(Metric.id), 0)).where(Metric.job_id == job_id))
+    return session.execute(select(func.coalesce(func.max(Metric.id), 0)).where(Metric.job_id == job_id)).scalar_one()
 
 
 # --- uploaded models -------------------------------------------------------------------------------------------
@@ -669,7 +674,9 @@ def list_models(session: Session, *, tenant: str | None, limit: int) -> list:
     return list(session.execute(query).all())
 
 
-def downsampled_metrics(session: Session, job_id: uuid.UUID, *, name: str | None, points: int) -> list:
+def downsampled_metrics(
+    session: Session, job_id: uuid.UUID, *, name: str | None, points: int
+) -> Sequence[Row[uuid.UUID, int, str, float | None]]:
     """Every series of a job (or the named one) in at most ``points`` rows each, in step order.
 
     A series longer than ``points`` is cut into ``points // 2`` buckets of equal step span, and each bucket keeps
@@ -683,7 +690,9 @@ def downsampled_metrics(session: Session, job_id: uuid.UUID, *, name: str | None
     return session.execute(_downsampled(where, points)).all()
 
 
-def study_downsampled_metrics(session: Session, study_id: uuid.UUID, *, name: str, points: int) -> list:
+def study_downsampled_metrics(
+    session: Session, study_id: uuid.UUID, *, name: str, points: int
+) -> Sequence[Row[uuid.UUID, int, str, float | None]]:
     """One metric of every child of a study, each child's series downsampled as ``downsampled_metrics`` does:
     rows (job_id, step, name, value), in one query (a study page draws them all at once)."""
     children = select(StudyJob.job_id).where(StudyJob.study_id == study_id)
@@ -692,10 +701,10 @@ def study_downsampled_metrics(session: Session, study_id: uuid.UUID, *, name: st
     ).all()
 
 
-def _downsampled(where: list, points: int):
+def _downsampled(where: list, points: int) -> Select[uuid.UUID, int, str, float | None]:
     """The min/max decimation as one statement, windows only (a join to per-series ranges let PostgreSQL's planner
     rescan the aggregate per row on a fresh table): each series' span, then each row's bucket, then the extremes."""
-    series = {"partition_by": (Metric.job_id, Metric.name)}
+    series: dict[str, Any] = {"partition_by": (Metric.job_id, Metric.name)}
     spans = (
         select(
             Metric.id,
@@ -714,7 +723,7 @@ def _downsampled(where: list, points: int):
     bucket = case(
         (spans.c.n <= points, spans.c.id), else_=(spans.c.step - spans.c.lo) * buckets // (spans.c.hi - spans.c.lo + 1)
     )
-    in_bucket = {"partition_by": (spans.c.job_id, spans.c.name, bucket)}
+    in_bucket: dict[str, Any] = {"partition_by": (spans.c.job_id, spans.c.name, bucket)}
     ranked = select(
         spans.c.job_id,
         spans.c.step,
@@ -797,7 +806,7 @@ def get_study(session: Session, study_id: uuid.UUID) -> Study | None:
     return session.get(Study, study_id)
 
 
-def study_children(session: Session, study_id: uuid.UUID) -> list:
+def study_children(session: Session, study_id: uuid.UUID) -> Sequence[Row[uuid.UUID, int, int, str, float, Any]]:
     """Each child's (job_id, setting, seed, status, progress, summary): the summary alone, not the whole result."""
     return session.execute(
         select(
@@ -832,7 +841,7 @@ def cancel_study(session: Session, study_id: uuid.UUID) -> int:
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    return res.rowcount
+    return rowcount(res)
 
 
 # --- what operators see: workers, queues, the service's state (GET /v1/workers, /v1/queues, /metrics) ----------
@@ -856,7 +865,7 @@ def worker_beat(session: Session, name: str, device: dict, stats: list) -> bool:
         update(Worker).where(Worker.name == name).values(heartbeat_at=utcnow(), device=device, stats=stats)
     )
     session.commit()
-    return res.rowcount == 1
+    return rowcount(res) == 1
 
 
 def unregister_worker(session: Session, name: str) -> None:
@@ -915,8 +924,10 @@ def queues(session: Session) -> dict[str, QueueState]:
 def job_counts(session: Session) -> list[tuple[str, str, int]]:
     """(status, kind, number of jobs) for every pair that has jobs."""
     return [
-        tuple(r)
-        for r in session.execute(select(Job.status, Job.kind, func.count()).group_by(Job.status, Job.kind)).all()
+        (status, kind, n)
+        for status, kind, n in session.execute(
+            select(Job.status, Job.kind, func.count()).group_by(Job.status, Job.kind)
+        ).all()
     ]
 
 
@@ -924,9 +935,10 @@ def blob_bytes(session: Session) -> dict[str, int]:
     """Bytes in the blob store, by what they are (from the rows' recorded sizes): artifacts, uploaded datasets and
     uploaded models' weights."""
     return {
-        "artifacts": session.scalar(select(func.coalesce(func.sum(Artifact.size), 0))),
-        "datasets": session.scalar(select(func.coalesce(func.sum(Dataset.size), 0))),
-        "models": session.scalar(select(func.coalesce(func.sum(StoredModel.weights_size), 0))),
+        "artifacts": session.execute(select(func.coalesce(func.sum(Artifact.size), 0))).scalar_one(),
+        "datasets": session.execute(select(func.coalesce(func.sum(Dataset.size), 0))).scalar_one(),
+        # coalesce(..., 0) is never NULL; its annotation takes the nullable column's
+        "models": cast(int, session.execute(select(func.coalesce(func.sum(StoredModel.weights_size), 0))).scalar_one()),
     }
 
 
@@ -957,7 +969,11 @@ def queue_outlook(session: Session, job: Job, alive_since: datetime) -> QueueOut
     now = utcnow()
     consumers = [s for s in workers(session, alive_since) if job.queue in s.worker.queues]
     names = {s.worker.name for s in consumers}
-    running = [(s.job_kind, (now - s.job_started_at).total_seconds()) for s in consumers if s.job_id is not None]
+    running = [
+        (s.job_kind, (now - s.job_started_at).total_seconds())
+        for s in consumers
+        if s.job_kind is not None and s.job_started_at is not None  # set exactly when it runs a job
+    ]
     kinds = set(ahead) | {kind for kind, _ in running}
     return QueueOutlook(
         position=1 + sum(ahead.values()),
