@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from core.init import averaged_normal_, averaged_uniform_, averaged_variance, fans
+from core.init import Mean, averaged_normal_, averaged_uniform_, averaged_variance, fans
 from core.models.build import BuiltModel
 from core.optim.accum import AccumAdam, AccumSGDM, state_bytes
 
@@ -26,7 +27,7 @@ def nonsquare_weights(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return out
 
 
-def layer_table(module: nn.Module, means: list[str]) -> list[dict]:
+def layer_table(module: nn.Module, means: list[Mean]) -> list[dict]:
     """One row per non-square weight: fans, the variance it has now, and σ² = 1/mean(fans) for each mean."""
     rows = []
     for name, p in nonsquare_weights(module):
@@ -44,7 +45,7 @@ def layer_table(module: nn.Module, means: list[str]) -> list[dict]:
     return rows
 
 
-def reinit_nonsquare_(module: nn.Module, mean: str, distribution: str, generator: torch.Generator) -> None:
+def reinit_nonsquare_(module: nn.Module, mean: Mean, distribution: str, generator: torch.Generator) -> None:
     """Re-draw every non-square weight with the averaged-fan variance of ``mean``; everything else is kept."""
     fill = averaged_normal_ if distribution == "normal" else averaged_uniform_
     for _, p in nonsquare_weights(module):
@@ -58,7 +59,8 @@ def _input_layer(built: BuiltModel) -> nn.Module | None:
     """The module whose output is the network's continuous input (token models: the token embedding)."""
     if not built.tokens:
         return None
-    return built.module.get_input_embeddings() if built.hf else built.module.tok
+    module = cast(Any, built.module)  # a transformers model or a TokenTransformer: attributes nn.Module lacks
+    return module.get_input_embeddings() if built.hf else module.tok
 
 
 def variance_ratios(built: BuiltModel, inputs: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
@@ -87,6 +89,7 @@ def variance_ratios(built: BuiltModel, inputs: torch.Tensor, generator: torch.Ge
     g_out = torch.randn(out.shape, generator=generator).to(out.device, out.dtype)
     out.backward(g_out)
     x = captured["in"]
+    assert x.grad is not None  # a leaf or retain_grad(), and the backward just ran
     forward = float(out.detach().double().pow(2).mean() / x.detach().double().pow(2).mean())
     backward = float(x.grad.double().pow(2).mean() / g_out.double().pow(2).mean())
     built.module.zero_grad(set_to_none=True)

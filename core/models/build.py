@@ -8,7 +8,7 @@ the spec refused remote code); weights come only from safetensors.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,7 @@ class BuiltModel:
         (classify), the next token (causal LM) or the masked tokens (masked LM; ``mask`` marks them, default one
         position in ``MASK_EVERY``; the mask token is the vocabulary's last id)."""
         if self.task == "classify":
+            assert targets is not None  # a classifier's batch comes with its labels
             return self.logits(inputs), targets
         if self.task == "causal_lm":
             logits = self.logits(inputs)[:, :-1]
@@ -50,6 +51,7 @@ class BuiltModel:
         if mask is None:
             mask = torch.arange(inputs.shape[1], device=inputs.device) % MASK_EVERY == MASK_EVERY // 2
             mask = mask.expand_as(inputs)
+        assert self.vocab_size is not None  # set for every token model
         masked = torch.where(mask, torch.full_like(inputs, self.vocab_size - 1), inputs)
         labels = torch.where(mask, inputs, torch.full_like(inputs, -100))  # no boolean indexing: runs on meta
         logits = self.logits(masked)
@@ -78,15 +80,17 @@ class BuiltModel:
         classes: int | None,
         device: torch.device | str,
         generator: torch.Generator | None = None,
-    ):
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Random inputs of the right shape (on ``meta``: shapes only, nothing allocated): (inputs, targets or
         None)."""
         if self.tokens:
+            assert self.context is not None and self.vocab_size is not None  # set for every token model
             length = min(seq_len or self.context, self.context)
             if str(device) == "meta":
                 return torch.empty(batch, length, dtype=torch.long, device="meta"), None
             ids = torch.randint(0, self.vocab_size, (batch, length), generator=generator)
             return ids.to(device), None
+        assert features is not None and classes is not None  # a classifier is built for a dataset's sizes
         if str(device) == "meta":
             return (torch.empty(batch, features, device="meta"), torch.empty(batch, dtype=torch.long, device="meta"))
         x = torch.randn(batch, features, generator=generator)
@@ -113,7 +117,9 @@ def build(
 def _build_builtin(spec: BuiltinModel, features: int | None, classes: int | None) -> BuiltModel:
     if spec.arch in ("transformer_encoder", "causal_lm"):
         causal = spec.arch == "causal_lm"
-        module = builtin.TokenTransformer(spec.vocab_size, spec.hidden, spec.heads, spec.depth, spec.context, causal)
+        module: nn.Module = builtin.TokenTransformer(
+            spec.vocab_size, spec.hidden, spec.heads, spec.depth, spec.context, causal
+        )
         return BuiltModel(module, "causal_lm" if causal else "masked_lm", spec.vocab_size, spec.context)
     if features is None or classes is None:
         raise ValueError("model.arch: the MLP and CNNs need a dataset with features and labels")
@@ -156,7 +162,7 @@ def load_safetensors(module: nn.Module, data: bytes) -> None:
         raise ValueError(f"weights: tensors missing for {missing[:5]}")
     module.load_state_dict({**own, **tensors}, strict=True)
     if hasattr(module, "tie_weights"):
-        module.tie_weights()
+        module.tie_weights()  # type: ignore[operator]  # nn.Module.__getattr__ says Tensor | Module; a method here
 
 
 class PooledEncoder(nn.Module):
@@ -167,13 +173,18 @@ class PooledEncoder(nn.Module):
         super().__init__()
         if not built.tokens:
             raise ValueError("model: pooled towers need a Transformer")
+        self.body: nn.Module
         if built.hf:
-            self.body = built.module.base_model
+            self.body = cast(nn.Module, built.module.base_model)  # a transformers model's encoder
         else:
-            built.module.head = None
+            built.module.head = None  # type: ignore[assignment]  # drops the vocabulary head; nn.Module takes None
             self.body = built.module
         self.hf, self.pooling = built.hf, pooling
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        h = self.body(input_ids=ids).last_hidden_state if self.hf else self.body.encode(ids)
+        h = (
+            self.body(input_ids=ids).last_hidden_state
+            if self.hf
+            else cast(builtin.TokenTransformer, self.body).encode(ids)
+        )
         return h[:, 0] if self.pooling == "cls" else h.mean(dim=1)

@@ -12,6 +12,7 @@ def embedding_sizes(model: BuiltinModel | HFConfigModel) -> dict[str, int] | Non
     """hidden, vocab, head_dim and context of a Transformer spec; None for a model without token embeddings."""
     if isinstance(model, HFConfigModel):
         s = hf_sizes(model.config)
+        assert s["head_dim"] is not None  # the model's validation refused a config without one
         return {"hidden": s["hidden"], "vocab": s["vocab"], "head_dim": s["head_dim"], "context": s["context"]}
     if model.arch not in TRANSFORMER_ARCHS:
         return None

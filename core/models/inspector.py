@@ -64,14 +64,16 @@ class _Child:
             self.stop()
             self.proc = self._start()
         self.served += 1
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None  # _start opens both pipes
         try:
-            self.proc.stdin.write(request + "\n")
-            self.proc.stdin.flush()
+            stdin.write(request + "\n")
+            stdin.flush()
         except BrokenPipeError:
             self.stop()
             raise InspectionFailed("the model inspector exited") from None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
-        line = self.proc.stdout.readline() if ready else ""
+        ready, _, _ = select.select([stdout], [], [], timeout_s)
+        line = stdout.readline() if ready else ""
         if not line:
             self.stop()
             raise InspectionFailed(

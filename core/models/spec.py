@@ -9,7 +9,7 @@ such a config silently as its native class), bounded sizes and a bounded analyti
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -26,6 +26,19 @@ REFUSED_KEYS = {
     "custom_pipelines": "names remote code",
 }
 SIZE_CAPS = {"hidden": 65_536, "layers": 512, "heads": 1_024, "vocab": 4_000_000, "context": 1_048_576}
+SizeRole = Literal["hidden", "layers", "heads", "vocab", "context"]
+# in the order of Family.size_fields
+SIZE_ROLES: tuple[SizeRole, ...] = ("hidden", "layers", "heads", "vocab", "context")
+
+
+class HFSizes(TypedDict):
+    hidden: int
+    layers: int
+    heads: int
+    vocab: int
+    context: int
+    ffn: int
+    head_dim: int | None  # None: hidden is not a multiple of heads (and the config names no head_dim)
 
 
 class _Spec(BaseModel):
@@ -99,7 +112,7 @@ def check_hf_config(config: dict[str, Any]) -> None:
         )
     family = FAMILIES[model_type]
     sizes = hf_sizes(config)
-    for role, name in zip(("hidden", "layers", "heads", "vocab", "context"), family.size_fields):
+    for role, name in zip(SIZE_ROLES, family.size_fields):
         value = sizes[role]
         if not 1 <= value <= SIZE_CAPS[role]:
             raise ValueError(f"config.{name}: {value} is outside 1..{SIZE_CAPS[role]}")
@@ -110,27 +123,35 @@ def check_hf_config(config: dict[str, Any]) -> None:
         raise ValueError(f"config: about {count:.2e} parameters exceed the limit of {MAX_PARAMS:.0e}")
 
 
-def hf_sizes(config: dict[str, Any]) -> dict[str, int | None]:
+def hf_sizes(config: dict[str, Any]) -> HFSizes:
     """hidden, layers, heads, vocab, context, ffn and head_dim of a family config (ValueError naming a missing or
     non-integer size field)."""
     family = FAMILIES[config["model_type"]]
-    sizes: dict[str, int | None] = {}
-    for role, name in zip(("hidden", "layers", "heads", "vocab", "context"), family.size_fields):
+    given: dict[str, int] = {}
+    for role, name in zip(SIZE_ROLES, family.size_fields):
         value = config.get(name)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"config.{name}: required, an integer (got {value!r})")  # noqa: TRY004 (a 422)
-        sizes[role] = value
+        given[role] = value
+    hidden, heads = given["hidden"], given["heads"]
     ffn = config.get(family.ffn) if family.ffn else None
-    sizes["ffn"] = ffn if isinstance(ffn, int) and not isinstance(ffn, bool) and ffn > 0 else 4 * sizes["hidden"]
     explicit = config.get("head_dim")
     if isinstance(explicit, int) and not isinstance(explicit, bool) and explicit > 0:
-        sizes["head_dim"] = explicit
+        head_dim: int | None = explicit
     else:
-        sizes["head_dim"] = sizes["hidden"] // sizes["heads"] if sizes["hidden"] % sizes["heads"] == 0 else None
-    return sizes
+        head_dim = hidden // heads if hidden % heads == 0 else None
+    return HFSizes(
+        hidden=hidden,
+        layers=given["layers"],
+        heads=heads,
+        vocab=given["vocab"],
+        context=given["context"],
+        ffn=ffn if isinstance(ffn, int) and not isinstance(ffn, bool) and ffn > 0 else 4 * hidden,
+        head_dim=head_dim,
+    )
 
 
-def approx_params(sizes: dict[str, int | None]) -> int:
+def approx_params(sizes: HFSizes) -> int:
     """Embedding plus, per layer, attention (4·h²) and a gated feed-forward (3·h·ffn): an upper-side estimate that
     bounds the config before anything is built."""
     h = sizes["hidden"]
