@@ -89,6 +89,7 @@ def importance_log_likelihood(
     for log_w in _log_weight_chunks(x, sample_proposal, log_proposal, log_joint, k, chunk_size):
         part = torch.logsumexp(log_w, dim=0)
         total = part if total is None else torch.logaddexp(total, part)
+    assert total is not None  # k >= 1 (checked): one chunk at least
     return total - math.log(k)
 
 
@@ -113,7 +114,9 @@ def importance_statistics(
         if lse is None:
             lse, lse_sq, total = part, part_sq, part_sum
         else:
+            assert lse_sq is not None and total is not None  # set together with lse
             lse, lse_sq, total = torch.logaddexp(lse, part), torch.logaddexp(lse_sq, part_sq), total + part_sum
+    assert lse is not None and lse_sq is not None and total is not None  # k >= 1 (checked): one chunk at least
     return ImportanceStats(lse - math.log(k), total / k, torch.exp(2.0 * lse - lse_sq))
 
 
@@ -285,6 +288,7 @@ class VAE(nn.Module):
         hidden = list(hidden)
         self.encoder = _mlp([data_dim, *hidden, 2 * latent_dim])
         self.decoder = _mlp([latent_dim, *reversed(hidden), data_dim])
+        self.log_sigma: Tensor | None  # a parameter (learned), a buffer (fixed) or None (Bernoulli)
         if likelihood == "bernoulli":
             self.log_sigma = None
         elif fixed_sigma is None:
@@ -308,6 +312,7 @@ class VAE(nn.Module):
         return DiagonalGaussian(mean, log_std, generator)
 
     def sigma(self) -> Tensor:
+        assert self.log_sigma is not None, "a Bernoulli likelihood has no σ"
         return torch.exp(self.log_sigma.clamp(min=self.min_log_sigma))
 
     def log_conditional(self, x: Tensor, z: Tensor) -> Tensor:
@@ -315,6 +320,7 @@ class VAE(nn.Module):
         out = self.decoder(z)
         if self.likelihood == "bernoulli":
             return -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none").sum(-1)
+        assert self.log_sigma is not None  # only Bernoulli has none
         log_sigma = self.log_sigma.clamp(min=self.min_log_sigma)
         resid = (x - out) * torch.exp(-log_sigma)
         log_density = -0.5 * (resid.square() + LOG_2PI).sum(-1) - log_sigma.sum()

@@ -79,7 +79,10 @@ class _AccumOptimizer(Optimizer):
         State is created on a parameter's first gradient. A parameter with state but no gradient this micro-step
         still decays and moves, i.e. it is treated as having a zero micro-gradient.
         """
-        held, held_state, grads, grad_state = [], [[] for _ in self._state_keys], [], [[] for _ in self._state_keys]
+        held: list[torch.Tensor] = []
+        grads: list[torch.Tensor] = []
+        held_state: list[list[torch.Tensor]] = [[] for _ in self._state_keys]
+        grad_state: list[list[torch.Tensor]] = [[] for _ in self._state_keys]
         for p in group["params"]:
             state = self.state.get(p)
             if p.grad is not None:
@@ -98,7 +101,9 @@ class _AccumOptimizer(Optimizer):
                     lst.append(state[key])
         return held, held_state, grads, grad_state
 
-    def _loss(self, closure: Callable[[], torch.Tensor] | None):
+    def _loss(self, closure: Callable[[], torch.Tensor] | None) -> torch.Tensor | None:
+        """The closure's loss. Optimizer.step's overloads say a closure returns a float; here, as in torch's own
+        optimizers, it returns the loss tensor (hence the ignored override on each ``step``)."""
         if closure is None:
             return None
         with torch.enable_grad():
@@ -126,7 +131,7 @@ class AccumSGDM(_AccumOptimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, accum_steps=accum_steps, weight_decay=weight_decay))
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):  # type: ignore[override]  # see _loss
         """One micro-step: fold the current gradients into the momentum; move parameters when χ_t = 1."""
         loss = self._loss(closure)
         for group in self.param_groups:
@@ -177,7 +182,7 @@ class AccumAdam(_AccumOptimizer):
         )
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):  # type: ignore[override]  # see _loss
         """One micro-step: fold g and g² into the moments; apply the bias-corrected update when χ_t = 1."""
         loss = self._loss(closure)
         for group in self.param_groups:

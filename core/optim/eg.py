@@ -43,6 +43,13 @@ def _grads(params: list[Tensor], name: str) -> list[Tensor]:
     return out
 
 
+def _grad(p: Tensor) -> Tensor:
+    """The gradient of a parameter ``_grads`` kept: it has one (``Tensor.grad`` is annotated Optional)."""
+    g = p.grad
+    assert g is not None
+    return g
+
+
 def _check_positive(**values: float) -> None:
     for key, value in values.items():
         if not value > 0.0:
@@ -96,8 +103,12 @@ class _Flat:
         self.rest = [i for i in range(len(params)) if i not in chosen]
         self.flat: dict[str, Tensor] = {}
         self.views: dict[str, list[Tensor]] = {}
-        self.grad, self.grad_views, self.grad_segments, self.segments = None, [], [], {}
-        self._states, self._entries = [], ([], [], [])
+        self.grad: Tensor | None = None  # the gathered gradients, with ``full`` keys
+        self.grad_views: list[Tensor] = []
+        self.grad_segments: list[Tensor] = []
+        self.segments: dict[str, list[Tensor]] = {}
+        self._states: list[dict] = []
+        self._entries: tuple[list[dict], list[str], list[Tensor]] = ([], [], [])
         if not self.members:
             return
         ps, ss = [params[i] for i in self.members], [states[i] for i in self.members]
@@ -197,6 +208,7 @@ def _dots(
     if plan is None or not plan.members:
         return [torch.vdot(x.flatten(), y.flatten()) for x, y in zip(a, b)]
     if total:
+        assert plan.grad is not None  # a plan with full keys gathers the gradients
         return [torch.vdot(plan.flat[key], plan.grad)] + [torch.vdot(a[i].flatten(), b[i].flatten()) for i in plan.rest]
     dots: list[Tensor] = [None] * len(a)  # type: ignore[list-item]
     for i, x, y in zip(plan.members, plan.segments[key], plan.grad_segments):
@@ -331,7 +343,7 @@ def _fused_move(
         prev.copy_(g)
 
 
-_FUSED = {"rate_move": _fused_rate_move, "move": _fused_move}
+_FUSED: dict[str, Callable[..., None]] = {"rate_move": _fused_rate_move, "move": _fused_move}
 
 
 def _compiled(name: str) -> Callable:
@@ -438,9 +450,10 @@ class EGStepSize(Optimizer):
                 plan = _flat_state(self, group, "coordinate", params, states, full=("prev_grad", "log2_nu", "nu"))
                 if plan.members:
                     ps = [params[i] for i in plan.members]
-                    grads = [p.grad for p in ps]
+                    grads = [_grad(p) for p in ps]
                     torch._foreach_copy_(plan.grad_views, grads)
                     g, prev = plan.grad, plan.flat["prev_grad"]
+                    assert g is not None  # full keys: the gradients are gathered
                     if gamma > 0:
                         _log_rate_(g, prev, plan.flat["log2_nu"], plan.flat["nu"], gamma, cap, bound)
                     torch._foreach_addcmul_(ps, grads, plan.views["nu"], value=-lr)
@@ -459,12 +472,13 @@ class EGStepSize(Optimizer):
                         rest = [i for i in rest if i not in big]
                 for i in rest:
                     p, s = params[i], states[i]
+                    g = _grad(p)
                     if gamma > 0:
-                        _log_rate_(p.grad, s["prev_grad"], s["log2_nu"], s["nu"], gamma, cap, bound)
-                    p.addcmul_(p.grad, s["nu"], value=-lr)
-                    s["prev_grad"].copy_(p.grad)
+                        _log_rate_(g, s["prev_grad"], s["log2_nu"], s["nu"], gamma, cap, bound)
+                    p.addcmul_(g, s["nu"], value=-lr)
+                    s["prev_grad"].copy_(g)
                 continue
-            prevs, grads = [s["prev_grad"] for s in states], [p.grad for p in params]
+            prevs, grads = [s["prev_grad"] for s in states], [_grad(p) for p in params]
             flat = _flat_state(self, group, "prev", params, states, full=("prev_grad",))
             _gather(flat, grads)
             shared = granularity == "global"
@@ -490,11 +504,13 @@ class EGStepSize(Optimizer):
                     [nus[i] for i in flat.members],
                     value=-lr,
                 )
+                assert flat.grad is not None  # full keys: the gradients are gathered
                 flat.flat["prev_grad"].copy_(flat.grad)
             rest = flat.rest
             big = _big(params, rest) if fused else []
             if big:
                 inside = [i in plan.members for i in big]
+                nu: Tensor | list[Tensor]
                 if all(inside):  # their ν are views of the plan's vector: pass it whole, with their places in it
                     nu, pos = plan.flat["nu"], tuple(plan.members.index(i) for i in big)
                 elif not any(inside):
@@ -598,7 +614,7 @@ class EGFunnel(Optimizer):
                 weight=1.0 - group["beta"],
             )
             states = [self._state(p) for p in params]
-            grads = [p.grad for p in params]
+            grads = [_grad(p) for p in params]
             keys = ("m", "v", "log_p", "p")
             flat = _flat_state(self, group, "gains", params, states, full=keys)
             _gather(flat, grads)
@@ -618,7 +634,8 @@ class EGFunnel(Optimizer):
                 ("log_s", "s"),
             )
             if flat.members:
-                self._moments(flat.grad, *(flat.flat[k] for k in keys), **moments)
+                assert flat.grad is not None  # full keys: the gradients are gathered
+                self._moments(flat.grad, flat.flat["m"], flat.flat["v"], flat.flat["log_p"], flat.flat["p"], **moments)
                 torch._foreach_addcmul_(
                     [params[i] for i in flat.members],
                     flat.views["v"],
@@ -687,12 +704,13 @@ class HypergradientSGD(Optimizer):
             for p in params:
                 if not self.state[p]:
                     self.state[p]["prev_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            dot = sum(torch.vdot(self.state[p]["prev_grad"].flatten(), p.grad.flatten()) for p in params)
+            dot = sum(torch.vdot(self.state[p]["prev_grad"].flatten(), _grad(p).flatten()) for p in params)
             group["lr"] += group["beta"] * float(dot)
             floor = group.get("lr_floor")
             if floor is not None:
                 group["lr"] = max(group["lr"], floor)
             for p in params:
-                p.add_(p.grad, alpha=-group["lr"])
-                self.state[p]["prev_grad"].copy_(p.grad)
+                g = _grad(p)
+                p.add_(g, alpha=-group["lr"])
+                self.state[p]["prev_grad"].copy_(g)
         return loss
