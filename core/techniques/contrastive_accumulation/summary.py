@@ -3,7 +3,7 @@ what cost in time and memory."""
 
 from __future__ import annotations
 
-from core.summary import fmt, summary
+from core.summary import Outcome, fmt, summary
 
 QUESTION = "Does accumulating a contrastive loss chunk by chunk give the full-batch gradient?"
 CLAIM = (
@@ -35,6 +35,7 @@ def summarize(params, result: dict) -> dict:
         figures[f"peak_memory_bytes/{m}"] = memory.get(m)
         figures[f"final_loss/{m}"] = loss.get(m)
         figures[f"probe_accuracy/{m}"] = probe.get(m)
+    outcome: Outcome
     if exact is None:
         outcome = "inconclusive"
     elif exact > NOT_EXACT:

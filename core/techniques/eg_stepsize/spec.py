@@ -131,6 +131,7 @@ class EGStepSizeParams(Params):
 
 def check_budget(params: EGStepSizeParams, dim: int, classes: int) -> None:
     """Refuse a job whose memory or total work would not fit one worker (builtins: dim 64, 10 classes)."""
+    assert isinstance(params.model, str)  # the linear or MLP model of this kind; a model spec has its own budget
     n = param_count(dim, classes, params.model, params.hidden, params.depth)
     width = dim + classes + (params.hidden * params.depth if params.model == "mlp" else 0)
     need = 4 * (12 * n + 3 * params.batch_size * width + 2 * params.eval_size * width + 2 * dim * dim)
@@ -151,7 +152,7 @@ def model_workload(params: EGStepSizeParams, columns: int | None) -> Workload | 
     logs), one minibatch of activations, and each seed's initial weights."""
     if isinstance(params.model, str):
         return None
-    features = {"digits": 64, "clusters": 16}.get(params.dataset, columns)
+    features = columns if isinstance(params.dataset, UUID) else {"digits": 64, "clusters": 16}[params.dataset]
     return Workload(
         batch=params.batch_size,
         seq_len=features,

@@ -3,7 +3,7 @@ the base learning rate than fixed-rate SGD, over the scales and seeds of the job
 
 from __future__ import annotations
 
-from core.summary import fmt, fmt_spread, spread, summary
+from core.summary import Outcome, fmt, fmt_spread, spread, summary
 
 QUESTION = "Does exponentiated-gradient step-size adaptation make training robust to the base learning rate?"
 CLAIM = (
@@ -33,9 +33,11 @@ def summarize(params, result: dict) -> dict:
     figures: dict = {f"worst_scale_accuracy/{o}": w for o, w in worst.items()}
     eg = next((o for name in EG_NAMES for o in labels if o == name), None)
     gain = None
-    if eg is not None and "sgd" in labels and worst[eg] is not None and worst["sgd"] is not None:
-        gain = worst[eg] - worst["sgd"]
+    eg_worst, sgd_worst = (worst[eg], worst["sgd"]) if eg is not None and "sgd" in labels else (None, None)
+    if eg_worst is not None and sgd_worst is not None:
+        gain = eg_worst - sgd_worst
     figures["worst_scale_accuracy_gain_vs_sgd"] = gain
+    outcome: Outcome
     if gain is None:
         outcome = "inconclusive"
     else:
@@ -51,7 +53,7 @@ def summarize(params, result: dict) -> dict:
         headline += (
             f"; {eg} {relation} fixed-rate SGD" + (f" by {fmt(abs(gain))}" if gain else "") + " at its worst scale"
         )
-    best = max(acc, key=lambda k: acc[k].mean if acc[k].mean is not None else float("-inf"))
+    best = max(acc, key=lambda k: mean if (mean := acc[k].mean) is not None else float("-inf"))
     headline += f"; best setting {best[0]} at lr × {fmt(best[1])} ({fmt_spread(acc[best])})."
     settings = {(s["optimizer"], s["lr_scale"]): s for s in result["settings"]}
     rows = []

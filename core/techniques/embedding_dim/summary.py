@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.dimension import EXACT_COEFFICIENT
-from core.summary import fmt, summary
+from core.summary import Outcome, fmt, summary
 
 QUESTION = "How many embedding dimensions does a vocabulary (or sequence) of N items need?"
 CLAIM = (
@@ -32,6 +32,7 @@ def summarize(params, result: dict) -> dict:
         f"(limit {result['entropy_per_dim_limit']:.4f}) implies a coefficient of {implied:.3f}"
     )
     sweep = result.get("sweep")
+    outcome: Outcome
     if sweep is not None:
         figures.update(
             {

@@ -3,7 +3,7 @@ sample at every measured step."""
 
 from __future__ import annotations
 
-from core.summary import fmt, summary
+from core.summary import Outcome, fmt, summary
 
 QUESTION = "Does a parameter-gradient penalty bound the input gradient of an MLP?"
 CLAIM = (
@@ -33,6 +33,7 @@ def summarize(params, result: dict) -> dict:
         figures[f"w_norm/layer{t}/first"] = layer["w_norm"][0]
         figures[f"w_norm/layer{t}/last"] = layer["w_norm"][-1]
     checked = result["samples"] * len(steps)
+    outcome: Outcome
     if violations > 0:
         outcome = "contradicts"
     elif max_ratio is None:

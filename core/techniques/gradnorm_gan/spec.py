@@ -69,6 +69,9 @@ def estimate(params: GradnormGanParams, dim: int) -> tuple[float, float]:
     FLOPs: 2 per weight per sample for a forward, × 6 for forward + backward + double backprop; a critic update
     scores a real and a fake batch and samples G once, a generator update runs G and D once each.
     """
+    acts: float  # the CNN's are fractional
+    flops_d: float
+    flops_g: float
     if params.arch == "mlp":
         weights_d = dim * params.width + (params.depth - 1) * params.width**2 + params.width
         weights_g = params.z_dim * params.width + (params.depth - 1) * params.width**2 + params.width * dim

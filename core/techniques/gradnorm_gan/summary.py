@@ -3,7 +3,7 @@ samples, and what does a step cost. GN against GP is a comparison of jobs: a stu
 
 from __future__ import annotations
 
-from core.summary import fmt, summary
+from core.summary import Outcome, fmt, summary
 
 QUESTION = "Does gradient normalization make a GAN critic 1-Lipschitz, and at what quality and cost?"
 CLAIM = (
@@ -50,6 +50,7 @@ def summarize(params, result: dict) -> dict:
         f"{fmt(lip.get('max_pair_slope'))}; {quality_text}; {fmt(cost.get('time_per_step_ms_median'))} ms "
         f"per step."
     )
+    outcome: Outcome
     if constraint in NORMALIZED:
         within = grad_max is not None and grad_max <= 1 + BOUND_TOLERANCE
         outcome = "supports" if within else "contradicts" if grad_max is not None else "inconclusive"

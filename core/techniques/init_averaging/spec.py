@@ -13,6 +13,8 @@ from core.techniques.base import KindSpec, Params
 
 BUILTIN_COLUMNS = {"digits": 64, "clusters": 16}
 UPLOAD_CLASSES = 256  # an uploaded dataset's label count is unknown before the run: budget generously
+Mean = Literal["arithmetic", "geometric", "quadratic", "harmonic"]  # core.init's, without importing torch
+DEFAULT_MEANS: tuple[Mean, ...] = ("arithmetic", "geometric", "quadratic")
 
 
 class InitAveragingParams(Params):
@@ -24,9 +26,7 @@ class InitAveragingParams(Params):
         description="analyse this network instead of a linear stack: a table of "
         "its non-square weights and variance ratios through the whole model",
     )
-    means: list[Literal["arithmetic", "geometric", "quadratic", "harmonic"]] = Field(
-        default_factory=lambda: ["arithmetic", "geometric", "quadratic"], min_length=1, max_length=4
-    )
+    means: list[Mean] = Field(default_factory=lambda: list(DEFAULT_MEANS), min_length=1, max_length=4)
     distribution: Literal["normal", "uniform"] = "normal"
     activation: Literal["linear", "relu", "tanh"] = Field("linear", description="widths only")
     batch: int = Field(1024, ge=1, le=65536)
@@ -60,7 +60,7 @@ def model_workload(params: InitAveragingParams, columns: int | None) -> Workload
     return Workload(
         batch=params.batch,
         seq_len=params.seq_len,
-        features=BUILTIN_COLUMNS[params.dataset] if builtin else columns,
+        features=columns if isinstance(params.dataset, UUID) else BUILTIN_COLUMNS[params.dataset],
         classes=10 if builtin else UPLOAD_CLASSES,
         optimizer_states=0,
     )

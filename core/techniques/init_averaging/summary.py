@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.summary import fmt, summary
+from core.summary import Outcome, fmt, summary
 
 QUESTION = "Which average of fan-in and fan-out keeps activations' variance through non-square layers?"
 CLAIM = (
@@ -33,6 +33,7 @@ def summarize(params, result: dict) -> dict:
     )
     headline = f"Forward variance ratio through {path} ({result['activation']}): {ratios}; {closest} stays closest to 1"
     linear = result["activation"] == "linear"
+    outcome: Outcome
     if not linear:
         outcome = "inconclusive"
         rule = "the predicted ratios are for linear layers; activations change the targets, so no verdict"

@@ -12,8 +12,8 @@ from core.models.budget import Workload
 from core.models.spec import TRANSFORMER_ARCHS, BuiltinModel, ModelSpec
 from core.techniques.base import KindSpec, Params
 
-ARMS = ("explicit_buffer", "chi_exact", "beta_tilde_lr_chi", "lr_chi_only", "per_micro_batch")
 Arm = Literal["explicit_buffer", "chi_exact", "beta_tilde_lr_chi", "lr_chi_only", "per_micro_batch"]
+ARMS: tuple[Arm, ...] = ("explicit_buffer", "chi_exact", "beta_tilde_lr_chi", "lr_chi_only", "per_micro_batch")
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 BUILTIN_SHAPES = {"digits": (1797, 64, 10), "clusters": (2000, 16, 10)}  # rows, features, classes
 EVAL_CHUNK = 256
@@ -118,7 +118,7 @@ def model_workload(params: MomentumAccumulationParams, columns: int | None) -> W
         batch=params.micro_batch,
         seq_len=features,
         features=features,
-        classes=BUILTIN_SHAPES.get(params.dataset, (0, 0, 256))[2],
+        classes=256 if isinstance(params.dataset, UUID) else BUILTIN_SHAPES[params.dataset][2],
         optimizer_states=2 if params.optimizer == "adam" else 1,
         extra_buffers=2 * params.seeds,
         dtype_bytes=8 if params.dtype == "float64" else 4,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from core.summary import Spread, fmt, fmt_spread, spread, summary
+from core.summary import Outcome, Spread, fmt, fmt_spread, spread, summary
 
 QUESTION = "Can momentum carry gradient accumulation, and does updating every k micro-batches beat updating each one?"
 CLAIM = (
@@ -43,6 +43,7 @@ def summarize(params, result: dict) -> dict:
         and acc["per_micro_batch"].mean is not None
     ):
         a, b = acc[accumulating], acc["per_micro_batch"]
+        assert a.mean is not None and b.mean is not None  # checked just above
         gain = a.mean - b.mean
         se = _standard_error(a, b)
         beat = "beat" if gain > 0 else "did not beat"
@@ -52,6 +53,7 @@ def summarize(params, result: dict) -> dict:
         )
     figures["accuracy_gain_vs_per_micro_batch"] = gain
     figures["accuracy_gain_standard_error"] = se
+    outcome: Outcome
     if exact_checked and identity > tolerance:
         outcome, statistic = "contradicts", "identity_error_chi_exact"
         rule = f"the SGDM χ form must equal explicit accumulation to {fmt(tolerance)} ({result['dtype']})"

@@ -69,7 +69,7 @@ class VaeDensityParams(Params):
     def _check(self) -> VaeDensityParams:
         if any(b <= a for a, b in zip(self.eval_k, self.eval_k[1:])):
             raise ValueError("eval_k: must be strictly increasing")
-        resolved = self.likelihood
+        resolved: str = self.likelihood
         if isinstance(self.dataset, str):
             resolved = BUILTIN_LIKELIHOOD[self.dataset]
             if self.likelihood not in ("auto", resolved):

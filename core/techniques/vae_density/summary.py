@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 
-from core.summary import fmt, summary
+from core.summary import Outcome, fmt, summary
 
 QUESTION = "How well does a VAE's encoder, used as an importance sampler, estimate log p(x)?"
 CLAIM = (
@@ -36,6 +36,7 @@ def summarize(params, result: dict) -> dict:
     known = [v for v in violations if v is not None]
     worst = max(known) if known else None
     figures["max_violation_in_standard_errors"] = worst
+    outcome: Outcome
     if worst is None or len(bounds) < 2:
         outcome = "inconclusive"
     else:
