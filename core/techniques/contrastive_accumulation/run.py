@@ -148,8 +148,11 @@ def _model_towers(p, ctx, arrays: dict, device: torch.device) -> tuple[np.ndarra
     uploaded weights: the same start)."""
     buildable, weights = materialize(p.model, ctx)
     probe = build(buildable, device="meta")
+    assert probe.vocab_size is not None and probe.context is not None  # a Transformer (the params checked)
     x = token_rows(arrays["x"], probe.vocab_size, probe.context, pixel_levels=p.dataset == "digits")
-    towers = [PooledEncoder(build(buildable, weights=weights), p.pooling).to(device) for _ in range(tower_count(p))]
+    towers: list[nn.Module] = [
+        PooledEncoder(build(buildable, weights=weights), p.pooling).to(device) for _ in range(tower_count(p))
+    ]
     return x, towers, probe.vocab_size - 1
 
 
@@ -213,7 +216,10 @@ class _Trainer:
         return float(loss.detach())
 
     def flat_grad(self) -> torch.Tensor:
-        return torch.cat([w.grad.flatten() for t in self.towers for w in t.parameters()])
+        grads = [w.grad for t in self.towers for w in t.parameters()]
+        present = [g for g in grads if g is not None]
+        assert len(present) == len(grads)  # backward() reached every parameter
+        return torch.cat([g.flatten() for g in present])
 
 
 def _rel_diff(g: torch.Tensor, ref: torch.Tensor) -> float:
@@ -299,7 +305,7 @@ def _run(p: ContrastiveAccumulationParams, ctx, device: torch.device) -> dict:
     if p.model is not None:  # the API budgeted the model, the full batch included
         x, init, mask_id = _model_towers(p, ctx, data, device)
         in_dim = x.shape[1]
-        batches = _TokenBatches(x, p, rng, device, mask_id)
+        batches: _Batches = _TokenBatches(x, p, rng, device, mask_id)
         full_fits = True
     else:
         x = np.ascontiguousarray(data["x"], dtype=np.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt  # noqa: E402  (after core.plots, which selects the Agg backend)
 import numpy as np
@@ -115,7 +116,7 @@ def make_optimizer(spec, lr: float, model: torch.nn.Module) -> torch.optim.Optim
     )
 
 
-def adapted_quantities(opt: torch.optim.Optimizer, named: list[tuple[str, torch.Tensor]]) -> dict:
+def adapted_quantities(opt: torch.optim.Optimizer, named: Sequence[tuple[str, torch.Tensor]]) -> dict:
     """Per-layer (mean, min, max) of what the optimizer adapts: ν, p and s, or α; empty for fixed rates."""
     stats = lambda t: (float(t.mean()), float(t.min()), float(t.max()))  # noqa: E731
     out: dict[str, dict[str, tuple[float, float, float]]] = {}
@@ -184,13 +185,14 @@ class _Data:
         x = (x - mean) / std
         dev = ctx.device
         self.x_train = torch.as_tensor(x[train], device=dev)
-        self.y_train = torch.as_tensor(y[train], dtype=torch.long, device=dev)
+        self.y_train: torch.Tensor | None = torch.as_tensor(y[train], dtype=torch.long, device=dev)  # None: tokens
         self.x_eval = torch.as_tensor(x[held], device=dev)
-        self.y_eval = torch.as_tensor(y[held], dtype=torch.long, device=dev)
+        self.y_eval: torch.Tensor | None = torch.as_tensor(y[held], dtype=torch.long, device=dev)
         self.n_train = len(train)
 
     def _tokens(self, params: EGStepSizeParams, ctx: RunContext, arrays: dict, probe: BuiltModel) -> None:
         """Rows of token ids for a causal or masked LM; no labels, no standardization."""
+        assert probe.vocab_size is not None and probe.context is not None  # set for every token model
         x = token_rows(arrays["x"], probe.vocab_size, probe.context, pixel_levels=params.dataset == "digits")
         if x.shape[0] < 10:
             raise ValueError("dataset: needs at least 10 rows")
@@ -256,7 +258,7 @@ def _train(
     opt = make_optimizer(spec, lr, model)
     gen = torch.Generator().manual_seed(batch_seed)
     period, rotation = 0, rotations[0]
-    curve = {"test_loss": [], "test_acc": [], "train_loss": []}
+    curve: dict[str, list[float | None]] = {"test_loss": [], "test_acc": [], "train_loss": []}
     rates: dict = {}
     shifts: list[dict] = []
     window: list[float] = []
@@ -326,7 +328,8 @@ def _train(
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:
-    return None if not values or any(v is None for v in values) else float(np.mean(values))
+    known = [v for v in values if v is not None]
+    return None if not values or len(known) < len(values) else float(np.mean(known))
 
 
 def run(params: EGStepSizeParams, ctx: RunContext) -> dict:
@@ -352,7 +355,9 @@ def run(params: EGStepSizeParams, ctx: RunContext) -> dict:
             inits.append({k: v.detach().clone() for k, v in built.module.state_dict().items()})
         rotations.append(data.rotations(params, np.random.default_rng(shift_seed), ctx.device))
     total = len(labels) * len(params.lr_scales) * params.seeds
-    runs, curves, rates = [], {}, {}
+    runs: list[dict] = []
+    curves: dict[str, dict[str, dict]] = {}
+    rates: dict[str, dict[str, dict]] = {}
     done = 0
     for label, spec in zip(labels, params.optimizers):
         for scale in params.lr_scales:

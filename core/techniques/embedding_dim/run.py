@@ -41,7 +41,9 @@ def run(params: EmbeddingDimParams, ctx: RunContext) -> dict:
 
     if params.model is not None:
         buildable, _ = materialize(params.model, ctx)
-        checks = model_checks(embedding_sizes(buildable), coefficient)
+        sizes = embedding_sizes(buildable)
+        assert sizes is not None  # the params' validator refused a model without token embeddings
+        checks = model_checks(sizes, coefficient)
         result["model_checks"] = checks["rows"]
         result["model_max_context_for_head_dim"] = checks["max_context_for_head_dim"]
         result["model_all_ok"] = checks["all_ok"]

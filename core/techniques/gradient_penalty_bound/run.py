@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,7 +32,12 @@ from core.techniques.gradient_penalty_bound.spec import (
 VIOLATION_RTOL = 1e-9
 """lhs > rhs · (1 + this) counts as a violation: far above float64 rounding, far below any real gap."""
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "linear": nn.Identity}
-_GAIN_NAME = {"relu": "relu", "tanh": "tanh", "gelu": "relu", "linear": "linear"}
+_GAIN_NAME: dict[str, Literal["relu", "tanh", "linear"]] = {
+    "relu": "relu",
+    "tanh": "tanh",
+    "gelu": "relu",
+    "linear": "linear",
+}
 
 
 def build_mlp(dims: list[int], activation: str, init: str, gen: torch.Generator) -> nn.Sequential:
@@ -78,6 +84,7 @@ def _median(t: torch.Tensor) -> float | None:
 def measure(model: nn.Sequential, xs: torch.Tensor, ys: torch.Tensor, p: GradientPenaltyBoundParams) -> dict:
     """Both sides of the bound on a float64 copy of ``model`` for the measurement inputs, summarized over samples."""
     m64 = copy.deepcopy(model).double()
+    target: torch.Tensor | int | None
     if p.f == "loss":
         reduce, target = "loss", ys
     elif p.f == "logit":

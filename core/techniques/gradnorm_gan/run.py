@@ -14,6 +14,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from core.gan import (
 )
 from core.techniques.gradnorm_gan.spec import GradnormGanParams, check_budget, image_side
 
-NORMALIZED = {"gn": "gn", "gran": "gran", "plain_norm": "plain"}
+NORMALIZED: dict[str, Literal["gn", "gran", "plain"]] = {"gn": "gn", "gran": "gran", "plain_norm": "plain"}
 CLASSIFIER_STEPS = 400
 CLASSIFIER_WIDTH = 128
 CURVE_POINTS = 200
@@ -113,6 +114,7 @@ def build_nets(params: GradnormGanParams, dim: int, bounded: bool, seed: int) ->
         torch.manual_seed(seed)
         if params.arch == "conv":
             side = image_side(dim)
+            assert side is not None  # check_budget refused a conv on inputs that are not square images
             G: nn.Module = _ConvGenerator(side, params.channels, params.z_dim)
             D: nn.Module = _ConvCritic(side, params.channels)
         else:
@@ -156,7 +158,7 @@ def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, generator: torch.
 class SavedBytes:
     """Counts the distinct storages autograd saves for backward (double backprop included) while active."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.sizes: dict[int, int] = {}
 
     def pack(self, t: Tensor) -> Tensor:
@@ -251,7 +253,9 @@ def _sync(device: torch.device) -> None:
 # Quality measures
 
 
-def train_classifier(x: Tensor, y: Tensor, seed: int, device: torch.device, check) -> tuple[nn.Module, float, Tensor]:
+def train_classifier(
+    x: Tensor, y: Tensor, seed: int, device: torch.device, check
+) -> tuple[nn.Sequential, float, Tensor]:
     """A small MLP classifier trained on 80% of the real data: the fixed judge of generated samples.
 
     Returns the classifier, its accuracy on the held-out 20% (to show the judge is worth trusting) and the held-out
@@ -281,7 +285,7 @@ def train_classifier(x: Tensor, y: Tensor, seed: int, device: torch.device, chec
     return net, accuracy, test
 
 
-def _features(classifier: nn.Module | None, x: Tensor) -> np.ndarray:
+def _features(classifier: nn.Sequential | None, x: Tensor) -> np.ndarray:
     with torch.no_grad():
         return (classifier[:2](x) if classifier is not None else x).double().cpu().numpy()
 
@@ -385,14 +389,13 @@ def _clean(value):
 def _load(params: GradnormGanParams, ctx) -> tuple[Tensor, Tensor | None, Tensor | None, float | None]:
     if isinstance(params.dataset, str) and params.dataset in MIXTURES:
         gen = torch.Generator().manual_seed(ctx.seed)
-        x, y, centres, std = mixture(params.dataset, params.n_data, gen, params.mixture_std)
-        return x, y, centres, std
+        return mixture(params.dataset, params.n_data, gen, params.mixture_std)
     arrays = load_arrays(params.dataset, ctx)
     x = torch.as_tensor(np.asarray(arrays["x"], dtype=np.float32)).reshape(len(arrays["x"]), -1)
     if len(x) < 2 or not torch.isfinite(x).all():
         raise ValueError("dataset: needs at least 2 samples and only finite values")
-    y = arrays.get("y")
-    y = torch.as_tensor(np.asarray(y, dtype=np.int64)) if y is not None else None
+    labels = arrays.get("y")
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64)) if labels is not None else None
     if y is not None and (len(y) != len(x) or int(y.min()) < 0 or int(y.max()) >= 1000):
         raise ValueError("dataset: labels must be one integer in [0, 1000) per sample")
     return x, y, None, None
@@ -445,9 +448,9 @@ def run(params: GradnormGanParams, ctx) -> dict:
             curves["step"].append(step)
             if times:
                 ctx.metric(step, "step_time_ms", 1e3 * times[-1])
-            if params.constraint in NORMALIZED:
+            if isinstance(trainer.score, GradNormalized) and trainer.score.last_grad_norm is not None:
                 ctx.metric(step, "raw_grad_norm_fake", float(trainer.score.last_grad_norm.mean()))
-        if centres is not None and (step % eval_every == 0 or step == params.steps - 1):
+        if centres is not None and std is not None and (step % eval_every == 0 or step == params.steps - 1):
             cov = mode_coverage(trainer.sample(params.eval_samples, eval_noise).cpu(), centres, std)
             ctx.metric(step, "modes_covered", cov["modes_covered"])
             ctx.metric(step, "high_quality_share", cov["high_quality_share"])
@@ -463,7 +466,7 @@ def run(params: GradnormGanParams, ctx) -> dict:
     norms = {name: g.cpu().numpy() for name, (_, _, g) in probes.items()}
 
     quality: dict = {}
-    if centres is not None:
+    if centres is not None and std is not None:  # a mixture: both are known
         cov = mode_coverage(fake.cpu(), centres, std)
         quality = {
             "modes_covered": cov["modes_covered"],
@@ -473,6 +476,7 @@ def run(params: GradnormGanParams, ctx) -> dict:
             "mixture_std": std,
         }
     if classifier is not None:
+        assert held_out is not None  # trained together with the classifier
         with torch.no_grad():
             probs = torch.softmax(classifier(torch.nan_to_num(fake)), dim=1)
         real_test = x[held_out].to(device)

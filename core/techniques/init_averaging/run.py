@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from core.data import load_arrays
-from core.init import averaged_normal_, averaged_uniform_, averaged_variance
+from core.init import Mean, averaged_normal_, averaged_uniform_, averaged_variance
 from core.models.analysis import layer_table, reinit_nonsquare_, variance_ratios
 from core.models.build import build
 from core.models.resolve import materialize
@@ -18,7 +18,7 @@ from core.techniques.init_averaging.spec import InitAveragingParams
 ACTIVATIONS = {"linear": torch.nn.Identity, "relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
 
 
-def predicted_ratios(widths: list[int], mean: str) -> tuple[float, float]:
+def predicted_ratios(widths: list[int], mean: Mean) -> tuple[float, float]:
     """Linear-case second-moment ratios through the stack: forward Π m_i σ_i², backward Π n_i σ_i²."""
     fwd = bwd = 1.0
     for m, n in zip(widths, widths[1:]):
@@ -28,8 +28,9 @@ def predicted_ratios(widths: list[int], mean: str) -> tuple[float, float]:
     return fwd, bwd
 
 
-def _measure(params: InitAveragingParams, mean: str, gen: torch.Generator, device: torch.device):
+def _measure(params: InitAveragingParams, mean: Mean, gen: torch.Generator, device: torch.device):
     """One Monte Carlo draw: per-layer forward second moments and the input-gradient second moment."""
+    assert params.widths is not None  # no model: the params' validator required widths
     fill = averaged_normal_ if params.distribution == "normal" else averaged_uniform_
     layers = []
     for m, n in zip(params.widths, params.widths[1:]):
@@ -46,6 +47,7 @@ def _measure(params: InitAveragingParams, mean: str, gen: torch.Generator, devic
         moments.append(float(h.detach().pow(2).mean() / x.detach().pow(2).mean()))
     g_out = torch.randn(h.shape, generator=gen).to(device)
     h.backward(g_out)
+    assert x.grad is not None  # x is a leaf that requires grad
     backward = float(x.grad.pow(2).mean() / g_out.pow(2).mean())
     return moments, backward
 
@@ -53,6 +55,7 @@ def _measure(params: InitAveragingParams, mean: str, gen: torch.Generator, devic
 def run(params: InitAveragingParams, ctx: RunContext) -> dict:
     if params.model is not None:
         return run_model(params, ctx)
+    assert params.widths is not None  # no model: the params' validator required widths
     gen = torch.Generator().manual_seed(ctx.seed)
     out: dict = {
         "widths": params.widths,
@@ -60,7 +63,7 @@ def run(params: InitAveragingParams, ctx: RunContext) -> dict:
         "distribution": params.distribution,
         "means": {},
     }
-    curves = {}
+    curves: dict[str, list[float]] = {}
     for k, mean in enumerate(params.means):
         per_layer = [0.0] * (len(params.widths) - 1)
         backward = 0.0
@@ -88,6 +91,7 @@ def run(params: InitAveragingParams, ctx: RunContext) -> dict:
 
 
 def _plot(curves: dict[str, list[float]], params: InitAveragingParams) -> bytes:
+    assert params.widths is not None  # plotted for the widths stack only
     fig, ax = new_figure()
     layers = list(range(len(params.widths)))
     for mean, moments in curves.items():
@@ -104,6 +108,7 @@ def _plot(curves: dict[str, list[float]], params: InitAveragingParams) -> bytes:
 
 def _model_inputs(params: InitAveragingParams, ctx: RunContext, gen: torch.Generator):
     """(built model, one batch): standardised dataset rows for a classifier, uniform random tokens otherwise."""
+    assert params.model is not None  # run_model's params name a model
     buildable, weights = materialize(params.model, ctx)
     if isinstance(buildable, BuiltinModel) and buildable.arch not in TRANSFORMER_ARCHS:
         arrays = load_arrays(params.dataset, ctx)

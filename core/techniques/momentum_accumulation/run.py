@@ -45,6 +45,7 @@ def _model(params: MomentumAccumulationParams, features: int, classes: int, gen:
     h = params.hidden
     if params.model == "cnn":
         side, c = cnn_side(features), params.channels
+        assert side is not None  # check_budget refused a cnn on rows that are not square images
         net = torch.nn.Sequential(
             torch.nn.Unflatten(1, (1, side, side)),
             torch.nn.Conv2d(1, c, 3, padding=1),
@@ -70,13 +71,15 @@ def _model(params: MomentumAccumulationParams, features: int, classes: int, gen:
             if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
                 bound = 1.0 / math.sqrt(layer.weight[0].numel())
                 layer.weight.uniform_(-bound, bound, generator=gen)
+                assert layer.bias is not None  # built with biases above
                 layer.bias.uniform_(-bound, bound, generator=gen)
     return net
 
 
 def _arm_betas(arm: str, params: MomentumAccumulationParams) -> tuple[float, float]:
     if arm == "beta_tilde_lr_chi":
-        return tuple(beta_tilde(b, params.accum_steps) for b in params.betas)
+        b1, b2 = params.betas
+        return beta_tilde(b1, params.accum_steps), beta_tilde(b2, params.accum_steps)
     return params.betas
 
 
@@ -140,7 +143,7 @@ def _train(
     opt = _optimizer(arm, params, model.parameters())
     stock_chi = arm in ("beta_tilde_lr_chi", "lr_chi_only")
     batches = _batches(rng, len(data["x"]), params.micro_batch)
-    curves = {"train_loss": [], "heldout_loss": [], "heldout_accuracy": []}
+    curves: dict[str, list[float]] = {"train_loss": [], "heldout_loss": [], "heldout_accuracy": []}
     buffer_bytes = updates = 0
 
     def evaluate():
@@ -159,7 +162,9 @@ def _train(
         if arm == "explicit_buffer":
             (loss / k).backward()
             if t % k == 0:
-                buffer_bytes = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters())
+                buffer_bytes = sum(
+                    g.numel() * g.element_size() for p in model.parameters() if (g := p.grad) is not None
+                )
                 updates += _stepped(opt)
                 opt.zero_grad(set_to_none=True)
         else:
@@ -238,8 +243,10 @@ def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
     tokens = not isinstance(params.model, str) and token_model(params.model)
     vocab = context = None
     if tokens:
+        assert not isinstance(params.model, str)  # tokens: a model spec
         buildable, _ = materialize(params.model, ctx)
         probe = build(buildable, device="meta")
+        assert probe.vocab_size is not None and probe.context is not None  # set for every token model
         vocab, context = probe.vocab_size, probe.context
         x = token_rows(arrays["x"], vocab, context, pixel_levels=params.dataset == "digits")
         y = None
@@ -276,6 +283,7 @@ def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
             "hold_y": None,
         }
     else:
+        assert y is not None  # classification data comes with its labels
         xs = (x - centre) / scale
         data = {
             "x": tensor(xs[train]),

@@ -18,7 +18,7 @@ from core.data import load_arrays, load_builtin
 from core.plots import new_figure, to_png
 from core.techniques.base import RunContext
 from core.techniques.vae_density.spec import VaeDensityParams, check_budget
-from core.vae import VAE, LinearGaussian, bits_per_dim
+from core.vae import VAE, Likelihood, LinearGaussian, bits_per_dim
 
 LEVELS = 256  # dequantized data are 8-bit: integers 0..255
 EVAL_BATCH = 256  # data rows per evaluation batch (cancellation is checked between batches)
@@ -32,7 +32,7 @@ def _num(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _load(p: VaeDensityParams, ctx: RunContext) -> tuple[np.ndarray, str, LinearGaussian | None]:
+def _load(p: VaeDensityParams, ctx: RunContext) -> tuple[np.ndarray, Likelihood, LinearGaussian | None]:
     """Rows x (n, D) as float32, the likelihood to use, and the true model for linear_gaussian."""
     if p.dataset == "linear_gaussian":
         gen = torch.Generator().manual_seed(ctx.seed)
@@ -226,9 +226,10 @@ def run(params: VaeDensityParams, ctx: RunContext) -> dict:
     held = evaluations["heldout"]["per_k"][k_max].numpy()
     columns = ["row_index", f"log_px_L{k_max}_nats", "bits_per_dim"]
     table = [splits["heldout"].astype(np.float64), held, bits_per_dim(held, dim)]
-    if truth is not None:
+    exact_heldout = exact_by_split["heldout"]
+    if exact_heldout is not None:  # the true model is known (linear_gaussian)
         columns.append("exact_log_px_nats")
-        table.append(exact_by_split["heldout"].numpy())
+        table.append(exact_heldout.numpy())
     ctx.artifact("heldout_log_px.npy", _npy(np.stack(table, axis=1)), "application/x-npy")
     title = f"L_K vs K: {params.dataset} ({likelihood}, train_k={params.train_k})"
     ctx.artifact("lk_vs_k.png", _plot_bounds(summaries, title), "image/png")
