@@ -130,8 +130,8 @@ def hf_sizes(config: dict[str, Any]) -> HFSizes:
     given: dict[str, int] = {}
     for role, name in zip(SIZE_ROLES, family.size_fields):
         value = config.get(name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config.{name}: required, an integer (got {value!r})")  # noqa: TRY004 (a 422)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.{name}: required, a positive integer (got {value!r})")  # noqa: TRY004 (a 422)
         given[role] = value
     hidden, heads = given["hidden"], given["heads"]
     ffn = config.get(family.ffn) if family.ffn else None

@@ -54,6 +54,8 @@ def test_the_spec_side_imports_neither_torch_nor_transformers():
         ({**TINY_GPT2, "model_type": "custom"}, "config.model_type", "not a family"),
         ({k: v for k, v in TINY_GPT2.items() if k != "n_head"}, "config.n_head", "required"),
         ({**TINY_GPT2, "n_head": 3}, "config.n_head", "not a multiple"),
+        ({**TINY_GPT2, "n_head": 0}, "config.n_head", "a positive integer"),
+        ({**TINY_BERT, "num_hidden_layers": -2}, "config.num_hidden_layers", "a positive integer"),
         ({**TINY_GPT2, "vocab_size": 10**9}, "config.vocab_size", "outside"),
     ],
 )
