@@ -195,7 +195,7 @@ def _npy_bytes(array) -> bytes:
         ("a.npy", _npy_bytes(np.ones((1, 3))), r"^x: 1 rows and 3 columns are too few"),
         ("a.npy", _npy_bytes(np.ones((2, 70_000), dtype=np.int8)), r"^x: 2 rows and 70000 columns exceed"),
         ("a.npz", b"PK\x03\x04 not really a zip", r"^file: not a .npz"),
-        ("a.csv", "a,b\n1,2\n3\n".encode(), r"^file: .*Expected 2 columns, got 1"),
+        ("a.csv", b"a,b\n1,2\n3\n", r"^file: .*Expected 2 columns, got 1"),
         ("a.csv", b"a,b\n1,2\n3,oops\n", r"^file: .*conversion error to double.*oops"),
         ("a.csv", b"a,b\n1,2\n3,\n", r"^file: .*conversion error to double"),
         ("a.csv", b"a,b\n1,2\n3,\xff\xfe\n", r"^file: a .csv must be UTF-8 text \(byte 10 is not\)"),

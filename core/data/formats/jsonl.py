@@ -96,13 +96,10 @@ def convert_jsonl(raw: Path, out_dir: Path, tokenizer: Path | None, cap: int) ->
         "rows": rows,
         "tokenizer": encoder.name,
         "vocab_size": encoder.vocab_size,
-        "dtypes": dict.fromkeys(files, "int32"),
+        "dtypes": {name: "int64" if name.endswith("offsets.npy") else "int32" for name in files},
         "sample_rows": samples,
         "token_length": lengths["text"] if kind == "text" else lengths,
     }
-    for name in files:
-        if name.endswith("offsets.npy"):
-            preview["dtypes"][name] = "int64"
     return Inspection("jsonl", kind, rows, None, False, preview, files)
 
 

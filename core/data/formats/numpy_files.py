@@ -20,6 +20,8 @@ from core.data.uploads import (
     _read_header,
 )
 
+LABEL_SPOOL = ".y-source.tmp"
+
 
 def convert_npy(raw: Path, out_dir: Path, cap: int) -> Inspection:
     """A single array: its rows become x (a 1-D array is one column); a .npy carries no labels."""
@@ -89,10 +91,7 @@ def convert_npz(raw: Path, out_dir: Path, cap: int) -> Inspection:
 
                     _copy_rows(zf, x, columns, add)
                 finally:
-                    if labels is not None:
-                        path = Path(labels.filename)
-                        del labels
-                        path.unlink(missing_ok=True)
+                    (out_dir / LABEL_SPOOL).unlink(missing_ok=True)
         return sink.finish("npz")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
         if sink is not None:
@@ -107,7 +106,7 @@ def convert_npz(raw: Path, out_dir: Path, cap: int) -> Inspection:
 def _label_spool(zf: zipfile.ZipFile, y, out_dir: Path) -> np.memmap:
     """The y entry copied to a temporary memory-mapped file (as read, any numeric dtype), so that x's chunks can be
     paired with their labels without holding either entry."""
-    path = out_dir / ".y-source.tmp"
+    path = out_dir / LABEL_SPOOL
     spool = np.memmap(path, dtype=y.dtype, mode="w+", shape=(y.shape[0],))
     at = 0
 
