@@ -8,6 +8,7 @@ from uuid import UUID
 
 from pydantic import Field, model_validator
 
+from core.data.needs import DatasetNeeds
 from core.models.budget import Workload
 from core.models.spec import TRANSFORMER_ARCHS, BuiltinModel, ModelSpec
 from core.techniques.base import KindSpec, Params
@@ -125,6 +126,15 @@ def model_workload(params: MomentumAccumulationParams, columns: int | None) -> W
     )
 
 
+def dataset_needs(params: MomentumAccumulationParams) -> DatasetNeeds:
+    """Classifiers need labelled rows (square images for a CNN); token models read rows of token ids (arrays) or
+    windows of a text dataset's token stream."""
+    if not isinstance(params.model, str) and token_model(params.model):
+        return DatasetNeeds(kinds=("arrays", "text"))
+    arch = params.model if isinstance(params.model, str) else params.model.arch
+    return DatasetNeeds(labels=True, square_rows=arch in ("cnn", "resnet"))
+
+
 SPEC = KindSpec(
     name="momentum_accumulation",
     description="Gradient accumulation inside the momentum (no buffer) vs explicit accumulation and per-batch updates.",
@@ -144,4 +154,5 @@ SPEC = KindSpec(
         "dtype": "float64",
     },
     model_workload=model_workload,
+    dataset_needs=dataset_needs,
 )
