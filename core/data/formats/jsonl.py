@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from core.data.formats.inspection import CHUNK_BYTES, MAX_ROWS, PREVIEW_TEXT_CHARS, SAMPLE_ROWS, Inspection
 from core.data.formats.tokens import TextEncoder, TokenColumn
 from core.data.uploads import UploadRejected
@@ -33,11 +35,11 @@ def convert_jsonl(raw: Path, out_dir: Path, tokenizer: Path | None, cap: int) ->
             return
         assert kind is not None
         for i, column in enumerate(columns):
-            ids = encoder.encode([texts[i] for _, texts in batch])
-            for (line, _), a in zip(batch, ids, strict=True):
-                if len(a) == 0:
-                    raise UploadRejected(f"{FIELDS[kind][i]}: line {line} tokenizes to no tokens")
-            column.add(ids)
+            flat, lengths = encoder.encode([texts[i] for _, texts in batch])
+            if not lengths.all():
+                line = batch[int(np.argmin(lengths))][0]
+                raise UploadRejected(f"{FIELDS[kind][i]}: line {line} tokenizes to no tokens")
+            column.add(flat, lengths)
         stored = sum(c.bytes for c in columns)
         if stored > cap:
             raise UploadRejected(f"file: more than {cap} bytes as stored (tokens after line {last_line})")
@@ -53,6 +55,7 @@ def convert_jsonl(raw: Path, out_dir: Path, tokenizer: Path | None, cap: int) ->
                 if not line.strip():
                     continue
                 record = _record(line, line_no)
+                escaped = b"\\u" in line  # only a \u escape can make a string that UTF-8 cannot encode
                 if kind is None:
                     kind = _kind_of(record, line_no)
                     columns = [TokenColumn(out_dir, "" if kind == "text" else f"{f}_") for f in FIELDS[kind]]
@@ -62,10 +65,8 @@ def convert_jsonl(raw: Path, out_dir: Path, tokenizer: Path | None, cap: int) ->
                         raise UploadRejected(f"{field}: line {line_no} has no {field!r} key (line 1 set the keys)")
                     if not isinstance(record[field], str):
                         raise UploadRejected(f"{field}: line {line_no} holds {type(record[field]).__name__}, not text")
-                    try:
-                        record[field].encode("utf-8")
-                    except UnicodeEncodeError:
-                        raise UploadRejected(f"{field}: line {line_no} holds an unpaired surrogate escape") from None
+                    if escaped and not _encodable(record[field]):
+                        raise UploadRejected(f"{field}: line {line_no} holds an unpaired surrogate escape")
                     values.append(record[field])
                 rows += 1
                 if rows > MAX_ROWS:
@@ -115,6 +116,14 @@ def _record(line: bytes, line_no: int) -> dict:
     if not isinstance(record, dict):
         raise UploadRejected(f"file: line {line_no} is a JSON {type(record).__name__}, not an object")
     return record
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _kind_of(record: dict, line_no: int) -> str:

@@ -46,7 +46,7 @@ class NpyWriter:
 
     def append(self, block: np.ndarray) -> None:
         assert self._fh is not None and block.shape[1:] == self.row_shape
-        self._fh.write(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
+        self._fh.write(np.ascontiguousarray(block, dtype=self.dtype).data)
         self.rows += block.shape[0]
 
     def close(self) -> Path:

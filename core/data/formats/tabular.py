@@ -21,7 +21,7 @@ from core.data.formats.inspection import CHUNK_BYTES, Inspection, check_size
 from core.data.uploads import UploadRejected
 
 MAX_CSV_ROW_BYTES = 2 * 1024 * 1024
-CSV_BLOCK_BYTES = 1024 * 1024
+CSV_BLOCK_BYTES = 256 * 1024  # pyarrow reads a few blocks ahead, each parsed to about 8x its size
 MAX_PARQUET_FOOTER_BYTES = 16 * 1024 * 1024
 _PARQUET_MAGIC = b"PAR1"
 
@@ -41,7 +41,8 @@ def convert_csv(raw: Path, out_dir: Path, label_column: str | None, cap: int) ->
     sink.source_dtypes = dict.fromkeys(sink.names, "number")
     try:
         try:
-            reader = pa_csv.open_csv(raw, read_options=read, convert_options=convert)
+            # an OSFile, not the path: pyarrow would decompress a path ending in .gz or .bz2
+            reader = pa_csv.open_csv(pa.OSFile(str(raw)), read_options=read, convert_options=convert)
             for batch in reader:
                 _add_batch(sink, batch, label)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

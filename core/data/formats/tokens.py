@@ -4,6 +4,7 @@ rows + 1) that hold a column of texts."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -28,11 +29,16 @@ class TextEncoder:
             self.name = "tokenizer.json"
             self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, texts: list[str]) -> list[np.ndarray]:
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(every text's ids end to end, each text's token count)."""
         if self._tokenizer is None:
-            return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8).astype(TOKEN_DTYPE) for t in texts]
-        encoded = self._tokenizer.encode_batch(texts, add_special_tokens=False)
-        return [np.asarray(e.ids, dtype=TOKEN_DTYPE) for e in encoded]
+            raw = [t.encode("utf-8") for t in texts]
+            lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
+            return np.frombuffer(b"".join(raw), dtype=np.uint8).astype(TOKEN_DTYPE), lengths
+        ids = [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=TOKEN_DTYPE, count=int(lengths.sum()))
+        return flat, lengths
 
 
 def _load(path: Path):
@@ -69,10 +75,9 @@ class TokenColumn:
     def bytes(self) -> int:
         return self.tokens.bytes + self.offsets.bytes
 
-    def add(self, ids: list[np.ndarray]) -> None:
-        lengths = np.fromiter((len(a) for a in ids), dtype=np.int64, count=len(ids))
-        if ids:
-            self.tokens.append(np.concatenate(ids))
+    def add(self, flat: np.ndarray, lengths: np.ndarray) -> None:
+        """Rows given as their ids end to end and their token counts."""
+        self.tokens.append(flat)
         self.offsets.append(self.total + np.cumsum(lengths))
         self.total += int(lengths.sum())
         n_b = len(lengths)
