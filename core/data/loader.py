@@ -84,12 +84,12 @@ class TokenRows:
         rows = np.asarray(rows)
         return np.asarray(self.offsets[rows + 1]) - np.asarray(self.offsets[rows])
 
-    def padded(self, rows: np.ndarray, length: int, pad: int) -> np.ndarray:
-        """int64 (len(rows), length): each row's first ``length`` tokens, ``pad`` after a shorter row's end."""
-        out = np.full((len(rows), length), pad, dtype=np.int64)
+    def tiled(self, rows: np.ndarray, length: int) -> np.ndarray:
+        """int64 (len(rows), length): each row's first ``length`` tokens, a shorter row repeated to fill them (so
+        that a pooled representation sees only the row's own tokens, with no padding id)."""
+        out = np.empty((len(rows), length), dtype=np.int64)
         for j, i in enumerate(rows):
-            ids = self[int(i)][:length]
-            out[j, : len(ids)] = ids
+            out[j] = np.resize(self[int(i)], length)
         return out
 
     def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
@@ -101,10 +101,6 @@ class TokenRows:
         for j, s in enumerate(starts):
             out[j] = self.tokens[int(s) : int(s) + length]
         return out
-
-    def window_count(self, length: int) -> int:
-        """How many distinct window starts there are for windows of ``length``."""
-        return max(0, len(self.tokens) - length + 1)
 
     def batches(self, batch_size: int) -> Iterator[list[np.ndarray]]:
         """Every row in order, ``batch_size`` rows at a time."""

@@ -214,6 +214,8 @@ def _npy_bytes(array) -> bytes:
         ("a.jsonl", b'{"text": "a"}\n{"text": "\\ud800"}\n', r"^text: line 2 holds an unpaired surrogate"),
         ("a.jsonl", b'{"text": "a"}\n\n\n', r"^file: 1 record is too few"),
         ("a.jsonl", b"\n\n", r"^file: the .jsonl holds no records"),
+        ("a.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n", r"^file: line 1 is not JSON this service reads \(nested"),
+        ("a.jsonl", b'{"text": "a", "n": ' + b"9" * 5000 + b"}\n", r"^file: line 1 is not JSON this service reads"),
     ],
 )
 def test_malformed_uploads_are_refused(tmp_path, out, name, content, match):
@@ -242,6 +244,11 @@ def test_npz_entries_and_shapes(tmp_path, out):
         zf.writestr("x.npy", _npy_bytes(np.array([1, "a"], dtype=object)))
     (tmp_path / "b.npz").write_bytes(pickled.getvalue())
     _rejected(tmp_path / "b.npz", out, r"^x: dtype object is not numeric")
+    np.savez_compressed(tmp_path / "c.npz", x=np.random.default_rng(0).normal(size=(20_000, 8)))
+    raw = bytearray((tmp_path / "c.npz").read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = b"\xff" * 64  # damage the deflated data, not the zip directory
+    (tmp_path / "c.npz").write_bytes(bytes(raw))
+    _rejected(tmp_path / "c.npz", out, r"^file: not a readable .npz")
 
 
 def test_parquet_refusals(tmp_path, out):

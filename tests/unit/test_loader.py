@@ -57,10 +57,10 @@ def test_text_view_rows_windows_and_batches(tmp_path):
     with pytest.raises(IndexError):
         view[3]
     np.testing.assert_array_equal(view.lengths(), [5, 10, 2])
-    padded = view.padded(np.array([2, 0]), 4, pad=-1)
-    assert padded.tolist() == [[0xC3, 0xA9, -1, -1], [*b"hell"]]
+    assert view.tiled(np.array([2, 0]), 5).tolist() == [[0xC3, 0xA9, 0xC3, 0xA9, 0xC3], [*b"hello"]]
     assert view.windows(np.array([3, 0]), 5).tolist() == [list(stream[3:8]), list(stream[0:5])]
-    assert view.window_count(5) == len(stream) - 4
+    with pytest.raises(ValueError, match="17 tokens are fewer than one window of 18"):
+        view.windows(np.array([0]), 18)
     assert [len(b) for b in view.batches(2)] == [2, 1]
 
 

@@ -113,6 +113,9 @@ def _record(line: bytes, line_no: int) -> dict:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UploadRejected(f"file: line {line_no} is not JSON ({exc.msg} at column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits, or nesting Python cannot follow
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0][:120]
+        raise UploadRejected(f"file: line {line_no} is not JSON this service reads ({reason})") from None
     if not isinstance(record, dict):
         raise UploadRejected(f"file: line {line_no} is a JSON {type(record).__name__}, not an object")
     return record

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,7 @@ def convert_npz(raw: Path, out_dir: Path, cap: int) -> Inspection:
                 finally:
                     (out_dir / LABEL_SPOOL).unlink(missing_ok=True)
         return sink.finish("npz")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error) as exc:
         if sink is not None:
             sink.discard()
         raise UploadRejected(f"file: not a readable .npz ({exc})") from None

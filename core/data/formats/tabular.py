@@ -45,7 +45,7 @@ def convert_csv(raw: Path, out_dir: Path, label_column: str | None, cap: int) ->
             reader = pa_csv.open_csv(pa.OSFile(str(raw)), read_options=read, convert_options=convert)
             for batch in reader:
                 _add_batch(sink, batch, label)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        except (pa.ArrowException, OSError) as exc:
             raise UploadRejected(f"file: {_first_line(exc)} (after data row {sink.rows})") from None
         return sink.finish("csv", label_column)
     except BaseException:

@@ -158,7 +158,7 @@ class _PairBatches:
         self.pairs, self.p, self.rng, self.device, self.length = pairs, p, rng, device, length
 
     def _texts(self, column: TokenRows, idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.stack([np.resize(column[int(i)], self.length) for i in idx])).to(self.device)
+        return torch.from_numpy(column.tiled(idx, self.length)).to(self.device)
 
     def draw(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """shared: (query and document of each pair interleaved, unused); two_tower: (queries, documents)."""

@@ -78,7 +78,7 @@ class TextWindows:
             )
         cut_row = len(view) - max(1, int(round(holdout * len(view))))
         cut = int(view.offsets[cut_row])
-        self.tokens, self.length, self.device, self.features = view.tokens, length, device, length
+        self.view, self.length, self.device, self.features = view, length, device, length
         self.train_windows = cut // length
         self.hold_start, hold_windows = cut, (len(view.tokens) - cut) // length
         if self.train_windows < 1 or hold_windows < 1:
@@ -98,7 +98,4 @@ class TextWindows:
         return self._windows(np.asarray(idx) * self.length), None
 
     def _windows(self, starts: np.ndarray) -> torch.Tensor:
-        out = np.empty((len(starts), self.length), dtype=np.int64)
-        for j, s in enumerate(starts):
-            out[j] = self.tokens[int(s) : int(s) + self.length]
-        return torch.as_tensor(out, device=self.device)
+        return torch.as_tensor(self.view.windows(starts, self.length), device=self.device)
