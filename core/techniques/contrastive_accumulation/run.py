@@ -175,7 +175,6 @@ def _model_towers(p, ctx, device: torch.device) -> tuple[BuiltModel, list[nn.Mod
     tower, each its own init; uploaded weights: the same start)."""
     buildable, weights = materialize(p.model, ctx)
     probe = build(buildable, device="meta")
-    assert probe.vocab_size is not None and probe.context is not None  # a Transformer (the params checked)
     towers: list[nn.Module] = [
         PooledEncoder(build(buildable, weights=weights), p.pooling).to(device) for _ in range(tower_count(p))
     ]
@@ -332,14 +331,16 @@ def _run(p: ContrastiveAccumulationParams, ctx, device: torch.device) -> dict:
     batches: _Batches | _PairBatches
     if p.model is not None:  # the API budgeted the model, the full batch included
         probe_model, init = _model_towers(p, ctx, device)
+        vocab, context = probe_model.vocab_size, probe_model.context
+        assert vocab is not None and context is not None  # a Transformer (the params checked)
         if isinstance(data, PairsView):
-            x, in_dim = None, probe_model.context
-            batches = _PairBatches(data, p, rng, device, probe_model.context, probe_model.vocab_size)
+            x, in_dim = None, context
+            batches = _PairBatches(data, p, rng, device, context, vocab)
         else:
             assert isinstance(data, ArraysView)
-            x = token_rows(data["x"], probe_model.vocab_size, probe_model.context, pixel_levels=p.dataset == "digits")
+            x = token_rows(data["x"], vocab, context, pixel_levels=p.dataset == "digits")
             in_dim = x.shape[1]
-            batches = _TokenBatches(x, p, rng, device, probe_model.vocab_size - 1)
+            batches = _TokenBatches(x, p, rng, device, vocab - 1)
         full_fits = True
     else:
         assert isinstance(data, ArraysView)

@@ -166,10 +166,12 @@ def model_workload(params: EGStepSizeParams, columns: int | None) -> Workload | 
 
 def dataset_needs(params: EGStepSizeParams) -> DatasetNeeds:
     """Classifiers need labelled rows (square images for a CNN); token models read rows of token ids."""
-    if not isinstance(params.model, str) and token_model(params.model):
-        return DatasetNeeds()
-    arch = params.model if isinstance(params.model, str) else params.model.arch
-    return DatasetNeeds(labels=True, square_rows=arch in ("cnn", "resnet"))
+    model = params.model
+    if isinstance(model, str):
+        return DatasetNeeds(labels=True)
+    if isinstance(model, BuiltinModel) and not token_model(model):
+        return DatasetNeeds(labels=True, square_rows=model.arch in ("cnn", "resnet"))
+    return DatasetNeeds()
 
 
 SPEC = KindSpec(

@@ -131,10 +131,12 @@ def model_workload(params: MomentumAccumulationParams, columns: int | None) -> W
 def dataset_needs(params: MomentumAccumulationParams) -> DatasetNeeds:
     """Classifiers need labelled rows (square images for a CNN); token models read rows of token ids (arrays) or
     windows of a text dataset's token stream."""
-    if not isinstance(params.model, str) and token_model(params.model):
-        return DatasetNeeds(kinds=("arrays", "text"))
-    arch = params.model if isinstance(params.model, str) else params.model.arch
-    return DatasetNeeds(labels=True, square_rows=arch in ("cnn", "resnet"))
+    model = params.model
+    if isinstance(model, str):
+        return DatasetNeeds(labels=True, square_rows=model == "cnn")
+    if isinstance(model, BuiltinModel) and not token_model(model):
+        return DatasetNeeds(labels=True, square_rows=model.arch in ("cnn", "resnet"))
+    return DatasetNeeds(kinds=("arrays", "text"))
 
 
 SPEC = KindSpec(
