@@ -274,6 +274,25 @@ def test_size_declared_over_the_cap_is_refused_before_reading(tmp_path, out):
     _rejected(path, out, r"^file: more than 10000 bytes as stored", cap=10_000)
 
 
+def test_too_many_rows_declared_is_refused_before_reading(tmp_path, out):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|i1", "fortran_order": False, "shape": (2 * 10**9,)})
+    (tmp_path / "a.npy").write_bytes(header.getvalue() + b"\0" * 16)
+    _rejected(tmp_path / "a.npy", out, r"^x: 2000000000 rows and 1 columns exceed the limits \(1000000000 rows")
+
+
+@pytest.mark.parametrize(("name", "fmt"), [("t.PQ", "parquet"), ("t.ndjson", "jsonl"), ("T.Csv", "csv")])
+def test_other_extensions_name_the_same_formats(tmp_path, out, name, fmt):
+    x, _ = _data(rows=3, cols=2)
+    if fmt == "parquet":
+        pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1]}), tmp_path / name)
+    elif fmt == "csv":
+        (tmp_path / name).write_text("a,b\n" + "".join(f"{float(a)!r},{float(b)!r}\n" for a, b in x))
+    else:
+        _jsonl(tmp_path / name, [{"text": "a"}, {"text": "b"}])
+    assert _convert(tmp_path / name, out).format == fmt
+
+
 def test_tokenizer_refusals(tmp_path, out):
     path = _jsonl(tmp_path / "t.jsonl", [{"text": "a"}, {"text": "b"}])
     bad = tmp_path / "tokenizer.json"
