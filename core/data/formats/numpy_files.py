@@ -79,7 +79,8 @@ def convert_npz(raw: Path, out_dir: Path, cap: int) -> Inspection:
                     raise UploadRejected(f"y: shape {y.shape} is not one label per row of x ({rows} rows)")
                 sink = ArraysSink(out_dir, columns, y is not None, cap)
                 sink.source_dtypes = dict.fromkeys(sink.names, str(x.dtype))
-                # x and y are separate entries: x is copied first with placeholder labels checked later
+                # x and y are separate entries: y is spooled to a memory-mapped file first, then x chunk by chunk
+                # with the labels of its rows
                 labels = _label_spool(zf, y, out_dir) if y is not None else None
                 try:
                     at = 0
