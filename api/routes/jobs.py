@@ -13,13 +13,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from api.auth import owns, principal, visible_tenant
+from api.dataset_checks import dataset_refusal_for
 from api.deps import db, parse_id
 from api.problems import Problem
 from api.routes.ops import place_in_queue
 from api.schemas import ArtifactOut, JobOut, JobPage, JobRequest, MetricPage
 from core.blobs import blob_store
 from core.blobs.store import iter_blob
-from core.data import uploaded_dataset_ids
 from core.jobs import store
 from core.jobs.keys import Principal
 from core.jobs.models import Job, utcnow
@@ -154,14 +154,14 @@ def submit(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ):
     params = body.params.model_dump(mode="json")
-    for ds in uploaded_dataset_ids(body.params):
-        owner = store.dataset_tenant(session, parse_id(ds, "dataset"))
-        if owner is None or not owns(who, owner):
-            raise Problem(
-                422,
-                f"params.dataset: dataset {ds} not found",
-                errors=[{"field": "params.dataset", "message": "no such dataset", "type": "not_found"}],
-            )
+    why = dataset_refusal_for(session, who, body.kind, body.params)
+    if why is not None:
+        message, kind = why
+        raise Problem(
+            422,
+            f"params.dataset: {message}",
+            errors=[{"field": "params.dataset", "message": message, "type": kind}],
+        )
     _budget_model(session, request.app.state.settings, who, body)
     # only a request that may be replayed needs its body's fingerprint
     body_hash = store.request_fingerprint(body.model_dump(mode="json")) if idempotency_key is not None else None

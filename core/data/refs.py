@@ -1,23 +1,35 @@
-"""Resolve a params' dataset reference: a built-in name or the UUID of an uploaded dataset."""
+"""Resolve a params' dataset reference (a built-in name or the UUID of an uploaded dataset) to a view from
+``core.data.loader``: the one way every kind reads its data."""
 
 from __future__ import annotations
 
 from uuid import UUID
 
-import numpy as np
 from pydantic import BaseModel
 
 from core.data.builtin import BUILTIN_DATASETS, load_builtin
+from core.data.loader import ArraysView, DatasetView, as_view
 from core.models.spec import HFConfigModel, UploadedModel
 
 
-def load_arrays(ref: str | UUID, ctx) -> dict[str, np.ndarray]:
-    """Arrays for ``ref``: built-ins are generated from ``ctx.seed``; uploads come from ``ctx.load_dataset``."""
-    if isinstance(ref, UUID):
-        return ctx.load_dataset(str(ref))
-    if ref in BUILTIN_DATASETS:
-        return load_builtin(ref, ctx.seed)
-    return ctx.load_dataset(str(UUID(ref)))
+def load_dataset(ref: str | UUID, ctx, accepts: tuple[str, ...] = ("arrays",)) -> DatasetView:
+    """The dataset ``ref`` names, as a view: built-ins are generated from ``ctx.seed``; uploads come from
+    ``ctx.load_dataset`` (memory-mapped). A dataset of a kind outside ``accepts`` is refused (the API refuses it
+    before queueing; this guards a job queued before its dataset's kind was known)."""
+    if isinstance(ref, UUID) or ref not in BUILTIN_DATASETS:
+        view = as_view(ctx.load_dataset(str(UUID(str(ref)))))
+    else:
+        view = ArraysView(load_builtin(ref, ctx.seed))
+    if view.kind not in accepts:
+        raise ValueError(f"dataset: {ref} is a {view.kind} dataset; this job needs {' or '.join(accepts)}")
+    return view
+
+
+def load_arrays(ref: str | UUID, ctx) -> ArraysView:
+    """An arrays dataset (``x`` and maybe ``y``), for the kinds that read only arrays."""
+    view = load_dataset(ref, ctx, ("arrays",))
+    assert isinstance(view, ArraysView)
+    return view
 
 
 def uploaded_dataset_ids(params: BaseModel) -> list[str]:

@@ -147,8 +147,10 @@ class Dataset(Base):
     tenant: Mapped[str] = mapped_column(String(64), index=True)
     filename: Mapped[str] = mapped_column(String(255))
     format: Mapped[str] = mapped_column(String(8))
+    # STAND-IN for ingest's migration 0011 (same names): "arrays" | "text" | "pairs"; columns is None for text/pairs
+    kind: Mapped[str] = mapped_column(String(16), default="arrays", server_default="arrays")
     rows: Mapped[int] = mapped_column(Integer)
-    columns: Mapped[int] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
     has_labels: Mapped[bool]
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))

@@ -19,6 +19,7 @@ from sqlalchemy import Row, Select, and_, bindparam, case, delete, func, insert,
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core.data.needs import DatasetInfo
 from core.jobs.db import rowcount
 from core.jobs.models import ACTIVE_WHERE, Artifact, Dataset, Job, Metric, StoredModel, Study, StudyJob, Worker, utcnow
 from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
@@ -449,6 +450,18 @@ def dataset_tenant(session: Session, dataset_id: uuid.UUID) -> str | None:
 def dataset_columns(session: Session, dataset_id: uuid.UUID) -> int | None:
     """How many feature columns an uploaded dataset has; None when there is no such dataset."""
     return session.scalar(select(Dataset.columns).where(Dataset.id == dataset_id))
+
+
+def dataset_info(session: Session, dataset_id: uuid.UUID) -> tuple[str, DatasetInfo] | None:
+    """(tenant, what a job may need of it) of an uploaded dataset; None when there is no such dataset."""
+    row = session.execute(
+        select(Dataset.tenant, Dataset.kind, Dataset.rows, Dataset.columns, Dataset.has_labels).where(
+            Dataset.id == dataset_id
+        )
+    ).first()
+    if row is None:
+        return None
+    return row.tenant, DatasetInfo(kind=row.kind, rows=row.rows, columns=row.columns, has_labels=row.has_labels)
 
 
 def list_artifacts(session: Session, job_id: uuid.UUID) -> Sequence[Row[str, str, int, str]]:

@@ -16,9 +16,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from core.data.needs import DatasetNeeds, arrays_only
+
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import numpy as np
     import torch
+
+    from core.data.loader import DatasetView
 
 
 class Params(BaseModel):
@@ -51,8 +57,8 @@ class RunContext(Protocol):
     def check_cancelled(self) -> None:
         """Raise JobCancelled / JobTimedOut when the job must stop; call at least once per step."""
 
-    def load_dataset(self, dataset_id: str) -> dict[str, np.ndarray]:
-        """Arrays of an uploaded dataset (``x`` and optionally ``y``)."""
+    def load_dataset(self, dataset_id: str) -> DatasetView | Mapping[str, np.ndarray]:
+        """An uploaded dataset: a ``core.data.loader`` view (memory-mapped), or arrays ``x`` and maybe ``y``."""
 
     def load_model(self, model_id: str) -> tuple[dict, bytes | None]:
         """Config (JSON object) and safetensors bytes (None without weights) of an uploaded model."""
@@ -69,6 +75,8 @@ class KindSpec:
     # params -> what one micro-batch on params.model holds (core.models.budget.Workload), given the columns of an
     # uploaded dataset (None for a built-in one); the API budgets the model against the queue's worker with it
     model_workload: Callable[[Any, int | None], Any] | None = None
+    # params -> what they need of an uploaded dataset (checked before queueing; 422 on params.dataset)
+    dataset_needs: Callable[[Any], DatasetNeeds] = arrays_only
 
 
 @dataclass(frozen=True)

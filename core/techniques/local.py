@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from core.data.loader import DatasetView
 from core.techniques.base import JobTimedOut
 
 
@@ -16,7 +18,7 @@ class LocalContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     timeout_s: float | None = None
-    datasets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    datasets: dict[str, DatasetView | Mapping[str, np.ndarray]] = field(default_factory=dict)
     models: dict[str, tuple[dict, bytes | None]] = field(default_factory=dict)
     metrics: list[tuple[int, str, float]] = field(default_factory=list)
     artifacts: dict[str, tuple[bytes, str]] = field(default_factory=dict)
@@ -36,7 +38,7 @@ class LocalContext:
         if self.timeout_s is not None and time.monotonic() - self._started > self.timeout_s:
             raise JobTimedOut(f"ran past timeout_s={self.timeout_s}")
 
-    def load_dataset(self, dataset_id: str) -> dict[str, np.ndarray]:
+    def load_dataset(self, dataset_id: str) -> DatasetView | Mapping[str, np.ndarray]:
         return self.datasets[dataset_id]
 
     def load_model(self, model_id: str) -> tuple[dict, bytes | None]:

@@ -30,14 +30,17 @@ from core.contrastive import (
     naive_accumulated_backward_two_tower,
     two_tower_info_nce_loss,
 )
-from core.data import load_arrays
-from core.models.build import PooledEncoder, build
+from core.data import load_dataset
+from core.data.batches import chunked_max
+from core.data.loader import ArraysView, PairsView, TokenRows
+from core.models.build import BuiltModel, PooledEncoder, build
 from core.models.resolve import materialize
 from core.models.tokens import token_rows
 from core.plots import new_figure, to_png
 from core.techniques.contrastive_accumulation.spec import (
     ContrastiveAccumulationParams,
     check_budget,
+    dataset_needs,
     full_batch_fits,
     tower_count,
 )
@@ -143,17 +146,39 @@ class _TokenBatches(_Batches):
         return np.where(self.rng.random(rows.shape) < self.p.mask_prob, self.mask_id, rows)
 
 
-def _model_towers(p, ctx, arrays: dict, device: torch.device) -> tuple[np.ndarray, list[nn.Module], int]:
-    """Token rows and the initial towers pooled from the user's Transformer (one per tower, each its own init;
-    uploaded weights: the same start)."""
+class _PairBatches:
+    """Sampled query/document pairs of a pairs dataset: the two views of a sample are its query and its document
+    (the positives), each cut to ``length`` tokens; a shorter text is repeated to fill them, so that pooling sees
+    only its own tokens (no padding id)."""
+
+    def __init__(self, pairs: PairsView, p, rng: np.random.Generator, device: torch.device, length: int, vocab: int):
+        for column in (pairs.query, pairs.document):
+            if chunked_max(column.tokens) >= vocab:
+                raise ValueError(f"dataset: {column.name} token ids exceed the model's vocabulary of {vocab}")
+        self.pairs, self.p, self.rng, self.device, self.length = pairs, p, rng, device, length
+
+    def _texts(self, column: TokenRows, idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(column.tiled(idx, self.length)).to(self.device)
+
+    def draw(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """shared: (query and document of each pair interleaved, unused); two_tower: (queries, documents)."""
+        count = batch // 2 if self.p.towers == "shared" else batch
+        idx = self.rng.choice(len(self.pairs), size=count, replace=count > len(self.pairs))
+        a, b = self._texts(self.pairs.query, idx), self._texts(self.pairs.document, idx)
+        if self.p.towers == "shared":
+            return torch.stack([a, b], dim=1).reshape(2 * count, -1), torch.empty(0, device=self.device)
+        return a, b
+
+
+def _model_towers(p, ctx, device: torch.device) -> tuple[BuiltModel, list[nn.Module]]:
+    """The model's shape (built on ``meta``) and the initial towers pooled from the user's Transformer (one per
+    tower, each its own init; uploaded weights: the same start)."""
     buildable, weights = materialize(p.model, ctx)
     probe = build(buildable, device="meta")
-    assert probe.vocab_size is not None and probe.context is not None  # a Transformer (the params checked)
-    x = token_rows(arrays["x"], probe.vocab_size, probe.context, pixel_levels=p.dataset == "digits")
     towers: list[nn.Module] = [
         PooledEncoder(build(buildable, weights=weights), p.pooling).to(device) for _ in range(tower_count(p))
     ]
-    return x, towers, probe.vocab_size - 1
+    return probe, towers
 
 
 class _Trainer:
@@ -227,7 +252,7 @@ def _rel_diff(g: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _gradient_check(
-    trainers: dict[str, _Trainer], batches: _Batches, batch: int, chunk: int, device: torch.device
+    trainers: dict[str, _Trainer], batches: _Batches | _PairBatches, batch: int, chunk: int, device: torch.device
 ) -> dict:
     """Step-0 gradients of each method against the reference, all from the same RNG state and initial weights."""
     a, b = batches.draw(batch)
@@ -256,14 +281,14 @@ def _gradient_check(
 
 def _probe_accuracy(
     tower: nn.Module,
-    x: np.ndarray,
+    x: np.ndarray | None,
     y: np.ndarray | None,
     rng: np.random.Generator,
     device: torch.device,
     normalize: bool,
 ) -> float | None:
     """Held-out accuracy of a logistic regression on the frozen encoder's clean (unaugmented) representations."""
-    if y is None or len(np.unique(y)) < 2:
+    if x is None or y is None or len(np.unique(y)) < 2:
         return None
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -299,15 +324,26 @@ def run(params: ContrastiveAccumulationParams, ctx) -> dict:
 
 
 def _run(p: ContrastiveAccumulationParams, ctx, device: torch.device) -> dict:
-    data = load_arrays(p.dataset, ctx)
-    y = data.get("y")
+    data = load_dataset(p.dataset, ctx, dataset_needs(p).kinds)
+    y = data.get("y") if isinstance(data, ArraysView) else None
     rng = np.random.default_rng(ctx.seed)
+    x: np.ndarray | None
+    batches: _Batches | _PairBatches
     if p.model is not None:  # the API budgeted the model, the full batch included
-        x, init, mask_id = _model_towers(p, ctx, data, device)
-        in_dim = x.shape[1]
-        batches: _Batches = _TokenBatches(x, p, rng, device, mask_id)
+        probe_model, init = _model_towers(p, ctx, device)
+        vocab, context = probe_model.vocab_size, probe_model.context
+        assert vocab is not None and context is not None  # a Transformer (the params checked)
+        if isinstance(data, PairsView):
+            x, in_dim = None, context
+            batches = _PairBatches(data, p, rng, device, context, vocab)
+        else:
+            assert isinstance(data, ArraysView)
+            x = token_rows(data["x"], vocab, context, pixel_levels=p.dataset == "digits")
+            in_dim = x.shape[1]
+            batches = _TokenBatches(x, p, rng, device, vocab - 1)
         full_fits = True
     else:
+        assert isinstance(data, ArraysView)
         x = np.ascontiguousarray(data["x"], dtype=np.float32)
         if x.ndim != 2 or len(x) < 2:
             raise ValueError("dataset: x must be a 2-D array with at least 2 rows")

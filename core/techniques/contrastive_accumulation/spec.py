@@ -8,6 +8,7 @@ from uuid import UUID
 from pydantic import Field, model_validator
 
 from core.costs import score_block_rows
+from core.data.needs import DatasetNeeds
 from core.models.budget import Workload
 from core.models.spec import TRANSFORMER_ARCHS, BuiltinModel, ModelSpec
 from core.techniques.base import KindSpec, Params
@@ -84,6 +85,12 @@ def model_workload(p: ContrastiveAccumulationParams, columns: int | None) -> Wor
     )
 
 
+def dataset_needs(p: ContrastiveAccumulationParams) -> DatasetNeeds:
+    """MLP towers read feature rows; Transformer towers read rows of token ids, or the queries and documents of a
+    pairs dataset (each pair's two texts are the positives)."""
+    return DatasetNeeds(kinds=("arrays",) if p.model is None else ("arrays", "pairs"))
+
+
 def check_budget(p: ContrastiveAccumulationParams, in_dim: int) -> None:
     """Refuse a job whose chunked step cannot fit ``MEMORY_BUDGET_BYTES`` or whose work exceeds ``MAX_JOB_FLOP``."""
     need = memory_bytes(p, in_dim, "chunked", p.batch_size)
@@ -156,4 +163,5 @@ SPEC = KindSpec(
         "noise_std": 0.1,
     },
     model_workload=model_workload,
+    dataset_needs=dataset_needs,
 )

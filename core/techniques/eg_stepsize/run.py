@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from core.data import load_arrays
+from core.data.loader import ArraysView
 from core.models.build import BuiltModel, build
 from core.models.resolve import materialize
 from core.models.tokens import token_rows
@@ -190,7 +191,7 @@ class _Data:
         self.y_eval: torch.Tensor | None = torch.as_tensor(y[held], dtype=torch.long, device=dev)
         self.n_train = len(train)
 
-    def _tokens(self, params: EGStepSizeParams, ctx: RunContext, arrays: dict, probe: BuiltModel) -> None:
+    def _tokens(self, params: EGStepSizeParams, ctx: RunContext, arrays: ArraysView, probe: BuiltModel) -> None:
         """Rows of token ids for a causal or masked LM; no labels, no standardization."""
         assert probe.vocab_size is not None and probe.context is not None  # set for every token model
         x = token_rows(arrays["x"], probe.vocab_size, probe.context, pixel_levels=params.dataset == "digits")

@@ -8,6 +8,7 @@ from uuid import UUID
 
 from pydantic import Field, model_validator
 
+from core.data.needs import DatasetNeeds
 from core.models.budget import Workload
 from core.models.spec import TRANSFORMER_ARCHS, BuiltinModel, ModelSpec
 from core.techniques.base import KindSpec, Params
@@ -163,6 +164,16 @@ def model_workload(params: EGStepSizeParams, columns: int | None) -> Workload | 
     )
 
 
+def dataset_needs(params: EGStepSizeParams) -> DatasetNeeds:
+    """Classifiers need labelled rows (square images for a CNN); token models read rows of token ids."""
+    model = params.model
+    if isinstance(model, str):
+        return DatasetNeeds(labels=True)
+    if isinstance(model, BuiltinModel) and not token_model(model):
+        return DatasetNeeds(labels=True, square_rows=model.arch in ("cnn", "resnet"))
+    return DatasetNeeds()
+
+
 SPEC = KindSpec(
     name="eg_stepsize",
     description="Exponentiated-gradient step-size adaptation vs fixed rates, momentum, Adam and hypergradient SGD.",
@@ -189,4 +200,5 @@ SPEC = KindSpec(
         "seeds": 1,
     },
     model_workload=model_workload,
+    dataset_needs=dataset_needs,
 )

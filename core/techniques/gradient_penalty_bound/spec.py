@@ -8,6 +8,7 @@ from uuid import UUID
 from pydantic import Field, model_validator
 
 from core.costs import auto_method, measurement_flops
+from core.data.needs import DatasetNeeds
 from core.models.spec import BuiltinModel, ModelSpec
 from core.techniques.base import KindSpec, Params
 
@@ -141,4 +142,5 @@ SPEC = KindSpec(
         "samples": 16,
         "method": "auto",
     },
+    dataset_needs=lambda params: DatasetNeeds(labels=True),
 )

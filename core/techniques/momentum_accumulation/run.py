@@ -22,20 +22,23 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from core.data import load_arrays
+from core.data import load_dataset
+from core.data.batches import chunked_max, chunked_min
+from core.data.loader import ArraysView, TextView
 from core.models.build import BuiltModel, build
 from core.models.resolve import load_model, materialize
 from core.models.tokens import token_rows
 from core.optim.accum import AccumAdam, AccumSGDM, beta_tilde, state_bytes
 from core.plots import new_figure, to_png
 from core.techniques.base import RunContext
+from core.techniques.momentum_accumulation.data import Rows, TextWindows
 from core.techniques.momentum_accumulation.spec import (
     ARMS,
     EVAL_CHUNK,
-    TRAIN_PROBE,
     MomentumAccumulationParams,
     check_budget,
     cnn_side,
+    dataset_needs,
     token_model,
 )
 
@@ -131,7 +134,7 @@ def _train(
     arm: str,
     params: MomentumAccumulationParams,
     built: BuiltModel,
-    data: dict,
+    data: Rows | TextWindows,
     rng: np.random.Generator,
     eval_steps: set[int],
     ctx: RunContext,
@@ -142,14 +145,14 @@ def _train(
     model = built.module
     opt = _optimizer(arm, params, model.parameters())
     stock_chi = arm in ("beta_tilde_lr_chi", "lr_chi_only")
-    batches = _batches(rng, len(data["x"]), params.micro_batch)
+    batches = _batches(rng, data.n_train, params.micro_batch)
     curves: dict[str, list[float]] = {"train_loss": [], "heldout_loss": [], "heldout_accuracy": []}
     buffer_bytes = updates = 0
 
     def evaluate():
         model.eval()
-        curves["train_loss"].append(_evaluate(built, data["probe_x"], data["probe_y"])[0])
-        loss, acc = _evaluate(built, data["hold_x"], data["hold_y"])
+        curves["train_loss"].append(_evaluate(built, data.probe_x, data.probe_y)[0])
+        loss, acc = _evaluate(built, data.hold_x, data.hold_y)
         model.train()
         curves["heldout_loss"].append(loss)
         curves["heldout_accuracy"].append(acc)
@@ -157,8 +160,7 @@ def _train(
     evaluate()
     for t in range(1, params.steps + 1):
         ctx.check_cancelled()
-        idx = torch.from_numpy(next(batches)).to(data["x"].device)
-        loss = built.loss(data["x"][idx], None if data["y"] is None else data["y"][idx])
+        loss = built.loss(*data.batch(next(batches)))
         if arm == "explicit_buffer":
             (loss / k).backward()
             if t % k == 0:
@@ -238,61 +240,36 @@ def _seeded(
     return load_model(params.model, ctx, features=features, classes=classes)
 
 
-def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
-    arrays = load_arrays(params.dataset, ctx)
-    tokens = not isinstance(params.model, str) and token_model(params.model)
-    vocab = context = None
-    if tokens:
-        assert not isinstance(params.model, str)  # tokens: a model spec
+def _data(params: MomentumAccumulationParams, ctx: RunContext, dtype: torch.dtype):
+    """(train/held-out data, classes, the built token model's probe or None) for the params' dataset."""
+    view = load_dataset(params.dataset, ctx, dataset_needs(params).kinds)
+    if not isinstance(params.model, str) and token_model(params.model):
         buildable, _ = materialize(params.model, ctx)
         probe = build(buildable, device="meta")
         assert probe.vocab_size is not None and probe.context is not None  # set for every token model
         vocab, context = probe.vocab_size, probe.context
-        x = token_rows(arrays["x"], vocab, context, pixel_levels=params.dataset == "digits")
-        y = None
-        classes = vocab
-    else:
-        if "y" not in arrays:
-            raise ValueError("dataset: needs integer labels y for classification")
-        x = np.asarray(arrays["x"], dtype=np.float64)
-        y = np.asarray(arrays["y"]).astype(np.int64)
-        if x.ndim != 2 or y.shape != (len(x),) or y.min() < 0:
-            raise ValueError("dataset: x must be (n, d) and y (n,) with labels >= 0")
-        classes = int(y.max()) + 1
-        if isinstance(params.model, str):
-            check_budget(params, len(x), x.shape[1], classes)
+        if isinstance(view, TextView):
+            return TextWindows(view, context, vocab, params.holdout, ctx.device), vocab, probe
+        assert isinstance(view, ArraysView)
+        x = token_rows(view["x"], vocab, context, pixel_levels=params.dataset == "digits")
+        return Rows(x, None, params.holdout, ctx.seed, dtype, ctx.device, standardize=False), vocab, probe
+    assert isinstance(view, ArraysView)
+    if "y" not in view:
+        raise ValueError("dataset: needs integer labels y for classification")
+    x, y = view["x"], view["y"]
+    if x.ndim != 2 or y.shape != (len(x),) or chunked_min(y) < 0:
+        raise ValueError("dataset: x must be (n, d) and y (n,) with labels >= 0")
+    classes = chunked_max(y) + 1
+    if isinstance(params.model, str):
+        check_budget(params, len(x), x.shape[1], classes)
+    return Rows(x, y, params.holdout, ctx.seed, dtype, ctx.device, standardize=True), classes, None
 
-    split = np.random.default_rng(ctx.seed).permutation(len(x))
-    n_hold = max(1, int(round(params.holdout * len(x))))
-    hold, train = split[:n_hold], split[n_hold:]
-    if len(train) < params.micro_batch:
-        raise ValueError(f"micro_batch: larger than the {len(train)} training rows")
-    centre, scale = x[train].mean(), x[train].std() + 1e-8
+
+def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
     dtype = torch.float64 if params.dtype == "float64" else torch.float32
-
-    def tensor(a, dt=dtype):
-        return torch.as_tensor(a, dtype=dt, device=ctx.device)
-
-    if tokens:
-        data = {
-            "x": tensor(x[train], torch.int64),
-            "y": None,
-            "probe_x": tensor(x[train[:TRAIN_PROBE]], torch.int64),
-            "probe_y": None,
-            "hold_x": tensor(x[hold], torch.int64),
-            "hold_y": None,
-        }
-    else:
-        assert y is not None  # classification data comes with its labels
-        xs = (x - centre) / scale
-        data = {
-            "x": tensor(xs[train]),
-            "y": tensor(y[train], torch.int64),
-            "probe_x": tensor(xs[train[:TRAIN_PROBE]]),
-            "probe_y": tensor(y[train[:TRAIN_PROBE]], torch.int64),
-            "hold_x": tensor(xs[hold]),
-            "hold_y": tensor(y[hold], torch.int64),
-        }
+    data, classes, token_probe = _data(params, ctx, dtype)
+    if data.n_train < params.micro_batch:
+        raise ValueError(f"micro_batch: larger than the {data.n_train} training rows")
 
     eval_steps = sorted(set(range(params.eval_every, params.steps + 1, params.eval_every)) | {params.steps})
     eval_set = set(eval_steps)
@@ -309,7 +286,7 @@ def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
             done = a_i * params.seeds + s_i
             ctx.progress(done / total, f"{arm}: seed {s_i + 1}/{params.seeds}")
             seed = int(seq.generate_state(1)[0])
-            built = _seeded(params, ctx, torch.Generator().manual_seed(seed), seed, x.shape[1], classes)
+            built = _seeded(params, ctx, torch.Generator().manual_seed(seed), seed, data.features, classes)
             built.module.to(device=ctx.device, dtype=dtype)
             n_params = sum(p.numel() for p in built.module.parameters())
 
@@ -367,7 +344,7 @@ def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
     return {
         "optimizer": params.optimizer,
         "model": params.model if isinstance(params.model, str) else params.model.model_dump(mode="json"),
-        "task": "classify" if not tokens else built.task,
+        "task": "classify" if token_probe is None else token_probe.task,
         "accumulation_saving": saving,
         "accum_steps": params.accum_steps,
         "micro_batch": params.micro_batch,

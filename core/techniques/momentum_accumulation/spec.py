@@ -8,6 +8,7 @@ from uuid import UUID
 
 from pydantic import Field, model_validator
 
+from core.data.needs import DatasetNeeds
 from core.models.budget import Workload
 from core.models.spec import TRANSFORMER_ARCHS, BuiltinModel, ModelSpec
 from core.techniques.base import KindSpec, Params
@@ -18,6 +19,7 @@ Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 BUILTIN_SHAPES = {"digits": (1797, 64, 10), "clusters": (2000, 16, 10)}  # rows, features, classes
 EVAL_CHUNK = 256
 TRAIN_PROBE = 512
+MAX_EVAL_ROWS = 8192  # held-out rows (or text windows) kept in memory and evaluated; training reads sampled rows
 MAX_BYTES = 4 * 2**30
 MAX_FLOPS = 2e12
 MAX_MICRO_STEPS = 300_000
@@ -94,12 +96,13 @@ def check_budget(params: MomentumAccumulationParams, rows: int, features: int, c
         fwd = 2 * n_params
         act = features + 2 * h + classes
     item = 8 if params.dtype == "float64" else 4
-    need = item * (5 * n_params + 3 * act * (params.micro_batch + EVAL_CHUNK) + rows * (features + 1))
+    resident = min(rows, MAX_EVAL_ROWS) + TRAIN_PROBE  # rows held in memory; training rows are read per micro-batch
+    need = item * (5 * n_params + 3 * act * (params.micro_batch + EVAL_CHUNK) + resident * (features + 1))
     if need > MAX_BYTES:
         raise ValueError(f"hidden: weights, optimizer state and activations need {need / 2**30:.1f} GiB (> 4 GiB)")
     runs = len(params.arms) * params.seeds
     evals = params.steps // params.eval_every + 2
-    flops = runs * fwd * (3 * params.micro_batch * params.steps + evals * (rows + TRAIN_PROBE))
+    flops = runs * fwd * (3 * params.micro_batch * params.steps + evals * resident)
     if flops > MAX_FLOPS:
         raise ValueError(f"steps: about {flops:.1e} floating-point operations (> {MAX_FLOPS:.0e})")
 
@@ -125,6 +128,17 @@ def model_workload(params: MomentumAccumulationParams, columns: int | None) -> W
     )
 
 
+def dataset_needs(params: MomentumAccumulationParams) -> DatasetNeeds:
+    """Classifiers need labelled rows (square images for a CNN); token models read rows of token ids (arrays) or
+    windows of a text dataset's token stream."""
+    model = params.model
+    if isinstance(model, str):
+        return DatasetNeeds(labels=True, square_rows=model == "cnn")
+    if isinstance(model, BuiltinModel) and not token_model(model):
+        return DatasetNeeds(labels=True, square_rows=model.arch in ("cnn", "resnet"))
+    return DatasetNeeds(kinds=("arrays", "text"))
+
+
 SPEC = KindSpec(
     name="momentum_accumulation",
     description="Gradient accumulation inside the momentum (no buffer) vs explicit accumulation and per-batch updates.",
@@ -144,4 +158,5 @@ SPEC = KindSpec(
         "dtype": "float64",
     },
     model_workload=model_workload,
+    dataset_needs=dataset_needs,
 )
