@@ -30,6 +30,7 @@ from core.report import format_value, result_tables, summary_tables, verdict_tex
 client_cli = typer.Typer(
     help="Work with jobs on a gradlab API (GRADLAB_URL, GRADLAB_API_KEY).", no_args_is_help=True, add_completion=False
 )
+
 datasets_cli = typer.Typer(help="Upload datasets for jobs to train on.", no_args_is_help=True)
 client_cli.add_typer(datasets_cli, name="datasets")
 
@@ -409,29 +410,12 @@ def kinds(
     out.print(table)
 
 
-@datasets_cli.command("upload")
-def datasets_upload(
-    file: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, readable=True, help=".csv or .npz (arrays x and optionally y)"
-    ),
-    label_column: str | None = typer.Option(None, help="CSV column holding the labels"),
-) -> None:
-    """Upload a dataset; use the printed id as params.dataset of a job."""
-    with _api() as client:
-        ds = client.upload_dataset(file, label_column=label_column)
-    out.print(
-        Text.assemble(
-            "dataset ",
-            (ds.id, "bold"),
-            f" {ds.filename}: {ds.rows} rows × {ds.columns} columns, {'with' if ds.has_labels else 'no'} labels",
-        )
-    )
-
-
 def register(cli: typer.Typer) -> None:
     """Mount these commands on the main ``gradlab`` CLI."""
-    from api.study_cli import study_cli  # it imports this module's helpers
+    from api.dataset_cli import upload  # they import this module's helpers
+    from api.study_cli import study_cli
 
+    datasets_cli.command("upload")(upload)
     cli.registered_commands.extend(client_cli.registered_commands)
     cli.add_typer(datasets_cli, name="datasets")
     cli.add_typer(study_cli, name="study")

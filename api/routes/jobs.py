@@ -69,6 +69,22 @@ def _refusal(settings, tenant: str, use: store.Usage, now) -> Problem:
     )
 
 
+def check_datasets(session: Session, who: Principal, dataset_ids: list[str], field: str) -> None:
+    """Each uploaded dataset a job names must be the caller's and ready: else a 422 on ``field`` saying why."""
+    states = store.dataset_states(session, [parse_id(ds, "dataset") for ds in dataset_ids])
+    for ds in dataset_ids:
+        tenant, status, reason = states.get(uuid.UUID(ds), (None, None, None))
+        if tenant is None or not owns(who, tenant):
+            why, kind = f"dataset {ds} not found", "not_found"
+        elif status == "rejected":
+            why, kind = f"dataset {ds} was rejected: {reason}", "dataset_rejected"
+        elif status != "ready":
+            why, kind = f"dataset {ds} is not ready yet ({status})", "dataset_not_ready"
+        else:
+            continue
+        raise Problem(422, f"{field}: {why}", errors=[{"field": field, "message": why, "type": kind}])
+
+
 def _model_refused(message: str, status: int = 422) -> Problem:
     return Problem(
         status,
@@ -153,14 +169,7 @@ def submit(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ):
     params = body.params.model_dump(mode="json")
-    for ds in uploaded_dataset_ids(body.params):
-        owner = store.dataset_tenant(session, parse_id(ds, "dataset"))
-        if owner is None or not owns(who, owner):
-            raise Problem(
-                422,
-                f"params.dataset: dataset {ds} not found",
-                errors=[{"field": "params.dataset", "message": "no such dataset", "type": "not_found"}],
-            )
+    check_datasets(session, who, uploaded_dataset_ids(body.params), "params.dataset")
     _budget_model(session, request.app.state.settings, who, body)
     # only a request that may be replayed needs its body's fingerprint
     body_hash = store.request_fingerprint(body.model_dump(mode="json")) if idempotency_key is not None else None

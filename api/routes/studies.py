@@ -19,12 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api.auth import owns, principal
 from api.deps import db, parse_id
 from api.problems import Problem
+from api.routes.jobs import check_datasets
 from api.schemas import MAX_SEED
 from core import studies
 from core.data import uploaded_dataset_ids
 from core.jobs import store
 from core.jobs.keys import Principal
-from core.jobs.models import Dataset, Study, utcnow
+from core.jobs.models import Study, utcnow
 from core.techniques import specs
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
@@ -230,10 +231,7 @@ def submit_study(
 ):
     expanded = _settings(body)
     for _, params in expanded:
-        for ds in uploaded_dataset_ids(params):
-            found = session.get(Dataset, parse_id(ds, "dataset"))
-            if found is None or not owns(who, found.tenant):
-                raise _invalid("base.dataset", f"dataset {ds} not found")
+        check_datasets(session, who, uploaded_dataset_ids(params), "base.dataset")
     settings = [{"label": label, "params": params.model_dump(mode="json")} for label, params in expanded]
     body_hash = store.request_fingerprint(body.model_dump(mode="json")) if idempotency_key is not None else None
     n = len(settings) * len(body.seeds)
