@@ -163,7 +163,8 @@ def test_a_partial_object_resumes_and_becomes_the_concatenation(store):
     assert wrong.value.received == chunk
     # cut off mid-chunk: a directory keeps what arrived, S3 drops the chunk whole; either way the size says
     with pytest.raises(ConnectionError):
-        store.append_partial(key, chunk, _failing_after(iter([data[chunk : chunk + MiB], data[chunk + MiB :]]), 1), total)
+        blocks = iter([data[chunk : chunk + MiB], data[chunk + MiB :]])
+        store.append_partial(key, chunk, _failing_after(blocks, 1), total)
     offset = store.partial_size(key)
     assert offset == (chunk + MiB if isinstance(store, DirectoryStore) else chunk)
     if not isinstance(store, DirectoryStore):

@@ -1,0 +1,78 @@
+"""The dataset transitions in ``core.jobs.store`` on both backends: upload -> validating -> ready | rejected by
+compare-and-set, and the sweeper's recovery (dead validator released or given up on, lost message republished,
+abandoned upload removed)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from core.jobs import store
+from core.jobs.models import Dataset, DatasetUpload, utcnow
+
+SWEEP = {"heartbeat_timeout_s": 30, "republish_after_s": 60, "max_attempts": 2}
+
+
+def _uploading(sessions, expires_in_s: float = 3600) -> tuple[uuid.UUID, uuid.UUID]:
+    now = utcnow()
+    ds = Dataset(
+        id=uuid.uuid4(),
+        tenant="t",
+        filename="a.csv",
+        status="uploading",
+        format="csv",
+        upload_size=10,
+        location="datasets/x/",
+        created_at=now,
+    )
+    up = DatasetUpload(
+        id=uuid.uuid4(),
+        dataset_id=ds.id,
+        tenant="t",
+        size=10,
+        sha256="0" * 64,
+        created_at=now,
+        expires_at=now + timedelta(seconds=expires_in_s),
+    )
+    with sessions() as s:
+        store.add_dataset(s, ds, up)
+    return up.id, ds.id
+
+
+def test_a_validation_is_claimed_once_and_finished_by_its_claimer_only(sessions):
+    up_id, ds_id = _uploading(sessions)
+    with sessions() as s:
+        assert store.claim_validation(s, ds_id, "w1", utcnow()) is None  # not complete yet
+        assert store.complete_upload(s, up_id, ds_id, utcnow())
+        assert not store.complete_upload(s, up_id, ds_id, utcnow())
+        claim = store.claim_validation(s, ds_id, "w1", utcnow())
+        assert claim is not None and (claim.attempt, claim.upload_id, claim.declared_sha256) == (1, up_id, "0" * 64)
+        assert store.claim_validation(s, ds_id, "w2", utcnow()) is None  # a duplicate message
+        assert not store.finish_validation(s, ds_id, "w2", 1, reason="file: no")
+        assert store.finish_validation(s, ds_id, "w1", 1, reason="file: no")
+        assert store.get_dataset(s, ds_id).status == "rejected"
+        assert store.upload_session(s, up_id) is None  # the session ended with the validation
+        assert store.dataset_states(s, [ds_id])[ds_id] == ("t", "rejected", "file: no")
+
+
+def test_the_sweeper_recovers_validations_and_removes_abandoned_uploads(sessions):
+    later = utcnow() + timedelta(seconds=120)
+    up_id, ds_id = _uploading(sessions)
+    abandoned, gone = _uploading(sessions, expires_in_s=10)
+    with sessions() as s:
+        store.complete_upload(s, up_id, ds_id, utcnow())
+        store.claim_validation(s, ds_id, "w1", utcnow())
+        out = store.sweep_datasets(s, **SWEEP, now=later)  # w1 stopped beating: released, published again
+        assert out.republish == [ds_id] and out.rejected == [] and out.expired == [(abandoned, gone)]
+        assert store.get_dataset(s, gone) is None and store.upload_session(s, abandoned) is None
+        assert not store.beat_validation(s, ds_id, "w1", 1, later)  # the dead worker's claim is gone
+        out = store.sweep_datasets(s, **SWEEP, now=later)
+        assert out.republish == []  # just published: not again before republish_after_s
+        out = store.sweep_datasets(s, **SWEEP, now=later + timedelta(seconds=61))
+        assert out.republish == [ds_id]  # its message may be lost: published again, still unclaimed
+        claim = store.claim_validation(s, ds_id, "w2", later + timedelta(seconds=61))
+        assert claim.attempt == 2
+        out = store.sweep_datasets(s, **SWEEP, now=later + timedelta(seconds=200))
+        assert out.rejected == [ds_id] and out.republish == []  # max_attempts workers died on it
+        ds = store.get_dataset(s, ds_id)
+        assert ds.status == "rejected" and "stopped responding on each of 2 attempts" in ds.reason
