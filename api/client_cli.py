@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from api.client import ApiError, Client, Event, Job, WaitTimeout
+from api.dataset_cli import upload as dataset_upload
 from core.report import format_value, result_tables, summary_tables, verdict_text
 
 client_cli = typer.Typer(
@@ -32,6 +33,7 @@ client_cli = typer.Typer(
 )
 
 datasets_cli = typer.Typer(help="Upload datasets for jobs to train on.", no_args_is_help=True)
+datasets_cli.command("upload")(dataset_upload)
 client_cli.add_typer(datasets_cli, name="datasets")
 
 out = Console(highlight=False)
@@ -412,10 +414,8 @@ def kinds(
 
 def register(cli: typer.Typer) -> None:
     """Mount these commands on the main ``gradlab`` CLI."""
-    from api.dataset_cli import upload  # they import this module's helpers
-    from api.study_cli import study_cli
+    from api.study_cli import study_cli  # it imports this module's helpers
 
-    datasets_cli.command("upload")(upload)
     cli.registered_commands.extend(client_cli.registered_commands)
     cli.add_typer(datasets_cli, name="datasets")
     cli.add_typer(study_cli, name="study")

@@ -16,7 +16,6 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from api.client import ApiError, Client, Dataset
-from api.client_cli import _api, err, out
 from core.report import format_value
 
 VALIDATION_TIMEOUT_S = 3600.0
@@ -57,6 +56,8 @@ def _remember(key: str, upload_id: str | None) -> None:
 
 
 def _send(client: Client, file: Path, label_column, tokenizer, chunk_mib: int) -> Dataset:
+    from api.client_cli import err
+
     key = _file_key(client, file)
     resume = _load_state().get(key)
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
@@ -86,6 +87,8 @@ def _send(client: Client, file: Path, label_column, tokenizer, chunk_mib: int) -
 
 
 def print_preview(ds: Dataset) -> None:
+    from api.client_cli import out
+
     shape = f"{ds.rows} rows" + (f" × {ds.columns} columns" if ds.columns is not None else "")
     labels = "with labels" if ds.has_labels else "no labels"
     out.print(f"dataset [bold]{ds.id}[/bold] {ds.filename}: {ds.kind}, {ds.format}, {shape}, {labels}")
@@ -113,6 +116,8 @@ def upload(
     wait: bool = typer.Option(True, help="wait for the validation and print the preview"),
 ) -> None:
     """Upload a dataset (resumable: run it again after an interruption); use the printed id as params.dataset."""
+    from api.client_cli import _api, err, out  # the CLI's shared helpers (that module mounts this command)
+
     with _api() as client:
         ds = _send(client, file, label_column, tokenizer, chunk_mib)
         _remember(_file_key(client, file), None)
