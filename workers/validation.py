@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from contextlib import contextmanager
 
 from sqlalchemy.orm import sessionmaker
 
@@ -27,19 +28,26 @@ from workers.retry import retrying
 log = logging.getLogger(__name__)
 
 
-class _Beat(threading.Thread):
-    def __init__(self, sessions: sessionmaker, settings: Settings, claim: store.ValidationClaim, worker: str):
-        super().__init__(name=f"validation-beat-{claim.dataset_id}", daemon=True)
-        self.sessions, self.interval, self.claim, self.worker = sessions, settings.heartbeat_interval_s, claim, worker
-        self.stopping = threading.Event()
+@contextmanager
+def beating(sessions: sessionmaker, interval_s: float, dataset_id: uuid.UUID, worker: str, attempt: int):
+    """A thread that beats for the validator's claim while the block runs (the API's one-shot uploads use it too)."""
+    stopping = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopping.wait(self.interval):
+    def beat() -> None:
+        while not stopping.wait(interval_s):
             try:
-                with self.sessions() as s:
-                    store.beat_validation(s, self.claim.dataset_id, self.worker, self.claim.attempt, utcnow())
+                with sessions() as s:
+                    store.beat_validation(s, dataset_id, worker, attempt, utcnow())
             except Exception as exc:  # the database is briefly away: the next beat tries again
-                log.warning("validation beat for dataset %s failed: %s", self.claim.dataset_id, exc)
+                log.warning("validation beat for dataset %s failed: %s", dataset_id, exc)
+
+    thread = threading.Thread(target=beat, name=f"validation-beat-{dataset_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopping.set()
+        thread.join()
 
 
 def validate_dataset(sessions: sessionmaker, settings: Settings, dataset_id: str, worker: str) -> str:
@@ -54,33 +62,29 @@ def validate_dataset(sessions: sessionmaker, settings: Settings, dataset_id: str
     if claimed is None:
         return "not-claimed"
     log.info("dataset %s: validating %s (attempt %d)", ds_id, claimed.filename, claimed.attempt)
-    beat = _Beat(sessions, settings, claimed, worker)
-    beat.start()
     blobs = blob_store(settings)
     try:
         if claimed.upload_id is not None and blobs.partial_size(upload_partial_key(claimed.upload_id)):
             blobs.finish_partial(upload_partial_key(claimed.upload_id), dataset_raw_key(ds_id))
         if not blobs.exists(dataset_raw_key(ds_id)):
             raise UploadRejected("file: the upload's bytes are gone (its API process died before storing them)")
-        found = ingest(
-            blobs,
-            ds_id,
-            filename=claimed.filename,
-            label_column=claimed.label_column,
-            has_tokenizer=claimed.has_tokenizer,
-            declared_sha256=claimed.declared_sha256,
-            max_stored_bytes=settings.max_dataset_bytes,
-            work_dir=settings.data_dir / "ingest" / f"{ds_id}-{claimed.attempt}",
-        )
+        with beating(sessions, settings.heartbeat_interval_s, ds_id, worker, claimed.attempt):
+            found = ingest(
+                blobs,
+                ds_id,
+                filename=claimed.filename,
+                label_column=claimed.label_column,
+                has_tokenizer=claimed.has_tokenizer,
+                declared_sha256=claimed.declared_sha256,
+                max_stored_bytes=settings.max_dataset_bytes,
+                work_dir=settings.data_dir / "ingest" / f"{ds_id}-{claimed.attempt}",
+            )
         outcome = found.row_values()
     except UploadRejected as exc:
         outcome = {"reason": str(exc)[:2000]}
     except Exception as exc:  # a bug or a broken store: the dataset is refused with why, never left validating
         log.exception("dataset %s: validation failed", ds_id)
         outcome = {"reason": f"file: could not be validated ({type(exc).__name__}: {str(exc)[:500]})"}
-    finally:
-        beat.stopping.set()
-        beat.join()
 
     def finish() -> bool:
         with sessions() as s:

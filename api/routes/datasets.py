@@ -36,6 +36,7 @@ from core.data.uploads import UploadRejected
 from core.jobs import store
 from core.jobs.keys import Principal
 from core.jobs.models import Dataset, DatasetUpload, utcnow
+from workers.validation import beating
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -78,6 +79,7 @@ def _new_dataset(who: Principal, filename: str, size: int, label_column: str | N
 )
 def upload(
     request: Request,
+    response: Response,
     file: UploadFile = File(...),
     label_column: str | None = Form(None, max_length=128),
     session: Session = Depends(db),
@@ -101,22 +103,25 @@ def upload(
     blobs = blob_store(settings)
     blobs.put(dataset_raw_key(ds.id), file.file)
     try:
-        found = ingest(
-            blobs,
-            ds.id,
-            filename=filename,
-            label_column=label_column,
-            has_tokenizer=False,
-            declared_sha256=None,
-            max_stored_bytes=settings.max_dataset_bytes,
-            work_dir=settings.data_dir / "ingest" / str(ds.id),
-        )
+        with beating(request.app.state.sessions, settings.heartbeat_interval_s, ds.id, API_WORKER, 1):
+            found = ingest(
+                blobs,
+                ds.id,
+                filename=filename,
+                label_column=label_column,
+                has_tokenizer=False,
+                declared_sha256=None,
+                max_stored_bytes=settings.max_dataset_bytes,
+                work_dir=settings.data_dir / "ingest" / str(ds.id),
+            )
     except UploadRejected as exc:
         store.abort_validation(session, ds.id)  # nothing is kept of a refused one-shot upload
         blobs.delete_prefix(dataset_prefix(ds.id))
         raise _rejected(exc) from None
-    blobs.delete(dataset_raw_key(ds.id))
-    store.finish_validation(session, ds.id, API_WORKER, 1, **found.row_values())
+    if store.finish_validation(session, ds.id, API_WORKER, 1, **found.row_values()):
+        blobs.delete(dataset_raw_key(ds.id))
+    else:  # this process was taken for dead (a stalled database): a worker validates it now
+        response.status_code = 202
     session.refresh(ds)
     return DatasetOut.of(ds)
 
