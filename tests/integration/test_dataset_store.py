@@ -76,3 +76,34 @@ def test_the_sweeper_recovers_validations_and_removes_abandoned_uploads(sessions
         assert out.rejected == [ds_id] and out.republish == []  # max_attempts workers died on it
         ds = store.get_dataset(s, ds_id)
         assert ds.status == "rejected" and "stopped responding on each of 2 attempts" in ds.reason
+
+
+def test_the_worker_sweeper_removes_an_abandoned_upload_and_stray_temporaries(sessions, tmp_path):
+    import os
+    import time
+
+    from core.blobs import blob_store
+    from core.blobs.keys import dataset_tokenizer_key, upload_partial_key
+    from core.settings import Settings
+    from workers.app import make_celery
+    from workers.sweeper import TEMPORARY_AGE_S, sweep_datasets, sweep_temporaries
+
+    settings = Settings(data_dir=tmp_path, blob_url=(tmp_path / "blobs").as_uri())
+    blobs = blob_store(settings)
+    up_id, ds_id = _uploading(sessions, expires_in_s=-1)
+    kept_up, kept_ds = _uploading(sessions)
+    for upload in (up_id, kept_up):
+        blobs.append_partial(upload_partial_key(upload), 0, [b"half"], 10)
+    blobs.put(dataset_tokenizer_key(ds_id), [b"{}"])
+    stray = tmp_path / "blobs" / "artifacts" / ".tmp-dead"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"x")
+    os.utime(stray, (time.time() - TEMPORARY_AGE_S - 60,) * 2)
+
+    out = sweep_datasets(sessions, settings, make_celery(settings))
+    assert out.expired == [(up_id, ds_id)]
+    assert blobs.partial_size(upload_partial_key(up_id)) == 0 and not blobs.exists(dataset_tokenizer_key(ds_id))
+    assert blobs.partial_size(upload_partial_key(kept_up)) == 4  # a live upload keeps its bytes
+    with sessions() as s:
+        assert store.get_dataset(s, ds_id) is None and store.get_dataset(s, kept_ds).status == "uploading"
+    assert sweep_temporaries(settings) == 1 and not stray.exists()
