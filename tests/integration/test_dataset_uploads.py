@@ -136,6 +136,11 @@ def test_malformed_uploads_are_rejected_with_the_reason_and_jobs_on_them_are_422
     assert refused.status_code == 422
     body = refused.json()
     assert body["errors"][0]["field"] == "params.dataset" and "rejected: file: every row" in body["detail"]
+    base = {**http.get("/v1/kinds/gradient_penalty_bound").json()["example"]["params"], "dataset": ds["id"], "every": 1}
+    study = http.post(
+        "/v1/studies", json={"kind": "gradient_penalty_bound", "base": base, "grid": {"steps": [2, 3]}, "seeds": [0]}
+    )
+    assert study.status_code == 422 and study.json()["errors"][0]["field"] == "base.dataset", study.text
 
     data = npz_bytes(x=np.ones((4, 2)))
     up = upload_all(http, "a.npz", data, sha256=hashlib.sha256(b"something else").hexdigest())
