@@ -48,9 +48,10 @@ def clean_filename(raw: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", (raw or "upload").rsplit("/", 1)[-1])[:255]
 
 
-def _rejected(exc: ValueError) -> Problem:
-    field = str(exc).split(":", 1)[0]
-    return Problem(422, str(exc), errors=[{"field": field, "message": str(exc), "type": "invalid_upload"}])
+def _rejected(message: str) -> Problem:
+    """A 422 naming the field: ``message`` is "<field>: <reason>" (``UploadRejected``'s form)."""
+    field = message.split(":", 1)[0]
+    return Problem(422, message, errors=[{"field": field, "message": message, "type": "invalid_upload"}])
 
 
 def _new_dataset(who: Principal, filename: str, size: int, label_column: str | None, **state) -> Dataset:
@@ -117,7 +118,7 @@ def upload(
     except UploadRejected as exc:
         store.abort_validation(session, ds.id)  # nothing is kept of a refused one-shot upload
         blobs.delete_prefix(dataset_prefix(ds.id))
-        raise _rejected(exc) from None
+        raise _rejected(str(exc)) from None
     if store.finish_validation(session, ds.id, API_WORKER, 1, **found.row_values()):
         blobs.delete(dataset_raw_key(ds.id))
     else:  # this process was taken for dead (a stalled database): a worker validates it now
@@ -162,7 +163,7 @@ def start_upload(
     settings = request.app.state.settings
     filename = clean_filename(body.filename)
     if filename.rsplit(".", 1)[-1].lower() not in FORMATS or "." not in filename:
-        raise _rejected(ValueError(f"filename: the extension must be one of {', '.join('.' + f for f in FORMATS)}"))
+        raise _rejected(f"filename: the extension must be one of {', '.join('.' + f for f in FORMATS)}")
     if body.size > settings.max_dataset_upload_bytes:
         raise Problem(413, f"size: uploads are capped at {settings.max_dataset_upload_bytes} bytes")
     ds = _new_dataset(who, filename, body.size, body.label_column, status="uploading")
@@ -265,7 +266,7 @@ async def put_tokenizer(
     if ds.status != "uploading":
         raise Problem(409, f"upload {upload_id} is complete (dataset {ds.status})")
     if ds.format != "jsonl":
-        raise _rejected(ValueError("tokenizer: only JSON Lines text (.jsonl) takes a tokenizer"))
+        raise _rejected("tokenizer: only JSON Lines text (.jsonl) takes a tokenizer")
     blobs = blob_store(settings)
     try:
         await run_in_threadpool(
@@ -304,7 +305,7 @@ def complete_upload(
             f"upload-offset: {received} of the declared {up.size} bytes received; send the rest first",
             headers={"Upload-Offset": str(received)},
         )
-    if store.complete_upload(session, up.id, ds.id, utcnow()):
+    if store.complete_upload(session, ds.id, utcnow()):
         request.app.state.publisher.publish_validation(ds.id)  # if that fails, the sweeper publishes it again
     session.refresh(ds)
     return DatasetOut.of(ds)

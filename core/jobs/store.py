@@ -448,11 +448,6 @@ def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
     return session.get(Job, job_id)
 
 
-def dataset_tenant(session: Session, dataset_id: uuid.UUID) -> str | None:
-    """The tenant owning an uploaded dataset; None when there is no such dataset."""
-    return session.scalar(select(Dataset.tenant).where(Dataset.id == dataset_id))
-
-
 def dataset_columns(session: Session, dataset_id: uuid.UUID) -> int | None:
     """How many feature columns an uploaded dataset has; None when there is no such dataset."""
     return session.scalar(select(Dataset.columns).where(Dataset.id == dataset_id))
@@ -701,7 +696,7 @@ def touch_upload(session: Session, upload_id: uuid.UUID, expires_at: datetime) -
     session.commit()
 
 
-def complete_upload(session: Session, upload_id: uuid.UUID, dataset_id: uuid.UUID, now: datetime) -> bool:
+def complete_upload(session: Session, dataset_id: uuid.UUID, now: datetime) -> bool:
     """uploading -> validating (compare-and-set); the session row stays until validation ends (its declared
     SHA-256 is checked by the worker). False when the dataset had already left ``uploading``."""
     res = session.execute(

@@ -43,8 +43,8 @@ def test_a_validation_is_claimed_once_and_finished_by_its_claimer_only(sessions)
     up_id, ds_id = _uploading(sessions)
     with sessions() as s:
         assert store.claim_validation(s, ds_id, "w1", utcnow()) is None  # not complete yet
-        assert store.complete_upload(s, up_id, ds_id, utcnow())
-        assert not store.complete_upload(s, up_id, ds_id, utcnow())
+        assert store.complete_upload(s, ds_id, utcnow())
+        assert not store.complete_upload(s, ds_id, utcnow())
         claim = store.claim_validation(s, ds_id, "w1", utcnow())
         assert claim is not None and (claim.attempt, claim.upload_id, claim.declared_sha256) == (1, up_id, "0" * 64)
         assert store.claim_validation(s, ds_id, "w2", utcnow()) is None  # a duplicate message
@@ -60,7 +60,7 @@ def test_the_sweeper_recovers_validations_and_removes_abandoned_uploads(sessions
     up_id, ds_id = _uploading(sessions)
     abandoned, gone = _uploading(sessions, expires_in_s=10)
     with sessions() as s:
-        store.complete_upload(s, up_id, ds_id, utcnow())
+        store.complete_upload(s, ds_id, utcnow())
         store.claim_validation(s, ds_id, "w1", utcnow())
         out = store.sweep_datasets(s, **SWEEP, now=later)  # w1 stopped beating: released, published again
         assert out.republish == [ds_id] and out.rejected == [] and out.expired == [(abandoned, gone)]

@@ -278,3 +278,19 @@ def _quietly(fn, *args):
         fn(*args)
     except httpx.HTTPError:
         pass  # the API process was killed under it
+
+
+def test_a_tokenizer_goes_with_json_lines_text_only_and_is_capped(http, worker):
+    csv = start(http, "t.csv", 4)
+    refused = http.put(f"/v1/datasets/uploads/{csv['id']}/tokenizer", content=b"{}")
+    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "tokenizer"
+    text = b'{"text": "hello"}\n{"text": "world"}\n'
+    up = start(http, "t.jsonl", len(text))
+    assert http.put(f"/v1/datasets/uploads/{up['id']}/tokenizer", content=b'{"model": {}}').status_code == 204
+    big = http.put(f"/v1/datasets/uploads/{up['id']}/tokenizer", content=bytes(16 * MiB + 1))
+    assert big.status_code == 413, big.text
+    patch(http, up["id"], 0, text)
+    assert http.post(f"/v1/datasets/uploads/{up['id']}/complete").status_code == 202
+    assert settle(http, up["dataset_id"])["status"] in ("ready", "rejected")  # the converter judges the tokenizer
+    assert http.delete(f"/v1/datasets/uploads/{csv['id']}").status_code == 204  # given up: row and bytes gone
+    assert http.get(f"/v1/datasets/{csv['dataset_id']}").status_code == 404
