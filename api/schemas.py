@@ -186,7 +186,7 @@ class UploadStart(BaseModel):
     filename: str = Field(min_length=1, max_length=255, description="its extension names the format")
     size: int = Field(ge=1, description="bytes of the whole file")
     sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$", description="checked by the validation")
-    label_column: str | None = Field(default=None, min_length=1, max_length=128)
+    label_column: str | None = Field(default=None, min_length=1, max_length=128, pattern="^[^\x00]*$")
 
 
 class UploadOut(BaseModel):

@@ -96,6 +96,8 @@ def upload(
         raise Problem(413, f"file: uploads are capped at {cap} bytes")
     file.file.seek(0)
     filename = clean_filename(file.filename)
+    if label_column is not None and "\x00" in label_column:  # nothing with a NUL byte reaches the database
+        raise _rejected("label_column: contains a NUL byte")
     ds = _new_dataset(
         who, filename, size, label_column, status="validating", validation_worker=API_WORKER, validation_attempts=1
     )

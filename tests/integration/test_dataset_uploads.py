@@ -149,6 +149,8 @@ def test_malformed_uploads_are_rejected_with_the_reason_and_jobs_on_them_are_422
 
     bad_name = http.post("/v1/datasets/uploads", json={"filename": "a.exe", "size": 3})
     assert bad_name.status_code == 422 and bad_name.json()["errors"][0]["field"] == "filename"
+    nul = http.post("/v1/datasets/uploads", json={"filename": "a.csv", "size": 3, "label_column": "b\x00"})
+    assert nul.status_code == 422 and nul.json()["errors"][0]["field"] == "label_column"
     too_big = http.post("/v1/datasets/uploads", json={"filename": "a.csv", "size": 9 * GiB})
     assert too_big.status_code == 413 and too_big.json()["detail"].startswith("size:")
 
