@@ -133,7 +133,10 @@ def upload(
 
 
 def _session_of(session: Session, who: Principal, upload_id: str) -> tuple[DatasetUpload, Dataset]:
+    """The upload and its dataset, read in a transaction that ends here: a chunk streaming for minutes holds no
+    database connection."""
     found = store.upload_session(session, parse_id(upload_id, "upload"))
+    session.commit()  # read only; the rows stay loaded (expire_on_commit is off)
     if found is None or not owns(who, found[0].tenant):
         raise Problem(404, f"upload {upload_id} not found")
     return found
