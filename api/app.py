@@ -47,7 +47,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimits,
         default_cap=settings.max_request_bytes,
-        upload_caps={"/v1/datasets": settings.max_upload_bytes, "/v1/models": settings.max_model_upload_bytes},
+        upload_caps={
+            "/v1/datasets": settings.max_upload_bytes,
+            "/v1/models": settings.max_model_upload_bytes,
+            "/v1/datasets/uploads/[^/]+": settings.max_upload_chunk_bytes,
+            "/v1/datasets/uploads/[^/]+/tokenizer": settings.max_tokenizer_bytes,
+        },
         timeout_s=settings.body_timeout_s,
     )
     app.add_middleware(KeyFirst)

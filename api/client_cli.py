@@ -25,12 +25,15 @@ from rich.table import Table
 from rich.text import Text
 
 from api.client import ApiError, Client, Event, Job, WaitTimeout
+from api.dataset_cli import upload as dataset_upload
 from core.report import format_value, result_tables, summary_tables, verdict_text
 
 client_cli = typer.Typer(
     help="Work with jobs on a gradlab API (GRADLAB_URL, GRADLAB_API_KEY).", no_args_is_help=True, add_completion=False
 )
+
 datasets_cli = typer.Typer(help="Upload datasets for jobs to train on.", no_args_is_help=True)
+datasets_cli.command("upload")(dataset_upload)
 client_cli.add_typer(datasets_cli, name="datasets")
 
 out = Console(highlight=False)
@@ -407,25 +410,6 @@ def kinds(
     for k in found:
         table.add_row(k.name, k.description)
     out.print(table)
-
-
-@datasets_cli.command("upload")
-def datasets_upload(
-    file: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, readable=True, help=".csv or .npz (arrays x and optionally y)"
-    ),
-    label_column: str | None = typer.Option(None, help="CSV column holding the labels"),
-) -> None:
-    """Upload a dataset; use the printed id as params.dataset of a job."""
-    with _api() as client:
-        ds = client.upload_dataset(file, label_column=label_column)
-    out.print(
-        Text.assemble(
-            "dataset ",
-            (ds.id, "bold"),
-            f" {ds.filename}: {ds.rows} rows × {ds.columns} columns, {'with' if ds.has_labels else 'no'} labels",
-        )
-    )
 
 
 def register(cli: typer.Typer) -> None:

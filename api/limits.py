@@ -5,6 +5,7 @@ take to arrive, so a client that sends a body slowly or never finishes it cannot
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 from starlette.exceptions import HTTPException
@@ -30,15 +31,22 @@ class BodyTooSlow(HTTPException):
 
 
 class BodyLimits:
+    """``upload_caps``: a cap per path pattern (a regular expression the whole path must match) for the routes
+    that take files; every other body is capped at ``default_cap``."""
+
     def __init__(self, app: ASGIApp, default_cap: int, upload_caps: dict[str, int], timeout_s: float):
-        self.app, self.default_cap, self.upload_caps, self.timeout_s = app, default_cap, upload_caps, timeout_s
+        self.app, self.default_cap, self.timeout_s = app, default_cap, timeout_s
+        self.upload_caps = [(re.compile(pattern), cap) for pattern, cap in upload_caps.items()]
+
+    def _upload_cap(self, path: str) -> int | None:
+        return next((cap for pattern, cap in self.upload_caps if pattern.fullmatch(path)), None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         # multipart framing adds a little to the file itself
-        upload_cap = self.upload_caps.get(scope["path"])
+        upload_cap = self._upload_cap(scope["path"])
         cap = upload_cap + 64 * 1024 if upload_cap is not None else self.default_cap
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > cap:

@@ -152,15 +152,66 @@ class KindOut(BaseModel):
 
 
 class DatasetOut(BaseModel):
+    """An uploaded dataset. ``status``: uploading, validating, ready, or rejected (``reason`` names the field and
+    says why); kind, shape and ``preview`` once ready."""
+
     id: UUID
     filename: str
+    status: str
+    reason: str | None = None
+    kind: str | None = None
     format: str
-    rows: int
-    columns: int
-    has_labels: bool
-    size: int
-    sha256: str
+    rows: int | None = None
+    columns: int | None = None
+    has_labels: bool | None = None
+    upload_size: int = Field(description="bytes of the upload as sent")
+    size: int | None = Field(default=None, description="bytes stored (its canonical files), once ready")
+    sha256: str | None = Field(default=None, description="of the upload as sent, once received whole")
+    preview: dict[str, Any] | None = None
     created_at: datetime
+
+    @classmethod
+    def of(cls, row) -> DatasetOut:
+        return cls(
+            id=row.id,
+            filename=row.filename,
+            status=row.status,
+            reason=row.reason,
+            kind=row.kind,
+            format=row.format,
+            rows=row.rows,
+            columns=row.columns,
+            has_labels=row.has_labels,
+            upload_size=row.upload_size,
+            size=row.size,
+            sha256=row.sha256,
+            preview=row.preview,
+            created_at=row.created_at,
+        )
+
+
+class UploadStart(BaseModel):
+    """``POST /v1/datasets/uploads``: what is about to be sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field(min_length=1, max_length=255, description="its extension names the format")
+    size: int = Field(ge=1, description="bytes of the whole file")
+    sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$", description="checked by the validation")
+    label_column: str | None = Field(default=None, min_length=1, max_length=128, pattern="^[^\x00]*$")
+
+
+class UploadOut(BaseModel):
+    """A resumable upload: send chunks with ``PATCH`` at ``Upload-Offset`` = ``offset``, then ``complete``."""
+
+    id: UUID
+    dataset_id: UUID
+    status: str
+    offset: int
+    size: int
+    expires_at: datetime
+    max_chunk_bytes: int
+    min_chunk_bytes: int
 
 
 class ModelLayer(BaseModel):

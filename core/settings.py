@@ -72,9 +72,24 @@ class Settings(BaseSettings):
     max_request_bytes: int = 1024 * 1024
     max_upload_bytes: int = 32 * 1024 * 1024
     max_dataset_bytes: int = Field(
-        default=64 * 1024 * 1024,
-        description="Cap on an uploaded dataset as stored "
-        "(float32 x, int64 y); judged from the upload's headers before its data is read.",
+        default=8 * 1024**3,
+        gt=0,
+        description="Cap on an uploaded dataset as stored (its canonical files: float32 x and int64 y, or token ids); "
+        "judged from the upload's headers before its data is read where the format declares its shape.",
+    )
+    max_dataset_upload_bytes: int = Field(
+        default=8 * 1024**3,
+        gt=0,
+        description="Cap on a resumable dataset upload as sent (POST /v1/datasets/uploads declares its size).",
+    )
+    max_upload_chunk_bytes: int = Field(
+        default=256 * 1024**2, gt=0, description="Cap on one chunk (request body) of a resumable upload."
+    )
+    max_tokenizer_bytes: int = Field(default=16 * 1024**2, gt=0, description="Cap on a tokenizer.json sent with text.")
+    upload_expiry_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="An upload that receives no chunk for this long is abandoned; the sweeper removes its bytes.",
     )
     header_timeout_s: float = Field(
         default=10.0,

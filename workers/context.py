@@ -13,18 +13,21 @@ import collections
 import contextvars
 import logging
 import math
+import os
+import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
-import numpy as np
 import torch
 from sqlalchemy.orm import sessionmaker
 
 from core.blobs import blob_store
-from core.blobs.keys import artifact_key
-from core.blobs.store import read_blob
+from core.blobs.keys import artifact_key, dataset_file_key
+from core.blobs.store import BlobStore, read_blob
+from core.data.loader import DatasetView, open_dataset
 from core.jobs import store
 from core.jobs.states import JobStatus
 from core.settings import Settings
@@ -33,6 +36,18 @@ from workers.retry import retrying
 from workers.telemetry import rows_ingested
 
 log = logging.getLogger(__name__)
+
+
+def _cached(blobs: BlobStore, key: str, path: Path) -> Path:
+    """A blob downloaded to ``path`` once (canonical files never change), atomically, so a worker killed mid-way
+    leaves no half file that a later job would read."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f".{path.name}.{os.getpid()}.part")
+        with blobs.open(key) as src, open(part, "wb") as sink:
+            shutil.copyfileobj(src, sink, 1024 * 1024)
+        os.replace(part, path)
+    return path
 
 
 class JobLost(Exception):
@@ -121,16 +136,32 @@ class DbRunContext:
         if time.monotonic() - self._started > self.timeout_s:
             raise JobTimedOut(f"job ran past its timeout_s={self.timeout_s:g}")
 
-    def load_dataset(self, dataset_id: str) -> dict[str, np.ndarray]:
-        def where() -> str | None:
-            with self.sessions() as s:
-                return store.dataset_location(s, uuid.UUID(dataset_id))
+    def load_dataset(self, dataset_id: str) -> DatasetView:
+        """The dataset's canonical files, memory-mapped (``core.data.loader``): the store's own files for a
+        directory store, else downloaded once into a cache under the data dir."""
 
-        key = retrying(where)
-        if key is None:
-            raise LookupError(f"dataset {dataset_id} not found")
-        with blob_store(self.settings).open(key) as fh, np.load(fh, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+        def ready():
+            with self.sessions() as s:
+                return store.ready_dataset(s, uuid.UUID(dataset_id))
+
+        row = retrying(ready)
+        if row is None:
+            raise LookupError(f"dataset {dataset_id} not found or not ready")
+        blobs = blob_store(self.settings)
+        cache = self.settings.data_dir / "dataset-cache" / dataset_id
+        files = {}
+        for name in row.files:
+            key = dataset_file_key(row.id, name)
+            files[name] = blobs.local_path(key) or _cached(blobs, key, cache / name)
+        meta = {
+            "kind": row.kind,
+            "format": row.format,
+            "rows": row.rows,
+            "columns": row.columns,
+            "has_labels": row.has_labels,
+            "preview": row.preview,
+        }
+        return open_dataset(files, meta)
 
     def load_model(self, model_id: str) -> tuple[dict, bytes | None]:
         def read():

@@ -14,12 +14,14 @@ from workers.app import make_celery
 log = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "gradlab.run_job"
+VALIDATE_DATASET_TASK = "gradlab.validate_dataset"
+VALIDATION_QUEUE = "auto"  # every worker, CPU or GPU, consumes it: validation needs no particular device
 
 
-def publish(app: Celery, job_id: uuid.UUID | str, queue: str) -> bool:
+def publish(app: Celery, job_id: uuid.UUID | str, queue: str, task: str = RUN_JOB_TASK) -> bool:
     try:
         app.send_task(
-            RUN_JOB_TASK,
+            task,
             args=[str(job_id)],
             queue=queue,
             retry=True,
@@ -27,7 +29,7 @@ def publish(app: Celery, job_id: uuid.UUID | str, queue: str) -> bool:
         )
         return True
     except Exception as exc:  # any broker failure: the job stays queued in the database
-        log.warning("publishing job %s to %s failed (%s); the sweeper will publish it again", job_id, queue, exc)
+        log.warning("publishing %s %s to %s failed (%s); the sweeper will publish it again", task, job_id, queue, exc)
         return False
 
 
@@ -45,3 +47,6 @@ class Publisher:
 
     def publish(self, job_id: uuid.UUID | str, queue: str) -> bool:
         return publish(self.app, job_id, queue)
+
+    def publish_validation(self, dataset_id: uuid.UUID | str) -> bool:
+        return publish(self.app, dataset_id, VALIDATION_QUEUE, VALIDATE_DATASET_TASK)

@@ -1,18 +1,22 @@
-"""The sweeper: a thread in every worker that re-publishes lost messages and recovers jobs of dead workers."""
+"""The sweeper: a thread in every worker that re-publishes lost messages and recovers jobs and dataset validations
+of dead workers, removes abandoned uploads, and clears the directory store's stray temporaries."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy.orm import sessionmaker
 
+from core.blobs import DirectoryStore, blob_store
+from core.blobs.keys import dataset_prefix, upload_partial_key
 from core.jobs import store
 from core.jobs.models import utcnow
 from core.settings import Settings
-from workers.publish import publish
+from workers.publish import VALIDATE_DATASET_TASK, VALIDATION_QUEUE, publish
 from workers.telemetry import record_sweep
 
 log = logging.getLogger(__name__)
@@ -54,7 +58,44 @@ def sweep_once(sessions: sessionmaker, settings: Settings, app: Celery) -> store
     record_sweep(outcome)
     if outcome.retried or outcome.failed:
         log.warning("sweeper: re-queued %s, failed %s", outcome.retried, outcome.failed)
+    sweep_datasets(sessions, settings, app)
     return outcome
+
+
+def sweep_datasets(sessions: sessionmaker, settings: Settings, app: Celery) -> store.DatasetSweep:
+    """Validations of dead workers or lost messages published again; abandoned uploads removed, rows then bytes
+    (a row never names missing bytes)."""
+    with sessions() as s:
+        outcome = store.sweep_datasets(
+            s,
+            heartbeat_timeout_s=settings.heartbeat_timeout_s,
+            republish_after_s=settings.requeue_queued_after_s,
+            max_attempts=settings.max_attempts,
+        )
+    for ds_id in outcome.republish:
+        publish(app, ds_id, VALIDATION_QUEUE, VALIDATE_DATASET_TASK)  # failing, the next sweep publishes it again
+    blobs = blob_store(settings)
+    for upload_id, ds_id in outcome.expired:
+        blobs.delete_partial(upload_partial_key(upload_id))
+        blobs.delete_prefix(dataset_prefix(ds_id))
+    if outcome.republish or outcome.rejected or outcome.expired:
+        log.warning(
+            "sweeper: validations republished %s, rejected %s; uploads expired %s",
+            outcome.republish,
+            outcome.rejected,
+            [u for u, _ in outcome.expired],
+        )
+    return outcome
+
+
+TEMPORARIES_EVERY_S = 600.0  # a walk of the whole directory store: rarely
+TEMPORARY_AGE_S = 6 * 3600.0  # older than any write in progress (a multi-GB canonical file takes minutes)
+
+
+def sweep_temporaries(settings: Settings) -> int:
+    """Temporaries left by writers that died (``DirectoryStore.put``); S3 aborts its own."""
+    blobs = blob_store(settings)
+    return blobs.sweep_temporaries(TEMPORARY_AGE_S) if isinstance(blobs, DirectoryStore) else 0
 
 
 class Sweeper(threading.Thread):
@@ -64,8 +105,12 @@ class Sweeper(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        temporaries_at = float("-inf")
         while not self.stopping.wait(self.settings.sweep_interval_s):
             try:
                 sweep_once(self.sessions, self.settings, self.app)
+                if time.monotonic() - temporaries_at > TEMPORARIES_EVERY_S:
+                    temporaries_at = time.monotonic()
+                    sweep_temporaries(self.settings)
             except Exception as exc:  # database or broker down: try again next round
                 log.warning("sweep failed: %s", exc)

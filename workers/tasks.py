@@ -15,18 +15,21 @@ from core.techniques import kinds
 from workers import logcontext, telemetry  # noqa: F401  (connect their Celery signals)
 from workers.app import make_celery
 from workers.presence import Presence
-from workers.publish import RUN_JOB_TASK
+from workers.publish import RUN_JOB_TASK, VALIDATE_DATASET_TASK
 from workers.runner import WORKER_NAME, execute_job
 from workers.sweeper import Sweeper
+from workers.validation import validate_dataset
 
 log = logging.getLogger(__name__)
 _state: dict = {}
 
 
 def worker_app(settings: Settings) -> Celery:
-    """A Celery app for a worker process, with ``run_job`` registered and the signals below connected."""
+    """A Celery app for a worker process, with ``run_job`` and ``validate`` registered and the signals below
+    connected."""
     app = make_celery(settings)
     app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(run_job)
+    app.task(name=VALIDATE_DATASET_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)(validate)
     _state["app"] = app
     return app
 
@@ -85,4 +88,10 @@ def _stop_sweeper(**_):
 def run_job(job_id: str) -> str:
     outcome = execute_job(_sessions(), get_settings(), job_id)
     log.info("job %s: %s", job_id, outcome)
+    return outcome
+
+
+def validate(dataset_id: str) -> str:
+    outcome = validate_dataset(_sessions(), get_settings(), dataset_id, WORKER_NAME)
+    log.info("dataset %s: %s", dataset_id, outcome)
     return outcome

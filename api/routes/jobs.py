@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from api.auth import owns, principal, visible_tenant
-from api.dataset_checks import dataset_refusal_for
+from api.dataset_checks import check_datasets
 from api.deps import db, parse_id
 from api.problems import Problem
 from api.routes.ops import place_in_queue
@@ -154,14 +154,7 @@ def submit(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ):
     params = body.params.model_dump(mode="json")
-    why = dataset_refusal_for(session, who, body.kind, body.params)
-    if why is not None:
-        message, kind = why
-        raise Problem(
-            422,
-            f"params.dataset: {message}",
-            errors=[{"field": "params.dataset", "message": message, "type": kind}],
-        )
+    check_datasets(session, who, body.kind, body.params, "params.dataset")
     _budget_model(session, request.app.state.settings, who, body)
     # only a request that may be replayed needs its body's fingerprint
     body_hash = store.request_fingerprint(body.model_dump(mode="json")) if idempotency_key is not None else None

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.auth import owns, principal
-from api.dataset_checks import dataset_refusal_for
+from api.dataset_checks import check_datasets
 from api.deps import db, parse_id
 from api.problems import Problem
 from api.schemas import MAX_SEED
@@ -230,9 +230,7 @@ def submit_study(
 ):
     expanded = _settings(body)
     for _, params in expanded:
-        why = dataset_refusal_for(session, who, body.kind, params)
-        if why is not None:
-            raise _invalid("base.dataset", why[0])
+        check_datasets(session, who, body.kind, params, "base.dataset")
     settings = [{"label": label, "params": params.model_dump(mode="json")} for label, params in expanded]
     body_hash = store.request_fingerprint(body.model_dump(mode="json")) if idempotency_key is not None else None
     n = len(settings) * len(body.seeds)

@@ -1,4 +1,4 @@
-"""The browser pages: a job list at ``/`` and a job page at ``/jobs/{id}``.
+"""The browser pages: a job list at ``/``, a job page at ``/jobs/{id}``, studies, comparisons and datasets.
 
 The pages are static HTML that read everything through the public API with fetch, so they need no server-side
 rendering and obey the same authentication as any other client (the key is typed into the page, never put in URLs).
@@ -57,6 +57,12 @@ def compare_page():
 def study_page(study_id: str):
     """A study's comparison page; like the job page, the script reads the id from the URL."""
     return FileResponse(STATIC_DIR / "study.html", media_type="text/html", headers=HEADERS)
+
+
+@router.get("/datasets/{dataset_id}")
+def dataset_page(dataset_id: str):
+    """An uploaded dataset: its status (or why it was rejected), shape and preview."""
+    return FileResponse(STATIC_DIR / "dataset.html", media_type="text/html", headers=HEADERS)
 
 
 @router.get("/vendor/{name}")

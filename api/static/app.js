@@ -1,4 +1,5 @@
-/* The gradlab pages: the job list (/) and a job's live page (/jobs/{id}), both built on the public HTTP API.
+/* The gradlab pages: the job list (/), a job's live page (/jobs/{id}), studies, comparisons and a dataset's preview
+   (/datasets/{id}), all built on the public HTTP API.
 
    When the server requires authentication, the API key typed into the header field is kept in localStorage and
    sent as "Authorization: Bearer …". A running job's page follows its Server-Sent Events, read with fetch rather
@@ -700,6 +701,70 @@
     load();
   }
 
+  /* A dataset (/datasets/{id}): its state, then its preview. The preview's parts are drawn by their shape, not
+     their names: rows of values as a table, columns of equal-length lists (statistics) as a table with a row per
+     column, a flat object (label balance) as key/value pairs, anything else as JSON. */
+  function previewNode(name, value) {
+    const isScalar = v => v === null || typeof v !== "object";
+    const cell = v => isScalar(v) ? formatValue(v) : JSON.stringify(v);
+    if (Array.isArray(value) && value.length && value.every(Array.isArray)) {
+      const width = Math.max(...value.map(r => r.length));
+      return tableNode({title: name, columns: [...Array(width).keys()].map(String),
+                        rows: value.map(r => r.map(cell))}, "grid");
+    }
+    if (Array.isArray(value) && value.length && value.every(v => v && typeof v === "object" && !Array.isArray(v))) {
+      const columns = [...new Set(value.flatMap(Object.keys))];
+      return tableNode({title: name, columns: columns, rows: value.map(r => columns.map(c => cell(r[c])))}, "grid");
+    }
+    if (value && typeof value === "object" && !Array.isArray(value)) {
+      const lists = Object.values(value);
+      if (lists.length && lists.every(Array.isArray) && lists.every(l => l.length === lists[0].length)) {
+        const keys = Object.keys(value);
+        return tableNode({title: name, columns: ["column", ...keys],
+                          rows: lists[0].map((_, i) => [String(i), ...keys.map(k => cell(value[k][i]))])}, "grid");
+      }
+      return tableNode({title: name, columns: ["", ""],
+                        rows: Object.entries(value).map(([k, v]) => [k, cell(v)])}, "kv");
+    }
+    return el("p", {}, [el("strong", {textContent: name + ": "}), cell(value)]);
+  }
+
+  function initDataset() {
+    const id = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
+    let timer = null;
+
+    function render(ds) {
+      document.title = `gradlab · dataset · ${ds.filename} · ${ds.status}`;
+      $("#dataset-name").textContent = ds.filename;
+      $("#dataset-status").replaceChildren(badge(ds.status));
+      $("#dataset-reason").hidden = !ds.reason;
+      $("#dataset-reason").textContent = ds.reason || "";
+      const facts = [["id", ds.id], ["kind", ds.kind], ["format", ds.format], ["rows", ds.rows],
+                     ["columns", ds.columns], ["labels", ds.has_labels === null ? null : ds.has_labels ? "yes" : "no"],
+                     ["uploaded bytes", ds.upload_size], ["stored bytes", ds.size], ["sha256", ds.sha256],
+                     ["created", when(ds.created_at)]];
+      $("#dataset-facts").replaceChildren(...facts.filter(([, v]) => v !== null && v !== undefined).map(([k, v]) =>
+        el("div", {}, [el("dt", {textContent: k}), el("dd", {textContent: typeof v === "number" ? formatValue(v) : v})])));
+      if (ds.preview) {
+        $("#preview").replaceChildren(...Object.entries(ds.preview).map(([k, v]) => previewNode(k, v)));
+      }
+    }
+
+    async function load() {
+      clearTimeout(timer);
+      try {
+        const ds = await (await api(`/v1/datasets/${encodeURIComponent(id)}`)).json();
+        showError(null);
+        render(ds);
+        if (ds.status === "ready" || ds.status === "rejected") document.body.dataset.state = "done";
+        else timer = setTimeout(load, REFRESH_MS);
+      } catch (e) { showError(e); }
+    }
+
+    initKeyForm(load);
+    load();
+  }
+
   // an error outside a request (a chart that cannot be drawn) shows in the page's error box too
   window.addEventListener("error", ev => showError(ev.error || new Error(ev.message)));
 
@@ -707,4 +772,5 @@
   else if (document.body.dataset.page === "compare") initCompare();
   else if (document.body.dataset.page === "job") initJob();
   else if (document.body.dataset.page === "study") initStudy();
+  else if (document.body.dataset.page === "dataset") initDataset();
 })();

@@ -1,4 +1,4 @@
-"""Where each kind of blob lives in the store (one layout, used by the API, the workers and the migration)."""
+"""Where each kind of blob lives in the store (one layout, used by the API, the workers and the migrations)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,32 @@ from urllib.parse import quote
 
 
 def dataset_key(dataset_id: uuid.UUID | str) -> str:
+    """The single canonical .npz of a dataset before migration 0011 (kept by it, read by its downgrade)."""
     return f"datasets/{dataset_id}.npz"
+
+
+def dataset_prefix(dataset_id: uuid.UUID | str) -> str:
+    """Everything of one dataset: its raw upload, tokenizer and canonical files."""
+    return f"datasets/{dataset_id}/"
+
+
+def dataset_file_key(dataset_id: uuid.UUID | str, name: str) -> str:
+    """One canonical file (``x.npy``, ``tokens.npy``, ...) of a dataset."""
+    return f"{dataset_prefix(dataset_id)}{quote(name, safe='._-')}"
+
+
+def dataset_raw_key(dataset_id: uuid.UUID | str) -> str:
+    """The upload as the client sent it, once received whole (the worker validates it, then removes it)."""
+    return f"{dataset_prefix(dataset_id)}upload.raw"
+
+
+def dataset_tokenizer_key(dataset_id: uuid.UUID | str) -> str:
+    return f"{dataset_prefix(dataset_id)}tokenizer.json"
+
+
+def upload_partial_key(upload_id: uuid.UUID | str) -> str:
+    """The bytes of a resumable upload received so far (a partial object, ``core.blobs.store``)."""
+    return f"uploads/{upload_id}"
 
 
 def model_weights_key(model_id: uuid.UUID | str) -> str:

@@ -4,10 +4,17 @@ A write is all or nothing: the directory store writes a temporary file beside th
 over the key; S3 makes an object visible only when its (multipart) upload completes, and an upload that fails is
 aborted. A writer that dies mid-write therefore leaves at most a stray temporary (``.tmp-*``, never read as a blob),
 and a reader sees either the old bytes or the new ones. The size and SHA-256 are computed while the bytes stream by.
+
+A *partial* object is a resumable upload in progress, appended to at a given offset and never read as a blob until
+``finish_partial`` makes it one. Its size is the bytes received, whoever received them: the directory store appends
+to one file (a request cut off mid-way keeps what arrived), S3 keeps each appended chunk as an object and joins them
+by a server-side multipart copy (a chunk cut off mid-way is dropped whole, and every chunk but the last must be at
+least ``min_chunk_bytes``, S3's smallest part).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -35,8 +42,21 @@ class BlobTooLarge(ValueError):
     """The stream ran past the writer's cap; nothing was stored."""
 
 
+class OffsetMismatch(ValueError):
+    """An append did not start where the partial object ends (``received``), or another append holds it."""
+
+    def __init__(self, message: str, received: int):
+        super().__init__(message)
+        self.received = received
+
+
+class ChunkTooSmall(ValueError):
+    """A chunk that is not the last one is below the store's ``min_chunk_bytes``; it was not kept."""
+
+
 class BlobStore(Protocol):
     url: str
+    min_chunk_bytes: int
 
     def put(self, key: str, source: BinaryIO | Iterable[bytes], max_bytes: int | None = None) -> BlobInfo: ...
     def open(self, key: str) -> BinaryIO: ...
@@ -44,6 +64,10 @@ class BlobStore(Protocol):
     def delete_prefix(self, prefix: str) -> None: ...
     def exists(self, key: str) -> bool: ...
     def local_path(self, key: str) -> Path | None: ...
+    def partial_size(self, key: str) -> int: ...
+    def append_partial(self, key: str, offset: int, source: BinaryIO | Iterable[bytes], total: int) -> int: ...
+    def finish_partial(self, key: str, target: str) -> None: ...
+    def delete_partial(self, key: str) -> None: ...
 
 
 def check_key(key: str) -> str:
@@ -86,6 +110,8 @@ def read_blob(store: BlobStore, key: str) -> bytes:
 
 class DirectoryStore:
     """Blobs as files under one directory (the data dir, or a volume every API and worker container mounts)."""
+
+    min_chunk_bytes = 1
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
@@ -131,6 +157,49 @@ class DirectoryStore:
         """The file itself, so a worker can memory-map a dataset instead of reading it."""
         return self._path(key)
 
+    def partial_size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def append_partial(self, key: str, offset: int, source: BinaryIO | Iterable[bytes], total: int) -> int:
+        """Append at ``offset`` (the bytes received so far), never past ``total``; returns the new size. What
+        arrived before the source failed is kept and fsynced, so the client resumes from there."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as sink:
+            try:
+                fcntl.flock(sink.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
+            except BlockingIOError:
+                raise OffsetMismatch("another request is appending to this upload", self.partial_size(key)) from None
+            size = sink.tell()
+            if size != offset:
+                raise OffsetMismatch(f"the upload holds {size} bytes, not {offset}", size)
+            try:
+                for chunk in _chunks(source):
+                    if size + len(chunk) > total:
+                        raise BlobTooLarge(f"past the declared size of {total} bytes")
+                    sink.write(chunk)
+                    size += len(chunk)
+            finally:
+                sink.flush()
+                os.fsync(sink.fileno())
+        return size
+
+    def finish_partial(self, key: str, target: str) -> None:
+        path, dest = self._path(key), self._path(target)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+        dir_fd = os.open(dest.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def delete_partial(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     def sweep_temporaries(self, older_than_s: float) -> int:
         """Remove temporaries that writers which died left behind; returns how many."""
         cutoff, removed = time.time() - older_than_s, 0
@@ -146,6 +215,8 @@ class DirectoryStore:
 
 class S3Store:
     """Blobs as objects under ``s3://bucket/prefix`` through s3fs (credentials from the usual AWS variables)."""
+
+    min_chunk_bytes = 5 * CHUNK  # S3's smallest multipart part (all but the last)
 
     def __init__(self, url: str, endpoint_url: str | None = None):
         import s3fs  # type: ignore[import-untyped]  # loaded only where a deployment uses S3
@@ -190,6 +261,46 @@ class S3Store:
 
     def local_path(self, key: str) -> Path | None:
         return None
+
+    def _chunk_sizes(self, key: str) -> list[tuple[str, int]]:
+        """(path, size) of a partial object's chunks, in order (named by their zero-padded offsets)."""
+        try:
+            found = self.fs.ls(self._path(key), detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted((f["name"], int(f["size"])) for f in found if f.get("type") == "file")
+
+    def partial_size(self, key: str) -> int:
+        return sum(size for _, size in self._chunk_sizes(key))
+
+    def append_partial(self, key: str, offset: int, source: BinaryIO | Iterable[bytes], total: int) -> int:
+        """Store the source as the chunk at ``offset``; all or nothing (an interrupted chunk leaves no object)."""
+        size = self.partial_size(key)
+        if size != offset:
+            raise OffsetMismatch(f"the upload holds {size} bytes, not {offset}", size)
+        chunk_key = f"{key}/{offset:020d}"
+        try:
+            info = self.put(chunk_key, source, max_bytes=total - offset)
+        except BlobTooLarge:
+            raise BlobTooLarge(f"past the declared size of {total} bytes") from None
+        if info.size < self.min_chunk_bytes and offset + info.size < total:
+            self.delete(chunk_key)
+            raise ChunkTooSmall(f"every chunk but the last must hold at least {self.min_chunk_bytes} bytes on S3")
+        return offset + info.size
+
+    def finish_partial(self, key: str, target: str) -> None:
+        """Join the chunks into the target object by a server-side multipart copy (no bytes pass through here)."""
+        chunks = [path for path, _ in self._chunk_sizes(key)]
+        if len(chunks) == 1:
+            self.fs.copy(chunks[0], self._path(target))
+        elif chunks:
+            self.fs.merge(self._path(target), chunks)
+        else:
+            self.put(target, [b""])
+        self.delete_partial(key)
+
+    def delete_partial(self, key: str) -> None:
+        self.delete_prefix(key)
 
 
 def open_store(url: str, s3_endpoint_url: str | None = None) -> BlobStore:

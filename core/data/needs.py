@@ -20,12 +20,15 @@ class DatasetNeeds:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What the API knows of an uploaded dataset before queueing (from its row)."""
+    """What the API knows of an uploaded dataset before queueing (from its row). ``kind``, ``rows`` and
+    ``has_labels`` are known once its validation made it ``ready``; ``reason`` says why it was ``rejected``."""
 
-    kind: str
-    rows: int
+    status: str
+    reason: str | None
+    kind: str | None
+    rows: int | None
     columns: int | None
-    has_labels: bool
+    has_labels: bool | None
 
 
 def arrays_only(params: Any) -> DatasetNeeds:
@@ -33,7 +36,7 @@ def arrays_only(params: Any) -> DatasetNeeds:
 
 
 def dataset_refusal(needs: DatasetNeeds, info: DatasetInfo, name: str) -> str | None:
-    """Why the dataset ``name`` cannot serve a job with these needs, or None when it can."""
+    """Why the ready dataset ``name`` cannot serve a job with these needs, or None when it can."""
     if info.kind not in needs.kinds:
         return f"dataset {name} is a {info.kind} dataset; this job needs {' or '.join(needs.kinds)}"
     if needs.labels and not info.has_labels:

@@ -141,21 +141,52 @@ class Artifact(Base):
 
 
 class Dataset(Base):
+    """An uploaded dataset. The row is made when its upload begins (``uploading``), before any byte is stored, so
+    no blob is ever without a row; a worker then validates the raw upload into canonical files
+    (``validating -> ready | rejected``, by compare-and-set, ``core.jobs.store``)."""
+
     __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_status_validation", "status", "validation_at"),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     tenant: Mapped[str] = mapped_column(String(64), index=True)
     filename: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="ready")  # uploading | validating | ready | rejected
+    reason: Mapped[str | None] = mapped_column(Text)  # why it was rejected: "<field>: <reason>"
+    kind: Mapped[str | None] = mapped_column(String(16))  # arrays | text | pairs (core.data.loader), once ready
     format: Mapped[str] = mapped_column(String(8))
-    # STAND-IN for ingest's migration 0011 (same names): "arrays" | "text" | "pairs"; columns is None for text/pairs
-    kind: Mapped[str] = mapped_column(String(16), default="arrays", server_default="arrays")
-    rows: Mapped[int] = mapped_column(Integer)
+    label_column: Mapped[str | None] = mapped_column(String(128))
+    has_tokenizer: Mapped[bool] = mapped_column(default=False)
+    rows: Mapped[int | None] = mapped_column(BigInteger)
     columns: Mapped[int | None] = mapped_column(Integer)
-    has_labels: Mapped[bool]
-    size: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
-    location: Mapped[str] = mapped_column(String(512))  # blob key (core.blobs.keys)
+    has_labels: Mapped[bool | None]
+    upload_size: Mapped[int] = mapped_column(BigInteger)  # bytes of the upload as sent
+    size: Mapped[int | None] = mapped_column(BigInteger)  # bytes stored (its canonical files), once ready
+    sha256: Mapped[str | None] = mapped_column(String(64))  # of the upload as sent, once received whole
+    location: Mapped[str] = mapped_column(String(512))  # blob prefix of its files (core.blobs.keys)
+    files: Mapped[list | None] = mapped_column(JSON)  # canonical file names under the prefix, once ready
+    preview: Mapped[dict | None] = mapped_column(JSON)
+    validation_worker: Mapped[str | None] = mapped_column(String(255))  # the worker validating it now
+    validation_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # validating: when it was last published, claimed or beaten for (the sweeper's clock)
+    validation_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DatasetUpload(Base):
+    """A resumable upload in progress: what the client declared. The bytes received so far are the store's
+    (``core.blobs.store`` partial objects), so an API process that dies mid-chunk leaves no stale count."""
+
+    __tablename__ = "dataset_uploads"
+    __table_args__ = (Index("ix_dataset_uploads_expires", "expires_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    dataset_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))  # as the client declared it; the worker checks it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class ApiKey(Base):

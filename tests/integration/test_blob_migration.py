@@ -1,11 +1,14 @@
-"""Migration 0007 moves the bytes of rows made at revision 0005 into the blob store and back, on both backends."""
+"""Migration 0007 moves the bytes of rows made at revision 0005 into the blob store and back, on both backends;
+migration 0011 then copies a dataset's canonical .npz into its x.npy and y.npy files (and its downgrade back)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import uuid
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -18,6 +21,15 @@ from tests.integration.test_migrations import assert_models_match
 from tests.stack import create_database, drop_database
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
+X = np.arange(6, dtype="<f4").reshape(3, 2)
+Y = np.array([0, 1, 1], dtype="<i8")
+
+
+def _npz() -> bytes:
+    """A dataset as the parser of those revisions stored it: x float32 and y int64 in an uncompressed .npz."""
+    buf = io.BytesIO()
+    np.savez(buf, x=X, y=Y)
+    return buf.getvalue()
 
 
 def _sql(statement: str) -> sa.TextClause:
@@ -31,7 +43,7 @@ def _old_rows(url: str) -> dict[str, bytes]:
     """Rows with bytes in them, written with plain SQL as revision 0005 stored them."""
     job, ds, model = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     payload = {
-        "ds": b"PK\x03\x04 dataset " + bytes(range(256)) * 40,
+        "ds": _npz(),
         "png": b"\x89PNG artifact \x00\xff",
         "weights": b"safetensors " + b"\x01" * 5000,
     }
@@ -111,7 +123,14 @@ def _check_round_trip(url: str, blob_dir) -> None:
             *conn.execute(sa.text("SELECT location FROM artifacts")).scalars(),
             *conn.execute(sa.text("SELECT weights_location FROM models")).scalars(),
         }
-    assert locations == {*expected, None}
+        ds = conn.execute(sa.text("SELECT id, status, kind, files FROM datasets")).one()
+    npz_key = next(k for k in expected if k.startswith("datasets/"))
+    prefix = npz_key.removesuffix(".npz") + "/"
+    assert locations == {*(k for k in expected if k != npz_key), prefix, None}
+    assert (ds.status, ds.kind) == ("ready", "arrays")
+    with store.open(prefix + "x.npy") as fx, store.open(prefix + "y.npy") as fy:
+        x, y = np.load(fx), np.load(fy)
+    assert x.dtype == X.dtype and (x == X).all() and y.dtype == Y.dtype and (y == Y).all()
     command.downgrade(cfg, "0005")
     with engine.connect() as conn:
         back = {

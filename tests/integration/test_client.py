@@ -210,6 +210,33 @@ def test_cli_artifacts_kinds_and_datasets(cli, client, finished, tmp_path):
     assert ds.rows == 20 and ds.columns == 2 and ds.has_labels
 
 
+def test_cli_upload_resumes_where_an_interrupted_run_stopped(cli, client, tmp_path, monkeypatch):
+    from api import dataset_cli
+
+    monkeypatch.setenv("GRADLAB_UPLOAD_STATE", str(tmp_path / "uploads.json"))
+    data = tmp_path / "rows.csv"
+    data.write_text("a,b,label\n" + "".join(f"{i},{i % 7},{i % 3}\n" for i in range(200_000)))
+    size = data.stat().st_size
+    # a run that was interrupted after its first chunk: the server holds some bytes, the state file the id
+    up = client.start_upload(data.name, size, hashlib.sha256(data.read_bytes()).hexdigest(), "label")
+    client.append_chunk(up["id"], 0, data.read_bytes()[: size // 3])
+    dataset_cli._remember(dataset_cli._file_key(client, data), up["id"])
+
+    res = cli("datasets", "upload", str(data), "--label-column", "label", "--chunk-mib", "1")
+    assert res.exit_code == 0, res.output
+    assert UUID.search(res.output).group(0) == up["dataset_id"]  # the same upload, finished
+    ds = client.dataset(up["dataset_id"])
+    assert (ds.status, ds.rows, ds.columns, ds.has_labels) == ("ready", 200_000, 2, True)
+    assert ds.sha256 == hashlib.sha256(data.read_bytes()).hexdigest()
+    assert "label_balance" in res.output
+    assert dataset_cli._load_state() == {}  # forgotten once done
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,x\n2,3\n")
+    res = cli("datasets", "upload", str(bad))
+    assert res.exit_code == 1 and "rejected" in res.output and "every row must hold 2 numbers" in res.output
+
+
 # --- the Python client -----------------------------------------------------------------------------------------------
 def test_client_submit_get_list_metrics(client, api, finished):
     key = f"k-{uuid.uuid4()}"

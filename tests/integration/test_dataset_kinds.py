@@ -46,6 +46,8 @@ def datasets(pg_database) -> dict[str, str]:
                 rows=100,
                 columns=columns,
                 has_labels=labels,
+                status="ready",
+                upload_size=1,
                 size=1,
                 sha256="0" * 64,
                 location=f"datasets/{name}",

@@ -41,6 +41,22 @@ def test_gradlab_up_runs_jobs_and_stops_cleanly(tmp_path):
                 arts = client.get(f"/v1/jobs/{job_id}/artifacts").json()
                 assert client.get(arts[0]["url"]).content.startswith(b"\x89PNG")
             assert abs(done["result"]["means"]["geometric"]["predicted_forward_ratio"] - 1.0) < 1e-12
+            # a resumable dataset upload, validated by the same worker through the filesystem broker
+            rows = b"a,b,label\n" + b"".join(b"%d,%d,%d\n" % (i, i * i, i % 2) for i in range(50))
+            up = client.post(
+                "/v1/datasets/uploads", json={"filename": "t.csv", "size": len(rows), "label_column": "label"}
+            )
+            for at in (0, 100):
+                part = rows[at : 100 if at == 0 else None]
+                client.patch(
+                    f"/v1/datasets/uploads/{up.json()['id']}", content=part, headers={"Upload-Offset": str(at)}
+                )
+            assert client.post(f"/v1/datasets/uploads/{up.json()['id']}/complete").status_code == 202
+            deadline = time.monotonic() + 60
+            while (ds := client.get(f"/v1/datasets/{up.json()['dataset_id']}").json())["status"] == "validating":
+                assert time.monotonic() < deadline, ds
+                time.sleep(0.1)
+            assert (ds["status"], ds["rows"], ds["columns"]) == ("ready", 50, 2), ds
         assert (tmp_path / "d" / "gradlab.sqlite3").exists()
         text = (tmp_path / "up.log").read_text()
         assert f"http://127.0.0.1:{port}" in text and "gradlab.run_job" in text  # a Celery worker ran the task

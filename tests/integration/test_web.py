@@ -233,3 +233,30 @@ def test_queued_job_page_shows_its_place_in_the_queue(stack, job, tmp_path, pg_d
     engine.dispose()
     dom = chromium(tmp_path, f"{stack.api_url}/jobs/{job_id}", "--dump-dom").stdout
     assert '<p id="job-queue" class="muted">1st in the nobody queue</p>' in dom, dom[dom.find("<main>") :][:2000]
+
+
+@browser
+@pytest.mark.usefixtures("_warm_chromium")
+def test_dataset_page_shows_its_preview_and_a_rejection_its_reason(stack, api, job, tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    np.savez(buf, x=x, y=np.arange(10) % 2)
+    ds = api.post("/v1/datasets", files={"file": ("shown.npz", buf.getvalue())}).json()
+    dom = chromium(tmp_path, f"{stack.api_url}/datasets/{ds['id']}", "--dump-dom").stdout
+    assert 'data-state="done"' in dom and 'class="badge ready"' in dom, dom[dom.find("<main>") :][:3000]
+    assert "shown.npz" in dom and "arrays" in dom
+    balance = dom[dom.index("<caption>label_balance</caption>") :]
+    assert '<td class="">0</td><td class="num">5</td>' in balance  # five of each label
+    assert "<caption>stats</caption>" in dom and '<td class="num">18</td>' in dom  # mean of column 0: 0, 4, …, 36
+
+    bad = b"a\n1\nx\n"
+    up = api.post("/v1/datasets/uploads", json={"filename": "bad.csv", "size": len(bad)}).json()
+    api.patch(f"/v1/datasets/uploads/{up['id']}", content=bad, headers={"Upload-Offset": "0"})
+    assert api.post(f"/v1/datasets/uploads/{up['id']}/complete").status_code == 202
+    deadline = time.monotonic() + 120
+    while api.get(f"/v1/datasets/{up['dataset_id']}").json()["status"] != "rejected" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    dom = chromium(tmp_path, f"{stack.api_url}/datasets/{up['dataset_id']}", "--dump-dom").stdout
+    assert 'class="badge rejected"' in dom and 'id="dataset-reason" class="error">file:' in dom

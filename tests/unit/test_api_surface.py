@@ -28,6 +28,7 @@ PUBLIC = {
     ("GET", "/jobs/{job_id}"),
     ("GET", "/compare"),
     ("GET", "/studies/{study_id}"),
+    ("GET", "/datasets/{dataset_id}"),
     ("GET", "/vendor/{name}"),
     # the Prometheus scrape endpoint checks its own scrape token (tests/integration/test_observability.py)
     ("GET", "/metrics"),

@@ -251,6 +251,29 @@ def test_npz_entries_and_shapes(tmp_path, out):
     _rejected(tmp_path / "c.npz", out, r"^file: not a readable .npz")
 
 
+def _npz_with_method(path: Path, method: int) -> Path:
+    with zipfile.ZipFile(path, "w", method) as zf:
+        zf.writestr("x.npy", _npy_bytes(np.arange(12, dtype=np.float32).reshape(4, 3)))
+    return path
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_npz_entries_stored_or_deflated_are_read(tmp_path, out, method):
+    found = _convert(_npz_with_method(tmp_path / "a.npz", method), out)
+    assert (found.rows, found.columns, found.has_labels) == (4, 3, False)
+    np.testing.assert_array_equal(np.load(found.files["x.npy"]), np.arange(12, dtype=np.float32).reshape(4, 3))
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_npz_entries_of_other_zip_methods_are_refused_naming_the_entry(tmp_path, out, method):
+    _rejected(_npz_with_method(tmp_path / "a.npz", method), out, rf"^file: entry 'x.npy' .* zip method {method}")
+
+
+def test_an_npz_directory_of_more_than_two_entries_is_refused_before_it_is_read(tmp_path, out):
+    np.savez(tmp_path / "a.npz", x=np.ones((4, 2)), y=np.ones(4), z=np.ones(4))
+    _rejected(tmp_path / "a.npz", out, r"^file: the .npz lists 3 entries in \d+ bytes")
+
+
 def test_parquet_refusals(tmp_path, out):
     pq.write_table(pa.table({"a": [1.0, 2.0], "name": ["x", "y"]}), tmp_path / "s.parquet")
     _rejected(tmp_path / "s.parquet", out, r"^file: column 'name' has type string; every feature column")

@@ -9,17 +9,15 @@
   ``document_tokens.npy``, ``document_offsets.npy``.
 
 Every refusal is an ``UploadRejected`` whose message is ``"<field>: <reason>"``. Nothing is unpickled or executed.
+The converters (pyarrow, tokenizers) are imported by ``convert`` only: the API imports this package for
+``format_of`` and ``UploadRejected`` and parses nothing while it streams uploads.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from core.data.formats.inspection import Inspection
-from core.data.formats.jsonl import convert_jsonl
-from core.data.formats.numpy_files import convert_npy, convert_npz
-from core.data.formats.tabular import convert_csv, convert_parquet
-from core.data.uploads import UploadRejected
+from core.data.formats.inspection import Inspection, UploadRejected
 
 FORMATS = ("npy", "npz", "csv", "parquet", "jsonl")
 LABELLED_FORMATS = ("csv", "parquet")
@@ -47,6 +45,10 @@ def convert(
 ) -> Inspection:
     """Validate the raw upload at ``raw`` and write its canonical files into ``out_dir`` (which must exist);
     on refusal nothing is left there."""
+    from core.data.formats.jsonl import convert_jsonl
+    from core.data.formats.numpy_files import convert_npy, convert_npz
+    from core.data.formats.tabular import convert_csv, convert_parquet
+
     fmt = format_of(filename)
     if label_column is not None and fmt not in LABELLED_FORMATS:
         raise UploadRejected("label_column: only for .csv and .parquet uploads (a .npz names its labels 'y')")

@@ -20,9 +20,9 @@ from core.data.formats.inspection import (
     SAMPLE_ROWS,
     Inspection,
     RunningStats,
+    UploadRejected,
 )
 from core.data.formats.npyfile import NpyWriter
-from core.data.uploads import UploadRejected
 
 X_DTYPE, Y_DTYPE = np.dtype("<f4"), np.dtype("<i8")
 

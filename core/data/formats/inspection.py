@@ -1,4 +1,5 @@
-"""What a conversion reports (``Inspection``), the limits every format shares, and running column statistics."""
+"""What a conversion reports (``Inspection``) or why it refuses (``UploadRejected``), the limits every format
+shares, and running column statistics."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data.uploads import UploadRejected
-
 MAX_ROWS = 1_000_000_000
 MAX_COLUMNS = 65_536
 MAX_LABEL = 2**31 - 1
@@ -18,6 +17,10 @@ SAMPLE_ROWS = 5
 PREVIEW_COLUMNS = 64
 PREVIEW_TEXT_CHARS = 200
 MAX_BALANCE_LABELS = 1000  # distinct labels counted for the preview; more are reported as a count only
+
+
+class UploadRejected(ValueError):
+    """The upload is not a dataset this service accepts; the message is "<field>: <reason>"."""
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data.formats.inspection import CHUNK_BYTES, MAX_ROWS, PREVIEW_TEXT_CHARS, SAMPLE_ROWS, Inspection
+from core.data.formats.inspection import (
+    CHUNK_BYTES,
+    MAX_ROWS,
+    PREVIEW_TEXT_CHARS,
+    SAMPLE_ROWS,
+    Inspection,
+    UploadRejected,
+)
 from core.data.formats.tokens import TextEncoder, TokenColumn
-from core.data.uploads import UploadRejected
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 BATCH_ROWS = 1024

@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from core.data.uploads import UploadRejected
+from core.data.formats.inspection import UploadRejected
 
 HEADER_BYTES = 128  # numpy pads a 1.0 header to a multiple of 64; any shape within the limits fits in 128
 WRITE_BUFFER = 1 << 20

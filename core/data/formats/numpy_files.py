@@ -3,24 +3,27 @@ then copied a chunk at a time: a .npy through a read-only memory map, a .npz ent
 
 from __future__ import annotations
 
+import io
 import math
+import struct
 import zipfile
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from core.data.formats.arrays import ArraysSink
-from core.data.formats.inspection import CHUNK_BYTES, Inspection, check_size
+from core.data.formats.inspection import CHUNK_BYTES, Inspection, UploadRejected, check_size
 from core.data.formats.npyfile import read_npy_header
-from core.data.uploads import (
-    NPZ_COMPRESSIONS,
-    UploadRejected,
-    _check_directory,
-    _copy_rows,
-    _read_header,
-)
 
+NPZ_COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+"""Zip methods of the entries read: what numpy writes, refused by the directory before any entry is opened."""
+EOCD = struct.Struct("<4s4H2LH")  # the zip's end-of-central-directory record
+EOCD_SIGNATURE = b"PK\x05\x06"
+MAX_DIRECTORY_BYTES = 4096  # two entries' worth
 LABEL_SPOOL = ".y-source.tmp"
 
 
@@ -57,7 +60,7 @@ def convert_npz(raw: Path, out_dir: Path, cap: int) -> Inspection:
     sink: ArraysSink | None = None
     try:
         with open(raw, "rb") as fp:
-            _check_directory(fp)
+            check_zip_directory(fp)
             with zipfile.ZipFile(fp) as zf:
                 entries = {}
                 for info in zf.infolist():
@@ -69,7 +72,7 @@ def convert_npz(raw: Path, out_dir: Path, cap: int) -> Inspection:
                             f"file: entry {info.filename!r} is encrypted or compressed with zip method "
                             f"{info.compress_type}; numpy's savez/savez_compressed write stored or deflated entries"
                         )
-                    entries[name] = _read_header(zf, info, name)
+                    entries[name] = read_entry_header(zf, info, name)
                 if "x" not in entries:
                     raise UploadRejected(f"file: the .npz must hold an array named 'x' (found {sorted(entries)})")
                 x, y = entries["x"], entries.get("y")
@@ -91,7 +94,7 @@ def convert_npz(raw: Path, out_dir: Path, cap: int) -> Inspection:
                         sink.add(chunk, None if labels is None else labels[at : at + len(chunk)])
                         at += len(chunk)
 
-                    _copy_rows(zf, x, columns, add)
+                    copy_entry_rows(zf, x, columns, add)
                 finally:
                     (out_dir / LABEL_SPOOL).unlink(missing_ok=True)
         return sink.finish("npz")
@@ -105,7 +108,7 @@ def convert_npz(raw: Path, out_dir: Path, cap: int) -> Inspection:
         raise
 
 
-def _label_spool(zf: zipfile.ZipFile, y, out_dir: Path) -> np.memmap:
+def _label_spool(zf: zipfile.ZipFile, y: NpyEntry, out_dir: Path) -> np.memmap:
     """The y entry copied to a temporary memory-mapped file (as read, any numeric dtype), so that x's chunks can be
     paired with their labels without holding either entry."""
     path = out_dir / LABEL_SPOOL
@@ -117,7 +120,7 @@ def _label_spool(zf: zipfile.ZipFile, y, out_dir: Path) -> np.memmap:
         spool[at : at + len(chunk)] = chunk.reshape(-1)
         at += len(chunk)
 
-    _copy_rows(zf, y, 1, add)
+    copy_entry_rows(zf, y, 1, add)
     spool.flush()
     return np.memmap(path, dtype=y.dtype, mode="r", shape=(y.shape[0],))
 
@@ -125,3 +128,62 @@ def _label_spool(zf: zipfile.ZipFile, y, out_dir: Path) -> np.memmap:
 def _rows_columns(shape: tuple[int, ...]) -> tuple[int, int]:
     rows = shape[0] if shape else 0
     return rows, (1 if len(shape) == 1 else math.prod(shape[1:]))
+
+
+@dataclass(frozen=True)
+class NpyEntry:
+    """A .npz entry judged by its header: where its data starts and what it declares."""
+
+    info: zipfile.ZipInfo
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    data_offset: int  # bytes of magic and header before the data
+
+
+def check_zip_directory(fp: BinaryIO) -> None:
+    """Refuse a zip whose directory holds more than two entries before Python's zipfile reads it into memory."""
+    size = fp.seek(0, io.SEEK_END)
+    start = max(0, size - EOCD.size - 65_535)
+    fp.seek(start)
+    tail = fp.read(size - start)
+    at = tail.rfind(EOCD_SIGNATURE)
+    if at < 0 or at + EOCD.size > len(tail):
+        raise UploadRejected("file: not a .npz (no zip directory)")
+    _, _, _, _, entries, directory_bytes, _, _ = EOCD.unpack_from(tail, at)
+    if entries > 2 or directory_bytes > MAX_DIRECTORY_BYTES:
+        raise UploadRejected(
+            f"file: the .npz lists {entries} entries in {directory_bytes} bytes; at most x.npy and y.npy are accepted"
+        )
+    fp.seek(0)
+
+
+def read_entry_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> NpyEntry:
+    """The entry's .npy header, checked against the zip's declared uncompressed size: an entry must hold exactly
+    the data its header declares, so neither can lie to make the other bigger."""
+    with zf.open(info) as entry:
+        shape, dtype, offset = read_npy_header(entry, name)  # type: ignore[arg-type]  # a readable binary stream
+    declared = math.prod(shape) * dtype.itemsize
+    if offset + declared != info.file_size:
+        raise UploadRejected(
+            f"{name}: the header declares shape {shape} of {dtype} ({declared} bytes) but the entry "
+            f"holds {info.file_size - offset} bytes of data"
+        )
+    return NpyEntry(info, shape, dtype, offset)
+
+
+def copy_entry_rows(zf: zipfile.ZipFile, npy: NpyEntry, columns: int, add: Callable[[np.ndarray], None]) -> None:
+    """The entry's rows, a chunk at a time; the zip checks its CRC once the entry is read to the end."""
+    row_bytes = columns * npy.dtype.itemsize
+    per_chunk = max(1, CHUNK_BYTES // row_bytes)
+    with zf.open(npy.info) as entry:
+        entry.read(npy.data_offset)
+        left = npy.shape[0]
+        while left:
+            n = min(per_chunk, left)
+            raw = entry.read(n * row_bytes)
+            if len(raw) != n * row_bytes:
+                raise UploadRejected("file: an entry ended before its declared data")
+            add(np.frombuffer(raw, dtype=npy.dtype).reshape(n, columns))
+            left -= n
+        if entry.read(1):
+            raise UploadRejected("file: an entry holds more than its declared data")

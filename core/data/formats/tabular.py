@@ -17,8 +17,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from core.data.formats.arrays import ArraysSink
-from core.data.formats.inspection import CHUNK_BYTES, Inspection, check_size
-from core.data.uploads import UploadRejected
+from core.data.formats.inspection import CHUNK_BYTES, Inspection, UploadRejected, check_size
 
 MAX_CSV_ROW_BYTES = 2 * 1024 * 1024
 CSV_BLOCK_BYTES = 256 * 1024  # pyarrow reads a few blocks ahead, each parsed to about 8x its size

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.data.formats.inspection import UploadRejected
 from core.data.formats.npyfile import NpyWriter
-from core.data.uploads import UploadRejected
 
 MAX_TOKENIZER_BYTES = 64 * 1024 * 1024
 TOKEN_DTYPE, OFFSET_DTYPE = np.dtype("<i4"), np.dtype("<i8")

@@ -1,0 +1,117 @@
+"""Turning a dataset's raw upload, already in the blob store, into its canonical files (``core.data.formats``).
+
+One function for every path that validates: the worker task after a resumable upload, and the API's one-shot
+upload of a small file. The raw bytes are read where they lie when the store is a directory, or downloaded once
+into ``work_dir`` (S3); their SHA-256 is computed while they are read, in blocks, never whole in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.blobs.keys import dataset_file_key, dataset_raw_key, dataset_tokenizer_key
+from core.blobs.store import CHUNK, BlobStore
+from core.data.formats import UploadRejected, convert
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What the dataset row records once ready (``core.jobs.store.finish_validation``)."""
+
+    kind: str
+    format: str
+    rows: int
+    columns: int | None
+    has_labels: bool
+    files: list[str]
+    preview: dict
+    sha256: str
+    size: int  # bytes of the canonical files
+
+    def row_values(self) -> dict:
+        return {
+            "kind": self.kind,
+            "format": self.format,
+            "rows": self.rows,
+            "columns": self.columns,
+            "has_labels": self.has_labels,
+            "files": self.files,
+            "preview": self.preview,
+            "sha256": self.sha256,
+            "size": self.size,
+        }
+
+
+def local_copy(blobs: BlobStore, key: str, work_dir: Path, digest=None) -> Path:
+    """A local path holding the blob: the store's own file, or a download into ``work_dir``; ``digest`` (a
+    hashlib object) is fed every byte on the way."""
+    path = blobs.local_path(key)
+    if path is not None:
+        if digest is not None:
+            with open(path, "rb") as fh:
+                while block := fh.read(CHUNK):
+                    digest.update(block)
+        return path
+    target = work_dir / key.rsplit("/", 1)[-1]
+    with blobs.open(key) as src, open(target, "wb") as sink:
+        while block := src.read(CHUNK):
+            if digest is not None:
+                digest.update(block)
+            sink.write(block)
+    return target
+
+
+def ingest(
+    blobs: BlobStore,
+    dataset_id: uuid.UUID,
+    *,
+    filename: str,
+    label_column: str | None,
+    has_tokenizer: bool,
+    declared_sha256: str | None,
+    max_stored_bytes: int,
+    work_dir: Path,
+) -> Ingested:
+    """Validate and convert the dataset's raw upload, store its canonical files; raises ``UploadRejected`` (the
+    message names the field and says why). ``work_dir`` is the caller's scratch folder, emptied afterwards."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        digest = hashlib.sha256()
+        raw = local_copy(blobs, dataset_raw_key(dataset_id), work_dir, digest)
+        sha256 = digest.hexdigest()
+        if declared_sha256 is not None and declared_sha256 != sha256:
+            raise UploadRejected(
+                f"sha256: the upload's bytes hash to {sha256}, not the declared {declared_sha256}; upload it again"
+            )
+        tokenizer = local_copy(blobs, dataset_tokenizer_key(dataset_id), work_dir) if has_tokenizer else None
+        out_dir = work_dir / "canonical"
+        out_dir.mkdir()
+        found = convert(
+            raw,
+            filename=filename,
+            out_dir=out_dir,
+            label_column=label_column,
+            tokenizer=tokenizer,
+            max_stored_bytes=max_stored_bytes,
+        )
+        stored = 0
+        for name, path in found.files.items():
+            with open(path, "rb") as fh:
+                stored += blobs.put(dataset_file_key(dataset_id, name), fh).size
+        return Ingested(
+            kind=found.kind,
+            format=found.format,
+            rows=found.rows,
+            columns=found.columns,
+            has_labels=found.has_labels,
+            files=sorted(found.files),
+            preview=found.preview,
+            sha256=sha256,
+            size=stored,
+        )
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
