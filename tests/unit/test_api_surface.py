@@ -1,5 +1,6 @@
-"""The API's shape: importing and building it loads no torch and touches no files, and every route outside an
-explicit public list sits behind the API key."""
+"""The API's shape: importing and building it loads no torch (nor the dataset converters' pyarrow and tokenizers,
+which only a conversion loads) and touches no files, and every route outside an explicit public list sits behind the
+API key."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_importing_and_building_the_api_loads_no_torch_and_writes_nothing(tmp_pa
     code = (
         "import sys; import api.app; from core.settings import Settings; "
         f"api.app.create_app(Settings(database_url='sqlite:///{tmp_path / 'db.sqlite3'}')); "
-        "heavy = sorted(m for m in ('torch', 'matplotlib', 'sklearn') if m in sys.modules); "
+        "heavy = sorted(m for m in ('torch', 'matplotlib', 'sklearn', 'pyarrow', 'tokenizers') if m in sys.modules); "
         "assert not heavy, heavy"
     )
     subprocess.run(
