@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import numpy as np
 
@@ -64,7 +64,7 @@ class NpyWriter:
         self.path.unlink(missing_ok=True)
 
 
-def read_npy_header(fp: BinaryIO, field: str) -> tuple[tuple[int, ...], np.dtype, int]:
+def read_npy_header(fp: IO[bytes], field: str) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, data offset) of a raw ``.npy``, refused unless it is a numeric C-ordered array."""
     try:
         version = np.lib.format.read_magic(fp)

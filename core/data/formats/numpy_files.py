@@ -161,7 +161,7 @@ def read_entry_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> 
     """The entry's .npy header, checked against the zip's declared uncompressed size: an entry must hold exactly
     the data its header declares, so neither can lie to make the other bigger."""
     with zf.open(info) as entry:
-        shape, dtype, offset = read_npy_header(entry, name)  # type: ignore[arg-type]  # a readable binary stream
+        shape, dtype, offset = read_npy_header(entry, name)
     declared = math.prod(shape) * dtype.itemsize
     if offset + declared != info.file_size:
         raise UploadRejected(
