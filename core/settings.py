@@ -77,6 +77,13 @@ class Settings(BaseSettings):
         description="Cap on an uploaded dataset as stored (its canonical files: float32 x and int64 y, or token ids); "
         "judged from the upload's headers before its data is read where the format declares its shape.",
     )
+    max_inline_dataset_bytes: int = Field(
+        default=256 * 1024**2,
+        gt=0,
+        description="Cap on what a one-shot POST /v1/datasets may store: it is converted in the API process before "
+        "the answer, so a small compressed file that unpacks to gigabytes goes through a resumable upload (validated "
+        "by a worker) instead.",
+    )
     max_dataset_upload_bytes: int = Field(
         default=8 * 1024**3,
         gt=0,

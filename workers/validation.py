@@ -10,44 +10,20 @@ nothing.
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
-from contextlib import contextmanager
 
 from sqlalchemy.orm import sessionmaker
 
 from core.blobs import blob_store
 from core.blobs.keys import dataset_raw_key, upload_partial_key
 from core.data.formats import UploadRejected
-from core.data.ingest import ingest
+from core.data.ingest import beating, ingest
 from core.jobs import store
 from core.jobs.models import utcnow
 from core.settings import Settings
 from workers.retry import retrying
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def beating(sessions: sessionmaker, interval_s: float, dataset_id: uuid.UUID, worker: str, attempt: int):
-    """A thread that beats for the validator's claim while the block runs (the API's one-shot uploads use it too)."""
-    stopping = threading.Event()
-
-    def beat() -> None:
-        while not stopping.wait(interval_s):
-            try:
-                with sessions() as s:
-                    store.beat_validation(s, dataset_id, worker, attempt, utcnow())
-            except Exception as exc:  # the database is briefly away: the next beat tries again
-                log.warning("validation beat for dataset %s failed: %s", dataset_id, exc)
-
-    thread = threading.Thread(target=beat, name=f"validation-beat-{dataset_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stopping.set()
-        thread.join()
 
 
 def validate_dataset(sessions: sessionmaker, settings: Settings, dataset_id: str, worker: str) -> str:

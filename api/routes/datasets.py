@@ -32,11 +32,10 @@ from core.blobs import blob_store
 from core.blobs.keys import dataset_prefix, dataset_raw_key, dataset_tokenizer_key, upload_partial_key
 from core.blobs.store import CHUNK, BlobTooLarge, ChunkTooSmall, OffsetMismatch
 from core.data.formats import UploadRejected, format_of
-from core.data.ingest import ingest
+from core.data.ingest import beating, ingest
 from core.jobs import store
 from core.jobs.keys import Principal
 from core.jobs.models import Dataset, DatasetUpload, utcnow
-from workers.validation import beating
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -128,7 +127,7 @@ def upload(
                 label_column=label_column,
                 has_tokenizer=False,
                 declared_sha256=None,
-                max_stored_bytes=settings.max_dataset_bytes,
+                max_stored_bytes=min(settings.max_dataset_bytes, settings.max_inline_dataset_bytes),
                 work_dir=settings.data_dir / "ingest" / str(ds.id),
             )
     except UploadRejected as exc:

@@ -31,6 +31,7 @@ MiB = 1024 * 1024
 JOB = {"kind": "init_averaging", "params": {"widths": [8, 8]}}
 FEW_TENS_OF_MIB = 40 * MiB  # a refused upload may raise the API's peak RSS by at most this much
 STORED_CAP = 64 * MiB
+INLINE_CAP = 48 * MiB  # what a one-shot upload, converted in the API process, may store
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,7 @@ def service_env(service_env):
         "GRADLAB_HEADER_TIMEOUT_S": "0.5",
         "GRADLAB_BODY_TIMEOUT_S": "1",
         "GRADLAB_MAX_DATASET_BYTES": str(STORED_CAP),
+        "GRADLAB_MAX_INLINE_DATASET_BYTES": str(INLINE_CAP),
     }
 
 
@@ -255,6 +257,17 @@ def test_a_dataset_is_stored_as_float32_and_int64_within_the_stored_cap(api, key
     ds = up.json()
     assert (ds["rows"], ds["columns"], ds["has_labels"]) == (1000, 20, True)
     assert 1000 * 20 * 4 + 1000 * 8 <= ds["size"] <= 1000 * 20 * 4 + 1000 * 8 + 1024
+
+
+def test_a_one_shot_upload_may_store_only_the_inline_cap(api, key):
+    """13 MB of uint8 would store 60 MB (float32 x, int64 y): under the stored cap, over what the API process
+    converts itself: refused, naming the cap."""
+    x = np.zeros((1_000_000, 13), dtype=np.uint8)
+    up = api.post(
+        "/v1/datasets", files={"file": ("big.npz", npz_bytes(True, x=x, y=np.zeros(1_000_000, np.int64)))}, headers=key
+    )
+    assert up.status_code == 422, up.text
+    assert str(INLINE_CAP) in up.text and "would store" in up.text
 
 
 # --- input that reached the database ------------------------------------------------------------------------------
