@@ -320,6 +320,10 @@ def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
             for key, series in means.items():
                 if math.isfinite(series[j]):
                     ctx.metric(step, f"{arm}/{key}", float(series[j]))
+            for s_i, r in enumerate(runs if len(runs) > 1 else []):  # each seed too: charts shade their spread
+                for key in curves:
+                    if math.isfinite(r[key][j]):
+                        ctx.metric(step, f"{arm}/seed{s_i}/{key}", float(r[key][j]))
         final_acc = [r["heldout_accuracy"][-1] for r in runs]
         acc_mean, acc_sd = _stats(final_acc)
         loss_mean, loss_sd = _stats([r["heldout_loss"][-1] for r in runs])
