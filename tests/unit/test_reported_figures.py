@@ -83,6 +83,8 @@ def test_momentum_arm_betas_and_what_the_explicit_arm_does_not_report():
 
 def test_momentum_arm_with_one_seed_or_a_diverged_seed():
     params = _momentum_params()
+    two = momentum._arm_result("chi_exact", params, RUNS[:2], [])
+    assert two["heldout_loss_sd"] == pytest.approx([0.0, 0.4 / math.sqrt(2), 0.5 / math.sqrt(2)])  # |a − b|/√2
     one = momentum._arm_result("chi_exact", params, RUNS[:1], [])
     assert one["final_heldout_accuracy_sd"] is None and one["heldout_loss_sd"] is None
     assert one["final_heldout_accuracy_mean"] == 0.75 and one["final_heldout_loss_sd"] is None
@@ -292,6 +294,8 @@ def test_vae_summary_reports_means_standard_errors_bits_and_the_gap_to_exact():
     without = vae._summary(ev, 4, None, 100)
     assert without["exact_nats"] is None and without["exact_bits_per_dim"] is None
     assert without["bounds"][0]["gap_to_exact_nats"] is None
+    pair = {"elbo": elbo[:2], "per_k": {1: elbo[:2]}, "ess_last": torch.tensor([1.0, 1.0])}
+    assert vae._summary(pair, 4, None, 1)["bounds"][0]["stderr_nats"] == pytest.approx(1.0)  # sd √2 over √2 rows
     single = {"elbo": elbo[:1], "per_k": {1: elbo[:1]}, "ess_last": torch.tensor([1.0])}
     assert vae._summary(single, 4, None, 1)["bounds"][0]["stderr_nats"] is None  # no sd from one row
 
@@ -305,6 +309,8 @@ def test_contrastive_step_costs_are_medians_and_the_time_ratio():
     assert memory == {"chunked": 20, "full": None, "naive": 7}  # the median, as a whole number of bytes
     assert ratio == 2.5
     assert contrastive._step_costs(times, peaks, ["chunked"])[2] is None  # no full batch to compare with
+    slower = {"chunked": [3.0], "full": [2.0, 2.0, 1.0]}
+    assert contrastive._step_costs(slower, {"chunked": [], "full": []}, ["chunked", "full"])[2] == 1.5
 
 
 def test_contrastive_relative_gradient_difference():
