@@ -204,6 +204,8 @@ def test_eg_settings_average_seeds_and_count_diverged_runs_and_recovered_shifts(
     assert eg1["rate_factor"] == pytest.approx(4.0)  # geometric mean of 2 and 8
     assert eg1["final_test_loss"] == pytest.approx(0.3) and eg1["shifts"] == 0
     assert eg10["rate_factor"] is None  # a factor of 0 has no geometric mean; None is left out
+    negative = [_run("hyper", 1.0, 0, 0.5, 0.5, factor=2.0), _run("hyper", 1.0, 1, 0.5, 0.5, factor=-0.5)]
+    assert eg._settings(negative, ["hyper"], [1.0])[0]["rate_factor"] is None  # α driven below 0: no geometric mean
 
 
 def test_eg_mean_or_none():
