@@ -30,7 +30,7 @@ TECHNIQUES = [
     "gradient_penalty_bound",
     "eg_stepsize",
 ]
-SERVICE = ["api_load", "dispatch", "metrics_ingest", "pool_throughput", "events_fanout"]
+SERVICE = ["api_load", "dispatch", "metrics_ingest", "pool_throughput", "events_fanout", "study_page"]
 REPORT = ROOT / "bench" / "report.md"
 
 
@@ -321,12 +321,60 @@ def fanout_section(d: dict) -> list[str]:
     return out
 
 
+def study_page_section(d: dict) -> list[str]:
+    loads, medians = d["loads"], d["median_total_s"]
+    first = loads["bands"][0]
+    out = [
+        f"A finished study of {d['settings'] * d['seeds']} jobs ({d['settings']} settings x {d['seeds']} seeds), "
+        f"three curves of {d['points']} points per job; one API process. A page load: the study document "
+        f"({first['study_bytes']:,} bytes) and one metric's curves. `bands`: per setting the mean over its seeds "
+        "with their min-max band (the page's way; every load a first load); `bands kept`: the same answer kept by "
+        "the API process for a finished study; `study metrics` and `per job`: one raw line per child (the ways the "
+        "page drew them before), in one request or one per child six at a time. Ways taking turns, "
+        f"{len(loads['bands'])} loads each; load average while measured "
+        + ", ".join(f"{x:.1f}" for x in d["machine"]["loadavg_1_5_15"])
+        + " on the machine's cores.",
+        "",
+    ]
+    out += table(
+        [
+            {
+                "way": way,
+                "p50_ms": medians[way] * 1e3,
+                "points": got[0]["points_drawn"],
+                "curve_bytes": got[0]["curve_bytes"],
+                **{
+                    f"{part}_p50_ms": next(r["p50_ms"] for r in d["parts"] if r["part"] == f"{part} ({way})")
+                    for part in ("study", "curves")
+                },
+            }
+            for way, got in loads.items()
+        ],
+        [
+            ("way", "way"),
+            ("p50_ms", "page load p50 ms"),
+            ("study_p50_ms", "study document p50 ms"),
+            ("curves_p50_ms", "curves p50 ms"),
+            ("points", "points drawn"),
+            ("curve_bytes", "curve bytes"),
+        ],
+    )
+    speedup = medians["study metrics"] / medians["bands"]
+    return out + [
+        "",
+        f"First load with bands vs the page's previous way (study metrics): **{speedup:.1f}x** faster p50, "
+        f"{loads['study metrics'][0]['curve_bytes'] / first['curve_bytes']:.1f}x fewer curve bytes.",
+        "",
+    ]
+
+
 SECTIONS = {
     "api_load": ("API load: gradlab vs MLflow", api_load_section),
     "dispatch": ("Dispatch latency vs bare Celery", dispatch_section),
     "metrics_ingest": ("Metrics ingestion", metrics_section),
     "pool_throughput": ("Worker pool throughput", pool_section),
     "events_fanout": ("Event-stream fan-out", fanout_section),
+    "study_page": ("Study page load", study_page_section),
 }
 
 

@@ -1,9 +1,12 @@
 """Study page load: a study of 200 finished jobs (20 settings × 10 seeds) with 1,000 points per curve, read the way
 its web page reads it: GET /v1/studies/{id} (state and the comparison: mean ± 95 % CI and paired differences of every
-summary figure) and then one curve of every child, downsampled by the server, in one request
-(GET /v1/studies/{id}/metrics?name=…&points=100: the page asks for about 20,000 points in all); for comparison, the
-same curves as one request per child
-(GET /v1/jobs/{id}/metrics?name=…&points=500), six at a time like a browser's connections to one host.
+summary figure) and then one metric per setting as the mean over its seeds with their min–max band, in one request
+(GET /v1/studies/{id}/bands?name=…&points=200: 20 lines of 200 bucket means of 5 steps, each child’s series averaged per
+bucket in one GROUP BY), measured on first loads and on loads of the answer the API process kept (the study is
+finished). For comparison, the two ways the page drew the curves before, as one raw line per child:
+every child's curve downsampled by the server in one request (GET /v1/studies/{id}/metrics?name=…&points=100: about
+20,000 points in all), and one request per child (GET /v1/jobs/{id}/metrics?name=…&points=500), six at a time like a
+browser's connections to one host.
 
 The jobs are made on the service's own code path without running the technique: ``store.create_study`` (one
 transaction: the study, 200 queued jobs, their links), then per job ``store.claim``, ``store.beat`` with its metric
@@ -86,30 +89,42 @@ def build(bench: BenchStack, settings: int, seeds: int, points: int) -> tuple[st
     return str(study.id), [str(j) for j, _ in jobs]
 
 
-async def load_page(url: str, study_id: str, per_job: bool) -> dict:
-    """One page load; seconds for the study document, for the curves, and in all. ``per_job``: the curves as one
-    request per child (how the page first drew them) instead of the study's metrics endpoint (how it draws them)."""
+# the page's way, first load and again (a finished study's bands are kept), then the two ways it replaced
+WAYS = ("bands", "bands kept", "study metrics", "per job")
+
+
+async def load_page(url: str, study_id: str, way: str, round_: int) -> dict:
+    """One page load drawing the curves one of the ``WAYS``; seconds for the study document, for the curves, and in
+    all, and how many points the charts get. "bands" asks for 201, 202, … points (the same 200 buckets of 5 steps)
+    so that each load is a first load, never one the API process kept."""
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         t0 = time.perf_counter()
         resp = await http.get(f"/v1/studies/{study_id}")
         resp.raise_for_status()
         study = resp.json()
         t1 = time.perf_counter()
-        if per_job:
+        if way.startswith("bands"):
+            points = 200 if way == "bands kept" else 201 + round_
+            r = await http.get(f"/v1/studies/{study_id}/bands", params={"name": CURVES[0], "points": points})
+            r.raise_for_status()
+            drawn = sum(len(b["steps"]) for b in r.json()["settings"])
+            curve_bytes = len(r.content)
+        elif way == "study metrics":
+            points = max(20, min(500, 20000 // len(study["jobs"])))  # as the page asked: ~20,000 points in all
+            r = await http.get(f"/v1/studies/{study_id}/metrics", params={"name": CURVES[0], "points": points})
+            r.raise_for_status()
+            drawn, curve_bytes = len(r.json()["items"]), len(r.content)
+        else:
             gate = asyncio.Semaphore(BROWSER_CONNECTIONS)
 
-            async def curve(job_id: str) -> int:
+            async def curve(job_id: str) -> tuple[int, int]:
                 async with gate:
                     r = await http.get(f"/v1/jobs/{job_id}/metrics", params={"name": CURVES[0], "points": 500})
                     r.raise_for_status()
-                    return len(r.json()["items"])
+                    return len(r.json()["items"]), len(r.content)
 
-            drawn = sum(await asyncio.gather(*(curve(j["id"]) for j in study["jobs"] if j["status"] == "succeeded")))
-        else:
-            points = max(20, min(500, 20000 // len(study["jobs"])))  # as the page asks: ~20,000 points in all
-            r = await http.get(f"/v1/studies/{study_id}/metrics", params={"name": CURVES[0], "points": points})
-            r.raise_for_status()
-            drawn = len(r.json()["items"])
+            got = await asyncio.gather(*(curve(j["id"]) for j in study["jobs"] if j["status"] == "succeeded"))
+            drawn, curve_bytes = sum(n for n, _ in got), sum(b for _, b in got)
         t2 = time.perf_counter()
     return {
         "study_s": t1 - t0,
@@ -117,6 +132,7 @@ async def load_page(url: str, study_id: str, per_job: bool) -> dict:
         "total_s": t2 - t0,
         "points_drawn": drawn,
         "study_bytes": len(resp.content),
+        "curve_bytes": curve_bytes,
         "figures": len(study["comparison"]["figures"]),
     }
 
@@ -133,22 +149,22 @@ def main() -> None:
         study_id, _ = build(bench, args.settings, args.seeds, args.points)
         built_s = time.perf_counter() - t
         url, _ = bench.start_api(workers=1)
-        asyncio.run(load_page(url, study_id, False))  # warm-up: connections, the API's first imports
-        by_way = {
-            way: [asyncio.run(load_page(url, study_id, way == "per job")) for _ in range(args.rounds)]
-            for way in ("study endpoint", "per job")
-        }
-    loads = by_way["study endpoint"]
+        asyncio.run(load_page(url, study_id, "bands kept", 0))  # warm-up: connections, imports; bands kept
+        by_way: dict[str, list[dict]] = {way: [] for way in WAYS}
+        for i in range(args.rounds):  # the ways take turns, so a busy spell on the shared machine hits them alike
+            for way in WAYS:
+                by_way[way].append(asyncio.run(load_page(url, study_id, way, i)))
     rows = [
         {"part": f"{part} ({way})", **percentiles([x[f"{part}_s"] for x in got])}
         for way, got in by_way.items()
         for part in ("study", "curves", "total")
     ]
+    first = by_way["bands"][0]
     print(
         f"study of {args.settings * args.seeds} jobs, {len(CURVES)} curves × {args.points} points each "
-        f"(built in {built_s:.1f} s); {args.rounds} page loads; the study document is "
-        f"{loads[0]['study_bytes']:,} bytes with {loads[0]['figures']} figures per setting; "
-        f"{loads[0]['points_drawn']:,} points drawn"
+        f"(built in {built_s:.1f} s); {args.rounds} page loads per way; the study document is "
+        f"{first['study_bytes']:,} bytes with {first['figures']} figures per setting; points drawn (bytes): "
+        + ", ".join(f"{way} {got[0]['points_drawn']:,} ({got[0]['curve_bytes']:,})" for way, got in by_way.items())
     )
     print_table(
         rows,
@@ -162,7 +178,7 @@ def main() -> None:
             "points": args.points,
             "loads": by_way,
             "parts": rows,
-            "median_total_s": statistics.median(x["total_s"] for x in loads),
+            "median_total_s": {way: statistics.median(x["total_s"] for x in got) for way, got in by_way.items()},
         },
     )
     print(f"results: {path}")

@@ -3,7 +3,8 @@
 ``expand`` turns a grid (or an explicit list) of param overrides into labelled settings; ``compare`` turns the
 children's summaries into the comparison a person reads: per setting, each key figure's mean ± 95 % CI over seeds
 (Student t), and, where the baseline setting ran the same seeds, the paired differences against it (the seed's own
-noise cancels, so a small effect shows with few seeds). Pure Python: no HTTP, no SQL.
+noise cancels, so a small effect shows with few seeds); ``bands`` lays out each setting's curve over its seeds
+(mean, sd, min–max band) as the columns a chart draws. Pure Python: no HTTP, no SQL.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import csv
 import io
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from scipy.stats import t as student_t
@@ -165,3 +167,24 @@ def to_csv(comparison: dict) -> str:
 
 def _cell(v) -> str:
     return "" if v is None else repr(float(v))
+
+
+def bucket_width(first: int, last: int, points: int) -> int:
+    """Steps per bucket so that the steps first..last make at most ``points`` buckets (1: every step kept)."""
+    return max(1, -(-(last - first + 1) // points))
+
+
+def bands(rows: Sequence, settings: int) -> list[dict]:
+    """Per setting, its seeds' curves as one line and a band, as columns a chart draws (step, mean, sd, min, max,
+    n), from rows (setting, step, n, mean, lo, hi, squares): ``squares`` is the sum of squared deviations from the
+    mean, so sd = √(squares / (n − 1)), None below two seeds."""
+    out = [{"setting": i, "steps": [], "mean": [], "sd": [], "min": [], "max": [], "n": []} for i in range(settings)]
+    for setting, step, n, mean, lo, hi, squares in sorted(rows, key=lambda r: (r[0], r[1])):
+        band = out[setting]
+        band["steps"].append(int(step))
+        band["mean"].append(float(mean))
+        band["sd"].append(math.sqrt(max(0.0, float(squares)) / (n - 1)) if n > 1 else None)
+        band["min"].append(float(lo))
+        band["max"].append(float(hi))
+        band["n"].append(int(n))
+    return out

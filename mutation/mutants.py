@@ -15,11 +15,14 @@ while tests are only added); it refuses a module whose source changed since, whi
     python mutation/mutants.py                 # every module, default sample
     python mutation/mutants.py eg accum --sample 0   # two modules, all of their mutants
     python mutation/mutants.py --survivors     # after adding tests: the survivors again
+    python mutation/mutants.py runs --sample 0 # the kinds' run modules: the functions computing reported figures
+    python mutation/mutants.py run:vae_density --without tests/unit/test_reported_figures.py   # "before" score
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import os
@@ -62,6 +65,53 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "dimension": ("core/dimension.py", ("tests/unit/test_embedding_dim.py",)),
     "init": ("core/init.py", ("tests/unit/test_init_averaging.py", "tests/unit/test_init_math.py")),
 }
+
+# The kinds' run modules: only the functions that compute the figures a job reports (the rest trains and plots), with
+# the kind's own unit tests and the fast tests of those figures.
+FIGURES = "tests/unit/test_reported_figures.py"
+RUN_FIGURES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "run:momentum_accumulation": (
+        "core/techniques/momentum_accumulation/run.py",
+        ("tests/unit/test_momentum_accumulation.py",),
+        ("_arm_result", "_accumulation_saving", "_best_arm", "_stats", "_finite"),
+    ),
+    "run:init_averaging": (
+        "core/techniques/init_averaging/run.py",
+        ("tests/unit/test_init_averaging.py",),
+        ("_mean_result", "predicted_ratios"),
+    ),
+    "run:embedding_dim": (
+        "core/techniques/embedding_dim/run.py",
+        ("tests/unit/test_embedding_dim.py",),
+        ("_dimensions",),
+    ),
+    "run:eg_stepsize": (
+        "core/techniques/eg_stepsize/run.py",
+        ("tests/unit/test_eg_stepsize.py",),
+        ("_note_recovery", "_settings", "_mean_or_none"),
+    ),
+    "run:gradient_penalty_bound": (
+        "core/techniques/gradient_penalty_bound/run.py",
+        ("tests/unit/test_gradient_penalty_bound.py",),
+        ("summarize_terms", "_over_training", "_num", "_median"),
+    ),
+    "run:vae_density": (
+        "core/techniques/vae_density/run.py",
+        ("tests/unit/test_vae_density.py",),
+        ("_summary", "_num"),
+    ),
+    "run:contrastive_accumulation": (
+        "core/techniques/contrastive_accumulation/run.py",
+        ("tests/unit/test_contrastive_accumulation.py",),
+        ("_step_costs", "_rel_diff"),
+    ),
+    "run:gradnorm_gan": (
+        "core/techniques/gradnorm_gan/run.py",
+        ("tests/unit/test_gradnorm_gan.py",),
+        ("_step_times", "_thinned", "_clean"),
+    ),
+}
+MODULES.update({name: (module, (FIGURES, *tests)) for name, (module, tests, _) in RUN_FIGURES.items()})
 
 # Operators left out: swaps into bitwise/shift/modulo operators and identity comparisons on numbers only make the
 # code raise a TypeError (killed by any test that runs the line, so they say nothing about the tests), and the
@@ -108,6 +158,23 @@ def _copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / name)
 
 
+def _function_lines(path: Path, names: tuple[str, ...]) -> set[int]:
+    """The source lines of the named top-level functions of a module."""
+    tree = ast.parse(path.read_text())
+    found = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names}
+    missing = set(names) - set(found)
+    if missing:
+        raise SystemExit(f"{path}: no function(s) {sorted(missing)}")
+    return {line for n in found.values() for line in range(n.lineno, (n.end_lineno or n.lineno) + 1)}
+
+
+def _keep_lines(db_path: Path, lines: set[int]) -> None:
+    """Mark the pending mutants outside ``lines`` skipped (they are not counted)."""
+    with use_db(str(db_path), WorkDB.Mode.open) as db:
+        outside = [w.job_id for w in db.pending_work_items if w.mutations[0].start_pos[0] not in lines]
+        db.set_multiple_results(outside, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+
+
 def _sample(db_path: Path, size: int, seed: int) -> tuple[int, int]:
     """Mark all but ``size`` pending mutants (drawn with ``seed``) skipped; (mutants, kept)."""
     with use_db(str(db_path), WorkDB.Mode.open) as db:
@@ -146,12 +213,19 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def run_module(name: str, sample: int, seed: int, timeout: float, survivors_of: dict | None = None) -> dict:
+def run_module(
+    name: str,
+    sample: int,
+    seed: int,
+    timeout: float,
+    survivors_of: dict | None = None,
+    without: tuple[str, ...] = (),
+) -> dict:
     """One module's run: all (or ``sample``) of its mutants, or with ``survivors_of`` (the last result) only the
-    mutants that survived it."""
+    mutants that survived it; ``without``: test files left out (to score the tests as they were before them)."""
     module, tests = MODULES[name]
-    tests = [t for t in tests if (ROOT / t).exists()]
-    work = SCRATCH / name
+    tests = [t for t in tests if (ROOT / t).exists() and t not in without]
+    work = SCRATCH / name.replace(":", "-")
     tree = work / "tree"
     _copy_tree(tree)
     config, db = work / "cosmic-ray.toml", work / "session.sqlite"
@@ -175,6 +249,8 @@ def run_module(name: str, sample: int, seed: int, timeout: float, survivors_of: 
     if survivors_of is None:
         run(bin_dir / "cosmic-ray", "init", str(config), str(db))
         run(bin_dir / "cr-filter-operators", str(db), str(config))
+        if name in RUN_FIGURES:
+            _keep_lines(db, _function_lines(ROOT / module, RUN_FIGURES[name][2]))
         total, kept = _sample(db, sample, seed)
     else:
         total, kept = survivors_of["mutants"], survivors_of["sampled"]
@@ -205,22 +281,26 @@ def _config_command(config: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help=f"modules (default: all): {', '.join(MODULES)}")
+    parser.add_argument("names", nargs="*", help=f"modules (default: all; runs: every run:…): {', '.join(MODULES)}")
     parser.add_argument("--sample", type=int, default=60, help="mutants per module, 0 for all (default 60)")
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per mutant's test run")
     parser.add_argument("--survivors", action="store_true", help="rerun only the last run's survivors")
     parser.add_argument("--out", type=Path, default=SCRATCH / "scores.json")
+    parser.add_argument("--without", nargs="*", default=[], help="test files left out (a 'before' score)")
     args = parser.parse_args()
-    unknown = set(args.names) - set(MODULES)
+    names = [n for arg in args.names for n in (RUN_FIGURES if arg == "runs" else [arg])] or list(MODULES)
+    unknown = set(names) - set(MODULES)
     if unknown:
         parser.error(f"unknown modules {sorted(unknown)}; known: {', '.join(MODULES)}")
     SCRATCH.mkdir(exist_ok=True)
     scores = json.loads(args.out.read_text()) if args.out.exists() else {}
-    for name in args.names or list(MODULES):
+    for name in names:
         if args.survivors and name not in scores:
             raise SystemExit(f"{name}: no earlier run to take the survivors of")
-        result = run_module(name, args.sample, args.seed, args.timeout, scores[name] if args.survivors else None)
+        result = run_module(
+            name, args.sample, args.seed, args.timeout, scores[name] if args.survivors else None, tuple(args.without)
+        )
         scores[name] = result
         args.out.write_text(json.dumps(scores, indent=1))
         print(

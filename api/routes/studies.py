@@ -304,6 +304,60 @@ def study_metrics(
     )
 
 
+class SettingBand(BaseModel):
+    setting: int
+    label: str
+    steps: list[int] = Field(description="each bucket's first step")
+    mean: list[float] = Field(description="mean over the setting's children of their bucket means")
+    sd: list[float | None] = Field(description="sample standard deviation over the children (None below two)")
+    min: list[float]
+    max: list[float]
+    n: list[int] = Field(description="children that logged the bucket")
+
+
+class StudyBands(BaseModel):
+    name: str
+    width: int = Field(description="steps per bucket (1: every step)")
+    settings: list[SettingBand]
+
+
+# A finished study's bands never change: the last answers made, per API process (about 0.4 MB each at 200 points ×
+# 20 settings), are sent again without reading the study's metric rows.
+FINISHED_BANDS_KEPT = 32
+_finished_bands: dict[tuple[uuid.UUID, str, int], bytes] = {}
+
+
+@router.get("/{study_id}/bands", response_model=StudyBands)
+def study_bands(
+    study_id: str,
+    name: Annotated[str, Query(min_length=1, max_length=128)],
+    points: Annotated[int, Query(ge=2, le=2000)] = 200,
+    session=Depends(db),
+    who: Principal = Depends(principal),
+):
+    """One metric per setting as the mean over its seeds with the min–max band and sd: each child's series is cut
+    into at most ``points`` buckets of equal step span shared by every child, and averaged per bucket first. A study
+    page draws 20 bands of ``points`` points, not 200 raw curves."""
+    study = _study(session, study_id, who)
+    key = (study.id, name, points)
+    cached = _finished_bands.get(key)
+    if cached is not None:
+        return Response(cached, media_type="application/json")
+    finished = store.study_is_finished(session, study.id)  # read first: a child finishing meanwhile is not cached
+    span = store.study_metric_span(session, study.id, name=name)
+    width = 1 if span is None else studies.bucket_width(*span, points)
+    rows = [] if span is None else store.study_bands(session, study.id, name=name, first=span[0], width=width)
+    out = studies.bands(rows, len(study.settings))
+    for band in out:
+        band["label"] = study.settings[band["setting"]]["label"]
+    body = bytes(JSONResponse({"name": name, "width": width, "settings": out}).body)
+    if finished:
+        _finished_bands[key] = body
+        while len(_finished_bands) > FINISHED_BANDS_KEPT:
+            _finished_bands.pop(next(iter(_finished_bands)), None)
+    return Response(body, media_type="application/json")
+
+
 @router.post("/{study_id}/cancel", response_model=StudyOut)
 def cancel_study(study_id: str, session=Depends(db), who: Principal = Depends(principal)):
     """Cancel the study and its queued and running children; finished children keep their results."""

@@ -260,6 +260,8 @@
     return lo > 0 && hi / lo >= 10 ** decades;
   }
 
+  const SEED_PART = /(^|\/)seed\d+(\/|$)/;
+
   class ChartSet {
     constructor(root, empty, group) {
       this.root = root; this.empty = empty; this.group = group || groupNames;
@@ -273,19 +275,37 @@
       this.root.replaceChildren(this.empty);
     }
 
-    add(name, step, value) {
+    series_(name) {
       let s = this.series.get(name);
       if (!s) {
-        s = {x: [], y: []};
+        s = {x: [], y: [], seeds: new Map(), spread: new Map()};
         this.series.set(name, s);
         this.groups = this.group([...this.series.keys()]);
         for (const g of this.groups.values()) this.dirty.add(g.chart);
       }
-      s.x.push(step); s.y.push(value);
-      this.points += 1;
       this.dirty.add(this.groups.get(name).chart);
       if (this.frame === null) this.frame = requestAnimationFrame(() => { this.frame = null; this.draw(); });
+      return s;
     }
+
+    /* One point of a line. A name with a part "seed<N>" ("adam/x1/seed2/test_loss") is one seed of the line named
+       without it: the seeds of a line draw as a min–max band, and as its line too when it has no points of its own
+       (their mean). */
+    add(name, step, value) {
+      this.points += 1;
+      const line = name.replace(SEED_PART, (m, before, after) => before && after ? "/" : "");
+      if (line === name) {
+        const s = this.series_(name);
+        s.x.push(step); s.y.push(value);
+        return;
+      }
+      const seeds = this.series_(line).seeds;
+      if (!seeds.has(step)) seeds.set(step, []);
+      seeds.get(step).push(value);
+    }
+
+    /* The band around a line at one step, given rather than drawn from seeds (a study's spread over its seeds). */
+    spread(name, step, lo, hi) { this.series_(name).spread.set(step, [lo, hi]); }
 
     /* Draw now what is pending (a page about to say it is done draws first). */
     flush() {
@@ -293,9 +313,16 @@
       if (this.dirty.size) this.draw();
     }
 
+    /* The chart's lines as {label, line, band}: step -> value and step -> [lo, hi] (empty: no band). */
     members(chart) {
-      return [...this.groups].filter(([, g]) => g.chart === chart).map(([name, g]) => ({label: g.label, ...this.series.get(name)}))
-        .sort((a, b) => a.label.localeCompare(b.label, "en", {numeric: true}));
+      const mean = xs => xs.reduce((a, b) => a + b, 0) / xs.length;
+      return [...this.groups].filter(([, g]) => g.chart === chart).map(([name, g]) => {
+        const s = this.series.get(name);
+        const line = new Map(s.x.length ? s.x.map((x, i) => [x, s.y[i]]) : [...s.seeds].map(([x, v]) => [x, mean(v)]));
+        const band = new Map(s.spread);
+        for (const [x, v] of s.seeds) if (v.length > 1) band.set(x, [Math.min(...v), Math.max(...v)]);
+        return {label: g.label, line, band, banded: band.size > 0};
+      }).sort((a, b) => a.label.localeCompare(b.label, "en", {numeric: true}));
     }
 
     draw() {
@@ -308,14 +335,13 @@
       for (const chart of [...charts].sort()) {
         if (!this.dirty.has(chart)) continue;
         const members = this.members(chart);
-        const xs = [...new Set(members.flatMap(m => m.x))].sort((a, b) => a - b);
-        const at = new Map(xs.map((x, i) => [x, i]));
-        const data = [xs, ...members.map(m => {
-          const ys = new Array(xs.length).fill(null);
-          m.x.forEach((x, i) => { ys[at.get(x)] = m.y[i]; });
-          return ys;
-        })];
-        const shape = members.map(m => m.label).join("\n") + "|" + spansDecades(xs, 2) + spansDecades(members.flatMap(m => m.y), 3);
+        const xs = [...new Set(members.flatMap(m => [...m.line.keys(), ...m.band.keys()]))].sort((a, b) => a - b);
+        const column = (values, pick) => xs.map(x => values.has(x) ? pick(values.get(x)) : null);
+        // per member its line, then (banded) its band's upper and lower edges
+        const data = [xs, ...members.flatMap(m => m.banded
+          ? [column(m.line, v => v), column(m.band, v => v[1]), column(m.band, v => v[0])] : [column(m.line, v => v)])];
+        const shape = members.map(m => m.label + (m.banded ? "+band" : "")).join("\n") + "|" + spansDecades(xs, 2) +
+          spansDecades(data.slice(1).flat(), 3);
         const old = this.plots.get(chart);
         if (old && old.shape === shape) { old.plot.setData(data); continue; }
         if (old) { old.plot.destroy(); old.node.remove(); }
@@ -329,18 +355,32 @@
       const node = el("figure", {className: "chart"}, [el("h3", {textContent: chart})]);
       node.setAttribute("aria-label", chart);
       node.dataset.series = String(members.length);
-      const logX = spansDecades(data[0], 2), logY = spansDecades(members.flatMap(m => m.y), 3);
+      node.dataset.bands = String(members.filter(m => m.banded).length);
+      const logX = spansDecades(data[0], 2), logY = spansDecades(data.slice(1).flat(), 3);
       node.dataset.scales = `${logX ? "log" : "linear"} x, ${logY ? "log" : "linear"} y`;
       const existing = [...this.root.querySelectorAll("figure.chart")].find(f => f.getAttribute("aria-label") > chart);
       this.root.insertBefore(node, existing || null);
       const width = () => Math.max(300, node.clientWidth - 14);
+      const series = [], bands = [];
+      members.forEach((m, i) => {
+        const colour = PALETTE[i % PALETTE.length];
+        series.push({label: m.label, stroke: colour, width: 1.5, spanGaps: true, points: {show: false}});
+        if (!m.banded) return;
+        const edge = which => ({label: `${m.label} ${which}`, stroke: colour + "55", width: 0.5, spanGaps: true,
+                                points: {show: false}, edge: true});
+        series.push(edge("max"), edge("min"));
+        bands.push({series: [series.length - 1, series.length], fill: colour + "30"});  // uPlot counts the x series first
+      });
       const plot = new uPlot({
         width: width(), height: node.classList.contains("wide") ? 480 : 260,
         scales: {x: {time: false, distr: logX ? 3 : 1}, y: {distr: logY ? 3 : 1}},
         axes: [{label: "step"}, {size: 60}],
-        series: [{label: "step"}, ...members.map((m, i) => ({label: m.label, stroke: PALETTE[i % PALETTE.length],
-                                                                width: 1.5, spanGaps: true, points: {show: false}}))],
+        series: [{label: "step"}, ...series],
+        bands: bands,
       }, data, node);
+      // the band edges are drawn as the band's outline only: their legend rows would repeat each line's label
+      const rows = plot.root.querySelectorAll(".u-legend .u-series");
+      series.forEach((sr, i) => { if (sr.edge && rows[i + 1]) rows[i + 1].style.display = "none"; });
       node.addEventListener("click", ev => {
         if (ev.target.closest(".u-legend")) return;
         node.classList.toggle("wide");
@@ -572,7 +612,7 @@
   // --- one study ---------------------------------------------------------------------------------------------------
   function initStudy() {
     const id = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
-    const SEP = "\u0000";  // name = line label + SEP + metric: one chart per metric, a line per child job
+    const SEP = "\u0000";  // name = line label + SEP + metric: one chart per metric, a line (and band) per setting
     const charts = new ChartSet($("#charts"), $("#no-metrics"), names => new Map(names.map(n => {
       const [label, metric] = n.split(SEP);
       return [n, {chart: metric, label: label}];
@@ -613,12 +653,16 @@
     async function drawCurves(metric) {
       charts.clear();
       drawn = metric;
-      // every child's curve in one answer, about 20,000 points in all (500 a curve at most)
-      const points = Math.max(20, Math.min(500, Math.floor(20000 / Math.max(1, study.jobs.length))));
-      const q = new URLSearchParams({name: metric, points: String(points)});
-      const page = await (await api(`/v1/studies/${id}/metrics?${q}`)).json();
-      const child = new Map(study.jobs.map(j => [j.id, `${study.settings[j.setting].label} · seed ${j.seed}`]));
-      for (const m of page.items) charts.add(child.get(m.job_id) + SEP + metric, m.step, m.value);
+      // per setting the mean over its seeds and their min–max band, 200 points a line, in one answer
+      const q = new URLSearchParams({name: metric, points: "200"});
+      const page = await (await api(`/v1/studies/${id}/bands?${q}`)).json();
+      for (const b of page.settings) {
+        const label = b.label + (b.setting === study.comparison.baseline ? " (baseline)" : "");
+        b.steps.forEach((step, i) => {
+          charts.add(label + SEP + metric, step, b.mean[i]);
+          if (b.n[i] > 1) charts.spread(label + SEP + metric, step, b.min[i], b.max[i]);
+        });
+      }
       charts.flush();
     }
 

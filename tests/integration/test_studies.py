@@ -118,6 +118,21 @@ def test_study_of_12_jobs_over_2_workers_completes_and_compares(stack, api, work
     ]
     assert api.get(f"/v1/studies/{study['id']}/metrics").status_code == 422  # name is required
 
+    # the page's chart: per setting the mean of its two seeds' curves and their min–max band (short curves: every step)
+    bands = api.get(f"/v1/studies/{study['id']}/bands", params={"name": "forward_moment/geometric"}).json()
+    assert bands["width"] == 1 and [b["label"] for b in bands["settings"]] == [s["label"] for s in study["settings"]]
+    for band in bands["settings"]:
+        kids = [dict(per_job[j["id"]]) for j in study["jobs"] if j["setting"] == band["setting"]]
+        assert len(kids) == 2 and band["steps"] == sorted(set(kids[0]) | set(kids[1]))
+        for i, step in enumerate(band["steps"]):
+            a, b = kids[0][step], kids[1][step]
+            assert math.isclose(band["mean"][i], (a + b) / 2, rel_tol=1e-12) and band["n"][i] == 2
+            assert (band["min"][i], band["max"][i]) == (min(a, b), max(a, b))
+            assert math.isclose(band["sd"][i], abs(a - b) / math.sqrt(2), rel_tol=1e-9)
+    again = api.get(f"/v1/studies/{study['id']}/bands", params={"name": "forward_moment/geometric"})
+    assert again.json() == bands  # a finished study's answer, kept
+    assert api.get(f"/v1/studies/{study['id']}/bands", params={"name": "x", "points": 1}).status_code == 422
+
     text_csv = api.get(f"/v1/studies/{study['id']}/comparison.csv")
     assert text_csv.status_code == 200 and text_csv.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(text_csv.text)))

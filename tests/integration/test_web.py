@@ -95,7 +95,7 @@ def test_job_page_dom_has_answer_charts_result_and_artifacts(stack, job, tmp_pat
     assert dom.count('class="uplot') == 3  # one chart per metric: entropy_per_dim, fit_kl, fit_kl_final
     for chart, lines in (("entropy_per_dim", 1), ("fit_kl", 3), ("fit_kl_final", 1)):  # fit_kl: n = 2, 4, 8 overlaid
         assert f'aria-label="{chart}" data-series="{lines}"' in dom
-    assert 'aria-label="entropy_per_dim" data-series="1" data-scales="linear x, linear y"' in dom
+    assert 'aria-label="entropy_per_dim" data-series="1" data-bands="0" data-scales="linear x, linear y"' in dom
     assert 'class="grid result-table"' in dom and "min_dimension" in dom and "100,000" in dom
     assert dom.count('src="blob:') == 2  # entropy_per_dim.png and sweep.png inline
     assert 'class="badge succeeded"' in dom and '<div id="error" class="error" hidden="">' in dom
@@ -120,6 +120,29 @@ def test_job_page_screenshot_shows_live_charts(stack, job, tmp_path):
     if os.environ.get("GRADLAB_SCREENSHOTS"):  # kept for a look
         shutil.copy(shot, Path(os.environ["GRADLAB_SCREENSHOTS"]) / "job.png")
     assert (below.min(axis=-1) < 0.5).mean() > 0.005  # axes, ticks and labels
+
+
+@browser
+@charts
+@pytest.mark.usefixtures("_warm_chromium")
+def test_job_page_shades_each_arms_seeds(stack, job, tmp_path):
+    """A job whose arms ran over seeds logs each seed's curve ("chi_exact/seed1/heldout_loss") beside the arm's mean:
+    the page draws one line per arm, shaded by its seeds' min–max band, not a line per seed."""
+    spec = {
+        "kind": "momentum_accumulation",
+        "device": "cpu",
+        "params": {"arms": ["chi_exact", "per_micro_batch"], "steps": 48, "eval_every": 8, "seeds": 3, "hidden": 8},
+    }
+    with Client(stack.api_url) as client:
+        done = client.wait(client.submit(spec).id, timeout=120)
+    assert done.succeeded, done
+    dom = chromium(tmp_path, f"{stack.api_url}/jobs/{done.id}", "--dump-dom").stdout
+    assert 'data-state="done"' in dom, dom[dom.find("<main>") :][:3000]
+    charts = {c: (n, b) for c, n, b in re.findall(r'aria-label="([^"]*)" data-series="(\d+)" data-bands="(\d+)"', dom)}
+    assert charts == dict.fromkeys(("heldout_accuracy", "heldout_loss", "train_loss"), ("2", "2")), charts
+    if os.environ.get("GRADLAB_SCREENSHOTS"):  # kept for a look
+        shot = Path(os.environ["GRADLAB_SCREENSHOTS"]) / "job-seeds.png"
+        chromium(tmp_path, f"{stack.api_url}/jobs/{done.id}", f"--screenshot={shot}")
 
 
 @browser
@@ -179,11 +202,12 @@ def test_study_page_compares_settings_and_overlays_their_curves(stack, study, tm
     assert 'data-state="done"' in dom, dom[dom.find("<main>") :][:3000]
     assert 'class="grid study-table"' in dom and "activation=relu" in dom and "(baseline)" in dom
     assert "max_relative_error" in dom and " Δ " in dom  # figures with CIs and paired differences
-    charts = re.findall(r'aria-label="([^"]*)" data-series="(\d+)"', dom)
+    charts = re.findall(r'aria-label="([^"]*)" data-series="(\d+)" data-bands="(\d+)"', dom)
     probe = httpx.get(
-        f"{stack.api_url}/v1/studies/{study['id']}/metrics", params={"name": "forward_moment/arithmetic", "points": 500}
+        f"{stack.api_url}/v1/studies/{study['id']}/bands", params={"name": "forward_moment/arithmetic"}
     ).text[:300]
-    assert ("forward_moment/arithmetic", "4") in charts, (charts, dom[dom.find('id="charts"') :][:300], probe)
+    # one line per setting (the mean of its 2 seeds), each shaded by its seeds' min–max band
+    assert ("forward_moment/arithmetic", "2", "2") in charts, (charts, dom[dom.find('id="charts"') :][:300], probe)
     assert dom.count('href="/jobs/') == 4
     shot = tmp_path / "study.png"
     chromium(tmp_path, url, f"--screenshot={shot}")
@@ -191,6 +215,9 @@ def test_study_page_compares_settings_and_overlays_their_curves(stack, study, tm
 
     img = matplotlib.image.imread(shot)[..., :3]
     assert img.std() > 0.05 and (np.abs(img - SERIES_RGB).max(axis=-1) < 0.08).sum() > 100
+    # the first setting's band: its colour at the fill's opacity (0x30) over the white page
+    band_rgb = 1 - (1 - SERIES_RGB) * 0x30 / 255
+    assert (np.abs(img - band_rgb).max(axis=-1) < 0.02).sum() > 50
     if os.environ.get("GRADLAB_SCREENSHOTS"):
         shutil.copy(shot, Path(os.environ["GRADLAB_SCREENSHOTS"]) / "study.png")
 

@@ -254,6 +254,9 @@ def test_job_example_end_to_end():
         assert len(res["final_heldout_accuracies"]) == params.seeds
         assert 0.0 <= res["final_heldout_accuracy_mean"] <= 1.0
         assert len(ctx.series(f"{arm}/heldout_loss")) == n_eval
+        seeds = [ctx.series(f"{arm}/seed{i}/heldout_loss") for i in range(params.seeds)]  # charts draw their band
+        assert np.allclose(np.mean(seeds, axis=0), ctx.series(f"{arm}/heldout_loss"), rtol=1e-12)
+        assert not ctx.series(f"{arm}/seed{params.seeds}/heldout_loss")
         assert res["updates"] == (params.steps if arm == "per_micro_batch" else params.steps // k)
     arms = result["arms"]
     assert arms["chi_exact"]["identity_error_vs_explicit"] <= 1e-10  # float64 SGDM: (B) = (A)

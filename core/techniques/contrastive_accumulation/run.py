@@ -311,6 +311,15 @@ def _probe_accuracy(
     return float(clf.score(feats_np[cut:], labels[cut:]))
 
 
+def _step_costs(times: dict[str, list[float]], peaks: dict[str, list[int]], methods: list[str]) -> tuple:
+    """Per method the median seconds and peak bytes of one step over the run (None where memory was not measured),
+    and the chunked method's time over the plain full batch's (None without a full-batch run)."""
+    time_per_step = {m: statistics.median(times[m]) for m in methods}
+    peak_memory = {m: (int(statistics.median(peaks[m])) if peaks[m] else None) for m in methods}
+    ratio = time_per_step["chunked"] / time_per_step["full"] if "full" in time_per_step else None
+    return time_per_step, peak_memory, ratio
+
+
 def _finite_or_none(v):
     return v if v is None or np.isfinite(v) else None
 
@@ -402,8 +411,7 @@ def _run(p: ContrastiveAccumulationParams, ctx, device: torch.device) -> dict:
             trainers[m].towers[0], x, y, np.random.default_rng(ctx.seed + 1), device, p.normalize
         )
 
-    time_per_step = {m: statistics.median(times[m]) for m in methods}
-    peak_memory = {m: (int(statistics.median(peaks[m])) if peaks[m] else None) for m in methods}
+    time_per_step, peak_memory, time_ratio = _step_costs(times, peaks, methods)
     result = {
         "towers": p.towers,
         "batch_size": p.batch_size,
@@ -415,9 +423,7 @@ def _run(p: ContrastiveAccumulationParams, ctx, device: torch.device) -> dict:
         "final_loss": {m: _finite_or_none(curves[m][-1]) for m in methods},
         "grad_check": {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in grad_check.items()},
         "time_per_step_s": time_per_step,
-        "time_ratio_chunked_over_full": (
-            time_per_step["chunked"] / time_per_step["full"] if "full" in time_per_step else None
-        ),
+        "time_ratio_chunked_over_full": time_ratio,
         "peak_memory_bytes": peak_memory,
         "peak_memory_method": meter.method + " (median over steps of one gradient computation)",
         "linear_probe_accuracy": probe,

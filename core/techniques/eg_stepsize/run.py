@@ -273,10 +273,7 @@ def _train(
                 curve[key].append(_finite(value) if value is not None else None)
                 if value is not None and math.isfinite(value):
                     ctx.metric(t, f"{tag}/{key}", value)
-            last = shifts[-1] if shifts else None
-            if last and last["recovery_steps"] is None and last["pre_shift_loss"] is not None:
-                if test_loss <= last["pre_shift_loss"] * (1 + params.recovery_tol):
-                    last["recovery_steps"] = t - last["step"]
+            _note_recovery(shifts, t, test_loss, params.recovery_tol)
             if record_rates:
                 for quantity, layers in adapted_quantities(opt, named).items():
                     for layer, stat in layers.items():
@@ -326,6 +323,15 @@ def _train(
         "diverged_at": diverged_at,
         "rate_factor": rate_factor(opt, lr) if diverged_at is None else None,
     }
+
+
+def _note_recovery(shifts: list[dict], t: int, test_loss: float, tol: float) -> None:
+    """At an evaluation at step ``t``: the last shift has recovered, ``t`` minus its step after it, the first time
+    the test loss is back within ``tol`` (relative) of its loss before the shift."""
+    last = shifts[-1] if shifts else None
+    if last and last["recovery_steps"] is None and last["pre_shift_loss"] is not None:
+        if test_loss <= last["pre_shift_loss"] * (1 + tol):
+            last["recovery_steps"] = t - last["step"]
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:

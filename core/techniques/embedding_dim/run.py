@@ -14,14 +14,7 @@ from core.techniques.embedding_dim.spec import EmbeddingDimParams, SweepParams
 
 def run(params: EmbeddingDimParams, ctx: RunContext) -> dict:
     coefficient = dimension.EXACT_COEFFICIENT if params.coefficient == "exact" else float(params.coefficient)
-    dims = [
-        {
-            "vocab_size": n,
-            "bound": dimension.dimension_bound(n, coefficient),
-            "min_dimension": dimension.min_dimension(n, coefficient),
-        }
-        for n in params.vocab_sizes
-    ]
+    dims = _dimensions(params.vocab_sizes, coefficient)
     ctx.progress(0.05, "dimension bounds")
 
     entropy = []
@@ -51,6 +44,18 @@ def run(params: EmbeddingDimParams, ctx: RunContext) -> dict:
         result["sweep"] = _sweep(params.sweep, coefficient, ctx)
     ctx.progress(1.0, "done")
     return result
+
+
+def _dimensions(vocab_sizes: list[int], coefficient: float) -> list[dict]:
+    """Per vocabulary size N the bound coefficient·ln N and the least whole dimension above it."""
+    return [
+        {
+            "vocab_size": n,
+            "bound": dimension.dimension_bound(n, coefficient),
+            "min_dimension": dimension.min_dimension(n, coefficient),
+        }
+        for n in vocab_sizes
+    ]
 
 
 def _sweep(sp: SweepParams, coefficient: float, ctx: RunContext) -> dict:

@@ -94,6 +94,13 @@ def measure(model: nn.Sequential, xs: torch.Tensor, ys: torch.Tensor, p: Gradien
     r = gradient_bound_terms(
         m64, xs.double(), reduce=reduce, target=target, method=p.method, tol=POWER_TOL, max_iter=POWER_MAX_ITER
     )
+    return summarize_terms(r)
+
+
+def summarize_terms(r: dict) -> dict:
+    """One measurement's reported figures from the bound's terms per sample (``gradient_bound_terms``): quantiles
+    of lhs/rhs over the finite ratios, how many samples exceed the bound beyond rounding, the largest identity
+    residual, and per layer the medians of its factors."""
     ratio = r["ratio"]
     finite = ratio[torch.isfinite(ratio)]
     qs = (
@@ -247,6 +254,17 @@ def run(params: GradientPenaltyBoundParams, ctx) -> dict:
         "input_dim": d_in,
         "classes": classes,
         "samples": int(pick.numel()),
+        **_over_training(steps, history, len(dims) - 1),
+        "final_loss": _num(full_loss),
+        "final_accuracy": accuracy,
+        "last_batch_loss": _num(loss.detach()),
+    }
+
+
+def _over_training(steps: list[int], history: list[dict], n_layers: int) -> dict:
+    """The measurements over training (one ``summarize_terms`` per measured step) as the result reports them:
+    series per figure, violations summed over every measurement, the worst residual and power iterations."""
+    return {
         "measured_steps": steps,
         "ratio": {k: [h[k] for h in history] for k in ("q10", "median", "q90", "min", "max")},
         "ratio_frobenius": {"median": [h["fro_median"] for h in history], "max": [h["fro_max"] for h in history]},
@@ -256,9 +274,6 @@ def run(params: GradientPenaltyBoundParams, ctx) -> dict:
         "max_power_iters": max(h["power_iters"] for h in history),
         "layers": [
             {key: [h["layers"][t][key] for h in history] for key in ("w_norm", "w_fro", "h_norm", "jac_norm", "share")}
-            for t in range(len(dims) - 1)
+            for t in range(n_layers)
         ],
-        "final_loss": _num(full_loss),
-        "final_accuracy": accuracy,
-        "last_batch_loss": _num(loss.detach()),
     }

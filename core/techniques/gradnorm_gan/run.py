@@ -373,6 +373,21 @@ def _plot_lipschitz(norms: dict[str, np.ndarray], params: GradnormGanParams) -> 
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _step_times(times: list[float]) -> dict:
+    """Mean and median milliseconds of the timed training steps (None when none was timed)."""
+    return {
+        "time_per_step_ms": 1e3 * float(np.mean(times)) if times else None,
+        "time_per_step_ms_median": 1e3 * float(np.median(times)) if times else None,
+    }
+
+
+def _thinned(curves: dict[str, list]) -> dict[str, list]:
+    """The logged curves, every k-th point with k = points // CURVE_POINTS (at least 1): fewer than twice
+    CURVE_POINTS points stay."""
+    every = max(1, len(curves["step"]) // CURVE_POINTS)
+    return {k: v[::every] for k, v in curves.items()}
+
+
 def _clean(value):
     """JSON-safe copy: non-finite floats become None, numpy scalars become Python numbers."""
     if isinstance(value, dict):
@@ -501,10 +516,8 @@ def run(params: GradnormGanParams, ctx) -> dict:
     np.save(buf, fake.cpu().numpy(), allow_pickle=False)
     ctx.artifact("samples.npy", buf.getvalue(), "application/x-npy")
 
-    every = max(1, len(curves["step"]) // CURVE_POINTS)
     cost = {
-        "time_per_step_ms": 1e3 * float(np.mean(times)) if times else None,
-        "time_per_step_ms_median": 1e3 * float(np.median(times)) if times else None,
+        **_step_times(times),
         "saved_bytes_critic_update": saved_d.total,
         "saved_bytes_generator_update": saved_g.total,
         "peak_cuda_bytes": peak_cuda,
@@ -522,7 +535,7 @@ def run(params: GradnormGanParams, ctx) -> dict:
             "lipschitz": lip,
             "quality": quality,
             "cost": cost,
-            "curves": {k: v[::every] for k, v in curves.items()},
+            "curves": _thinned(curves),
         }
     )
     ctx.artifact("result.json", json.dumps(result).encode(), "application/json")

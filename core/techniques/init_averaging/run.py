@@ -65,29 +65,37 @@ def run(params: InitAveragingParams, ctx: RunContext) -> dict:
     }
     curves: dict[str, list[float]] = {}
     for k, mean in enumerate(params.means):
-        per_layer = [0.0] * (len(params.widths) - 1)
-        backward = 0.0
+        draws = []
         for t in range(params.trials):
             ctx.check_cancelled()
-            moments, bwd = _measure(params, mean, gen, ctx.device)
-            per_layer = [a + b / params.trials for a, b in zip(per_layer, moments)]
-            backward += bwd / params.trials
+            draws.append(_measure(params, mean, gen, ctx.device))
             ctx.progress((k + (t + 1) / params.trials) / len(params.means), f"{mean}: draw {t + 1}")
-        for i, v in enumerate(per_layer, start=1):
+        out["means"][mean] = _mean_result(params.widths, mean, draws)
+        curves[mean] = out["means"][mean]["layer_forward_moments"]
+        for i, v in enumerate(curves[mean], start=1):
             ctx.metric(i, f"forward_moment/{mean}", v)
-        pred_fwd, pred_bwd = predicted_ratios(params.widths, mean)
-        out["means"][mean] = {
-            "layer_variances": [averaged_variance(m, n, mean) for m, n in zip(params.widths, params.widths[1:])],
-            "layer_forward_moments": per_layer,
-            "forward_ratio": per_layer[-1],
-            "predicted_forward_ratio": pred_fwd,
-            "backward_ratio": backward,
-            "predicted_backward_ratio": pred_bwd,
-        }
-        curves[mean] = per_layer
     out["predicted_is_linear_case"] = True
     ctx.artifact("forward_moments.png", _plot(curves, params), "image/png")
     return out
+
+
+def _mean_result(widths: list[int], mean: Mean, draws: list[tuple[list[float], float]]) -> dict:
+    """One mean's reported figures from its Monte Carlo draws (per-layer forward moments, backward moment): the
+    draws' averages beside the linear-case predictions, and the variances the init drew from."""
+    per_layer = [0.0] * (len(widths) - 1)
+    backward = 0.0
+    for moments, bwd in draws:
+        per_layer = [a + b / len(draws) for a, b in zip(per_layer, moments)]
+        backward += bwd / len(draws)
+    pred_fwd, pred_bwd = predicted_ratios(widths, mean)
+    return {
+        "layer_variances": [averaged_variance(m, n, mean) for m, n in zip(widths, widths[1:])],
+        "layer_forward_moments": per_layer,
+        "forward_ratio": per_layer[-1],
+        "predicted_forward_ratio": pred_fwd,
+        "backward_ratio": backward,
+        "predicted_backward_ratio": pred_bwd,
+    }
 
 
 def _plot(curves: dict[str, list[float]], params: InitAveragingParams) -> bytes:

@@ -199,6 +199,61 @@ def _stats(values: list[float]) -> tuple[float | None, float | None]:
     return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else None)
 
 
+def _arm_result(
+    arm: str, params: MomentumAccumulationParams, runs: list[dict], explicit_weights: list[torch.Tensor]
+) -> dict:
+    """One arm's reported figures from its runs (one per seed): mean curves, final held-out accuracy and loss as
+    mean and sd over seeds, the update count and state bytes of its first seed, and the largest weight difference
+    from the explicit-buffer arm's run of the same seed (the identity the χ arms must keep). ``_curves`` holds the
+    per-seed curves for the plot and is removed before the result is returned."""
+    identity = None
+    if explicit_weights:
+        identity = _finite(max(float((r["weights"] - w).abs().max()) for r, w in zip(runs, explicit_weights)))
+    curves = {key: [r[key] for r in runs] for key in ("train_loss", "heldout_loss", "heldout_accuracy")}
+    means = {key: np.mean(v, axis=0) for key, v in curves.items()}
+    final_acc = [r["heldout_accuracy"][-1] for r in runs]
+    acc_mean, acc_sd = _stats(final_acc)
+    loss_mean, loss_sd = _stats([r["heldout_loss"][-1] for r in runs])
+    hold_sd = np.std(curves["heldout_loss"], axis=0, ddof=1) if len(runs) > 1 else None
+    return {
+        "betas": list(_arm_betas(arm, params)) if params.optimizer == "adam" else [_arm_betas(arm, params)[0]],
+        "updates": runs[0]["updates"],
+        "state_bytes": runs[0]["state_bytes"],
+        "train_loss": [_finite(v) for v in means["train_loss"]],
+        "heldout_loss": [_finite(v) for v in means["heldout_loss"]],
+        "heldout_loss_sd": None if hold_sd is None else [_finite(v) for v in hold_sd],
+        "heldout_accuracy": [_finite(v) for v in means["heldout_accuracy"]],
+        "final_heldout_accuracy_mean": acc_mean,
+        "final_heldout_accuracy_sd": acc_sd,
+        "final_heldout_accuracies": [float(v) for v in final_acc],
+        "final_heldout_loss_mean": loss_mean,
+        "final_heldout_loss_sd": loss_sd,
+        "identity_error_vs_explicit": identity if arm != "explicit_buffer" else None,
+        "_curves": curves,
+    }
+
+
+def _accumulation_saving(arms: dict, param_bytes: int) -> dict | None:
+    """What χ-exact saves over the explicit buffer, in optimizer-state bytes (None unless both arms ran); the claim
+    is that the saving is exactly one parameter-sized tensor."""
+    if "explicit_buffer" not in arms or "chi_exact" not in arms:
+        return None
+    explicit, exact = arms["explicit_buffer"]["state_bytes"], arms["chi_exact"]["state_bytes"]
+    return {
+        "explicit_buffer_bytes": explicit,
+        "chi_exact_bytes": exact,
+        "saving_bytes": explicit - exact,
+        "param_bytes": param_bytes,
+        "saving_is_one_parameter_sized_tensor": explicit - exact == param_bytes,
+    }
+
+
+def _best_arm(arms: dict) -> str | None:
+    """The arm of highest mean final held-out accuracy (the first on a tie; None when no arm has one)."""
+    ranked = [a for a in arms if arms[a]["final_heldout_accuracy_mean"] is not None]
+    return max(ranked, key=lambda a: arms[a]["final_heldout_accuracy_mean"]) if ranked else None
+
+
 def _plot(arms: dict, eval_steps: list[int], params: MomentumAccumulationParams) -> bytes:
     fig, ax = new_figure(14.0, 4.5)
     ax.remove()
@@ -296,51 +351,22 @@ def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
             runs.append(_train(arm, params, built, data, np.random.default_rng(seq), eval_set, ctx, report))
         if arm == "explicit_buffer":
             explicit_weights = [r["weights"] for r in runs]
-        identity = None
-        if explicit_weights:
-            identity = _finite(max(float((r["weights"] - w).abs().max()) for r, w in zip(runs, explicit_weights)))
-        curves = {key: [r[key] for r in runs] for key in ("train_loss", "heldout_loss", "heldout_accuracy")}
-        means = {key: np.mean(v, axis=0) for key, v in curves.items()}
+        arms[arm] = _arm_result(arm, params, runs, explicit_weights)
+        curves = arms[arm]["_curves"]
         for j, step in enumerate(eval_steps):
-            for key, series in means.items():
-                if math.isfinite(series[j]):
-                    ctx.metric(step, f"{arm}/{key}", float(series[j]))
-        final_acc = [r["heldout_accuracy"][-1] for r in runs]
-        acc_mean, acc_sd = _stats(final_acc)
-        loss_mean, loss_sd = _stats([r["heldout_loss"][-1] for r in runs])
-        hold_sd = np.std(curves["heldout_loss"], axis=0, ddof=1) if len(runs) > 1 else None
-        arms[arm] = {
-            "betas": list(_arm_betas(arm, params)) if params.optimizer == "adam" else [_arm_betas(arm, params)[0]],
-            "updates": runs[0]["updates"],
-            "state_bytes": runs[0]["state_bytes"],
-            "train_loss": [_finite(v) for v in means["train_loss"]],
-            "heldout_loss": [_finite(v) for v in means["heldout_loss"]],
-            "heldout_loss_sd": None if hold_sd is None else [_finite(v) for v in hold_sd],
-            "heldout_accuracy": [_finite(v) for v in means["heldout_accuracy"]],
-            "final_heldout_accuracy_mean": acc_mean,
-            "final_heldout_accuracy_sd": acc_sd,
-            "final_heldout_accuracies": [float(v) for v in final_acc],
-            "final_heldout_loss_mean": loss_mean,
-            "final_heldout_loss_sd": loss_sd,
-            "identity_error_vs_explicit": identity if arm != "explicit_buffer" else None,
-            "_curves": curves,
-        }
+            for key in curves:
+                if arms[arm][key][j] is not None:
+                    ctx.metric(step, f"{arm}/{key}", arms[arm][key][j])
+            for s_i in range(len(runs) if len(runs) > 1 else 0):  # each seed too: charts shade their spread
+                for key in curves:
+                    if math.isfinite(curves[key][s_i][j]):
+                        ctx.metric(step, f"{arm}/seed{s_i}/{key}", float(curves[key][s_i][j]))
     ctx.progress(1.0, "plotting")
     ctx.artifact("curves.png", _plot(arms, eval_steps, params), "image/png")
     for res in arms.values():
         del res["_curves"]
-    ranked = [a for a in arms if arms[a]["final_heldout_accuracy_mean"] is not None]
     item = 8 if params.dtype == "float64" else 4
-    saving = None
-    if "explicit_buffer" in arms and "chi_exact" in arms:
-        explicit, exact = arms["explicit_buffer"]["state_bytes"], arms["chi_exact"]["state_bytes"]
-        saving = {
-            "explicit_buffer_bytes": explicit,
-            "chi_exact_bytes": exact,
-            "saving_bytes": explicit - exact,
-            "param_bytes": n_params * item,
-            "saving_is_one_parameter_sized_tensor": explicit - exact == n_params * item,
-        }
+    saving = _accumulation_saving(arms, n_params * item)
     return {
         "optimizer": params.optimizer,
         "model": params.model if isinstance(params.model, str) else params.model.model_dump(mode="json"),
@@ -354,5 +380,5 @@ def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:
         "param_bytes": n_params * item,
         "eval_steps": eval_steps,
         "arms": arms,
-        "best_arm": max(ranked, key=lambda a: arms[a]["final_heldout_accuracy_mean"]) if ranked else None,
+        "best_arm": _best_arm(arms),
     }
