@@ -92,6 +92,7 @@ def accumulated_backward(
         z.detach(), positives, temperature, True, score_block_rows(z.shape[0], chunk_size, max_score_elements)
     )
     z.backward(z_grad)
+    assert h.grad is not None  # h is a leaf that z was computed from
     _replay_backward([(encoder, inputs)], [h.grad], states, chunk_size)
     _set_rng_state(inputs.device, after_first_pass)
     return loss
@@ -136,6 +137,7 @@ def accumulated_backward_two_tower(
         assert gq_back is not None and gk_back is not None
         loss, gq, gk = 0.5 * (loss + loss_back), 0.5 * (gq + gq_back), 0.5 * (gk + gk_back)
     torch.autograd.backward([q, k], [gq, gk])
+    assert hq.grad is not None and hk.grad is not None  # leaves that q and k were computed from
     _replay_backward(towers, [hq.grad, hk.grad], states, chunk_size)
     _set_rng_state(queries.device, after_first_pass)
     return loss
@@ -275,11 +277,13 @@ def _chunk_order(towers: list[tuple[nn.Module, Tensor]], chunk_size: int) -> lis
     return order
 
 
-def _forward_without_graph(towers, chunk_size):
+def _forward_without_graph(
+    towers: list[tuple[nn.Module, Tensor]], chunk_size: int
+) -> tuple[list[Tensor], list[tuple[Tensor, Tensor | None]]]:
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
     outs: list[list[Tensor]] = [[] for _ in towers]
-    states = []
+    states: list[tuple[Tensor, Tensor | None]] = []
     with torch.no_grad():
         for t, start, stop in _chunk_order(towers, chunk_size):
             encoder, x = towers[t]
@@ -291,7 +295,12 @@ def _forward_without_graph(towers, chunk_size):
     return [torch.cat(o) for o in outs], states
 
 
-def _replay_backward(towers, grads: list[Tensor], states, chunk_size: int) -> None:
+def _replay_backward(
+    towers: list[tuple[nn.Module, Tensor]],
+    grads: list[Tensor],
+    states: list[tuple[Tensor, Tensor | None]],
+    chunk_size: int,
+) -> None:
     for (t, start, stop), state in zip(_chunk_order(towers, chunk_size), states):
         encoder, x = towers[t]
         _set_rng_state(x.device, state)
