@@ -13,11 +13,27 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import numpy as np
 from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.jobs.models import ACTIVE_WHERE, Artifact, Dataset, Job, Metric, StoredModel, Study, StudyJob, Worker, utcnow
+from core.jobs import rollup
+from core.jobs.models import (
+    ACTIVE_WHERE,
+    Artifact,
+    Dataset,
+    Job,
+    Metric,
+    MetricRollup,
+    StoredModel,
+    Study,
+    StudyJob,
+    Worker,
+    utcnow,
+)
 from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
 
 
@@ -270,6 +286,7 @@ def claim(session: Session, job_id: uuid.UUID, worker: str) -> Job | None:
         session.rollback()
         return None
     session.execute(delete(Metric).where(Metric.job_id == job_id))
+    session.execute(delete(MetricRollup).where(MetricRollup.job_id == job_id))
     session.execute(delete(Artifact).where(Artifact.job_id == job_id))
     session.commit()
     return session.get(Job, job_id, populate_existing=True)
@@ -311,13 +328,73 @@ def beat(
 
 
 def _insert_metrics(session: Session, job_id: uuid.UUID, rows: list[tuple[int, str, float | None]]) -> None:
-    """Batched metric rows in the caller's transaction; PostgreSQL gets COPY (about 3x an executemany)."""
+    """Batched metric rows and their rollup in the caller's transaction; PostgreSQL gets COPY (about 3x an
+    executemany)."""
     if session.get_bind().dialect.name == "postgresql":
         dbapi = session.connection().connection.driver_connection
         with dbapi.cursor() as cur, cur.copy("COPY metrics (job_id, step, name, value) FROM STDIN") as copy:
             copy.write(_copy_text(job_id, rows))
+    else:
+        session.execute(insert(Metric), [{"job_id": job_id, "step": s, "name": n, "value": v} for s, n, v in rows])
+    _update_rollup(session, job_id, rows)
+
+
+def rollup_rows(job_id: uuid.UUID, rows: list[tuple[int, str, float | None]]) -> list[dict]:
+    """The rollup of some metric rows of a job: per series, level and block, as ``metric_rollups`` rows."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for step, name, value in rows:
+        if value is not None:
+            steps, values = series.setdefault(name, ([], []))
+            steps.append(step)
+            values.append(value)
+    out = []
+    for name, (steps, values) in series.items():
+        for level, ex in rollup.levels_of(steps, values).items():
+            out.extend(
+                {
+                    "job_id": job_id,
+                    "name": name,
+                    "level": level,
+                    "block": int(ex.block[i]),
+                    "n": int(ex.n[i]),
+                    "first_step": int(ex.first_step[i]),
+                    "last_step": int(ex.last_step[i]),
+                    "min_step": int(ex.min_step[i]),
+                    "min_value": float(ex.min_value[i]),
+                    "max_step": int(ex.max_step[i]),
+                    "max_value": float(ex.max_value[i]),
+                }
+                for i in range(len(ex))
+            )
+    return out
+
+
+def _update_rollup(session: Session, job_id: uuid.UUID, rows: list[tuple[int, str, float | None]]) -> None:
+    """Fold a batch into the stored blocks: a block the batch shares with earlier rows keeps the lesser min and the
+    greater max (ties: the lesser step), so the rollup always equals one computed from every row at once."""
+    new = rollup_rows(job_id, rows)
+    if not new:
         return
-    session.execute(insert(Metric), [{"job_id": job_id, "step": s, "name": n, "value": v} for s, n, v in rows])
+    dialect = session.get_bind().dialect.name
+    stmt = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(MetricRollup.__table__)
+    old, inc = MetricRollup.__table__.c, stmt.excluded
+    lower = or_(inc.min_value < old.min_value, and_(inc.min_value == old.min_value, inc.min_step < old.min_step))
+    higher = or_(inc.max_value > old.max_value, and_(inc.max_value == old.max_value, inc.max_step < old.max_step))
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[old.job_id, old.name, old.level, old.block],
+            set_={
+                "n": old.n + inc.n,
+                "first_step": case((inc.first_step < old.first_step, inc.first_step), else_=old.first_step),
+                "last_step": case((inc.last_step > old.last_step, inc.last_step), else_=old.last_step),
+                "min_step": case((lower, inc.min_step), else_=old.min_step),
+                "min_value": case((lower, inc.min_value), else_=old.min_value),
+                "max_step": case((higher, inc.max_step), else_=old.max_step),
+                "max_value": case((higher, inc.max_value), else_=old.max_value),
+            },
+        ),
+        new,
+    )
 
 
 # COPY's text format: these characters in a value are written as escapes.
@@ -632,6 +709,65 @@ def last_metric_id(session: Session, job_id: uuid.UUID) -> int:
     return session.scalar(select(func.coalesce(func.max(Metric.id), 0)).where(Metric.job_id == job_id))
 
 
+# --- retention (core.jobs.retention): each call one short transaction ------------------------------------------
+_FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+def prunable_jobs(session: Session, finished_before: datetime, limit: int) -> list[uuid.UUID]:
+    """Up to ``limit`` finished jobs, oldest first, finished before the cutoff and not pruned yet (a partial index
+    holds exactly the unpruned finished jobs, so this reads no more than it returns)."""
+    return list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.pruned_at.is_(None),
+                Job.finished_at.is_not(None),
+                Job.finished_at < finished_before,
+                Job.status.in_(_FINISHED),
+            )
+            .order_by(Job.finished_at)
+            .limit(limit)
+        )
+    )
+
+
+def delete_metric_batch(session: Session, job_id: uuid.UUID, rows: int) -> int:
+    """Delete up to ``rows`` of a job's metric rows and commit; returns how many went (0: none left)."""
+    batch = select(Metric.id).where(Metric.job_id == job_id).limit(rows).scalar_subquery()
+    res = session.execute(delete(Metric).where(Metric.id.in_(batch)).execution_options(synchronize_session=False))
+    session.commit()
+    return res.rowcount
+
+
+def delete_rollup(session: Session, job_id: uuid.UUID) -> int:
+    """Delete a job's metric rollup, one level per transaction; returns the rows removed."""
+    removed = 0
+    for level in rollup.LEVELS:
+        res = session.execute(
+            delete(MetricRollup)
+            .where(MetricRollup.job_id == job_id, MetricRollup.level == level)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        removed += res.rowcount
+    return removed
+
+
+def artifact_locations(session: Session, job_id: uuid.UUID) -> list[tuple[int, str]]:
+    """(row id, blob key) of each of a job's artifacts."""
+    return [tuple(r) for r in session.execute(select(Artifact.id, Artifact.location).where(Artifact.job_id == job_id))]
+
+
+def delete_artifact_rows(session: Session, ids: list[int]) -> None:
+    session.execute(delete(Artifact).where(Artifact.id.in_(ids)).execution_options(synchronize_session=False))
+    session.commit()
+
+
+def mark_pruned(session: Session, job_id: uuid.UUID) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(pruned_at=utcnow()))
+    session.commit()
+
+
 # --- uploaded models -------------------------------------------------------------------------------------------
 _MODEL_META = list(StoredModel.__table__.c)
 
@@ -670,64 +806,96 @@ def list_models(session: Session, *, tenant: str | None, limit: int) -> list:
 
 
 def downsampled_metrics(session: Session, job_id: uuid.UUID, *, name: str | None, points: int) -> list:
-    """Every series of a job (or the named one) in at most ``points`` rows each, in step order.
+    """Every series of a job (or the named one) in at most ``points`` rows each, in step order: rows
+    (job_id, step, name, value).
 
-    A series longer than ``points`` is cut into ``points // 2`` buckets of equal step span, and each bucket keeps
-    its row of least and its row of greatest value (min/max decimation: every spike and dip survives, so a chart of
-    the rows looks like a chart of the whole series). Shorter series come back whole. Null values (NaN, ±∞ as
-    logged) are left out.
+    A series longer than ``points`` is cut into at most ``points // 2`` buckets, aligned blocks of ``2**k`` steps
+    (the least k that gives so few), and each bucket keeps its row of least and its row of greatest value (min/max
+    decimation: every spike and dip survives, so a chart of the rows looks like a chart of the whole series). The
+    extremes come from the stored rollup (``core.jobs.rollup``), so the cost follows ``points``, not the series'
+    length. Shorter series come back whole. Null values (NaN, ±∞ as logged) are left out.
     """
-    where = [Metric.job_id == job_id, Metric.value.is_not(None)]
-    if name:
-        where.append(Metric.name == name)
-    return session.execute(_downsampled(where, points)).all()
+    return _downsampled(session, [job_id], name, points)
 
 
 def study_downsampled_metrics(session: Session, study_id: uuid.UUID, *, name: str, points: int) -> list:
     """One metric of every child of a study, each child's series downsampled as ``downsampled_metrics`` does:
-    rows (job_id, step, name, value), in one query (a study page draws them all at once)."""
-    children = select(StudyJob.job_id).where(StudyJob.study_id == study_id)
-    return session.execute(
-        _downsampled([Metric.job_id.in_(children), Metric.name == name, Metric.value.is_not(None)], points)
-    ).all()
+    rows (job_id, step, name, value) (a study page draws them all at once)."""
+    children = list(session.scalars(select(StudyJob.job_id).where(StudyJob.study_id == study_id)))
+    return _downsampled(session, children, name, points) if children else []
 
 
-def _downsampled(where: list, points: int):
-    """The min/max decimation as one statement, windows only (a join to per-series ranges let PostgreSQL's planner
-    rescan the aggregate per row on a fresh table): each series' span, then each row's bucket, then the extremes."""
-    series = {"partition_by": (Metric.job_id, Metric.name)}
-    spans = (
+@dataclass(frozen=True)
+class _DownsampledRow:
+    job_id: uuid.UUID
+    step: int
+    name: str
+    value: float
+
+
+def _downsampled(session: Session, job_ids: list[uuid.UUID], name: str | None, points: int) -> list:
+    """Each series' row count and step span from the rollup's top level, then per series either its raw rows (as
+    short as ``points``) or the stored blocks of the level that its bucket width allows, merged into buckets."""
+    top = [MetricRollup.job_id.in_(job_ids), MetricRollup.level == rollup.TOP_LEVEL]
+    if name:
+        top.append(MetricRollup.name == name)
+    spans = session.execute(
         select(
-            Metric.id,
-            Metric.job_id,
-            Metric.step,
-            Metric.name,
-            Metric.value,
-            func.min(Metric.step).over(**series).label("lo"),
-            func.max(Metric.step).over(**series).label("hi"),
-            func.count().over(**series).label("n"),
+            MetricRollup.job_id,
+            MetricRollup.name,
+            func.sum(MetricRollup.n),
+            func.min(MetricRollup.first_step),
+            func.max(MetricRollup.last_step),
         )
-        .where(*where)
-        .subquery()
-    )
-    buckets = max(1, points // 2)
-    bucket = case(
-        (spans.c.n <= points, spans.c.id), else_=(spans.c.step - spans.c.lo) * buckets // (spans.c.hi - spans.c.lo + 1)
-    )
-    in_bucket = {"partition_by": (spans.c.job_id, spans.c.name, bucket)}
-    ranked = select(
-        spans.c.job_id,
-        spans.c.step,
-        spans.c.name,
-        spans.c.value,
-        func.row_number().over(**in_bucket, order_by=(spans.c.value.asc(), spans.c.step.asc())).label("low"),
-        func.row_number().over(**in_bucket, order_by=(spans.c.value.desc(), spans.c.step.asc())).label("high"),
-    ).subquery()
-    return (
-        select(ranked.c.job_id, ranked.c.step, ranked.c.name, ranked.c.value)
-        .where(or_(ranked.c.low == 1, ranked.c.high == 1))
-        .order_by(ranked.c.job_id, ranked.c.name, ranked.c.step)
-    )
+        .where(*top)
+        .group_by(MetricRollup.job_id, MetricRollup.name)
+    ).all()
+    pruned = set(session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.pruned_at.is_not(None))))
+    out = []
+    for job_id, series, n, lo, hi in sorted(spans, key=lambda r: (r[0], r[1])):
+        raw = job_id not in pruned
+        if raw and n <= points:
+            rows = _raw_series(session, job_id, series)
+        else:
+            k = rollup.bucket_level(lo, hi, max(1, points // 2))
+            level = rollup.stored_level(k, raw=raw)
+            parts = (
+                _raw_extremes(session, job_id, series)
+                if level == 0
+                else _stored_extremes(session, job_id, series, level)
+            )
+            rows = rollup.into_buckets(parts, level, max(k, level)).rows()
+        out.extend(_DownsampledRow(job_id, step, series, value) for step, value in rows)
+    return out
+
+
+def _raw_series(session: Session, job_id: uuid.UUID, name: str) -> list[tuple[int, float]]:
+    return [
+        (step, value)
+        for step, value in session.execute(
+            select(Metric.step, Metric.value)
+            .where(Metric.job_id == job_id, Metric.name == name, Metric.value.is_not(None))
+            .order_by(Metric.step, Metric.id)
+        )
+    ]
+
+
+def _raw_extremes(session: Session, job_id: uuid.UUID, name: str) -> rollup.Extremes:
+    rows = _raw_series(session, job_id, name)
+    return rollup.of_rows([s for s, _ in rows], [v for _, v in rows])
+
+
+def _stored_extremes(session: Session, job_id: uuid.UUID, name: str, level: int) -> rollup.Extremes:
+    r = MetricRollup
+    rows = session.execute(
+        select(r.block, r.n, r.first_step, r.last_step, r.min_step, r.min_value, r.max_step, r.max_value)
+        .where(r.job_id == job_id, r.name == name, r.level == level)
+        .order_by(r.block)
+    ).all()
+    columns = list(zip(*rows)) if rows else [()] * 8
+    ints, floats = np.int64, np.float64
+    types = (ints, ints, ints, ints, ints, floats, ints, floats)
+    return rollup.Extremes(*(np.asarray(c, dtype=t) for c, t in zip(columns, types)))
 
 
 def find_study_replay(session: Session, tenant: str, idempotency_key: str, body_hash: str) -> Study | None:
