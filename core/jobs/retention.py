@@ -35,37 +35,37 @@ def prune(
     finished_before: datetime,
     keep_summary: bool,
     batch_rows: int = 5000,
-    jobs_per_round: int = 100,
-    on_job: Callable[[PruneReport], None] | None = None,
+    jobs_per_round: int = 500,
+    on_round: Callable[[PruneReport], None] | None = None,
 ) -> PruneReport:
-    """Prune every job that finished before ``finished_before``. ``keep_summary`` keeps each series' rollup (the
-    per-block min and max rows), so the job's charts still draw, from blocks of 16 steps or more."""
+    """Prune every job that finished before ``finished_before``, ``jobs_per_round`` jobs at a time (oldest first).
+    ``keep_summary`` keeps each series' rollup (the per-block min and max rows), so the job's charts still draw,
+    from blocks of 16 steps or more."""
     report = PruneReport()
     while True:
         with sessions() as s:
             job_ids = store.prunable_jobs(s, finished_before, jobs_per_round)
-        if not job_ids:
-            return report
-        for job_id in job_ids:
-            with sessions() as s:
-                _prune_job(s, blobs, job_id, keep_summary, batch_rows, report)
-            report.jobs += 1
-            if on_job is not None:
-                on_job(report)
+            if not job_ids:
+                return report
+            _prune_round(s, blobs, job_ids, keep_summary, batch_rows, report)
+        report.jobs += len(job_ids)
+        if on_round is not None:
+            on_round(report)
 
 
-def _prune_job(s, blobs: BlobStore, job_id, keep_summary: bool, batch_rows: int, report: PruneReport) -> None:
-    while removed := store.delete_metric_batch(s, job_id, batch_rows):
+def _prune_round(s, blobs: BlobStore, job_ids: list, keep_summary: bool, batch_rows: int, report: PruneReport) -> None:
+    while removed := store.delete_metric_batch(s, job_ids, batch_rows):
         report.metric_rows += removed
     if not keep_summary:
-        report.rollup_rows += store.delete_rollup(s, job_id)
-    artifacts = store.artifact_locations(s, job_id)
+        report.rollup_rows += store.delete_rollup(s, job_ids)
+    artifacts = store.artifact_locations(s, job_ids)
     # the bytes first: a crash then leaves rows whose blobs are gone, which the next prune removes; the other order
     # would leave blobs no row names
     for _, location in artifacts:
         blobs.delete(location)
-    blobs.delete_prefix(job_artifacts_prefix(job_id))  # and any stray of an earlier attempt
+    for job_id in job_ids:
+        blobs.delete_prefix(job_artifacts_prefix(job_id))  # and any stray of an earlier attempt
     if artifacts:
         store.delete_artifact_rows(s, [row_id for row_id, _ in artifacts])
         report.artifacts += len(artifacts)
-    store.mark_pruned(s, job_id)
+    store.mark_pruned(s, job_ids)

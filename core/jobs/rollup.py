@@ -39,14 +39,6 @@ class Extremes:
     def __len__(self) -> int:
         return len(self.block)
 
-    def rows(self) -> list[tuple[int, float]]:
-        """Each block's min and max row as (step, value), once when they are the same, in step order."""
-        out: set[tuple[int, float]] = set()
-        for i in range(len(self.block)):
-            out.add((int(self.min_step[i]), float(self.min_value[i])))
-            out.add((int(self.max_step[i]), float(self.max_value[i])))
-        return sorted(out)
-
 
 def of_rows(steps, values) -> Extremes:
     """Raw rows (non-null values) as blocks of one row each, keyed by their own step."""
@@ -76,11 +68,6 @@ def merge(parts: Extremes, shift: int) -> Extremes:
         max_step=parts.max_step[hi],
         max_value=parts.max_value[hi],
     )
-
-
-def into_buckets(parts: Extremes, level: int, k: int) -> Extremes:
-    """Blocks of ``level`` merged into buckets of ``2**k`` steps (``k`` >= ``level``; ``WHOLE``: one bucket)."""
-    return merge(parts, WHOLE if k >= WHOLE else k - level)
 
 
 def levels_of(steps, values) -> dict[int, Extremes]:

@@ -13,8 +13,20 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import numpy as np
-from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, text, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -670,7 +682,9 @@ def list_jobs(
         q = q.where(Job.kind == kind)
     if cursor:
         ts, jid = decode_cursor(cursor)
-        q = q.where(or_(Job.created_at < ts, and_(Job.created_at == ts, Job.id < jid)))
+        # a row comparison, which PostgreSQL turns into an index bound: a deep page starts where the cursor points
+        # instead of filtering its way down from the newest job
+        q = q.where(tuple_(Job.created_at, Job.id) < tuple_(ts, jid))
     rows = list(session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
     nxt = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
     return rows[:limit], nxt
@@ -731,21 +745,24 @@ def prunable_jobs(session: Session, finished_before: datetime, limit: int) -> li
     )
 
 
-def delete_metric_batch(session: Session, job_id: uuid.UUID, rows: int) -> int:
-    """Delete up to ``rows`` of a job's metric rows and commit; returns how many went (0: none left)."""
-    batch = select(Metric.id).where(Metric.job_id == job_id).limit(rows).scalar_subquery()
-    res = session.execute(delete(Metric).where(Metric.id.in_(batch)).execution_options(synchronize_session=False))
+def delete_metric_batch(session: Session, job_ids: list[uuid.UUID], rows: int) -> int:
+    """Delete up to ``rows`` metric rows of these jobs and commit; returns how many went (0: none left). The ids
+    are read first (index on job_id, id) and deleted by primary key: a ``DELETE ... WHERE id IN (subquery)`` let
+    PostgreSQL's planner pick a sequential scan of the whole table."""
+    ids = list(session.scalars(select(Metric.id).where(Metric.job_id.in_(job_ids)).limit(rows)))
+    if ids:
+        session.execute(delete(Metric).where(Metric.id.in_(ids)).execution_options(synchronize_session=False))
     session.commit()
-    return res.rowcount
+    return len(ids)
 
 
-def delete_rollup(session: Session, job_id: uuid.UUID) -> int:
-    """Delete a job's metric rollup, one level per transaction; returns the rows removed."""
+def delete_rollup(session: Session, job_ids: list[uuid.UUID]) -> int:
+    """Delete these jobs' metric rollup, one level per transaction; returns the rows removed."""
     removed = 0
     for level in rollup.LEVELS:
         res = session.execute(
             delete(MetricRollup)
-            .where(MetricRollup.job_id == job_id, MetricRollup.level == level)
+            .where(MetricRollup.job_id.in_(job_ids), MetricRollup.level == level)
             .execution_options(synchronize_session=False)
         )
         session.commit()
@@ -753,9 +770,11 @@ def delete_rollup(session: Session, job_id: uuid.UUID) -> int:
     return removed
 
 
-def artifact_locations(session: Session, job_id: uuid.UUID) -> list[tuple[int, str]]:
-    """(row id, blob key) of each of a job's artifacts."""
-    return [tuple(r) for r in session.execute(select(Artifact.id, Artifact.location).where(Artifact.job_id == job_id))]
+def artifact_locations(session: Session, job_ids: list[uuid.UUID]) -> list[tuple[int, str]]:
+    """(row id, blob key) of each of these jobs' artifacts."""
+    return [
+        tuple(r) for r in session.execute(select(Artifact.id, Artifact.location).where(Artifact.job_id.in_(job_ids)))
+    ]
 
 
 def delete_artifact_rows(session: Session, ids: list[int]) -> None:
@@ -763,8 +782,10 @@ def delete_artifact_rows(session: Session, ids: list[int]) -> None:
     session.commit()
 
 
-def mark_pruned(session: Session, job_id: uuid.UUID) -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(pruned_at=utcnow()))
+def mark_pruned(session: Session, job_ids: list[uuid.UUID]) -> None:
+    session.execute(
+        update(Job).where(Job.id.in_(job_ids)).values(pruned_at=utcnow()).execution_options(synchronize_session=False)
+    )
     session.commit()
 
 
@@ -835,7 +856,8 @@ class _DownsampledRow:
 
 def _downsampled(session: Session, job_ids: list[uuid.UUID], name: str | None, points: int) -> list:
     """Each series' row count and step span from the rollup's top level, then per series either its raw rows (as
-    short as ``points``) or the stored blocks of the level that its bucket width allows, merged into buckets."""
+    short as ``points``) or its buckets' extremes, computed by the database from the stored blocks of the level that
+    the bucket width allows (at most 16 blocks a bucket), so only the answer's rows travel."""
     top = [MetricRollup.job_id.in_(job_ids), MetricRollup.level == rollup.TOP_LEVEL]
     if name:
         top.append(MetricRollup.name == name)
@@ -846,25 +868,21 @@ def _downsampled(session: Session, job_ids: list[uuid.UUID], name: str | None, p
             func.sum(MetricRollup.n),
             func.min(MetricRollup.first_step),
             func.max(MetricRollup.last_step),
+            func.max(Job.pruned_at),
         )
+        .join(Job, Job.id == MetricRollup.job_id)
         .where(*top)
         .group_by(MetricRollup.job_id, MetricRollup.name)
     ).all()
-    pruned = set(session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.pruned_at.is_not(None))))
     out = []
-    for job_id, series, n, lo, hi in sorted(spans, key=lambda r: (r[0], r[1])):
-        raw = job_id not in pruned
+    for job_id, series, n, lo, hi, pruned_at in sorted(spans, key=lambda r: (r[0], r[1])):
+        raw = pruned_at is None
         if raw and n <= points:
             rows = _raw_series(session, job_id, series)
         else:
             k = rollup.bucket_level(lo, hi, max(1, points // 2))
             level = rollup.stored_level(k, raw=raw)
-            parts = (
-                _raw_extremes(session, job_id, series)
-                if level == 0
-                else _stored_extremes(session, job_id, series, level)
-            )
-            rows = rollup.into_buckets(parts, level, max(k, level)).rows()
+            rows = _bucket_extremes(session, job_id, series, level, max(k, level))
         out.extend(_DownsampledRow(job_id, step, series, value) for step, value in rows)
     return out
 
@@ -880,22 +898,37 @@ def _raw_series(session: Session, job_id: uuid.UUID, name: str) -> list[tuple[in
     ]
 
 
-def _raw_extremes(session: Session, job_id: uuid.UUID, name: str) -> rollup.Extremes:
-    rows = _raw_series(session, job_id, name)
-    return rollup.of_rows([s for s, _ in rows], [v for _, v in rows])
-
-
-def _stored_extremes(session: Session, job_id: uuid.UUID, name: str, level: int) -> rollup.Extremes:
-    r = MetricRollup
-    rows = session.execute(
-        select(r.block, r.n, r.first_step, r.last_step, r.min_step, r.min_value, r.max_step, r.max_value)
-        .where(r.job_id == job_id, r.name == name, r.level == level)
-        .order_by(r.block)
-    ).all()
-    columns = list(zip(*rows)) if rows else [()] * 8
-    ints, floats = np.int64, np.float64
-    types = (ints, ints, ints, ints, ints, floats, ints, floats)
-    return rollup.Extremes(*(np.asarray(c, dtype=t) for c, t in zip(columns, types)))
+def _bucket_extremes(session: Session, job_id: uuid.UUID, name: str, level: int, k: int) -> list[tuple[int, float]]:
+    """Each bucket of ``2**k`` steps' row of least and of greatest value (ties: the lesser step), from the stored
+    blocks of ``level`` (0: the raw rows), in step order."""
+    if level == 0:
+        block, lo_step, lo_value, hi_step, hi_value = Metric.step, Metric.step, Metric.value, Metric.step, Metric.value
+        where = [Metric.job_id == job_id, Metric.name == name, Metric.value.is_not(None)]
+    else:
+        r = MetricRollup
+        block, lo_step, lo_value, hi_step, hi_value = r.block, r.min_step, r.min_value, r.max_step, r.max_value
+        where = [r.job_id == job_id, r.name == name, r.level == level]
+    # the shift is a number this function computed (never input); >> is an arithmetic shift on both backends
+    bucket = {} if k >= rollup.WHOLE else {"partition_by": block.op(">>")(literal_column(str(int(k - level))))}
+    ranked = (
+        select(
+            lo_step.label("lo_step"),
+            lo_value.label("lo_value"),
+            hi_step.label("hi_step"),
+            hi_value.label("hi_value"),
+            func.row_number().over(**bucket, order_by=(lo_value.asc(), lo_step.asc())).label("low"),
+            func.row_number().over(**bucket, order_by=(hi_value.desc(), hi_step.asc())).label("high"),
+        )
+        .where(*where)
+        .subquery()
+    )
+    found: set[tuple[int, float]] = set()
+    for row in session.execute(select(ranked).where(or_(ranked.c.low == 1, ranked.c.high == 1))):
+        if row.low == 1:
+            found.add((row.lo_step, row.lo_value))
+        if row.high == 1:
+            found.add((row.hi_step, row.hi_value))
+    return sorted(found)
 
 
 def find_study_replay(session: Session, tenant: str, idempotency_key: str, body_hash: str) -> Study | None:

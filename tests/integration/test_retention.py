@@ -74,7 +74,7 @@ def test_prune_removes_old_jobs_metrics_and_artifacts_in_batches_and_keeps_resul
         keep_summary=False,
         batch_rows=1_000,
         jobs_per_round=1,
-        on_job=lambda r: seen.append(r.metric_rows),
+        on_round=lambda r: seen.append(r.metric_rows),
     )
 
     assert (report.jobs, report.metric_rows, report.artifacts) == (2, 2_345 + 300, 4)
@@ -101,7 +101,9 @@ def test_batches_are_no_bigger_than_asked(sessions, tmp_path):
     blobs = DirectoryStore(tmp_path / "blobs")
     with sessions() as s:
         job_id, _ = _job(s, blobs, rows=2_500, finished_days_ago=100)
-        assert [store.delete_metric_batch(s, job_id, 1_000) for _ in range(4)] == [1_000, 1_000, 500, 0]
+        other, _ = _job(s, blobs, rows=700, finished_days_ago=100)
+        batches = [store.delete_metric_batch(s, [job_id, other], 1_000) for _ in range(5)]
+        assert batches == [1_000, 1_000, 1_000, 200, 0]
 
 
 def test_keep_summary_keeps_the_charts_from_the_rollup(sessions, tmp_path):
