@@ -295,8 +295,9 @@ def pool_section(d: dict) -> list[str]:
 def fanout_section(d: dict) -> list[str]:
     c, s = d["config"], d["summary"]
     out = [
-        f"One API process, a running job writing {c['rows']} metric rows a second; {c['streams']} held "
-        f"`/events` streams on it (a separate process reads them) against none. GETs: {c['rounds']} alternating "
+        f"One API process, {c.get('jobs', 1)} running job(s) each writing {c['rows']} metric rows a second; "
+        f"{c['streams']} held `/events` streams spread over them (a separate process reads them) against none. "
+        f"GETs: {c['rounds']} alternating "
         f"rounds of {c['gets']} sequential `GET /v1/jobs/{{id}}`; database work over {c['window']:g} s windows "
         f"without GETs, from PostgreSQL's statistics.",
         "",
@@ -310,13 +311,15 @@ def fanout_section(d: dict) -> list[str]:
             ("xacts_per_s", "DB transactions/s"),
             ("table_reads_per_s", "DB table reads/s"),
             ("api_cores", "API cores"),
+            ("api_rss_mib", "API RSS MiB"),
         ],
     ) + [""]
     out += [
         f"GET p50 with {c['streams']} streams / without: **{s['p50_ratio']:.2f}x** (floor 2x: "
         f"{'met' if s['p50_ratio'] <= 2 else 'NOT met'}); p99 {s['p99_ratio']:.2f}x. Per watcher: "
         f"{s['xacts_per_s_per_watcher']:.4f} database transactions/s and {s['table_reads_per_s_per_watcher']:.4f} "
-        f"table reads/s; API CPU {s['api_cores_per_1000_watchers']:.3f} cores per 1,000 watchers.",
+        f"table reads/s; API CPU {s['api_cores_per_1000_watchers']:.3f} cores and "
+        f"{s.get('api_rss_mib_per_1000_watchers', float('nan')):.1f} MiB of API memory per 1,000 watchers.",
         "",
     ]
     return out

@@ -110,3 +110,30 @@ def test_a_new_attempt_starts_a_new_rollup(sessions):
         assert store.beat(s, job.id, job.attempt, None, None, again)
         got = _by_name(store.downsampled_metrics(s, job.id, name=None, points=100))
     assert got["loss"] == _expected([(st, v) for st, _, v in again], 100)
+
+
+def test_a_study_reads_each_child_as_the_child_reads_itself(sessions):
+    rng = random.Random(11)
+    with sessions() as s:
+        study, jobs, _ = store.create_study(
+            s,
+            tenant="t",
+            kind="init_averaging",
+            request={},
+            settings=[{"params": {}}, {"params": {}}],
+            seeds=[0],
+            baseline=0,
+            device="cpu",
+            timeout_s=60,
+            republish_after_s=60,
+        )
+        logged = {}
+        for job_id, _ in jobs:
+            job = store.claim(s, job_id, "test")
+            logged[job_id] = _series(rng, 4_000)
+            _log(s, job, {"loss": logged[job_id], "other": _series(rng, 10)}, beats=3)
+        got: dict = {}
+        for r in store.study_downsampled_metrics(s, study.id, name="loss", points=300):
+            assert r.name == "loss"
+            got.setdefault(r.job_id, []).append((r.step, r.value))
+    assert got == {job_id: _expected(rows, 300) for job_id, rows in logged.items()}
