@@ -56,7 +56,10 @@ def merge(parts: Extremes, shift: int) -> Extremes:
     by_min = np.lexsort((parts.min_step, parts.min_value, coarse))
     by_max = np.lexsort((parts.max_step, -parts.max_value, coarse))
     sorted_coarse = coarse[by_min]
-    starts = np.flatnonzero(np.r_[True, sorted_coarse[1:] != sorted_coarse[:-1]])
+    edges = np.empty(len(sorted_coarse), dtype=bool)
+    edges[0] = True
+    np.not_equal(sorted_coarse[1:], sorted_coarse[:-1], out=edges[1:])
+    starts = np.flatnonzero(edges)
     lo, hi = by_min[starts], by_max[starts]
     return Extremes(
         block=sorted_coarse[starts],

@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from sqlalchemy import (
     and_,
     bindparam,
-    case,
     delete,
     func,
     insert,
@@ -27,8 +26,6 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -351,62 +348,90 @@ def _insert_metrics(session: Session, job_id: uuid.UUID, rows: list[tuple[int, s
     _update_rollup(session, job_id, rows)
 
 
-def rollup_rows(job_id: uuid.UUID, rows: list[tuple[int, str, float | None]]) -> list[dict]:
-    """The rollup of some metric rows of a job: per series, level and block, as ``metric_rollups`` rows."""
+_ROLLUP_COLUMNS = (
+    "job_id",
+    "name",
+    "level",
+    "block",
+    "n",
+    "first_step",
+    "last_step",
+    "min_step",
+    "min_value",
+    "max_step",
+    "max_value",
+)
+_EXTREMES_FIELDS = _ROLLUP_COLUMNS[3:]
+
+
+def rollup_columns(job_id: uuid.UUID, rows: list[tuple[int, str, float | None]]) -> dict[str, list]:
+    """The rollup of some metric rows of a job, per series, level and block: ``metric_rollups`` rows as columns."""
     series: dict[str, tuple[list[int], list[float]]] = {}
     for step, name, value in rows:
         if value is not None:
             steps, values = series.setdefault(name, ([], []))
             steps.append(step)
             values.append(value)
-    out = []
+    out: dict[str, list] = {c: [] for c in _ROLLUP_COLUMNS}
     for name, (steps, values) in series.items():
         for level, ex in rollup.levels_of(steps, values).items():
-            out.extend(
-                {
-                    "job_id": job_id,
-                    "name": name,
-                    "level": level,
-                    "block": int(ex.block[i]),
-                    "n": int(ex.n[i]),
-                    "first_step": int(ex.first_step[i]),
-                    "last_step": int(ex.last_step[i]),
-                    "min_step": int(ex.min_step[i]),
-                    "min_value": float(ex.min_value[i]),
-                    "max_step": int(ex.max_step[i]),
-                    "max_value": float(ex.max_value[i]),
-                }
-                for i in range(len(ex))
-            )
+            out["job_id"] += [job_id] * len(ex)
+            out["name"] += [name] * len(ex)
+            out["level"] += [level] * len(ex)
+            for field in _EXTREMES_FIELDS:
+                out[field] += getattr(ex, field).tolist()
     return out
 
 
+def rollup_rows(job_id: uuid.UUID, rows: list[tuple[int, str, float | None]]) -> list[dict]:
+    """``rollup_columns`` as one dict per row."""
+    columns = rollup_columns(job_id, rows)
+    return [dict(zip(_ROLLUP_COLUMNS, values)) for values in zip(*columns.values())]
+
+
+def _case(condition: str, new: str) -> str:
+    return f"CASE WHEN {condition} THEN excluded.{new} ELSE metric_rollups.{new} END"
+
+
+_LOWER = (
+    "(excluded.min_value < metric_rollups.min_value OR (excluded.min_value = metric_rollups.min_value "
+    "AND excluded.min_step < metric_rollups.min_step))"
+)
+_HIGHER = (
+    "(excluded.max_value > metric_rollups.max_value OR (excluded.max_value = metric_rollups.max_value "
+    "AND excluded.max_step < metric_rollups.max_step))"
+)
+# The same merge on both backends (SQLite has PostgreSQL's upsert syntax): a block the batch shares with earlier
+# rows keeps the lesser min and the greater max (ties: the lesser step).
+_MERGE_ROLLUP = f"""ON CONFLICT (job_id, name, level, block) DO UPDATE SET
+    n = metric_rollups.n + excluded.n,
+    first_step = {_case("excluded.first_step < metric_rollups.first_step", "first_step")},
+    last_step = {_case("excluded.last_step > metric_rollups.last_step", "last_step")},
+    min_step = {_case(_LOWER, "min_step")},
+    min_value = {_case(_LOWER, "min_value")},
+    max_step = {_case(_HIGHER, "max_step")},
+    max_value = {_case(_HIGHER, "max_value")}"""
+_INTO_ROLLUP = f"INSERT INTO metric_rollups ({', '.join(_ROLLUP_COLUMNS)})"
+# PostgreSQL: the whole batch as one statement of arrays (a row-per-parameter upsert cost more CPU than the COPY)
+_UPSERT_ROLLUP_ARRAYS = (
+    f"{_INTO_ROLLUP} SELECT * FROM unnest(%s::uuid[], %s::text[], %s::int[], %s::bigint[], %s::bigint[], "
+    f"%s::bigint[], %s::bigint[], %s::bigint[], %s::float8[], %s::bigint[], %s::float8[]) {_MERGE_ROLLUP}"
+)
+_UPSERT_ROLLUP_ROW = text(f"{_INTO_ROLLUP} VALUES ({', '.join(':' + c for c in _ROLLUP_COLUMNS)}) {_MERGE_ROLLUP}")
+
+
 def _update_rollup(session: Session, job_id: uuid.UUID, rows: list[tuple[int, str, float | None]]) -> None:
-    """Fold a batch into the stored blocks: a block the batch shares with earlier rows keeps the lesser min and the
-    greater max (ties: the lesser step), so the rollup always equals one computed from every row at once."""
-    new = rollup_rows(job_id, rows)
-    if not new:
+    """Fold a batch into the stored blocks, so that the rollup always equals one computed from every row at once."""
+    columns = rollup_columns(job_id, rows)
+    if not columns["job_id"]:
         return
-    dialect = session.get_bind().dialect.name
-    stmt = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(MetricRollup.__table__)
-    old, inc = MetricRollup.__table__.c, stmt.excluded
-    lower = or_(inc.min_value < old.min_value, and_(inc.min_value == old.min_value, inc.min_step < old.min_step))
-    higher = or_(inc.max_value > old.max_value, and_(inc.max_value == old.max_value, inc.max_step < old.max_step))
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[old.job_id, old.name, old.level, old.block],
-            set_={
-                "n": old.n + inc.n,
-                "first_step": case((inc.first_step < old.first_step, inc.first_step), else_=old.first_step),
-                "last_step": case((inc.last_step > old.last_step, inc.last_step), else_=old.last_step),
-                "min_step": case((lower, inc.min_step), else_=old.min_step),
-                "min_value": case((lower, inc.min_value), else_=old.min_value),
-                "max_step": case((higher, inc.max_step), else_=old.max_step),
-                "max_value": case((higher, inc.max_value), else_=old.max_value),
-            },
-        ),
-        new,
-    )
+    if session.get_bind().dialect.name == "postgresql":
+        dbapi = session.connection().connection.driver_connection
+        with dbapi.cursor() as cur:
+            cur.execute(_UPSERT_ROLLUP_ARRAYS, list(columns.values()))
+        return
+    columns["job_id"] = [job_id.hex] * len(columns["job_id"])  # SQLite keeps a Uuid as its 32 hex digits
+    session.execute(_UPSERT_ROLLUP_ROW, [dict(zip(columns, values)) for values in zip(*columns.values())])
 
 
 # COPY's text format: these characters in a value are written as escapes.
