@@ -186,6 +186,55 @@ def keys_revoke(key_id: str) -> None:
     typer.echo(f"revoked {key_id}")
 
 
+_AGE_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def _parse_age(text: str) -> float:
+    """'90d', '12h', '30m' or '45s' in seconds; typer.BadParameter (exit 2) otherwise."""
+    unit, number = text[-1:], text[:-1]
+    try:
+        seconds = float(number) * _AGE_UNITS[unit]
+    except (KeyError, ValueError):
+        raise typer.BadParameter(f"{text!r}: a number and a unit, d, h, m or s (e.g. 90d)") from None
+    if not seconds > 0:
+        raise typer.BadParameter(f"{text!r}: must be more than zero")
+    return seconds
+
+
+@cli.command()
+def prune(
+    older_than: str = typer.Option(
+        None, help="age of the finished jobs to prune, e.g. 90d; default GRADLAB_RETENTION_DAYS"
+    ),
+    keep_summary: bool = typer.Option(False, help="keep each metric series' rollup, so charts still draw"),
+    batch_rows: int = typer.Option(5000, min=1, help="metric rows deleted per transaction"),
+) -> None:
+    """Remove the metric rows and artifacts (rows and blob files) of jobs that finished before OLDER_THAN ago; each
+    job keeps its row, params, result (summary included) and error."""
+    from datetime import timedelta
+
+    from core.blobs.store import blob_store
+    from core.jobs.models import utcnow
+    from core.jobs.retention import prune as prune_jobs
+
+    settings = get_settings()
+    if older_than is not None:
+        age_s = _parse_age(older_than)
+    elif settings.retention_days > 0:
+        age_s = settings.retention_days * 86400
+    else:
+        typer.echo("give --older-than (e.g. 90d) or set GRADLAB_RETENTION_DAYS", err=True)
+        raise typer.Exit(2)
+    cutoff = utcnow() - timedelta(seconds=age_s)
+    report = prune_jobs(
+        _sessions(), blob_store(settings), finished_before=cutoff, keep_summary=keep_summary, batch_rows=batch_rows
+    )
+    typer.echo(
+        f"pruned {report.jobs} jobs finished before {cutoff.isoformat(timespec='seconds')}: "
+        f"{report.metric_rows} metric rows, {report.rollup_rows} rollup rows, {report.artifacts} artifacts"
+    )
+
+
 def _redact(url: str) -> str:
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)

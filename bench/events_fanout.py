@@ -1,16 +1,16 @@
-"""Event-stream fan-out: GET /v1/jobs/{id} latency on one API process with 0 and with N held /events streams on a
-running job, and the database work each watcher adds.
+"""Event-stream fan-out: GET /v1/jobs/{id} latency on one API process with 0 and with N held /events streams spread
+over ``--jobs`` running jobs, and the database work and memory each watcher adds.
 
-The job is running and writing: this script claims it and, as a worker's heartbeat would, writes ``--rows`` metric
-rows every second through the store, so every held stream receives frames throughout. The streams are held by a
-child process (``--hold``: asyncio, raw sockets) so that reading them does not take this process's CPU from the
-GET client, which sends sequential requests over one keep-alive connection, in rounds that alternate between no
+The jobs are running and writing: this script claims them and, as a worker's heartbeat would, writes ``--rows``
+metric rows to each every second through the store, so every held stream receives frames throughout. The streams
+are held by a child process (``--hold``: asyncio, raw sockets) so that reading them does not take this process's CPU
+from the GET client, which sends sequential requests over one keep-alive connection, in rounds that alternate between no
 streams and N streams (the shared machine's drifting load then falls on both alike). Database work is read from
 PostgreSQL's own statistics over a quiet window (no GETs) with and without the streams: transactions
 (xact_commit + xact_rollback) and table reads (seq_scan + idx_scan of jobs and metrics); per watcher is the
 difference divided by N. The API process's CPU over the same windows is reported too.
 
-    python -m bench.events_fanout [--streams 1000] [--gets 200] [--rounds 3] [--window 20]
+    python -m bench.events_fanout [--streams 1000] [--jobs 100] [--gets 200] [--rounds 3] [--window 20]
 """
 
 from __future__ import annotations
@@ -40,15 +40,16 @@ HELD_S = 3.0  # streams opened at once catch up on the job's rows first: measure
 
 
 # --- the stream holder (a child process) --------------------------------------------------------------------------
-async def _hold(url: str, n: int) -> None:
-    parts = urlsplit(url)
-    host, port, path = parts.hostname, parts.port, parts.path
+async def _hold(urls: list[str], n: int) -> None:
+    """``n`` streams, the i-th on ``urls[i % len(urls)]``."""
     frames = 0
     opened = 0
     gate = asyncio.Semaphore(64)
 
-    async def one() -> None:
+    async def one(i: int) -> None:
         nonlocal frames, opened
+        parts = urlsplit(urls[i % len(urls)])
+        host, port, path = parts.hostname, parts.port, parts.path
         async with gate:
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
@@ -61,7 +62,7 @@ async def _hold(url: str, n: int) -> None:
         while chunk := await reader.read(65536):
             frames += chunk.count(b"event: metric")
 
-    tasks = [asyncio.create_task(one()) for _ in range(n)]
+    tasks = [asyncio.create_task(one(i)) for i in range(n)]
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     started = time.monotonic()
@@ -105,14 +106,15 @@ def get_times(url: str, job_id: str, n: int) -> list[float]:
 
 
 class Holder:
-    """The child process holding ``n`` streams, open while in the ``with``; ``delivered`` its frame count."""
+    """The child process holding ``n`` streams over ``urls``, open while in the ``with``; ``delivered`` its frame
+    count."""
 
-    def __init__(self, url: str, n: int):
-        self.url, self.n, self.delivered = url, n, ""
+    def __init__(self, urls: list[str], n: int):
+        self.urls, self.n, self.delivered = urls, n, ""
 
     def __enter__(self) -> Self:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.events_fanout", "--streams", str(self.n), "--hold", self.url],
+            [sys.executable, "-m", "bench.events_fanout", "--streams", str(self.n), "--hold", ",".join(self.urls)],
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
@@ -129,11 +131,11 @@ class Holder:
 
 
 class Writer(threading.Thread):
-    """The job's heartbeat: ``rows`` metric rows and a new progress every second."""
+    """The jobs' heartbeats: each job gets ``rows`` metric rows and a new progress every second."""
 
-    def __init__(self, sessions, job_id: uuid.UUID, rows: int):
+    def __init__(self, sessions, job_ids: list[uuid.UUID], rows: int):
         super().__init__(daemon=True)
-        self.sessions, self.job_id, self.rows = sessions, job_id, rows
+        self.sessions, self.job_ids, self.rows = sessions, job_ids, rows
         self.stop = threading.Event()
         self.written = 0
 
@@ -145,15 +147,30 @@ class Writer(threading.Thread):
             batch = [(step + k, "loss", 1.0 / (1 + step + k)) for k in range(self.rows)]
             step += self.rows
             with self.sessions() as session:
-                store.beat(session, self.job_id, 1, progress=min(0.99, step / 1e6), message=None, metric_rows=batch)
-            self.written += self.rows
+                for job_id in self.job_ids:
+                    store.beat(session, job_id, 1, progress=min(0.99, step / 1e6), message=None, metric_rows=batch)
+            self.written += self.rows * len(self.job_ids)
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory (VmRSS), MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kib / 1024
 
 
 def db_phase(label: str, streams: int, database: str, window_s: float, roots: dict) -> dict:
     cpu = CpuMeter(roots).start()
     rates = db_rates(database, window_s)
     used = cpu.stop()
-    return {"phase": label, "streams": streams, **rates, "api_cores": used["cpu_cores"].get("api", 0.0), "cpu": used}
+    return {
+        "phase": label,
+        "streams": streams,
+        **rates,
+        "api_cores": used["cpu_cores"].get("api", 0.0),
+        "api_rss_mib": rss_mib(roots["api"]),
+        "cpu": used,
+    }
 
 
 def main() -> None:
@@ -162,11 +179,12 @@ def main() -> None:
     ap.add_argument("--gets", type=int, default=200, help="sequential GETs per round and condition")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of GETs without and with streams")
     ap.add_argument("--window", type=float, default=20.0, help="seconds of each phase's database-rate window")
-    ap.add_argument("--rows", type=int, default=10, help="metric rows the job writes per second")
+    ap.add_argument("--jobs", type=int, default=100, help="running jobs the streams spread over")
+    ap.add_argument("--rows", type=int, default=10, help="metric rows each job writes per second")
     ap.add_argument("--hold", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hold:
-        asyncio.run(_hold(args.hold, args.streams))
+        asyncio.run(_hold(args.hold.split(","), args.streams))
         return
     env = {"GRADLAB_MAX_STREAMS_PER_KEY": str(args.streams + 10)}
     with BenchStack("events_fanout", auth="disabled", env_overrides=env) as bs:
@@ -175,13 +193,15 @@ def main() -> None:
         url, api = bs.start_api(workers=1)
         database = bs.database_url.rsplit("/", 1)[1]
         sessions = bs.sessions()
-        job_id = httpx.post(f"{url}/v1/jobs", json=JOB).json()["id"]
+        job_ids = [httpx.post(f"{url}/v1/jobs", json={**JOB, "seed": i}).json()["id"] for i in range(args.jobs)]
         with sessions() as session:
-            store.claim(session, uuid.UUID(job_id), "bench-writer")
-        writer = Writer(sessions, uuid.UUID(job_id), args.rows)
+            for job_id in job_ids:
+                store.claim(session, uuid.UUID(job_id), "bench-writer")
+        writer = Writer(sessions, [uuid.UUID(j) for j in job_ids], args.rows)
         writer.start()
         roots = {"api": api.pid}
-        events = f"{url}/v1/jobs/{job_id}/events"
+        events = [f"{url}/v1/jobs/{job_id}/events" for job_id in job_ids]
+        job_id = job_ids[0]
         # database work and API CPU over quiet windows (no GETs)
         rows = [db_phase("no streams", 0, database, args.window, roots)]
         with Holder(events, args.streams) as holder:
@@ -212,6 +232,7 @@ def main() -> None:
         "xacts_per_s_per_watcher": (held["xacts_per_s"] - base["xacts_per_s"]) / args.streams,
         "table_reads_per_s_per_watcher": (held["table_reads_per_s"] - base["table_reads_per_s"]) / args.streams,
         "api_cores_per_1000_watchers": (held["api_cores"] - base["api_cores"]) * 1000 / args.streams,
+        "api_rss_mib_per_1000_watchers": (held["api_rss_mib"] - base["api_rss_mib"]) * 1000 / args.streams,
         "frames_delivered_in_db_window_phase": holder.delivered,
         "metric_rows_written": writer.written,
     }
@@ -224,6 +245,7 @@ def main() -> None:
             ("xacts_per_s", "DB xacts/s", ".2f"),
             ("table_reads_per_s", "DB table reads/s", ".2f"),
             ("api_cores", "API cores", ".3f"),
+            ("api_rss_mib", "API RSS MiB", ".1f"),
         ],
     )
     print({k: (round(v, 5) if isinstance(v, float) else v) for k, v in summary.items()})

@@ -30,7 +30,8 @@ TECHNIQUES = [
     "gradient_penalty_bound",
     "eg_stepsize",
 ]
-SERVICE = ["api_load", "dispatch", "metrics_ingest", "pool_throughput", "events_fanout", "study_page"]
+SERVICE = ["api_load", "dispatch", "metrics_ingest", "pool_throughput", "events_fanout", "study_page", "scale"]
+TIMEOUTS = {"scale": 2400}  # seconds, where a benchmark needs more than --timeout
 REPORT = ROOT / "bench" / "report.md"
 
 
@@ -294,8 +295,9 @@ def pool_section(d: dict) -> list[str]:
 def fanout_section(d: dict) -> list[str]:
     c, s = d["config"], d["summary"]
     out = [
-        f"One API process, a running job writing {c['rows']} metric rows a second; {c['streams']} held "
-        f"`/events` streams on it (a separate process reads them) against none. GETs: {c['rounds']} alternating "
+        f"One API process, {c.get('jobs', 1)} running job(s) each writing {c['rows']} metric rows a second; "
+        f"{c['streams']} held `/events` streams spread over them (a separate process reads them) against none. "
+        f"GETs: {c['rounds']} alternating "
         f"rounds of {c['gets']} sequential `GET /v1/jobs/{{id}}`; database work over {c['window']:g} s windows "
         f"without GETs, from PostgreSQL's statistics.",
         "",
@@ -309,13 +311,15 @@ def fanout_section(d: dict) -> list[str]:
             ("xacts_per_s", "DB transactions/s"),
             ("table_reads_per_s", "DB table reads/s"),
             ("api_cores", "API cores"),
+            ("api_rss_mib", "API RSS MiB"),
         ],
     ) + [""]
     out += [
         f"GET p50 with {c['streams']} streams / without: **{s['p50_ratio']:.2f}x** (floor 2x: "
         f"{'met' if s['p50_ratio'] <= 2 else 'NOT met'}); p99 {s['p99_ratio']:.2f}x. Per watcher: "
         f"{s['xacts_per_s_per_watcher']:.4f} database transactions/s and {s['table_reads_per_s_per_watcher']:.4f} "
-        f"table reads/s; API CPU {s['api_cores_per_1000_watchers']:.3f} cores per 1,000 watchers.",
+        f"table reads/s; API CPU {s['api_cores_per_1000_watchers']:.3f} cores and "
+        f"{s.get('api_rss_mib_per_1000_watchers', float('nan')):.1f} MiB of API memory per 1,000 watchers.",
         "",
     ]
     return out
@@ -368,6 +372,12 @@ def study_page_section(d: dict) -> list[str]:
     ]
 
 
+def scale_section(data: dict) -> list[str]:
+    from bench.scale import render  # the benchmark writes the same section itself when it finishes
+
+    return render(data)
+
+
 SECTIONS = {
     "api_load": ("API load: gradlab vs MLflow", api_load_section),
     "dispatch": ("Dispatch latency vs bare Celery", dispatch_section),
@@ -375,6 +385,7 @@ SECTIONS = {
     "pool_throughput": ("Worker pool throughput", pool_section),
     "events_fanout": ("Event-stream fan-out", fanout_section),
     "study_page": ("Study page load", study_page_section),
+    "scale": ("Scale: a million jobs, ten million metric rows", scale_section),
 }
 
 
@@ -463,7 +474,7 @@ def main() -> None:
             ap.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
         names = [n for n in names if n in wanted]
     started = time.time()
-    ran = {} if args.from_results else {name: run(name, args.timeout) for name in names}
+    ran = {} if args.from_results else {name: run(name, max(args.timeout, TIMEOUTS.get(name, 0))) for name in names}
     m = machine()
     lines = [
         "# gradlab benchmark report",

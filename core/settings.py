@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     )
     cancel_poll_interval_s: float = 0.5
     metric_flush_rows: int = 2000
+    retention_days: float = Field(
+        default=0.0,
+        ge=0,
+        description="gradlab prune removes metric rows and artifacts of jobs finished this many days ago "
+        "(its --older-than default); 0: no default, --older-than must be given.",
+    )
     metric_flush_interval_s: float = 1.0
 
     auth: Literal["required", "disabled"] = Field(

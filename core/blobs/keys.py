@@ -39,8 +39,13 @@ def model_weights_key(model_id: uuid.UUID | str) -> str:
     return f"models/{model_id}/model.safetensors"
 
 
+def job_artifacts_prefix(job_id: uuid.UUID | str) -> str:
+    """Every attempt's artifacts of a job (retention removes them all)."""
+    return f"artifacts/{job_id}/"
+
+
 def attempt_prefix(job_id: uuid.UUID | str, attempt: int) -> str:
-    return f"artifacts/{job_id}/{int(attempt)}/"
+    return f"{job_artifacts_prefix(job_id)}{int(attempt)}/"
 
 
 def artifact_key(job_id: uuid.UUID | str, attempt: int, name: str) -> str:

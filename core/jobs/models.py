@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 ACTIVE_WHERE = "status IN ('queued', 'running')"
 QUEUED_WHERE = "status = 'queued'"
 SUCCEEDED_WHERE = "status = 'succeeded'"
+UNPRUNED_WHERE = "pruned_at IS NULL AND finished_at IS NOT NULL"
 
 
 def utcnow() -> datetime:
@@ -82,6 +83,17 @@ class Job(Base):
             postgresql_where=text(SUCCEEDED_WHERE),
             sqlite_where=text(SUCCEEDED_WHERE),
         ),
+        # a tenant's job list filtered by status and kind, newest first (GET /v1/jobs?status=&kind=)
+        Index("ix_jobs_tenant_status_kind_created", "tenant", "status", "kind", "created_at", "id"),
+        # the same without a tenant (admin keys)
+        Index("ix_jobs_status_kind_created", "status", "kind", "created_at", "id"),
+        # retention: finished jobs whose metrics and artifacts are still there, oldest first (store.prunable_jobs)
+        Index(
+            "ix_jobs_unpruned_finished",
+            "finished_at",
+            postgresql_where=text(UNPRUNED_WHERE),
+            sqlite_where=text(UNPRUNED_WHERE),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -110,6 +122,8 @@ class Job(Base):
     result: Mapped[dict | None] = mapped_column(JSON)
     error_type: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # when retention removed the job's metric rows and artifacts (store.prune_job); the result stays
+    pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Metric(Base):
@@ -124,6 +138,26 @@ class Metric(Base):
     step: Mapped[int] = mapped_column(BigInteger)
     name: Mapped[str] = mapped_column(String(128))
     value: Mapped[float | None] = mapped_column(Float)
+
+
+class MetricRollup(Base):
+    """Per series, level and block of ``2**level`` steps: the rows, step span and min and max rows of the block's
+    non-null values (``core.jobs.rollup``), kept up to date at ingest so that a chart of a long series reads a few
+    thousand of these instead of every row."""
+
+    __tablename__ = "metric_rollups"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    block: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+    first_step: Mapped[int] = mapped_column(BigInteger)
+    last_step: Mapped[int] = mapped_column(BigInteger)
+    min_step: Mapped[int] = mapped_column(BigInteger)
+    min_value: Mapped[float] = mapped_column(Float)
+    max_step: Mapped[int] = mapped_column(BigInteger)
+    max_value: Mapped[float] = mapped_column(Float)
 
 
 class Artifact(Base):

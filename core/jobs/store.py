@@ -15,11 +15,25 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Select, and_, bindparam, case, delete, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Row,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.data.needs import DatasetInfo
+from core.jobs import rollup
 from core.jobs.db import rowcount
 from core.jobs.models import (
     ACTIVE_WHERE,
@@ -28,6 +42,7 @@ from core.jobs.models import (
     DatasetUpload,
     Job,
     Metric,
+    MetricRollup,
     StoredModel,
     Study,
     StudyJob,
@@ -286,6 +301,7 @@ def claim(session: Session, job_id: uuid.UUID, worker: str) -> Job | None:
         session.rollback()
         return None
     session.execute(delete(Metric).where(Metric.job_id == job_id))
+    session.execute(delete(MetricRollup).where(MetricRollup.job_id == job_id))
     session.execute(delete(Artifact).where(Artifact.job_id == job_id))
     session.commit()
     return session.get(Job, job_id, populate_existing=True)
@@ -327,14 +343,103 @@ def beat(
 
 
 def _insert_metrics(session: Session, job_id: uuid.UUID, rows: list[tuple[int, str, float | None]]) -> None:
-    """Batched metric rows in the caller's transaction; PostgreSQL gets COPY (about 3x an executemany)."""
+    """Batched metric rows and their rollup in the caller's transaction; PostgreSQL gets COPY (about 3x an
+    executemany)."""
     if session.get_bind().dialect.name == "postgresql":
         dbapi = session.connection().connection.driver_connection
         assert dbapi is not None  # a connection in use has its driver's
         with dbapi.cursor() as cur, cur.copy("COPY metrics (job_id, step, name, value) FROM STDIN") as copy:
             copy.write(_copy_text(job_id, rows))
+    else:
+        session.execute(insert(Metric), [{"job_id": job_id, "step": s, "name": n, "value": v} for s, n, v in rows])
+    _update_rollup(session, job_id, rows)
+
+
+_ROLLUP_COLUMNS = (
+    "job_id",
+    "name",
+    "level",
+    "block",
+    "n",
+    "first_step",
+    "last_step",
+    "min_step",
+    "min_value",
+    "max_step",
+    "max_value",
+)
+_EXTREMES_FIELDS = _ROLLUP_COLUMNS[3:]
+
+
+def rollup_columns(job_id: uuid.UUID, rows: list[tuple[int, str, float | None]]) -> dict[str, list]:
+    """The rollup of some metric rows of a job, per series, level and block: ``metric_rollups`` rows as columns."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for step, name, value in rows:
+        if value is not None:
+            steps, values = series.setdefault(name, ([], []))
+            steps.append(step)
+            values.append(value)
+    out: dict[str, list] = {c: [] for c in _ROLLUP_COLUMNS}
+    for name, (steps, values) in series.items():
+        for level, ex in rollup.levels_of(steps, values).items():
+            out["job_id"] += [job_id] * len(ex)
+            out["name"] += [name] * len(ex)
+            out["level"] += [level] * len(ex)
+            for field in _EXTREMES_FIELDS:
+                out[field] += getattr(ex, field).tolist()
+    return out
+
+
+def rollup_rows(job_id: uuid.UUID, rows: list[tuple[int, str, float | None]]) -> list[dict]:
+    """``rollup_columns`` as one dict per row."""
+    columns = rollup_columns(job_id, rows)
+    return [dict(zip(_ROLLUP_COLUMNS, values)) for values in zip(*columns.values())]
+
+
+def _case(condition: str, new: str) -> str:
+    return f"CASE WHEN {condition} THEN excluded.{new} ELSE metric_rollups.{new} END"
+
+
+_LOWER = (
+    "(excluded.min_value < metric_rollups.min_value OR (excluded.min_value = metric_rollups.min_value "
+    "AND excluded.min_step < metric_rollups.min_step))"
+)
+_HIGHER = (
+    "(excluded.max_value > metric_rollups.max_value OR (excluded.max_value = metric_rollups.max_value "
+    "AND excluded.max_step < metric_rollups.max_step))"
+)
+# The same merge on both backends (SQLite has PostgreSQL's upsert syntax): a block the batch shares with earlier
+# rows keeps the lesser min and the greater max (ties: the lesser step).
+_MERGE_ROLLUP = f"""ON CONFLICT (job_id, name, level, block) DO UPDATE SET
+    n = metric_rollups.n + excluded.n,
+    first_step = {_case("excluded.first_step < metric_rollups.first_step", "first_step")},
+    last_step = {_case("excluded.last_step > metric_rollups.last_step", "last_step")},
+    min_step = {_case(_LOWER, "min_step")},
+    min_value = {_case(_LOWER, "min_value")},
+    max_step = {_case(_HIGHER, "max_step")},
+    max_value = {_case(_HIGHER, "max_value")}"""
+_INTO_ROLLUP = f"INSERT INTO metric_rollups ({', '.join(_ROLLUP_COLUMNS)})"
+# PostgreSQL: the whole batch as one statement of arrays (a row-per-parameter upsert cost more CPU than the COPY)
+_UPSERT_ROLLUP_ARRAYS = (
+    f"{_INTO_ROLLUP} SELECT * FROM unnest(%s::uuid[], %s::text[], %s::int[], %s::bigint[], %s::bigint[], "
+    f"%s::bigint[], %s::bigint[], %s::bigint[], %s::float8[], %s::bigint[], %s::float8[]) {_MERGE_ROLLUP}"
+)
+_UPSERT_ROLLUP_ROW = text(f"{_INTO_ROLLUP} VALUES ({', '.join(':' + c for c in _ROLLUP_COLUMNS)}) {_MERGE_ROLLUP}")
+
+
+def _update_rollup(session: Session, job_id: uuid.UUID, rows: list[tuple[int, str, float | None]]) -> None:
+    """Fold a batch into the stored blocks, so that the rollup always equals one computed from every row at once."""
+    columns = rollup_columns(job_id, rows)
+    if not columns["job_id"]:
         return
-    session.execute(insert(Metric), [{"job_id": job_id, "step": s, "name": n, "value": v} for s, n, v in rows])
+    if session.get_bind().dialect.name == "postgresql":
+        dbapi = session.connection().connection.driver_connection
+        assert dbapi is not None  # a connection in use has its driver's
+        with dbapi.cursor() as cur:
+            cur.execute(_UPSERT_ROLLUP_ARRAYS, list(columns.values()))
+        return
+    columns["job_id"] = [job_id.hex] * len(columns["job_id"])  # SQLite keeps a Uuid as its 32 hex digits
+    session.execute(_UPSERT_ROLLUP_ROW, [dict(zip(columns, values)) for values in zip(*columns.values())])
 
 
 # COPY's text format: these characters in a value are written as escapes.
@@ -637,7 +742,9 @@ def list_jobs(
         q = q.where(Job.kind == kind)
     if cursor:
         ts, jid = decode_cursor(cursor)
-        q = q.where(or_(Job.created_at < ts, and_(Job.created_at == ts, Job.id < jid)))
+        # a row comparison, which PostgreSQL turns into an index bound: a deep page starts where the cursor points
+        # instead of filtering its way down from the newest job
+        q = q.where(tuple_(Job.created_at, Job.id) < tuple_(ts, jid))
     rows = list(session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
     nxt = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
     return rows[:limit], nxt
@@ -674,6 +781,71 @@ def job_progress(session: Session, job_id: uuid.UUID) -> dict | None:
 def last_metric_id(session: Session, job_id: uuid.UUID) -> int:
     """The id of the job's newest metric row; 0 when it has none (row ids start at 1)."""
     return session.execute(select(func.coalesce(func.max(Metric.id), 0)).where(Metric.job_id == job_id)).scalar_one()
+
+
+# --- retention (core.jobs.retention): each call one short transaction ------------------------------------------
+_FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+def prunable_jobs(session: Session, finished_before: datetime, limit: int) -> list[uuid.UUID]:
+    """Up to ``limit`` finished jobs, oldest first, finished before the cutoff and not pruned yet (a partial index
+    holds exactly the unpruned finished jobs, so this reads no more than it returns)."""
+    return list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.pruned_at.is_(None),
+                Job.finished_at.is_not(None),
+                Job.finished_at < finished_before,
+                Job.status.in_(_FINISHED),
+            )
+            .order_by(Job.finished_at)
+            .limit(limit)
+        )
+    )
+
+
+def delete_metric_batch(session: Session, job_ids: list[uuid.UUID], rows: int) -> int:
+    """Delete up to ``rows`` metric rows of these jobs and commit; returns how many went (0: none left). The ids
+    are read first (index on job_id, id) and deleted by primary key: a ``DELETE ... WHERE id IN (subquery)`` let
+    PostgreSQL's planner pick a sequential scan of the whole table."""
+    ids = list(session.scalars(select(Metric.id).where(Metric.job_id.in_(job_ids)).limit(rows)))
+    if ids:
+        session.execute(delete(Metric).where(Metric.id.in_(ids)).execution_options(synchronize_session=False))
+    session.commit()
+    return len(ids)
+
+
+def delete_rollup(session: Session, job_ids: list[uuid.UUID]) -> int:
+    """Delete these jobs' metric rollup, one level per transaction; returns the rows removed."""
+    removed = 0
+    for level in rollup.LEVELS:
+        res = session.execute(
+            delete(MetricRollup)
+            .where(MetricRollup.job_id.in_(job_ids), MetricRollup.level == level)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        removed += rowcount(res)
+    return removed
+
+
+def artifact_locations(session: Session, job_ids: list[uuid.UUID]) -> list[tuple[int, str]]:
+    """(row id, blob key) of each of these jobs' artifacts."""
+    found = session.execute(select(Artifact.id, Artifact.location).where(Artifact.job_id.in_(job_ids)))
+    return [(row_id, location) for row_id, location in found]
+
+
+def delete_artifact_rows(session: Session, ids: list[int]) -> None:
+    session.execute(delete(Artifact).where(Artifact.id.in_(ids)).execution_options(synchronize_session=False))
+    session.commit()
+
+
+def mark_pruned(session: Session, job_ids: list[uuid.UUID]) -> None:
+    session.execute(
+        update(Job).where(Job.id.in_(job_ids)).values(pruned_at=utcnow()).execution_options(synchronize_session=False)
+    )
+    session.commit()
 
 
 # --- uploaded models -------------------------------------------------------------------------------------------
@@ -924,31 +1096,26 @@ def list_models(session: Session, *, tenant: str | None, limit: int) -> list:
     return list(session.execute(query).all())
 
 
-def downsampled_metrics(
-    session: Session, job_id: uuid.UUID, *, name: str | None, points: int
-) -> Sequence[Row[uuid.UUID, int, str, float | None]]:
-    """Every series of a job (or the named one) in at most ``points`` rows each, in step order.
+def downsampled_metrics(session: Session, job_id: uuid.UUID, *, name: str | None, points: int) -> list:
+    """Every series of a job (or the named one) in at most ``points`` rows each, in step order: rows
+    (job_id, step, name, value).
 
-    A series longer than ``points`` is cut into ``points // 2`` buckets of equal step span, and each bucket keeps
-    its row of least and its row of greatest value (min/max decimation: every spike and dip survives, so a chart of
-    the rows looks like a chart of the whole series). Shorter series come back whole. Null values (NaN, ±∞ as
-    logged) are left out.
+    A series longer than ``points`` is cut into at most ``points // 2`` buckets, aligned blocks of ``2**k`` steps
+    (the least k that gives so few), and each bucket keeps its row of least and its row of greatest value (min/max
+    decimation: every spike and dip survives, so a chart of the rows looks like a chart of the whole series). The
+    extremes come from the stored rollup (``core.jobs.rollup``), so the cost follows ``points``, not the series'
+    length. Shorter series come back whole. Null values (NaN, ±∞ as logged) are left out.
     """
-    where = [Metric.job_id == job_id, Metric.value.is_not(None)]
-    if name:
-        where.append(Metric.name == name)
-    return session.execute(_downsampled(where, points)).all()
+    return _downsampled(session, [job_id], name, points)
 
 
 def study_downsampled_metrics(
     session: Session, study_id: uuid.UUID, *, name: str, points: int
 ) -> Sequence[Row[uuid.UUID, int, str, float | None]]:
     """One metric of every child of a study, each child's series downsampled as ``downsampled_metrics`` does:
-    rows (job_id, step, name, value), in one query (a study page draws them all at once)."""
-    children = select(StudyJob.job_id).where(StudyJob.study_id == study_id)
-    return session.execute(
-        _downsampled([Metric.job_id.in_(children), Metric.name == name, Metric.value.is_not(None)], points)
-    ).all()
+    rows (job_id, step, name, value) (a study page draws them all at once)."""
+    children = list(session.scalars(select(StudyJob.job_id).where(StudyJob.study_id == study_id)))
+    return _downsampled(session, children, name, points) if children else []
 
 
 def study_is_finished(session: Session, study_id: uuid.UUID) -> bool:
@@ -1023,42 +1190,91 @@ def study_bands(session: Session, study_id: uuid.UUID, *, name: str, first: int,
     ).all()
 
 
-def _downsampled(where: list, points: int) -> Select[uuid.UUID, int, str, float | None]:
-    """The min/max decimation as one statement, windows only (a join to per-series ranges let PostgreSQL's planner
-    rescan the aggregate per row on a fresh table): each series' span, then each row's bucket, then the extremes."""
-    series: dict[str, Any] = {"partition_by": (Metric.job_id, Metric.name)}
-    spans = (
+@dataclass(frozen=True)
+class _DownsampledRow:
+    job_id: uuid.UUID
+    step: int
+    name: str
+    value: float
+
+
+def _downsampled(session: Session, job_ids: list[uuid.UUID], name: str | None, points: int) -> list:
+    """Each series' row count and step span from the rollup's top level, then per series either its raw rows (as
+    short as ``points``) or its buckets' extremes, computed by the database from the stored blocks of the level that
+    the bucket width allows (at most 16 blocks a bucket), so only the answer's rows travel."""
+    top = [MetricRollup.job_id.in_(job_ids), MetricRollup.level == rollup.TOP_LEVEL]
+    if name:
+        top.append(MetricRollup.name == name)
+    spans = session.execute(
         select(
-            Metric.id,
-            Metric.job_id,
-            Metric.step,
-            Metric.name,
-            Metric.value,
-            func.min(Metric.step).over(**series).label("lo"),
-            func.max(Metric.step).over(**series).label("hi"),
-            func.count().over(**series).label("n"),
+            MetricRollup.job_id,
+            MetricRollup.name,
+            func.sum(MetricRollup.n),
+            func.min(MetricRollup.first_step),
+            func.max(MetricRollup.last_step),
+            func.max(Job.pruned_at),
+        )
+        .join(Job, Job.id == MetricRollup.job_id)
+        .where(*top)
+        .group_by(MetricRollup.job_id, MetricRollup.name)
+    ).all()
+    out: list[_DownsampledRow] = []
+    for job_id, series, n, lo, hi, pruned_at in sorted(spans, key=lambda r: (r[0], r[1])):
+        raw = pruned_at is None
+        if raw and n <= points:
+            rows = _raw_series(session, job_id, series)
+        else:
+            k = rollup.bucket_level(lo, hi, max(1, points // 2))
+            level = rollup.stored_level(k, raw=raw)
+            rows = _bucket_extremes(session, job_id, series, level, max(k, level))
+        out.extend(_DownsampledRow(job_id, step, series, value) for step, value in rows)
+    return out
+
+
+def _raw_series(session: Session, job_id: uuid.UUID, name: str) -> list[tuple[int, float]]:
+    return [
+        (step, cast(float, value))  # never None: the query leaves nulls out
+        for step, value in session.execute(
+            select(Metric.step, Metric.value)
+            .where(Metric.job_id == job_id, Metric.name == name, Metric.value.is_not(None))
+            .order_by(Metric.step, Metric.id)
+        )
+    ]
+
+
+def _bucket_extremes(session: Session, job_id: uuid.UUID, name: str, level: int, k: int) -> list[tuple[int, float]]:
+    """Each bucket of ``2**k`` steps' row of least and of greatest value (ties: the lesser step), from the stored
+    blocks of ``level`` (0: the raw rows), in step order."""
+    if level == 0:
+        block, lo_step, lo_value, hi_step, hi_value = Metric.step, Metric.step, Metric.value, Metric.step, Metric.value
+        where = [Metric.job_id == job_id, Metric.name == name, Metric.value.is_not(None)]
+    else:
+        r = MetricRollup
+        block, lo_step, lo_value, hi_step, hi_value = r.block, r.min_step, r.min_value, r.max_step, r.max_value
+        where = [r.job_id == job_id, r.name == name, r.level == level]
+    # the shift is a number this function computed (never input); >> is an arithmetic shift on both backends
+    bucket: dict[str, Any] = (
+        {} if k >= rollup.WHOLE else {"partition_by": block.op(">>")(literal_column(str(int(k - level))))}
+    )
+    ranked = (
+        select(
+            lo_step.label("lo_step"),
+            lo_value.label("lo_value"),
+            hi_step.label("hi_step"),
+            hi_value.label("hi_value"),
+            func.row_number().over(**bucket, order_by=(lo_value.asc(), lo_step.asc())).label("low"),
+            func.row_number().over(**bucket, order_by=(hi_value.desc(), hi_step.asc())).label("high"),
         )
         .where(*where)
         .subquery()
     )
-    buckets = max(1, points // 2)
-    bucket = case(
-        (spans.c.n <= points, spans.c.id), else_=(spans.c.step - spans.c.lo) * buckets // (spans.c.hi - spans.c.lo + 1)
-    )
-    in_bucket: dict[str, Any] = {"partition_by": (spans.c.job_id, spans.c.name, bucket)}
-    ranked = select(
-        spans.c.job_id,
-        spans.c.step,
-        spans.c.name,
-        spans.c.value,
-        func.row_number().over(**in_bucket, order_by=(spans.c.value.asc(), spans.c.step.asc())).label("low"),
-        func.row_number().over(**in_bucket, order_by=(spans.c.value.desc(), spans.c.step.asc())).label("high"),
-    ).subquery()
-    return (
-        select(ranked.c.job_id, ranked.c.step, ranked.c.name, ranked.c.value)
-        .where(or_(ranked.c.low == 1, ranked.c.high == 1))
-        .order_by(ranked.c.job_id, ranked.c.name, ranked.c.step)
-    )
+    found: set[tuple[int, float]] = set()
+    for row in session.execute(select(ranked).where(or_(ranked.c.low == 1, ranked.c.high == 1))):
+        if row.low == 1:
+            found.add((row.lo_step, row.lo_value))
+        if row.high == 1:
+            found.add((row.hi_step, row.hi_value))
+    return sorted(found)
 
 
 def find_study_replay(session: Session, tenant: str, idempotency_key: str, body_hash: str | None) -> Study | None:

@@ -23,7 +23,7 @@ from core.blobs.store import BlobStore, open_store
 from core.settings import get_settings
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
