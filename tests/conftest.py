@@ -7,6 +7,7 @@ import uuid
 import httpx
 import pytest
 
+from tests.servers import PrivateS3
 from tests.stack import REDIS_URL, Stack, create_database, delete_redis_prefix, drop_database
 
 
@@ -75,3 +76,12 @@ def api(stack) -> httpx.Client:
     stack.start_api()
     with httpx.Client(base_url=stack.api_url, timeout=30) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A private S3-compatible server (moto) for the module's tests; its credentials: ``PrivateS3.CREDENTIALS``."""
+    server = PrivateS3()
+    server.start()
+    yield server
+    server.stop()

@@ -83,6 +83,8 @@ class PrivatePostgres:
 class PrivateS3:
     """moto's S3 server: a real HTTP S3 endpoint on loopback (the S3 API as botocore speaks it, kept in memory)."""
 
+    CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+
     def __init__(self):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"

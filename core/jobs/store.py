@@ -770,17 +770,39 @@ def job_tenant(session: Session, job_id: uuid.UUID) -> str | None:
     return session.scalar(select(Job.tenant).where(Job.id == job_id))
 
 
-def job_progress(session: Session, job_id: uuid.UUID) -> dict | None:
-    """What an event stream reports of a job: {status, progress, message, attempt}; None if there is no such job."""
-    row = session.execute(select(Job.status, Job.progress, Job.message, Job.attempt).where(Job.id == job_id)).first()
-    if row is None:
-        return None
-    return {"status": row.status, "progress": row.progress, "message": row.message, "attempt": row.attempt}
+def jobs_progress(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict]:
+    """What event streams report of each job, {status, progress, message, attempt}, by job id, in one query (a job
+    that does not exist is absent)."""
+    rows = session.execute(
+        select(Job.id, Job.status, Job.progress, Job.message, Job.attempt).where(Job.id.in_(job_ids))
+    ).all()
+    return {
+        r.id: {"status": r.status, "progress": r.progress, "message": r.message, "attempt": r.attempt} for r in rows
+    }
 
 
-def last_metric_id(session: Session, job_id: uuid.UUID) -> int:
-    """The id of the job's newest metric row; 0 when it has none (row ids start at 1)."""
-    return session.execute(select(func.coalesce(func.max(Metric.id), 0)).where(Metric.job_id == job_id)).scalar_one()
+def last_metric_ids(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """The id of each job's newest metric row, in one query (an index probe per job); a job without rows is absent."""
+    if not job_ids:
+        return {}
+    rows = session.execute(
+        select(Metric.job_id, func.max(Metric.id)).where(Metric.job_id.in_(job_ids)).group_by(Metric.job_id)
+    ).all()
+    return {job_id: last for job_id, last in rows}
+
+
+def metrics_after(
+    session: Session, floors: dict[uuid.UUID, int], limit: int
+) -> Sequence[Row[uuid.UUID, int, int, str, float | None]]:
+    """The rows (job_id, id, step, name, value) of each job after its floor (a row id), in id order, at most
+    ``limit``: one statement for every watched job (an index range on (job_id, id) per job)."""
+    after = [and_(Metric.job_id == job_id, Metric.id > floor) for job_id, floor in floors.items()]
+    return session.execute(
+        select(Metric.job_id, Metric.id, Metric.step, Metric.name, Metric.value)
+        .where(or_(*after))
+        .order_by(Metric.id)
+        .limit(limit)
+    ).all()
 
 
 # --- retention (core.jobs.retention): each call one short transaction ------------------------------------------

@@ -1,19 +1,21 @@
-"""Live feeds of jobs for event streams: one poller per watched job in a process, shared by all its watchers.
+"""Live feeds of jobs for event streams: one poller per process for every watched job, shared by all watchers.
 
-A watcher costs no database query of its own once it is caught up: the job's feed reads the job's status and its new
-metric rows every ``poll_s`` (one short session per tick, so no pooled connection is pinned) and wakes every watcher
-of that job. The feed keeps the newest rows (at most ``buffer_rows``), each already encoded by ``encode`` (a row is
-encoded once, not once per watcher); a watcher that starts further back, or falls behind, reads the rows before the
-feed's window from the database itself, then joins it.
+A watcher costs no database query of its own once it is caught up: every ``poll_s`` the process reads, in one short
+session, the status of every watched job and the new metric rows of all of them (one query each, however many jobs
+and watchers), and wakes the watchers of the jobs with news. So the database's work grows with neither watchers nor
+watched jobs, only with the rows there are to send. A feed keeps its job's newest rows (at most ``buffer_rows``),
+each already encoded by ``encode`` (a row is encoded once, not once per watcher); a watcher that starts further back,
+or falls behind, reads the rows before the feed's window from the database itself, then joins it.
 
-A feed publishes a status only once it has read every row up to it (the status is read before the rows, and a worker
-writes its rows before it finishes), so a watcher that sees a terminal status has been given every row.
+A feed publishes a status only once it has read every row up to it (the statuses are read before the rows, and a
+worker writes its rows before it finishes), so a watcher that sees a terminal status has been given every row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -39,8 +41,8 @@ class JobFeed:
         self.ids: list[int] = []
         self.encoded: list[str] = []
         self.watchers = 0
+        self.done = False  # read to its job's end (or the job vanished): the poller leaves it
         self.changed = asyncio.Event()  # replaced by a fresh one each time it is set
-        self.task: asyncio.Task | None = None
 
     def encoded_after(self, after: int) -> tuple[int, str]:
         """(id of the newest row, the encoded rows after ``after`` as one string); (after, "") when none."""
@@ -55,29 +57,30 @@ class JobFeed:
 
 
 class JobFeeds:
-    """The process's feeds, made on a job's first watcher and dropped after its last."""
+    """The process's feeds, made on a job's first watcher and dropped after its last, and the one task polling them."""
 
     def __init__(
         self, sessions: Callable, poll_s: float, encode: Callable[[tuple], str], buffer_rows: int = 10 * BATCH
     ):
         self.sessions, self.poll_s, self.encode, self.buffer_rows = sessions, poll_s, encode, buffer_rows
         self.feeds: dict[uuid.UUID, JobFeed] = {}
+        self._poller: asyncio.Task | None = None
+        self._wake = asyncio.Event()
 
     def subscribe(self, job_id: uuid.UUID) -> JobFeed:
         feed = self.feeds.get(job_id)
         if feed is None:
             feed = self.feeds[job_id] = JobFeed(job_id)
-            feed.task = asyncio.get_running_loop().create_task(self._poll(feed))
+            self._wake.set()  # a new feed is read at once, not at the next tick
+            if self._poller is None or self._poller.done():
+                self._poller = asyncio.get_running_loop().create_task(self._poll())
         feed.watchers += 1
         return feed
 
     def unsubscribe(self, feed: JobFeed) -> None:
         feed.watchers -= 1
-        if feed.watchers == 0:
-            if feed.task is not None:
-                feed.task.cancel()
-            if self.feeds.get(feed.job_id) is feed:
-                del self.feeds[feed.job_id]
+        if feed.watchers == 0 and self.feeds.get(feed.job_id) is feed:
+            del self.feeds[feed.job_id]
 
     async def read_encoded(self, job_id: uuid.UUID, after: int) -> tuple[int, str, int]:
         """A watcher's own read of rows before a feed's window: (id of the last row read, the rows encoded, how
@@ -89,44 +92,61 @@ class JobFeeds:
             rows, _ = store.read_metrics(session, job_id, name=None, after_step=None, cursor=after, limit=BATCH)
         return (rows[-1].id if rows else after), "".join(self.encode(tuple(r)) for r in rows), len(rows)
 
-    def _tick(self, job_id: uuid.UUID, floor: int | None) -> tuple[dict | None, int | None, list]:
-        """(status, floor, rows): on the first tick the newest row id becomes the floor, later the rows after it."""
+    def _tick(self, floors: dict[uuid.UUID, int | None]) -> tuple[dict, dict[uuid.UUID, int], list, int]:
+        """(statuses, the floors of new feeds, rows after the others' floors, the row limit) in one session: a new
+        feed's floor is its job's newest row id; the rows are (job_id, id, step, name, value) in id order."""
+        limit = BATCH * len(floors)
         with self.sessions() as session:
-            status = store.job_progress(session, job_id)
-            if status is None:
-                return None, floor, []
-            if floor is None:
-                return status, store.last_metric_id(session, job_id), []
-            rows, _ = store.read_metrics(session, job_id, name=None, after_step=None, cursor=floor, limit=BATCH)
-            return status, floor, [tuple(r) for r in rows]
+            statuses = store.jobs_progress(session, list(floors))
+            fresh = store.last_metric_ids(session, [j for j, f in floors.items() if f is None and j in statuses])
+            known = {j: f for j, f in floors.items() if f is not None and j in statuses}
+            rows = store.metrics_after(session, known, limit) if known else []
+        return statuses, fresh, [tuple(r) for r in rows], limit
 
-    async def _poll(self, feed: JobFeed) -> None:
+    async def _poll(self) -> None:
+        """Tick while any feed is live; a feed whose job ended (and was read to its end) or vanished leaves the
+        tick."""
         while True:
-            last = feed.ids[-1] if feed.ids else feed.floor
+            live = {j: f for j, f in self.feeds.items() if not f.done}
+            if not live:
+                return
+            self._wake.clear()
+            floors = {j: (f.ids[-1] if f.ids else f.floor) for j, f in live.items()}
             try:
-                status, floor, rows = await to_thread.run_sync(self._tick, feed.job_id, last)
+                statuses, fresh, rows, limit = await to_thread.run_sync(self._tick, floors)
             except Exception:  # the database is away: watchers keep waiting (with keep-alives) while it is
-                log.warning("reading job %s for its event streams failed; retrying", feed.job_id, exc_info=True)
+                log.warning(
+                    "reading %d watched jobs for their event streams failed; retrying", len(live), exc_info=True
+                )
                 await asyncio.sleep(self.poll_s)
                 continue
-            if status is None:
-                feed.gone = True
-                feed._publish()
-                return
-            started = feed.floor is None
-            if started:
-                feed.floor = floor
-            self._append(feed, rows)
-            caught_up = len(rows) < BATCH
-            moved = caught_up and status != feed.status
-            if moved:
-                feed.status = status
-            if started or rows or moved:  # wake the watchers only for news
-                feed._publish()
-            if caught_up and status["status"] in TERMINAL:
-                return
+            caught_up = len(rows) < limit  # else some feeds have more rows: read on before publishing statuses
+            by_job: dict[uuid.UUID, list] = {}
+            for job_id, *row in rows:
+                by_job.setdefault(job_id, []).append(tuple(row))
+            for job_id, feed in live.items():
+                self._advance(feed, statuses.get(job_id), fresh.get(job_id), by_job.get(job_id, []), caught_up)
             if caught_up:
-                await asyncio.sleep(self.poll_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+
+    def _advance(self, feed: JobFeed, status: dict | None, floor: int | None, rows: list, caught_up: bool) -> None:
+        """One tick's news for one feed; its watchers are woken only if there is some."""
+        if status is None:
+            feed.gone = feed.done = True
+            feed._publish()
+            return
+        started = feed.floor is None
+        if started:
+            feed.floor = floor if floor is not None else 0
+        self._append(feed, rows)
+        moved = caught_up and status != feed.status
+        if moved:
+            feed.status = status
+        if started or rows or moved:
+            feed._publish()
+        if caught_up and status["status"] in TERMINAL:
+            feed.done = True
 
     def _append(self, feed: JobFeed, rows: list) -> None:
         feed.ids.extend(r[0] for r in rows)

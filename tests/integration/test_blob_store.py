@@ -17,15 +17,7 @@ from core.blobs.store import check_key, read_blob
 from tests.servers import PrivateS3
 
 MiB = 1024 * 1024
-CREDS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    server = PrivateS3()
-    server.start()
-    yield server
-    server.stop()
+CREDS = PrivateS3.CREDENTIALS
 
 
 @pytest.fixture(params=["dir", "s3"])

@@ -15,15 +15,7 @@ from tests.integration.test_dataset_uploads import MiB, job_on, npz_bytes, offse
 from tests.servers import PrivateS3
 from tests.stack import wait_job
 
-CREDS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    server = PrivateS3()
-    server.start()
-    yield server
-    server.stop()
+CREDS = PrivateS3.CREDENTIALS
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ a worker's heartbeat would, so it decides when rows arrive."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -13,11 +14,13 @@ import uuid
 
 import httpx
 import pytest
+from sqlalchemy import event
 
 from core.jobs import store
 from core.jobs.db import make_engine, make_sessionmaker
 from core.jobs.keys import create_key
 from core.jobs.states import JobStatus
+from core.jobs.watch import JobFeeds
 
 CAP = 3
 JOB = {"kind": "init_averaging", "params": {"widths": [8, 8]}}
@@ -164,3 +167,62 @@ def test_open_streams_are_capped_per_key(stack, api, new_key):
         for sock, _ in held:
             sock.close()
     api.post(f"/v1/jobs/{job['id']}/cancel", headers=alice)
+
+
+def test_one_poller_reads_every_watched_job_in_a_constant_number_of_statements(stack, api, pg_database, new_key):
+    """Twelve watched jobs whose rows interleave: each feed gets exactly its own job's rows, in order, then the
+    terminal status, and a tick costs the same few statements as it would for one job (it was two a job)."""
+    engine = make_engine(pg_database[1])
+    statements = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    sessions = make_sessionmaker(engine)  # the feeds' (counted)
+    writer_engine = make_engine(pg_database[1])
+    writes = make_sessionmaker(writer_engine)  # the test's, as a worker's heartbeat would write
+    headers = new_key("poller")
+    jobs = [uuid.UUID(api.post("/v1/jobs", json=JOB, headers=headers).json()["id"]) for _ in range(12)]
+    with writes() as session:
+        for jid in jobs:
+            assert store.claim(session, jid, "test-worker") is not None
+
+    def write_and_finish() -> None:
+        for batch in range(3):
+            for n, jid in enumerate(jobs):
+                rows = [(batch * 100 + k, "loss", float(n)) for k in range(n + 1)]
+                with writes() as session:
+                    assert store.beat(session, jid, 1, progress=None, message=None, metric_rows=rows)
+        with writes() as session:
+            for jid in jobs:
+                assert store.finish(session, jid, 1, JobStatus.succeeded, result={})
+
+    async def watch() -> tuple[list, int, int]:
+        feeds = JobFeeds(sessions, 0.02, lambda row: f"{row[0]},")
+        ticks = 0
+        tick = feeds._tick
+
+        def counted(floors):
+            nonlocal ticks
+            ticks += 1
+            return tick(floors)
+
+        feeds._tick = counted  # type: ignore[method-assign]
+        watched = [feeds.subscribe(jid) for jid in jobs]
+        deadline = time.monotonic() + 30
+        while any(f.floor is None for f in watched):
+            assert time.monotonic() < deadline, "the feeds did not start"
+            await asyncio.sleep(0.01)
+        ticks, statements[:] = 0, []
+        await asyncio.to_thread(write_and_finish)
+        while not all(f.done for f in watched):
+            assert time.monotonic() < deadline + 30, "the feeds did not reach the jobs' end"
+            await asyncio.sleep(0.01)
+        return watched, ticks, len(statements)
+
+    watched, ticks, count = asyncio.run(watch())
+    engine.dispose()
+    assert ticks > 0 and count <= 3 * ticks, (count, ticks)
+    with writes() as session:
+        for n, (jid, feed) in enumerate(zip(jobs, watched)):
+            rows = store.read_metrics(session, jid, name=None, after_step=None, cursor=None, limit=1000)[0]
+            assert len(rows) == 3 * (n + 1) and feed.ids == [r.id for r in rows]
+            assert feed.status is not None and feed.status["status"] == "succeeded"
+    writer_engine.dispose()
