@@ -121,8 +121,8 @@ class Settings(BaseSettings):
     events_poll_s: float = Field(
         default=0.3,
         gt=0,
-        description="How often an API process reads a watched job's "
-        "status and new metric rows (once per job, whatever the number of watchers).",
+        description="How often an API process reads its watched jobs' status and new metric rows (all of them in "
+        "one session, whatever the number of jobs and watchers).",
     )
     max_artifact_bytes: int = 64 * 1024 * 1024
     max_timeout_s: int = 24 * 3600
