@@ -55,7 +55,7 @@ def validate_dataset(sessions: sessionmaker, settings: Settings, dataset_id: str
                 max_stored_bytes=settings.max_dataset_bytes,
                 work_dir=settings.data_dir / "ingest" / f"{ds_id}-{claimed.attempt}",
             )
-        outcome = found.row_values()
+        outcome = found
     except UploadRejected as exc:
         outcome = {"reason": str(exc)[:2000]}
     except Exception as exc:  # a bug or a broken store: the dataset is refused with why, never left validating

@@ -134,7 +134,7 @@ def upload(
         store.abort_validation(session, ds.id)  # nothing is kept of a refused one-shot upload
         blobs.delete_prefix(dataset_prefix(ds.id))
         raise _rejected(str(exc)) from None
-    if store.finish_validation(session, ds.id, API_WORKER, 1, **found.row_values()):
+    if store.finish_validation(session, ds.id, API_WORKER, 1, **found):
         blobs.delete(dataset_raw_key(ds.id))
     else:  # this process was taken for dead (a stalled database): a worker validates it now
         response.status_code = 202

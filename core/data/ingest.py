@@ -13,7 +13,6 @@ import shutil
 import threading
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.orm import sessionmaker
@@ -25,34 +24,6 @@ from core.jobs import store
 from core.jobs.models import utcnow
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Ingested:
-    """What the dataset row records once ready (``core.jobs.store.finish_validation``)."""
-
-    kind: str
-    format: str
-    rows: int
-    columns: int | None
-    has_labels: bool
-    files: list[str]
-    preview: dict
-    sha256: str
-    size: int  # bytes of the canonical files
-
-    def row_values(self) -> dict:
-        return {
-            "kind": self.kind,
-            "format": self.format,
-            "rows": self.rows,
-            "columns": self.columns,
-            "has_labels": self.has_labels,
-            "files": self.files,
-            "preview": self.preview,
-            "sha256": self.sha256,
-            "size": self.size,
-        }
 
 
 def local_copy(blobs: BlobStore, key: str, work_dir: Path, digest=None) -> Path:
@@ -84,9 +55,11 @@ def ingest(
     declared_sha256: str | None,
     max_stored_bytes: int,
     work_dir: Path,
-) -> Ingested:
-    """Validate and convert the dataset's raw upload, store its canonical files; raises ``UploadRejected`` (the
-    message names the field and says why). ``work_dir`` is the caller's scratch folder, emptied afterwards."""
+) -> dict:
+    """Validate and convert the dataset's raw upload, store its canonical files, and return what the dataset row
+    records once ready (``Inspection.meta()`` with the upload's sha256 and the canonical files' size, the arguments
+    of ``core.jobs.store.finish_validation``); raises ``UploadRejected`` (the message names the field and says why).
+    ``work_dir`` is the caller's scratch folder, emptied afterwards."""
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         digest = hashlib.sha256()
@@ -111,17 +84,7 @@ def ingest(
         for name, path in found.files.items():
             with open(path, "rb") as fh:
                 stored += blobs.put(dataset_file_key(dataset_id, name), fh).size
-        return Ingested(
-            kind=found.kind,
-            format=found.format,
-            rows=found.rows,
-            columns=found.columns,
-            has_labels=found.has_labels,
-            files=sorted(found.files),
-            preview=found.preview,
-            sha256=sha256,
-            size=stored,
-        )
+        return {**found.meta(), "sha256": sha256, "size": stored}
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 

@@ -1,8 +1,9 @@
 """Canonical ``.npy`` files written a block at a time, and raw ``.npy`` headers read before any data.
 
-A canonical file is plain little-endian ``.npy`` (format 1.0, no pickle) that ``np.load(mmap_mode="r")`` maps. Its
-row count is known only once the source has been read, so the writer reserves a fixed-size header, appends blocks
-and writes the header last: nothing but one block is ever in memory.
+A canonical file is plain little-endian ``.npy`` (format 1.0, no pickle) that
+``np.load(mmap_mode="r", allow_pickle=False)`` maps. Its row count is known only once the source has been read, so
+the writer reserves a fixed-size header, appends blocks and writes the header last: nothing but one block is ever in
+memory.
 """
 
 from __future__ import annotations
