@@ -7,8 +7,11 @@ ones are made by editing a real archive's zip. Each security test first shows wh
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import pickle
+import random
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -271,6 +274,16 @@ def test_convolutions_count_as_affine_layers_and_mm_plus_add_as_one(tmp_path):
     ]
 
 
+def test_flatten_and_dropout_in_eval_mode_keep_a_chain(tmp_path):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6, 4), nn.Dropout(0.1), nn.ELU(), nn.Linear(4, 2), nn.Sigmoid())
+    with read_archive(export(model.eval(), (torch.randn(3, 2, 3),), tmp_path / "e.pt2")) as archive:
+        chain = find_chain(archive.program)
+    assert chain.is_chain and [layer.activations for layer in chain.layers] == [("elu",), ("sigmoid",)]
+    with read_archive(export(model.train(), (torch.randn(3, 2, 3),), tmp_path / "t.pt2")) as archive:
+        chain = find_chain(archive.program)
+    assert chain.breaks_at == "dropout" and "training mode" in chain.reason
+
+
 def test_what_breaks_a_chain_is_named(tmp_path):
     with read_archive(export(ConvNet().eval(), (torch.randn(2, 1, 12, 12),), tmp_path / "c.pt2")) as archive:
         chain = find_chain(archive.program)
@@ -433,6 +446,7 @@ def test_an_operator_outside_aten_and_prims_is_refused(tanh_mlp, tmp_path):
     path = rewrite(tanh_mlp[1], tmp_path / "foreign.pt2", edit_json("models/model.json", change))
     plain = torch.export.load(path)  # torch accepts an operator from any namespace the process has registered
     assert "debugprims.load_tensor" in str(plain.graph)
+    assert plain.module()(torch.randn(6, 5)).shape == (6, 3)  # and runs it in place of the last layer
     with pytest.raises(ArchiveRejected, match="node 'linear_2' calls 'torch.ops.debugprims.load_tensor.default'"):
         read_archive(path)
 
@@ -528,3 +542,78 @@ def test_malformed_archives_are_refused_with_a_reason(tanh_mlp, tmp_path):
         path = rewrite(tanh_mlp[1], tmp_path / "bad.pt2", edit_json("models/model.json", change))
         with pytest.raises(ArchiveRejected, match=reason):
             read_archive(path)
+
+
+class Doubling(nn.Module):
+    def forward(self, x):
+        return x.view(x.size(0) * 2, -1)
+
+
+def test_size_arithmetic_runs_on_numbers_within_int64(tmp_path):
+    path = export(Doubling(), (torch.randn(4, 6),), tmp_path / "d.pt2")
+    x = torch.randn(9, 6)
+    assert torch.equal(load(path)(x), x.view(18, 3))
+
+    def factor(value: int) -> Callable[[dict], None]:
+        def change(doc):
+            (node,) = [n for n in doc["graph_module"]["graph"]["nodes"] if n["target"] == "_operator.mul"]
+            node["inputs"][1]["arg"] = {"as_int": value}
+
+        return change
+
+    huge = load(rewrite(path, tmp_path / "huge.pt2", edit_json("models/model.json", factor(2**62))))
+    with pytest.raises(OverflowError, match="outside int64"):
+        huge(x)
+    with pytest.raises(ArchiveRejected, match="outside int64"):
+        read_archive(rewrite(path, tmp_path / "big.pt2", edit_json("models/model.json", factor(2**64))))
+    with pytest.raises(TypeError, match="not numbers"):
+        SYMBOLIC["_operator.mul"]([x], 2**40)  # a list repeated a trillion times would fill memory
+
+
+def test_a_zip_directory_too_large_for_the_member_cap_is_refused_before_parsing(tanh_mlp, tmp_path):
+    many = {f"extra/note_{i}": b"" for i in range(2_000)}
+    path = rewrite(tanh_mlp[1], tmp_path / "many.pt2", lambda name, data: data, add=many)
+    with pytest.raises(ArchiveRejected, match="zip directory; at most 100 members"):
+        read_archive(path, limits=Limits(members=100))
+    with read_archive(path, limits=Limits(members=3_000)) as archive:  # ignored members are fine within the cap
+        assert archive.program.nodes
+
+
+def test_mutated_json_gets_a_refusal_or_a_module_never_another_error(tanh_mlp):
+    """300 seeded mutations of the program and configs (a value replaced by another JSON type or an odd number):
+    reading, describing, following the chain and building either work or raise ArchiveRejected (a 422, never a
+    500). Caught before: an unhashable dtype code raised TypeError."""
+    with zipfile.ZipFile(tanh_mlp[1]) as zin:
+        members = {info.filename: zin.read(info) for info in zin.infolist()}
+    documents = [name for name in members if name.endswith(".json")]
+    odd = [None, 0, -1, 7, 2**70, "x", [], {}, [1], {"a": 1}, True, 1.5, "Infinity", {"as_int": 3}, [{"as_int": 1}]]
+    rng = random.Random(0)
+    for _ in range(300):
+        name = rng.choice(documents)
+        doc = json.loads(members[name])
+        holder, key = _random_slot(doc, rng)
+        holder[key] = copy.deepcopy(rng.choice(odd))
+        members_now = {**members, name: json.dumps(doc).encode()}
+        stream = io.BytesIO()
+        with zipfile.ZipFile(stream, "w") as zout:
+            for member, data in members_now.items():
+                zout.writestr(member, data)
+        stream.seek(0)
+        try:
+            with read_archive(stream) as archive:
+                describe(archive)
+                find_chain(archive.program)
+                build_module(archive)
+        except ArchiveRejected:
+            pass
+
+
+def _random_slot(doc, rng: random.Random):
+    """A random (container, key) inside ``doc``, found by a random walk down from the root."""
+    holder = doc
+    while True:
+        key = rng.choice(list(holder) if isinstance(holder, dict) else range(len(holder)))
+        child = holder[key]
+        if not isinstance(child, dict | list) or not child or rng.random() < 0.2:
+            return holder, key
+        holder = child

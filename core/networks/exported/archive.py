@@ -22,8 +22,10 @@ deeper than ``Limits.json_depth``, a tensor whose declared storage runs past the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -39,6 +41,8 @@ _IGNORED = (".data/", "data/sample_inputs/", "extra/")
 _COMPILED = ("data/aotinductor/", "data/executorch/", "data/mtia", "xl_model_weights/")
 _MARKERS = {"archive_format": b"pt2", "archive_version": b"0", "byteorder": b"little"}
 _MODEL = re.compile(r"models/([A-Za-z0-9_.-]+)\.json")
+DIRECTORY_BYTES_PER_MEMBER = 512
+"""Directory bytes allowed per member (46 fixed, the name, extra fields): caps the directory before it is parsed."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,8 @@ class Limits:
     """Caps checked before anything is read: declared sizes from the zip directory, counts from the JSON."""
 
     archive_bytes: int = 256 * 2**20  # all members as declared, and all tensors once materialised
-    json_bytes: int = 64 * 2**20  # one JSON member
-    members: int = 100_000
+    json_bytes: int = 16 * 2**20  # one JSON member
+    members: int = 10_000
     json_depth: int = 32
     nodes: int = 100_000
 
@@ -76,6 +80,7 @@ class Archive:
 
     def __init__(self, zf: zipfile.ZipFile, model: str, program: Program, tensors: dict[str, StoredTensor]):
         self._zip = zf
+        self._opened = contextlib.ExitStack()  # the zip and, for a path, the file: closed by close()
         self.model = model
         self.program = program
         self.tensors = tensors  # by fqn: every parameter, buffer and constant the graph takes
@@ -85,7 +90,7 @@ class Archive:
         return _read(self._zip, info, info.file_size)
 
     def close(self) -> None:
-        self._zip.close()
+        self._opened.close()
 
     def __enter__(self) -> Archive:
         return self
@@ -98,15 +103,51 @@ def read_archive(file: str | Path | IO[bytes], *, limits: Limits = Limits(), mod
     """Check ``file`` (a path or a seekable binary stream) as a .pt2 archive; ``ArchiveRejected`` says why not.
 
     ``model``: which program of a multi-model archive (``models/<model>.json``); by default the only one."""
+    with contextlib.ExitStack() as opened:
+        stream = opened.enter_context(open(file, "rb")) if isinstance(file, str | Path) else file
+        zf = opened.enter_context(_open_zip(stream, limits))
+        archive = _check(zf, limits, model)
+        archive._opened = opened.pop_all()
+        return archive
+
+
+def _open_zip(stream: IO[bytes], limits: Limits) -> zipfile.ZipFile:
+    unreadable = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, struct.error)
     try:
-        zf = zipfile.ZipFile(file)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+        directory = _directory_bytes(stream)
+    except unreadable as exc:
         raise ArchiveRejected(f"archive: not a readable zip file ({str(exc)[:120]})") from None
+    if directory > limits.members * DIRECTORY_BYTES_PER_MEMBER:
+        raise ArchiveRejected(f"archive: a {directory}-byte zip directory; at most {limits.members} members")
     try:
-        return _check(zf, limits, model)
-    except BaseException:
-        zf.close()
-        raise
+        stream.seek(0)
+        return zipfile.ZipFile(stream)
+    except unreadable as exc:
+        raise ArchiveRejected(f"archive: not a readable zip file ({str(exc)[:120]})") from None
+
+
+def _directory_bytes(stream: IO[bytes]) -> int:
+    """The central directory's size from the end-of-directory record (zip64 too), read before ``zipfile`` parses
+    the directory: it makes one Python object per entry, so a small file could otherwise fill memory."""
+    size = stream.seek(0, 2)
+    tail_size = min(size, 22 + 65_535)
+    stream.seek(size - tail_size)
+    tail = stream.read(tail_size)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(tail):
+        raise zipfile.BadZipFile("no end-of-central-directory record")
+    (directory,) = struct.unpack_from("<L", tail, at + 12)
+    if directory != 0xFFFFFFFF:
+        return int(directory)
+    locator = at - 20  # zip64: the locator sits right before the classic record and points at the zip64 one
+    if locator < 0 or tail[locator : locator + 4] != b"PK\x06\x07":
+        raise zipfile.BadZipFile("a zip64 archive without its locator")
+    (offset,) = struct.unpack_from("<Q", tail, locator + 8)
+    stream.seek(offset)
+    record = stream.read(56)
+    if len(record) != 56 or record[:4] != b"PK\x06\x06":
+        raise zipfile.BadZipFile("a zip64 end-of-directory record is missing")
+    return int(struct.unpack_from("<Q", record, 40)[0])
 
 
 def _check(zf: zipfile.ZipFile, limits: Limits, wanted: str | None) -> Archive:

@@ -9,6 +9,7 @@ calls: gradients and double backward (``create_graph=True``) behave as on the or
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,7 +34,7 @@ _CODES: dict[str, dict[int, Any]] = {
         4: torch.preserve_format,
     },
 }
-SYMBOLIC: dict[str, Callable[..., Any]] = {
+_PYTHON: dict[str, Callable[..., Any]] = {
     "_operator.add": operator.add,
     "_operator.sub": operator.sub,
     "_operator.mul": operator.mul,
@@ -41,7 +42,6 @@ SYMBOLIC: dict[str, Callable[..., Any]] = {
     "_operator.mod": operator.mod,
     "_operator.neg": operator.neg,
     "_operator.truediv": operator.truediv,
-    "_operator.pow": operator.pow,
     "_operator.eq": operator.eq,
     "_operator.ne": operator.ne,
     "_operator.lt": operator.lt,
@@ -54,6 +54,24 @@ SYMBOLIC: dict[str, Callable[..., Any]] = {
     "torch.sym_int": torch.sym_int,
 }
 """The integer operators of ``ops.SYMBOLIC``, by target."""
+
+
+def _int64(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` on numbers only, whose result must stay within int64: a graph cannot repeat a list a trillion times
+    or build a huge integer by repeated squaring."""
+
+    def bounded(*args: Any) -> Any:
+        if not all(type(a) in (int, float, bool) for a in args):
+            raise TypeError(f"a size computation got {[type(a).__name__ for a in args]}, not numbers")
+        result = fn(*args)
+        if isinstance(result, int) and not -(2**63) <= result <= 2**63:
+            raise OverflowError(f"a size computation gave {str(result)[:40]}..., outside int64")
+        return result
+
+    return bounded
+
+
+SYMBOLIC = {target: _int64(fn) for target, fn in _PYTHON.items()}
 
 Step = tuple[Callable[..., Any], list[Any], dict[str, Any], tuple[Any, ...]]
 
@@ -89,10 +107,8 @@ class ExportedModule(nn.Module):
                 env[p.name] = value = next(inputs)
                 if not isinstance(value, torch.Tensor):
                     raise TypeError(f"input {p.name!r} must be a tensor, not {type(value).__name__}")
-            elif p.kind == "parameter":
-                env[p.name] = self.get_parameter(p.target)
             else:
-                env[p.name] = (self.constants if p.kind == "constant" else self).get_buffer(p.target)
+                env[p.name] = _attribute(self.constants if p.kind == "constant" else self, p.target)
         device = _device(env, program, self)
         for fn, positional, keywords, outputs in self._steps:
             result = fn(
@@ -103,7 +119,7 @@ class ExportedModule(nn.Module):
         if program.buffer_mutations:
             with torch.no_grad():
                 for name, fqn in program.buffer_mutations:
-                    self.get_buffer(fqn).copy_(env[name])
+                    _attribute(self, fqn).copy_(env[name])
         return _unflatten(program.out_tree, iter([None if n is None else env[n] for n in program.outputs]))
 
 
@@ -152,6 +168,11 @@ def _attach(root: nn.Module, fqn: str, value: torch.Tensor, persistent: bool = T
             module.register_buffer(leaf, value, persistent=persistent)
     except (KeyError, TypeError, AttributeError) as exc:
         raise ArchiveRejected(f"archive: tensor {fqn!r} cannot be a module attribute ({exc})") from None
+
+
+def _attribute(root: nn.Module, fqn: str) -> torch.Tensor:
+    """The tensor at ``fqn`` as it is now (``torch.func.functional_call`` swaps parameters for plain tensors)."""
+    return functools.reduce(getattr, fqn.split("."), root)  # type: ignore[arg-type, return-value]
 
 
 def _step(node: Node) -> Step:

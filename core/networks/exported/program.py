@@ -10,6 +10,7 @@ guard code, custom objects or subgraphs.
 from __future__ import annotations
 
 import re
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,8 @@ DTYPES = {
 
 STRIDED = 7
 MEMORY_FORMATS = {1, 2, 3, 4}
-MAX_INT = 2**62
+MAX_INT = 2**63
+"""Integers in a graph stay within int64 (a slice to the end is written as 2**63 - 1)."""
 _SYMBOL = re.compile(r"Symbol\('(\w+)'[^)]*\)")
 
 
@@ -181,7 +183,7 @@ def tensor_meta(raw: Any, where: str) -> TensorMeta:
     """A ``TensorMeta`` object: a strided tensor of an accepted dtype (sizes may be symbolic)."""
     raw = _dict(raw, where)
     code = raw.get("dtype")
-    if code not in DTYPES or isinstance(code, bool):
+    if not _code(code, DTYPES):
         raise ArchiveRejected(f"{where}: dtype code {code!r} is not one of {sorted(n for n, _ in DTYPES.values())}")
     if raw.get("layout") != STRIDED:
         raise ArchiveRejected(f"{where}: layout {raw.get('layout')!r} is not strided (sparse tensors are refused)")
@@ -316,7 +318,7 @@ def _argument(raw: Any, where: str, defined: set[str]) -> Any:
     if kind in ("as_sym_ints", "as_sym_floats", "as_sym_bools"):
         return [_sym_argument(v, where, defined) for v in _list(body, where)]
     if kind == "as_scalar_type":
-        if body not in DTYPES or isinstance(body, bool):
+        if not _code(body, DTYPES):
             raise ArchiveRejected(f"{where}: dtype code {body!r} is not accepted")
         return Code("dtype", body)
     if kind == "as_layout":
@@ -324,7 +326,7 @@ def _argument(raw: Any, where: str, defined: set[str]) -> Any:
             raise ArchiveRejected(f"{where}: layout {body!r} is not strided")
         return Code("layout", body)
     if kind == "as_memory_format":
-        if body not in MEMORY_FORMATS or isinstance(body, bool):
+        if not _code(body, MEMORY_FORMATS):
             raise ArchiveRejected(f"{where}: memory format {body!r} is not accepted")
         return Code("memory_format", body)
     if kind == "as_device":
@@ -450,14 +452,16 @@ def _in_tree(tree: Tree) -> tuple[int, tuple[str, ...]]:
 def _sym_int(raw: Any, where: str) -> int | str:
     kind, body = _union(raw, where)
     if kind == "as_int":
-        value = _literal(body, int, where)
-        if not -MAX_INT < value < MAX_INT:
-            raise ArchiveRejected(f"{where}: {value} is out of range")
-        return value
+        return _literal(body, int, where)
     if kind == "as_expr":
         text = _str(_dict(body, where).get("expr_str"), where)
         return _SYMBOL.sub(r"\1", text)[:64]
     raise ArchiveRejected(f"{where}: a size of kind {kind!r} is refused")
+
+
+def _code(raw: Any, known: Container[int]) -> bool:
+    """Whether ``raw`` is an integer enum code in ``known`` (JSON may hold a list or object there instead)."""
+    return isinstance(raw, int) and not isinstance(raw, bool) and raw in known
 
 
 def _union(raw: Any, where: str) -> tuple[str, Any]:
@@ -494,6 +498,8 @@ def _bool(raw: Any, where: str) -> bool:
 def _literal(raw: Any, kind: type, where: str) -> Any:
     if not isinstance(raw, kind) or (kind is int and isinstance(raw, bool)):
         raise ArchiveRejected(f"{where}: expected {kind.__name__}")
+    if isinstance(raw, int) and not -MAX_INT <= raw <= MAX_INT:
+        raise ArchiveRejected(f"{where}: {str(raw)[:40]} is outside int64")
     return raw
 
 
