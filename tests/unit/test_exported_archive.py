@@ -402,18 +402,38 @@ def test_sample_inputs_are_never_read(tanh_mlp, tmp_path):
     assert torch.equal(loaded(x), tanh_mlp[0](x))
 
 
-def test_guards_code_is_refused_and_never_run(tanh_mlp, tmp_path):
+def test_guards_code_beyond_size_relations_is_refused_and_never_run(tanh_mlp, tmp_path):
     marker = tmp_path / "pwned"
     guard = f"__import__('pathlib').Path({str(marker)!r}).touch() is None"
-    path = rewrite(
-        tanh_mlp[1], tmp_path / "guards.pt2", edit_json("models/model.json", lambda d: d.update(guards_code=[guard]))
-    )
+    add_guard = edit_json("models/model.json", lambda d: d.update(guards_code=[guard]))
+    path = rewrite(tanh_mlp[1], tmp_path / "guards.pt2", add_guard)
     torch.export.load(path).module()(torch.randn(6, 5))
     assert marker.exists()  # ExportedProgram.module() exec()s guards_code and runs it on each call
     marker.unlink()
-    with pytest.raises(ArchiveRejected, match="guards_code is not empty"):
+    with pytest.raises(ArchiveRejected, match="guards_code .* is code, not a relation between input sizes"):
         read_archive(path)
     assert not marker.exists()
+    for code in ("L['input'].size()[0].bit_length() > 0", "L['input'].size()[0] ** 99 > 0", "'a' == 'a'", "(" * 300):
+        bad = rewrite(
+            tanh_mlp[1], tmp_path / "g.pt2", edit_json("models/model.json", lambda d: d.update(guards_code=[code]))
+        )
+        with pytest.raises(ArchiveRejected, match="guards_code"):
+            read_archive(bad)
+
+
+def test_guards_relating_input_sizes_are_checked_on_each_call(tmp_path):
+    class Reparametrise(nn.Module):
+        def forward(self, mean, logvar):
+            return mean + torch.exp(0.5 * logvar)
+
+    path = export(Reparametrise(), (torch.randn(4, 2), torch.randn(4, 2)), tmp_path / "r.pt2")
+    with read_archive(path) as archive:
+        assert [g.text for g in archive.program.guards] == ["L['mean'].size()[0] == L['logvar'].size()[0]"]
+        module = build_module(archive)
+    mean, logvar = torch.randn(9, 2), torch.randn(9, 2)
+    assert torch.equal(module(mean, logvar), Reparametrise()(mean, logvar))
+    with pytest.raises(ValueError, match=r"break the exported model's guard L\['mean'\]"):
+        module(mean, logvar[:1])  # would broadcast silently without the guard
 
 
 def _plain_load_runs_pickle(path: Path, marker: Path) -> None:

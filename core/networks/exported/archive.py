@@ -6,7 +6,7 @@ Layout written by torch 2.13 (every member under one root folder, the file's ste
     archive_version                         "0"
     byteorder                               "little"
     .data/version, .data/serialization_id   zip writer bookkeeping (ignored)
-    models/<model>.json                     the program: graph, signature, pytree specs, guards_code
+    models/<model>.json                     the program: graph, signature, pytree specs, guards_code (Python source)
     data/weights/<model>_weights_config.json   {fqn: {path_name, is_param, use_pickle, tensor_meta}}
     data/weights/weight_<i>                 one tensor storage as raw bytes (dtype and layout in tensor_meta)
     data/constants/<model>_constants_config.json, data/constants/tensor_<i>   the same for lifted constants
@@ -17,7 +17,8 @@ Refused: a weight or constant with ``use_pickle`` (torch.load would unpickle it)
 (pickles), the legacy ``data/weights/<model>.pt`` pickles, compiled members (AOTInductor, ExecuTorch), anything else
 outside the layout, a member larger than its limit (sizes from the zip directory, before reading), JSON nested
 deeper than ``Limits.json_depth``, a tensor whose declared storage runs past the end of its member, and whatever
-``program.parse_program`` refuses (non-allowlisted operators, guards_code, custom objects, subgraphs).
+``program.parse_program`` refuses (non-allowlisted operators, guards_code that is more than relations between input
+sizes, custom objects, subgraphs).
 """
 
 from __future__ import annotations

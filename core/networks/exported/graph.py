@@ -19,6 +19,7 @@ from torch import nn
 
 from core.networks.exported.archive import Archive, StoredTensor
 from core.networks.exported.errors import ArchiveRejected
+from core.networks.exported.guards import first_broken
 from core.networks.exported.ops import Op
 from core.networks.exported.program import DTYPES, Code, Device, Node, Program, Ref, Tree
 
@@ -100,13 +101,17 @@ class ExportedModule(nn.Module):
         if len(args) != program.arg_count or set(kwargs) != set(program.kwarg_names):
             named = f" and keywords {list(program.kwarg_names)}" if program.kwarg_names else ""
             raise TypeError(f"the exported model takes {program.arg_count} positional tensors{named}")
-        inputs = iter([*args, *(kwargs[k] for k in program.kwarg_names)])
+        given = [*args, *(kwargs[k] for k in program.kwarg_names)]
+        if not all(isinstance(t, torch.Tensor) for t in given):
+            raise TypeError(f"the exported model takes tensors, not {[type(t).__name__ for t in given]}")
+        broken = first_broken(program.guards, [(t.shape, t.stride()) for t in given])
+        if broken is not None:
+            raise ValueError(f"the inputs' shapes break the exported model's guard {broken}")
+        inputs = iter(given)
         env: dict[str, Any] = {}
         for p in program.placeholders:
             if p.kind == "input":
-                env[p.name] = value = next(inputs)
-                if not isinstance(value, torch.Tensor):
-                    raise TypeError(f"input {p.name!r} must be a tensor, not {type(value).__name__}")
+                env[p.name] = next(inputs)
             else:
                 env[p.name] = _attribute(self.constants if p.kind == "constant" else self, p.target)
         device = _device(env, program, self)

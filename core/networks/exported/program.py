@@ -3,8 +3,8 @@
 Every field is read by name and type-checked here; nothing in the JSON is evaluated, imported or looked up by its
 string. What the checks guarantee to the builder: each node calls an allowlisted operator (``ops.accept``), each
 value a node uses was defined earlier (placeholders in signature order, then node outputs), arguments are literals,
-value references, dtypes, layouts or "the device", inputs and outputs are flat tensors, and the archive carries no
-guard code, custom objects or subgraphs.
+value references, dtypes, layouts or "the device", inputs and outputs are flat tensors, guards are relations between
+input sizes (``guards.parse_guards``), and the archive carries no custom objects or subgraphs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.networks.exported.errors import ArchiveRejected
+from core.networks.exported.guards import Guard, parse_guards
 from core.networks.exported.jsonsafe import loads
 from core.networks.exported.ops import Op, accept
 
@@ -120,6 +121,7 @@ class Program:
     out_tree: Tree
     tensor_values: dict[str, TensorMeta]
     arg_names: tuple[str, ...]  # forward()'s parameter names as exported
+    guards: tuple[Guard, ...]  # relations the inputs' sizes must satisfy
     torch_version: str
 
     def inputs(self) -> list[Placeholder]:
@@ -137,11 +139,6 @@ def parse_program(doc: Any, *, max_nodes: int, max_depth: int) -> Program:
         raise ArchiveRejected(
             f"program: schema version {version.get('major')}.{version.get('minor')}; this service reads "
             f"{SCHEMA_MAJOR}.x (torch 2.13's torch.export.save)"
-        )
-    if _list(doc.get("guards_code", []), "program.guards_code"):
-        raise ArchiveRejected(
-            "program: guards_code is not empty; it is Python source that torch.export.load would run, and this "
-            "service never runs code from an archive (export without dynamic-shape guards)"
         )
     module = _dict(doc.get("graph_module"), "graph_module")
     graph = _dict(module.get("graph"), "graph")
@@ -164,7 +161,11 @@ def parse_program(doc: Any, *, max_nodes: int, max_depth: int) -> Program:
     if out_tree.leaves() != len(outputs):
         raise ArchiveRejected(f"signature: out_spec has {out_tree.leaves()} outputs, the graph {len(outputs)}")
     values = _dict(graph.get("tensor_values", {}), "graph.tensor_values")
-    names = entry.get("forward_arg_names") or []
+    names = tuple(
+        _str(n, "forward_arg_names") for n in _list(entry.get("forward_arg_names") or [], "forward_arg_names")
+    )
+    positions = {name: i for i, name in enumerate(names[:arg_count])}
+    positions.update({name: arg_count + i for i, name in enumerate(kwarg_names)})
     return Program(
         placeholders=placeholders,
         nodes=nodes,
@@ -174,7 +175,8 @@ def parse_program(doc: Any, *, max_nodes: int, max_depth: int) -> Program:
         kwarg_names=kwarg_names,
         out_tree=out_tree,
         tensor_values={_str(k, "tensor_values"): tensor_meta(v, f"tensor_values[{k!r}]") for k, v in values.items()},
-        arg_names=tuple(_str(n, "forward_arg_names") for n in _list(names, "forward_arg_names")),
+        arg_names=names,
+        guards=parse_guards(doc.get("guards_code", []), positions),
         torch_version=str(doc.get("torch_version", ""))[:64],
     )
 
