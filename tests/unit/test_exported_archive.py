@@ -128,8 +128,15 @@ def test_mlp_forward_and_gradients_match_the_original(act, tmp_path):
     assert [n for n, _ in loaded.named_parameters()] == [n for n, _ in model.named_parameters()]
     loaded(x).square().sum().backward()
     model(x).square().sum().backward()
-    for (name, p), q in zip(loaded.named_parameters(), model.parameters()):
-        assert isinstance(p, nn.Parameter) and torch.allclose(p.grad, q.grad, atol=1e-6), name
+    _assert_same_grads(loaded, model)
+
+
+def _assert_same_grads(loaded: nn.Module, original: nn.Module, atol: float = 1e-6) -> None:
+    theirs = dict(original.named_parameters())
+    assert [name for name, _ in loaded.named_parameters()] == list(theirs)
+    for name, p in loaded.named_parameters():
+        assert isinstance(p, nn.Parameter) and p.grad is not None, name
+        assert torch.allclose(p.grad, theirs[name].grad, atol=atol), name
 
 
 def test_conv_net_in_eval_mode_matches(tmp_path):
@@ -142,9 +149,9 @@ def test_conv_net_in_eval_mode_matches(tmp_path):
     x = torch.randn(5, 1, 12, 12)
     assert torch.allclose(loaded(x), model(x), atol=1e-6)
     assert dict(loaded.named_buffers())["features.1.running_var"].equal(model.features[1].running_var)
-    loaded(x).sum().backward()
-    model(x).sum().backward()
-    assert torch.allclose(loaded.get_parameter("features.0.weight").grad, model.features[0].weight.grad, atol=1e-5)
+    loaded(x).square().sum().backward()
+    model(x).square().sum().backward()
+    _assert_same_grads(loaded, model, atol=1e-5)
 
 
 def test_vae_encoder_returns_mean_and_logvar_and_decoder_matches(tmp_path):
@@ -157,6 +164,11 @@ def test_vae_encoder_returns_mean_and_logvar_and_decoder_matches(tmp_path):
     assert isinstance(enc(x), tuple)
     assert torch.equal(mean, encoder(x)[0]) and torch.equal(logvar, encoder(x)[1])
     assert torch.equal(dec(z), decoder(z))
+    for ours, theirs, data in ((enc, encoder, x), (dec, decoder, z)):
+        for net in (ours, theirs):
+            out = net(data)
+            (sum(o.square().sum() for o in out) if isinstance(out, tuple) else out.sum()).backward()
+        _assert_same_grads(ours, theirs)
 
 
 def test_training_steps_lower_the_loss(tanh_mlp):
@@ -175,6 +187,17 @@ def test_training_steps_lower_the_loss(tanh_mlp):
     assert losses[-1] < losses[0]
     assert all(not torch.equal(p, before[n]) for n, p in loaded.named_parameters())
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), load(path).parameters()))  # the file is intact
+
+
+def test_a_frozen_layer_stays_frozen(tmp_path):
+    model = mlp(nn.ReLU())
+    model[0].requires_grad_(False)
+    path = export(model, (torch.randn(6, 5),), tmp_path / "frozen.pt2")
+    loaded = load(path)
+    assert [p.requires_grad for p in loaded.parameters()] == [p.requires_grad for p in model.parameters()]
+    with read_archive(path) as archive:
+        summary = describe(archive)
+    assert summary["n_trainable"] == summary["n_params"] - model[0].weight.numel() - model[0].bias.numel()
 
 
 def test_gradient_penalty_double_backward_matches_the_original(tmp_path):

@@ -64,7 +64,6 @@ class StoredTensor:
     fqn: str
     member: str
     meta: TensorMeta
-    is_param: bool
 
     @property
     def numel(self) -> int:
@@ -254,7 +253,7 @@ def _payload(doc: Any, kind: str, root: str, infos: dict[str, zipfile.ZipInfo]) 
             raise ArchiveRejected(f"{entry_where}: its file data/{kind}/{path} is missing")
         meta = tensor_meta(entry.get("tensor_meta"), entry_where)
         _check_extent(meta, info.file_size, entry_where)
-        out[fqn] = StoredTensor(fqn, info.filename, meta, entry.get("is_param") is True)
+        out[fqn] = StoredTensor(fqn, info.filename, meta)
     return out
 
 

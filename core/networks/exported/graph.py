@@ -90,7 +90,7 @@ class ExportedModule(nn.Module):
             if p.kind == "input":
                 continue
             value = tensors[p.target]
-            if p.kind == "parameter":
+            if p.kind == "parameter":  # trainable as exported (a frozen layer stays frozen)
                 _attach(self, p.target, nn.Parameter(value, requires_grad=value.requires_grad))
             else:
                 holder = self.constants if p.kind == "constant" else self
@@ -153,7 +153,7 @@ def _tensor(archive: Archive, stored: StoredTensor, device: torch.device, storag
             storages[stored.member] = flat != 0 if dtype is torch.bool else flat
         view = storages[stored.member].as_strided(shape, [int(s) for s in meta.strides], int(meta.offset))
         value = view.clone(memory_format=torch.contiguous_format).to(device)
-    return value.requires_grad_(meta.requires_grad and stored.is_param and value.is_floating_point())
+    return value.requires_grad_(meta.requires_grad and value.is_floating_point())
 
 
 def _attach(root: nn.Module, fqn: str, value: torch.Tensor, persistent: bool = True) -> None:
