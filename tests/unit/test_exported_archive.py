@@ -189,6 +189,24 @@ def test_training_steps_lower_the_loss(tanh_mlp):
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), load(path).parameters()))  # the file is intact
 
 
+def test_half_precision_weights_integer_inputs_and_bool_buffers_round_trip(tmp_path):
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.register_buffer("mask", torch.tensor([True, False, True, True]))
+
+        def forward(self, ids):
+            return self.embed(ids) * self.mask
+
+    ids = torch.tensor([[1, 2], [3, 9]])
+    model = Tokens()
+    assert torch.equal(load(export(model, (ids,), tmp_path / "t.pt2", dynamic=False))(ids), model(ids))
+    half = mlp(nn.SiLU()).to(torch.bfloat16)
+    x = torch.randn(6, 5, dtype=torch.bfloat16)
+    assert torch.equal(load(export(half, (x,), tmp_path / "h.pt2"))(x), half(x))
+
+
 def test_a_frozen_layer_stays_frozen(tmp_path):
     model = mlp(nn.ReLU())
     model[0].requires_grad_(False)
