@@ -1,0 +1,7 @@
+"""``torch.export`` archives (.pt2) read by our own checked reader: no pickle, no code from the archive.
+
+``archive`` checks the zip and its JSON and describes the weights, ``program`` is the graph as data, ``ops`` the
+operators a graph may call, ``guards`` the shape relations read from guards_code without running it, and
+``describe`` and ``chain`` answer questions about a graph: all without torch, for the API. ``graph`` builds the
+``nn.Module`` that runs it (torch; worker and inspector processes only).
+"""
