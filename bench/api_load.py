@@ -126,6 +126,22 @@ def start_mlflow(bs: BenchStack, url: str, workers: int) -> tuple[str | None, st
     return base, version, None
 
 
+def _post_retrying(client: httpx.Client, path: str, body: dict, tries: int = 5) -> httpx.Response:
+    """A seeding POST, sent again when the connection drops: on an overloaded machine uvicorn restarts a server
+    process that missed its health check (5 s), cutting its open connections (a retry may seed one more)."""
+    for _ in range(tries - 1):
+        try:
+            return client.post(path, json=body)
+        except httpx.TransportError:
+            time.sleep(1)
+    return client.post(path, json=body)
+
+
+def worker_restarts(log: str) -> int:
+    """Server processes uvicorn's supervisor replaced (one that missed its health check), read from its log."""
+    return log.count("Waiting for child process")
+
+
 def _wrk_requests(job_ids: list[str], run_ids: list[str], auth: list[str]) -> dict:
     """The four cases as wrk request templates (``bench/closed_loop.lua``): gradlab's POSTs from every tenant's
     key, its GETs from the first tenant's (the owner of the seeded jobs)."""
@@ -488,16 +504,17 @@ def main() -> None:
                 print(f"MLflow NOT compared: {why_not}")
         with httpx.Client(base_url=api_url, headers=bs.headers, timeout=30) as c:
             for i in range(args.seed_jobs):
-                gl_collect(c.post("/v1/jobs", json=light_job(10**9 + i)))
+                gl_collect(_post_retrying(c, "/v1/jobs", light_job(10**9 + i)))
             first_position = c.get(f"/v1/jobs/{job_ids[0]}").json().get("queue_position")
         queue_at_start = queue_length(bs.database_url)
         print(f"queue: {queue_at_start:,} jobs waiting; the first GET target is at position {first_position}")
         if ml_url:
             with httpx.Client(base_url=ml_url, timeout=30) as c:
                 for i in range(args.seed_jobs):
-                    resp = c.post(
+                    resp = _post_retrying(
+                        c,
                         "/api/2.0/mlflow/runs/create",
-                        json={"experiment_id": "0", "start_time": int(time.time() * 1000), "run_name": f"seed-{i}"},
+                        {"experiment_id": "0", "start_time": int(time.time() * 1000), "run_name": f"seed-{i}"},
                     )
                     resp.raise_for_status()
                     run_ids.append(resp.json()["run"]["info"]["run_id"])
@@ -543,6 +560,9 @@ def main() -> None:
                 print(f"round {rnd + 1}/{args.rounds}: {case} ...", flush=True)
                 per_case.setdefault(case, []).append(fn())
         queue_at_end = queue_length(bs.database_url)
+        restarts = {"gradlab api": worker_restarts(bs.log_text(f"api-{api_url.rsplit(':', 1)[1]}"))}
+        if ml_url:
+            restarts["mlflow"] = worker_restarts(bs.log_text("mlflow"))
         admission = explain_admission(bs.database_url, tenant, bs.settings())
         anatomy = request_anatomy(bs, args.anatomy_requests) if args.anatomy_requests else []
 
@@ -598,6 +618,8 @@ def main() -> None:
             ("oth", "other cores", ".2f"),
         ],
     )
+    if any(restarts.values()):
+        print(f"  server processes restarted by uvicorn (missed health checks: an overloaded machine): {restarts}")
     for row in rows:
         bad = {k: v for k, v in row["statuses"].items() if v and not k.startswith("2")}
         if bad or row["errors"]:
@@ -643,6 +665,7 @@ def main() -> None:
                 "queue_at_start": queue_at_start,
                 "queue_at_end": queue_at_end,
                 "first_get_target_position": first_position,
+                "server_process_restarts": restarts,
             },
             "mlflow": mlflow_info,
             "rows": rows,

@@ -328,9 +328,12 @@ class BenchStack:
         self.extra_procs.append(proc)
         return proc
 
-    def log_tail(self, name: str, chars: int = 3000) -> str:
+    def log_text(self, name: str) -> str:
         path = self.tmp / "logs" / f"{name}.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        return self.log_text(name)[-chars:]
 
     def print_log_tails(self) -> None:
         for path in sorted((self.tmp / "logs").glob("*.log")):
