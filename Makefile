@@ -38,3 +38,17 @@ $(MUTATION_STAMP): $(STAMP) pyproject.toml
 # One module at a time (ARGS: module names, --sample N, --survivors; see mutation/mutants.py).
 mutants: $(MUTATION_STAMP)
 	$(PY) mutation/mutants.py $(ARGS)
+
+# The API comparison with MLflow end to end (docs/benchmarks.md): PostgreSQL and Redis on loopback as for the tests;
+# MLflow runs from its own venv (bench/.mlflow-venv, built from bench/mlflow-requirements.txt when missing), the load
+# from wrk where it is on PATH, with 10,000 jobs waiting in the queue. ARGS: more bench.api_load options.
+BENCH_STAMP := $(VENV)/.bench-stamp
+.PHONY: bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) -m bench.mlflow_env
+	$(PY) -m bench.api_load $(ARGS)

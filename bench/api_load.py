@@ -2,14 +2,17 @@
 
 Both services run on the same local PostgreSQL server (each on a fresh database made here) with 2 server worker
 processes. gradlab runs with production settings: Redis broker with a key prefix, API keys required (``--auth key``,
-the default) and admission limits raised so no request is refused; no job worker is started, so submitted jobs stay
-queued. MLflow (``pip install mlflow``) is started with ``mlflow server --backend-store-uri postgresql+psycopg://...
---workers 2``; it has no authentication. Load is closed-loop: N clients, each sending its next request when the
-previous answer arrived, for a fixed time after a warm-up. The phases alternate between the two services
-(gradlab POST, MLflow POST, gradlab GET, MLflow GET, per round) so drifting load from other processes on a shared
-machine hits both alike. The load comes from wrk (``apt-get install wrk``; ``bench/wrk_load.py``) where it is
-installed, else from the Python generator in ``bench/common.py``, which costs the 2-core box most of a core
-(``--loadgen`` picks). With wrk the GET phases read random ids among the seeded jobs/runs.
+the default) and the default admission limits, its POSTs spread over 32 tenants' keys so none is refused; no job
+worker is started, so submitted jobs stay queued, behind ``--queued`` (10,000) jobs of other tenants seeded first:
+a GET computes its job's place in that queue. MLflow runs from its own virtual environment (``bench.mlflow_env``:
+bench/.mlflow-venv, built on first use from bench/mlflow-requirements.txt) as ``mlflow server --backend-store-uri
+postgresql+psycopg://... --workers 2``; it has no authentication. Load is closed-loop: N clients, each sending its
+next request when the previous answer arrived, for a fixed time after a warm-up. The phases alternate between the
+two services (gradlab POST, MLflow POST, gradlab GET, MLflow GET, per round) so drifting load from other processes
+on a shared machine hits both alike. The load comes from wrk (``apt-get install wrk``; ``bench/wrk_load.py``) where
+it is on PATH, else from the Python generator in ``bench/common.py``, which costs a 2-core box most of a core
+(``--loadgen`` picks; the output names the one that ran, with a note when it falls back). The GET phases read random
+ids among the seeded jobs/runs.
 
 Run from the repository root: ``python -m bench.api_load [--clients 32] [--duration 8] [--rounds 2]``;
 ``--profile wall|gil`` also records py-spy stacks of gradlab's API processes during its phases
@@ -22,15 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
-import shutil
 import statistics
+import subprocess
 import time
 from collections import Counter
 
 import httpx
 
-from bench import wrk_load
+from bench import mlflow_env, wrk_load
 from bench.common import (
     LIGHT_JOB,
     PROFILES,
@@ -44,7 +48,7 @@ from bench.common import (
     wait_ready,
     write_results,
 )
-from tests.stack import BIN, free_port
+from tests.stack import free_port
 
 FLOOR_THROUGHPUT_RATIO = 3.0
 
@@ -84,20 +88,19 @@ def _mlflow_requests(run_ids: list[str]):
 
 
 def start_mlflow(bs: BenchStack, url: str, workers: int) -> tuple[str | None, str | None, str | None]:
-    """(base URL, version, None) of an MLflow server started on database ``url``, or (None, version, why not)."""
+    """(base URL, version, None) of an MLflow server, from its own venv (``bench.mlflow_env``, built here when
+    missing), started on database ``url``; or (None, version, why not)."""
+    version = mlflow_env.version()
     try:
-        import mlflow
-    except ImportError as exc:
-        return None, None, f"mlflow is not installed in this environment ({exc}); `pip install mlflow` to compare"
-    exe = shutil.which("mlflow", path=str(BIN))
-    if exe is None:
-        return None, mlflow.__version__, f"the mlflow command is missing from {BIN}"
+        exe = mlflow_env.ensure()
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        return None, version, f"the MLflow venv could not be built ({exc}); `python -m bench.mlflow_env` retries"
     port = free_port()
     art = bs.tmp / "mlflow-artifacts"
     art.mkdir()
     proc = bs.spawn(
         [
-            exe,
+            str(exe),
             "server",
             "--backend-store-uri",
             url,
@@ -113,13 +116,30 @@ def start_mlflow(bs: BenchStack, url: str, workers: int) -> tuple[str | None, st
         ],
         "mlflow",
         cwd=bs.tmp,
+        bin_dir=exe.parent,
     )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, base + "/health", lambda: bs.log_tail("mlflow"))
     except (RuntimeError, TimeoutError) as exc:
-        return None, mlflow.__version__, f"mlflow server did not start: {exc}"
-    return base, mlflow.__version__, None
+        return None, version, f"mlflow server did not start: {exc}"
+    return base, version, None
+
+
+def _post_retrying(client: httpx.Client, path: str, body: dict, tries: int = 5) -> httpx.Response:
+    """A seeding POST, sent again when the connection drops: on an overloaded machine uvicorn restarts a server
+    process that missed its health check (5 s), cutting its open connections (a retry may seed one more)."""
+    for _ in range(tries - 1):
+        try:
+            return client.post(path, json=body)
+        except httpx.TransportError:
+            time.sleep(1)
+    return client.post(path, json=body)
+
+
+def worker_restarts(log: str) -> int:
+    """Server processes uvicorn's supervisor replaced (one that missed its health check), read from its log."""
+    return log.count("Waiting for child process")
 
 
 def _wrk_requests(job_ids: list[str], run_ids: list[str], auth: list[str]) -> dict:
@@ -207,6 +227,54 @@ def add_history(database_url: str, tenant: str, n: int) -> None:
         conn.execute("ANALYZE jobs")
 
 
+def add_queue(database_url: str, n: int) -> None:
+    """``n`` queued jobs of 100 tenants the load does not use, in the light job's queue, published a minute ago:
+    ahead of every job the benchmark submits, so a GET of one of those computes its place behind all ``n``. Kinds
+    take turns over every technique (its example params); no worker runs and ``republish_at`` is a day away, so
+    they stay queued and unpublished again. One INSERT ... SELECT, then ANALYZE."""
+    import psycopg
+
+    from core.jobs.states import QUEUE_FOR_DEVICE
+    from core.techniques import specs
+
+    names = sorted(specs())
+    params = [json.dumps(specs()[k].example.get("params", {})) for k in names]
+    device = LIGHT_JOB["device"]
+    with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO jobs (id, tenant, kind, status, params, seed, device_requested, queue, timeout_s, progress, "
+            "message, attempt, created_at, published_at, republish_at) "
+            "SELECT gen_random_uuid(), 'queued-' || (g %% 100), (%(kinds)s::text[])[1 + g %% %(k)s], 'queued', "
+            "((%(params)s::text[])[1 + g %% %(k)s])::json, g, %(device)s, %(queue)s, 3600, 0.0, 'queued', 0, t, t, "
+            "now() + interval '1 day' "
+            "FROM generate_series(1, %(n)s) AS g, "
+            "LATERAL (SELECT now() - make_interval(secs => 60 + (%(n)s - g) * 0.001) AS t) AS published",
+            {
+                "kinds": names,
+                "params": params,
+                "k": len(names),
+                "device": device,
+                "queue": QUEUE_FOR_DEVICE[device],
+                "n": n,
+            },
+        )
+        conn.execute("ANALYZE jobs")
+
+
+def queue_length(database_url: str) -> int:
+    """Queued jobs in the light job's queue, read straight from the database."""
+    import psycopg
+
+    from core.jobs.states import QUEUE_FOR_DEVICE
+
+    with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM jobs WHERE status = 'queued' AND queue = %s",
+            (QUEUE_FOR_DEVICE[LIGHT_JOB["device"]],),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def explain_admission(database_url: str, tenant: str, settings) -> list[dict]:
     """EXPLAIN ANALYZE of the query POST /v1/jobs runs before admitting a job, as the store issues it, on the
     database the benchmark filled, with the limits the API ran with (its cost is bounded by them)."""
@@ -258,6 +326,7 @@ def request_anatomy(bs: BenchStack, n: int) -> list[dict]:
 
     settings = bs.settings()
     app = create_app(settings)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the app logs at info; a line per request buries the table
     engine, celery = app.state.engine, app.state.publisher.app
     tally: Counter = Counter()
     sql_ms: Counter = Counter()
@@ -335,6 +404,22 @@ def request_anatomy(bs: BenchStack, n: int) -> list[dict]:
         engine.dispose()
 
 
+def pick_load_generator(ap: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """Sets ``args.loadgen`` (wrk where it is on PATH, unless asked otherwise) and names the generator that runs;
+    a note says what falling back to the Python generator costs."""
+    if args.loadgen is None:
+        args.loadgen = "wrk" if wrk_load.available() else "python"
+        if args.loadgen == "python":
+            print(
+                "note: wrk is not on PATH (Debian/Ubuntu: apt-get install wrk), so the load comes from the Python "
+                "generator, which takes most of a core from the servers on a small machine: the ratios read lower "
+                "than with wrk"
+            )
+    elif args.loadgen == "wrk" and not wrk_load.available():
+        ap.error("--loadgen wrk: wrk is not on PATH (Debian/Ubuntu: apt-get install wrk)")
+    return wrk_load.version() if args.loadgen == "wrk" else "Python (bench.common.closed_loop)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=32, help="concurrent closed-loop clients")
@@ -362,12 +447,18 @@ def main() -> None:
         default=0,
         help="finished jobs of the benchmark tenant in the database before the load starts",
     )
+    ap.add_argument(
+        "--queued",
+        type=int,
+        default=10_000,
+        help="queued jobs of other tenants seeded ahead of the benchmark's own (a GET computes its place behind "
+        "them); 0 for an empty queue",
+    )
     ap.add_argument("--no-mlflow", action="store_true", help="gradlab only")
     ap.add_argument(
         "--loadgen",
         choices=["wrk", "python"],
-        default="wrk" if wrk_load.available() else "python",
-        help="wrk (default where installed) or the Python closed-loop generator",
+        help="wrk (the default where it is on PATH) or the Python closed-loop generator (the fallback)",
     )
     ap.add_argument(
         "--anatomy-requests",
@@ -382,6 +473,8 @@ def main() -> None:
         "gil: where Python CPU goes)",
     )
     args = ap.parse_args()
+    loadgen = pick_load_generator(ap, args)
+    print(f"load generator: {loadgen}", flush=True)
 
     job_ids: list[str] = []
     run_ids: list[str] = []
@@ -395,6 +488,10 @@ def main() -> None:
         tenant = "bench" if args.auth == "key" else "local"
         if args.history:
             add_history(bs.database_url, tenant, args.history)
+        if args.queued:
+            t0 = time.perf_counter()
+            add_queue(bs.database_url, args.queued)
+            print(f"seeded {args.queued:,} queued jobs in {time.perf_counter() - t0:.1f} s", flush=True)
         api_url, api_proc = bs.start_api(workers=args.workers)
         ml_url = None
         if args.no_mlflow:
@@ -407,13 +504,17 @@ def main() -> None:
                 print(f"MLflow NOT compared: {why_not}")
         with httpx.Client(base_url=api_url, headers=bs.headers, timeout=30) as c:
             for i in range(args.seed_jobs):
-                gl_collect(c.post("/v1/jobs", json=light_job(10**9 + i)))
+                gl_collect(_post_retrying(c, "/v1/jobs", light_job(10**9 + i)))
+            first_position = c.get(f"/v1/jobs/{job_ids[0]}").json().get("queue_position")
+        queue_at_start = queue_length(bs.database_url)
+        print(f"queue: {queue_at_start:,} jobs waiting; the first GET target is at position {first_position}")
         if ml_url:
             with httpx.Client(base_url=ml_url, timeout=30) as c:
                 for i in range(args.seed_jobs):
-                    resp = c.post(
+                    resp = _post_retrying(
+                        c,
                         "/api/2.0/mlflow/runs/create",
-                        json={"experiment_id": "0", "start_time": int(time.time() * 1000), "run_name": f"seed-{i}"},
+                        {"experiment_id": "0", "start_time": int(time.time() * 1000), "run_name": f"seed-{i}"},
                     )
                     resp.raise_for_status()
                     run_ids.append(resp.json()["run"]["info"]["run_id"])
@@ -458,7 +559,10 @@ def main() -> None:
             for case, fn in phases:
                 print(f"round {rnd + 1}/{args.rounds}: {case} ...", flush=True)
                 per_case.setdefault(case, []).append(fn())
-        queued_at_end = len(job_ids)
+        queue_at_end = queue_length(bs.database_url)
+        restarts = {"gradlab api": worker_restarts(bs.log_text(f"api-{api_url.rsplit(':', 1)[1]}"))}
+        if ml_url:
+            restarts["mlflow"] = worker_restarts(bs.log_text("mlflow"))
         admission = explain_admission(bs.database_url, tenant, bs.settings())
         anatomy = request_anatomy(bs, args.anatomy_requests) if args.anatomy_requests else []
 
@@ -494,7 +598,8 @@ def main() -> None:
         )
     print(
         f"\n{args.clients} closed-loop clients, {args.duration:g} s x {args.rounds} round(s) per case, "
-        f"{args.workers} server processes each; gradlab auth={args.auth}"
+        f"{args.workers} server processes each; gradlab auth={args.auth}; load generator: {loadgen}; "
+        f"queue {queue_at_start:,} waiting jobs at the start, {queue_at_end:,} at the end"
     )
     print_table(
         display,
@@ -513,6 +618,8 @@ def main() -> None:
             ("oth", "other cores", ".2f"),
         ],
     )
+    if any(restarts.values()):
+        print(f"  server processes restarted by uvicorn (missed health checks: an overloaded machine): {restarts}")
     for row in rows:
         bad = {k: v for k, v in row["statuses"].items() if v and not k.startswith("2")}
         if bad or row["errors"]:
@@ -554,7 +661,11 @@ def main() -> None:
                 **vars(args),
                 "gradlab_server": f"gradlab api --workers {args.workers}",
                 "mlflow_server": f"mlflow server --backend-store-uri postgresql+psycopg://... --workers {args.workers}",
-                "jobs_in_db_at_end": queued_at_end,
+                "load_generator": loadgen,
+                "queue_at_start": queue_at_start,
+                "queue_at_end": queue_at_end,
+                "first_get_target_position": first_position,
+                "server_process_restarts": restarts,
             },
             "mlflow": mlflow_info,
             "rows": rows,

@@ -314,10 +314,13 @@ class BenchStack:
     def start_worker(self) -> subprocess.Popen:
         return self.stack.start_worker("cpu,gpu,auto")
 
-    def spawn(self, args: list[str], name: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
-        """A process outside the gradlab stack (MLflow, a bare Celery worker); killed with its group at close."""
+    def spawn(
+        self, args: list[str], name: str, env: dict | None = None, cwd: Path | None = None, bin_dir: Path = BIN
+    ) -> subprocess.Popen:
+        """A process outside the gradlab stack (MLflow, a bare Celery worker); killed with its group at close.
+        ``bin_dir``, first on its PATH, is the virtual environment it comes from: the project's or MLflow's own."""
         full_env = {**os.environ, **(env or {})}
-        full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
+        full_env["PATH"] = f"{bin_dir}{os.pathsep}{full_env.get('PATH', '')}"
         with open(self.tmp / "logs" / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(
                 args, env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd or ROOT, start_new_session=True
@@ -325,9 +328,12 @@ class BenchStack:
         self.extra_procs.append(proc)
         return proc
 
-    def log_tail(self, name: str, chars: int = 3000) -> str:
+    def log_text(self, name: str) -> str:
         path = self.tmp / "logs" / f"{name}.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        return self.log_text(name)[-chars:]
 
     def print_log_tails(self) -> None:
         for path in sorted((self.tmp / "logs").glob("*.log")):

@@ -142,6 +142,12 @@ def api_load_section(d: dict) -> list[str]:
             f"version {d['mlflow'].get('version')}"
             if d["mlflow"]["compared"]
             else f"NOT compared ({d['mlflow'].get('why_not')})"
+        )
+        + f"; load generator: {cfg.get('load_generator', cfg.get('loadgen'))}"
+        + (
+            f"; {cfg['queue_at_start']:,} jobs waiting in the queue at the start ({cfg['queue_at_end']:,} at the end)"
+            if "queue_at_start" in cfg
+            else ""
         ),
         "",
     ]

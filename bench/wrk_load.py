@@ -22,6 +22,12 @@ def available() -> bool:
     return shutil.which("wrk") is not None
 
 
+def version() -> str:
+    """E.g. "wrk debian/4.1.0-3+b2 [epoll]" (``wrk -v`` prints it, a copyright and the usage, exiting 1)."""
+    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
+    return out.split(" Copyright")[0].strip() or "wrk"
+
+
 def _run(base_url: str, env: dict, clients: int, seconds: float, threads: int) -> dict:
     cmd = [
         "wrk",
