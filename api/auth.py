@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import Problem, problem_response
-from core.jobs.keys import Principal, authenticate, hash_key
+from core.keys.repository import Principal, authenticate, hash_key
 
 LOCAL = Principal(tenant="local", admin=True)
 LOCAL_KEY = "local"  # the caller's key identity (for per-key limits) when authentication is disabled

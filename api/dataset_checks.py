@@ -13,8 +13,8 @@ from api.deps import parse_id
 from api.problems import Problem
 from core.data import uploaded_dataset_ids
 from core.data.needs import dataset_refusal
-from core.jobs import store
-from core.jobs.keys import Principal
+from core.jobs import repository as store
+from core.keys.repository import Principal
 from core.techniques import specs
 
 

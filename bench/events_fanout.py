@@ -140,7 +140,7 @@ class Writer(threading.Thread):
         self.written = 0
 
     def run(self) -> None:
-        from core.jobs import store
+        from core.jobs import repository as store
 
         step = 0
         while not self.stop.wait(1.0):
@@ -188,7 +188,7 @@ def main() -> None:
         return
     env = {"GRADLAB_MAX_STREAMS_PER_KEY": str(args.streams + 10)}
     with BenchStack("events_fanout", auth="disabled", env_overrides=env) as bs:
-        from core.jobs import store
+        from core.jobs import repository as store
 
         url, api = bs.start_api(workers=1)
         database = bs.database_url.rsplit("/", 1)[1]

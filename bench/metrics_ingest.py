@@ -2,7 +2,7 @@
 against the same loop logging nothing, and reading all the rows back through the HTTP API.
 
 No job kind logs that many rows, so the loops run in this process on the worker's own code path: a job row made with
-``core.jobs.store.create_job`` and claimed with ``store.claim`` on a fresh PostgreSQL database, a
+``core.jobs.repository.create_job`` and claimed with ``store.claim`` on a fresh PostgreSQL database, a
 ``workers.context.DbRunContext`` with the service's settings (rows buffered and written by its heartbeat thread as
 soon as a batch of GRADLAB_METRIC_FLUSH_ROWS is full, or about once a second; back-pressure at 20 batches),
 ``ctx.metric(step, name, value)`` per row and ``ctx.close()`` at the end. Two workloads, 100,000 rows each:
@@ -89,7 +89,7 @@ def loop(steps: int, step: Callable[[], torch.Tensor], names: tuple[str, ...] = 
 
 def measure(workload: str, rows: int, sessions, settings, profile: str | None) -> dict:
     """Slowdown of one workload logging ``rows`` rows into a fresh claimed job; also the job id and flush stats."""
-    from core.jobs import store
+    from core.jobs import repository as store
     from core.jobs.states import JobStatus
     from workers.context import DbRunContext
     from workers.restart import restart_worker_process
@@ -199,8 +199,8 @@ def explain_page(database_url: str, job_id, cursor: int, limit: int) -> list[str
     """The plan of one metrics page, as ``store.read_metrics`` queries it, from the middle of the job's rows."""
     from sqlalchemy import event
 
-    from core.jobs import store
-    from core.jobs.db import make_engine, make_sessionmaker
+    from core.db.engine import make_engine, make_sessionmaker
+    from core.jobs import repository as store
 
     engine = make_engine(database_url)
     seen = []

@@ -11,7 +11,7 @@ Full size: 1,000,000 jobs over 100 tenants (``bench`` holds 1 % of them, 10,000 
 at a tenant with that history), 88 / 7 / 5 % succeeded / failed / cancelled, created over a year, params from each
 kind's example, a summary in every succeeded result; plus a constant backlog of 200 queued and 100 running jobs;
 10,000,000 metric rows: three 1,000,000-point series (the probe's among them) and 70,000 jobs with two 50-step
-series; their rollup (``core.jobs.rollup``) as ingest would have written it; 100,000 artifacts' metadata (two per
+series; their rollup (``core.metrics.rollup``) as ingest would have written it; 100,000 artifacts' metadata (two per
 job of 50,000 jobs; no bytes).
 
 Measured at each stage (sequential requests over one keep-alive connection unless said otherwise):
@@ -45,7 +45,8 @@ import psycopg
 from sqlalchemy import event, text
 
 from bench.common import RESULTS, BenchStack, closed_loop, light_job, percentiles, run_async, write_results
-from core.jobs import rollup, store
+from core.jobs import repository as store
+from core.metrics import rollup
 from core.summary import summary
 from tests.stack import BIN, ROOT
 
@@ -334,7 +335,7 @@ def deep_cursor(sessions, tenant: str | None, status: str, kind: str, depth: flo
     """The cursor of a page ``depth`` of the way down the filtered list (an OFFSET query, once, to find it)."""
     from sqlalchemy import func, select
 
-    from core.jobs.models import Job
+    from core.db.tables import Job
 
     where = [Job.status == status, Job.kind == kind] + ([Job.tenant == tenant] if tenant else [])
     with sessions() as s:
@@ -457,7 +458,7 @@ SEQ_SCAN = re.compile(r"Seq Scan on (jobs|metrics|metric_rollups|artifacts)\b")
 
 def plans(sessions, probe: uuid.UUID) -> list[dict]:
     """EXPLAIN (ANALYZE, BUFFERS) of every statement each hot path sends, with the indexes it uses."""
-    from core.jobs.models import utcnow
+    from core.db.tables import utcnow
 
     deep = deep_cursor(sessions, "bench", "succeeded", LIST_KIND, 0.9)
     deep_admin = deep_cursor(sessions, None, "failed", LIST_KIND, 0.9)
@@ -673,7 +674,7 @@ def main() -> None:
     now = datetime.now(UTC)
     seed_s = 0.0
     with BenchStack("scale", auth="key") as bench:
-        from core.jobs.keys import create_key
+        from core.keys.repository import create_key
 
         sessions = bench.sessions()
         with sessions() as s:

@@ -28,7 +28,7 @@ import time
 import httpx
 
 from bench.common import BenchStack, percentiles, print_table, write_results
-from core.jobs import store
+from core.jobs import repository as store
 from core.jobs.states import JobStatus
 from core.techniques import get_kind
 

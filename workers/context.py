@@ -25,10 +25,10 @@ import torch
 from sqlalchemy.orm import sessionmaker
 
 from core.blobs import blob_store
-from core.blobs.keys import artifact_key, dataset_file_key
+from core.blobs.layout import artifact_key, dataset_file_key
 from core.blobs.store import BlobStore, read_blob
 from core.data.loader import DatasetView, open_dataset
-from core.jobs import store
+from core.jobs import repository as store
 from core.jobs.states import JobStatus
 from core.settings import Settings
 from core.techniques.base import JobCancelled, JobTimedOut

@@ -16,8 +16,8 @@ from datetime import timedelta
 import torch
 from sqlalchemy.orm import sessionmaker
 
-from core.jobs import store
-from core.jobs.models import utcnow
+from core.db.tables import utcnow
+from core.jobs import repository as store
 from core.settings import Settings
 from workers import telemetry
 

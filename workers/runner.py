@@ -15,8 +15,8 @@ from sqlalchemy.orm import sessionmaker
 
 from core import logs
 from core.blobs import blob_store
-from core.blobs.keys import attempt_prefix
-from core.jobs import store
+from core.blobs.layout import attempt_prefix
+from core.jobs import repository as store
 from core.jobs.states import JobStatus
 from core.report import html_report
 from core.settings import Settings

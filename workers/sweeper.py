@@ -12,9 +12,9 @@ from celery import Celery
 from sqlalchemy.orm import sessionmaker
 
 from core.blobs import DirectoryStore, blob_store
-from core.blobs.keys import dataset_prefix, upload_partial_key
-from core.jobs import store
-from core.jobs.models import utcnow
+from core.blobs.layout import dataset_prefix, upload_partial_key
+from core.db.tables import utcnow
+from core.jobs import repository as store
 from core.settings import Settings
 from workers.publish import VALIDATE_DATASET_TASK, VALIDATION_QUEUE, publish
 from workers.telemetry import record_sweep

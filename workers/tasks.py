@@ -9,7 +9,7 @@ import torch
 from celery import Celery
 from celery.signals import celeryd_after_setup, worker_process_init, worker_ready, worker_shutdown
 
-from core.jobs.db import make_engine, make_sessionmaker
+from core.db.engine import make_engine, make_sessionmaker
 from core.settings import Settings, get_settings
 from core.techniques import kinds
 from workers import logcontext, telemetry  # noqa: F401  (connect their Celery signals)

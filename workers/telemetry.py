@@ -15,7 +15,7 @@ from celery.signals import task_postrun, task_prerun
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from core import logs
-from core.jobs import store
+from core.jobs import repository as store
 from workers.publish import RUN_JOB_TASK
 
 log = logging.getLogger(__name__)

@@ -15,11 +15,11 @@ import uuid
 from sqlalchemy.orm import sessionmaker
 
 from core.blobs import blob_store
-from core.blobs.keys import dataset_raw_key, upload_partial_key
+from core.blobs.layout import dataset_raw_key, upload_partial_key
 from core.data.formats import UploadRejected
 from core.data.ingest import beating, ingest
-from core.jobs import store
-from core.jobs.models import utcnow
+from core.db.tables import utcnow
+from core.jobs import repository as store
 from core.settings import Settings
 from workers.retry import retrying
 

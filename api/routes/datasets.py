@@ -29,13 +29,13 @@ from api.deps import db, parse_id
 from api.problems import Problem
 from api.schemas import DatasetOut, UploadOut, UploadStart
 from core.blobs import blob_store
-from core.blobs.keys import dataset_prefix, dataset_raw_key, dataset_tokenizer_key, upload_partial_key
+from core.blobs.layout import dataset_prefix, dataset_raw_key, dataset_tokenizer_key, upload_partial_key
 from core.blobs.store import CHUNK, BlobTooLarge, ChunkTooSmall, OffsetMismatch
 from core.data.formats import UploadRejected, format_of
 from core.data.ingest import beating, ingest
-from core.jobs import store
-from core.jobs.keys import Principal
-from core.jobs.models import Dataset, DatasetUpload, utcnow
+from core.db.tables import Dataset, DatasetUpload, utcnow
+from core.jobs import repository as store
+from core.keys.repository import Principal
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 

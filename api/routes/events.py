@@ -24,10 +24,10 @@ from starlette.types import Receive, Scope, Send
 from api.auth import owns, principal
 from api.deps import parse_id
 from api.problems import Problem
-from core.jobs import store
-from core.jobs.keys import Principal
+from core.jobs import repository as store
 from core.jobs.states import TERMINAL
 from core.jobs.watch import BATCH, JobFeeds
+from core.keys.repository import Principal
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from api.problems import problem_response
-from core.jobs import store
+from core.jobs import repository as store
 
 router = APIRouter(tags=["health"])
 

@@ -20,13 +20,13 @@ from api.routes.ops import place_in_queue
 from api.schemas import ArtifactOut, JobOut, JobPage, JobRequest, MetricPage
 from core.blobs import blob_store
 from core.blobs.store import iter_blob
-from core.jobs import store
-from core.jobs.keys import Principal
-from core.jobs.models import Job, utcnow
+from core.db.tables import Job, utcnow
+from core.jobs import repository as store
 from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
-from core.models.budget import estimate, refusal
-from core.models.inspector import InspectionFailed, ModelRejected, inspect_model
-from core.models.spec import BuiltinModel, HFConfigModel, UploadedModel
+from core.keys.repository import Principal
+from core.networks.budget import estimate, refusal
+from core.networks.inspector import InspectionFailed, ModelRejected, inspect_model
+from core.networks.spec import BuiltinModel, HFConfigModel, UploadedModel
 from core.techniques import specs
 
 log = logging.getLogger(__name__)

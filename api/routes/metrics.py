@@ -22,8 +22,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api import observability
 from api.problems import Problem
-from core.jobs import store
-from core.jobs.models import utcnow
+from core.db.tables import utcnow
+from core.jobs import repository as store
 from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
 from core.techniques import specs
 

@@ -18,13 +18,13 @@ from api.deps import db, parse_id
 from api.problems import Problem
 from api.schemas import ModelOut
 from core.blobs import blob_store
-from core.blobs.keys import model_weights_key
-from core.jobs import store
-from core.jobs.keys import Principal
-from core.jobs.models import StoredModel, utcnow
-from core.models.inspector import InspectionFailed, ModelRejected, inspect_model
-from core.models.safetensors_header import PICKLE_SUFFIXES, WeightsRejected, read_header
-from core.models.spec import MAX_CONFIG_BYTES, HFConfigModel
+from core.blobs.layout import model_weights_key
+from core.db.tables import StoredModel, utcnow
+from core.jobs import repository as store
+from core.keys.repository import Principal
+from core.networks.inspector import InspectionFailed, ModelRejected, inspect_model
+from core.networks.safetensors_header import PICKLE_SUFFIXES, WeightsRejected, read_header
+from core.networks.spec import MAX_CONFIG_BYTES, HFConfigModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

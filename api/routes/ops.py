@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 from api.auth import principal
 from api.deps import db
 from api.problems import Problem
-from core.jobs import store
-from core.jobs.keys import Principal
-from core.jobs.models import utcnow
-from core.jobs.queueing import estimate_wait_s
+from core.db.tables import utcnow
+from core.fleet.queueing import estimate_wait_s
+from core.jobs import repository as store
 from core.jobs.states import QUEUE_FOR_DEVICE
+from core.keys.repository import Principal
 
 router = APIRouter(prefix="/v1", tags=["operations"])
 

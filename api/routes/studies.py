@@ -21,10 +21,10 @@ from api.dataset_checks import check_datasets
 from api.deps import db, parse_id
 from api.problems import Problem
 from api.schemas import MAX_SEED
-from core import studies
-from core.jobs import store
-from core.jobs.keys import Principal
-from core.jobs.models import Study, utcnow
+from core.db.tables import Study, utcnow
+from core.jobs import repository as store
+from core.keys.repository import Principal
+from core.studies import stats as studies
 from core.techniques import specs
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from sqlalchemy.orm import sessionmaker
 
-from core.blobs.keys import dataset_file_key, dataset_raw_key, dataset_tokenizer_key
+from core.blobs.layout import dataset_file_key, dataset_raw_key, dataset_tokenizer_key
 from core.blobs.store import CHUNK, BlobStore
 from core.data.formats import UploadRejected, convert
-from core.jobs import store
-from core.jobs.models import utcnow
+from core.db.tables import utcnow
+from core.jobs import repository as store
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ def ingest(
 ) -> dict:
     """Validate and convert the dataset's raw upload, store its canonical files, and return what the dataset row
     records once ready (``Inspection.meta()`` with the upload's sha256 and the canonical files' size, the arguments
-    of ``core.jobs.store.finish_validation``); raises ``UploadRejected`` (the message names the field and says why).
-    ``work_dir`` is the caller's scratch folder, emptied afterwards."""
+    of ``core.jobs.repository.finish_validation``); raises ``UploadRejected`` (the message names the field and says
+    why). ``work_dir`` is the caller's scratch folder, emptied afterwards."""
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         digest = hashlib.sha256()

@@ -15,9 +15,9 @@ from datetime import datetime
 
 from sqlalchemy.orm import sessionmaker
 
-from core.blobs.keys import job_artifacts_prefix
+from core.blobs.layout import job_artifacts_prefix
 from core.blobs.store import BlobStore
-from core.jobs import store
+from core.jobs import repository as store
 
 
 @dataclass

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from anyio import to_thread
 
-from core.jobs import store
+from core.jobs import repository as store
 from core.jobs.states import TERMINAL
 
 log = logging.getLogger(__name__)

@@ -72,7 +72,7 @@ class KindSpec:
     description: str
     params: type[Params]
     example: dict
-    # params -> what one micro-batch on params.model holds (core.models.budget.Workload), given the columns of an
+    # params -> what one micro-batch on params.model holds (core.networks.budget.Workload), given the columns of an
     # uploaded dataset (None for a built-in one); the API budgets the model against the queue's worker with it
     model_workload: Callable[[Any, int | None], Any] | None = None
     # params -> what they need of an uploaded dataset (checked before queueing; 422 on params.dataset)

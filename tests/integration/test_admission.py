@@ -11,8 +11,8 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from core.jobs import store
-from core.jobs.models import utcnow
+from core.db.tables import utcnow
+from core.jobs import repository as store
 
 SUBMITS, CAP = 50, 10
 

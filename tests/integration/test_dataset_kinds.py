@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from core.jobs import store
-from core.jobs.db import make_engine, make_sessionmaker
-from core.jobs.models import Dataset, utcnow
+from core.db.engine import make_engine, make_sessionmaker
+from core.db.tables import Dataset, utcnow
+from core.jobs import repository as store
 
 TOKEN_MODEL = {
     "source": "builtin",

@@ -1,4 +1,4 @@
-"""The dataset transitions in ``core.jobs.store`` on both backends: upload -> validating -> ready | rejected by
+"""The dataset transitions in ``core.jobs.repository`` on both backends: upload -> validating -> ready | rejected by
 compare-and-set, and the sweeper's recovery (dead validator released or given up on, lost message republished,
 abandoned upload removed)."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from core.jobs import store
-from core.jobs.models import Dataset, DatasetUpload, utcnow
+from core.db.tables import Dataset, DatasetUpload, utcnow
+from core.jobs import repository as store
 
 SWEEP = {"heartbeat_timeout_s": 30, "republish_after_s": 60, "max_attempts": 2}
 
@@ -84,7 +84,7 @@ def test_the_worker_sweeper_removes_an_abandoned_upload_and_stray_temporaries(se
     import time
 
     from core.blobs import blob_store
-    from core.blobs.keys import dataset_tokenizer_key, upload_partial_key
+    from core.blobs.layout import dataset_tokenizer_key, upload_partial_key
     from core.settings import Settings
     from workers.app import make_celery
     from workers.sweeper import TEMPORARY_AGE_S, sweep_datasets, sweep_temporaries

@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 
-from core.jobs import store
+from core.jobs import repository as store
 
 
 def _series(rng: random.Random, n: int, *, start: int = 0, ties: bool = False) -> list[tuple[int, float | None]]:

@@ -16,11 +16,11 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from core.jobs import store
-from core.jobs.db import make_engine, make_sessionmaker
-from core.jobs.keys import create_key
+from core.db.engine import make_engine, make_sessionmaker
+from core.jobs import repository as store
 from core.jobs.states import JobStatus
 from core.jobs.watch import JobFeeds
+from core.keys.repository import create_key
 
 CAP = 3
 JOB = {"kind": "init_averaging", "params": {"widths": [8, 8]}}

@@ -11,10 +11,10 @@ from datetime import timedelta
 
 from sqlalchemy import func, select, update
 
-from core.blobs.keys import artifact_key
+from core.blobs.layout import artifact_key
 from core.blobs.store import DirectoryStore
-from core.jobs import store
-from core.jobs.models import Artifact, Job, Metric, MetricRollup, utcnow
+from core.db.tables import Artifact, Job, Metric, MetricRollup, utcnow
+from core.jobs import repository as store
 from core.jobs.retention import prune
 from core.jobs.states import JobStatus
 from tests.stack import BIN, ROOT
@@ -127,8 +127,8 @@ def test_keep_summary_keeps_the_charts_from_the_rollup(sessions, tmp_path):
 
 def test_the_command_prunes_and_refuses_bad_ages(tmp_path):
     url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
-    from core.jobs.db import make_engine, make_sessionmaker
-    from core.jobs.migrate import upgrade
+    from core.db.engine import make_engine, make_sessionmaker
+    from core.db.migrate import upgrade
 
     upgrade(url)
     engine = make_engine(url)

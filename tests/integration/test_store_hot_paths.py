@@ -6,8 +6,8 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from core.jobs import store
-from core.jobs.models import Job, utcnow
+from core.db.tables import Job, utcnow
+from core.jobs import repository as store
 from core.jobs.states import JobStatus
 
 

@@ -10,9 +10,9 @@ import statistics
 
 import pytest
 
-from core import studies
-from core.jobs import store
+from core.jobs import repository as store
 from core.jobs.states import JobStatus
+from core.studies import stats as studies
 
 
 def _study(s, rows_per_child: dict[tuple[int, int], list[tuple[int, float | None]]], settings: int, seeds: int):

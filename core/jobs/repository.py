@@ -33,9 +33,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.data.needs import DatasetInfo
-from core.jobs import rollup
-from core.jobs.db import rowcount
-from core.jobs.models import (
+from core.db.engine import rowcount
+from core.db.tables import (
     ACTIVE_WHERE,
     Artifact,
     Dataset,
@@ -50,6 +49,7 @@ from core.jobs.models import (
     utcnow,
 )
 from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
+from core.metrics import rollup
 
 
 class IdempotencyConflict(Exception):
@@ -1125,7 +1125,7 @@ def downsampled_metrics(session: Session, job_id: uuid.UUID, *, name: str | None
     A series longer than ``points`` is cut into at most ``points // 2`` buckets, aligned blocks of ``2**k`` steps
     (the least k that gives so few), and each bucket keeps its row of least and its row of greatest value (min/max
     decimation: every spike and dip survives, so a chart of the rows looks like a chart of the whole series). The
-    extremes come from the stored rollup (``core.jobs.rollup``), so the cost follows ``points``, not the series'
+    extremes come from the stored rollup (``core.metrics.rollup``), so the cost follows ``points``, not the series'
     length. Shorter series come back whole. Null values (NaN, ±∞ as logged) are left out.
     """
     return _downsampled(session, [job_id], name, points)

@@ -24,8 +24,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn
 from rich.table import Table
 from rich.text import Text
 
+from api.cli.datasets import upload as dataset_upload
 from api.client import ApiError, Client, Event, Job, WaitTimeout
-from api.dataset_cli import upload as dataset_upload
 from core.report import format_value, result_tables, summary_tables, verdict_text
 
 client_cli = typer.Typer(
@@ -414,7 +414,7 @@ def kinds(
 
 def register(cli: typer.Typer) -> None:
     """Mount these commands on the main ``gradlab`` CLI."""
-    from api.study_cli import study_cli  # it imports this module's helpers
+    from api.cli.studies import study_cli  # it imports this module's helpers
 
     cli.registered_commands.extend(client_cli.registered_commands)
     cli.add_typer(datasets_cli, name="datasets")

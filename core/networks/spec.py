@@ -14,7 +14,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.models.families import FAMILIES, Family
+from core.networks.families import FAMILIES, Family
 
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_PARAMS = 20_000_000_000

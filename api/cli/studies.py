@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from api.client_cli import STATUS_STYLE, _api, _load_spec, err, out
+from api.cli.jobs import STATUS_STYLE, _api, _load_spec, err, out
 from core.report import format_value
 
 study_cli = typer.Typer(help="Compare settings over seeds: one study, many ordinary jobs.", no_args_is_help=True)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from core.jobs.db import rowcount
-from core.jobs.models import ApiKey, utcnow
+from core.db.engine import rowcount
+from core.db.tables import ApiKey, utcnow
 
 KEY_PREFIX = "glk_"
 TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

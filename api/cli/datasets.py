@@ -56,7 +56,7 @@ def _remember(key: str, upload_id: str | None) -> None:
 
 
 def _send(client: Client, file: Path, label_column, tokenizer, chunk_mib: int) -> Dataset:
-    from api.client_cli import err
+    from api.cli.jobs import err
 
     key = _file_key(client, file)
     resume = _load_state().get(key)
@@ -87,7 +87,7 @@ def _send(client: Client, file: Path, label_column, tokenizer, chunk_mib: int) -
 
 
 def print_preview(ds: Dataset) -> None:
-    from api.client_cli import out
+    from api.cli.jobs import out
 
     shape = f"{ds.rows} rows" + (f" × {ds.columns} columns" if ds.columns is not None else "")
     labels = "with labels" if ds.has_labels else "no labels"
@@ -116,7 +116,7 @@ def upload(
     wait: bool = typer.Option(True, help="wait for the validation and print the preview"),
 ) -> None:
     """Upload a dataset (resumable: run it again after an interruption); use the printed id as params.dataset."""
-    from api.client_cli import _api, err, out  # the CLI's shared helpers (that module mounts this command)
+    from api.cli.jobs import _api, err, out  # the CLI's shared helpers (that module mounts this command)
 
     with _api() as client:
         ds = _send(client, file, label_column, tokenizer, chunk_mib)

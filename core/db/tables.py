@@ -142,7 +142,7 @@ class Metric(Base):
 
 class MetricRollup(Base):
     """Per series, level and block of ``2**level`` steps: the rows, step span and min and max rows of the block's
-    non-null values (``core.jobs.rollup``), kept up to date at ingest so that a chart of a long series reads a few
+    non-null values (``core.metrics.rollup``), kept up to date at ingest so that a chart of a long series reads a few
     thousand of these instead of every row."""
 
     __tablename__ = "metric_rollups"
@@ -170,14 +170,14 @@ class Artifact(Base):
     media_type: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
-    location: Mapped[str] = mapped_column(String(512))  # blob key (core.blobs.keys)
+    location: Mapped[str] = mapped_column(String(512))  # blob key (core.blobs.layout)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Dataset(Base):
     """An uploaded dataset. The row is made when its upload begins (``uploading``), before any byte is stored, so
     no blob is ever without a row; a worker then validates the raw upload into canonical files
-    (``validating -> ready | rejected``, by compare-and-set, ``core.jobs.store``)."""
+    (``validating -> ready | rejected``, by compare-and-set, ``core.jobs.repository``)."""
 
     __tablename__ = "datasets"
     __table_args__ = (Index("ix_datasets_status_validation", "status", "validation_at"),)
@@ -197,7 +197,7 @@ class Dataset(Base):
     upload_size: Mapped[int] = mapped_column(BigInteger)  # bytes of the upload as sent
     size: Mapped[int | None] = mapped_column(BigInteger)  # bytes stored (its canonical files), once ready
     sha256: Mapped[str | None] = mapped_column(String(64))  # of the upload as sent, once received whole
-    location: Mapped[str] = mapped_column(String(512))  # blob prefix of its files (core.blobs.keys)
+    location: Mapped[str] = mapped_column(String(512))  # blob prefix of its files (core.blobs.layout)
     files: Mapped[list | None] = mapped_column(JSON)  # canonical file names under the prefix, once ready
     preview: Mapped[dict | None] = mapped_column(JSON)
     validation_worker: Mapped[str | None] = mapped_column(String(255))  # the worker validating it now
