@@ -108,12 +108,3 @@ class KeyFirst:
 async def principal(request: Request, authorization: Annotated[str | None, Header(max_length=512)] = None) -> Principal:
     """The caller, as ``KeyFirst`` authenticated it (the header is declared here for the OpenAPI schema)."""
     return request.state.principal
-
-
-def visible_tenant(who: Principal) -> str | None:
-    """The tenant whose rows a caller may see; None for an admin (all of them)."""
-    return None if who.admin else who.tenant
-
-
-def owns(who: Principal, tenant: str) -> bool:
-    return who.admin or who.tenant == tenant

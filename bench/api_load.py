@@ -216,7 +216,7 @@ def explain_admission(database_url: str, tenant: str, settings) -> list[dict]:
 
     from core.db.engine import make_engine, make_sessionmaker
     from core.db.tables import utcnow
-    from core.jobs import repository as store
+    from core.jobs import repository as job_store
 
     engine = make_engine(database_url)
     seen: list[tuple[str, object]] = []
@@ -228,7 +228,7 @@ def explain_admission(database_url: str, tenant: str, settings) -> list[dict]:
     out = []
     try:
         with make_sessionmaker(engine)() as s:
-            use = store.usage(
+            use = job_store.usage(
                 s,
                 tenant,
                 utcnow() - timedelta(seconds=60),

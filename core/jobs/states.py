@@ -22,3 +22,5 @@ class JobStatus(StrEnum):
 TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 
 QUEUE_FOR_DEVICE = {"cpu": "cpu", "cuda": "gpu", "auto": "auto"}
+
+MAX_SEED = 2**63 - 1  # a job's seed is a BIGINT

@@ -25,6 +25,15 @@ class Principal:
     tenant: str
     admin: bool
 
+    def owns(self, tenant: str) -> bool:
+        """May this caller see a row of ``tenant``?"""
+        return self.admin or self.tenant == tenant
+
+    @property
+    def visible_tenant(self) -> str | None:
+        """The tenant whose rows this caller may list; None for an admin (all of them)."""
+        return None if self.admin else self.tenant
+
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()

@@ -1,6 +1,8 @@
-"""A network as a job parameter: the spec (pydantic, no torch) and, for workers only, its build (torch).
+"""Networks: a model as a job parameter (the spec, pydantic, no torch), its build for workers (torch), and the
+uploaded models (``repository``, ``service``).
 
-``spec``, ``families``, ``checks``, ``budget``, ``safetensors_header`` and ``inspector`` import no torch and no
-transformers: the API validates, checks and budgets models with them. ``build``, ``builtin``, ``inspect`` and
-``analysis`` are the torch side, imported by workers, run modules and the inspector subprocess.
+``spec``, ``families``, ``checks``, ``budget``, ``safetensors_header``, ``inspector``, ``repository`` and ``service``
+import no torch and no transformers: the API validates, checks, budgets and stores models with them. ``build``,
+``builtin``, ``meta_summary`` and ``analysis`` are the torch side, imported by workers, run modules and the
+inspector's child process.
 """

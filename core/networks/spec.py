@@ -97,6 +97,16 @@ class UploadedModel(_Spec):
 ModelSpec = Annotated[BuiltinModel | HFConfigModel | UploadedModel, Field(discriminator="source")]
 
 
+def uploaded_model_ids(params: BaseModel) -> list[str]:
+    """The uploaded models a job's params name: its ``model`` (``uploaded``) and the weights an ``hf_config`` loads."""
+    model = getattr(params, "model", None)
+    if isinstance(model, UploadedModel):
+        return [str(model.id)]
+    if isinstance(model, HFConfigModel) and model.weights is not None:
+        return [str(model.weights)]
+    return []
+
+
 def check_hf_config(config: dict[str, Any]) -> None:
     """Raise ValueError("config.<field>: <why>") unless ``config`` is a bounded config of an allowlisted family."""
     size = len(json.dumps(config, separators=(",", ":")))

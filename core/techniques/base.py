@@ -41,6 +41,11 @@ class JobTimedOut(Exception):
     """Raised by ``RunContext.check_cancelled`` when the job ran past its ``timeout_s``."""
 
 
+class ForeignResource(Exception):
+    """Raised by ``RunContext.load_model``/``load_dataset`` for an upload of another tenant than the job's: the job
+    fails without reading it (admission refuses such a job; this guards a row that got past it)."""
+
+
 class RunContext(Protocol):
     device: torch.device
     seed: int

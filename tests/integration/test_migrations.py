@@ -44,7 +44,7 @@ def test_0010_backfills_the_rollup_as_ingest_computes_it(backend, tmp_path):
 
     from sqlalchemy import text
 
-    from core.jobs import repository as store
+    from core.metrics import repository as metric_store
     from tests.stack import create_database, drop_database
 
     name = None
@@ -90,7 +90,7 @@ def test_0010_backfills_the_rollup_as_ingest_computes_it(backend, tmp_path):
         with engine.connect() as conn:
             got = sorted(tuple(r) for r in conn.execute(text(f"SELECT {', '.join(columns)} FROM metric_rollups")))
         engine.dispose()
-        expected = sorted(tuple(r[c] for c in columns) for r in store.rollup_rows(job_id, rows))
+        expected = sorted(tuple(r[c] for c in columns) for r in metric_store.rollup_rows(job_id, rows))
         assert got == expected
     finally:
         if name:
