@@ -14,7 +14,7 @@ from api.limits import BodyLimits
 from api.observability import RequestContext
 from api.routes import datasets, events, health, jobs, kinds, metrics, models, ops, studies, web
 from core import logs
-from core.jobs.db import make_engine, make_sessionmaker
+from core.db.engine import make_engine, make_sessionmaker
 from core.jobs.watch import JobFeeds
 from core.settings import Settings, get_settings
 from core.techniques import specs

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import Problem, problem_response
-from core.jobs.keys import Principal, authenticate, hash_key
+from core.keys.repository import Principal, authenticate, hash_key
 
 LOCAL = Principal(tenant="local", admin=True)
 LOCAL_KEY = "local"  # the caller's key identity (for per-key limits) when authentication is disabled
@@ -108,12 +108,3 @@ class KeyFirst:
 async def principal(request: Request, authorization: Annotated[str | None, Header(max_length=512)] = None) -> Principal:
     """The caller, as ``KeyFirst`` authenticated it (the header is declared here for the OpenAPI schema)."""
     return request.state.principal
-
-
-def visible_tenant(who: Principal) -> str | None:
-    """The tenant whose rows a caller may see; None for an admin (all of them)."""
-    return None if who.admin else who.tenant
-
-
-def owns(who: Principal, tenant: str) -> bool:
-    return who.admin or who.tenant == tenant

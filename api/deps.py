@@ -1,4 +1,5 @@
-"""Request-scoped dependencies: a database session and the app-wide settings and Celery app."""
+"""Request-scoped dependencies: a database session, and what the app holds for every request (its settings, the
+publisher of wake-up messages); the one way a route reads them."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import Request
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api.problems import Problem
+from core.settings import Settings
+from workers.publish import Publisher
 
 
 async def db(request: Request) -> AsyncIterator[Session]:
@@ -31,3 +34,17 @@ def parse_id(raw: str, what: str = "job") -> uuid.UUID:
         return uuid.UUID(raw)
     except ValueError:
         raise Problem(404, f"{what} {raw!r} not found") from None
+
+
+async def app_settings(request: Request) -> Settings:
+    """The settings the app was made with (async: read on the event loop, no thread hop)."""
+    return request.app.state.settings
+
+
+async def publisher(request: Request) -> Publisher:
+    return request.app.state.publisher
+
+
+async def session_factory(request: Request) -> sessionmaker:
+    """For work that outlives one session (a validation's beat thread)."""
+    return request.app.state.sessions

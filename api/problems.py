@@ -11,6 +11,17 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core import logs
+from core.errors import (
+    Busy,
+    Conflict,
+    Forbidden,
+    Invalid,
+    Malformed,
+    NotFound,
+    Refused,
+    TooLarge,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +41,23 @@ TITLES = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+
+# the status each of the service's refusals is answered with
+REFUSAL_STATUS: dict[type[Refused], int] = {
+    Malformed: 400,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    TooLarge: 413,
+    Invalid: 422,
+    Busy: 429,
+    Unavailable: 503,
+}
+
+
+def refusal_status(exc: Refused) -> int:
+    return next(status for cls, status in REFUSAL_STATUS.items() if isinstance(exc, cls))
 
 
 class Problem(Exception):
@@ -65,6 +93,11 @@ def install(app: FastAPI, kinds: set[str]) -> None:
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem):
         return problem_response(exc.status, exc.detail, exc.headers, **exc.extra)
+
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, exc: Refused):
+        extra = {"errors": exc.errors} if exc.errors is not None else {}
+        return problem_response(refusal_status(exc), exc.detail, exc.headers, **extra)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):

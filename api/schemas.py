@@ -9,7 +9,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, create_model
 
-from core.jobs.models import Job
+from core.db.tables import Job
 from core.summary import Summary
 from core.techniques import specs
 

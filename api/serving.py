@@ -19,6 +19,8 @@ from core.settings import get_settings
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # uvicorn makes this per connection, outside the app (which it cannot reach): the server process's own read
+        # of the settings, as the app factory's is the app's
         self.header_timeout_s = get_settings().header_timeout_s
         self._header_deadline: asyncio.TimerHandle | None = None
 

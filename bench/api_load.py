@@ -282,9 +282,9 @@ def explain_admission(database_url: str, tenant: str, settings) -> list[dict]:
 
     from sqlalchemy import event
 
-    from core.jobs import store
-    from core.jobs.db import make_engine, make_sessionmaker
-    from core.jobs.models import utcnow
+    from core.db.engine import make_engine, make_sessionmaker
+    from core.db.tables import utcnow
+    from core.jobs import repository as job_store
 
     engine = make_engine(database_url)
     seen: list[tuple[str, object]] = []
@@ -296,7 +296,7 @@ def explain_admission(database_url: str, tenant: str, settings) -> list[dict]:
     out = []
     try:
         with make_sessionmaker(engine)() as s:
-            use = store.usage(
+            use = job_store.usage(
                 s,
                 tenant,
                 utcnow() - timedelta(seconds=60),

@@ -232,7 +232,7 @@ class BenchStack:
     def __enter__(self) -> BenchStack:
         try:
             self.database_url = self.new_database()
-            from core.jobs.migrate import upgrade
+            from core.db.migrate import upgrade
 
             upgrade(self.database_url)
             self.env = {
@@ -283,15 +283,15 @@ class BenchStack:
 
     def sessions(self):
         """A session factory on the benchmark database, as the service makes it; its engine is disposed at close."""
-        from core.jobs.db import make_engine, make_sessionmaker
+        from core.db.engine import make_engine, make_sessionmaker
 
         engine = make_engine(self.database_url)
         self.engines.append(engine)
         return make_sessionmaker(engine)
 
     def _create_key(self, tenant: str) -> str:
-        from core.jobs.db import make_engine, make_sessionmaker
-        from core.jobs.keys import create_key
+        from core.db.engine import make_engine, make_sessionmaker
+        from core.keys.repository import create_key
 
         engine = make_engine(self.database_url)
         try:
@@ -561,7 +561,7 @@ def job_times(sessions, job_ids: list) -> dict:
     """status, created_at, started_at, finished_at of jobs, read straight from the database."""
     from sqlalchemy import select
 
-    from core.jobs.models import Job
+    from core.db.tables import Job
 
     with sessions() as s:
         rows = s.execute(

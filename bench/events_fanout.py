@@ -140,7 +140,7 @@ class Writer(threading.Thread):
         self.written = 0
 
     def run(self) -> None:
-        from core.jobs import store
+        from core.jobs import repository as job_store
 
         step = 0
         while not self.stop.wait(1.0):
@@ -148,7 +148,7 @@ class Writer(threading.Thread):
             step += self.rows
             with self.sessions() as session:
                 for job_id in self.job_ids:
-                    store.beat(session, job_id, 1, progress=min(0.99, step / 1e6), message=None, metric_rows=batch)
+                    job_store.beat(session, job_id, 1, progress=min(0.99, step / 1e6), message=None, metric_rows=batch)
             self.written += self.rows * len(self.job_ids)
 
 
@@ -186,17 +186,17 @@ def main() -> None:
     if args.hold:
         asyncio.run(_hold(args.hold.split(","), args.streams))
         return
+    from core.jobs import repository as job_store
+
     env = {"GRADLAB_MAX_STREAMS_PER_KEY": str(args.streams + 10)}
     with BenchStack("events_fanout", auth="disabled", env_overrides=env) as bs:
-        from core.jobs import store
-
         url, api = bs.start_api(workers=1)
         database = bs.database_url.rsplit("/", 1)[1]
         sessions = bs.sessions()
         job_ids = [httpx.post(f"{url}/v1/jobs", json={**JOB, "seed": i}).json()["id"] for i in range(args.jobs)]
         with sessions() as session:
             for job_id in job_ids:
-                store.claim(session, uuid.UUID(job_id), "bench-writer")
+                job_store.claim(session, uuid.UUID(job_id), "bench-writer")
         writer = Writer(sessions, [uuid.UUID(j) for j in job_ids], args.rows)
         writer.start()
         roots = {"api": api.pid}

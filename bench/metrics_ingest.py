@@ -2,7 +2,7 @@
 against the same loop logging nothing, and reading all the rows back through the HTTP API.
 
 No job kind logs that many rows, so the loops run in this process on the worker's own code path: a job row made with
-``core.jobs.store.create_job`` and claimed with ``store.claim`` on a fresh PostgreSQL database, a
+``job_store.create_job`` and claimed with ``job_store.claim`` on a fresh PostgreSQL database, a
 ``workers.context.DbRunContext`` with the service's settings (rows buffered and written by its heartbeat thread as
 soon as a batch of GRADLAB_METRIC_FLUSH_ROWS is full, or about once a second; back-pressure at 20 batches),
 ``ctx.metric(step, name, value)`` per row and ``ctx.close()`` at the end. Two workloads, 100,000 rows each:
@@ -89,7 +89,7 @@ def loop(steps: int, step: Callable[[], torch.Tensor], names: tuple[str, ...] = 
 
 def measure(workload: str, rows: int, sessions, settings, profile: str | None) -> dict:
     """Slowdown of one workload logging ``rows`` rows into a fresh claimed job; also the job id and flush stats."""
-    from core.jobs import store
+    from core.jobs import repository as job_store
     from core.jobs.states import JobStatus
     from workers.context import DbRunContext
     from workers.restart import restart_worker_process
@@ -97,7 +97,7 @@ def measure(workload: str, rows: int, sessions, settings, profile: str | None) -
     factory, per_step = WORKLOADS[workload]
     step, names, steps = factory(), NAMES[:per_step], rows // per_step
     with sessions() as s:
-        job, _ = store.create_job(
+        job, _ = job_store.create_job(
             s,
             tenant="bench",
             kind="init_averaging",
@@ -107,8 +107,10 @@ def measure(workload: str, rows: int, sessions, settings, profile: str | None) -
             timeout_s=24 * 3600,
             republish_after_s=60,
         )
-        job = store.claim(s, job.id, "bench-metrics")
-    ctx = DbRunContext(sessions, settings, job.id, job.attempt, 0, 24 * 3600, on_hung=restart_worker_process)
+        job = job_store.claim(s, job.id, "bench-metrics")
+    ctx = DbRunContext(
+        sessions, settings, job.id, job.attempt, job.tenant, 0, 24 * 3600, on_hung=restart_worker_process
+    )
     flushes = {"calls": 0, "seconds": 0.0}
     flush = ctx.flush
 
@@ -138,7 +140,7 @@ def measure(workload: str, rows: int, sessions, settings, profile: str | None) -
     ratios = sorted(p[1] / p[0] for p in pairs)
     steps = per_block * BLOCKS
     with sessions() as s:
-        store.finish(s, job.id, job.attempt, JobStatus.succeeded, result={})
+        job_store.finish(s, job.id, job.attempt, JobStatus.succeeded, result={})
         stored = s.scalar(text("SELECT count(*) FROM metrics WHERE job_id = :j"), {"j": job.id})
     out = {
         "workload": workload,
@@ -196,18 +198,18 @@ def read_all(client: httpx.Client, job_id: str, limit: int, schema: str) -> dict
 
 
 def explain_page(database_url: str, job_id, cursor: int, limit: int) -> list[str]:
-    """The plan of one metrics page, as ``store.read_metrics`` queries it, from the middle of the job's rows."""
+    """The plan of one metrics page, as ``metric_store.read_metrics`` queries it, from the middle of the job's rows."""
     from sqlalchemy import event
 
-    from core.jobs import store
-    from core.jobs.db import make_engine, make_sessionmaker
+    from core.db.engine import make_engine, make_sessionmaker
+    from core.metrics import repository as metric_store
 
     engine = make_engine(database_url)
     seen = []
     event.listen(engine, "before_cursor_execute", lambda c, cur, st, params, ctx, many: seen.append((st, params)))
     try:
         with make_sessionmaker(engine)() as s:
-            store.read_metrics(s, job_id, name=None, after_step=None, cursor=cursor, limit=limit)
+            metric_store.read_metrics(s, job_id, name=None, after_step=None, cursor=cursor, limit=limit)
         statement, params = seen[-1]
         with engine.connect() as conn:
             return conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + statement, params).scalars().all()

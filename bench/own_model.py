@@ -1,4 +1,4 @@
-"""Benchmark for techniques on a user's own model (core.models).
+"""Benchmark for techniques on a user's own model (core.networks).
 
 1. AccumAdam (accumulation inside the moments) vs explicit-buffer Adam on a GPT-2-small-sized config (124M
    parameters): bytes kept between micro-steps (optimizer state + gradient buffer) and seconds per micro-step
@@ -21,17 +21,17 @@ import time
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker
 
-from core.init import MEANS
-from core.models.analysis import (
+from core.averaged_init import MEANS
+from core.networks.analysis import (
     accumulation_memory,
     layer_table,
     reinit_nonsquare_,
     variance_ratios,
 )
-from core.models.budget import Workload, estimate
-from core.models.build import build
-from core.models.inspect import summarize
-from core.models.spec import HFConfigModel
+from core.networks.budget import Workload, estimate
+from core.networks.build import build
+from core.networks.meta_summary import summarize
+from core.networks.spec import HFConfigModel
 
 GPT2_SMALL = {
     "model_type": "gpt2",

@@ -11,13 +11,13 @@ Full size: 1,000,000 jobs over 100 tenants (``bench`` holds 1 % of them, 10,000 
 at a tenant with that history), 88 / 7 / 5 % succeeded / failed / cancelled, created over a year, params from each
 kind's example, a summary in every succeeded result; plus a constant backlog of 200 queued and 100 running jobs;
 10,000,000 metric rows: three 1,000,000-point series (the probe's among them) and 70,000 jobs with two 50-step
-series; their rollup (``core.jobs.rollup``) as ingest would have written it; 100,000 artifacts' metadata (two per
+series; their rollup (``core.metrics.rollup``) as ingest would have written it; 100,000 artifacts' metadata (two per
 job of 50,000 jobs; no bytes).
 
 Measured at each stage (sequential requests over one keep-alive connection unless said otherwise):
 GET /v1/jobs?status=&kind= first page and a page 90 % deep (cursor), as the tenant and as an admin (all tenants);
 POST /v1/jobs from 4 closed-loop clients (admission at ``bench``); the probe's series paged whole (limit 10,000)
-and read downsampled (``points=2000``); ``store.sweep`` (one sweeper tick's queries) called directly. At full size:
+and read downsampled (``points=2000``); ``job_store.sweep`` (one sweeper tick's queries) called directly. At full size:
 EXPLAIN (ANALYZE, BUFFERS) of every statement those paths run, and ``gradlab prune --older-than 30d`` (over 5
 million rows) while GETs are timed against an idle window.
 
@@ -45,7 +45,9 @@ import psycopg
 from sqlalchemy import event, text
 
 from bench.common import RESULTS, BenchStack, closed_loop, light_job, percentiles, run_async, write_results
-from core.jobs import rollup, store
+from core.jobs import repository as job_store
+from core.metrics import repository as metric_store
+from core.metrics import rollup
 from core.summary import summary
 from tests.stack import BIN, ROOT
 
@@ -334,7 +336,7 @@ def deep_cursor(sessions, tenant: str | None, status: str, kind: str, depth: flo
     """The cursor of a page ``depth`` of the way down the filtered list (an OFFSET query, once, to find it)."""
     from sqlalchemy import func, select
 
-    from core.jobs.models import Job
+    from core.db.tables import Job
 
     where = [Job.status == status, Job.kind == kind] + ([Job.tenant == tenant] if tenant else [])
     with sessions() as s:
@@ -346,7 +348,7 @@ def deep_cursor(sessions, tenant: str | None, status: str, kind: str, depth: flo
             .offset(int(total * depth))
             .limit(1)
         ).first()
-    return store.encode_cursor(row.created_at, row.id) if row else None
+    return job_store.encode_cursor(row.created_at, row.id) if row else None
 
 
 def measure(url: str, keys: dict, sessions, probe: uuid.UUID, requests: int) -> dict:
@@ -416,9 +418,9 @@ def measure(url: str, keys: dict, sessions, probe: uuid.UUID, requests: int) -> 
     with sessions() as s:
         for _ in range(requests // 4):
             t0 = time.perf_counter()
-            store.sweep(s, heartbeat_timeout_s=30, requeue_queued_after_s=60, max_attempts=3)
+            job_store.sweep(s, heartbeat_timeout_s=30, requeue_queued_after_s=60, max_attempts=3)
             ticks.append(time.perf_counter() - t0)
-    out["sweeper tick (store.sweep)"] = percentiles(ticks)
+    out["sweeper tick (job_store.sweep)"] = percentiles(ticks)
     return out
 
 
@@ -457,23 +459,23 @@ SEQ_SCAN = re.compile(r"Seq Scan on (jobs|metrics|metric_rollups|artifacts)\b")
 
 def plans(sessions, probe: uuid.UUID) -> list[dict]:
     """EXPLAIN (ANALYZE, BUFFERS) of every statement each hot path sends, with the indexes it uses."""
-    from core.jobs.models import utcnow
+    from core.db.tables import utcnow
 
     deep = deep_cursor(sessions, "bench", "succeeded", LIST_KIND, 0.9)
     deep_admin = deep_cursor(sessions, None, "failed", LIST_KIND, 0.9)
     with sessions() as s:
-        first_id = store.read_metrics(s, probe, name=None, after_step=None, cursor=None, limit=1)[0][0].id
+        first_id = metric_store.read_metrics(s, probe, name=None, after_step=None, cursor=None, limit=1)[0][0].id
     paths = {
-        "job list, tenant, first page": lambda s: store.list_jobs(
+        "job list, tenant, first page": lambda s: job_store.list_jobs(
             s, tenant="bench", status="succeeded", kind=LIST_KIND, limit=50, cursor=None
         ),
-        "job list, tenant, deep page": lambda s: store.list_jobs(
+        "job list, tenant, deep page": lambda s: job_store.list_jobs(
             s, tenant="bench", status="succeeded", kind=LIST_KIND, limit=50, cursor=deep
         ),
-        "job list, admin, deep page": lambda s: store.list_jobs(
+        "job list, admin, deep page": lambda s: job_store.list_jobs(
             s, tenant=None, status="failed", kind=LIST_KIND, limit=50, cursor=deep_admin
         ),
-        "admission + insert (POST /v1/jobs)": lambda s: store.create_job(
+        "admission + insert (POST /v1/jobs)": lambda s: job_store.create_job(
             s,
             tenant="bench",
             kind="init_averaging",
@@ -483,15 +485,15 @@ def plans(sessions, probe: uuid.UUID) -> list[dict]:
             timeout_s=60,
             republish_after_s=60,
             # the default caps; the window from now on: this run's own POST bursts are no tenant's history
-            admission=store.Admission(1000, 6000, utcnow()),
+            admission=job_store.Admission(1000, 6000, utcnow()),
         ),
-        "metrics page (cursor)": lambda s: store.read_metrics(
+        "metrics page (cursor)": lambda s: metric_store.read_metrics(
             s, probe, name=None, after_step=None, cursor=first_id + BIG_POINTS // 2, limit=10_000
         ),
-        "downsampled read": lambda s: store.downsampled_metrics(s, probe, name="loss", points=POINTS),
-        "sweeper tick": lambda s: store.sweep(s, heartbeat_timeout_s=30, requeue_queued_after_s=60, max_attempts=3),
-        "retention: prunable jobs": lambda s: store.prunable_jobs(s, utcnow() - timedelta(days=30), 100),
-        "retention: metric batch delete": lambda s: store.delete_metric_batch(s, [probe], 5000),
+        "downsampled read": lambda s: metric_store.downsampled_metrics(s, probe, name="loss", points=POINTS),
+        "sweeper tick": lambda s: job_store.sweep(s, heartbeat_timeout_s=30, requeue_queued_after_s=60, max_attempts=3),
+        "retention: prunable jobs": lambda s: job_store.prunable_jobs(s, utcnow() - timedelta(days=30), 100),
+        "retention: metric batch delete": lambda s: metric_store.delete_metric_batch(s, [probe], 5000),
     }
     out = []
     for path, call in paths.items():
@@ -673,7 +675,7 @@ def main() -> None:
     now = datetime.now(UTC)
     seed_s = 0.0
     with BenchStack("scale", auth="key") as bench:
-        from core.jobs.keys import create_key
+        from core.keys.repository import create_key
 
         sessions = bench.sessions()
         with sessions() as s:

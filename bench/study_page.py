@@ -8,11 +8,11 @@ every child's curve downsampled by the server in one request (GET /v1/studies/{i
 20,000 points in all), and one request per child (GET /v1/jobs/{id}/metrics?name=…&points=500), six at a time like a
 browser's connections to one host.
 
-The jobs are made on the service's own code path without running the technique: ``store.create_study`` (one
-transaction: the study, 200 queued jobs, their links), then per job ``store.claim``, ``store.beat`` with its metric
-rows (three curves of 1,000 points: 600,000 rows in all) and ``store.finish`` with a result whose ``summary`` is the
-``init_averaging`` summary of a result with seed-dependent noise (so every figure has a spread). A real API process
-(one uvicorn worker, PostgreSQL) answers.
+The jobs are made on the service's own code path without running the technique: ``study_store.create_study`` (one
+transaction: the study, 200 queued jobs, their links), then per job ``job_store.claim``, ``job_store.beat`` with its
+metric rows (three curves of 1,000 points: 600,000 rows in all) and ``job_store.finish`` with a result whose
+``summary`` is the ``init_averaging`` summary of a result with seed-dependent noise (so every figure has a spread).
+A real API process (one uvicorn worker, PostgreSQL) answers.
 
 Run from the repository root: ``python -m bench.study_page [--settings 20 --seeds 10 --points 1000 --rounds 5]``.
 """
@@ -28,8 +28,9 @@ import time
 import httpx
 
 from bench.common import BenchStack, percentiles, print_table, write_results
-from core.jobs import store
+from core.jobs import repository as job_store
 from core.jobs.states import JobStatus
+from core.studies import repository as study_store
 from core.techniques import get_kind
 
 CURVES = ("forward_moment/arithmetic", "forward_moment/geometric", "train_loss")
@@ -66,7 +67,7 @@ def build(bench: BenchStack, settings: int, seeds: int, points: int) -> tuple[st
     sessions = bench.sessions()
     rng = random.Random(0)
     with sessions() as s:
-        study, jobs, _ = store.create_study(
+        study, jobs, _ = study_store.create_study(
             s,
             tenant="local",
             kind="init_averaging",
@@ -82,10 +83,10 @@ def build(bench: BenchStack, settings: int, seeds: int, points: int) -> tuple[st
             republish_after_s=60,
         )
         for job_id, _ in jobs:
-            job = store.claim(s, job_id, "bench")
+            job = job_store.claim(s, job_id, "bench")
             rows = [(step, name, 1.0 / (1 + step) + rng.random() * 1e-3) for name in CURVES for step in range(points)]
-            store.beat(s, job_id, job.attempt, 1.0, "done", rows)
-            store.finish(s, job_id, job.attempt, JobStatus.succeeded, result=_result(rng))
+            job_store.beat(s, job_id, job.attempt, 1.0, "done", rows)
+            job_store.finish(s, job_id, job.attempt, JobStatus.succeeded, result=_result(rng))
     return str(study.id), [str(j) for j, _ in jobs]
 
 

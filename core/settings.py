@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     requeue_queued_after_s: float = Field(
         default=60.0,
         description="A queued job's message is published again "
-        "this long after it was sent, then at doubling intervals (store.sweep).",
+        "this long after it was sent, then at doubling intervals (jobs.repository.sweep).",
     )
     sweep_interval_s: float = 5.0
     max_attempts: int = 3
@@ -54,7 +54,6 @@ class Settings(BaseSettings):
         description="A job still running this long past its timeout_s, "
         "or after it was cancelled, has its worker process restarted.",
     )
-    cancel_poll_interval_s: float = 0.5
     metric_flush_rows: int = 2000
     retention_days: float = Field(
         default=0.0,

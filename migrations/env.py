@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from core.jobs.db import make_engine
-from core.jobs.models import Base
+from core.db.engine import make_engine
+from core.db.tables import Base
 from core.settings import get_settings
 
 config = context.config

@@ -63,7 +63,7 @@ MODULES: dict[str, tuple[str, tuple[str, ...]]] = {
     "vae": ("core/vae.py", ("tests/unit/test_vae_density.py", "tests/unit/test_vae_math.py")),
     "penalty": ("core/penalty.py", ("tests/unit/test_gradient_penalty_bound.py", "tests/unit/test_penalty_checks.py")),
     "dimension": ("core/dimension.py", ("tests/unit/test_embedding_dim.py",)),
-    "init": ("core/init.py", ("tests/unit/test_init_averaging.py", "tests/unit/test_init_math.py")),
+    "init": ("core/averaged_init.py", ("tests/unit/test_init_averaging.py", "tests/unit/test_init_math.py")),
 }
 
 # The kinds' run modules: only the functions that compute the figures a job reports (the rest trains and plots), with

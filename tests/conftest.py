@@ -14,7 +14,7 @@ from tests.stack import REDIS_URL, Stack, create_database, delete_redis_prefix, 
 @pytest.fixture(scope="module")
 def pg_database():
     """(name, url) of an empty database at the newest migration, dropped afterwards."""
-    from core.jobs.migrate import upgrade
+    from core.db.migrate import upgrade
 
     name, url = create_database()
     upgrade(url)
@@ -26,8 +26,8 @@ def pg_database():
 def sessions(request, tmp_path):
     """Sessions on an empty database at the newest migration, once on SQLite and once on PostgreSQL: for store
     queries that must behave the same on both backends."""
-    from core.jobs.db import make_engine, make_sessionmaker
-    from core.jobs.migrate import upgrade
+    from core.db.engine import make_engine, make_sessionmaker
+    from core.db.migrate import upgrade
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.sqlite3'}"

@@ -1,1 +1,2 @@
-"""Celery side of gradlab: the app, the run_job task, the DB-backed run context and the sweeper."""
+"""Celery side of gradlab: the app, its tasks (run a job, validate a dataset), the DB-backed run context, the
+process's state, presence and the sweeper."""

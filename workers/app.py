@@ -60,9 +60,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return conf
 
 
-def make_celery(settings: Settings | None = None) -> Celery:
+def make_celery(settings: Settings) -> Celery:
     app = Celery("gradlab")
-    app.conf.update(celery_config(settings or get_settings()))
+    app.conf.update(celery_config(settings))
     return app
 
 
@@ -70,5 +70,5 @@ def __getattr__(name: str) -> Celery:
     """``celery -A workers.app flower|events|inspect``: an app from the environment's settings, made when asked for
     (module attribute lookup, PEP 562), so importing this module still builds nothing."""
     if name == "app":
-        return make_celery()
+        return make_celery(get_settings())  # this process's entry point: the celery command
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,6 +5,10 @@ same compare-and-set whether the job was cancelled or taken away, so ``check_can
 the claim on, and it is also the job's hard deadline: a technique that has not stopped ``stop_grace_s`` after its
 ``timeout_s`` (the job is then failed as ``timeout``), or after it was cancelled or taken away, never checks in
 again, so ``on_hung`` is called to end the process that runs it.
+
+``finish`` is the one place a worker writes a job's final status (the runner's outcomes and the deadline's).
+A model or dataset is loaded only when it belongs to the job's tenant (``ForeignResource`` otherwise): admission
+checks it, and the worker checks again, so a job row that names another tenant's upload never reads it.
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ import torch
 from sqlalchemy.orm import sessionmaker
 
 from core.blobs import blob_store
-from core.blobs.keys import artifact_key, dataset_file_key
+from core.blobs.layout import artifact_key, dataset_file_key
 from core.blobs.store import BlobStore, read_blob
 from core.data.loader import DatasetView, open_dataset
-from core.jobs import store
+from core.datasets import repository as datasets
+from core.jobs import repository as jobs
 from core.jobs.states import JobStatus
+from core.networks import repository as networks
 from core.settings import Settings
-from core.techniques.base import JobCancelled, JobTimedOut
+from core.techniques.base import ForeignResource, JobCancelled, JobTimedOut
 from workers.retry import retrying
 from workers.telemetry import rows_ingested
 
@@ -61,6 +67,7 @@ class DbRunContext:
         settings: Settings,
         job_id: uuid.UUID,
         attempt: int,
+        tenant: str,
         seed: int,
         timeout_s: float,
         on_hung: Callable[[str], None],
@@ -69,6 +76,7 @@ class DbRunContext:
         self.settings = settings
         self.job_id = job_id
         self.attempt = attempt
+        self.tenant = tenant
         self.seed = seed
         self.device = torch.device("cpu")  # the runner sets the job's device once it has picked it
         self.timeout_s = timeout_s
@@ -112,7 +120,7 @@ class DbRunContext:
 
         def write() -> bool:
             with self.sessions() as s:
-                return store.put_artifact(
+                return jobs.put_artifact(
                     s,
                     self.job_id,
                     self.attempt,
@@ -142,9 +150,13 @@ class DbRunContext:
 
         def ready():
             with self.sessions() as s:
-                return store.ready_dataset(s, uuid.UUID(dataset_id))
+                return datasets.ready_dataset(s, uuid.UUID(dataset_id))
 
         row = retrying(ready)
+        if row is not None and row.tenant != self.tenant:
+            raise ForeignResource(
+                f"dataset {dataset_id} is not a dataset of tenant {self.tenant}; the job may not read it"
+            )
         if row is None:
             raise LookupError(f"dataset {dataset_id} not found or not ready")
         blobs = blob_store(self.settings)
@@ -166,14 +178,32 @@ class DbRunContext:
     def load_model(self, model_id: str) -> tuple[dict, bytes | None]:
         def read():
             with self.sessions() as s:
-                meta = store.model_meta(s, uuid.UUID(model_id))
-                return None if meta is None else (meta.config, meta.weights_location)
+                meta = networks.model_meta(s, uuid.UUID(model_id))
+                return None if meta is None else (meta.tenant, meta.config, meta.weights_location)
 
         found = retrying(read)
         if found is None:
             raise LookupError(f"model {model_id} not found")
-        config, key = found
+        tenant, config, key = found
+        if tenant != self.tenant:
+            raise ForeignResource(f"model {model_id} is not a model of tenant {self.tenant}; the job may not load it")
         return config, None if key is None else read_blob(blob_store(self.settings), key)
+
+    def check_resources(self, dataset_ids: list[str], model_ids: list[str]) -> None:
+        """``ForeignResource`` when any of these uploaded datasets or models is another tenant's (read before the
+        technique starts, so such a job fails without running)."""
+
+        def owners():
+            with self.sessions() as s:
+                found = datasets.dataset_infos(s, [uuid.UUID(d) for d in dataset_ids]) if dataset_ids else {}
+                metas = [networks.model_meta(s, uuid.UUID(m)) for m in model_ids]
+            return [("dataset", str(i), tenant) for i, (tenant, _) in found.items()] + [
+                ("model", str(m.id), m.tenant) for m in metas if m is not None
+            ]
+
+        for what, rid, tenant in retrying(owners):
+            if tenant != self.tenant:
+                raise ForeignResource(f"{what} {rid} is not a {what} of tenant {self.tenant}; the job may not use it")
 
     # --- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -191,6 +221,32 @@ class DbRunContext:
         self.stop()
         retrying(self.flush)
 
+    def finish(
+        self,
+        status: JobStatus,
+        *,
+        retry: bool = True,
+        result: dict | None = None,
+        error_type: str | None = None,
+        error_message: str | None = None,
+    ) -> bool:
+        """Write the job's final status, for this attempt only (False: the job is no longer ours); ``retry``: wait
+        out a database outage first."""
+
+        def write() -> bool:
+            with self.sessions() as s:
+                return jobs.finish(
+                    s,
+                    self.job_id,
+                    self.attempt,
+                    status,
+                    result=result,
+                    error_type=error_type,
+                    error_message=error_message,
+                )
+
+        return retrying(write) if retry else write()
+
     def flush(self) -> None:
         with self._write_lock:
             self._flush_locked()
@@ -202,7 +258,7 @@ class DbRunContext:
             progress, self._progress = self._progress, None
         try:
             with self.sessions() as s:
-                ok = store.beat(
+                ok = jobs.beat(
                     s,
                     self.job_id,
                     self.attempt,
@@ -223,7 +279,7 @@ class DbRunContext:
 
     def _learn_why_not_ours(self) -> None:
         with self.sessions() as s:
-            state = store.status_of(s, self.job_id)
+            state = jobs.status_of(s, self.job_id)
         if state is not None and state[0] == JobStatus.cancelled:
             self._stopped_by = JobCancelled
         else:
@@ -265,10 +321,7 @@ class DbRunContext:
         )
         try:
             self.flush()
-            with self.sessions() as s:
-                store.finish(
-                    s, self.job_id, self.attempt, JobStatus.failed, error_type="timeout", error_message=message
-                )
+            self.finish(JobStatus.failed, retry=False, error_type="timeout", error_message=message)
         except Exception as exc:  # not ours any more, or no database: the sweeper settles the row
             log.warning("could not record the timeout of job %s: %s", self.job_id, exc)
         return f"job {self.job_id} {message}"

@@ -9,7 +9,7 @@ import re
 from celery.signals import setup_logging
 
 from core import logs
-from core.settings import get_settings
+from workers import process
 from workers.publish import RUN_JOB_TASK
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -24,15 +24,13 @@ class ReceivedJobId(logging.Filter):
         if isinstance(data, dict) and data.get("name") == RUN_JOB_TASK and not hasattr(record, "job_id"):
             found = _UUID.search(str(data.get("args", "")))
             if found:
-                from workers.runner import WORKER_NAME
-
-                record.job_id, record.worker = found.group(0), WORKER_NAME
+                record.job_id, record.worker = found.group(0), process.WORKER_NAME
         return True
 
 
 @setup_logging.connect
 def _configure(loglevel=None, **_):
     """Connected, so Celery leaves logging to us."""
-    logs.configure(get_settings().log_format, loglevel or logging.INFO)
+    logs.configure(process.settings().log_format, loglevel or logging.INFO)
     for handler in logging.getLogger().handlers:
         handler.addFilter(ReceivedJobId())

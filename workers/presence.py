@@ -16,8 +16,8 @@ from datetime import timedelta
 import torch
 from sqlalchemy.orm import sessionmaker
 
-from core.jobs import store
-from core.jobs.models import utcnow
+from core.db.tables import utcnow
+from core.fleet import repository as fleet
 from core.settings import Settings
 from workers import telemetry
 
@@ -48,7 +48,7 @@ class Presence(threading.Thread):
 
     def _register(self) -> None:
         with self.sessions() as s:
-            store.register_worker(
+            fleet.register_worker(
                 s,
                 name=self.worker,
                 host=socket.gethostname(),
@@ -60,7 +60,7 @@ class Presence(threading.Thread):
 
     def _beat(self) -> None:
         with self.sessions() as s:
-            alive = store.worker_beat(s, self.worker, describe_device(), telemetry.snapshot())
+            alive = fleet.worker_beat(s, self.worker, describe_device(), telemetry.snapshot())
         if not alive:
             self._register()
 
@@ -80,6 +80,6 @@ class Presence(threading.Thread):
         self.join(timeout=5)
         try:
             with self.sessions() as s:
-                store.unregister_worker(s, self.worker)
+                fleet.unregister_worker(s, self.worker)
         except Exception as exc:
             log.warning("could not remove this worker's row: %s", exc)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import uuid
 
 import numpy as np
@@ -15,21 +13,22 @@ from sqlalchemy.orm import sessionmaker
 
 from core import logs
 from core.blobs import blob_store
-from core.blobs.keys import attempt_prefix
-from core.jobs import store
+from core.blobs.layout import attempt_prefix
+from core.data import uploaded_dataset_ids
+from core.jobs import repository as jobs
 from core.jobs.states import JobStatus
+from core.networks.spec import uploaded_model_ids
 from core.report import html_report
 from core.settings import Settings
 from core.techniques import get_kind
-from core.techniques.base import JobCancelled, JobTimedOut
+from core.techniques.base import ForeignResource, JobCancelled, JobTimedOut
 from workers import telemetry
 from workers.context import DbRunContext, JobLost
+from workers.process import WORKER_NAME
 from workers.restart import restart_worker_process
 from workers.retry import retrying
 
 log = logging.getLogger(__name__)
-
-WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class DeviceUnavailable(Exception):
@@ -57,7 +56,7 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
 
     def claim():
         with sessions() as s:
-            return store.claim(s, jid, WORKER_NAME)
+            return jobs.claim(s, jid, WORKER_NAME)
 
     job = retrying(claim)
     if job is None:
@@ -69,16 +68,10 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
     blobs = blob_store(settings)
     for earlier in range(1, attempt):  # their rows went with the claim; their bytes go now
         blobs.delete_prefix(attempt_prefix(jid, earlier))
-    ctx = DbRunContext(sessions, settings, jid, attempt, job.seed, job.timeout_s, on_hung=restart_worker_process)
+    ctx = DbRunContext(
+        sessions, settings, jid, attempt, job.tenant, job.seed, job.timeout_s, on_hung=restart_worker_process
+    )
     ctx.start()
-
-    def finish(status: JobStatus, **kw) -> bool:
-        def write():
-            with sessions() as s:
-                return store.finish(s, jid, attempt, status, **kw)
-
-        return retrying(write)
-
     try:
         try:
             kind = get_kind(job.kind)
@@ -88,12 +81,13 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
             ctx.stop()
             error_type = "device_unavailable" if isinstance(exc, DeviceUnavailable) else "invalid_job"
             message = f"this worker has no kind {job.kind!r}" if isinstance(exc, LookupError) else str(exc)
-            finish(JobStatus.failed, error_type=error_type, error_message=message[:2000])
+            ctx.finish(JobStatus.failed, error_type=error_type, error_message=message[:2000])
             return "failed"
+        ctx.check_resources(uploaded_dataset_ids(params), uploaded_model_ids(params))
 
         def record_device():
             with sessions() as s:
-                store.record_device(s, jid, attempt, str(ctx.device))
+                jobs.record_device(s, jid, attempt, str(ctx.device))
 
         retrying(record_device)
         torch.manual_seed(job.seed)
@@ -102,21 +96,26 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
         attach_summary(kind, params, result)
         ctx.artifact("report.html", html_report(job.kind, job.params, result, ctx.images), "text/html")
         ctx.close()
-        return "succeeded" if finish(JobStatus.succeeded, result=result) else "lost"
+        return "succeeded" if ctx.finish(JobStatus.succeeded, result=result) else "lost"
     except JobCancelled:
         log.info("job %s cancelled", jid)
         return "cancelled"
     except JobLost:
         log.warning("job %s attempt %d was taken away from this worker; dropping its work", jid, attempt)
         return "lost"
+    except ForeignResource as exc:
+        log.warning("job %s refused: %s", jid, exc)
+        _close_quietly(ctx)
+        ctx.finish(JobStatus.failed, error_type="foreign_resource", error_message=str(exc))
+        return "failed"
     except JobTimedOut as exc:
         _close_quietly(ctx)
-        finish(JobStatus.failed, error_type="timeout", error_message=str(exc))
+        ctx.finish(JobStatus.failed, error_type="timeout", error_message=str(exc))
         return "failed"
     except Exception as exc:
         log.exception("job %s (%s) failed", jid, job.kind)
         _close_quietly(ctx)
-        finish(JobStatus.failed, error_type=type(exc).__name__, error_message=str(exc)[:2000] or type(exc).__name__)
+        ctx.finish(JobStatus.failed, error_type=type(exc).__name__, error_message=str(exc)[:2000] or type(exc).__name__)
         return "failed"
     finally:
         ctx.stop()

@@ -12,9 +12,10 @@ from celery import Celery
 from sqlalchemy.orm import sessionmaker
 
 from core.blobs import DirectoryStore, blob_store
-from core.blobs.keys import dataset_prefix, upload_partial_key
-from core.jobs import store
-from core.jobs.models import utcnow
+from core.blobs.layout import dataset_prefix, upload_partial_key
+from core.datasets import repository as datasets
+from core.db.tables import utcnow
+from core.jobs import repository as jobs
 from core.settings import Settings
 from workers.publish import VALIDATE_DATASET_TASK, VALIDATION_QUEUE, publish
 from workers.telemetry import record_sweep
@@ -41,10 +42,10 @@ def broker_started_at(app: Celery) -> datetime | None:
     return utcnow() - timedelta(seconds=uptime_s - 1)
 
 
-def sweep_once(sessions: sessionmaker, settings: Settings, app: Celery) -> store.SweepOutcome:
+def sweep_once(sessions: sessionmaker, settings: Settings, app: Celery) -> jobs.SweepOutcome:
     started = broker_started_at(app)
     with sessions() as s:
-        outcome = store.sweep(
+        outcome = jobs.sweep(
             s,
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
             requeue_queued_after_s=settings.requeue_queued_after_s,
@@ -54,7 +55,7 @@ def sweep_once(sessions: sessionmaker, settings: Settings, app: Celery) -> store
     for job_id, queue in outcome.republish:
         if not publish(app, job_id, queue):
             with sessions() as s:
-                store.mark_unpublished(s, job_id)  # the next sweep tries again
+                jobs.mark_unpublished(s, job_id)  # the next sweep tries again
     record_sweep(outcome)
     if outcome.retried or outcome.failed:
         log.warning("sweeper: re-queued %s, failed %s", outcome.retried, outcome.failed)
@@ -62,11 +63,11 @@ def sweep_once(sessions: sessionmaker, settings: Settings, app: Celery) -> store
     return outcome
 
 
-def sweep_datasets(sessions: sessionmaker, settings: Settings, app: Celery) -> store.DatasetSweep:
+def sweep_datasets(sessions: sessionmaker, settings: Settings, app: Celery) -> datasets.DatasetSweep:
     """Validations of dead workers or lost messages published again; abandoned uploads removed, rows then bytes
     (a row never names missing bytes)."""
     with sessions() as s:
-        outcome = store.sweep_datasets(
+        outcome = datasets.sweep_datasets(
             s,
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
             republish_after_s=settings.requeue_queued_after_s,

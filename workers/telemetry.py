@@ -1,6 +1,6 @@
 """A worker's own Prometheus metrics: wait and run times, attempts, failures, sweeper actions, metric rows.
 
-They live in a private registry and travel to the database with each presence beat (``workers.stats``), and the
+They live in a private registry and travel to the database with each presence beat (``workers.presence``), and the
 API exports them with the rest, labelled by worker. So Prometheus scrapes one target for the whole service, the
 figures reach it from wherever a worker can reach the database (a GPU machine behind NAT needs no inbound port),
 and a worker's counters stay visible while it runs; its series end when it stops.
@@ -15,7 +15,8 @@ from celery.signals import task_postrun, task_prerun
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from core import logs
-from core.jobs import store
+from core.jobs import repository as jobs
+from workers import process
 from workers.publish import RUN_JOB_TASK
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def snapshot() -> list[dict]:
     ]
 
 
-def record_sweep(outcome: store.SweepOutcome) -> None:
+def record_sweep(outcome: jobs.SweepOutcome) -> None:
     retried, sweeps = set(outcome.retried), metrics().sweeps
     sweeps.labels("requeued").inc(len(retried))
     sweeps.labels("republished").inc(sum(1 for job_id, _ in outcome.republish if job_id not in retried))
@@ -108,7 +109,7 @@ def record_outcome(sessions, job_id: str, outcome: str, worker: str, attempt: in
     if outcome not in ("succeeded", "failed", "cancelled"):
         return
     with sessions() as s:
-        row = store.job_timing(s, uuid.UUID(job_id))
+        row = jobs.job_timing(s, uuid.UUID(job_id))
     if row is None or row.worker != worker or row.attempt != attempt or None in (row.started_at, row.finished_at):
         return
     m = metrics()
@@ -122,23 +123,22 @@ def _bind_job(task_id=None, task=None, args=None, **_):
     """Log lines of a run_job task carry its job id and this worker's name (attempt, kind and tenant once the
     job is claimed)."""
     if task is not None and task.name == RUN_JOB_TASK and args:
-        from workers.runner import WORKER_NAME
-
-        task.request.log_token = logs.bind(job_id=str(args[0]), worker=WORKER_NAME)
+        task.request.log_token = logs.bind(job_id=str(args[0]), worker=process.WORKER_NAME)
 
 
 @task_postrun.connect
 def _measure_and_unbind(task_id=None, task=None, args=None, retval=None, state=None, **_):
     if task is None or task.name != RUN_JOB_TASK or not args:
         return
-    from workers.runner import WORKER_NAME
-    from workers.tasks import _sessions
-
     attempt = logs.current("attempt")  # bound by the runner once it claimed the job
     try:
         if attempt is not None:
             record_outcome(
-                _sessions(), str(args[0]), retval if isinstance(retval, str) else "failed", WORKER_NAME, attempt
+                process.sessions(),
+                str(args[0]),
+                retval if isinstance(retval, str) else "failed",
+                process.WORKER_NAME,
+                attempt,
             )
     except Exception as exc:  # metrics never fail a job
         log.warning("recording job metrics failed: %s", exc)

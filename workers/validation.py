@@ -15,11 +15,12 @@ import uuid
 from sqlalchemy.orm import sessionmaker
 
 from core.blobs import blob_store
-from core.blobs.keys import dataset_raw_key, upload_partial_key
+from core.blobs.layout import dataset_raw_key, upload_partial_key
 from core.data.formats import UploadRejected
-from core.data.ingest import beating, ingest
-from core.jobs import store
-from core.jobs.models import utcnow
+from core.data.ingest import ingest
+from core.datasets import repository as datasets
+from core.datasets.service import beating
+from core.db.tables import utcnow
 from core.settings import Settings
 from workers.retry import retrying
 
@@ -32,7 +33,7 @@ def validate_dataset(sessions: sessionmaker, settings: Settings, dataset_id: str
 
     def claim():
         with sessions() as s:
-            return store.claim_validation(s, ds_id, worker, utcnow())
+            return datasets.claim_validation(s, ds_id, worker, utcnow())
 
     claimed = retrying(claim)
     if claimed is None:
@@ -64,7 +65,7 @@ def validate_dataset(sessions: sessionmaker, settings: Settings, dataset_id: str
 
     def finish() -> bool:
         with sessions() as s:
-            return store.finish_validation(s, ds_id, worker, claimed.attempt, **outcome)
+            return datasets.finish_validation(s, ds_id, worker, claimed.attempt, **outcome)
 
     if not retrying(finish):
         log.warning("dataset %s: attempt %d was taken away from this worker", ds_id, claimed.attempt)

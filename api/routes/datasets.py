@@ -9,70 +9,27 @@ partial object, so a client resumes from what the store holds (``HEAD``), even a
 
 from __future__ import annotations
 
-import io
-import os
-import re
-import socket
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
 from typing import Annotated
 
 import anyio.from_thread
 from fastapi import APIRouter, Depends, File, Form, Header, Request, Response, UploadFile
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from api.auth import owns, principal
-from api.deps import db, parse_id
-from api.problems import Problem
+from api.auth import principal
+from api.deps import app_settings, db, parse_id, publisher, session_factory
 from api.schemas import DatasetOut, UploadOut, UploadStart
 from core.blobs import blob_store
-from core.blobs.keys import dataset_prefix, dataset_raw_key, dataset_tokenizer_key, upload_partial_key
-from core.blobs.store import CHUNK, BlobTooLarge, ChunkTooSmall, OffsetMismatch
-from core.data.formats import UploadRejected, format_of
-from core.data.ingest import beating, ingest
-from core.jobs import store
-from core.jobs.keys import Principal
-from core.jobs.models import Dataset, DatasetUpload, utcnow
+from core.blobs.store import CHUNK
+from core.datasets import service
+from core.db.tables import Dataset, DatasetUpload
+from core.keys.repository import Principal
+from core.settings import Settings
+from workers.publish import Publisher
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-
-API_WORKER = f"api:{socket.gethostname()}:{os.getpid()}"  # the validator of one-shot uploads, for the sweeper
-
-
-def clean_filename(raw: str | None) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", (raw or "upload").rsplit("/", 1)[-1])[:255]
-
-
-def _rejected(message: str) -> Problem:
-    """A 422 naming the field: ``message`` is "<field>: <reason>" (``UploadRejected``'s form)."""
-    field = message.split(":", 1)[0]
-    return Problem(422, message, errors=[{"field": field, "message": message, "type": "invalid_upload"}])
-
-
-def _format(filename: str, field: str) -> str:
-    """The format its name's extension gives, judged before anything is stored (422 on ``field`` if none)."""
-    try:
-        return format_of(filename)
-    except UploadRejected as exc:
-        raise _rejected(f"{field}: {str(exc).split(': ', 1)[1]}") from None
-
-
-def _new_dataset(who: Principal, filename: str, fmt: str, size: int, label_column: str | None, **state) -> Dataset:
-    ds_id = uuid.uuid4()
-    return Dataset(
-        id=ds_id,
-        tenant=who.tenant,
-        filename=filename,
-        format=fmt,
-        label_column=label_column,
-        upload_size=size,
-        location=dataset_prefix(ds_id),
-        created_at=utcnow(),
-        **state,
-    )
 
 
 # --- one request, small files -------------------------------------------------------------------------------------
@@ -85,78 +42,33 @@ def _new_dataset(who: Principal, filename: str, fmt: str, size: int, label_colum
     responses={413: {"description": "upload too large"}, 422: {"description": "not a dataset"}},
 )
 def upload(
-    request: Request,
     response: Response,
     file: UploadFile = File(...),
     label_column: str | None = Form(None, max_length=128),
     session: Session = Depends(db),
     who: Principal = Depends(principal),
+    settings: Settings = Depends(app_settings),
+    sessions: sessionmaker = Depends(session_factory),
 ):
     """A file of at most ``GRADLAB_MAX_UPLOAD_BYTES``, validated before the answer (201 ready, or 422 and nothing
     kept). The same pipeline as a resumable upload, with this API process as its validator: if it dies mid-way,
-    the sweeper hands the dataset to a worker."""
-    settings = request.app.state.settings
-    cap = settings.max_upload_bytes
-    size = file.file.seek(0, io.SEEK_END)
-    if size > cap:
-        raise Problem(413, f"file: uploads are capped at {cap} bytes")
-    file.file.seek(0)
-    filename = clean_filename(file.filename)
-    if label_column is not None and "\x00" in label_column:  # nothing with a NUL byte reaches the database
-        raise _rejected("label_column: contains a NUL byte")
-    ds = _new_dataset(
-        who,
-        filename,
-        _format(filename, "file"),
-        size,
-        label_column,
-        status="validating",
-        validation_worker=API_WORKER,
-        validation_attempts=1,
+    the sweeper hands the dataset to a worker (202)."""
+    ds, validated = service.upload_whole(
+        session, sessions, settings, who.tenant, file.file, file.filename, label_column
     )
-    ds.validation_at = ds.created_at
-    store.add_dataset(session, ds)
-    blobs = blob_store(settings)
-    blobs.put(dataset_raw_key(ds.id), file.file)
-    try:
-        with beating(request.app.state.sessions, settings.heartbeat_interval_s, ds.id, API_WORKER, 1):
-            found = ingest(
-                blobs,
-                ds.id,
-                filename=filename,
-                label_column=label_column,
-                has_tokenizer=False,
-                declared_sha256=None,
-                max_stored_bytes=min(settings.max_dataset_bytes, settings.max_inline_dataset_bytes),
-                work_dir=settings.data_dir / "ingest" / str(ds.id),
-            )
-    except UploadRejected as exc:
-        store.abort_validation(session, ds.id)  # nothing is kept of a refused one-shot upload
-        blobs.delete_prefix(dataset_prefix(ds.id))
-        raise _rejected(str(exc)) from None
-    if store.finish_validation(session, ds.id, API_WORKER, 1, **found):
-        blobs.delete(dataset_raw_key(ds.id))
-    else:  # this process was taken for dead (a stalled database): a worker validates it now
+    if not validated:
         response.status_code = 202
-    session.refresh(ds)
     return DatasetOut.of(ds)
 
 
 # --- resumable uploads --------------------------------------------------------------------------------------------
 
 
-def _session_of(session: Session, who: Principal, upload_id: str) -> tuple[DatasetUpload, Dataset]:
-    """The upload and its dataset, read in a transaction that ends here: a chunk streaming for minutes holds no
-    database connection."""
-    found = store.upload_session(session, parse_id(upload_id, "upload"))
-    session.commit()  # read only; the rows stay loaded (expire_on_commit is off)
-    if found is None or not owns(who, found[0].tenant):
-        raise Problem(404, f"upload {upload_id} not found")
-    return found
+def _upload_of(session: Session, who: Principal, upload_id: str) -> tuple[DatasetUpload, Dataset]:
+    return service.upload_of(session, who, parse_id(upload_id, "upload"))
 
 
-def _upload_out(request: Request, up: DatasetUpload, ds: Dataset, offset: int) -> UploadOut:
-    settings = request.app.state.settings
+def _upload_out(settings: Settings, up: DatasetUpload, ds: Dataset, offset: int) -> UploadOut:
     return UploadOut(
         id=up.id,
         dataset_id=ds.id,
@@ -172,44 +84,40 @@ def _upload_out(request: Request, up: DatasetUpload, ds: Dataset, offset: int) -
 @router.post("/uploads", status_code=201, response_model=UploadOut, responses={413: {"description": "too large"}})
 def start_upload(
     body: UploadStart,
-    request: Request,
     response: Response,
     session: Session = Depends(db),
     who: Principal = Depends(principal),
+    settings: Settings = Depends(app_settings),
 ):
     """Begin a resumable upload: declare the file's name, size and (optionally) SHA-256 and label column."""
-    settings = request.app.state.settings
-    filename = clean_filename(body.filename)
-    if body.size > settings.max_dataset_upload_bytes:
-        raise Problem(413, f"size: uploads are capped at {settings.max_dataset_upload_bytes} bytes")
-    ds = _new_dataset(who, filename, _format(filename, "filename"), body.size, body.label_column, status="uploading")
-    up = DatasetUpload(
-        id=uuid.uuid4(),
-        dataset_id=ds.id,
-        tenant=who.tenant,
-        size=body.size,
-        sha256=body.sha256,
-        created_at=ds.created_at,
-        expires_at=ds.created_at + timedelta(seconds=settings.upload_expiry_s),
+    up, ds = service.start_upload(
+        session, settings, who.tenant, body.filename, body.size, body.sha256, body.label_column
     )
-    store.add_dataset(session, ds, up)
     response.headers["Location"] = f"/v1/datasets/uploads/{up.id}"
-    return _upload_out(request, up, ds, 0)
+    return _upload_out(settings, up, ds, 0)
 
 
 @router.get("/uploads/{upload_id}", response_model=UploadOut)
-def get_upload(upload_id: str, request: Request, session: Session = Depends(db), who: Principal = Depends(principal)):
-    up, ds = _session_of(session, who, upload_id)
-    return _upload_out(request, up, ds, blob_store(request.app.state.settings).partial_size(upload_partial_key(up.id)))
+def get_upload(
+    upload_id: str,
+    session: Session = Depends(db),
+    who: Principal = Depends(principal),
+    settings: Settings = Depends(app_settings),
+):
+    up, ds = _upload_of(session, who, upload_id)
+    return _upload_out(settings, up, ds, service.received(settings, up))
 
 
 @router.head("/uploads/{upload_id}", status_code=200)
 def upload_offset(
-    upload_id: str, request: Request, session: Session = Depends(db), who: Principal = Depends(principal)
+    upload_id: str,
+    session: Session = Depends(db),
+    who: Principal = Depends(principal),
+    settings: Settings = Depends(app_settings),
 ) -> Response:
     """Where to resume: ``Upload-Offset`` (bytes received) of ``Upload-Length``."""
-    up, _ = _session_of(session, who, upload_id)
-    offset = blob_store(request.app.state.settings).partial_size(upload_partial_key(up.id))
+    up, _ = _upload_of(session, who, upload_id)
+    offset = service.received(settings, up)
     return Response(headers={"Upload-Offset": str(offset), "Upload-Length": str(up.size), "Cache-Control": "no-store"})
 
 
@@ -249,48 +157,30 @@ async def append_chunk(
     upload_offset: Annotated[int, Header(ge=0)],
     session: Session = Depends(db),
     who: Principal = Depends(principal),
+    settings: Settings = Depends(app_settings),
 ):
     """Append the body at ``Upload-Offset`` (which must be the bytes received so far)."""
-    settings = request.app.state.settings
-    up, ds = await run_in_threadpool(_session_of, session, who, upload_id)
-    if ds.status != "uploading":
-        raise Problem(409, f"upload {upload_id} is complete (dataset {ds.status})")
-    blobs, key = blob_store(settings), upload_partial_key(up.id)
+    up, ds = await run_in_threadpool(_upload_of, session, who, upload_id)
     try:
-        offset = await run_in_threadpool(blobs.append_partial, key, upload_offset, _pull(_blocks(request)), up.size)
-    except OffsetMismatch as exc:
-        raise Problem(
-            409, f"upload-offset: {exc}; resume at {exc.received}", headers={"Upload-Offset": str(exc.received)}
-        ) from None
-    except BlobTooLarge as exc:
-        raise Problem(413, f"body: {exc}") from None
-    except ChunkTooSmall as exc:
-        raise Problem(422, f"body: {exc}") from None
+        offset = await run_in_threadpool(
+            service.append, session, settings, up, ds, upload_offset, _pull(_blocks(request))
+        )
     except ClientDisconnect:
         return Response(status_code=400)  # nobody reads it; what arrived is kept and HEAD reports it
-    await run_in_threadpool(store.touch_upload, session, up.id, utcnow() + timedelta(seconds=settings.upload_expiry_s))
-    return _upload_out(request, up, ds, offset)
+    return _upload_out(settings, up, ds, offset)
 
 
 @router.put("/uploads/{upload_id}/tokenizer", status_code=204, responses={413: {"description": "too large"}})
 async def put_tokenizer(
-    upload_id: str, request: Request, session: Session = Depends(db), who: Principal = Depends(principal)
+    upload_id: str,
+    request: Request,
+    session: Session = Depends(db),
+    who: Principal = Depends(principal),
+    settings: Settings = Depends(app_settings),
 ) -> Response:
     """The ``tokenizer.json`` for a JSON Lines text upload (read by the ``tokenizers`` library, no code run)."""
-    settings = request.app.state.settings
-    up, ds = await run_in_threadpool(_session_of, session, who, upload_id)
-    if ds.status != "uploading":
-        raise Problem(409, f"upload {upload_id} is complete (dataset {ds.status})")
-    if ds.format != "jsonl":
-        raise _rejected("tokenizer: only JSON Lines text (.jsonl) takes a tokenizer")
-    blobs = blob_store(settings)
-    try:
-        await run_in_threadpool(
-            blobs.put, dataset_tokenizer_key(ds.id), _pull(_blocks(request)), settings.max_tokenizer_bytes
-        )
-    except BlobTooLarge:
-        raise Problem(413, f"tokenizer: capped at {settings.max_tokenizer_bytes} bytes") from None
-    await run_in_threadpool(store.set_tokenizer, session, ds.id)
+    up, ds = await run_in_threadpool(_upload_of, session, who, upload_id)
+    await run_in_threadpool(service.put_tokenizer, session, settings, up, ds, _pull(_blocks(request)))
     return Response(status_code=204)
 
 
@@ -302,42 +192,31 @@ async def put_tokenizer(
 )
 def complete_upload(
     upload_id: str,
-    request: Request,
     response: Response,
     session: Session = Depends(db),
     who: Principal = Depends(principal),
+    settings: Settings = Depends(app_settings),
+    wakeups: Publisher = Depends(publisher),
 ):
     """All bytes are in: a worker validates the upload (``status: validating``, then ``ready`` or ``rejected``).
     Completing again answers the dataset as it now is."""
-    up, ds = _session_of(session, who, upload_id)
+    up, ds = _upload_of(session, who, upload_id)
     response.headers["Location"] = f"/v1/datasets/{ds.id}"
-    if ds.status != "uploading":
+    if not service.complete(session, settings, wakeups, up, ds):
         response.status_code = 200
-        return DatasetOut.of(ds)
-    received = blob_store(request.app.state.settings).partial_size(upload_partial_key(up.id))
-    if received != up.size:
-        raise Problem(
-            409,
-            f"upload-offset: {received} of the declared {up.size} bytes received; send the rest first",
-            headers={"Upload-Offset": str(received)},
-        )
-    if store.complete_upload(session, ds.id, utcnow()):
-        request.app.state.publisher.publish_validation(ds.id)  # if that fails, the sweeper publishes it again
-    session.refresh(ds)
     return DatasetOut.of(ds)
 
 
 @router.delete("/uploads/{upload_id}", status_code=204)
 def abort_upload(
-    upload_id: str, request: Request, session: Session = Depends(db), who: Principal = Depends(principal)
+    upload_id: str,
+    session: Session = Depends(db),
+    who: Principal = Depends(principal),
+    settings: Settings = Depends(app_settings),
 ) -> Response:
     """Give up an upload: its bytes and its dataset row go (only while it is still uploading)."""
-    up, ds = _session_of(session, who, upload_id)
-    if not store.abort_upload(session, up.id, ds.id):
-        raise Problem(409, f"upload {upload_id} is complete (dataset {ds.status})")
-    blobs = blob_store(request.app.state.settings)
-    blobs.delete_partial(upload_partial_key(up.id))
-    blobs.delete_prefix(dataset_prefix(ds.id))
+    up, ds = _upload_of(session, who, upload_id)
+    service.abort(session, settings, up, ds)
     return Response(status_code=204)
 
 
@@ -345,7 +224,4 @@ def abort_upload(
 def get_dataset(dataset_id: str, session: Session = Depends(db), who: Principal = Depends(principal)):
     """Status (``uploading``, ``validating``, ``ready`` or ``rejected`` with the reason), kind, format, shape
     and the preview: columns and dtypes, label balance, a few rows and basic statistics."""
-    ds = store.get_dataset(session, parse_id(dataset_id, "dataset"))
-    if ds is None or not owns(who, ds.tenant):
-        raise Problem(404, f"dataset {dataset_id} not found")
-    return DatasetOut.of(ds)
+    return DatasetOut.of(service.dataset_of(session, who, parse_id(dataset_id, "dataset")))

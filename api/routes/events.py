@@ -21,13 +21,13 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from api.auth import owns, principal
+from api.auth import principal
 from api.deps import parse_id
 from api.problems import Problem
-from core.jobs import store
-from core.jobs.keys import Principal
+from core.jobs import service
 from core.jobs.states import TERMINAL
 from core.jobs.watch import BATCH, JobFeeds
+from core.keys.repository import Principal
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -136,9 +136,9 @@ async def _stream(feeds: JobFeeds, job_id: uuid.UUID, after: int) -> AsyncGenera
         feeds.unsubscribe(feed)
 
 
-def _tenant(sessions, job_id: uuid.UUID) -> str | None:
+def _check_visible(sessions, who: Principal, job_id: uuid.UUID) -> None:
     with sessions() as session:
-        return store.job_tenant(session, job_id)
+        service.check_visible(session, who, job_id)
 
 
 @router.get(
@@ -162,9 +162,7 @@ async def job_events(
 ):
     jid = parse_id(job_id)
     state = request.app.state
-    tenant = await run_in_threadpool(_tenant, state.sessions, jid)
-    if tenant is None or not owns(who, tenant):
-        raise Problem(404, f"job {job_id} not found")
+    await run_in_threadpool(_check_visible, state.sessions, who, jid)
     free = state.stream_slots.take(request.state.key_hash)
     return HeldStream(
         _stream(state.job_feeds, jid, _last_id(last_event_id)),

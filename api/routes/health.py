@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from api.problems import problem_response
-from core.jobs import store
+from core.db.engine import ping
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +20,7 @@ def readyz(request: Request):
     checks = {}
     try:
         with request.app.state.sessions() as session:
-            store.ping(session)
+            ping(session)
         checks["database"] = "ok"
     except Exception as exc:  # any failure means not ready; the reason goes to the client in words
         checks["database"] = f"unreachable: {exc.__class__.__name__}"

@@ -17,19 +17,23 @@ import hmac
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Response
+from sqlalchemy.orm import sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api import observability
+from api.deps import app_settings, session_factory
 from api.problems import Problem
-from core.jobs import store
-from core.jobs.models import utcnow
-from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
+from core.db.tables import utcnow
+from core.fleet.repository import QueueState
+from core.fleet.service import known_queues, service_state
+from core.jobs.states import JobStatus
+from core.settings import Settings
 from core.techniques import specs
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
-    from sqlalchemy.orm import Session, sessionmaker
+    from sqlalchemy.orm import Session
 
 router = APIRouter(include_in_schema=False)
 
@@ -45,7 +49,8 @@ class ServiceCollector:
 
         now = utcnow()
         with self.sessions() as s:
-            counts, queues, workers, blobs = store.job_counts(s), store.queues(s), store.workers(s), store.blob_bytes(s)
+            snapshot = service_state(s)
+        counts, queues, workers, blobs = snapshot.job_counts, snapshot.queues, snapshot.workers, snapshot.blob_bytes
         jobs = GaugeMetricFamily("gradlab_jobs", "Jobs by status and kind", labels=["status", "kind"])
         by_pair = {(status, kind): n for status, kind, n in counts}
         for status in JobStatus:
@@ -59,8 +64,8 @@ class ServiceCollector:
             "How long the longest-waiting queued job of each queue has waited",
             labels=["queue"],
         )
-        for name in sorted(set(QUEUE_FOR_DEVICE.values()) | set(queues)):
-            q = queues.get(name, store.QueueState(0, None, 0))
+        for name in known_queues(queues):
+            q = queues.get(name, QueueState(0, None, 0))
             depth.add_metric([name], q.depth)
             running.add_metric([name], q.running)
             oldest.add_metric([name], (now - q.oldest_created_at).total_seconds() if q.oldest_created_at else 0.0)
@@ -84,16 +89,14 @@ class ServiceCollector:
         yield from families.values()
 
 
-def _allowed(request: Request, authorization: str | None) -> bool:
-    settings = request.app.state.settings
+def _allowed(settings: Settings, authorization: str | None) -> bool:
     if settings.auth == "disabled":
         return True
     scheme, _, token = (authorization or "").partition(" ")
-    return (
-        bool(settings.metrics_token)
-        and scheme.lower() == "bearer"
-        and hmac.compare_digest(token.strip().encode(), settings.metrics_token.encode())
-    )
+    expected = settings.metrics_token
+    if not expected or scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(token.strip().encode(), expected.encode())
 
 
 def _exposition(sessions) -> tuple[bytes, str]:
@@ -124,14 +127,18 @@ class _Each:
 
 
 @router.get("/metrics")
-async def metrics(request: Request, authorization: Annotated[str | None, Header(max_length=512)] = None):
-    if not request.app.state.settings.metrics:
+async def metrics(
+    authorization: Annotated[str | None, Header(max_length=512)] = None,
+    settings: Settings = Depends(app_settings),
+    sessions: sessionmaker = Depends(session_factory),
+):
+    if not settings.metrics:
         raise Problem(404, "metrics are off (GRADLAB_METRICS=false)")
-    if not _allowed(request, authorization):
+    if not _allowed(settings, authorization):
         raise Problem(
             401,
             "authorization: send 'Authorization: Bearer <GRADLAB_METRICS_TOKEN>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    body, media_type = await run_in_threadpool(_exposition, request.app.state.sessions)
+    body, media_type = await run_in_threadpool(_exposition, sessions)
     return Response(body, media_type=media_type)

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from api.auth import principal
-from api.deps import db
-from api.problems import Problem
-from core.jobs import store
-from core.jobs.keys import Principal
-from core.jobs.models import utcnow
-from core.jobs.queueing import estimate_wait_s
-from core.jobs.states import QUEUE_FOR_DEVICE
+from api.deps import app_settings, db
+from core.db.tables import utcnow
+from core.fleet import service
+from core.keys.repository import Principal
+from core.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["operations"])
 
@@ -48,16 +46,12 @@ class QueueOut(BaseModel):
     workers: int
 
 
-def alive_since(settings) -> datetime:
-    """A worker that has not beaten within the heartbeat timeout counts as gone (as its jobs do for the sweeper)."""
-    return utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
-
-
 @router.get("/workers", response_model=list[WorkerOut], responses={403: {"description": "not an admin key"}})
-def list_workers(request: Request, session: Session = Depends(db), who: Principal = Depends(principal)):
+def list_workers(
+    session: Session = Depends(db), who: Principal = Depends(principal), settings: Settings = Depends(app_settings)
+):
     """Each live worker: host, pid, queues, device (GPU name and memory under CUDA), current job, last beat."""
-    if not who.admin:
-        raise Problem(403, "workers are listed for admin keys only")
+    live = service.live_workers(session, settings, who)
     now = utcnow()
     return [
         WorkerOut(
@@ -71,34 +65,14 @@ def list_workers(request: Request, session: Session = Depends(db), who: Principa
             last_heartbeat=s.worker.heartbeat_at,
             heartbeat_age_s=(now - s.worker.heartbeat_at).total_seconds(),
         )
-        for s in store.workers(session, alive_since(request.app.state.settings))
+        for s in live
     ]
 
 
 @router.get("/queues", response_model=list[QueueOut])
-def list_queues(request: Request, session: Session = Depends(db), who: Principal = Depends(principal)):
+def list_queues(
+    session: Session = Depends(db), who: Principal = Depends(principal), settings: Settings = Depends(app_settings)
+):
     """Every queue: queued and running jobs (all tenants), how long its oldest queued job has waited, and how
     many live workers consume it."""
-    now = utcnow()
-    queues = store.queues(session)
-    live = store.workers(session, alive_since(request.app.state.settings))
-    out = []
-    for name in sorted(set(QUEUE_FOR_DEVICE.values()) | set(queues)):
-        q = queues.get(name, store.QueueState(0, None, 0))
-        out.append(
-            QueueOut(
-                name=name,
-                depth=q.depth,
-                running=q.running,
-                oldest_wait_s=(now - q.oldest_created_at).total_seconds() if q.oldest_created_at else None,
-                workers=sum(1 for s in live if name in s.worker.queues),
-            )
-        )
-    return out
-
-
-def place_in_queue(session: Session, settings, job) -> tuple[int, float | None]:
-    """A queued job's position in its queue (1: next) and the estimated seconds until it starts."""
-    look = store.queue_outlook(session, job, alive_since(settings))
-    eta = estimate_wait_s(look.ahead, look.running, look.workers, look.run_s)
-    return look.position, None if eta is None else round(eta, 1)
+    return [QueueOut(**vars(q)) for q in service.queue_views(session, settings)]

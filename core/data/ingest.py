@@ -8,22 +8,13 @@ into ``work_dir`` (S3); their SHA-256 is computed while they are read, in blocks
 from __future__ import annotations
 
 import hashlib
-import logging
 import shutil
-import threading
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy.orm import sessionmaker
-
-from core.blobs.keys import dataset_file_key, dataset_raw_key, dataset_tokenizer_key
+from core.blobs.layout import dataset_file_key, dataset_raw_key, dataset_tokenizer_key
 from core.blobs.store import CHUNK, BlobStore
 from core.data.formats import UploadRejected, convert
-from core.jobs import store
-from core.jobs.models import utcnow
-
-log = logging.getLogger(__name__)
 
 
 def local_copy(blobs: BlobStore, key: str, work_dir: Path, digest=None) -> Path:
@@ -58,8 +49,8 @@ def ingest(
 ) -> dict:
     """Validate and convert the dataset's raw upload, store its canonical files, and return what the dataset row
     records once ready (``Inspection.meta()`` with the upload's sha256 and the canonical files' size, the arguments
-    of ``core.jobs.store.finish_validation``); raises ``UploadRejected`` (the message names the field and says why).
-    ``work_dir`` is the caller's scratch folder, emptied afterwards."""
+    of ``core.datasets.repository.finish_validation``); raises ``UploadRejected`` (the message names the field and says
+    why). ``work_dir`` is the caller's scratch folder, emptied afterwards."""
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         digest = hashlib.sha256()
@@ -87,25 +78,3 @@ def ingest(
         return {**found.meta(), "sha256": sha256, "size": stored}
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-
-
-@contextmanager
-def beating(sessions: sessionmaker, interval_s: float, dataset_id: uuid.UUID, worker: str, attempt: int):
-    """A thread that beats for the validator's claim while the block runs (the API's one-shot uploads use it too)."""
-    stopping = threading.Event()
-
-    def beat() -> None:
-        while not stopping.wait(interval_s):
-            try:
-                with sessions() as s:
-                    store.beat_validation(s, dataset_id, worker, attempt, utcnow())
-            except Exception as exc:  # the database is briefly away: the next beat tries again
-                log.warning("validation beat for dataset %s failed: %s", dataset_id, exc)
-
-    thread = threading.Thread(target=beat, name=f"validation-beat-{dataset_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stopping.set()
-        thread.join()

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from core.data.builtin import BUILTIN_DATASETS, load_builtin
 from core.data.loader import ArraysView, DatasetView, as_view
-from core.models.spec import HFConfigModel, UploadedModel
+from core.networks.spec import HFConfigModel, UploadedModel
 
 
 def load_dataset(ref: str | UUID, ctx, accepts: tuple[str, ...] = ("arrays",)) -> DatasetView:

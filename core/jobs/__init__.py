@@ -1,1 +1,2 @@
-"""The job lifecycle: states, SQL models and the store that moves jobs between states."""
+"""Jobs: their states, the repository that moves them between states, admission, the service the API calls,
+event feeds and retention."""

@@ -15,9 +15,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import sessionmaker
 
-from core.blobs.keys import job_artifacts_prefix
+from core.blobs.layout import job_artifacts_prefix
 from core.blobs.store import BlobStore
-from core.jobs import store
+from core.jobs import repository as jobs
+from core.metrics import repository as metrics
 
 
 @dataclass
@@ -44,7 +45,7 @@ def prune(
     report = PruneReport()
     while True:
         with sessions() as s:
-            job_ids = store.prunable_jobs(s, finished_before, jobs_per_round)
+            job_ids = jobs.prunable_jobs(s, finished_before, jobs_per_round)
             if not job_ids:
                 return report
             _prune_round(s, blobs, job_ids, keep_summary, batch_rows, report)
@@ -54,11 +55,11 @@ def prune(
 
 
 def _prune_round(s, blobs: BlobStore, job_ids: list, keep_summary: bool, batch_rows: int, report: PruneReport) -> None:
-    while removed := store.delete_metric_batch(s, job_ids, batch_rows):
+    while removed := metrics.delete_metric_batch(s, job_ids, batch_rows):
         report.metric_rows += removed
     if not keep_summary:
-        report.rollup_rows += store.delete_rollup(s, job_ids)
-    artifacts = store.artifact_locations(s, job_ids)
+        report.rollup_rows += metrics.delete_rollup(s, job_ids)
+    artifacts = jobs.artifact_locations(s, job_ids)
     # the bytes first: a crash then leaves rows whose blobs are gone, which the next prune removes; the other order
     # would leave blobs no row names
     for _, location in artifacts:
@@ -66,6 +67,6 @@ def _prune_round(s, blobs: BlobStore, job_ids: list, keep_summary: bool, batch_r
     for job_id in job_ids:
         blobs.delete_prefix(job_artifacts_prefix(job_id))  # and any stray of an earlier attempt
     if artifacts:
-        store.delete_artifact_rows(s, [row_id for row_id, _ in artifacts])
+        jobs.delete_artifact_rows(s, [row_id for row_id, _ in artifacts])
         report.artifacts += len(artifacts)
-    store.mark_pruned(s, job_ids)
+    jobs.mark_pruned(s, job_ids)

@@ -22,8 +22,9 @@ from collections.abc import Callable
 
 from anyio import to_thread
 
-from core.jobs import store
+from core.jobs import repository as jobs
 from core.jobs.states import TERMINAL
+from core.metrics import repository as metrics
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class JobFeeds:
 
     def _read_encoded(self, job_id: uuid.UUID, after: int) -> tuple[int, str, int]:
         with self.sessions() as session:
-            rows, _ = store.read_metrics(session, job_id, name=None, after_step=None, cursor=after, limit=BATCH)
+            rows, _ = metrics.read_metrics(session, job_id, name=None, after_step=None, cursor=after, limit=BATCH)
         return (rows[-1].id if rows else after), "".join(self.encode(tuple(r)) for r in rows), len(rows)
 
     def _tick(self, floors: dict[uuid.UUID, int | None]) -> tuple[dict, dict[uuid.UUID, int], list, int]:
@@ -97,10 +98,10 @@ class JobFeeds:
         feed's floor is its job's newest row id; the rows are (job_id, id, step, name, value) in id order."""
         limit = BATCH * len(floors)
         with self.sessions() as session:
-            statuses = store.jobs_progress(session, list(floors))
-            fresh = store.last_metric_ids(session, [j for j, f in floors.items() if f is None and j in statuses])
+            statuses = jobs.jobs_progress(session, list(floors))
+            fresh = metrics.last_metric_ids(session, [j for j, f in floors.items() if f is None and j in statuses])
             known = {j: f for j, f in floors.items() if f is not None and j in statuses}
-            rows = store.metrics_after(session, known, limit) if known else []
+            rows = metrics.metrics_after(session, known, limit) if known else []
         return statuses, fresh, [tuple(r) for r in rows], limit
 
     async def _poll(self) -> None:

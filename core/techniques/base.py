@@ -41,6 +41,11 @@ class JobTimedOut(Exception):
     """Raised by ``RunContext.check_cancelled`` when the job ran past its ``timeout_s``."""
 
 
+class ForeignResource(Exception):
+    """Raised by ``RunContext.load_model``/``load_dataset`` for an upload of another tenant than the job's: the job
+    fails without reading it (admission refuses such a job; this guards a row that got past it)."""
+
+
 class RunContext(Protocol):
     device: torch.device
     seed: int
@@ -72,7 +77,7 @@ class KindSpec:
     description: str
     params: type[Params]
     example: dict
-    # params -> what one micro-batch on params.model holds (core.models.budget.Workload), given the columns of an
+    # params -> what one micro-batch on params.model holds (core.networks.budget.Workload), given the columns of an
     # uploaded dataset (None for a built-in one); the API budgets the model against the queue's worker with it
     model_workload: Callable[[Any, int | None], Any] | None = None
     # params -> what they need of an uploaded dataset (checked before queueing; 422 on params.dataset)

@@ -14,7 +14,7 @@ import functools
 import sqlalchemy as sa
 from alembic import context, op
 
-from core.blobs.keys import artifact_key, dataset_key, model_weights_key
+from core.blobs.layout import artifact_key, dataset_key, model_weights_key
 from core.blobs.store import BlobStore, open_store, read_blob
 from core.settings import get_settings
 

@@ -15,9 +15,9 @@ branch_labels = None
 depends_on = None
 
 UNPRUNED_WHERE = "pruned_at IS NULL AND finished_at IS NOT NULL"
-LEVELS = (4, 8, 12, 16, 20, 24, 28, 32)  # core.jobs.rollup.LEVELS when this revision was written
+LEVELS = (4, 8, 12, 16, 20, 24, 28, 32)  # core.metrics.rollup.LEVELS when this revision was written
 
-# One level of the rollup from the raw rows: per block its extremes, ties to the least step (as core.jobs.rollup).
+# One level of the rollup from the raw rows: per block its extremes, ties to the least step (as core.metrics.rollup).
 # Portable SQL (window functions exist on SQLite >= 3.25); ">>" is an arithmetic shift on both backends.
 BACKFILL = """
 INSERT INTO metric_rollups (job_id, name, level, block, n, first_step, last_step, min_step, min_value, max_step,

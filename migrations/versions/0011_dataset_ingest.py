@@ -18,7 +18,7 @@ import zipfile
 import sqlalchemy as sa
 from alembic import context, op
 
-from core.blobs.keys import dataset_file_key, dataset_key, dataset_prefix
+from core.blobs.layout import dataset_file_key, dataset_key, dataset_prefix
 from core.blobs.store import BlobStore, open_store
 from core.settings import get_settings
 

@@ -11,8 +11,8 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from core.jobs import store
-from core.jobs.models import utcnow
+from core.db.tables import utcnow
+from core.jobs import repository as job_store
 
 SUBMITS, CAP = 50, 10
 
@@ -22,7 +22,7 @@ def service_env(service_env):
     return {**service_env, "GRADLAB_MAX_ACTIVE_JOBS_PER_TENANT": str(CAP)}
 
 
-def _submit_all_at_once(sessions, tenant: str, admission: store.Admission) -> list:
+def _submit_all_at_once(sessions, tenant: str, admission: job_store.Admission) -> list:
     """SUBMITS threads, each with its own session, released together; each returns the job or the refusal."""
     gate = threading.Barrier(SUBMITS)
 
@@ -30,7 +30,7 @@ def _submit_all_at_once(sessions, tenant: str, admission: store.Admission) -> li
         with sessions() as s:
             gate.wait()
             try:
-                return store.create_job(
+                return job_store.create_job(
                     s,
                     tenant=tenant,
                     kind="init_averaging",
@@ -41,7 +41,7 @@ def _submit_all_at_once(sessions, tenant: str, admission: store.Admission) -> li
                     republish_after_s=60,
                     admission=admission,
                 )[0]
-            except store.AdmissionRefused as exc:
+            except job_store.AdmissionRefused as exc:
                 return exc
 
     with ThreadPoolExecutor(SUBMITS) as pool:
@@ -52,8 +52,10 @@ def _submit_all_at_once(sessions, tenant: str, admission: store.Admission) -> li
 def test_concurrent_submissions_stop_exactly_at_the_cap(sessions, cap):
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     active, window = (CAP, 1000) if cap == "active" else (1000, CAP)
-    outcomes = _submit_all_at_once(sessions, tenant, store.Admission(active, window, utcnow() - timedelta(minutes=1)))
-    refused = [o for o in outcomes if isinstance(o, store.AdmissionRefused)]
+    outcomes = _submit_all_at_once(
+        sessions, tenant, job_store.Admission(active, window, utcnow() - timedelta(minutes=1))
+    )
+    refused = [o for o in outcomes if isinstance(o, job_store.AdmissionRefused)]
     assert len(outcomes) - len(refused) == CAP
     assert len(refused) == SUBMITS - CAP
     if cap == "active":
@@ -61,7 +63,7 @@ def test_concurrent_submissions_stop_exactly_at_the_cap(sessions, cap):
     else:
         assert all(r.usage.window_filled_at is not None and not r.usage.at_active_cap for r in refused)
     with sessions() as s:
-        use = store.usage(s, tenant, utcnow() - timedelta(minutes=1), CAP, CAP + 1)
+        use = job_store.usage(s, tenant, utcnow() - timedelta(minutes=1), CAP, CAP + 1)
         assert use.at_active_cap and use.window_filled_at is None  # exactly CAP rows: at the cap, not past it
 
 

@@ -15,8 +15,8 @@ from alembic import command
 
 from core.blobs import DirectoryStore
 from core.blobs.store import read_blob
-from core.jobs.db import make_engine
-from core.jobs.migrate import alembic_config
+from core.db.engine import make_engine
+from core.db.migrate import alembic_config
 from tests.integration.test_migrations import assert_models_match
 from tests.stack import create_database, drop_database
 

@@ -18,8 +18,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from api.cli.jobs import client_cli
 from api.client import ApiError, Client, Job, WaitTimeout
-from api.client_cli import client_cli
 from core.report import html_report
 from tests.stack import BIN, ROOT, free_port, wait_http
 
@@ -211,7 +211,7 @@ def test_cli_artifacts_kinds_and_datasets(cli, client, finished, tmp_path):
 
 
 def test_cli_upload_resumes_where_an_interrupted_run_stopped(cli, client, tmp_path, monkeypatch):
-    from api import dataset_cli
+    from api.cli import datasets as dataset_cli
 
     monkeypatch.setenv("GRADLAB_UPLOAD_STATE", str(tmp_path / "uploads.json"))
     data = tmp_path / "rows.csv"

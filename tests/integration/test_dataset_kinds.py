@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from core.jobs import store
-from core.jobs.db import make_engine, make_sessionmaker
-from core.jobs.models import Dataset, utcnow
+from core.datasets import repository as dataset_store
+from core.db.engine import make_engine, make_sessionmaker
+from core.db.tables import Dataset, utcnow
 
 TOKEN_MODEL = {
     "source": "builtin",
@@ -53,7 +53,7 @@ def datasets(pg_database) -> dict[str, str]:
                 location=f"datasets/{name}",
                 created_at=utcnow(),
             )
-            store.add_dataset(s, ds)
+            dataset_store.add_dataset(s, ds)
             ids[name] = str(ds.id)
     engine.dispose()
     return ids

@@ -1,4 +1,4 @@
-"""The dataset transitions in ``core.jobs.store`` on both backends: upload -> validating -> ready | rejected by
+"""The dataset transitions in ``core.jobs.repository`` on both backends: upload -> validating -> ready | rejected by
 compare-and-set, and the sweeper's recovery (dead validator released or given up on, lost message republished,
 abandoned upload removed)."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from core.jobs import store
-from core.jobs.models import Dataset, DatasetUpload, utcnow
+from core.datasets import repository as dataset_store
+from core.db.tables import Dataset, DatasetUpload, utcnow
 
 SWEEP = {"heartbeat_timeout_s": 30, "republish_after_s": 60, "max_attempts": 2}
 
@@ -35,24 +35,24 @@ def _uploading(sessions, expires_in_s: float = 3600) -> tuple[uuid.UUID, uuid.UU
         expires_at=now + timedelta(seconds=expires_in_s),
     )
     with sessions() as s:
-        store.add_dataset(s, ds, up)
+        dataset_store.add_dataset(s, ds, up)
     return up.id, ds.id
 
 
 def test_a_validation_is_claimed_once_and_finished_by_its_claimer_only(sessions):
     up_id, ds_id = _uploading(sessions)
     with sessions() as s:
-        assert store.claim_validation(s, ds_id, "w1", utcnow()) is None  # not complete yet
-        assert store.complete_upload(s, ds_id, utcnow())
-        assert not store.complete_upload(s, ds_id, utcnow())
-        claim = store.claim_validation(s, ds_id, "w1", utcnow())
+        assert dataset_store.claim_validation(s, ds_id, "w1", utcnow()) is None  # not complete yet
+        assert dataset_store.complete_upload(s, ds_id, utcnow())
+        assert not dataset_store.complete_upload(s, ds_id, utcnow())
+        claim = dataset_store.claim_validation(s, ds_id, "w1", utcnow())
         assert claim is not None and (claim.attempt, claim.upload_id, claim.declared_sha256) == (1, up_id, "0" * 64)
-        assert store.claim_validation(s, ds_id, "w2", utcnow()) is None  # a duplicate message
-        assert not store.finish_validation(s, ds_id, "w2", 1, reason="file: no")
-        assert store.finish_validation(s, ds_id, "w1", 1, reason="file: no")
-        assert store.get_dataset(s, ds_id).status == "rejected"
-        assert store.upload_session(s, up_id) is None  # the session ended with the validation
-        tenant, info = store.dataset_infos(s, [ds_id])[ds_id]
+        assert dataset_store.claim_validation(s, ds_id, "w2", utcnow()) is None  # a duplicate message
+        assert not dataset_store.finish_validation(s, ds_id, "w2", 1, reason="file: no")
+        assert dataset_store.finish_validation(s, ds_id, "w1", 1, reason="file: no")
+        assert dataset_store.get_dataset(s, ds_id).status == "rejected"
+        assert dataset_store.upload_session(s, up_id) is None  # the session ended with the validation
+        tenant, info = dataset_store.dataset_infos(s, [ds_id])[ds_id]
         assert (tenant, info.status, info.reason, info.kind) == ("t", "rejected", "file: no", None)
 
 
@@ -61,21 +61,21 @@ def test_the_sweeper_recovers_validations_and_removes_abandoned_uploads(sessions
     up_id, ds_id = _uploading(sessions)
     abandoned, gone = _uploading(sessions, expires_in_s=10)
     with sessions() as s:
-        store.complete_upload(s, ds_id, utcnow())
-        store.claim_validation(s, ds_id, "w1", utcnow())
-        out = store.sweep_datasets(s, **SWEEP, now=later)  # w1 stopped beating: released, published again
+        dataset_store.complete_upload(s, ds_id, utcnow())
+        dataset_store.claim_validation(s, ds_id, "w1", utcnow())
+        out = dataset_store.sweep_datasets(s, **SWEEP, now=later)  # w1 stopped beating: released, published again
         assert out.republish == [ds_id] and out.rejected == [] and out.expired == [(abandoned, gone)]
-        assert store.get_dataset(s, gone) is None and store.upload_session(s, abandoned) is None
-        assert not store.beat_validation(s, ds_id, "w1", 1, later)  # the dead worker's claim is gone
-        out = store.sweep_datasets(s, **SWEEP, now=later)
+        assert dataset_store.get_dataset(s, gone) is None and dataset_store.upload_session(s, abandoned) is None
+        assert not dataset_store.beat_validation(s, ds_id, "w1", 1, later)  # the dead worker's claim is gone
+        out = dataset_store.sweep_datasets(s, **SWEEP, now=later)
         assert out.republish == []  # just published: not again before republish_after_s
-        out = store.sweep_datasets(s, **SWEEP, now=later + timedelta(seconds=61))
+        out = dataset_store.sweep_datasets(s, **SWEEP, now=later + timedelta(seconds=61))
         assert out.republish == [ds_id]  # its message may be lost: published again, still unclaimed
-        claim = store.claim_validation(s, ds_id, "w2", later + timedelta(seconds=61))
+        claim = dataset_store.claim_validation(s, ds_id, "w2", later + timedelta(seconds=61))
         assert claim.attempt == 2
-        out = store.sweep_datasets(s, **SWEEP, now=later + timedelta(seconds=200))
+        out = dataset_store.sweep_datasets(s, **SWEEP, now=later + timedelta(seconds=200))
         assert out.rejected == [ds_id] and out.republish == []  # max_attempts workers died on it
-        ds = store.get_dataset(s, ds_id)
+        ds = dataset_store.get_dataset(s, ds_id)
         assert ds.status == "rejected" and "stopped responding on each of 2 attempts" in ds.reason
 
 
@@ -84,7 +84,7 @@ def test_the_worker_sweeper_removes_an_abandoned_upload_and_stray_temporaries(se
     import time
 
     from core.blobs import blob_store
-    from core.blobs.keys import dataset_tokenizer_key, upload_partial_key
+    from core.blobs.layout import dataset_tokenizer_key, upload_partial_key
     from core.settings import Settings
     from workers.app import make_celery
     from workers.sweeper import TEMPORARY_AGE_S, sweep_datasets, sweep_temporaries
@@ -106,5 +106,7 @@ def test_the_worker_sweeper_removes_an_abandoned_upload_and_stray_temporaries(se
     assert blobs.partial_size(upload_partial_key(up_id)) == 0 and not blobs.exists(dataset_tokenizer_key(ds_id))
     assert blobs.partial_size(upload_partial_key(kept_up)) == 4  # a live upload keeps its bytes
     with sessions() as s:
-        assert store.get_dataset(s, ds_id) is None and store.get_dataset(s, kept_ds).status == "uploading"
+        assert (
+            dataset_store.get_dataset(s, ds_id) is None and dataset_store.get_dataset(s, kept_ds).status == "uploading"
+        )
     assert sweep_temporaries(settings) == 1 and not stray.exists()

@@ -1,4 +1,4 @@
-"""Server-side downsampling of metric series (``store.downsampled_metrics``, ``GET …/metrics?points=``), on both
+"""Server-side downsampling of metric series (``metric_store.downsampled_metrics``, ``GET …/metrics?points=``), on both
 backends: every bucket's least and greatest value come back exactly, as rows that were logged, and short series come
 back whole. The expected rows are computed here by brute force with numpy over the logged rows, independently of the
 stored rollup the store reads them from."""
@@ -9,8 +9,13 @@ import random
 
 import numpy as np
 import pytest
+from sqlalchemy import update
 
-from core.jobs import store
+from core.db.tables import Job
+from core.jobs import repository as job_store
+from core.metrics import repository as metric_store
+from core.studies import repository as study_store
+from core.studies import service as study_service
 
 
 def _series(rng: random.Random, n: int, *, start: int = 0, ties: bool = False) -> list[tuple[int, float | None]]:
@@ -50,10 +55,10 @@ def _expected(logged: list[tuple[int, float | None]], points: int) -> list[tuple
 
 
 def _job(s):
-    job, _ = store.create_job(
+    job, _ = job_store.create_job(
         s, tenant="t", kind="init_averaging", params={}, seed=0, device="cpu", timeout_s=60, republish_after_s=60
     )
-    return store.claim(s, job.id, "test")
+    return job_store.claim(s, job.id, "test")
 
 
 def _log(s, job, series: dict[str, list[tuple[int, float | None]]], beats: int) -> None:
@@ -62,7 +67,7 @@ def _log(s, job, series: dict[str, list[tuple[int, float | None]]], beats: int) 
     random.Random(1).shuffle(rows)
     size = -(-len(rows) // beats)
     for i in range(0, len(rows), size):
-        assert store.beat(s, job.id, job.attempt, None, None, rows[i : i + size])
+        assert job_store.beat(s, job.id, job.attempt, None, None, rows[i : i + size])
 
 
 def _by_name(rows) -> dict[str, list[tuple[int, float]]]:
@@ -88,8 +93,8 @@ def test_every_bucket_keeps_its_exact_min_and_max(sessions, points):
     with sessions() as s:
         job = _job(s)
         _log(s, job, series, beats=7)
-        got = _by_name(store.downsampled_metrics(s, job.id, name=None, points=points))
-        only_loss = store.downsampled_metrics(s, job.id, name="loss", points=points)
+        got = _by_name(metric_store.downsampled_metrics(s, job.id, name=None, points=points))
+        only_loss = metric_store.downsampled_metrics(s, job.id, name="loss", points=points)
 
     assert [(r.step, r.value) for r in only_loss] == got["loss"]
     assert set(got) == set(series)
@@ -102,20 +107,20 @@ def test_a_new_attempt_starts_a_new_rollup(sessions):
     """A retried job's metrics are removed at its claim: the rollup of the dead attempt must go with them."""
     with sessions() as s:
         job = _job(s)
-        assert store.beat(s, job.id, job.attempt, None, None, [(i, "loss", 100.0 + i) for i in range(5000)])
-        s.execute(store.update(store.Job).where(store.Job.id == job.id).values(status="queued"))
+        assert job_store.beat(s, job.id, job.attempt, None, None, [(i, "loss", 100.0 + i) for i in range(5000)])
+        s.execute(update(Job).where(Job.id == job.id).values(status="queued"))
         s.commit()
-        job = store.claim(s, job.id, "test")
+        job = job_store.claim(s, job.id, "test")
         again = [(i, "loss", float(-i)) for i in range(3000)]
-        assert store.beat(s, job.id, job.attempt, None, None, again)
-        got = _by_name(store.downsampled_metrics(s, job.id, name=None, points=100))
+        assert job_store.beat(s, job.id, job.attempt, None, None, again)
+        got = _by_name(metric_store.downsampled_metrics(s, job.id, name=None, points=100))
     assert got["loss"] == _expected([(st, v) for st, _, v in again], 100)
 
 
 def test_a_study_reads_each_child_as_the_child_reads_itself(sessions):
     rng = random.Random(11)
     with sessions() as s:
-        study, jobs, _ = store.create_study(
+        study, jobs, _ = study_store.create_study(
             s,
             tenant="t",
             kind="init_averaging",
@@ -129,11 +134,11 @@ def test_a_study_reads_each_child_as_the_child_reads_itself(sessions):
         )
         logged = {}
         for job_id, _ in jobs:
-            job = store.claim(s, job_id, "test")
+            job = job_store.claim(s, job_id, "test")
             logged[job_id] = _series(rng, 4_000)
             _log(s, job, {"loss": logged[job_id], "other": _series(rng, 10)}, beats=3)
         got: dict = {}
-        for r in store.study_downsampled_metrics(s, study.id, name="loss", points=300):
+        for r in study_service.child_metrics(s, study, "loss", 300):
             assert r.name == "loss"
             got.setdefault(r.job_id, []).append((r.step, r.value))
     assert got == {job_id: _expected(rows, 300) for job_id, rows in logged.items()}

@@ -16,11 +16,12 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from core.jobs import store
-from core.jobs.db import make_engine, make_sessionmaker
-from core.jobs.keys import create_key
+from core.db.engine import make_engine, make_sessionmaker
+from core.jobs import repository as job_store
 from core.jobs.states import JobStatus
 from core.jobs.watch import JobFeeds
+from core.keys.repository import create_key
+from core.metrics import repository as metric_store
 
 CAP = 3
 JOB = {"kind": "init_averaging", "params": {"widths": [8, 8]}}
@@ -102,7 +103,7 @@ def test_each_watcher_gets_every_row_once_then_the_terminal_status(stack, api, s
     jid = uuid.UUID(job["id"])
     url = f"{stack.api_url}/v1/jobs/{jid}/events"
     with sessions() as session:
-        assert store.claim(session, jid, "test-worker") is not None
+        assert job_store.claim(session, jid, "test-worker") is not None
     early = [Watcher(url, new_key("fanout")) for _ in range(8)]
     for w in early:
         w.start()
@@ -116,18 +117,19 @@ def test_each_watcher_gets_every_row_once_then_the_terminal_status(stack, api, s
         rows = [(written + k, "loss", float(written + k)) for k in range(n)]
         written += n
         with sessions() as session:
-            assert store.beat(session, jid, 1, progress=i / len(batches), message=None, metric_rows=rows)
+            assert job_store.beat(session, jid, 1, progress=i / len(batches), message=None, metric_rows=rows)
         if i == 2:  # a watcher resuming mid-run from the id of row 100
             with sessions() as session:
-                resume_at = store.read_metrics(session, jid, name=None, after_step=None, cursor=None, limit=101)[0][
-                    100
-                ].id
+                resume_at = metric_store.read_metrics(session, jid, name=None, after_step=None, cursor=None, limit=101)[
+                    0
+                ][100].id
             late = Watcher(url, {**new_key("fanout"), "Last-Event-ID": str(resume_at)})
             late.start()
     with sessions() as session:
-        assert store.finish(session, jid, 1, JobStatus.succeeded, result={})
+        assert job_store.finish(session, jid, 1, JobStatus.succeeded, result={})
         every = [
-            r.id for r in store.read_metrics(session, jid, name=None, after_step=None, cursor=None, limit=10_000)[0]
+            r.id
+            for r in metric_store.read_metrics(session, jid, name=None, after_step=None, cursor=None, limit=10_000)[0]
         ]
     assert len(every) == written
     for w in early + [late]:
@@ -182,17 +184,17 @@ def test_one_poller_reads_every_watched_job_in_a_constant_number_of_statements(s
     jobs = [uuid.UUID(api.post("/v1/jobs", json=JOB, headers=headers).json()["id"]) for _ in range(12)]
     with writes() as session:
         for jid in jobs:
-            assert store.claim(session, jid, "test-worker") is not None
+            assert job_store.claim(session, jid, "test-worker") is not None
 
     def write_and_finish() -> None:
         for batch in range(3):
             for n, jid in enumerate(jobs):
                 rows = [(batch * 100 + k, "loss", float(n)) for k in range(n + 1)]
                 with writes() as session:
-                    assert store.beat(session, jid, 1, progress=None, message=None, metric_rows=rows)
+                    assert job_store.beat(session, jid, 1, progress=None, message=None, metric_rows=rows)
         with writes() as session:
             for jid in jobs:
-                assert store.finish(session, jid, 1, JobStatus.succeeded, result={})
+                assert job_store.finish(session, jid, 1, JobStatus.succeeded, result={})
 
     async def watch() -> tuple[list, int, int]:
         feeds = JobFeeds(sessions, 0.02, lambda row: f"{row[0]},")
@@ -222,7 +224,7 @@ def test_one_poller_reads_every_watched_job_in_a_constant_number_of_statements(s
     assert ticks > 0 and count <= 3 * ticks, (count, ticks)
     with writes() as session:
         for n, (jid, feed) in enumerate(zip(jobs, watched)):
-            rows = store.read_metrics(session, jid, name=None, after_step=None, cursor=None, limit=1000)[0]
+            rows = metric_store.read_metrics(session, jid, name=None, after_step=None, cursor=None, limit=1000)[0]
             assert len(rows) == 3 * (n + 1) and feed.ids == [r.id for r in rows]
             assert feed.status is not None and feed.status["status"] == "succeeded"
     writer_engine.dispose()

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from core.jobs import db as jobs_db
-from core.jobs.db import make_engine
+from core.db import engine as jobs_db
+from core.db.engine import make_engine
 from tests.servers import PG_BIN, PrivatePostgres, PrivateRedis
 from tests.stack import Stack, wait_job
 
@@ -272,7 +272,7 @@ def test_postgres_restarted_api_503_then_recovers_and_workers_lose_no_result(ser
 
 @pytest.mark.skipif(PG_BIN is None, reason="PostgreSQL server binaries are not installed")
 def test_idle_pooled_connection_is_replaced_after_a_database_restart(monkeypatch):
-    # The engine pings a connection only after it sat idle (core/jobs/db.py); a restart leaves every pooled
+    # The engine pings a connection only after it sat idle (core/db/engine.py); a restart leaves every pooled
     # connection dead, so the first use after it must still succeed on a fresh one.
     monkeypatch.setattr(jobs_db, "IDLE_PING_S", 0.05)  # the idle time after which a pooled connection is pinged
     pg = PrivatePostgres()

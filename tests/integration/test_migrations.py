@@ -8,9 +8,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from core.jobs.db import make_engine
-from core.jobs.migrate import alembic_config, upgrade
-from core.jobs.models import Base
+from core.db.engine import make_engine
+from core.db.migrate import alembic_config, upgrade
+from core.db.tables import Base
 
 
 def assert_models_match(url: str) -> None:
@@ -44,7 +44,7 @@ def test_0010_backfills_the_rollup_as_ingest_computes_it(backend, tmp_path):
 
     from sqlalchemy import text
 
-    from core.jobs import store
+    from core.metrics import repository as metric_store
     from tests.stack import create_database, drop_database
 
     name = None
@@ -90,7 +90,7 @@ def test_0010_backfills_the_rollup_as_ingest_computes_it(backend, tmp_path):
         with engine.connect() as conn:
             got = sorted(tuple(r) for r in conn.execute(text(f"SELECT {', '.join(columns)} FROM metric_rollups")))
         engine.dispose()
-        expected = sorted(tuple(r[c] for c in columns) for r in store.rollup_rows(job_id, rows))
+        expected = sorted(tuple(r[c] for c in columns) for r in metric_store.rollup_rows(job_id, rows))
         assert got == expected
     finally:
         if name:

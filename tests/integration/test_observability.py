@@ -342,8 +342,8 @@ def test_request_id_in_header_and_problem_body(api, workers):
 
 def test_access_with_authentication_required(stack, pg_database, workers):
     """Workers are listed for admin keys only; queues for any key; /metrics for the scrape token alone."""
-    from core.jobs.db import make_engine, make_sessionmaker
-    from core.jobs.keys import create_key
+    from core.db.engine import make_engine, make_sessionmaker
+    from core.keys.repository import create_key
     from tests.stack import free_port, wait_http
 
     engine = make_engine(pg_database[1])

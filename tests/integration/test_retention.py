@@ -11,12 +11,13 @@ from datetime import timedelta
 
 from sqlalchemy import func, select, update
 
-from core.blobs.keys import artifact_key
+from core.blobs.layout import artifact_key
 from core.blobs.store import DirectoryStore
-from core.jobs import store
-from core.jobs.models import Artifact, Job, Metric, MetricRollup, utcnow
+from core.db.tables import Artifact, Job, Metric, MetricRollup, utcnow
+from core.jobs import repository as job_store
 from core.jobs.retention import prune
 from core.jobs.states import JobStatus
+from core.metrics import repository as metric_store
 from tests.stack import BIN, ROOT
 
 RESULT = {"summary": {"headline": "kept"}, "figures": [1, 2, 3]}
@@ -25,23 +26,25 @@ RESULT = {"summary": {"headline": "kept"}, "figures": [1, 2, 3]}
 def _job(s, blobs: DirectoryStore, *, rows: int, finished_days_ago: float | None, status=JobStatus.succeeded):
     """A job with ``rows`` metric rows over two series, two artifacts (bytes in ``blobs``) and, when
     ``finished_days_ago`` is given, finished that long ago with RESULT."""
-    job, _ = store.create_job(
+    job, _ = job_store.create_job(
         s, tenant="t", kind="init_averaging", params={}, seed=0, device="cpu", timeout_s=60, republish_after_s=60
     )
-    job = store.claim(s, job.id, "test")
-    assert store.beat(
+    job = job_store.claim(s, job.id, "test")
+    assert job_store.beat(
         s, job.id, job.attempt, None, None, [(i, "loss" if i % 2 else "acc", i * 0.5) for i in range(rows)]
     )
     keys = []
     for name in ("plot.png", "values.json"):
         key = artifact_key(job.id, job.attempt, name)
         info = blobs.put(key, io.BytesIO(b"bytes of " + name.encode()))
-        assert store.put_artifact(
+        assert job_store.put_artifact(
             s, job.id, job.attempt, name, media_type="x", size=info.size, sha256=info.sha256, location=key
         )
         keys.append(key)
     if finished_days_ago is not None:
-        assert store.finish(s, job.id, job.attempt, status, result=RESULT if status == JobStatus.succeeded else None)
+        assert job_store.finish(
+            s, job.id, job.attempt, status, result=RESULT if status == JobStatus.succeeded else None
+        )
         s.execute(update(Job).where(Job.id == job.id).values(finished_at=utcnow() - timedelta(days=finished_days_ago)))
         s.commit()
     return job.id, keys
@@ -88,7 +91,7 @@ def test_prune_removes_old_jobs_metrics_and_artifacts_in_batches_and_keeps_resul
         assert s.get(Job, old_failed).status == JobStatus.failed
         for job_id in (recent, running):
             assert _counts(s, job_id) == before[job_id] and s.get(Job, job_id).pruned_at is None
-        assert store.downsampled_metrics(s, old, name=None, points=100) == []
+        assert metric_store.downsampled_metrics(s, old, name=None, points=100) == []
     assert not any(blobs.exists(k) for k in old_keys + failed_keys)
     assert not (tmp_path / "blobs" / "artifacts" / str(old)).exists()
     assert all(blobs.exists(k) for k in recent_keys + running_keys)
@@ -102,7 +105,7 @@ def test_batches_are_no_bigger_than_asked(sessions, tmp_path):
     with sessions() as s:
         job_id, _ = _job(s, blobs, rows=2_500, finished_days_ago=100)
         other, _ = _job(s, blobs, rows=700, finished_days_ago=100)
-        batches = [store.delete_metric_batch(s, [job_id, other], 1_000) for _ in range(5)]
+        batches = [metric_store.delete_metric_batch(s, [job_id, other], 1_000) for _ in range(5)]
         assert batches == [1_000, 1_000, 1_000, 200, 0]
 
 
@@ -110,15 +113,15 @@ def test_keep_summary_keeps_the_charts_from_the_rollup(sessions, tmp_path):
     blobs = DirectoryStore(tmp_path / "blobs")
     with sessions() as s:
         job_id, _ = _job(s, blobs, rows=4_000, finished_days_ago=100)
-        chart_before = store.downsampled_metrics(s, job_id, name="loss", points=100)
+        chart_before = metric_store.downsampled_metrics(s, job_id, name="loss", points=100)
     report = prune(sessions, blobs, finished_before=utcnow() - timedelta(days=90), keep_summary=True)
     assert report.rollup_rows == 0 and report.metric_rows == 4_000
     with sessions() as s:
         assert _counts(s, job_id)[0::2] == (0, 0)
         # the raw rows are gone; buckets of 2**6 steps are read from the stored 16-step blocks, exactly as before
-        assert store.downsampled_metrics(s, job_id, name="loss", points=100) == chart_before
+        assert metric_store.downsampled_metrics(s, job_id, name="loss", points=100) == chart_before
         # a budget finer than the finest stored block: one bucket per 16 steps, still each its exact min and max
-        fine = store.downsampled_metrics(s, job_id, name="loss", points=2_000)
+        fine = metric_store.downsampled_metrics(s, job_id, name="loss", points=2_000)
     odd = [(i, i * 0.5) for i in range(1, 4_000, 2)]
     assert [(r.step, r.value) for r in fine] == sorted(
         {row for b in range(0, 4_000, 16) for row in (odd[b // 2], odd[b // 2 + 7])}
@@ -127,8 +130,8 @@ def test_keep_summary_keeps_the_charts_from_the_rollup(sessions, tmp_path):
 
 def test_the_command_prunes_and_refuses_bad_ages(tmp_path):
     url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
-    from core.jobs.db import make_engine, make_sessionmaker
-    from core.jobs.migrate import upgrade
+    from core.db.engine import make_engine, make_sessionmaker
+    from core.db.migrate import upgrade
 
     upgrade(url)
     engine = make_engine(url)

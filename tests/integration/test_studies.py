@@ -18,8 +18,8 @@ from scipy.stats import t as student_t
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
-from api.client_cli import client_cli
-from api.study_cli import study_cli
+from api.cli.jobs import client_cli
+from api.cli.studies import study_cli
 
 GRID = {
     "kind": "init_averaging",

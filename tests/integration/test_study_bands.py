@@ -1,7 +1,7 @@
-"""A study's curves as one band per setting, on both backends: ``store.study_metric_span`` and ``store.study_bands``
-reduce every child's series to bucket means on a grid shared by all children and spread each setting's seeds into
-mean, min, max and squared deviations, which ``studies.bands`` lays out with the sd; all checked against the raw rows
-as logged, reduced here independently."""
+"""A study's curves as one band per setting, on both backends: ``metric_store.study_metric_span`` and
+``metric_store.study_bands`` reduce every child's series to bucket means on a grid shared by all children and spread
+each setting's seeds into mean, min, max and squared deviations, which ``studies.bands`` lays out with the sd; all
+checked against the raw rows as logged, reduced here independently."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import statistics
 
 import pytest
 
-from core import studies
-from core.jobs import store
+from core.jobs import repository as job_store
 from core.jobs.states import JobStatus
+from core.metrics import repository as metric_store
+from core.studies import repository as study_store
+from core.studies import stats as studies
 
 
 def _study(s, rows_per_child: dict[tuple[int, int], list[tuple[int, float | None]]], settings: int, seeds: int):
-    study, jobs, _ = store.create_study(
+    study, jobs, _ = study_store.create_study(
         s,
         tenant="t",
         kind="init_averaging",
@@ -29,11 +31,11 @@ def _study(s, rows_per_child: dict[tuple[int, int], list[tuple[int, float | None
         republish_after_s=60,
     )
     for (job_id, _), (setting, seed) in zip(jobs, [(i, k) for i in range(settings) for k in range(seeds)]):
-        job = store.claim(s, job_id, "test")
+        job = job_store.claim(s, job_id, "test")
         logged = [(step, "loss", v) for step, v in rows_per_child[(setting, seed)]]
         logged += [(step, "other", 1e6) for step, _ in rows_per_child[(setting, seed)]]  # another metric: ignored
-        assert store.beat(s, job_id, job.attempt, None, None, logged)
-        store.finish(s, job_id, job.attempt, JobStatus.succeeded, result={})
+        assert job_store.beat(s, job_id, job.attempt, None, None, logged)
+        job_store.finish(s, job_id, job.attempt, JobStatus.succeeded, result={})
     return study
 
 
@@ -54,11 +56,11 @@ def test_bands_are_the_seeds_spread_of_bucket_means_of_the_rows_as_logged(sessio
     logged = {(i, k): _walk(rng, rng.randint(0, 20), 300 + 40 * k) for i in range(settings) for k in range(seeds)}
     with sessions() as s:
         study = _study(s, logged, settings, seeds)
-        span = store.study_metric_span(s, study.id, name="loss")
+        span = metric_store.study_metric_span(s, study.id, name="loss")
         first, last = span
         width = studies.bucket_width(first, last, points)
-        got = studies.bands(store.study_bands(s, study.id, name="loss", first=first, width=width), settings)
-        assert store.study_metric_span(s, study.id, name="nothing") is None
+        got = studies.bands(metric_store.study_bands(s, study.id, name="loss", first=first, width=width), settings)
+        assert metric_store.study_metric_span(s, study.id, name="nothing") is None
 
     steps = [st for rows in logged.values() for st, _ in rows]  # nulls count for the span: they were logged
     assert (first, last) == (min(steps), max(steps))
@@ -98,7 +100,7 @@ def test_bands_lay_out_each_settings_rows_by_step():
 
 def test_a_study_is_finished_when_no_child_is_queued_or_running(sessions):
     with sessions() as s:
-        study, jobs, _ = store.create_study(
+        study, jobs, _ = study_store.create_study(
             s,
             tenant="t",
             kind="init_averaging",
@@ -111,9 +113,11 @@ def test_a_study_is_finished_when_no_child_is_queued_or_running(sessions):
             republish_after_s=60,
         )
         (a, _), (b, _) = jobs
-        assert not store.study_is_finished(s, study.id)  # both queued
-        store.finish(s, a, store.claim(s, a, "test").attempt, JobStatus.failed, error_type="x", error_message="y")
-        claimed = store.claim(s, b, "test")
-        assert not store.study_is_finished(s, study.id)  # one running
-        store.finish(s, b, claimed.attempt, JobStatus.succeeded, result={})
-        assert store.study_is_finished(s, study.id)
+        assert not study_store.study_is_finished(s, study.id)  # both queued
+        job_store.finish(
+            s, a, job_store.claim(s, a, "test").attempt, JobStatus.failed, error_type="x", error_message="y"
+        )
+        claimed = job_store.claim(s, b, "test")
+        assert not study_store.study_is_finished(s, study.id)  # one running
+        job_store.finish(s, b, claimed.attempt, JobStatus.succeeded, result={})
+        assert study_store.study_is_finished(s, study.id)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from core.init import averaged_normal_, averaged_uniform_, averaged_variance, fans
+from core.averaged_init import averaged_normal_, averaged_uniform_, averaged_variance, fans
 from core.techniques import get_kind
 from core.techniques.init_averaging.run import predicted_ratios
 from core.techniques.init_averaging.spec import InitAveragingParams

@@ -1,11 +1,11 @@
-"""core/init.py's refusals: every fan must be positive, and a mean it does not know is refused whatever its name
-sorts next to."""
+"""core/averaged_init.py's refusals: every fan must be positive, and a mean it does not know is refused whatever its
+name sorts next to."""
 
 from __future__ import annotations
 
 import pytest
 
-from core.init import averaged_variance
+from core.averaged_init import averaged_variance
 
 
 @pytest.mark.parametrize("fan_in, fan_out", [(0, 3), (3, 0), (-2, 3), (3, -2)])

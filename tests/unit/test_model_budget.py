@@ -8,10 +8,10 @@ import torch
 from pydantic import TypeAdapter
 from torch.distributed._tools.mem_tracker import MemTracker
 
-from core.models.budget import Workload, estimate, refusal
-from core.models.build import build
-from core.models.inspect import summarize
-from core.models.spec import ModelSpec
+from core.networks.budget import Workload, estimate, refusal
+from core.networks.build import build
+from core.networks.meta_summary import summarize
+from core.networks.spec import ModelSpec
 from tests.model_configs import TINY
 
 CASES = {

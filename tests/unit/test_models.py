@@ -16,17 +16,17 @@ import pytest
 import torch
 from pydantic import TypeAdapter, ValidationError
 
-from core.init import averaged_variance
-from core.models.analysis import (
+from core.averaged_init import averaged_variance
+from core.networks.analysis import (
     accumulation_memory,
     layer_table,
     reinit_nonsquare_,
     variance_ratios,
 )
-from core.models.build import BuiltModel, build
-from core.models.checks import embedding_sizes, largest_supported, model_checks
-from core.models.safetensors_header import WeightsRejected, read_header
-from core.models.spec import ModelSpec
+from core.networks.build import BuiltModel, build
+from core.networks.checks import embedding_sizes, largest_supported, model_checks
+from core.networks.safetensors_header import WeightsRejected, read_header
+from core.networks.spec import ModelSpec
 from tests.model_configs import TINY, TINY_BERT, TINY_GPT2, hf_model
 from tests.stack import ROOT
 
@@ -39,8 +39,8 @@ def spec(**fields):
 
 def test_the_spec_side_imports_neither_torch_nor_transformers():
     code = (
-        "import sys; import core.models.spec, core.models.checks, core.models.budget, core.models.inspector, "
-        "core.models.safetensors_header; bad = {'torch', 'transformers'} & set(sys.modules); "
+        "import sys; import core.networks.spec, core.networks.checks, core.networks.budget, core.networks.inspector, "
+        "core.networks.safetensors_header; bad = {'torch', 'transformers'} & set(sys.modules); "
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
+from api.cli.jobs import queue_place
 from api.client import Job
-from api.client_cli import queue_place
 from core import logs
-from core.jobs.queueing import estimate_wait_s
+from core.fleet.queueing import estimate_wait_s
 
 
 def record(message: str = "hello %s", args=("world",)) -> logging.LogRecord:

@@ -33,9 +33,9 @@ from core.contrastive import (
 from core.data import load_dataset
 from core.data.batches import chunked_max
 from core.data.loader import ArraysView, PairsView, TokenRows
-from core.models.build import BuiltModel, PooledEncoder, build
-from core.models.resolve import materialize
-from core.models.tokens import token_rows
+from core.networks.build import BuiltModel, PooledEncoder, build
+from core.networks.resolve import materialize
+from core.networks.tokens import token_rows
 from core.plots import new_figure, to_png
 from core.techniques.contrastive_accumulation.spec import (
     ContrastiveAccumulationParams,

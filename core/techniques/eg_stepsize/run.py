@@ -19,9 +19,9 @@ import torch
 
 from core.data import load_arrays
 from core.data.loader import ArraysView
-from core.models.build import BuiltModel, build
-from core.models.resolve import materialize
-from core.models.tokens import token_rows
+from core.networks.build import BuiltModel, build
+from core.networks.resolve import materialize
+from core.networks.tokens import token_rows
 from core.optim.eg import EGFunnel, EGStepSize, HypergradientSGD
 from core.plots import to_png
 from core.techniques.base import RunContext

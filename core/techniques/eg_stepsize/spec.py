@@ -9,8 +9,8 @@ from uuid import UUID
 from pydantic import Field, model_validator
 
 from core.data.needs import DatasetNeeds
-from core.models.budget import Workload
-from core.models.spec import TRANSFORMER_ARCHS, BuiltinModel, ModelSpec
+from core.networks.budget import Workload
+from core.networks.spec import TRANSFORMER_ARCHS, BuiltinModel, ModelSpec
 from core.techniques.base import KindSpec, Params
 
 MEMORY_BUDGET = 4 * 2**30

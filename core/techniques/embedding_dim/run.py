@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from core import dimension
-from core.models.checks import embedding_sizes, model_checks
-from core.models.resolve import materialize
+from core.networks.checks import embedding_sizes, model_checks
+from core.networks.resolve import materialize
 from core.plots import new_figure, to_png
 from core.techniques.base import RunContext
 from core.techniques.embedding_dim.spec import EmbeddingDimParams, SweepParams

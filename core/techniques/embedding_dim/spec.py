@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core import dimension
-from core.models.spec import TRANSFORMER_ARCHS, BuiltinModel, ModelSpec
+from core.networks.spec import TRANSFORMER_ARCHS, BuiltinModel, ModelSpec
 from core.techniques.base import KindSpec, Params
 
 

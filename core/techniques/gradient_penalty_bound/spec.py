@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from core.costs import auto_method, measurement_flops
 from core.data.needs import DatasetNeeds
-from core.models.spec import BuiltinModel, ModelSpec
+from core.networks.spec import BuiltinModel, ModelSpec
 from core.techniques.base import KindSpec, Params
 
 MAX_BYTES = 4 * 2**30

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from core.averaged_init import Mean, averaged_normal_, averaged_uniform_, averaged_variance
 from core.data import load_arrays
-from core.init import Mean, averaged_normal_, averaged_uniform_, averaged_variance
-from core.models.analysis import layer_table, reinit_nonsquare_, variance_ratios
-from core.models.build import build
-from core.models.resolve import materialize
-from core.models.spec import TRANSFORMER_ARCHS, BuiltinModel
+from core.networks.analysis import layer_table, reinit_nonsquare_, variance_ratios
+from core.networks.build import build
+from core.networks.resolve import materialize
+from core.networks.spec import TRANSFORMER_ARCHS, BuiltinModel
 from core.plots import new_figure, to_png
 from core.techniques.base import RunContext
 from core.techniques.init_averaging.spec import InitAveragingParams

@@ -7,13 +7,13 @@ from uuid import UUID
 
 from pydantic import Field, model_validator
 
-from core.models.budget import Workload
-from core.models.spec import ModelSpec
+from core.networks.budget import Workload
+from core.networks.spec import ModelSpec
 from core.techniques.base import KindSpec, Params
 
 BUILTIN_COLUMNS = {"digits": 64, "clusters": 16}
 UPLOAD_CLASSES = 256  # an uploaded dataset's label count is unknown before the run: budget generously
-Mean = Literal["arithmetic", "geometric", "quadratic", "harmonic"]  # core.init's, without importing torch
+Mean = Literal["arithmetic", "geometric", "quadratic", "harmonic"]  # core.averaged_init's, without importing torch
 DEFAULT_MEANS: tuple[Mean, ...] = ("arithmetic", "geometric", "quadratic")
 
 

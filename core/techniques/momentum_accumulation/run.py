@@ -25,9 +25,9 @@ import torch
 from core.data import load_dataset
 from core.data.batches import chunked_max, chunked_min
 from core.data.loader import ArraysView, TextView
-from core.models.build import BuiltModel, build
-from core.models.resolve import load_model, materialize
-from core.models.tokens import token_rows
+from core.networks.build import BuiltModel, build
+from core.networks.resolve import load_model, materialize
+from core.networks.tokens import token_rows
 from core.optim.accum import AccumAdam, AccumSGDM, beta_tilde, state_bytes
 from core.plots import new_figure, to_png
 from core.techniques.base import RunContext

@@ -3,8 +3,8 @@ context, so a technique never sees SQL."""
 
 from __future__ import annotations
 
-from core.models.build import BuiltModel, build
-from core.models.spec import BuiltinModel, HFConfigModel, UploadedModel
+from core.networks.build import BuiltModel, build
+from core.networks.spec import BuiltinModel, HFConfigModel, UploadedModel
 
 
 def materialize(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from api.client_cli import register as register_client_commands
+from api.cli.jobs import register as register_client_commands
 from core import logs
 from core.settings import get_settings
 
@@ -22,7 +22,7 @@ cli = typer.Typer(help="gradlab: training-analysis jobs over HTTP.", no_args_is_
 @cli.command()
 def migrate() -> None:
     """Create or upgrade the database schema (Alembic upgrade head)."""
-    from core.jobs.migrate import upgrade
+    from core.db.migrate import upgrade
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +122,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path = typer.Option(
     get_settings.cache_clear()
     _check_bind(host)
     migrate()
-    worker_proc = subprocess.Popen([sys.executable, "-m", "api.cli", "worker"], env=os.environ.copy())
+    worker_proc = subprocess.Popen([sys.executable, "-m", "api.cli.main", "worker"], env=os.environ.copy())
     typer.echo(f"gradlab is up: http://{host}:{port}  (API docs: http://{host}:{port}/docs; data in {data_dir})")
     typer.echo("Ctrl-C stops the API and the worker.")
     try:
@@ -140,7 +140,7 @@ cli.add_typer(keys_cli, name="keys")
 
 
 def _sessions():
-    from core.jobs.db import make_engine, make_sessionmaker
+    from core.db.engine import make_engine, make_sessionmaker
 
     return make_sessionmaker(make_engine(get_settings().resolved_database_url))
 
@@ -152,7 +152,7 @@ def keys_create(
     admin: bool = typer.Option(False, help="may see every tenant's jobs"),
 ) -> None:
     """Print a new key once; only its hash is stored."""
-    from core.jobs.keys import create_key
+    from core.keys.repository import create_key
 
     with _sessions()() as session:
         try:
@@ -165,7 +165,7 @@ def keys_create(
 
 @keys_cli.command("list")
 def keys_list() -> None:
-    from core.jobs.keys import list_keys
+    from core.keys.repository import list_keys
 
     with _sessions()() as session:
         for k in list_keys(session):
@@ -177,7 +177,7 @@ def keys_list() -> None:
 def keys_revoke(key_id: str) -> None:
     import uuid
 
-    from core.jobs.keys import revoke_key
+    from core.keys.repository import revoke_key
 
     with _sessions()() as session:
         if not revoke_key(session, uuid.UUID(key_id)):
@@ -214,7 +214,7 @@ def prune(
     from datetime import timedelta
 
     from core.blobs.store import blob_store
-    from core.jobs.models import utcnow
+    from core.db.tables import utcnow
     from core.jobs.retention import prune as prune_jobs
 
     settings = get_settings()

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from core.jobs.db import rowcount
-from core.jobs.models import ApiKey, utcnow
+from core.db.engine import rowcount
+from core.db.tables import ApiKey, utcnow
 
 KEY_PREFIX = "glk_"
 TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -24,6 +24,15 @@ class Principal:
 
     tenant: str
     admin: bool
+
+    def owns(self, tenant: str) -> bool:
+        """May this caller see a row of ``tenant``?"""
+        return self.admin or self.tenant == tenant
+
+    @property
+    def visible_tenant(self) -> str | None:
+        """The tenant whose rows this caller may list; None for an admin (all of them)."""
+        return None if self.admin else self.tenant
 
 
 def hash_key(key: str) -> str:

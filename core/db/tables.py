@@ -1,4 +1,6 @@
-"""SQLAlchemy models. The schema itself is made only by the Alembic migrations (a test keeps them in step)."""
+"""The schema's tables as SQLAlchemy classes, one per table; each is queried only by its domain's repository
+(``core/<domain>/repository.py``). The schema itself is made only by the Alembic migrations (a test keeps them in
+step)."""
 
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ class Job(Base):
         Index("ix_jobs_tenant_status_kind_created", "tenant", "status", "kind", "created_at", "id"),
         # the same without a tenant (admin keys)
         Index("ix_jobs_status_kind_created", "status", "kind", "created_at", "id"),
-        # retention: finished jobs whose metrics and artifacts are still there, oldest first (store.prunable_jobs)
+        # retention: finished jobs whose metrics and artifacts are still there, oldest first (prunable_jobs)
         Index(
             "ix_jobs_unpruned_finished",
             "finished_at",
@@ -114,7 +116,7 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # a queued job's message is published again at this time unless a worker claimed it (store.sweep)
+    # a queued job's message is published again at this time unless a worker claimed it (jobs.repository.sweep)
     republish_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -122,7 +124,7 @@ class Job(Base):
     result: Mapped[dict | None] = mapped_column(JSON)
     error_type: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
-    # when retention removed the job's metric rows and artifacts (store.prune_job); the result stays
+    # when retention removed the job's metric rows and artifacts (core.jobs.retention); the result stays
     pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
@@ -142,7 +144,7 @@ class Metric(Base):
 
 class MetricRollup(Base):
     """Per series, level and block of ``2**level`` steps: the rows, step span and min and max rows of the block's
-    non-null values (``core.jobs.rollup``), kept up to date at ingest so that a chart of a long series reads a few
+    non-null values (``core.metrics.rollup``), kept up to date at ingest so that a chart of a long series reads a few
     thousand of these instead of every row."""
 
     __tablename__ = "metric_rollups"
@@ -170,14 +172,14 @@ class Artifact(Base):
     media_type: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
-    location: Mapped[str] = mapped_column(String(512))  # blob key (core.blobs.keys)
+    location: Mapped[str] = mapped_column(String(512))  # blob key (core.blobs.layout)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Dataset(Base):
     """An uploaded dataset. The row is made when its upload begins (``uploading``), before any byte is stored, so
     no blob is ever without a row; a worker then validates the raw upload into canonical files
-    (``validating -> ready | rejected``, by compare-and-set, ``core.jobs.store``)."""
+    (``validating -> ready | rejected``, by compare-and-set, ``core.datasets.repository``)."""
 
     __tablename__ = "datasets"
     __table_args__ = (Index("ix_datasets_status_validation", "status", "validation_at"),)
@@ -197,7 +199,7 @@ class Dataset(Base):
     upload_size: Mapped[int] = mapped_column(BigInteger)  # bytes of the upload as sent
     size: Mapped[int | None] = mapped_column(BigInteger)  # bytes stored (its canonical files), once ready
     sha256: Mapped[str | None] = mapped_column(String(64))  # of the upload as sent, once received whole
-    location: Mapped[str] = mapped_column(String(512))  # blob prefix of its files (core.blobs.keys)
+    location: Mapped[str] = mapped_column(String(512))  # blob prefix of its files (core.blobs.layout)
     files: Mapped[list | None] = mapped_column(JSON)  # canonical file names under the prefix, once ready
     preview: Mapped[dict | None] = mapped_column(JSON)
     validation_worker: Mapped[str | None] = mapped_column(String(255))  # the worker validating it now

@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any, cast
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 
 def make_engine(url: str) -> Engine:
@@ -65,3 +65,8 @@ def rowcount(result: Result[*tuple[Any, ...]]) -> int:
     """The rows an UPDATE or DELETE matched. Session.execute returns a CursorResult for one, but its annotation
     says Result (it cannot tell the statement's kind), and only CursorResult has ``rowcount``."""
     return cast(CursorResult, result).rowcount
+
+
+def ping(session: Session) -> None:
+    """Raises when the database does not answer (readiness)."""
+    session.execute(text("SELECT 1"))

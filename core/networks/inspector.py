@@ -1,4 +1,4 @@
-"""The API's way to inspect a model without loading torch: ``core.models.inspect`` in a child process.
+"""The API's way to inspect a model without loading torch: ``core.networks.meta_summary`` in a child process.
 
 One long-lived child per API process answers one request at a time (torch and transformers are imported once,
 there); it is started on first use, replaced when it dies or overruns a request's time limit, and recycled after
@@ -44,7 +44,7 @@ class _Child:
         }
         self.served = 0
         return subprocess.Popen(
-            [sys.executable, "-m", "core.models.inspect"],
+            [sys.executable, "-m", "core.networks.meta_summary"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -15,6 +15,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from api.cli.common import api_client, err, out
 from api.client import ApiError, Client, Dataset
 from core.report import format_value
 
@@ -56,8 +57,6 @@ def _remember(key: str, upload_id: str | None) -> None:
 
 
 def _send(client: Client, file: Path, label_column, tokenizer, chunk_mib: int) -> Dataset:
-    from api.client_cli import err
-
     key = _file_key(client, file)
     resume = _load_state().get(key)
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
@@ -87,8 +86,6 @@ def _send(client: Client, file: Path, label_column, tokenizer, chunk_mib: int) -
 
 
 def print_preview(ds: Dataset) -> None:
-    from api.client_cli import out
-
     shape = f"{ds.rows} rows" + (f" × {ds.columns} columns" if ds.columns is not None else "")
     labels = "with labels" if ds.has_labels else "no labels"
     out.print(f"dataset [bold]{ds.id}[/bold] {ds.filename}: {ds.kind}, {ds.format}, {shape}, {labels}")
@@ -116,9 +113,7 @@ def upload(
     wait: bool = typer.Option(True, help="wait for the validation and print the preview"),
 ) -> None:
     """Upload a dataset (resumable: run it again after an interruption); use the printed id as params.dataset."""
-    from api.client_cli import _api, err, out  # the CLI's shared helpers (that module mounts this command)
-
-    with _api() as client:
+    with api_client() as client:
         ds = _send(client, file, label_column, tokenizer, chunk_mib)
         _remember(_file_key(client, file), None)
         if not wait:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from core.models.spec import TRANSFORMER_ARCHS, BuiltinModel, HFConfigModel, hf_sizes
+from core.networks.spec import TRANSFORMER_ARCHS, BuiltinModel, HFConfigModel, hf_sizes
 
 
 def embedding_sizes(model: BuiltinModel | HFConfigModel) -> dict[str, int] | None:

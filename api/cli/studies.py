@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from api.client_cli import STATUS_STYLE, _api, _load_spec, err, out
+from api.cli.common import STATUS_STYLE, api_client, err, load_spec, out
 from core.report import format_value
 
 study_cli = typer.Typer(help="Compare settings over seeds: one study, many ordinary jobs.", no_args_is_help=True)
@@ -108,8 +108,8 @@ def submit(
     ),
 ) -> None:
     """Submit a study; with --wait, a progress bar until every job finished, then the comparison table."""
-    body = _load_spec(spec)
-    with _api() as client:
+    body = load_spec(spec)
+    with api_client() as client:
         study = client.submit_study(body, idempotency_key=idempotency_key)
         out.print(
             Text.assemble(
@@ -134,7 +134,7 @@ def show(
     csv: bool = typer.Option(False, "--csv", help="print the comparison as CSV instead"),
 ) -> None:
     """A study's state and its comparison table (or CSV)."""
-    with _api() as client:
+    with api_client() as client:
         if csv:
             sys.stdout.write(client.study_csv(study_id))
             return
@@ -145,6 +145,6 @@ def show(
 @study_cli.command("cancel")
 def cancel(study_id: str = typer.Argument(..., help="study id")) -> None:
     """Cancel a study's queued and running jobs (finished ones keep their results)."""
-    with _api() as client:
+    with api_client() as client:
         study = client.cancel_study(study_id)
     _print_study(study)

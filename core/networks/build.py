@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.models import builtin
-from core.models.spec import BuiltinModel, HFConfigModel
+from core.networks import builtin
+from core.networks.spec import BuiltinModel, HFConfigModel
 
 Task = Literal["classify", "causal_lm", "masked_lm"]
 MASK_EVERY = 7  # masked LM: one position in seven is masked (the mask token is the last id of the vocabulary)

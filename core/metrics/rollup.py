@@ -7,7 +7,7 @@ extremes of the finer blocks inside it: the rollup keeps, at ingest, each series
 in ``LEVELS``, and a read merges at most ``2**LEVEL_SPACING`` stored blocks per bucket. Ties are broken by the lower
 step (least value first, then least step; greatest value first, then least step), so every level agrees exactly.
 
-Pure numpy: the store feeds it rows and writes or reads the rollup table.
+Pure numpy: the metrics repository feeds it rows and writes or reads the rollup table.
 """
 
 from __future__ import annotations

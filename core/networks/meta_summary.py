@@ -1,8 +1,8 @@
 """Inspect a model on the ``meta`` device (torch): parameters, layer shapes, and the activation bytes autograd saves
 for one micro-batch. Nothing is allocated, so an 8B-parameter config costs seconds, not memory.
 
-Run as ``python -m core.models.inspect``: one JSON request per line on stdin, one JSON answer per line on stdout.
-The API keeps it as a child process (``core.models.inspector``) so that torch and transformers never load into
+Run as ``python -m core.networks.meta_summary``: one JSON request per line on stdin, one JSON answer per line on stdout.
+The API keeps it as a child process (``core.networks.inspector``) so that torch and transformers never load into
 the API process, and are imported once, not per request.
 """
 
@@ -15,8 +15,8 @@ import sys
 import torch
 from pydantic import TypeAdapter, ValidationError
 
-from core.models.build import BuiltModel, build
-from core.models.spec import BuiltinModel, HFConfigModel
+from core.networks.build import BuiltModel, build
+from core.networks.spec import BuiltinModel, HFConfigModel
 
 MAX_LAYERS_LISTED = 400
 FIELD_PREFIX = re.compile(r"^(config|weights|model)[\w.\[\]]*: ")

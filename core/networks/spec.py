@@ -14,7 +14,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.models.families import FAMILIES, Family
+from core.networks.families import FAMILIES, Family
 
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_PARAMS = 20_000_000_000
@@ -95,6 +95,16 @@ class UploadedModel(_Spec):
 
 
 ModelSpec = Annotated[BuiltinModel | HFConfigModel | UploadedModel, Field(discriminator="source")]
+
+
+def uploaded_model_ids(params: BaseModel) -> list[str]:
+    """The uploaded models a job's params name: its ``model`` (``uploaded``) and the weights an ``hf_config`` loads."""
+    model = getattr(params, "model", None)
+    if isinstance(model, UploadedModel):
+        return [str(model.id)]
+    if isinstance(model, HFConfigModel) and model.weights is not None:
+        return [str(model.weights)]
+    return []
 
 
 def check_hf_config(config: dict[str, Any]) -> None:

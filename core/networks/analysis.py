@@ -11,8 +11,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from core.init import Mean, averaged_normal_, averaged_uniform_, averaged_variance, fans
-from core.models.build import BuiltModel
+from core.averaged_init import Mean, averaged_normal_, averaged_uniform_, averaged_variance, fans
+from core.networks.build import BuiltModel
 from core.optim.accum import AccumAdam, AccumSGDM, state_bytes
 
 

@@ -10,22 +10,21 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import typer
 import yaml
-from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from api.client import ApiError, Client, Event, Job, WaitTimeout
-from api.dataset_cli import upload as dataset_upload
+from api.cli.common import STATUS_STYLE, api_client, err, load_spec, out
+from api.cli.datasets import upload as dataset_upload
+from api.cli.studies import study_cli
+from api.client import Client, Event, Job, WaitTimeout
 from core.report import format_value, result_tables, summary_tables, verdict_text
 
 client_cli = typer.Typer(
@@ -36,10 +35,6 @@ datasets_cli = typer.Typer(help="Upload datasets for jobs to train on.", no_args
 datasets_cli.command("upload")(dataset_upload)
 client_cli.add_typer(datasets_cli, name="datasets")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-STATUS_STYLE = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
 LATEST_METRICS = 6
 QUEUE_POLL_S = 1.0
 
@@ -52,53 +47,12 @@ class Status(StrEnum):
     cancelled = "cancelled"
 
 
-@contextmanager
-def _api() -> Iterator[Client]:
-    """A client from the environment; any API error is printed with its field errors and exits 1."""
-    try:
-        with Client() as client:
-            yield client
-    except ApiError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        for e in exc.errors:
-            err.print(f"  {e.get('field', '?')}: {e.get('message', '')}", markup=False)
-        if exc.retry_after:
-            err.print(f"  retry after {exc.retry_after:g} s", markup=False)
-        raise typer.Exit(1) from None
-
-
 def _status(status: str) -> Text:
     return Text(status, style=STATUS_STYLE.get(status, ""))
 
 
 def _when(t: datetime | None) -> str:
     return t.astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "—"
-
-
-def _load_spec(path: Path) -> dict[str, Any]:
-    """A job spec from .json or .yaml/.yml (other suffixes: JSON, then YAML); a bad file is a usage error."""
-    text = path.read_text(encoding="utf-8")
-    try:
-        spec = (
-            json.loads(text)
-            if path.suffix.lower() == ".json"
-            else (yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else _json_or_yaml(text))
-        )
-    except (ValueError, yaml.YAMLError) as exc:
-        raise typer.BadParameter(f"{path} is not valid JSON/YAML: {exc}", param_hint="SPEC") from None
-    if not isinstance(spec, dict) or "kind" not in spec:
-        raise typer.BadParameter(
-            f"{path} must hold a mapping with at least 'kind' and 'params' (print one with: gradlab kinds KIND)",
-            param_hint="SPEC",
-        )
-    return spec
-
-
-def _json_or_yaml(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return yaml.safe_load(text)
 
 
 VERDICT_STYLE = {"supports": "green", "contradicts": "red", "inconclusive": "yellow"}
@@ -244,8 +198,8 @@ def submit(
     ),
 ) -> None:
     """Submit a job; with --wait show live progress and metrics, then the result table (exit 1 if it failed)."""
-    body = _load_spec(spec)
-    with _api() as client:
+    body = load_spec(spec)
+    with api_client() as client:
         job = client.submit(body, idempotency_key=idempotency_key)
         out.print(Text.assemble("submitted job ", (job.id, "bold"), f" ({job.kind}) ", _status(job.status)))
         if not wait:
@@ -270,7 +224,7 @@ def jobs(
 ) -> None:
     """List jobs, newest first."""
     table = Table("id", "kind", "status", "progress", "message", "created")
-    with _api() as client:
+    with api_client() as client:
         for job in client.list(status=status.value if status else None, kind=kind, limit=limit):
             table.add_row(
                 job.id, job.kind, _status(job.status), f"{job.progress:.0%}", job.message[:60], _when(job.created_at)
@@ -281,7 +235,7 @@ def jobs(
 @client_cli.command()
 def show(job_id: str = typer.Argument(..., help="job id")) -> None:
     """A job's state, params, result tables, error and artifacts."""
-    with _api() as client:
+    with api_client() as client:
         job = client.get(job_id)
         arts = client.artifacts(job_id)
     info = Table(show_header=False, box=None)
@@ -318,7 +272,7 @@ def show(job_id: str = typer.Argument(..., help="job id")) -> None:
 @client_cli.command()
 def cancel(job_id: str = typer.Argument(..., help="job id")) -> None:
     """Cancel a queued or running job (exit 1 if it had already finished)."""
-    with _api() as client:
+    with api_client() as client:
         job = client.cancel(job_id)
     out.print(Text.assemble("job ", (job.id, "bold"), " ", _status(job.status)))
 
@@ -348,7 +302,7 @@ def events(
         else:
             out.print(_event_line(event))
 
-    with _api() as client:
+    with api_client() as client:
         if not follow:
             for row in client.metrics(job_id):
                 emit(Event("metric", {"step": row.step, "name": row.name, "value": row.value}))
@@ -380,7 +334,7 @@ def artifacts(
     ),
 ) -> None:
     """List a job's artifacts, or download them all with --out DIR."""
-    with _api() as client:
+    with api_client() as client:
         if out_dir is None:
             table = Table("name", "type", "size", "sha256")
             for a in client.artifacts(job_id):
@@ -397,7 +351,7 @@ def kinds(
     as_yaml: bool = typer.Option(False, "--yaml", help="print the example as YAML instead of JSON"),
 ) -> None:
     """The job kinds; with KIND its example spec (gradlab kinds KIND > spec.json; gradlab submit spec.json)."""
-    with _api() as client:
+    with api_client() as client:
         if kind is not None:
             example = client.kind(kind).example
             text = yaml.safe_dump(example, sort_keys=False) if as_yaml else json.dumps(example, indent=2) + "\n"
@@ -414,8 +368,6 @@ def kinds(
 
 def register(cli: typer.Typer) -> None:
     """Mount these commands on the main ``gradlab`` CLI."""
-    from api.study_cli import study_cli  # it imports this module's helpers
-
     cli.registered_commands.extend(client_cli.registered_commands)
     cli.add_typer(datasets_cli, name="datasets")
     cli.add_typer(study_cli, name="study")

@@ -1,0 +1,289 @@
+"""Uploaded datasets' rules: whether the datasets a job names can serve it, an upload's life (its row made before any
+byte is stored, so a blob never exists without a row that names it; resumed from the bytes the store holds;
+completed into a validation; given up), and the beat that keeps a validator's claim alive.
+
+A one-shot upload of a small file is validated in the API process, through the same pipeline as a worker's
+validation (``core.data.ingest``) with the API process as its validator: if it dies mid-way, the sweeper hands the
+dataset to a worker.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import socket
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import BinaryIO, Protocol
+
+from pydantic import BaseModel
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.blobs import blob_store
+from core.blobs.layout import dataset_prefix, dataset_raw_key, dataset_tokenizer_key, upload_partial_key
+from core.blobs.store import BlobTooLarge, ChunkTooSmall, OffsetMismatch
+from core.data import uploaded_dataset_ids
+from core.data.formats import UploadRejected, format_of
+from core.data.ingest import ingest
+from core.data.needs import dataset_refusal
+from core.datasets import repository as datasets
+from core.db.tables import Dataset, DatasetUpload, utcnow
+from core.errors import Conflict, Invalid, NotFound, TooLarge
+from core.keys.repository import Principal
+from core.settings import Settings
+from core.techniques import specs
+
+log = logging.getLogger(__name__)
+
+API_WORKER = f"api:{socket.gethostname()}:{os.getpid()}"  # the validator of one-shot uploads, for the sweeper
+
+
+class ValidationPublisher(Protocol):
+    def publish_validation(self, dataset_id: uuid.UUID | str) -> bool: ...
+
+
+def check_datasets(session: Session, tenant: str, kind: str, params: BaseModel, field: str) -> None:
+    """``Invalid`` on ``field`` naming the first uploaded dataset the params name that cannot serve a job of
+    ``tenant`` and ``kind``, and why: each must exist, be the tenant's, be ``ready`` (not validating, not rejected)
+    and be what the kind needs of it (``KindSpec.dataset_needs``). Decided from the rows, in one query."""
+    named = uploaded_dataset_ids(params)
+    if not named:
+        return
+    needs = specs()[kind].dataset_needs(params)
+    found = datasets.dataset_infos(session, [uuid.UUID(ds) for ds in named])
+    for ds in named:
+        owner, info = found.get(uuid.UUID(ds), (None, None))
+        if info is None or owner != tenant:
+            why, error = f"dataset {ds} not found", "not_found"
+        elif info.status == "rejected":
+            why, error = f"dataset {ds} was rejected: {info.reason}", "dataset_rejected"
+        elif info.status != "ready":
+            why, error = f"dataset {ds} is not ready yet ({info.status})", "dataset_not_ready"
+        elif (refused := dataset_refusal(needs, info, ds)) is not None:
+            why, error = refused, "wrong_dataset"
+        else:
+            continue
+        raise Invalid.of(field, why, error)
+
+
+def clean_filename(raw: str | None) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", (raw or "upload").rsplit("/", 1)[-1])[:255]
+
+
+def _rejected(message: str) -> Invalid:
+    """``message`` is "<field>: <reason>" (``UploadRejected``'s form)."""
+    return Invalid.said(message, "invalid_upload")
+
+
+def _format(filename: str, field: str) -> str:
+    """The format its name's extension gives, judged before anything is stored (``Invalid`` on ``field`` if none)."""
+    try:
+        return format_of(filename)
+    except UploadRejected as exc:
+        raise _rejected(f"{field}: {str(exc).split(': ', 1)[1]}") from None
+
+
+def _new_dataset(tenant: str, filename: str, fmt: str, size: int, label_column: str | None, **state) -> Dataset:
+    ds_id = uuid.uuid4()
+    return Dataset(
+        id=ds_id,
+        tenant=tenant,
+        filename=filename,
+        format=fmt,
+        label_column=label_column,
+        upload_size=size,
+        location=dataset_prefix(ds_id),
+        created_at=utcnow(),
+        **state,
+    )
+
+
+def dataset_of(session: Session, who: Principal, dataset_id: uuid.UUID) -> Dataset:
+    ds = datasets.get_dataset(session, dataset_id)
+    if ds is None or not who.owns(ds.tenant):
+        raise NotFound(f"dataset {dataset_id} not found")
+    return ds
+
+
+def upload_whole(
+    session: Session,
+    sessions: sessionmaker,
+    settings: Settings,
+    tenant: str,
+    file: BinaryIO,
+    filename: str | None,
+    label_column: str | None,
+) -> tuple[Dataset, bool]:
+    """A file of at most ``max_upload_bytes``, validated before the answer: (its dataset, True) once ready, or
+    ``Invalid`` and nothing kept; (the dataset, False) when this process was taken for dead meanwhile (a stalled
+    database) and a worker validates it now."""
+    cap = settings.max_upload_bytes
+    size = file.seek(0, io.SEEK_END)
+    if size > cap:
+        raise TooLarge(f"file: uploads are capped at {cap} bytes")
+    file.seek(0)
+    name = clean_filename(filename)
+    if label_column is not None and "\x00" in label_column:  # nothing with a NUL byte reaches the database
+        raise _rejected("label_column: contains a NUL byte")
+    fields = {"status": "validating", "validation_worker": API_WORKER, "validation_attempts": 1}
+    ds = _new_dataset(tenant, name, _format(name, "file"), size, label_column, **fields)
+    ds.validation_at = ds.created_at
+    datasets.add_dataset(session, ds)
+    blobs = blob_store(settings)
+    blobs.put(dataset_raw_key(ds.id), file)
+    try:
+        with beating(sessions, settings.heartbeat_interval_s, ds.id, API_WORKER, 1):
+            found = ingest(
+                blobs,
+                ds.id,
+                filename=name,
+                label_column=label_column,
+                has_tokenizer=False,
+                declared_sha256=None,
+                max_stored_bytes=min(settings.max_dataset_bytes, settings.max_inline_dataset_bytes),
+                work_dir=settings.data_dir / "ingest" / str(ds.id),
+            )
+    except UploadRejected as exc:
+        datasets.abort_validation(session, ds.id)  # nothing is kept of a refused one-shot upload
+        blobs.delete_prefix(dataset_prefix(ds.id))
+        raise _rejected(str(exc)) from None
+    validated = datasets.finish_validation(session, ds.id, API_WORKER, 1, **found)
+    if validated:
+        blobs.delete(dataset_raw_key(ds.id))
+    session.refresh(ds)
+    return ds, validated
+
+
+def start_upload(
+    session: Session,
+    settings: Settings,
+    tenant: str,
+    filename: str,
+    size: int,
+    sha256: str | None,
+    label_column: str | None,
+) -> tuple[DatasetUpload, Dataset]:
+    """Begin a resumable upload of a declared name, size and (optionally) SHA-256 and label column."""
+    name = clean_filename(filename)
+    if size > settings.max_dataset_upload_bytes:
+        raise TooLarge(f"size: uploads are capped at {settings.max_dataset_upload_bytes} bytes")
+    ds = _new_dataset(tenant, name, _format(name, "filename"), size, label_column, status="uploading")
+    up = DatasetUpload(
+        id=uuid.uuid4(),
+        dataset_id=ds.id,
+        tenant=tenant,
+        size=size,
+        sha256=sha256,
+        created_at=ds.created_at,
+        expires_at=ds.created_at + timedelta(seconds=settings.upload_expiry_s),
+    )
+    datasets.add_dataset(session, ds, up)
+    return up, ds
+
+
+def upload_of(session: Session, who: Principal, upload_id: uuid.UUID) -> tuple[DatasetUpload, Dataset]:
+    """The upload and its dataset, read in a transaction that ends here: a chunk streaming for minutes holds no
+    database connection."""
+    found = datasets.upload_session(session, upload_id)
+    session.commit()  # read only; the rows stay loaded (expire_on_commit is off)
+    if found is None or not who.owns(found[0].tenant):
+        raise NotFound(f"upload {upload_id} not found")
+    return found
+
+
+def received(settings: Settings, up: DatasetUpload) -> int:
+    """Bytes of the upload the store holds: where to resume."""
+    return blob_store(settings).partial_size(upload_partial_key(up.id))
+
+
+def _still_uploading(up: DatasetUpload, ds: Dataset) -> None:
+    if ds.status != "uploading":
+        raise Conflict(f"upload {up.id} is complete (dataset {ds.status})")
+
+
+def append(
+    session: Session, settings: Settings, up: DatasetUpload, ds: Dataset, offset: int, blocks: Iterable[bytes]
+) -> int:
+    """Append ``blocks`` at ``offset`` (which must be the bytes received so far); returns the bytes received."""
+    _still_uploading(up, ds)
+    try:
+        total = blob_store(settings).append_partial(upload_partial_key(up.id), offset, blocks, up.size)
+    except OffsetMismatch as exc:
+        raise Conflict(
+            f"upload-offset: {exc}; resume at {exc.received}", headers={"Upload-Offset": str(exc.received)}
+        ) from None
+    except BlobTooLarge as exc:
+        raise TooLarge(f"body: {exc}") from None
+    except ChunkTooSmall as exc:
+        raise Invalid(f"body: {exc}") from None
+    datasets.touch_upload(session, up.id, utcnow() + timedelta(seconds=settings.upload_expiry_s))
+    return total
+
+
+def put_tokenizer(
+    session: Session, settings: Settings, up: DatasetUpload, ds: Dataset, blocks: Iterator[bytes]
+) -> None:
+    """The ``tokenizer.json`` of a JSON Lines text upload (read by the ``tokenizers`` library, no code run)."""
+    _still_uploading(up, ds)
+    if ds.format != "jsonl":
+        raise _rejected("tokenizer: only JSON Lines text (.jsonl) takes a tokenizer")
+    try:
+        blob_store(settings).put(dataset_tokenizer_key(ds.id), blocks, settings.max_tokenizer_bytes)
+    except BlobTooLarge:
+        raise TooLarge(f"tokenizer: capped at {settings.max_tokenizer_bytes} bytes") from None
+    datasets.set_tokenizer(session, ds.id)
+
+
+def complete(
+    session: Session, settings: Settings, publisher: ValidationPublisher, up: DatasetUpload, ds: Dataset
+) -> bool:
+    """All bytes are in: a worker validates the upload. False when it was completed before (``ds`` as it now is)."""
+    if ds.status != "uploading":
+        return False
+    got = received(settings, up)
+    if got != up.size:
+        raise Conflict(
+            f"upload-offset: {got} of the declared {up.size} bytes received; send the rest first",
+            headers={"Upload-Offset": str(got)},
+        )
+    if datasets.complete_upload(session, ds.id, utcnow()):
+        publisher.publish_validation(ds.id)  # if that fails, the sweeper publishes it again
+    session.refresh(ds)
+    return True
+
+
+def abort(session: Session, settings: Settings, up: DatasetUpload, ds: Dataset) -> None:
+    """Give up an upload: its bytes and its dataset row go (only while it is still uploading)."""
+    if not datasets.abort_upload(session, up.id, ds.id):
+        raise Conflict(f"upload {up.id} is complete (dataset {ds.status})")
+    blobs = blob_store(settings)
+    blobs.delete_partial(upload_partial_key(up.id))
+    blobs.delete_prefix(dataset_prefix(ds.id))
+
+
+@contextmanager
+def beating(sessions: sessionmaker, interval_s: float, dataset_id: uuid.UUID, worker: str, attempt: int):
+    """A thread that beats for the validator's claim while the block runs (a worker's validation, and the API's
+    one-shot uploads)."""
+    stopping = threading.Event()
+
+    def beat() -> None:
+        while not stopping.wait(interval_s):
+            try:
+                with sessions() as s:
+                    datasets.beat_validation(s, dataset_id, worker, attempt, utcnow())
+            except Exception as exc:  # the database is briefly away: the next beat tries again
+                log.warning("validation beat for dataset %s failed: %s", dataset_id, exc)
+
+    thread = threading.Thread(target=beat, name=f"validation-beat-{dataset_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopping.set()
+        thread.join()

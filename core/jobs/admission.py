@@ -1,0 +1,143 @@
+"""Admission: what a job must pass before it is queued, whether it comes alone (``POST /v1/jobs``) or as a study's
+child (``POST /v1/studies``): one path, so a study can never skip a check a job gets.
+
+- every uploaded dataset it names is its tenant's, ``ready``, and what the kind needs of it;
+- the model it names, and the weights an ``hf_config`` names, are uploaded models of its tenant, and the model builds
+  (on the ``meta`` device, in the inspector process) and fits the memory of its queue's worker;
+- its tenant stays under its caps: queued plus running jobs, and submissions in the last ``RATE_WINDOW``.
+
+Resources are matched against the job's tenant, not the caller's rights: an admin key reads every tenant's rows,
+but a job runs with its own tenant's models and datasets only (the worker checks again when it loads them).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from core.datasets import repository as datasets
+from core.datasets.service import check_datasets
+from core.errors import Busy, Invalid, Unavailable
+from core.jobs import repository as jobs
+from core.jobs.states import QUEUE_FOR_DEVICE
+from core.networks import repository as networks
+from core.networks.budget import estimate, refusal
+from core.networks.inspector import InspectionFailed, ModelRejected, inspect_model
+from core.networks.spec import BuiltinModel, HFConfigModel, UploadedModel
+from core.settings import Settings
+from core.techniques import specs
+
+RATE_WINDOW = timedelta(seconds=60)
+
+
+def check_job(
+    session: Session, settings: Settings, tenant: str, kind: str, params: BaseModel, device: str, prefix: str
+) -> None:
+    """Raise ``Invalid`` (on ``<prefix>.dataset`` or ``<prefix>.model``) or ``Unavailable`` unless a job of ``tenant``
+    with these validated params may be queued; ``prefix``: ``params`` for a job, ``base`` for a study."""
+    check_datasets(session, tenant, kind, params, f"{prefix}.dataset")
+    _check_model(session, settings, tenant, kind, params, device, f"{prefix}.model")
+
+
+def _model_refused(field: str, message: str) -> Invalid:
+    return Invalid.of(field, message, "invalid_model")
+
+
+def _buildable(session: Session, tenant: str, model, field: str) -> tuple[dict, list | None]:
+    """The spec as the inspector builds it (an uploaded model becomes its stored config), and the tensors of the
+    weights it names (None: its own initialisation). Unknown model ids, and other tenants', are refused alike."""
+
+    def stored(model_id: uuid.UUID, what: str):
+        row = networks.model_meta(session, model_id)
+        if row is None or row.tenant != tenant:
+            raise _model_refused(field, f"{what}: model {model_id} not found")
+        return row
+
+    if isinstance(model, UploadedModel):
+        return {"source": "hf_config", "config": stored(model.id, "id").config}, None
+    if isinstance(model, HFConfigModel) and model.weights is not None:
+        row = stored(model.weights, "weights")
+        if row.weights_size is None:
+            raise _model_refused(field, f"weights: model {model.weights} was uploaded without weights")
+        return model.model_dump(mode="json", exclude={"weights"}), row.summary["layers"]
+    return model.model_dump(mode="json", exclude={"weights"}), None
+
+
+def _check_model(
+    session: Session, settings: Settings, tenant: str, kind: str, params: BaseModel, device: str, field: str
+) -> None:
+    """A job on a model is queued only when the model is its tenant's, builds, and its memory fits the queue's
+    worker class."""
+    model = getattr(params, "model", None)
+    if not isinstance(model, (BuiltinModel, HFConfigModel, UploadedModel)):
+        return
+    buildable, weight_layers = _buildable(session, tenant, model, field)
+    spec = specs()[kind]
+    dataset = getattr(params, "dataset", None)
+    columns = datasets.dataset_columns(session, dataset) if isinstance(dataset, uuid.UUID) else None
+    workload = spec.model_workload(params, columns) if spec.model_workload else None
+    if workload is None and isinstance(model, BuiltinModel):
+        return  # nothing to budget, and a built-in spec is fully checked by its own validation
+    try:
+        summary = inspect_model(
+            buildable, input=workload.input() if workload else None, timeout_s=settings.inspect_timeout_s
+        )
+    except ModelRejected as exc:
+        raise _model_refused(field, str(exc)) from None
+    except InspectionFailed as exc:
+        raise Unavailable(f"{field}: could not be inspected now ({exc}); retry", headers={"Retry-After": "5"}) from None
+    if weight_layers is not None and weight_layers != summary["layers"]:
+        assert isinstance(model, HFConfigModel)  # only an HF config names separate weights
+        raise _model_refused(field, f"weights: the tensors of model {model.weights} do not match this config's")
+    if workload is not None:
+        queue = QUEUE_FOR_DEVICE[device]
+        why = refusal(
+            estimate(summary["n_params"], summary["activation_bytes"], workload),
+            queue,
+            settings.queue_memory_bytes(queue),
+        )
+        if why is not None:
+            raise _model_refused(field, why)
+
+
+def caps(settings: Settings, now: datetime, n: int = 1) -> jobs.Admission:
+    """The tenant's caps on queued+running jobs and on submissions in the last RATE_WINDOW, as they stand for ``n``
+    new jobs at once (a study's children)."""
+    return jobs.Admission(
+        active_cap=settings.max_active_jobs_per_tenant - n + 1,
+        window_cap=settings.submissions_per_minute_per_tenant - n + 1,
+        since=now - RATE_WINDOW,
+    )
+
+
+def check_batch(settings: Settings, n: int, field: str) -> None:
+    """``Invalid`` on ``field`` when ``n`` jobs submitted at once exceed the tenant's caps by themselves."""
+    cap, rate = settings.max_active_jobs_per_tenant, settings.submissions_per_minute_per_tenant
+    if n > cap or n > rate:
+        raise Invalid.of(
+            field, f"the study's {n} jobs exceed the tenant's limits ({cap} active jobs, {rate} submissions a minute)"
+        )
+
+
+def busy(settings: Settings, tenant: str, use: jobs.Usage, now: datetime, study_jobs: int | None = None) -> Busy:
+    """429 with Retry-After, naming the cap the tenant is at (``study_jobs``: the children of a study that asked to
+    be admitted at once; None for a job alone)."""
+    cap, rate = settings.max_active_jobs_per_tenant, settings.submissions_per_minute_per_tenant
+    if use.window_filled_at is not None and not use.at_active_cap:
+        wait = max(1, math.ceil((use.window_filled_at + RATE_WINDOW - now).total_seconds()))
+        detail = (
+            f"tenant {tenant} submitted {rate} jobs in the last minute (the limit)"
+            if study_jobs is None
+            else f"tenant {tenant}: {study_jobs} more jobs would pass the limit of {rate} submissions a minute"
+        )
+        return Busy(detail, headers={"Retry-After": str(wait)})
+    detail = (
+        f"tenant {tenant} has {cap} queued or running jobs (the limit); wait for some to finish"
+        if study_jobs is None
+        else f"tenant {tenant}: {study_jobs} more jobs would pass the limit of {cap} queued or running jobs"
+    )
+    return Busy(detail, headers={"Retry-After": "5"})

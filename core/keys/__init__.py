@@ -1,0 +1,1 @@
+"""API keys: who is calling, and the keys' rows."""

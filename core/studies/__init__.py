@@ -1,0 +1,1 @@
+"""Studies: settings × seeds as ordinary child jobs, compared as one."""
