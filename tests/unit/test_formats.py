@@ -539,7 +539,9 @@ def test_a_jsonl_line_of_json_structure_is_refused_and_a_long_text_is_not(tmp_pa
     quotes and backslashes in it has a few bytes of JSON outside its string."""
     path = tmp_path / "s.jsonl"
     path.write_bytes(b'{"text": "a", "x": [' + b"{}," * 100_000 + b'{}]}\n{"text": "b"}\n')
-    _rejected(path, out, r"^file: line 1 holds 300\d{3} bytes of JSON outside its strings \(at most 262144")
+    _rejected(path, out, r"^file: line 1 holds over 262144 bytes of JSON outside its strings")
+    path.write_bytes(b'{"text": "' + b'\\"' * 4_000_000 + b"\n")  # unterminated: one pass, not one per quote
+    _rejected(path, out, r"^file: line 1 holds over 262144 bytes of JSON outside its strings")
     text = 'she said "\\" and \\\\ and }{ ' * 40_000
     ins = _convert(_jsonl(tmp_path / "t.jsonl", [{"text": text, "n": [1, 2]}, {"text": "b"}]), out)
     assert _rows(ins)[0] == list(text.encode())

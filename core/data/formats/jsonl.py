@@ -29,7 +29,7 @@ MAX_STRUCTURE_BYTES = 256 * 1024
 would make 5.6 million dicts, over 400 MiB), while a line of text may be as long as ``MAX_LINE_BYTES``."""
 BATCH_ROWS = 1024
 FIELDS = {"text": ("text",), "pairs": ("query", "document")}
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"')  # possessive: a string is matched in one pass
 
 
 def convert_jsonl(raw: Path, out_dir: Path, tokenizer: Path | None, cap: int) -> Inspection:
@@ -144,10 +144,10 @@ class _Texts:
 
 
 def _record(line: bytes, line_no: int) -> dict:
-    if len(line) > MAX_STRUCTURE_BYTES and len(structure := _STRING.sub(b"", line)) > MAX_STRUCTURE_BYTES:
+    if len(line) > MAX_STRUCTURE_BYTES and _outside_strings(line) > MAX_STRUCTURE_BYTES:
         raise UploadRejected(
-            f"file: line {line_no} holds {len(structure)} bytes of JSON outside its strings "
-            f"(at most {MAX_STRUCTURE_BYTES}; a record is its texts and a few small fields)"
+            f"file: line {line_no} holds over {MAX_STRUCTURE_BYTES} bytes of JSON outside its strings "
+            "(a record is its texts and a few small fields)"
         )
     try:
         text = line.decode("utf-8")
@@ -163,6 +163,18 @@ def _record(line: bytes, line_no: int) -> dict:
     if not isinstance(record, dict):
         raise UploadRejected(f"file: line {line_no} is a JSON {type(record).__name__}, not an object")
     return record
+
+
+def _outside_strings(line: bytes) -> int:
+    """Bytes of the line outside its JSON strings, each string counting one (as its separator would), counted
+    until they pass MAX_STRUCTURE_BYTES; an unterminated string's bytes count as outside. One pass over the line."""
+    outside = at = 0
+    while outside <= MAX_STRUCTURE_BYTES and (quote := line.find(b'"', at)) >= 0:
+        string = _STRING.match(line, quote)
+        if string is None:
+            return outside + len(line) - at
+        outside, at = outside + quote - at + 1, string.end()
+    return outside + len(line) - at
 
 
 def _encodable(text: str) -> bool:

@@ -61,9 +61,7 @@ class TokenizerProcess:
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-            "TOKENIZERS_PARALLELISM": "false",
-            "RAYON_NUM_THREADS": "1",
-            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "true",  # its threads count against the same memory and CPU-time limits
             "RUST_BACKTRACE": "0",
         }
         self._proc: subprocess.Popen | None = subprocess.Popen(
