@@ -222,3 +222,26 @@ def test_bombs_are_refused_by_the_api_and_the_worker_within_128_mib(http, worker
     assert refused.json()["detail"].startswith(words), refused.json()
     assert ds["status"] == "rejected" and ds["reason"].startswith(words), ds
     assert api_rise < BOUND and worker_rise < BOUND, (api_rise / MiB, worker_rise / MiB)
+
+
+def test_enormous_lines_stay_within_128_mib_of_the_api(http, api_pid, warm):
+    """A JSON Lines text of one 16 MiB line converts; a 16 MiB line of ``{},`` (5.6 million dicts once parsed) and
+    a CSV cell of 20 MiB are refused; the API's peak RSS rises by at most 128 MiB for each."""
+    n = 16 * MiB - 64
+    cases = {
+        "text.jsonl": (b'{"text": "' + b"ab " * (n // 3) + b'"}\n{"text": "b"}\n', 201, None),
+        "dicts.jsonl": (
+            b'{"text": "a", "x": [' + b"{}," * (n // 3) + b'{}]}\n{"text": "b"}\n',
+            422,
+            "file: line 1 holds over 262144 bytes of JSON outside its strings",
+        ),
+        "cell.csv": (b"a,b\n1,2\n1," + b"9" * (20 * MiB) + b"\n3,4\n", 422, "file: a row is longer than 262144 bytes"),
+    }
+    rises = {}
+    for name, (data, status, words) in cases.items():
+        resp, rises[name] = peak_rise(api_pid, lambda name=name, data=data: one_shot(http, name, data))
+        assert resp.status_code == status, (name, resp.text[:300])
+        if words is not None:
+            assert resp.json()["detail"].startswith(words), resp.json()
+    print("\nAPI peak RSS rise (MiB): " + ", ".join(f"{k}: {v / MiB:.1f}" for k, v in rises.items()))
+    assert max(rises.values()) < BOUND, {k: v / MiB for k, v in rises.items()}

@@ -50,8 +50,12 @@ class NpyWriter:
         return self.rows * math.prod(self.row_shape) * self.dtype.itemsize
 
     def append(self, block: np.ndarray) -> None:
+        """Rows of any dtype that casts to the file's, converted a buffer's worth at a time (a block of 16 MiB of
+        bytes as int32 would otherwise be a 64 MiB copy)."""
         assert self._fh is not None and block.shape[1:] == self.row_shape
-        self._fh.write(np.ascontiguousarray(block, dtype=self.dtype).data)
+        step = max(1, WRITE_BUFFER // max(1, math.prod(self.row_shape) * self.dtype.itemsize))
+        for start in range(0, block.shape[0], step):
+            self._fh.write(np.ascontiguousarray(block[start : start + step], dtype=self.dtype).data)
         self.rows += block.shape[0]
 
     def close(self) -> Path:

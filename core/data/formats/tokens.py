@@ -34,18 +34,15 @@ class TextEncoder:
             self.name, self.vocab_size = "tokenizer.json", self._process.vocab_size
 
     def encode(self, texts: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """(every text's ids end to end, each text's token count), or None when that would be more than
-        ``max_tokens`` ids; raises ``TokenizerFailed`` when the tokenizer fails on them."""
+        """(every text's ids end to end, as uint8 bytes or int32 ids, each text's token count), or None when that
+        would be more than ``max_tokens`` ids; raises ``TokenizerFailed`` when the tokenizer fails on them."""
         if self._process is None:
             raw = [t.encode("utf-8") for t in texts]
             lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
             if int(lengths.sum()) > max_tokens:
                 return None
-            flat, at = np.empty(int(lengths.sum()), dtype=TOKEN_DTYPE), 0
-            for data in raw:  # no joined copy of the batch: a line may be 16 MiB
-                flat[at : at + len(data)] = np.frombuffer(data, dtype=np.uint8)
-                at += len(data)
-            return flat, lengths
+            # bytes as uint8 (the column's writer widens them to int32 a block at a time): a line may be 16 MiB
+            return np.concatenate([np.frombuffer(data, dtype=np.uint8) for data in raw]), lengths
         return self._process.encode(texts, max_tokens)
 
     def close(self) -> None:
