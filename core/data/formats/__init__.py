@@ -10,8 +10,8 @@
 
 Every refusal is an ``UploadRejected`` whose message is ``"<field>: <reason>"``, a library's panic on the file
 included. Nothing is unpickled or executed; an uploaded tokenizer runs in a bounded child process.
-The converters (pyarrow, tokenizers) are imported by ``convert`` only: the API imports this package for
-``format_of`` and ``UploadRejected`` and parses nothing while it streams uploads.
+The converters are imported by ``convert`` only (pyarrow; tokenizers only in the tokenizer's child): the API
+imports this package for ``format_of`` and ``UploadRejected`` and parses nothing while it streams uploads.
 """
 
 from __future__ import annotations

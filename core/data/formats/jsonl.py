@@ -21,7 +21,7 @@ from core.data.formats.inspection import (
     UploadRejected,
 )
 from core.data.formats.tokenizer_process import TokenizerFailed
-from core.data.formats.tokens import OFFSET_DTYPE, TextEncoder, TokenColumn
+from core.data.formats.tokens import OFFSET_DTYPE, TOKEN_DTYPE, TextEncoder, TokenColumn
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 MAX_STRUCTURE_BYTES = 256 * 1024
@@ -102,7 +102,8 @@ class _Texts:
         for i, column in enumerate(self.columns):
             stored = sum(c.bytes for c in self.columns) + OFFSET_DTYPE.itemsize * len(self.batch)
             try:
-                encoded = self.encoder.encode([texts[i] for _, texts in self.batch], (self.cap - stored) // 4)
+                room = (self.cap - stored) // TOKEN_DTYPE.itemsize
+                encoded = self.encoder.encode([texts[i] for _, texts in self.batch], room)
             except TokenizerFailed as exc:
                 raise UploadRejected(f"tokenizer: {exc} on lines {first} to {last}") from None
             if encoded is None:
