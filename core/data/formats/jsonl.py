@@ -101,8 +101,8 @@ class _Texts:
         first, last = self.batch[0][0], self.batch[-1][0]
         for i, column in enumerate(self.columns):
             stored = sum(c.bytes for c in self.columns) + OFFSET_DTYPE.itemsize * len(self.batch)
+            room = (self.cap - stored) // TOKEN_DTYPE.itemsize
             try:
-                room = (self.cap - stored) // TOKEN_DTYPE.itemsize
                 encoded = self.encoder.encode([texts[i] for _, texts in self.batch], room)
             except TokenizerFailed as exc:
                 raise UploadRejected(f"tokenizer: {exc} on lines {first} to {last}") from None
