@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import zipfile
 from pathlib import Path
 
@@ -185,7 +186,11 @@ def _npy_bytes(array) -> bytes:
     [
         ("a.exe", b"MZ", r"^file: 'a.exe' is not one of"),
         ("a.npy", b"", r"^file: the upload is empty"),
-        ("a.npy", b"\x93NUMPY\x01\x00garbage", r"^x: not a readable .npy header"),
+        ("a.npy", b"\x93NUMPY\x01\x00\x07\x00garbage", r"^x: not a readable .npy header"),
+        ("a.npy", b"\x93NUMPY\x01\x00garbage", r"^x: the .npy header declares a length of 24935 bytes"),
+        ("a.npy", b"\x93NUMPY\x01\x00\x09\x00{}", r"^x: the .npy ends inside its header"),
+        ("a.npy", b"\x93NUMPY\x04\x00\x09\x00{}", r"^x: .npy format version 4.0"),
+        ("a.npy", b"\x93NUMPX\x01\x00\x09\x00{}", r"^x: not a .npy array"),
         ("a.npy", _npy_bytes(np.array([{"a": 1}, None], dtype=object)), r"^x: dtype object is not numeric"),
         ("a.npy", _npy_bytes(np.array(["a", "b"])), r"^x: dtype <U1 is not numeric"),
         ("a.npy", _npy_bytes(np.asfortranarray(np.ones((3, 2)))), r"^x: Fortran-ordered"),
@@ -327,3 +332,223 @@ def test_tokenizer_refusals(tmp_path, out):
     np.save(tmp_path / "a.npy", x)
     _rejected(tmp_path / "a.npy", out, r"^tokenizer: only for .jsonl", tokenizer=_tokenizer(tmp_path))
     _rejected(tmp_path / "a.npy", out, r"^label_column: only for .csv and .parquet", label_column="y")
+
+
+# --- hostile files: tokenizers, headers, pages, lines ---------------------------------------------------------------
+
+
+def _tokenizer_json(tmp_path, **parts) -> Path:
+    """A WordLevel tokenizer.json written field by field (the sizes and settings a test needs)."""
+    spec = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": None,
+        "decoder": None,
+        "model": {"type": "WordLevel", "vocab": VOCAB, "unk_token": "[UNK]"},
+        **parts,
+    }
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def _split(pattern: str) -> dict:
+    return {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
+
+
+def test_a_tokenizer_whose_regex_panics_is_refused_naming_it(tmp_path, out):
+    """``^(a+)+b`` on 40 a's: Oniguruma passes its retry limit and the library panics (a BaseException), in the
+    tokenizer's own process; the conversion is refused and this process goes on."""
+    tok = _tokenizer_json(tmp_path, pre_tokenizer=_split("^(a+)+b"))
+    assert tok.stat().st_size < 400
+    path = _jsonl(tmp_path / "t.jsonl", [{"text": "a" * 40}, {"text": "hello"}])
+    match = r"^tokenizer: the tokenizers library failed \(.*retry-limit.*\) on lines 1 to 2"
+    _rejected(path, out, match, tokenizer=tok)
+
+
+def test_padding_truncation_and_post_processor_do_not_change_the_ids(tmp_path, out):
+    """A padding of two million ids, a truncation to one id and a template adding [CLS]: rows are stored whole and
+    without special tokens, so the ids are the words' own."""
+    tok = _tokenizer_json(
+        tmp_path,
+        padding={
+            "strategy": {"Fixed": 2_000_000},
+            "direction": "Right",
+            "pad_to_multiple_of": None,
+            "pad_id": 0,
+            "pad_type_id": 0,
+            "pad_token": "[UNK]",
+        },
+        truncation={"direction": "Right", "max_length": 1, "strategy": "LongestFirst", "stride": 0},
+        post_processor={
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[UNK]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"[UNK]": {"id": "[UNK]", "ids": [0], "tokens": ["[UNK]"]}},
+        },
+    )
+    path = _jsonl(tmp_path / "t.jsonl", [{"text": "hello world"}, {"text": "the cat the"}] * 5)
+    ins = _convert(path, out, tokenizer=tok)
+    assert _rows(ins) == [[1, 2], [3, 4, 3]] * 5
+    assert ins.preview["token_length"]["tokens"] == 25
+
+
+def test_many_batches_through_the_tokenizer_process_keep_every_id(tmp_path, out):
+    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(r"\s+|(?=[tc])", behavior="removed")
+    tok.save(str(tmp_path / "tokenizer.json"))
+    rng = np.random.default_rng(5)
+    words = np.array(["hello", "world", "the", "cat", "dog"])
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 40)))) for _ in range(3000)]  # three batches
+    path = _jsonl(tmp_path / "t.jsonl", [{"text": t} for t in texts])
+    ins = _convert(path, out, tokenizer=tmp_path / "tokenizer.json")
+    assert _rows(ins) == [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+
+
+def test_a_tokenizer_over_its_memory_is_refused(tmp_path, out, monkeypatch):
+    """A Replace normalizer that turns each 'a' into 1 MB: 5,000 a's would be 5 GB."""
+    from core.data.formats import tokenizer_process
+
+    monkeypatch.setattr(tokenizer_process, "MEMORY_BYTES", 256 << 20)
+    tok = _tokenizer_json(tmp_path, normalizer={"type": "Replace", "pattern": {"String": "a"}, "content": "b" * 10**6})
+    path = _jsonl(tmp_path / "t.jsonl", [{"text": "a" * 5000}, {"text": "hello"}])
+    _rejected(path, out, r"^tokenizer: needed more than 268435456 bytes of memory on lines 1 to 2", tokenizer=tok)
+
+
+def test_a_tokenizer_over_its_cpu_time_is_refused(tmp_path, out, monkeypatch):
+    """``a*a*a*\\s`` on 3,000 a's backtracks cubically without reaching Oniguruma's retry limit: minutes of CPU,
+    ended by the batch's CPU-time limit (made 1 s here)."""
+    from core.data.formats import tokenizer_process
+
+    monkeypatch.setattr(tokenizer_process, "BATCH_CPU_S", 1)
+    monkeypatch.setattr(tokenizer_process, "CPU_S_PER_MIB", 0)
+    monkeypatch.setattr(tokenizer_process, "WALL_FACTOR", 300)  # a busy machine: the CPU limit is what ends it
+    tok = _tokenizer_json(tmp_path, pre_tokenizer=_split(r"a*a*a*\s"))
+    path = _jsonl(tmp_path / "t.jsonl", [{"text": "a" * 3000}, {"text": "hello"}])
+    _rejected(path, out, r"^tokenizer: took more than 1 s of CPU time on lines 1 to 2", tokenizer=tok)
+
+
+def test_a_library_panic_in_this_process_is_the_files_fault(tmp_path, out, monkeypatch):
+    """The guard around every converter: a real pyo3 PanicException (caught here from the tokenizers library)
+    raised by the CSV converter becomes a refusal; KeyboardInterrupt and SystemExit stay the process's own."""
+    bomb = Tokenizer.from_str(_tokenizer_json(tmp_path, pre_tokenizer=_split("^(a+)+b")).read_text())
+    with pytest.raises(BaseException) as caught:  # noqa: PT011 (the class is pyo3's, not importable)
+        bomb.encode("a" * 40)
+    assert not isinstance(caught.value, Exception)
+    from core.data.formats import tabular
+
+    (tmp_path / "t.csv").write_text("a,b\n1,2\n3,4\n")
+    for raised, outcome in ((caught.value, UploadRejected), (KeyboardInterrupt(), KeyboardInterrupt)):
+
+        def panics(*args, raised=raised):
+            raise raised
+
+        monkeypatch.setattr(tabular, "convert_csv", panics)
+        with pytest.raises(outcome) as got:
+            _convert(tmp_path / "t.csv", out)
+        if outcome is UploadRejected:
+            assert str(got.value).startswith("file: the csv reader failed on it (") and "retry-limit" in str(got.value)
+
+
+def _npy_header(version: tuple[int, int], declared: int) -> bytes:
+    length = struct.pack("<H" if version == (1, 0) else "<I", declared)
+    return b"\x93NUMPY" + bytes(version) + length
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_npy_versions_convert_and_their_declared_header_length_is_capped(tmp_path, out, version):
+    x, _ = _data()
+    with open(tmp_path / "a.npy", "wb") as fh:
+        np.lib.format.write_array(fh, x, version=version)
+    _check_arrays(_convert(tmp_path / "a.npy", out), x)
+    for f in out.iterdir():
+        f.unlink()
+    declared = 60_000 if version == (1, 0) else 1 << 30
+    (tmp_path / "b.npy").write_bytes(_npy_header(version, declared) + b" " * 9000)
+    _rejected(tmp_path / "b.npy", out, rf"^x: the .npy header declares a length of {declared} bytes \(at most 8192")
+    with zipfile.ZipFile(tmp_path / "b.npz", "w", zipfile.ZIP_DEFLATED) as zf:  # 1 GiB declared in a small entry
+        zf.writestr("x.npy", _npy_header(version, declared) + b" " * 100_000)
+    _rejected(tmp_path / "b.npz", out, rf"^x: the .npy header declares a length of {declared} bytes")
+
+
+def _parquet_pages(path: Path, columns: dict, rows_per_page: int, **kw) -> Path:
+    pq.write_table(
+        pa.table(columns),
+        path,
+        compression="zstd",
+        use_dictionary=False,
+        data_page_size=1 << 30,
+        max_rows_per_page=rows_per_page,
+        row_group_size=rows_per_page,
+        write_statistics=False,
+        **kw,
+    )
+    return path
+
+
+def test_a_parquet_page_over_the_cap_is_refused_before_it_is_read(tmp_path, out):
+    """40 MiB of zeros in one zstd page: a file of a few KB whose one page is over the 32 MiB a page may hold."""
+    n = 5 << 20
+    path = _parquet_pages(tmp_path / "p.parquet", {"x": np.zeros(n)}, n)
+    assert path.stat().st_size < 64 * 1024
+    match = r"^file: column 'x' has a page of 4194\d{4} bytes uncompressed \(\d+ compressed\) in row group 0"
+    _rejected(path, out, match, cap=1 << 30)
+
+
+def test_the_pages_a_row_group_holds_at_once_are_capped(tmp_path, out, monkeypatch):
+    from core.data.formats import parquet_pages
+
+    monkeypatch.setattr(parquet_pages, "MAX_HELD_BYTES", 1 << 20)
+    x = np.random.default_rng(0).normal(size=(40_000, 4))
+    path = _parquet_pages(tmp_path / "p.parquet", {f"c{i}": x[:, i] for i in range(4)}, 40_000)  # 320 KB pages
+    _rejected(path, out, r"^file: row group 0 holds 128\d{4} bytes of pages at once across its 4 columns \(column 'c")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"data_page_version": "2.0", "write_page_index": True, "write_page_checksum": True},
+        {"compression": "snappy", "use_dictionary": True, "write_statistics": True, "dictionary_pagesize_limit": 4096},
+        {"compression": "gzip", "column_encoding": {"i": "DELTA_BINARY_PACKED", "f": "BYTE_STREAM_SPLIT"}},
+    ],
+)
+def test_pages_of_every_kind_are_walked_and_the_file_converts(tmp_path, out, options):
+    x, y = _data(rows=20_000)
+    columns = {"f": x[:, 0], "i": np.arange(20_000), "label": y}
+    kw = {"compression": "zstd", "use_dictionary": False, "data_page_size": 8192, **options}
+    pq.write_table(pa.table(columns), tmp_path / "t.parquet", row_group_size=7000, **kw)
+    ins = _convert(tmp_path / "t.parquet", out, label_column="label")
+    _check_arrays(ins, np.column_stack([x[:, 0], np.arange(20_000)]), y)
+
+
+def test_a_corrupt_page_header_is_refused(tmp_path, out):
+    pq.write_table(pa.table({"a": np.arange(100.0)}), tmp_path / "t.parquet", use_dictionary=False)
+    data = bytearray((tmp_path / "t.parquet").read_bytes())
+    start = pq.ParquetFile(tmp_path / "t.parquet").metadata.row_group(0).column(0).data_page_offset
+    data[start : start + 8] = b"\x0f" * 8  # field headers of an unknown Thrift type
+    (tmp_path / "t.parquet").write_bytes(bytes(data))
+    _rejected(tmp_path / "t.parquet", out, rf"^file: not a readable Parquet file \(page header at byte {start}: ")
+
+
+def test_a_jsonl_line_of_json_structure_is_refused_and_a_long_text_is_not(tmp_path, out):
+    """300 KB of ``{},`` would be 100,000 dicts (a 16 MiB line, 5.6 million: over 400 MiB); a text of 1 MB with
+    quotes and backslashes in it has a few bytes of JSON outside its string."""
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b'{"text": "a", "x": [' + b"{}," * 100_000 + b'{}]}\n{"text": "b"}\n')
+    _rejected(path, out, r"^file: line 1 holds over 262144 bytes of JSON outside its strings")
+    path.write_bytes(b'{"text": "' + b'\\"' * 4_000_000 + b"\n")  # unterminated: one pass, not one per quote
+    _rejected(path, out, r"^file: line 1 holds over 262144 bytes of JSON outside its strings")
+    text = 'she said "\\" and \\\\ and }{ ' * 40_000
+    ins = _convert(_jsonl(tmp_path / "t.jsonl", [{"text": text, "n": [1, 2]}, {"text": "b"}]), out)
+    assert _rows(ins)[0] == list(text.encode())
+
+
+def test_a_csv_row_longer_than_a_block_and_a_first_row_of_too_many_cells_are_refused(tmp_path, out):
+    (tmp_path / "a.csv").write_bytes(b"a,b\n1,2\n1," + b"9" * (1 << 20) + b"\n3,4\n")
+    _rejected(tmp_path / "a.csv", out, r"^file: a row is longer than 262144 bytes \(after data row 1\)")
+    (tmp_path / "b.csv").write_bytes(b"1," * 70_000 + b"1\n" + b"1," * 70_000 + b"1\n")
+    _rejected(tmp_path / "b.csv", out, r"^file: the first row has 70001 cells \(at most 65536\)")

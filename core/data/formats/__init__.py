@@ -8,9 +8,10 @@
 - ``pairs`` (JSON Lines ``{"query": ..., "document": ...}``): ``query_tokens.npy``, ``query_offsets.npy``,
   ``document_tokens.npy``, ``document_offsets.npy``.
 
-Every refusal is an ``UploadRejected`` whose message is ``"<field>: <reason>"``. Nothing is unpickled or executed.
-The converters (pyarrow, tokenizers) are imported by ``convert`` only: the API imports this package for
-``format_of`` and ``UploadRejected`` and parses nothing while it streams uploads.
+Every refusal is an ``UploadRejected`` whose message is ``"<field>: <reason>"``, a library's panic on the file
+included. Nothing is unpickled or executed; an uploaded tokenizer runs in a bounded child process.
+The converters are imported by ``convert`` only (pyarrow; tokenizers only in the tokenizer's child): the API
+imports this package for ``format_of`` and ``UploadRejected`` and parses nothing while it streams uploads.
 """
 
 from __future__ import annotations
@@ -56,12 +57,18 @@ def convert(
         raise UploadRejected("tokenizer: only for .jsonl text uploads")
     if raw.stat().st_size == 0:
         raise UploadRejected("file: the upload is empty")
-    if fmt == "npy":
-        return convert_npy(raw, out_dir, max_stored_bytes)
-    if fmt == "npz":
-        return convert_npz(raw, out_dir, max_stored_bytes)
-    if fmt == "csv":
-        return convert_csv(raw, out_dir, label_column, max_stored_bytes)
-    if fmt == "parquet":
-        return convert_parquet(raw, out_dir, label_column, max_stored_bytes)
-    return convert_jsonl(raw, out_dir, tokenizer, max_stored_bytes)
+    try:
+        if fmt == "npy":
+            return convert_npy(raw, out_dir, max_stored_bytes)
+        if fmt == "npz":
+            return convert_npz(raw, out_dir, max_stored_bytes)
+        if fmt == "csv":
+            return convert_csv(raw, out_dir, label_column, max_stored_bytes)
+        if fmt == "parquet":
+            return convert_parquet(raw, out_dir, label_column, max_stored_bytes)
+        return convert_jsonl(raw, out_dir, tokenizer, max_stored_bytes)
+    except (Exception, KeyboardInterrupt, SystemExit):  # refusals, bugs, and what is the process's own
+        raise
+    except BaseException as exc:  # a library's panic (pyo3's PanicException) on this file: the file's fault
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise UploadRejected(f"file: the {fmt} reader failed on it ({reason})") from None

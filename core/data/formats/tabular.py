@@ -1,8 +1,9 @@
 """CSV and Parquet uploads through pyarrow's streaming readers: numeric columns become x, a label column y.
 
 A CSV is judged first from its first row (the header, when it is not all numbers) and one pass that counts lines and
-checks UTF-8; a Parquet file from its footer (schema and row count, the footer's length read before the footer).
-Rows are then read in record batches, so memory holds one batch whatever the file's size.
+checks UTF-8; a Parquet file from its footer (schema and row count, the footer's length read before the footer) and
+its pages' headers (``parquet_pages``: pyarrow inflates a whole page at a time). Rows are then read in record
+batches, so memory holds one batch (and, for Parquet, a page of each column) whatever the file's size.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from core.data.formats.arrays import ArraysSink
-from core.data.formats.inspection import CHUNK_BYTES, Inspection, UploadRejected, check_size
+from core.data.formats.inspection import CHUNK_BYTES, MAX_COLUMNS, Inspection, UploadRejected, check_size
+from core.data.formats.parquet_pages import check_pages
 
 MAX_CSV_ROW_BYTES = 2 * 1024 * 1024
 CSV_BLOCK_BYTES = 256 * 1024  # pyarrow reads a few blocks ahead, each parsed to about 8x its size
-MAX_PARQUET_FOOTER_BYTES = 16 * 1024 * 1024
+MAX_PARQUET_FOOTER_BYTES = 4 * 1024 * 1024  # pyarrow holds about 20x the footer decoded: 4 MiB is ~80 MiB
 _PARQUET_MAGIC = b"PAR1"
 
 
@@ -45,7 +47,10 @@ def convert_csv(raw: Path, out_dir: Path, label_column: str | None, cap: int) ->
             for batch in reader:
                 _add_batch(sink, batch, label)
         except (pa.ArrowException, OSError) as exc:
-            raise UploadRejected(f"file: {_first_line(exc)} (after data row {sink.rows})") from None
+            reason = _first_line(exc)
+            if "straddl" in reason:  # pyarrow's words for a row longer than the block it parses at a time
+                reason = f"a row is longer than {CSV_BLOCK_BYTES} bytes"
+            raise UploadRejected(f"file: {reason} (after data row {sink.rows})") from None
         return sink.finish("csv", label_column)
     except BaseException:
         sink.discard()
@@ -71,6 +76,8 @@ def convert_parquet(raw: Path, out_dir: Path, label_column: str | None, cap: int
             )
     rows, columns = pf.metadata.num_rows, len(names) - (label is not None)
     check_size(rows, columns, label is not None, cap)
+    with open(raw, "rb") as fp:
+        check_pages(fp, pf.metadata)
     sink = ArraysSink(out_dir, columns, label is not None, cap, [n for i, n in enumerate(names) if i != label])
     sink.source_dtypes = {f.name: str(f.type) for f in schema}
     batch_rows = max(1, CHUNK_BYTES // (8 * len(names)))
@@ -107,6 +114,8 @@ def _csv_layout(raw: Path) -> tuple[list[str], bool, int]:
         first = fp.readline(MAX_CSV_ROW_BYTES)
         if len(first) == MAX_CSV_ROW_BYTES and not first.endswith(b"\n"):
             raise UploadRejected(f"file: the first row is longer than {MAX_CSV_ROW_BYTES} bytes")
+        if first.count(b",") >= MAX_COLUMNS:  # refused before its cells are split into strings
+            raise UploadRejected(f"file: the first row has {first.count(b',') + 1} cells (at most {MAX_COLUMNS})")
         try:
             cells = [c.strip().strip('"') for c in first.decode("utf-8").strip().split(",")]
         except UnicodeDecodeError:

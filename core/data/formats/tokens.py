@@ -1,10 +1,9 @@
-"""Text as token ids: UTF-8 bytes (ids 0..255) or a ``tokenizer.json`` read by the ``tokenizers`` library (a
-declarative file: no Python code runs), and the canonical ``tokens.npy`` (int32, flat) + ``offsets.npy`` (int64,
-rows + 1) that hold a column of texts."""
+"""Text as token ids: UTF-8 bytes (ids 0..255) or a ``tokenizer.json`` run by the ``tokenizers`` library in a
+bounded child process (a declarative file: no Python code runs, but its regular expressions do), and the canonical
+``tokens.npy`` (int32, flat) + ``offsets.npy`` (int64, rows + 1) that hold a column of texts."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from core.data.formats.inspection import UploadRejected
 from core.data.formats.npyfile import NpyWriter
+from core.data.formats.tokenizer_process import TokenizerFailed, TokenizerProcess
 
 MAX_TOKENIZER_BYTES = 64 * 1024 * 1024
 TOKEN_DTYPE, OFFSET_DTYPE = np.dtype("<i4"), np.dtype("<i8")
@@ -19,45 +19,44 @@ BYTE_VOCAB = 256
 
 
 class TextEncoder:
-    """Texts -> arrays of token ids; ``name`` and ``vocab_size`` say which ids they are."""
+    """Texts -> arrays of token ids; ``name`` and ``vocab_size`` say which ids they are. A tokenizer runs in its own
+    bounded process (``tokenizer_process``); ``close`` stops it."""
 
     def __init__(self, tokenizer: Path | None):
-        self._tokenizer = None
+        self._process: TokenizerProcess | None = None
         self.name, self.vocab_size = "utf-8 bytes", BYTE_VOCAB
         if tokenizer is not None:
-            self._tokenizer = _load(tokenizer)
-            self.name = "tokenizer.json"
-            self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+            _check_file(tokenizer)
+            try:
+                self._process = TokenizerProcess(tokenizer)
+            except TokenizerFailed as exc:
+                raise UploadRejected(f"tokenizer: {exc}") from None
+            self.name, self.vocab_size = "tokenizer.json", self._process.vocab_size
 
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(every text's ids end to end, each text's token count)."""
-        if self._tokenizer is None:
+    def encode(self, texts: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(every text's ids end to end, as uint8 bytes or int32 ids, each text's token count), or None when that
+        would be more than ``max_tokens`` ids; raises ``TokenizerFailed`` when the tokenizer fails on them."""
+        if self._process is None:
             raw = [t.encode("utf-8") for t in texts]
             lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
-            return np.frombuffer(b"".join(raw), dtype=np.uint8).astype(TOKEN_DTYPE), lengths
-        ids = [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=TOKEN_DTYPE, count=int(lengths.sum()))
-        return flat, lengths
+            if int(lengths.sum()) > max_tokens:
+                return None
+            # bytes as uint8 (the column's writer widens them to int32 a block at a time): a line may be 16 MiB
+            return np.concatenate([np.frombuffer(data, dtype=np.uint8) for data in raw]), lengths
+        return self._process.encode(texts, max_tokens)
+
+    def close(self) -> None:
+        if self._process is not None:
+            self._process.close()
+            self._process = None
 
 
-def _load(path: Path):
-    from tokenizers import Tokenizer
-
+def _check_file(path: Path) -> None:
     size = path.stat().st_size
     if size == 0:
         raise UploadRejected("tokenizer: the file is empty")
     if size > MAX_TOKENIZER_BYTES:
         raise UploadRejected(f"tokenizer: {size} bytes, over the limit of {MAX_TOKENIZER_BYTES} bytes")
-    try:
-        tokenizer = Tokenizer.from_file(str(path))
-    except Exception as exc:  # the library raises a bare Exception for every malformed file
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UploadRejected(f"tokenizer: not a tokenizer.json the tokenizers library can load ({reason})") from None
-    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-    if not 1 <= vocab < 2**31:
-        raise UploadRejected(f"tokenizer: a vocabulary of {vocab} ids does not fit int32 token ids")
-    return tokenizer
 
 
 class TokenColumn:
