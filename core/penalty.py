@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -250,15 +251,45 @@ def gradient_bound_terms(
     if method not in ("auto", "jacrev", "power"):
         raise ValueError(f"method must be 'auto', 'jacrev' or 'power', not {method!r}")
     single = x.dim() == 1
+    xb = _input_batch(layers, x)
+    if method == "auto":
+        method = auto_method(
+            xb.shape[1], [lin.in_features for lin, _ in layers[1:]], xb.shape[0], max_iter, xb.element_size()
+        )
+    grads = _backprop(layers, xb, reduce, target)
+    jac = _input_jacobians(model, layers, xb, grads, method, frobenius, tol, max_iter)
+    gx_sq = grads.gx.square().sum(dim=1)
+    per_layer = [
+        _layer_terms(lin, grads.hs[t], grads.deltas[t], grads.gx, gx_sq, jac, t, frobenius)
+        for t, (lin, _) in enumerate(layers)
+    ]
+    out = _both_sides(grads.f, gx_sq, per_layer, method, jac.iters, frobenius)
+    if single:
+        out = _squeeze(out)
+    return out
+
+
+def _input_batch(layers, x: Tensor) -> Tensor:
+    """x as a detached (B, d) batch in the first layer's dtype and device; refuses an input of the wrong width."""
     weight = layers[0][0].weight
-    xb = (x[None] if single else x).detach().to(dtype=weight.dtype, device=weight.device)
+    xb = (x[None] if x.dim() == 1 else x).detach().to(dtype=weight.dtype, device=weight.device)
     if xb.dim() != 2 or xb.shape[1] != layers[0][0].in_features:
         raise ValueError(f"x must be (d,) or (B, d) with d = {layers[0][0].in_features}, got {tuple(x.shape)}")
-    d_in = xb.shape[1]
-    if method == "auto":
-        method = auto_method(d_in, [lin.in_features for lin, _ in layers[1:]], xb.shape[0], max_iter, xb.element_size())
+    return xb
 
-    # One forward and one backward give ∇_x f and every δ = ∂f/∂z^(t+1) (rows never mix, so summing f is exact).
+
+class _Backprop(NamedTuple):
+    """What one forward and one backward pass give: f per sample, ∇_x f, every δ = ∂f/∂z^(t+1) and every h^(t)."""
+
+    f: Tensor
+    gx: Tensor
+    deltas: list[Tensor]
+    hs: list[Tensor]
+
+
+def _backprop(layers, xb: Tensor, reduce, target) -> _Backprop:
+    """One forward and one backward on detached weights give ∇_x f and every δ (rows never mix, so summing f over
+    the batch is exact); an output f does not depend on gets a zero gradient."""
     xg = xb.clone().requires_grad_(True)
     hs, zs, h = [xg], [], xg
     for lin, acts in layers:
@@ -272,57 +303,93 @@ def gradient_bound_terms(
     grads = torch.autograd.grad(f.sum(), [xg, *zs], allow_unused=True)
     gx = grads[0] if grads[0] is not None else torch.zeros_like(xb)
     deltas = [g if g is not None else torch.zeros_like(z) for g, z in zip(grads[1:], zs)]
-    hs = [t.detach() for t in hs]
-    gx_sq = gx.square().sum(dim=1)
+    return _Backprop(f, gx, deltas, [t.detach() for t in hs])
 
-    aw = [d @ lin.weight.detach() for d, (lin, _) in zip(deltas, layers)]  # δᵀ W, one row per sample
-    ones = torch.ones_like(gx_sq)
-    jac_spec, back, iters = [ones], [aw[0]], 0  # back: (∂h^(t)/∂x)ᵀ Wᵀ δ, the identity's right side
-    jac_fro = [ones * math.sqrt(d_in)]
+
+class _InputJacobians(NamedTuple):
+    """Per layer t: ‖∂h^(t)/∂x‖₂ and ‖·‖_F per sample, the identity's right side (∂h^(t)/∂x)ᵀ Wᵀ δ, and the most
+    power iterations any layer used (0 for jacrev)."""
+
+    spec: list[Tensor]
+    fro: list[Tensor]
+    back: list[Tensor]
+    iters: int
+
+
+def _input_jacobians(
+    model: nn.Sequential,
+    layers,
+    xb: Tensor,
+    grads: _Backprop,
+    method: str,
+    frobenius: bool,
+    tol: float,
+    max_iter: int,
+) -> _InputJacobians:
+    """The norms of every ∂h^(t)/∂x and its product with Wᵀδ, by ``method``: the materialized Jacobians, or power
+    iteration warm-started at ∇_x f with a vjp for the product (and the exact Frobenius norm by forward mode)."""
+    aw = [d @ lin.weight.detach() for d, (lin, _) in zip(grads.deltas, layers)]  # δᵀ W, one row per sample
+    ones = torch.ones(xb.shape[0], dtype=xb.dtype, device=xb.device)
+    jac_spec, back, iters = [ones], [aw[0]], 0
+    jac_fro = [ones * math.sqrt(xb.shape[1])]
     if method == "jacrev":
         for t, j in enumerate(hidden_jacobians(model, xb), start=1):
             jac_spec.append(torch.linalg.matrix_norm(j, ord=2))
             jac_fro.append(torch.linalg.matrix_norm(j, ord="fro"))
             back.append(torch.einsum("bm,bmd->bd", aw[t], j))
-    else:
-        for t in range(1, len(layers)):
+        return _InputJacobians(jac_spec, jac_fro, back, iters)
+    for t in range(1, len(layers)):
 
-            def prefix(xx: Tensor, t=t) -> Tensor:
-                return _apply(layers, xx, t)[-1]
+        def prefix(xx: Tensor, t=t) -> Tensor:
+            return _apply(layers, xx, t)[-1]
 
-            sigma, used = spectral_norm_power(prefix, xb, v0=gx, tol=tol, max_iter=max_iter, seed=t)
-            jac_spec.append(sigma)
-            iters = max(iters, used)
-            back.append(torch.func.vjp(prefix, xb)[1](aw[t])[0])
-        if frobenius:
-            jac_fro.extend(jacobian_fro_forward(model, xb))
+        sigma, used = spectral_norm_power(prefix, xb, v0=grads.gx, tol=tol, max_iter=max_iter, seed=t)
+        jac_spec.append(sigma)
+        iters = max(iters, used)
+        back.append(torch.func.vjp(prefix, xb)[1](aw[t])[0])
+    if frobenius:
+        jac_fro.extend(jacobian_fro_forward(model, xb))
+    return _InputJacobians(jac_spec, jac_fro, back, iters)
 
-    rhs_parts, per_layer = [], []
-    for t, (lin, _) in enumerate(layers):
-        w = lin.weight.detach()
-        h_sq = hs[t].square().sum(dim=1)
-        one = 1.0 if lin.bias is not None else 0.0
-        d_sq = deltas[t].square().sum(dim=1)
-        w_norm = torch.linalg.matrix_norm(w, ord=2)
-        w_fro = torch.linalg.matrix_norm(w, ord="fro")
-        scale = d_sq.sqrt() * w_norm * jac_spec[t]
-        resid = (gx - back[t]).norm(dim=1)
-        layer = {
-            "h_norm": h_sq.sqrt(),
-            "w_norm": w_norm,
-            "w_fro": w_fro,
-            "jac_norm": jac_spec[t],
-            "term": _zero_safe_div(gx_sq * (one + h_sq), w_norm.square() * jac_spec[t].square()),
-            "param_grad_sq": d_sq * (one + h_sq),
-            "residual": _zero_safe_div(resid, scale),
-        }
-        if frobenius:
-            layer["jac_fro"] = jac_fro[t]
-            layer["term_frobenius"] = _zero_safe_div(gx_sq * (one + h_sq), w_fro.square() * jac_fro[t].square())
-        rhs_parts.append(layer["param_grad_sq"])
-        per_layer.append(layer)
 
-    rhs = torch.stack(rhs_parts).sum(dim=0)
+def _layer_terms(
+    lin: nn.Linear,
+    h: Tensor,
+    delta: Tensor,
+    gx: Tensor,
+    gx_sq: Tensor,
+    jac: _InputJacobians,
+    t: int,
+    frobenius: bool,
+) -> dict:
+    """Layer t's factors, its summand of the left side, its share of the right side (‖δ‖² (1 + ‖h‖²)) and the
+    residual of its identity ∇_x f = (∂h/∂x)ᵀ Wᵀ δ."""
+    w = lin.weight.detach()
+    h_sq = h.square().sum(dim=1)
+    one = 1.0 if lin.bias is not None else 0.0
+    d_sq = delta.square().sum(dim=1)
+    w_norm = torch.linalg.matrix_norm(w, ord=2)
+    w_fro = torch.linalg.matrix_norm(w, ord="fro")
+    scale = d_sq.sqrt() * w_norm * jac.spec[t]
+    resid = (gx - jac.back[t]).norm(dim=1)
+    layer = {
+        "h_norm": h_sq.sqrt(),
+        "w_norm": w_norm,
+        "w_fro": w_fro,
+        "jac_norm": jac.spec[t],
+        "term": _zero_safe_div(gx_sq * (one + h_sq), w_norm.square() * jac.spec[t].square()),
+        "param_grad_sq": d_sq * (one + h_sq),
+        "residual": _zero_safe_div(resid, scale),
+    }
+    if frobenius:
+        layer["jac_fro"] = jac.fro[t]
+        layer["term_frobenius"] = _zero_safe_div(gx_sq * (one + h_sq), w_fro.square() * jac.fro[t].square())
+    return layer
+
+
+def _both_sides(f: Tensor, gx_sq: Tensor, per_layer: list[dict], method: str, iters: int, frobenius: bool) -> dict:
+    """The two sides summed over layers, their ratio, and each layer's share of the right side (added in place)."""
+    rhs = torch.stack([p["param_grad_sq"] for p in per_layer]).sum(dim=0)
     lhs = torch.stack([p["term"] for p in per_layer]).sum(dim=0)
     out = {
         "f": f.detach(),
@@ -340,8 +407,6 @@ def gradient_bound_terms(
         lhs_f = torch.stack([p["term_frobenius"] for p in per_layer]).sum(dim=0)
         out["lhs_frobenius"] = lhs_f
         out["ratio_frobenius"] = lhs_f / rhs
-    if single:
-        out = _squeeze(out)
     return out
 
 

@@ -441,94 +441,118 @@ class EGStepSize(Optimizer):
             params = _grads(group["params"], "EGStepSize")
             if not params:
                 continue
-            gamma, cap, bound = group["gamma"], _bound(group["max_log_step"]), _bound(group["max_log_nu"])
-            lr, granularity = group["lr"], group["granularity"]
-            coordinate = granularity == "coordinate"
+            coordinate = group["granularity"] == "coordinate"
             states = [self._state(p, coordinate) for p in params]
-            fused = group.get("fused", False)
             if coordinate:
-                plan = _flat_state(self, group, "coordinate", params, states, full=("prev_grad", "log2_nu", "nu"))
-                if plan.members:
-                    ps = [params[i] for i in plan.members]
-                    grads = [_grad(p) for p in ps]
-                    torch._foreach_copy_(plan.grad_views, grads)
-                    g, prev = plan.grad, plan.flat["prev_grad"]
-                    assert g is not None  # full keys: the gradients are gathered
-                    if gamma > 0:
-                        _log_rate_(g, prev, plan.flat["log2_nu"], plan.flat["nu"], gamma, cap, bound)
-                    torch._foreach_addcmul_(ps, grads, plan.views["nu"], value=-lr)
-                    prev.copy_(g)
-                rest = plan.rest
-                if fused:
-                    big = _big(params, rest)
-                    if big:
-                        _compiled("rate_move")(
-                            self._hyper(group, params[0]),
-                            gamma > 0,
-                            [params[i] for i in big],
-                            [params[i].grad for i in big],
-                            *([states[i][k] for i in big] for k in ("prev_grad", "log2_nu", "nu")),
-                        )
-                        rest = [i for i in rest if i not in big]
-                for i in rest:
-                    p, s = params[i], states[i]
-                    g = _grad(p)
-                    if gamma > 0:
-                        _log_rate_(g, s["prev_grad"], s["log2_nu"], s["nu"], gamma, cap, bound)
-                    p.addcmul_(g, s["nu"], value=-lr)
-                    s["prev_grad"].copy_(g)
-                continue
-            prevs, grads = [s["prev_grad"] for s in states], [_grad(p) for p in params]
-            flat = _flat_state(self, group, "prev", params, states, full=("prev_grad",))
-            _gather(flat, grads)
-            shared = granularity == "global"
-            dots = _dots(prevs, grads, flat, "prev_grad", shared)  # all before any prev_grad is overwritten
-            plan = _flat_state(self, group, "nu", params, states, scalar=("log2_nu", "nu"))
-            nus = [s["nu"] for s in states]
-            _eg_0dim_(
-                [s["log2_nu"] for s in states],
-                nus,
-                dots,
-                shared,
-                gamma,
-                cap,
-                bound,
-                plan,
-                ("log2_nu", "nu"),
-                base2=True,
-            )
-            if flat.members:
-                torch._foreach_addcmul_(
-                    [params[i] for i in flat.members],
-                    [grads[i] for i in flat.members],
-                    [nus[i] for i in flat.members],
-                    value=-lr,
-                )
-                assert flat.grad is not None  # full keys: the gradients are gathered
-                flat.flat["prev_grad"].copy_(flat.grad)
-            rest = flat.rest
-            big = _big(params, rest) if fused else []
-            if big:
-                inside = [i in plan.members for i in big]
-                nu: Tensor | list[Tensor]
-                if all(inside):  # their ν are views of the plan's vector: pass it whole, with their places in it
-                    nu, pos = plan.flat["nu"], tuple(plan.members.index(i) for i in big)
-                elif not any(inside):
-                    nu, pos = [nus[i] for i in big], ()
-                if all(inside) or not any(inside):
-                    _compiled("move")(
-                        self._hyper(group, params[0]),
-                        [params[i] for i in big],
-                        [grads[i] for i in big],
-                        [prevs[i] for i in big],
-                        nu,
-                        pos,
-                    )
-                    rest = [i for i in rest if i not in big]
-            for i in rest:
-                params[i].addcmul_(grads[i], nus[i], value=-lr)
-                prevs[i].copy_(grads[i])
+                self._coordinate_step(group, params, states)
+            else:
+                self._tensor_rate_step(group, params, states)
         return loss
+
+    def _coordinate_step(self, group: dict, params: list[Tensor], states: list[dict]) -> None:
+        """``coordinate``: ν ⊙ exp(γ g_{t−1} ⊙ g_t) per coordinate, then the move; the small tensors in one pass over
+        the group's flat buffers, the big ones by the compiled update when ``fused``, the rest tensor by tensor."""
+        gamma, cap, bound = group["gamma"], _bound(group["max_log_step"]), _bound(group["max_log_nu"])
+        lr = group["lr"]
+        plan = _flat_state(self, group, "coordinate", params, states, full=("prev_grad", "log2_nu", "nu"))
+        if plan.members:
+            ps = [params[i] for i in plan.members]
+            grads = [_grad(p) for p in ps]
+            torch._foreach_copy_(plan.grad_views, grads)
+            g, prev = plan.grad, plan.flat["prev_grad"]
+            assert g is not None  # full keys: the gradients are gathered
+            if gamma > 0:
+                _log_rate_(g, prev, plan.flat["log2_nu"], plan.flat["nu"], gamma, cap, bound)
+            torch._foreach_addcmul_(ps, grads, plan.views["nu"], value=-lr)
+            prev.copy_(g)
+        rest = plan.rest
+        if group.get("fused", False):
+            big = _big(params, rest)
+            if big:
+                _compiled("rate_move")(
+                    self._hyper(group, params[0]),
+                    gamma > 0,
+                    [params[i] for i in big],
+                    [params[i].grad for i in big],
+                    *([states[i][k] for i in big] for k in ("prev_grad", "log2_nu", "nu")),
+                )
+                rest = [i for i in rest if i not in big]
+        for i in rest:
+            p, s = params[i], states[i]
+            g = _grad(p)
+            if gamma > 0:
+                _log_rate_(g, s["prev_grad"], s["log2_nu"], s["nu"], gamma, cap, bound)
+            p.addcmul_(g, s["nu"], value=-lr)
+            s["prev_grad"].copy_(g)
+
+    def _tensor_rate_step(self, group: dict, params: list[Tensor], states: list[dict]) -> None:
+        """``layer``/``global``: every inner product <g_{t−1}, g_t> first (before any ``prev_grad`` is overwritten),
+        then the 0-dim ν per tensor or shared by the group, then the move (``_move_with_tensor_rate``)."""
+        prevs, grads = [s["prev_grad"] for s in states], [_grad(p) for p in params]
+        flat = _flat_state(self, group, "prev", params, states, full=("prev_grad",))
+        _gather(flat, grads)
+        shared = group["granularity"] == "global"
+        dots = _dots(prevs, grads, flat, "prev_grad", shared)  # all before any prev_grad is overwritten
+        plan = _flat_state(self, group, "nu", params, states, scalar=("log2_nu", "nu"))
+        nus = [s["nu"] for s in states]
+        _eg_0dim_(
+            [s["log2_nu"] for s in states],
+            nus,
+            dots,
+            shared,
+            group["gamma"],
+            _bound(group["max_log_step"]),
+            _bound(group["max_log_nu"]),
+            plan,
+            ("log2_nu", "nu"),
+            base2=True,
+        )
+        self._move_with_tensor_rate(group, params, grads, prevs, nus, flat, plan)
+
+    def _move_with_tensor_rate(
+        self,
+        group: dict,
+        params: list[Tensor],
+        grads: list[Tensor],
+        prevs: list[Tensor],
+        nus: list[Tensor],
+        flat: _Flat,
+        plan: _Flat,
+    ) -> None:
+        """θ ← θ − lr ν g and ``prev_grad`` ← g once the 0-dim ν are settled: the small tensors in one call over the
+        flat ``prev_grad`` buffer, the big ones by the compiled update when ``fused``, the rest tensor by tensor."""
+        lr = group["lr"]
+        if flat.members:
+            torch._foreach_addcmul_(
+                [params[i] for i in flat.members],
+                [grads[i] for i in flat.members],
+                [nus[i] for i in flat.members],
+                value=-lr,
+            )
+            assert flat.grad is not None  # full keys: the gradients are gathered
+            flat.flat["prev_grad"].copy_(flat.grad)
+        rest = flat.rest
+        big = _big(params, rest) if group.get("fused", False) else []
+        if big:
+            inside = [i in plan.members for i in big]
+            nu: Tensor | list[Tensor]
+            if all(inside):  # their ν are views of the plan's vector: pass it whole, with their places in it
+                nu, pos = plan.flat["nu"], tuple(plan.members.index(i) for i in big)
+            elif not any(inside):
+                nu, pos = [nus[i] for i in big], ()
+            if all(inside) or not any(inside):
+                _compiled("move")(
+                    self._hyper(group, params[0]),
+                    [params[i] for i in big],
+                    [grads[i] for i in big],
+                    [prevs[i] for i in big],
+                    nu,
+                    pos,
+                )
+                rest = [i for i in rest if i not in big]
+        for i in rest:
+            params[i].addcmul_(grads[i], nus[i], value=-lr)
+            prevs[i].copy_(grads[i])
 
 
 class EGFunnel(Optimizer):

@@ -17,6 +17,7 @@ import io
 import json
 import statistics
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -335,47 +336,107 @@ def run(params: ContrastiveAccumulationParams, ctx) -> dict:
 def _run(p: ContrastiveAccumulationParams, ctx, device: torch.device) -> dict:
     data = load_dataset(p.dataset, ctx, dataset_needs(p).kinds)
     y = data.get("y") if isinstance(data, ArraysView) else None
-    rng = np.random.default_rng(ctx.seed)
-    x: np.ndarray | None
-    batches: _Batches | _PairBatches
-    if p.model is not None:  # the API budgeted the model, the full batch included
-        probe_model, init = _model_towers(p, ctx, device)
-        vocab, context = probe_model.vocab_size, probe_model.context
-        assert vocab is not None and context is not None  # a Transformer (the params checked)
-        if isinstance(data, PairsView):
-            x, in_dim = None, context
-            batches = _PairBatches(data, p, rng, device, context, vocab)
-        else:
-            assert isinstance(data, ArraysView)
-            x = token_rows(data["x"], vocab, context, pixel_levels=p.dataset == "digits")
-            in_dim = x.shape[1]
-            batches = _TokenBatches(x, p, rng, device, vocab - 1)
-        full_fits = True
-    else:
-        assert isinstance(data, ArraysView)
-        x = np.ascontiguousarray(data["x"], dtype=np.float32)
-        if x.ndim != 2 or len(x) < 2:
-            raise ValueError("dataset: x must be a 2-D array with at least 2 rows")
-        in_dim = x.shape[1]
-        check_budget(p, in_dim)
-        batches = _Batches(x, p, rng, device)
-        init = [_mlp(in_dim, p.widths, p.dropout).to(device) for _ in range(tower_count(p))]
-        full_fits = full_batch_fits(p, in_dim, p.batch_size)
-    methods = ["chunked"] + (["naive"] + (["full"] if full_fits else []) if p.compare else [])
-    trainers = {m: _Trainer(m, [copy.deepcopy(t) for t in init], p) for m in METHODS if m in methods or m == "naive"}
+    setup = _setup(p, ctx, data, np.random.default_rng(ctx.seed), device)
+    methods = ["chunked"] + (["naive"] + (["full"] if setup.full_fits else []) if p.compare else [])
+    trainers = {
+        m: _Trainer(m, [copy.deepcopy(t) for t in setup.init], p) for m in METHODS if m in methods or m == "naive"
+    }
 
-    check_batch = p.batch_size
-    while p.model is None and not full_batch_fits(p, in_dim, check_batch) and check_batch > 2:
-        check_batch = max(2, check_batch // 4 * 2)
-    # a smaller check batch keeps at least two chunks, or the naive method would see the whole batch and agree
-    half = check_batch // 2
-    check_chunk = min(p.chunk_size, max(2, half - half % 2) if p.towers == "shared" else max(1, half))
+    check_batch, check_chunk = _check_sizes(p, setup.in_dim)
     ctx.progress(0.02, f"gradient check at batch {check_batch}, chunk {check_chunk}")
-    grad_check = _gradient_check(trainers, batches, check_batch, check_chunk, device)
+    grad_check = _gradient_check(trainers, setup.batches, check_batch, check_chunk, device)
     ctx.metric(0, "grad_rel_diff_accumulated", grad_check["rel_diff_accumulated"])
     ctx.metric(0, "grad_rel_diff_naive", grad_check["rel_diff_naive"])
 
     meter = PeakMemory(device)
+    curves, times, peaks = _train_side_by_side(p, ctx, methods, trainers, setup.batches, meter, device)
+
+    ctx.progress(0.92, "linear probes")
+    towers = {"init": setup.init[0], **{m: trainers[m].towers[0] for m in methods}}
+    probe = {
+        name: _probe_accuracy(tower, setup.x, y, np.random.default_rng(ctx.seed + 1), device, p.normalize)
+        for name, tower in towers.items()
+    }
+
+    time_per_step, peak_memory, time_ratio = _step_costs(times, peaks, methods)
+    result = {
+        "towers": p.towers,
+        "batch_size": p.batch_size,
+        "chunk_size": p.chunk_size,
+        "device": str(device),
+        "methods": methods,
+        "full_batch_fits": setup.full_fits,
+        "loss_curve": [_finite_or_none(v) for v in curves["chunked"]],
+        "final_loss": {m: _finite_or_none(curves[m][-1]) for m in methods},
+        "grad_check": {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in grad_check.items()},
+        "time_per_step_s": time_per_step,
+        "time_ratio_chunked_over_full": time_ratio,
+        "peak_memory_bytes": peak_memory,
+        "peak_memory_method": meter.method + " (median over steps of one gradient computation)",
+        "linear_probe_accuracy": probe,
+    }
+    _save_artifacts(ctx, p, result, curves, meter.method)
+    ctx.progress(1.0, "done")
+    return result
+
+
+class _Setup(NamedTuple):
+    """What a run trains on: the rows to probe (None for pairs), the input width, the batch source, the initial
+    towers every method copies, and whether the plain full batch fits the memory budget."""
+
+    x: np.ndarray | None
+    in_dim: int
+    batches: _Batches | _PairBatches
+    init: list[nn.Module]
+    full_fits: bool
+
+
+def _setup(p: ContrastiveAccumulationParams, ctx, data, rng: np.random.Generator, device: torch.device) -> _Setup:
+    """The batches and the initial towers: the user's Transformer on token rows or query/document pairs, or the
+    job's MLP on the rows of x (checked against the budget here; the API budgeted a model, its full batch
+    included)."""
+    if p.model is not None:
+        probe_model, init = _model_towers(p, ctx, device)
+        vocab, context = probe_model.vocab_size, probe_model.context
+        assert vocab is not None and context is not None  # a Transformer (the params checked)
+        if isinstance(data, PairsView):
+            return _Setup(None, context, _PairBatches(data, p, rng, device, context, vocab), init, True)
+        assert isinstance(data, ArraysView)
+        x = token_rows(data["x"], vocab, context, pixel_levels=p.dataset == "digits")
+        return _Setup(x, x.shape[1], _TokenBatches(x, p, rng, device, vocab - 1), init, True)
+    assert isinstance(data, ArraysView)
+    x = np.ascontiguousarray(data["x"], dtype=np.float32)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError("dataset: x must be a 2-D array with at least 2 rows")
+    in_dim = x.shape[1]
+    check_budget(p, in_dim)
+    batches = _Batches(x, p, rng, device)
+    init = [_mlp(in_dim, p.widths, p.dropout).to(device) for _ in range(tower_count(p))]
+    return _Setup(x, in_dim, batches, init, full_batch_fits(p, in_dim, p.batch_size))
+
+
+def _check_sizes(p: ContrastiveAccumulationParams, in_dim: int) -> tuple[int, int]:
+    """Batch and chunk of the step-0 gradient check: the job's, or for an MLP whose full batch does not fit, a
+    batch halved until the reference gradient fits, with a chunk that keeps at least two chunks in it (or the
+    naive method would see the whole batch and agree)."""
+    check_batch = p.batch_size
+    while p.model is None and not full_batch_fits(p, in_dim, check_batch) and check_batch > 2:
+        check_batch = max(2, check_batch // 4 * 2)
+    half = check_batch // 2
+    check_chunk = min(p.chunk_size, max(2, half - half % 2) if p.towers == "shared" else max(1, half))
+    return check_batch, check_chunk
+
+
+def _train_side_by_side(
+    p: ContrastiveAccumulationParams,
+    ctx,
+    methods: list[str],
+    trainers: dict[str, _Trainer],
+    batches: _Batches | _PairBatches,
+    meter: PeakMemory,
+    device: torch.device,
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[int]]]:
+    """Every method steps on the same batch in turn: per method the loss, seconds and peak bytes of each step."""
     curves: dict[str, list[float]] = {m: [] for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
     peaks: dict[str, list[int]] = {m: [] for m in methods}
@@ -403,39 +464,20 @@ def _run(p: ContrastiveAccumulationParams, ctx, device: torch.device) -> dict:
             ctx.progress(
                 0.05 + 0.85 * (step + 1) / p.steps, f"step {step + 1}/{p.steps} loss {curves['chunked'][-1]:.4f}"
             )
+    return curves, times, peaks
 
-    ctx.progress(0.92, "linear probes")
-    probe = {"init": _probe_accuracy(init[0], x, y, np.random.default_rng(ctx.seed + 1), device, p.normalize)}
-    for m in methods:
-        probe[m] = _probe_accuracy(
-            trainers[m].towers[0], x, y, np.random.default_rng(ctx.seed + 1), device, p.normalize
-        )
 
-    time_per_step, peak_memory, time_ratio = _step_costs(times, peaks, methods)
-    result = {
-        "towers": p.towers,
-        "batch_size": p.batch_size,
-        "chunk_size": p.chunk_size,
-        "device": str(device),
-        "methods": methods,
-        "full_batch_fits": full_fits,
-        "loss_curve": [_finite_or_none(v) for v in curves["chunked"]],
-        "final_loss": {m: _finite_or_none(curves[m][-1]) for m in methods},
-        "grad_check": {k: (_finite_or_none(v) if isinstance(v, float) else v) for k, v in grad_check.items()},
-        "time_per_step_s": time_per_step,
-        "time_ratio_chunked_over_full": time_ratio,
-        "peak_memory_bytes": peak_memory,
-        "peak_memory_method": meter.method + " (median over steps of one gradient computation)",
-        "linear_probe_accuracy": probe,
-    }
+def _save_artifacts(
+    ctx, p: ContrastiveAccumulationParams, result: dict, curves: dict[str, list[float]], memory_method: str
+) -> None:
+    """The loss and cost plots, the result as JSON and every method's loss curve as one (methods, steps) array."""
     ctx.artifact("loss.png", _loss_plot(curves, p), "image/png")
-    ctx.artifact("cost.png", _cost_plot(time_per_step, peak_memory, meter.method), "image/png")
+    cost = _cost_plot(result["time_per_step_s"], result["peak_memory_bytes"], memory_method)
+    ctx.artifact("cost.png", cost, "image/png")
     ctx.artifact("result.json", json.dumps(result).encode(), "application/json")
     buf = io.BytesIO()
-    np.save(buf, np.array([curves[m] for m in methods], dtype=np.float64), allow_pickle=False)
+    np.save(buf, np.array([curves[m] for m in result["methods"]], dtype=np.float64), allow_pickle=False)
     ctx.artifact("loss_curves.npy", buf.getvalue(), "application/x-npy")
-    ctx.progress(1.0, "done")
-    return result
 
 
 _LABELS = {

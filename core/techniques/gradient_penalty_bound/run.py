@@ -179,65 +179,17 @@ def _plots(ctx, steps: list[int], history: list[dict], n_layers: int) -> None:
 
 
 def run(params: GradientPenaltyBoundParams, ctx) -> dict:
-    arrays = load_arrays(params.dataset, ctx)
-    x_np = np.asarray(arrays["x"], dtype=np.float32)
-    if x_np.ndim != 2 or x_np.shape[0] < 1:
-        raise ValueError("dataset: x must be a non-empty (n, d) array")
-    if "y" not in arrays:
-        raise ValueError("dataset: needs integer labels y (training is by cross-entropy)")
-    y_np = np.asarray(arrays["y"]).astype(np.int64)
-    if y_np.shape != (x_np.shape[0],) or y_np.min() < 0:
-        raise ValueError("dataset: y must hold one non-negative integer label per row of x")
+    x_np, y_np, classes = _labelled_rows(params, ctx)
     n, d_in = x_np.shape
-    classes = max(int(y_np.max()) + 1, 2)
-    if d_in > MAX_INPUT_DIM:
-        raise ValueError(f"dataset: input dimension {d_in} exceeds {MAX_INPUT_DIM}")
-    if params.target_class is not None and params.target_class >= classes:
-        raise ValueError(f"target_class: the dataset has {classes} classes")
-    check_budget(params, d_in, classes, n)
-
     gen = torch.Generator().manual_seed(ctx.seed)
     rng = np.random.default_rng(ctx.seed)
     dims = layer_dims(params, d_in, classes)
     model = build_mlp(dims, params.activation, params.init, gen).to(ctx.device)
-    opt = _optimizer(params, model)
     x_all = torch.from_numpy(x_np).to(ctx.device)
     y_all = torch.from_numpy(y_np).to(ctx.device)
     pick = torch.from_numpy(rng.choice(n, size=min(params.samples, n), replace=False)).to(ctx.device)
-    xs, ys = x_all[pick], y_all[pick]
 
-    steps, history = [], []
-
-    def record(step: int) -> None:
-        ctx.check_cancelled()
-        m = measure(model, xs, ys, params)
-        steps.append(step)
-        history.append(m)
-        for key in ("q10", "median", "q90", "max", "fro_median"):
-            if m[key] is not None:
-                ctx.metric(step, f"ratio/{key}", m[key])
-        ctx.metric(step, "violations", m["violations"])
-        ctx.metric(step, "residual/max", m["residual"])
-        for t, layer in enumerate(m["layers"], start=1):
-            for key in ("w_norm", "h_norm", "jac_norm", "share"):
-                if layer[key] is not None:
-                    ctx.metric(step, f"layer{t}/{key}", layer[key])
-
-    record(0)
-    loss = torch.zeros(())
-    for step in range(1, params.steps + 1):
-        ctx.check_cancelled()
-        idx = torch.randint(0, n, (min(params.batch_size, n),), generator=gen).to(ctx.device)
-        logits = model(x_all[idx])
-        loss = F.cross_entropy(logits, y_all[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        ctx.metric(step, "loss", float(loss.detach()))
-        if step % params.every == 0 or step == params.steps:
-            record(step)
-            ctx.progress(step / params.steps, f"step {step}/{params.steps}: median lhs/rhs {history[-1]['median']}")
-
+    steps, history, loss = _train_measuring(params, ctx, model, x_all, y_all, pick, gen)
     with torch.no_grad():
         logits = torch.cat([model(chunk) for chunk in x_all.split(4096)])
         accuracy = float((logits.argmax(dim=1) == y_all).float().mean())
@@ -259,6 +211,81 @@ def run(params: GradientPenaltyBoundParams, ctx) -> dict:
         "final_accuracy": accuracy,
         "last_batch_loss": _num(loss.detach()),
     }
+
+
+def _labelled_rows(params: GradientPenaltyBoundParams, ctx) -> tuple[np.ndarray, np.ndarray, int]:
+    """The dataset's rows x (float32) and labels y (int64) and the number of classes, refused with the field and
+    the reason when they cannot train a classifier by cross-entropy within the budget."""
+    arrays = load_arrays(params.dataset, ctx)
+    x_np = np.asarray(arrays["x"], dtype=np.float32)
+    if x_np.ndim != 2 or x_np.shape[0] < 1:
+        raise ValueError("dataset: x must be a non-empty (n, d) array")
+    if "y" not in arrays:
+        raise ValueError("dataset: needs integer labels y (training is by cross-entropy)")
+    y_np = np.asarray(arrays["y"]).astype(np.int64)
+    if y_np.shape != (x_np.shape[0],) or y_np.min() < 0:
+        raise ValueError("dataset: y must hold one non-negative integer label per row of x")
+    n, d_in = x_np.shape
+    classes = max(int(y_np.max()) + 1, 2)
+    if d_in > MAX_INPUT_DIM:
+        raise ValueError(f"dataset: input dimension {d_in} exceeds {MAX_INPUT_DIM}")
+    if params.target_class is not None and params.target_class >= classes:
+        raise ValueError(f"target_class: the dataset has {classes} classes")
+    check_budget(params, d_in, classes, n)
+    return x_np, y_np, classes
+
+
+def _train_measuring(
+    params: GradientPenaltyBoundParams,
+    ctx,
+    model: nn.Sequential,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    pick: torch.Tensor,
+    gen: torch.Generator,
+) -> tuple[list[int], list[dict], torch.Tensor]:
+    """Train by cross-entropy on random batches, measuring the bound on the picked samples before the first step,
+    every ``every`` steps and after the last: the measured steps, one ``measure`` each, and the last batch's loss."""
+    xs, ys = x_all[pick], y_all[pick]
+    n = x_all.shape[0]
+    opt = _optimizer(params, model)
+    steps: list[int] = []
+    history: list[dict] = []
+
+    def record(step: int) -> None:
+        ctx.check_cancelled()
+        steps.append(step)
+        history.append(measure(model, xs, ys, params))
+        _log_measurement(ctx, step, history[-1])
+
+    record(0)
+    loss = torch.zeros(())
+    for step in range(1, params.steps + 1):
+        ctx.check_cancelled()
+        idx = torch.randint(0, n, (min(params.batch_size, n),), generator=gen).to(ctx.device)
+        logits = model(x_all[idx])
+        loss = F.cross_entropy(logits, y_all[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ctx.metric(step, "loss", float(loss.detach()))
+        if step % params.every == 0 or step == params.steps:
+            record(step)
+            ctx.progress(step / params.steps, f"step {step}/{params.steps}: median lhs/rhs {history[-1]['median']}")
+    return steps, history, loss
+
+
+def _log_measurement(ctx, step: int, m: dict) -> None:
+    """One measurement's figures as metrics at ``step`` (those that are None, from no finite ratio, left out)."""
+    for key in ("q10", "median", "q90", "max", "fro_median"):
+        if m[key] is not None:
+            ctx.metric(step, f"ratio/{key}", m[key])
+    ctx.metric(step, "violations", m["violations"])
+    ctx.metric(step, "residual/max", m["residual"])
+    for t, layer in enumerate(m["layers"], start=1):
+        for key in ("w_norm", "h_norm", "jac_norm", "share"):
+            if layer[key] is not None:
+                ctx.metric(step, f"layer{t}/{key}", layer[key])
 
 
 def _over_training(steps: list[int], history: list[dict], n_layers: int) -> dict:

@@ -14,6 +14,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -426,50 +427,8 @@ def run(params: GradnormGanParams, ctx) -> dict:
         ctx.progress(0.0, "training the judge classifier on the real data")
         classifier, accuracy, held_out = train_classifier(x, y, ctx.seed, device, ctx.check_cancelled)
     trainer = Trainer(params, x.to(device), bounded, ctx.seed, device)
-
-    curves: dict[str, list] = {"step": [], "loss_d": [], "loss_g": [], "w_estimate": []}
-    times: list[float] = []
-    saved_d, saved_g = SavedBytes(), SavedBytes()
-    peak_cuda = None
-    measure_at = min(1, params.steps - 1)
-    diverged_at = None
-    completed = 0
-    eval_every = max(1, params.steps // 10)
     eval_noise = torch.Generator(device=device).manual_seed(ctx.seed + 6)
-    for step in range(params.steps):
-        ctx.check_cancelled()
-        if step == measure_at:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-                base = torch.cuda.memory_allocated(device)
-            out = trainer.step(saved_d, saved_g)
-            if device.type == "cuda":
-                peak_cuda = torch.cuda.max_memory_allocated(device) - base
-        else:
-            _sync(device)
-            start = time.perf_counter()
-            out = trainer.step()
-            _sync(device)
-            times.append(time.perf_counter() - start)
-        if not all(math.isfinite(v) for v in out.values()):
-            diverged_at = step
-            ctx.metric(step, "diverged", 1.0)
-            break
-        completed += 1
-        if step % params.log_every == 0 or step == params.steps - 1:
-            for name, value in out.items():
-                ctx.metric(step, name, value)
-                curves[name].append(value)
-            curves["step"].append(step)
-            if times:
-                ctx.metric(step, "step_time_ms", 1e3 * times[-1])
-            if isinstance(trainer.score, GradNormalized) and trainer.score.last_grad_norm is not None:
-                ctx.metric(step, "raw_grad_norm_fake", float(trainer.score.last_grad_norm.mean()))
-        if centres is not None and std is not None and (step % eval_every == 0 or step == params.steps - 1):
-            cov = mode_coverage(trainer.sample(params.eval_samples, eval_noise).cpu(), centres, std)
-            ctx.metric(step, "modes_covered", cov["modes_covered"])
-            ctx.metric(step, "high_quality_share", cov["high_quality_share"])
-        ctx.progress(0.05 + 0.85 * (step + 1) / params.steps, f"step {step + 1}/{params.steps}")
+    training = _train(params, ctx, trainer, centres, std, eval_noise)
 
     ctx.progress(0.92, "measuring the critic and the samples")
     n_eval = min(params.eval_samples, len(x))
@@ -479,65 +438,162 @@ def run(params: GradnormGanParams, ctx) -> dict:
     probes = probe_critic(trainer.scores, real, fake, generator=eval_gen)
     lip = summarize_probes(probes, generator=eval_gen)
     norms = {name: g.cpu().numpy() for name, (_, _, g) in probes.items()}
+    if centres is not None:  # a mixture: its modes and their spread are known
+        quality = _mode_quality(fake, centres, std)
+    elif classifier is not None:
+        assert held_out is not None and accuracy is not None  # trained together with the classifier
+        quality = _judged_quality(classifier, accuracy, held_out, x, fake)
+    else:
+        raw_fake = torch.nan_to_num(fake[:n_eval]).double().cpu().numpy()
+        quality = {"frechet_raw": frechet_distance(real.double().cpu().numpy(), raw_fake)}
 
-    quality: dict = {}
-    if centres is not None and std is not None:  # a mixture: both are known
-        cov = mode_coverage(fake.cpu(), centres, std)
-        quality = {
-            "modes_covered": cov["modes_covered"],
-            "n_modes": cov["n_modes"],
-            "high_quality_share": cov["high_quality_share"],
-            "mode_counts": cov["counts"],
-            "mixture_std": std,
-        }
-    if classifier is not None:
-        assert held_out is not None  # trained together with the classifier
-        with torch.no_grad():
-            probs = torch.softmax(classifier(torch.nan_to_num(fake)), dim=1)
-        real_test = x[held_out].to(device)
-        real_train = x[torch.ones(len(x), dtype=torch.bool).index_fill_(0, held_out, False)].to(device)
-        quality.update(classifier_scores(probs))
-        quality["classifier_test_accuracy"] = accuracy
-        quality["frechet_classifier_features"] = frechet_distance(
-            _features(classifier, real_test), _features(classifier, torch.nan_to_num(fake))
-        )
-        quality["frechet_real_vs_real"] = frechet_distance(
-            _features(classifier, real_test), _features(classifier, real_train)
-        )
-    elif centres is None:
-        quality["frechet_raw"] = frechet_distance(
-            real.double().cpu().numpy(), torch.nan_to_num(fake[:n_eval]).double().cpu().numpy()
-        )
-
-    ctx.artifact("losses.png", _plot_losses(curves, params), "image/png")
+    ctx.artifact("losses.png", _plot_losses(training.curves, params), "image/png")
     ctx.artifact("samples.png", _plot_samples(trainer, real[:1000], fake[:1000], centres, params), "image/png")
     ctx.artifact("lipschitz.png", _plot_lipschitz(norms, params), "image/png")
     buf = io.BytesIO()
     np.save(buf, fake.cpu().numpy(), allow_pickle=False)
     ctx.artifact("samples.npy", buf.getvalue(), "application/x-npy")
 
-    cost = {
-        **_step_times(times),
-        "saved_bytes_critic_update": saved_d.total,
-        "saved_bytes_generator_update": saved_g.total,
-        "peak_cuda_bytes": peak_cuda,
-        "device": str(device),
-    }
+    curves = training.curves
     result = _clean(
         {
             "dataset": str(params.dataset),
             "constraint": params.constraint,
             "loss": params.loss,
-            "steps_run": completed,
-            "diverged_at_step": diverged_at,
+            "steps_run": training.completed,
+            "diverged_at_step": training.diverged_at,
             "final_loss_d": curves["loss_d"][-1] if curves["loss_d"] else None,
             "final_loss_g": curves["loss_g"][-1] if curves["loss_g"] else None,
             "lipschitz": lip,
             "quality": quality,
-            "cost": cost,
+            "cost": training.cost(device),
             "curves": _thinned(curves),
         }
     )
     ctx.artifact("result.json", json.dumps(result).encode(), "application/json")
     ctx.progress(1.0, "done")
     return result
+
+
+@dataclass
+class _Training:
+    """What the training loop leaves for the result: the logged curves, the timed steps' seconds, the bytes saved
+    for backward in the one measured step, its CUDA peak, where it diverged and how many steps completed."""
+
+    curves: dict[str, list] = field(default_factory=lambda: {"step": [], "loss_d": [], "loss_g": [], "w_estimate": []})
+    times: list[float] = field(default_factory=list)
+    saved_d: SavedBytes = field(default_factory=SavedBytes)
+    saved_g: SavedBytes = field(default_factory=SavedBytes)
+    peak_cuda: int | None = None
+    diverged_at: int | None = None
+    completed: int = 0
+
+    def cost(self, device: torch.device) -> dict:
+        """The result's ``cost``: what the constraint costs per step in time and memory."""
+        return {
+            **_step_times(self.times),
+            "saved_bytes_critic_update": self.saved_d.total,
+            "saved_bytes_generator_update": self.saved_g.total,
+            "peak_cuda_bytes": self.peak_cuda,
+            "device": str(device),
+        }
+
+
+def _train(
+    params: GradnormGanParams,
+    ctx,
+    trainer: Trainer,
+    centres: Tensor | None,
+    std: float | None,
+    eval_noise: torch.Generator,
+) -> _Training:
+    """``steps`` generator updates, stopping at the first non-finite loss. The second step (the first when there
+    is one) is measured for memory and left out of the timings; every ``log_every`` steps the losses are logged, and
+    on a mixture the mode coverage ten times over the run."""
+    device = trainer.device
+    out = _Training()
+    measure_at = min(1, params.steps - 1)
+    eval_every = max(1, params.steps // 10)
+    for step in range(params.steps):
+        ctx.check_cancelled()
+        if step == measure_at:
+            losses = _measured_step(trainer, out)
+        else:
+            _sync(device)
+            start = time.perf_counter()
+            losses = trainer.step()
+            _sync(device)
+            out.times.append(time.perf_counter() - start)
+        if not all(math.isfinite(v) for v in losses.values()):
+            out.diverged_at = step
+            ctx.metric(step, "diverged", 1.0)
+            break
+        out.completed += 1
+        if step % params.log_every == 0 or step == params.steps - 1:
+            _log_step(ctx, step, losses, trainer, out)
+        if centres is not None and std is not None and (step % eval_every == 0 or step == params.steps - 1):
+            cov = mode_coverage(trainer.sample(params.eval_samples, eval_noise).cpu(), centres, std)
+            ctx.metric(step, "modes_covered", cov["modes_covered"])
+            ctx.metric(step, "high_quality_share", cov["high_quality_share"])
+        ctx.progress(0.05 + 0.85 * (step + 1) / params.steps, f"step {step + 1}/{params.steps}")
+    return out
+
+
+def _measured_step(trainer: Trainer, out: _Training) -> dict[str, float]:
+    """One training step counting the bytes autograd saves (and, on CUDA, the peak above what was allocated)."""
+    device = trainer.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    losses = trainer.step(out.saved_d, out.saved_g)
+    if device.type == "cuda":
+        out.peak_cuda = torch.cuda.max_memory_allocated(device) - base
+    return losses
+
+
+def _log_step(ctx, step: int, losses: dict[str, float], trainer: Trainer, out: _Training) -> None:
+    """A logged step: its losses as metrics and curve points, the last timed step's time and, for a normalized
+    critic, the mean raw gradient norm on the fake batch."""
+    for name, value in losses.items():
+        ctx.metric(step, name, value)
+        out.curves[name].append(value)
+    out.curves["step"].append(step)
+    if out.times:
+        ctx.metric(step, "step_time_ms", 1e3 * out.times[-1])
+    if isinstance(trainer.score, GradNormalized) and trainer.score.last_grad_norm is not None:
+        ctx.metric(step, "raw_grad_norm_fake", float(trainer.score.last_grad_norm.mean()))
+
+
+def _mode_quality(fake: Tensor, centres: Tensor, std: float | None) -> dict:
+    """On a mixture, whose modes and spread are known: how many modes the samples cover and how many samples
+    sit near one."""
+    if std is None:
+        return {}
+    cov = mode_coverage(fake.cpu(), centres, std)
+    return {
+        "modes_covered": cov["modes_covered"],
+        "n_modes": cov["n_modes"],
+        "high_quality_share": cov["high_quality_share"],
+        "mode_counts": cov["counts"],
+        "mixture_std": std,
+    }
+
+
+def _judged_quality(classifier: nn.Sequential, accuracy: float, held_out: Tensor, x: Tensor, fake: Tensor) -> dict:
+    """On labelled data, by the judge classifier: its scores of the samples, its own held-out accuracy, and the
+    Fréchet distance in its features from the held-out real rows to the samples and, as the floor, to the rest
+    of the real rows."""
+    device = fake.device
+    with torch.no_grad():
+        probs = torch.softmax(classifier(torch.nan_to_num(fake)), dim=1)
+    real_test = x[held_out].to(device)
+    real_train = x[torch.ones(len(x), dtype=torch.bool).index_fill_(0, held_out, False)].to(device)
+    quality = classifier_scores(probs)
+    quality["classifier_test_accuracy"] = accuracy
+    quality["frechet_classifier_features"] = frechet_distance(
+        _features(classifier, real_test), _features(classifier, torch.nan_to_num(fake))
+    )
+    quality["frechet_real_vs_real"] = frechet_distance(
+        _features(classifier, real_test), _features(classifier, real_train)
+    )
+    return quality

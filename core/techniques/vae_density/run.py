@@ -173,20 +173,71 @@ def run(params: VaeDensityParams, ctx: RunContext) -> dict:
 
     x_all = torch.from_numpy(x_np).to(device)
     x_train, x_heldout = x_all[torch.from_numpy(train_idx).to(device)], x_all[torch.from_numpy(heldout_idx).to(device)]
-    # Three independent streams: training (batches, reparameterization, dequantization), monitoring, final evaluation.
-    train_gen = torch.Generator(device=device).manual_seed(ctx.seed)
-    monitor_gen = torch.Generator(device=device).manual_seed(ctx.seed + 1_000_003)
-    eval_gen = torch.Generator(device=device).manual_seed(ctx.seed + 2_000_003)
     init_gen = torch.Generator().manual_seed(ctx.seed)
-
     model = VAE(dim, params.latent_dim, params.hidden, likelihood, params.fixed_sigma, LEVELS, generator=init_gen)
     model.to(device)
+    train_loss, monitor = _train(model, params, ctx, x_train, x_heldout)
+
+    model.eval()
+    splits = {"train": train_idx[: params.eval_samples], "heldout": heldout_idx[: params.eval_samples]}
+    evaluations, exact_by_split = _evaluate_splits(model, params, ctx, x_np, x_all, splits, truth)
+    summaries = {split: _summary(evaluations[split], dim, exact_by_split[split], params.eval_k[-1]) for split in splits}
+    for split, summary in summaries.items():
+        for bound in summary["bounds"]:
+            if bound["nats"] is not None:
+                ctx.metric(bound["k"], f"{split}_log_likelihood_vs_k", bound["nats"])
+
+    k_max = params.eval_k[-1]
+    columns, table = _heldout_table(evaluations["heldout"], k_max, splits["heldout"], dim, exact_by_split["heldout"])
+    ctx.artifact("heldout_log_px.npy", _npy(table), "application/x-npy")
+    title = f"L_K vs K: {params.dataset} ({likelihood}, train_k={params.train_k})"
+    ctx.artifact("lk_vs_k.png", _plot_bounds(summaries, title), "image/png")
+    ctx.artifact("training.png", _plot_training(train_loss, monitor), "image/png")
+    ctx.progress(1.0, "done")
+
+    return {
+        "dataset": str(params.dataset),
+        "likelihood": likelihood,
+        "data_dim": dim,
+        "n_train": int(len(train_idx)),
+        "n_heldout": int(n_heldout),
+        "train_k": params.train_k,
+        "eval_k": list(params.eval_k),
+        "final_train_loss": _num(np.mean(train_loss[-max(1, len(train_loss) // 10) :])),
+        "final_heldout_neg_elbo": _num(monitor[-1][1]),
+        "decoder_sigma": _decoder_sigma(model),
+        "true_sigma": None if truth is None else truth.sigma,
+        "train": summaries["train"],
+        "heldout": summaries["heldout"],
+        "heldout_npy_columns": columns,
+    }
+
+
+def _decoder_sigma(model: VAE) -> dict | None:
+    """Mean, min and max of the decoder's learned σ over the data dimensions (None for a Bernoulli decoder)."""
+    if model.log_sigma is None:
+        return None
+    sigma = model.sigma().detach().double().cpu()
+    return {"mean": _num(sigma.mean()), "min": _num(sigma.min()), "max": _num(sigma.max())}
+
+
+def _model_input(model: VAE, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Rows as the model sees them: dequantized with fresh uniform noise from ``gen`` for a dequantized
+    likelihood, unchanged otherwise."""
+    return model.dequantize(v, gen) if model.likelihood == "dequantized" else v
+
+
+def _train(
+    model: VAE, params: VaeDensityParams, ctx: RunContext, x_train: torch.Tensor, x_heldout: torch.Tensor
+) -> tuple[list[float], list[tuple[int, float]]]:
+    """Adam on the training bound (ELBO or IWAE with ``train_k``): each step's batch loss, and the held-out −ELBO
+    on a fixed monitoring subset at ``MONITOR_POINTS`` steps. Training and monitoring draw from streams of their
+    own, so monitoring never shifts what training sees."""
+    device = ctx.device
+    train_gen = torch.Generator(device=device).manual_seed(ctx.seed)
+    monitor_gen = torch.Generator(device=device).manual_seed(ctx.seed + 1_000_003)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
-
-    def model_input(v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return model.dequantize(v, gen) if likelihood == "dequantized" else v
-
-    monitor_x = model_input(x_heldout[:MONITOR_ROWS], monitor_gen)
+    monitor_x = _model_input(model, x_heldout[:MONITOR_ROWS], monitor_gen)
     monitor_every = max(1, params.steps // MONITOR_POINTS)
     train_loss: list[float] = []
     monitor: list[tuple[int, float]] = []
@@ -194,7 +245,7 @@ def run(params: VaeDensityParams, ctx: RunContext) -> dict:
     for step in range(1, params.steps + 1):
         ctx.check_cancelled()
         idx = torch.randint(0, x_train.shape[0], (batch_size,), generator=train_gen, device=device)
-        loss = model.loss(model_input(x_train[idx], train_gen), params.train_k, train_gen)
+        loss = model.loss(_model_input(model, x_train[idx], train_gen), params.train_k, train_gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -206,53 +257,40 @@ def run(params: VaeDensityParams, ctx: RunContext) -> dict:
             monitor.append((step, value))
             ctx.metric(step, "heldout_neg_elbo", value)
             ctx.progress(0.7 * step / params.steps, f"step {step}/{params.steps}")
+    return train_loss, monitor
 
-    model.eval()
-    splits = {"train": train_idx[: params.eval_samples], "heldout": heldout_idx[: params.eval_samples]}
-    summaries, evaluations, exact_by_split = {}, {}, {}
+
+def _evaluate_splits(
+    model: VAE,
+    params: VaeDensityParams,
+    ctx: RunContext,
+    x_np: np.ndarray,
+    x_all: torch.Tensor,
+    splits: dict[str, np.ndarray],
+    truth: LinearGaussian | None,
+) -> tuple[dict[str, dict], dict[str, torch.Tensor | None]]:
+    """``_evaluate`` on each split's rows from a stream of its own (fresh draws for every K), and the exact
+    log p(x) of the same rows where the true model is known."""
+    eval_gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed + 2_000_003)
+    evaluations, exact_by_split = {}, {}
     with torch.no_grad():
         for i, (split, rows) in enumerate(splits.items()):
-            x_split = model_input(x_all[torch.from_numpy(rows).to(device)], eval_gen)
+            x_split = _model_input(model, x_all[torch.from_numpy(rows).to(ctx.device)], eval_gen)
             span = (0.7 + 0.15 * i, 0.85 + 0.15 * i)
             evaluations[split] = _evaluate(model, x_split, params.eval_k, eval_gen, ctx, span, split)
             exact_by_split[split] = None if truth is None else truth.log_marginal(torch.from_numpy(x_np[rows]).double())
-            summaries[split] = _summary(evaluations[split], dim, exact_by_split[split], params.eval_k[-1])
-    for split, summary in summaries.items():
-        for bound in summary["bounds"]:
-            if bound["nats"] is not None:
-                ctx.metric(bound["k"], f"{split}_log_likelihood_vs_k", bound["nats"])
+    return evaluations, exact_by_split
 
-    k_max = params.eval_k[-1]
-    held = evaluations["heldout"]["per_k"][k_max].numpy()
+
+def _heldout_table(
+    evaluation: dict, k_max: int, rows: np.ndarray, dim: int, exact: torch.Tensor | None
+) -> tuple[list[str], np.ndarray]:
+    """The rows of ``heldout_log_px.npy`` (one per held-out row: its index, L_K at the largest K in nats and in
+    bits/dim, and the exact log p(x) where the true model is known) and the names of its columns."""
+    held = evaluation["per_k"][k_max].numpy()
     columns = ["row_index", f"log_px_L{k_max}_nats", "bits_per_dim"]
-    table = [splits["heldout"].astype(np.float64), held, bits_per_dim(held, dim)]
-    exact_heldout = exact_by_split["heldout"]
-    if exact_heldout is not None:  # the true model is known (linear_gaussian)
+    table = [rows.astype(np.float64), held, bits_per_dim(held, dim)]
+    if exact is not None:  # the true model is known (linear_gaussian)
         columns.append("exact_log_px_nats")
-        table.append(exact_heldout.numpy())
-    ctx.artifact("heldout_log_px.npy", _npy(np.stack(table, axis=1)), "application/x-npy")
-    title = f"L_K vs K: {params.dataset} ({likelihood}, train_k={params.train_k})"
-    ctx.artifact("lk_vs_k.png", _plot_bounds(summaries, title), "image/png")
-    ctx.artifact("training.png", _plot_training(train_loss, monitor), "image/png")
-    ctx.progress(1.0, "done")
-
-    sigma = None if model.log_sigma is None else model.sigma().detach().double().cpu()
-    sigma_summary = (
-        None if sigma is None else {"mean": _num(sigma.mean()), "min": _num(sigma.min()), "max": _num(sigma.max())}
-    )
-    return {
-        "dataset": str(params.dataset),
-        "likelihood": likelihood,
-        "data_dim": dim,
-        "n_train": int(len(train_idx)),
-        "n_heldout": int(n_heldout),
-        "train_k": params.train_k,
-        "eval_k": list(params.eval_k),
-        "final_train_loss": _num(np.mean(train_loss[-max(1, len(train_loss) // 10) :])),
-        "final_heldout_neg_elbo": _num(monitor[-1][1]),
-        "decoder_sigma": sigma_summary,
-        "true_sigma": None if truth is None else truth.sigma,
-        "train": summaries["train"],
-        "heldout": summaries["heldout"],
-        "heldout_npy_columns": columns,
-    }
+        table.append(exact.numpy())
+    return columns, np.stack(table, axis=1)
