@@ -145,7 +145,9 @@ class Browser:
 
     # --- what the tests use --------------------------------------------------------------------------------------
     def open(self, url: str) -> None:
+        """Navigate, and return once the new document has a body (not the previous page's, still shown)."""
         self.send("Page.navigate", url=url)
+        self.wait(f"location.href === {json.dumps(url)} && document.body !== null")
 
     def js(self, expression: str):
         """The value of a JavaScript expression in the page (awaited when it is a promise)."""
@@ -157,15 +159,22 @@ class Browser:
     def wait(self, expression: str, timeout: float = 60) -> None:
         """Poll until the expression is truthy; fails with the page's recorded errors."""
         deadline = time.monotonic() + timeout
-        while not self.js(expression):
+        while not self._truthy(expression):
             if time.monotonic() > deadline:
                 raise BrowserError(f"timed out waiting for {expression}; page state: {self.state()}")
             time.sleep(0.1)
 
+    def _truthy(self, expression: str) -> bool:
+        try:
+            return bool(self.js(expression))
+        except BrowserError:  # a document still loading (no body yet): not yet
+            return False
+
     def state(self) -> dict:
         """CSP violations and uncaught errors recorded so far, and the error box's text when the page has one."""
         return self.js(
-            "({...(window.__gradlab || {}), box: (document.querySelector('#error') || {}).textContent || ''})"
+            "({...(window.__gradlab || {}), box: (document.querySelector('#error') || {}).textContent || '',"
+            " url: location.href})"
         )
 
     def screenshot(self, path: Path, full_page: bool = True) -> Path:

@@ -12,7 +12,7 @@
   const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
   const REFRESH_MS = 2000;
   const $ = sel => document.querySelector(sel);
-  const {groupNames, spansDecades, extent, padded, tickLabels, axisSize, fitX, STEP_INCRS} = window.gradlabCharts;
+  const {groupNames, spansDecades, extent, padded, tickLabels, thinDecades, axisSize, fitX, STEP_INCRS} = window.gradlabCharts;
 
   // --- API access ------------------------------------------------------------------------------------------------
   function apiKey() {
@@ -363,6 +363,7 @@
       const range = log => log ? undefined : (u, lo, hi) => padded(lo, hi);
       const axis = (log, recorded) => ({
         size: axisSize,
+        ...(log ? {filter: thinDecades, grid: {filter: thinDecades}, ticks: {filter: thinDecades}} : {}),
         values: (u, ticks) => {
           const labels = tickLabels(ticks, log);
           node.dataset[recorded] = labels.filter(Boolean).join(" ");

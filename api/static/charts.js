@@ -102,6 +102,16 @@ window.gradlabCharts = (function () {
     });
   }
 
+  /* A log axis over many decades keeps every n-th one (ticks, grid lines and labels), a label per 18 px of height
+     (y) or 60 px of width (x): uPlot would draw them all, overprinting each other (uPlot's axis "filter"). */
+  function thinDecades(self, splits, axisIdx) {
+    const css = (axisIdx === 0 ? self.bbox.width : self.bbox.height) / (window.devicePixelRatio || 1);
+    const labels = Math.max(1, css / (axisIdx === 0 ? 60 : 18));
+    const decade = v => { const e = Math.log10(v); return Math.abs(e - Math.round(e)) < 1e-9 ? Math.round(e) : null; };
+    const every = Math.max(1, Math.ceil(splits.filter(v => decade(v) !== null).length / labels));
+    return splits.map(v => decade(v) !== null && decade(v) % every === 0 ? v : null);
+  }
+
   /* The width an axis needs for its labels (uPlot's axis "size"), measured in the axis font. */
   const AXIS_FONT = "12px system-ui, -apple-system, \"Segoe UI\", Roboto, sans-serif";
   let measurer = null;
@@ -126,5 +136,5 @@ window.gradlabCharts = (function () {
   // steps are whole numbers: the step axis ticks only those
   const STEP_INCRS = [1, 2, 5].flatMap(m => [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8].map(p => m * p)).sort((a, b) => a - b);
 
-  return {groupNames, spansDecades, extent, padded, tickLabels, axisSize, fitX, STEP_INCRS};
+  return {groupNames, spansDecades, extent, padded, tickLabels, thinDecades, axisSize, fitX, STEP_INCRS};
 })();
