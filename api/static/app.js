@@ -1,5 +1,6 @@
-/* The gradlab pages: the job list (/), a job's live page (/jobs/{id}), studies, comparisons and a dataset's preview
-   (/datasets/{id}), all built on the public HTTP API.
+/* The gradlab pages: the job list (/), a job's live page (/jobs/{id}), studies, comparisons, a dataset's preview
+   (/datasets/{id}) and an uploaded model (/models/{id}), all built on the public HTTP API. Each page is a template
+   (api/templates) naming itself in <body data-page>; charts.js, loaded first, holds the charts' arithmetic.
 
    When the server requires authentication, the API key typed into the header field is kept in localStorage and
    sent as "Authorization: Bearer …". A running job's page follows its Server-Sent Events, read with fetch rather
@@ -732,6 +733,27 @@
           (r.paired[f].ci95 === null ? "" : ` ± ${formatValue(r.paired[f].ci95)}`) : ""))])}, "grid figure-table");
   }
 
+  /* A study's state, its answer, the comparison at a glance and in full, and its jobs. */
+  function renderStudy(s, statistic) {
+    document.title = `gradlab · study · ${s.kind} · ${s.status}`;
+    $("#study-kind").textContent = `${s.kind} study`;
+    $("#study-status").replaceChildren(badge(s.status));
+    $("#study-bar").style.width = `${(s.progress * 100).toFixed(1)}%`;
+    $("#study-counts").textContent = `${s.jobs.length} jobs: ` +
+      Object.entries(s.counts).map(([k, n]) => `${n} ${k}`).join(", ");
+    $("#cancel").hidden = TERMINAL.has(s.status);
+    const c = s.comparison, headline = c.figures.includes(statistic) ? statistic : c.figures[0];
+    const answer = headline ? studyAnswer(c, headline) : null;
+    $("#study-answer").textContent = answer ? answer.text : "";
+    $("#comparison").replaceChildren(studyTable(c, headline, answer && answer.best));
+    $("#figure-table").replaceChildren(figureTable(c));
+    $("#all-figures").hidden = !c.figures.length;
+    const label = j => s.settings[j.setting].label;
+    $("#children tbody").replaceChildren(...s.jobs.map(j => el("tr", {}, [
+      el("td", {}, [el("a", {href: "/jobs/" + j.id, textContent: j.id.slice(0, 8)})]),
+      el("td", {textContent: label(j)}), el("td", {textContent: String(j.seed)}), el("td", {}, [badge(j.status)])])));
+  }
+
   // --- one study ---------------------------------------------------------------------------------------------------
   function initStudy() {
     const id = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
@@ -743,26 +765,6 @@
     let study = null, timer = null, drawn = null, drawnFor = -1;  // the metric drawn, and for how many jobs
 
     let statistic = null;  // the figure the children's verdicts rest on, read from one finished child
-
-    function render(s) {
-      document.title = `gradlab · study · ${s.kind} · ${s.status}`;
-      $("#study-kind").textContent = `${s.kind} study`;
-      $("#study-status").replaceChildren(badge(s.status));
-      $("#study-bar").style.width = `${(s.progress * 100).toFixed(1)}%`;
-      $("#study-counts").textContent = `${s.jobs.length} jobs: ` +
-        Object.entries(s.counts).map(([k, n]) => `${n} ${k}`).join(", ");
-      $("#cancel").hidden = TERMINAL.has(s.status);
-      const c = s.comparison, headline = c.figures.includes(statistic) ? statistic : c.figures[0];
-      const answer = headline ? studyAnswer(c, headline) : null;
-      $("#study-answer").textContent = answer ? answer.text : "";
-      $("#comparison").replaceChildren(studyTable(c, headline, answer && answer.best));
-      $("#figure-table").replaceChildren(figureTable(c));
-      $("#all-figures").hidden = !c.figures.length;
-      const label = j => s.settings[j.setting].label;
-      $("#children tbody").replaceChildren(...s.jobs.map(j => el("tr", {}, [
-        el("td", {}, [el("a", {href: "/jobs/" + j.id, textContent: j.id.slice(0, 8)})]),
-        el("td", {textContent: label(j)}), el("td", {textContent: String(j.seed)}), el("td", {}, [badge(j.status)])])));
-    }
 
     async function readStatistic(s) {
       const first = s.jobs.find(j => j.status === "succeeded");
@@ -800,7 +802,7 @@
         study = await (await api(`/v1/studies/${id}`)).json();
         showError(null);
         if (statistic === null) await readStatistic(study);
-        render(study);
+        renderStudy(study, statistic);
         if (!$("#metric").options.length) {
           const names = await metricNames(study);
           $("#metric").replaceChildren(...names.map(n => el("option", {value: n, textContent: n})));
@@ -817,7 +819,8 @@
 
     $("#metric").addEventListener("change", () => drawCurves($("#metric").value).catch(showError));
     $("#cancel").addEventListener("click", async () => {
-      try { render(await (await api(`/v1/studies/${id}/cancel`, {method: "POST"})).json()); } catch (e) { showError(e); }
+      try { renderStudy(await (await api(`/v1/studies/${id}/cancel`, {method: "POST"})).json(), statistic); }
+      catch (e) { showError(e); }
     });
     $("#csv").addEventListener("click", async () => {
       try {
