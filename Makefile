@@ -2,6 +2,11 @@
 # Every install takes its versions from constraints.txt (the resolved set, torch included); `make lock` rewrites it.
 # `make mutants` is the slow mutation testing of the technique math (docs/mutation.md); not part of CI.
 VENV ?= .venv
+# `make run HOST=0.0.0.0 PORT=8080 DATA_DIR=/srv/gradlab`: where `gradlab up` listens and keeps its data (set on the
+# command line; a HOST or PORT in the environment is not taken). A HOST beyond loopback needs GRADLAB_AUTH=required.
+HOST = 127.0.0.1
+PORT = 8000
+DATA_DIR = data
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 MUTATION_STAMP := $(VENV)/.mutation-stamp
@@ -12,13 +17,13 @@ $(STAMP): pyproject.toml constraints.txt api/vendor/package-lock.json
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q "$$(grep '^torch==' constraints.txt)"
 	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
-	npm ci --prefix api/vendor --no-audit --no-fund || echo "npm ci failed: the web pages' charts (uPlot) are missing"
+	npm ci --prefix api/vendor --no-audit --no-fund || echo "npm ci failed: the pages' charts (uPlot) and /docs, /redoc are missing"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/gradlab up
+	$(VENV)/bin/gradlab up --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -34,6 +34,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="gradlab",
         version="1.0.0",
         description="Training-analysis jobs: submit a spec, poll status, metrics, results and artifacts.",
+        docs_url=None,  # /docs and /redoc are pages of api.routes.web, served from files installed with the project
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = make_engine(settings.resolved_database_url)

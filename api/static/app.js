@@ -1,5 +1,6 @@
-/* The gradlab pages: the job list (/), a job's live page (/jobs/{id}), studies, comparisons and a dataset's preview
-   (/datasets/{id}), all built on the public HTTP API.
+/* The gradlab pages: the job list (/), a job's live page (/jobs/{id}), studies, comparisons, a dataset's preview
+   (/datasets/{id}) and an uploaded model (/models/{id}), all built on the public HTTP API. Each page is a template
+   (api/templates) naming itself in <body data-page>; charts.js, loaded first, holds the charts' arithmetic.
 
    When the server requires authentication, the API key typed into the header field is kept in localStorage and
    sent as "Authorization: Bearer …". A running job's page follows its Server-Sent Events, read with fetch rather
@@ -12,6 +13,7 @@
   const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
   const REFRESH_MS = 2000;
   const $ = sel => document.querySelector(sel);
+  const {groupNames, spansDecades, extent, padded, tickLabels, thinDecades, axisSize, fitX, STEP_INCRS} = window.gradlabCharts;
 
   // --- API access ------------------------------------------------------------------------------------------------
   function apiKey() {
@@ -179,8 +181,9 @@
     const head = el("tr", {}, table.columns.map(c => el("th", {textContent: c})));
     const body = table.rows.map(row => el("tr", {}, row.map((cell, i) =>
       el("td", {textContent: cell, className: i > 0 && /^[−\-\d.,e+∞]+$/.test(cell) ? "num" : ""}))));
-    return el("table", {className: cls}, [el("caption", {textContent: table.title}), el("thead", {}, [head]),
-                                          el("tbody", {}, body)]);
+    const named = table.columns.some(Boolean);  // key/value pairs need no header row
+    return el("table", {className: cls}, [el("caption", {textContent: table.title}),
+                                          ...(named ? [el("thead", {}, [head])] : []), el("tbody", {}, body)]);
   }
 
   function progressBar(fraction) {
@@ -219,46 +222,6 @@
   // --- charts: one per metric, the arms (or settings) of the job overlaid, drawn with uPlot ------------------------
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                    "#bcbd22", "#17becf"];
-
-  /* Which chart each metric name goes to, and its line's label. Names are "prefix/quantity" paths: a trailing part
-     that ends names under two or more prefixes which also share another trailing part is a quantity measured per
-     arm ("chi_exact/train_loss", "per_micro_batch/train_loss" → chart "train_loss", lines "chi_exact" …); the
-     shortest such tail wins. Otherwise the first part names the chart and the rest the line ("fit_kl/n=4",
-     "ratio/q10"); a name without "/" is a chart of its own. */
-  function groupNames(names) {
-    const byTail = new Map(), byHead = new Map();
-    const splits = n => { const p = n.split("/"); return p.slice(1).map((_, i) => [p.slice(0, i + 1).join("/"), p.slice(i + 1).join("/")]); };
-    for (const n of names) {
-      for (const [head, tail] of splits(n)) {
-        if (!byTail.has(tail)) byTail.set(tail, new Set());
-        if (!byHead.has(head)) byHead.set(head, new Set());
-        byTail.get(tail).add(head);
-        byHead.get(head).add(tail);
-      }
-    }
-    const isQuantity = tail => {
-      const heads = [...byTail.get(tail)];
-      if (heads.length < 2) return false;
-      const seen = new Map();
-      for (const h of heads) for (const t of byHead.get(h)) if (t !== tail) seen.set(t, (seen.get(t) || 0) + 1);
-      return [...seen.values()].some(count => count >= 2);
-    };
-    const out = new Map();
-    for (const n of names) {
-      const found = splits(n).reverse().find(([, tail]) => isQuantity(tail));
-      const parts = n.split("/");
-      out.set(n, found ? {chart: found[1], label: found[0]}
-                       : {chart: parts[0], label: parts.length > 1 ? parts.slice(1).join("/") : n});
-    }
-    return out;
-  }
-
-  /* Log scale when the data spans three decades or more (x: two), all values positive. */
-  function spansDecades(values, decades) {
-    let lo = Infinity, hi = -Infinity;
-    for (const v of values) if (v !== null && Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
-    return lo > 0 && hi / lo >= 10 ** decades;
-  }
 
   const SEED_PART = /(^|\/)seed\d+(\/|$)/;
 
@@ -307,6 +270,21 @@
     /* The band around a line at one step, given rather than drawn from seeds (a study's spread over its seeds). */
     spread(name, step, lo, hi) { this.series_(name).spread.set(step, [lo, hi]); }
 
+    /* The grouping again, now that the steps are known (groupNames turns charts of one step around): the charts
+       whose members moved are redrawn. */
+    regroup() {
+      const steps = name => { const s = this.series.get(name); return s.x.length ? s.x : [...s.seeds.keys()]; };
+      const groups = this.group([...this.series.keys()], steps);
+      for (const [name, g] of groups) {
+        const was = this.groups.get(name);
+        if (!was || was.chart !== g.chart || was.label !== g.label) {
+          this.dirty.add(g.chart);
+          if (was) this.dirty.add(was.chart);
+        }
+      }
+      this.groups = groups;
+    }
+
     /* Draw now what is pending (a page about to say it is done draws first). */
     flush() {
       if (this.frame !== null) { cancelAnimationFrame(this.frame); this.frame = null; }
@@ -330,6 +308,7 @@
         this.root.replaceChildren(el("p", {className: "muted", textContent: "Charts need uPlot: run make install."}));
         return;
       }
+      this.regroup();
       const charts = new Set([...this.groups.values()].map(g => g.chart));
       for (const [chart, p] of this.plots) if (!charts.has(chart)) { p.plot.destroy(); p.node.remove(); this.plots.delete(chart); }
       for (const chart of [...charts].sort()) {
@@ -340,44 +319,66 @@
         // per member its line, then (banded) its band's upper and lower edges
         const data = [xs, ...members.flatMap(m => m.banded
           ? [column(m.line, v => v), column(m.band, v => v[1]), column(m.band, v => v[0])] : [column(m.line, v => v)])];
-        const shape = members.map(m => m.label + (m.banded ? "+band" : "")).join("\n") + "|" + spansDecades(xs, 2) +
-          spansDecades(data.slice(1).flat(), 3);
+        const look = {logX: spansDecades(xs, 2), logY: spansDecades(data.slice(1).flat(), 3),
+                      dots: members.map(m => m.line.size <= FEW_POINTS)};
+        const shape = members.map(m => m.label + (m.banded ? "+band" : "")).join("\n") + "|" + JSON.stringify(look);
         const old = this.plots.get(chart);
-        if (old && old.shape === shape) { old.plot.setData(data); continue; }
+        if (old && old.shape === shape) {
+          old.plot.setData(data);
+          fitX(old.plot, xs, look.logX);
+          noteValues(old.node, members);
+          continue;
+        }
         if (old) { old.plot.destroy(); old.node.remove(); }
-        this.plots.set(chart, this.create(chart, members, data, shape));
+        const made = this.create(chart, members, data, look, shape);
+        fitX(made.plot, xs, look.logX);
+        this.plots.set(chart, made);
       }
       this.dirty.clear();
       this.empty.remove();
     }
 
-    create(chart, members, data, shape) {
-      const node = el("figure", {className: "chart"}, [el("h3", {textContent: chart})]);
+    create(chart, members, data, look, shape) {
+      const note = el("p", {className: "note"});
+      const node = el("figure", {className: "chart"}, [el("h3", {textContent: chart}), note]);
       node.setAttribute("aria-label", chart);
       node.dataset.series = String(members.length);
       node.dataset.bands = String(members.filter(m => m.banded).length);
-      const logX = spansDecades(data[0], 2), logY = spansDecades(data.slice(1).flat(), 3);
-      node.dataset.scales = `${logX ? "log" : "linear"} x, ${logY ? "log" : "linear"} y`;
+      node.dataset.scales = `${look.logX ? "log" : "linear"} x, ${look.logY ? "log" : "linear"} y`;
       const existing = [...this.root.querySelectorAll("figure.chart")].find(f => f.getAttribute("aria-label") > chart);
       this.root.insertBefore(node, existing || null);
       const width = () => Math.max(300, node.clientWidth - 14);
       const series = [], bands = [];
       members.forEach((m, i) => {
         const colour = PALETTE[i % PALETTE.length];
-        series.push({label: m.label, stroke: colour, width: 1.5, spanGaps: true, points: {show: false}});
+        // a line of a few points shows each as a dot: one point, or points far apart, would draw no line at all
+        series.push({label: m.label, stroke: colour, width: 1.5, spanGaps: true,
+                     points: {show: look.dots[i], size: 7, fill: colour}});
         if (!m.banded) return;
         const edge = which => ({label: `${m.label} ${which}`, stroke: colour + "55", width: 0.5, spanGaps: true,
                                 points: {show: false}, edge: true});
         series.push(edge("max"), edge("min"));
         bands.push({series: [series.length - 1, series.length], fill: colour + "30"});  // uPlot counts the x series first
       });
+      // y spans this chart's own data (a lone value padded around it; x: see fitX); ticks labelled to fit their axis
+      const range = log => log ? undefined : (u, lo, hi) => padded(lo, hi);
+      const axis = (log, recorded) => ({
+        size: axisSize,
+        ...(log ? {filter: thinDecades, grid: {filter: thinDecades}, ticks: {filter: thinDecades}} : {}),
+        values: (u, ticks) => {
+          const labels = tickLabels(ticks, log);
+          node.dataset[recorded] = labels.filter(Boolean).join(" ");
+          return labels;
+        },
+      });
       const plot = new uPlot({
         width: width(), height: node.classList.contains("wide") ? 480 : 260,
-        scales: {x: {time: false, distr: logX ? 3 : 1}, y: {distr: logY ? 3 : 1}},
-        axes: [{label: "step"}, {size: 60}],
+        scales: {x: {time: false, distr: look.logX ? 3 : 1}, y: {distr: look.logY ? 3 : 1, range: range(look.logY)}},
+        axes: [{label: "step", ...axis(look.logX, "xTicks"), size: 50, incrs: STEP_INCRS}, axis(look.logY, "yTicks")],
         series: [{label: "step"}, ...series],
         bands: bands,
       }, data, node);
+      noteValues(node, members);
       // the band edges are drawn as the band's outline only: their legend rows would repeat each line's label
       const rows = plot.root.querySelectorAll(".u-legend .u-series");
       series.forEach((sr, i) => { if (sr.edge && rows[i + 1]) rows[i + 1].style.display = "none"; });
@@ -388,6 +389,58 @@
       });
       return {plot, node, shape};
     }
+  }
+
+  const FEW_POINTS = 40;
+
+  /* Under the chart's title, the value of each line that has only one (a single point, or a constant): such a line
+     is a dot or a flat stroke whose height the reader would otherwise read off the ticks. */
+  function noteValues(node, members) {
+    const single = members.filter(m => new Set(m.line.values()).size === 1);
+    const value = m => formatValue(m.line.values().next().value);
+    const text = members.length === 1 && single.length ? `${single[0].line.size > 1 ? "constant" : "value"} ${value(single[0])}`
+      : single.length && single.length <= 6 ? single.map(m => `${m.label}: ${value(m)}`).join(" · ") : "";
+    node.querySelector(".note").textContent = text;
+    node.querySelector(".note").hidden = !text;
+  }
+
+  // --- what a job ran on: its model and dataset, linked to their pages when uploaded ------------------------------
+  const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+  function link(href, text, title) {
+    const a = el("a", {href: href, textContent: text});
+    if (title) a.title = title;
+    return a;
+  }
+
+  /* params.model: a built-in name ("mlp"), or a spec {source: builtin | hf_config | uploaded}; absent for kinds that
+     build their own network. */
+  function modelNodes(model) {
+    if (model === null || model === undefined) return [];
+    if (typeof model === "string") return [model];
+    if (model.source === "uploaded") return [link("/models/" + model.id, "model " + model.id.slice(0, 8), model.id)];
+    if (model.source === "hf_config") {
+      const name = (model.config && model.config.model_type) || "HF config";
+      return model.weights ? [name + " + ", link("/models/" + model.weights, "weights " + model.weights.slice(0, 8),
+                                                  model.weights)] : [name];
+    }
+    return [model.arch || model.source || "model"];
+  }
+
+  /* params.dataset: a built-in name ("digits") or an uploaded dataset's id. */
+  function datasetNodes(dataset) {
+    if (dataset === null || dataset === undefined) return [];
+    if (typeof dataset === "string" && UUID_RE.test(dataset)) {
+      return [link("/datasets/" + dataset, "dataset " + dataset.slice(0, 8), dataset)];
+    }
+    return [String(dataset)];
+  }
+
+  /* "mlp · digits", the uploaded parts as links; "—" when the job names neither. */
+  function ranOn(params) {
+    const parts = [modelNodes((params || {}).model), datasetNodes((params || {}).dataset)].filter(p => p.length);
+    if (!parts.length) return ["—"];
+    return parts.reduce((out, p, i) => out.concat(i ? [" · "] : [], p), []);
   }
 
   // --- the job list ------------------------------------------------------------------------------------------------
@@ -432,6 +485,7 @@
           el("td", {}, [pick(job)]),
           el("td", {}, [el("a", {href: "/jobs/" + job.id, textContent: job.id.slice(0, 8)})]),
           el("td", {textContent: job.kind}),
+          el("td", {className: "ran-on"}, ranOn(job.params)),
           el("td", {}, [badge(job.status)]),
           el("td", {}, [progressBar(job.progress), `${Math.round(job.progress * 100)}%`]),
           el("td", {textContent: job.error ? `${job.error.type}: ${job.error.message}` : job.message}),
@@ -499,8 +553,11 @@
       const facts = [["id", job.id], ["attempt", job.attempt], ["device", `${job.device || "—"} (asked ${job.device_requested})`],
                      ["seed", job.seed], ["created", when(job.created_at)], ["started", when(job.started_at)],
                      ["finished", when(job.finished_at)], ["timeout", `${job.timeout_s} s`]];
+      const ran = [["model", modelNodes(job.params.model)], ["dataset", datasetNodes(job.params.dataset)]];
       $("#job-facts").replaceChildren(...facts.map(([k, v]) =>
-        el("div", {}, [el("dt", {textContent: k}), el("dd", {textContent: String(v)})])));
+        el("div", {}, [el("dt", {textContent: k}), el("dd", {textContent: String(v)})])),
+        ...ran.filter(([, nodes]) => nodes.length).map(([k, nodes]) => el("div", {}, [el("dt", {textContent: k}),
+                                                                                  el("dd", {}, nodes)])));
       $("#params").replaceChildren(tableNode({title: "", columns: ["param", "value"], rows: flatRows(job.params)}, "kv"));
       if (job.error) {
         $("#job-error").replaceChildren(el("div", {className: "error", textContent: `${job.error.type}: ${job.error.message}`}));
@@ -609,6 +666,94 @@
     load();
   }
 
+  // --- a study's answer: which setting wins on the figure the verdicts rest on, by how much, with its CI -----------
+  const HIGHER_BETTER = /accuracy|gain|covered|coverage|share|likelihood/i;
+  const LOWER_BETTER = /error|loss|violation|diff|kl|time|bytes|memory|norm|elbo/i;
+
+  /* Which way a figure is better, read from its name (errors, losses, violations, times down; accuracies and gains
+     up); null when the name does not say (a ratio to a target, a coefficient). */
+  function betterWay(name) {
+    return HIGHER_BETTER.test(name) ? "higher" : LOWER_BETTER.test(name) ? "lower" : null;
+  }
+
+  const meanCi = f => !f || f.mean === null ? "—" : f.ci95 === null ? formatValue(f.mean)
+    : `${formatValue(f.mean)} ± ${formatValue(f.ci95)}`;
+
+  /* A paired difference from the baseline, and whether its 95 % CI leaves out 0. */
+  function deltaText(d) {
+    if (!d || !d.n) return "no seeds in common with the baseline";
+    const sign = d.mean > 0 ? "+" : "";
+    if (d.ci95 === null) return `Δ ${sign}${formatValue(d.mean)} (one seed: no CI)`;
+    const clear = Math.abs(d.mean) > d.ci95;
+    return `Δ ${sign}${formatValue(d.mean)} ± ${formatValue(d.ci95)} (95 % CI over ${d.n} paired seeds` +
+      (clear ? ", excludes 0)" : "; includes 0: within noise)");
+  }
+
+  /* The sentence a study page leads with, and the row it names (null when no setting is ahead). */
+  function studyAnswer(c, name) {
+    const rows = c.rows.filter(r => r.figures[name] && r.figures[name].mean !== null);
+    const base = c.rows.find(r => r.setting === c.baseline);
+    if (!rows.length) return {text: `No setting has a ${name} yet.`, best: null};
+    if (rows.length === 1) return {text: `${rows[0].label}: ${name} = ${meanCi(rows[0].figures[name])}.`, best: null};
+    const way = betterWay(name), mean = r => r.figures[name].mean;
+    const others = rows.filter(r => r !== base);
+    if (!way) {
+      const far = others.reduce((a, b) => Math.abs(mean(b) - mean(base)) > Math.abs(mean(a) - mean(base)) ? b : a);
+      return {text: `On ${name}, ${far.label} differs most from the baseline ${base.label}: ${meanCi(far.figures[name])} ` +
+                    `against ${meanCi(base.figures[name])}; ${deltaText(far.paired[name])}.`, best: null};
+    }
+    const better = (a, b) => way === "lower" ? mean(b) < mean(a) : mean(b) > mean(a);
+    const best = rows.reduce((a, b) => better(a, b) ? b : a);
+    if (best === base || !base || !base.figures[name] || base.figures[name].mean === null) {
+      const next = others.reduce((a, b) => better(a, b) ? b : a);
+      return {text: `${best.label}${best === base ? " (the baseline)" : ""} wins on ${name} (${way} is better): ` +
+                    `${meanCi(best.figures[name])}; the next best, ${next.label}, has ${meanCi(next.figures[name])}` +
+                    (best === base ? `, ${deltaText(next.paired[name])}.` : "."), best: best};
+    }
+    return {text: `${best.label} wins on ${name} (${way} is better): ${meanCi(best.figures[name])} against the baseline ` +
+                  `${base.label}'s ${meanCi(base.figures[name])}, ${deltaText(best.paired[name])}.`, best: best};
+  }
+
+  /* The comparison at a glance: per setting its jobs, verdicts, the headline figure and its paired difference. */
+  function studyTable(c, name, best) {
+    const columns = ["setting", "jobs ok", "verdicts", ...(name ? [name, "Δ vs baseline"] : [])];
+    const table = tableNode({title: "", columns: columns, rows: c.rows.map(r => [
+      r.label + (r.setting === c.baseline ? " (baseline)" : ""), `${r.succeeded}/${r.jobs}`,
+      Object.entries(r.verdicts).map(([v, n]) => `${n} ${v}`).join(", ") || "—",
+      ...(name ? [meanCi(r.figures[name]), r.paired ? deltaText(r.paired[name]) : "—"] : [])])}, "grid study-table");
+    c.rows.forEach((r, i) => { if (r === best) table.tBodies[0].rows[i].className = "best"; });
+    return table;
+  }
+
+  /* Every figure, a row each and a column per setting (settings are few, figures many): mean ± CI, then Δ. */
+  function figureTable(c) {
+    return tableNode({title: "", columns: ["figure", ...c.rows.map(r => r.label + (r.setting === c.baseline ? " (baseline)" : ""))],
+      rows: c.figures.map(f => [f, ...c.rows.map(r => meanCi(r.figures[f]) +
+        (r.paired && r.paired[f] && r.paired[f].n ? `\nΔ ${formatValue(r.paired[f].mean)}` +
+          (r.paired[f].ci95 === null ? "" : ` ± ${formatValue(r.paired[f].ci95)}`) : ""))])}, "grid figure-table");
+  }
+
+  /* A study's state, its answer, the comparison at a glance and in full, and its jobs. */
+  function renderStudy(s, statistic) {
+    document.title = `gradlab · study · ${s.kind} · ${s.status}`;
+    $("#study-kind").textContent = `${s.kind} study`;
+    $("#study-status").replaceChildren(badge(s.status));
+    $("#study-bar").style.width = `${(s.progress * 100).toFixed(1)}%`;
+    $("#study-counts").textContent = `${s.jobs.length} jobs: ` +
+      Object.entries(s.counts).map(([k, n]) => `${n} ${k}`).join(", ");
+    $("#cancel").hidden = TERMINAL.has(s.status);
+    const c = s.comparison, headline = c.figures.includes(statistic) ? statistic : c.figures[0];
+    const answer = headline ? studyAnswer(c, headline) : null;
+    $("#study-answer").textContent = answer ? answer.text : "";
+    $("#comparison").replaceChildren(studyTable(c, headline, answer && answer.best));
+    $("#figure-table").replaceChildren(figureTable(c));
+    $("#all-figures").hidden = !c.figures.length;
+    const label = j => s.settings[j.setting].label;
+    $("#children tbody").replaceChildren(...s.jobs.map(j => el("tr", {}, [
+      el("td", {}, [el("a", {href: "/jobs/" + j.id, textContent: j.id.slice(0, 8)})]),
+      el("td", {textContent: label(j)}), el("td", {textContent: String(j.seed)}), el("td", {}, [badge(j.status)])])));
+  }
+
   // --- one study ---------------------------------------------------------------------------------------------------
   function initStudy() {
     const id = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
@@ -619,28 +764,13 @@
     })));
     let study = null, timer = null, drawn = null, drawnFor = -1;  // the metric drawn, and for how many jobs
 
-    const stat = f => !f || f.mean === null ? "—" : f.ci95 === null ? formatValue(f.mean)
-      : `${formatValue(f.mean)} ± ${formatValue(f.ci95)}`;
+    let statistic = null;  // the figure the children's verdicts rest on, read from one finished child
 
-    function render(s) {
-      document.title = `gradlab · study · ${s.kind} · ${s.status}`;
-      $("#study-kind").textContent = `${s.kind} study`;
-      $("#study-status").replaceChildren(badge(s.status));
-      $("#study-bar").style.width = `${(s.progress * 100).toFixed(1)}%`;
-      $("#study-counts").textContent = `${s.jobs.length} jobs: ` +
-        Object.entries(s.counts).map(([k, n]) => `${n} ${k}`).join(", ");
-      $("#cancel").hidden = TERMINAL.has(s.status);
-      const c = s.comparison;
-      const rows = c.rows.map(r => [
-        r.label + (r.setting === c.baseline ? " (baseline)" : ""), `${r.succeeded}/${r.jobs}`,
-        Object.entries(r.verdicts).map(([v, n]) => `${n} ${v}`).join(", ") || "—",
-        ...c.figures.map(f => stat(r.figures[f]) + (r.paired && r.paired[f].n ? `  Δ ${stat(r.paired[f])}` : ""))]);
-      $("#comparison").replaceChildren(tableNode({title: "", columns: ["setting", "jobs ok", "verdicts", ...c.figures],
-                                                  rows: rows}, "grid study-table"));
-      const label = j => s.settings[j.setting].label;
-      $("#children tbody").replaceChildren(...s.jobs.map(j => el("tr", {}, [
-        el("td", {}, [el("a", {href: "/jobs/" + j.id, textContent: j.id.slice(0, 8)})]),
-        el("td", {textContent: label(j)}), el("td", {textContent: String(j.seed)}), el("td", {}, [badge(j.status)])])));
+    async function readStatistic(s) {
+      const first = s.jobs.find(j => j.status === "succeeded");
+      if (!first) return;
+      const job = await (await api(`/v1/jobs/${first.id}`)).json();
+      statistic = (((job.result || {}).summary || {}).verdict || {}).statistic || null;
     }
 
     async function metricNames(s) {
@@ -671,7 +801,8 @@
       try {
         study = await (await api(`/v1/studies/${id}`)).json();
         showError(null);
-        render(study);
+        if (statistic === null) await readStatistic(study);
+        renderStudy(study, statistic);
         if (!$("#metric").options.length) {
           const names = await metricNames(study);
           $("#metric").replaceChildren(...names.map(n => el("option", {value: n, textContent: n})));
@@ -688,7 +819,8 @@
 
     $("#metric").addEventListener("change", () => drawCurves($("#metric").value).catch(showError));
     $("#cancel").addEventListener("click", async () => {
-      try { render(await (await api(`/v1/studies/${id}/cancel`, {method: "POST"})).json()); } catch (e) { showError(e); }
+      try { renderStudy(await (await api(`/v1/studies/${id}/cancel`, {method: "POST"})).json(), statistic); }
+      catch (e) { showError(e); }
     });
     $("#csv").addEventListener("click", async () => {
       try {
@@ -773,6 +905,53 @@
     return el("p", {}, [el("strong", {textContent: name + ": "}), cell(value)]);
   }
 
+  /* An arrays dataset's preview, however wide: its shape and dtypes, the range of its columns' statistics, the label
+     balance, and a few rows; the per-column statistics on demand (a table of a row per column, folded when wide). */
+  function arraysPreview(p) {
+    const stats = p.stats || [], shown = p.columns_shown || stats.length;
+    const tally = new Map();
+    for (const c of p.columns || []) tally.set(c.source_dtype || "—", (tally.get(c.source_dtype || "—") || 0) + 1);
+    const span = key => {
+      const [lo, hi] = extent(stats.map(s => s[key]));
+      return lo === Infinity ? "—" : lo === hi ? formatValue(lo) : `${formatValue(lo)} … ${formatValue(hi)}`;
+    };
+    const over = shown < p.shape[1] ? ` (the first ${shown} columns)` : "";
+    const facts = [
+      ["shape", `${formatValue(p.shape[0])} rows × ${formatValue(p.shape[1])} columns`],
+      ["stored as", Object.entries(p.dtypes || {}).map(([k, t]) => `${k} ${t}`).join(", ")],
+      ["source dtypes" + over, [...tally].map(([t, n]) => `${t} × ${n}`).join(", ")],
+      ["min … max" + over, stats.length ? `${formatValue(extent(stats.map(st => st.min))[0])} … ${formatValue(extent(stats.map(st => st.max))[1])}` : "—"],
+      ["column means" + over, span("mean")],
+      ["column std" + over, span("std")],
+    ];
+    if (p.label_column) facts.push(["label column", p.label_column]);
+    if (p.distinct_labels !== undefined) facts.push(["distinct labels", String(p.distinct_labels)]);
+    const nodes = [tableNode({title: "arrays", columns: ["", ""], rows: facts}, "kv fit")];
+    if (p.label_balance) {
+      const labels = Object.entries(p.label_balance);
+      // a few labels side by side (label above its count); many as a list folded away
+      const table = labels.length <= 16
+        ? tableNode({title: "label balance", columns: ["label", ...labels.map(([k]) => k)],
+                     rows: [["rows", ...labels.map(([, n]) => formatValue(n))]]}, "grid fit")
+        : el("details", {}, [el("summary", {textContent: `label balance: ${labels.length} labels`}),
+                             tableNode({title: "", columns: ["label", "rows"], rows: labels.map(([k, n]) => [k, formatValue(n)])}, "kv fit")]);
+      nodes.push(table);
+    }
+    const perColumn = tableNode({title: "", columns: ["column", "source dtype", "min", "max", "mean", "std"],
+      rows: stats.map((st, i) => [st.column, (p.columns[i] || {}).source_dtype || "—",
+                                 ...["min", "max", "mean", "std"].map(k => formatValue(st[k]))])}, "grid");
+    nodes.push(el("details", {open: stats.length <= 12}, [el("summary", {textContent: `per column: ${stats.length} columns`}),
+                                                           perColumn]));
+    const samples = p.sample_rows || [];
+    if (samples.length) {
+      const labelled = samples.some(r => "y" in r);
+      nodes.push(tableNode({title: "first rows", columns: ["row", p.shape[1] > 16 ? `x (the first 16 of ${formatValue(p.shape[1])})` : "x", ...(labelled ? ["y"] : [])],
+        rows: samples.map((r, i) => [String(i + 1), r.x.slice(0, 16).map(formatValue).join(", ") + (r.x.length > 16 ? ", …" : ""),
+                                     ...(labelled ? [formatValue(r.y)] : [])])}, "grid fit"));
+    }
+    return nodes;
+  }
+
   function initDataset() {
     const id = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
     let timer = null;
@@ -790,7 +969,8 @@
       $("#dataset-facts").replaceChildren(...facts.filter(([, v]) => v !== null && v !== undefined).map(([k, v]) =>
         el("div", {}, [el("dt", {textContent: k}), el("dd", {textContent: typeof v === "number" ? formatValue(v) : v})])));
       if (ds.preview) {
-        $("#preview").replaceChildren(...Object.entries(ds.preview).map(([k, v]) => previewNode(k, v)));
+        $("#preview").replaceChildren(...(ds.preview.kind === "arrays" && ds.preview.shape ? arraysPreview(ds.preview)
+          : Object.entries(ds.preview).map(([k, v]) => previewNode(k, v))));
       }
     }
 
@@ -809,6 +989,36 @@
     load();
   }
 
+  /* An uploaded model (/models/{id}): what it is, how a job names it, and its tensors (folded when many). */
+  function initModel() {
+    const id = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
+
+    async function load() {
+      try {
+        const m = await (await api(`/v1/models/${encodeURIComponent(id)}`)).json();
+        showError(null);
+        document.title = `gradlab · model · ${m.filename}`;
+        $("#model-name").textContent = `${m.model_type} · ${m.filename}`;
+        const facts = [["id", m.id], ["format", m.format], ["task", m.task], ["parameters", formatValue(m.n_params)],
+                       ["tensors", formatValue(m.n_tensors)], ["weights", m.has_weights ? `${formatValue(m.weights_size)} bytes` : "none"],
+                       ["weights sha256", m.weights_sha256], ["created", when(m.created_at)]];
+        $("#model-facts").replaceChildren(...facts.filter(([, v]) => v !== null && v !== undefined).map(([k, v]) =>
+          el("div", {}, [el("dt", {textContent: k}), el("dd", {textContent: String(v)})])));
+        $("#model-use").textContent = JSON.stringify(m.use_as, null, 2);
+        const layers = m.layers || [];
+        $("#layer-count").textContent = `(${formatValue(layers.length)})`;
+        const table = tableNode({title: "", columns: ["tensor", "shape"],
+                                 rows: layers.map(l => [l.name, l.shape.join(" × ") || "scalar"])}, "grid");
+        $("#layers").replaceChildren(layers.length <= 30 ? table
+          : el("details", {}, [el("summary", {textContent: `${formatValue(layers.length)} tensors`}), table]));
+        document.body.dataset.state = "done";
+      } catch (e) { showError(e); }
+    }
+
+    initKeyForm(load);
+    load();
+  }
+
   // an error outside a request (a chart that cannot be drawn) shows in the page's error box too
   window.addEventListener("error", ev => showError(ev.error || new Error(ev.message)));
 
@@ -817,4 +1027,5 @@
   else if (document.body.dataset.page === "job") initJob();
   else if (document.body.dataset.page === "study") initStudy();
   else if (document.body.dataset.page === "dataset") initDataset();
+  else if (document.body.dataset.page === "model") initModel();
 })();

@@ -1,10 +1,15 @@
 """The web pages in a real headless Chromium (Debian's ``chromium`` package) against a real API and worker: the job
 page of a finished job shows its answer first, then one uPlot chart per metric with the series overlaid, the full
-result and the artifacts, and the screenshot is not blank. The charts need uPlot from ``make install`` (npm)."""
+result and the artifacts, and the screenshot is not blank. The charts need uPlot from ``make install`` (npm).
+
+The later tests drive Chromium over the DevTools protocol (tests/browser.py: every non-loopback request refused) to
+read what the charts drew (ticks, notes, where the plot starts) and to take screenshots, kept in the test's tmp dir
+and copied to $GRADLAB_SCREENSHOTS when set."""
 
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import shutil
@@ -17,6 +22,7 @@ import numpy as np
 import pytest
 
 from api.client import Client
+from tests.browser import Browser
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 UPLOT = Path(__file__).resolve().parents[2] / "api" / "vendor" / "node_modules" / "uplot" / "dist" / "uPlot.iife.min.js"
@@ -31,7 +37,7 @@ SPEC = {
     "device": "cpu",
     "params": {
         "vocab_sizes": [512, 100000],
-        "entropy_dims": [16, 64, 128],
+        "entropy_dims": [64],  # one n: entropy_per_dim is a single point
         "sweep": {"vocab_size": 32, "target_rank": 4, "dims": [2, 4, 8], "steps": 100},
     },
 }
@@ -240,7 +246,6 @@ def test_compare_page_puts_jobs_side_by_side(stack, study, tmp_path):
 @pytest.mark.usefixtures("_warm_chromium")
 def test_queued_job_page_shows_its_place_in_the_queue(stack, job, tmp_path, pg_database):
     """A job in a queue that no worker consumes stays queued; its page says where it stands there."""
-    import json
     import uuid
 
     from sqlalchemy import create_engine, text
@@ -274,9 +279,9 @@ def test_dataset_page_shows_its_preview_and_a_rejection_its_reason(stack, api, j
     dom = chromium(tmp_path, f"{stack.api_url}/datasets/{ds['id']}", "--dump-dom").stdout
     assert 'data-state="done"' in dom and 'class="badge ready"' in dom, dom[dom.find("<main>") :][:3000]
     assert "shown.npz" in dom and "arrays" in dom
-    balance = dom[dom.index("<caption>label_balance</caption>") :]
-    assert '<td class="">0</td><td class="num">5</td>' in balance  # five of each label
-    assert "<caption>stats</caption>" in dom and '<td class="num">18</td>' in dom  # mean of column 0: 0, 4, …, 36
+    balance = dom[dom.index("<caption>label balance</caption>") :]
+    assert "<th>0</th><th>1</th>" in balance and '<td class="num">5</td><td class="num">5</td>' in balance  # 5 each
+    assert "per column: 4 columns" in dom and '<td class="num">18</td>' in dom  # mean of column 0: 0, 4, …, 36
 
     bad = b"a\n1\nx\n"
     up = api.post("/v1/datasets/uploads", json={"filename": "bad.csv", "size": len(bad)}).json()
@@ -287,3 +292,259 @@ def test_dataset_page_shows_its_preview_and_a_rejection_its_reason(stack, api, j
         time.sleep(0.1)
     dom = chromium(tmp_path, f"{stack.api_url}/datasets/{up['dataset_id']}", "--dump-dom").stdout
     assert 'class="badge rejected"' in dom and 'id="dataset-reason" class="error">file:' in dom
+
+
+# --- what the charts draw, read in the page (tests/browser.py) ----------------------------------------------------
+PALETTE_RGB = [np.array([int(c[i : i + 2], 16) for i in (1, 3, 5)]) / 255 for c in ("#1f77b4", "#ff7f0e", "#2ca02c")]
+# per chart: its dataset (series, ticks), the note under its title, where its plot area starts (the y axis width),
+# the widest y tick label as the axis font draws it, and the canvas's place on the page
+CHARTS_JS = """(() => {
+  const measure = document.createElement("canvas").getContext("2d");
+  measure.font = "12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+  return Object.fromEntries([...document.querySelectorAll("figure.chart")].map(f => {
+    const ticks = (f.dataset.yTicks || "").split(" ").filter(Boolean);
+    const box = f.querySelector("canvas").getBoundingClientRect();
+    return [f.getAttribute("aria-label"), {...f.dataset, note: f.querySelector(".note").textContent,
+      axis: parseFloat(f.querySelector(".u-over").style.left),
+      widest: Math.max(0, ...ticks.map(t => measure.measureText(t).width)),
+      box: [box.left + scrollX, box.top + scrollY, box.width, box.height]}];
+  }));
+})()"""
+
+
+def keep(shot: Path) -> Path:
+    if os.environ.get("GRADLAB_SCREENSHOTS"):
+        shutil.copy(shot, Path(os.environ["GRADLAB_SCREENSHOTS"]) / shot.name)
+    return shot
+
+
+def charts_on(url: str, tmp_path: Path, shot: str) -> tuple[dict, np.ndarray]:
+    """The charts of a page once its script is done, and its full-page screenshot as an RGB array."""
+    import matplotlib.image
+
+    with Browser(tmp_path / f"profile-{shot}", width=WIDTH, height=1000) as b:
+        b.open(url)
+        b.wait("document.body.dataset.state === 'done'")
+        charts = b.js(CHARTS_JS)
+        image = matplotlib.image.imread(keep(b.screenshot(tmp_path / shot)))[..., :3]
+        state = b.state()
+    assert b.blocked == [] and state["violations"] == [] and state["errors"] == [] and not state["box"], state
+    return charts, image
+
+
+def ticks(chart: dict) -> list[float]:
+    return [float(t) for t in chart["yTicks"].split()]
+
+
+def pixels_near(image: np.ndarray, box: list[float], rgb: np.ndarray) -> int:
+    x, y, w, h = (int(v) for v in box)
+    return int((np.abs(image[y : y + h, x : x + w] - rgb).max(axis=-1) < 0.1).sum())
+
+
+def assert_labels_fit(charts: dict) -> None:
+    """Every y tick label is short, differs from its neighbours and fits the axis uPlot was given for it."""
+    for name, chart in charts.items():
+        labels = chart["yTicks"].split()
+        assert labels and len(set(labels)) == len(labels), (name, labels)
+        assert all(len(label) <= 8 for label in labels) and len(labels) <= 12, (name, labels)  # log axes: thinned
+        assert chart["widest"] + 8 <= chart["axis"], (name, chart["widest"], chart["axis"])
+
+
+@pytest.fixture(scope="module")
+def contrastive(stack, job):
+    """Its gradient check is logged once, at step 0: single-point series of very small and small values."""
+    spec = {
+        "kind": "contrastive_accumulation",
+        "device": "cpu",
+        "params": {"widths": [32, 16], "batch_size": 64, "chunk_size": 16, "steps": 3},
+    }
+    with Client(stack.api_url) as client:
+        done = client.wait(client.submit(spec).id, timeout=180)
+    assert done.succeeded, done
+    return done
+
+
+@browser
+@charts
+def test_single_point_series_show_their_value(stack, job, contrastive, tmp_path):
+    """embedding_dim's entropy_per_dim (one n) and contrastive's gradient check (step 0) were empty frames with a y
+    axis reading 0/0/0/0: now a dot, centred on its own step, in a y range around its value, and the value written."""
+    charts, image = charts_on(f"{stack.api_url}/jobs/{job.id}", tmp_path, "embedding-single-point.png")
+    entropy = charts["entropy_per_dim"]
+    value = job.result["entropy_per_dim"][0]["h_n_over_n"]
+    assert entropy["note"].startswith("value ") and float(entropy["note"].split()[1]) == pytest.approx(value, rel=1e-3)
+    assert min(ticks(entropy)) < value < max(ticks(entropy)) and entropy["xTicks"] == "64"
+    assert pixels_near(image, entropy["box"], PALETTE_RGB[0]) > 20  # the dot
+    assert_labels_fit(charts)
+
+    charts, image = charts_on(f"{stack.api_url}/jobs/{contrastive.id}", tmp_path, "contrastive-single-point.png")
+    for name in ("grad_rel_diff_accumulated", "grad_rel_diff_naive"):
+        chart, value = charts[name], contrastive.result["grad_check"][name.removeprefix("grad_")]
+        assert float(chart["note"].split()[1]) == pytest.approx(value, rel=1e-3), chart
+        assert min(ticks(chart)) < value < max(ticks(chart)) and chart["xTicks"] == "0", chart
+        assert pixels_near(image, chart["box"], PALETTE_RGB[0]) > 20, name
+    assert "e-" in charts["grad_rel_diff_accumulated"]["yTicks"]  # ~1e-7: scientific, not 0, 0, 0
+    assert charts["loss"]["note"] == ""  # a curve says nothing more
+    assert_labels_fit(charts)
+
+
+@pytest.fixture(scope="module")
+def npz_64(api):
+    """An .npz of 200 rows by 64 int64 columns (0…16, like scikit-learn's digits) with labels 0…9."""
+    import io
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 17, size=(200, 64), dtype=np.int64)
+    buf = io.BytesIO()
+    np.savez(buf, x=x, y=np.arange(200) % 10)
+    ds = api.post("/v1/datasets", files={"file": ("wide.npz", buf.getvalue())}).json()
+    deadline = time.monotonic() + 120
+    while (got := api.get(f"/v1/datasets/{ds['id']}").json())["status"] not in ("ready", "rejected"):
+        assert time.monotonic() < deadline, got
+        time.sleep(0.2)
+    assert got["status"] == "ready", got
+    return got, x
+
+
+@pytest.fixture(scope="module")
+def per_mean(stack, npz_64):
+    """init_averaging on a model logs one figure per mean at step = the mean's index ("forward_ratio/geometric" at
+    1): charts that were empty, each at a different x range. Its dataset is the uploaded .npz (a link on the list)."""
+    spec = {
+        "kind": "init_averaging",
+        "device": "cpu",
+        "params": {
+            "model": {"source": "builtin", "arch": "mlp", "hidden": 16, "depth": 1},
+            "dataset": npz_64[0]["id"],
+            "batch": 32,
+            "trials": 1,
+        },
+    }
+    with Client(stack.api_url) as client:
+        done = client.wait(client.submit(spec).id, timeout=180)
+    assert done.succeeded, done
+    return done
+
+
+@browser
+@charts
+def test_a_figure_per_mean_is_one_chart_over_the_means(stack, per_mean, tmp_path):
+    charts, image = charts_on(f"{stack.api_url}/jobs/{per_mean.id}", tmp_path, "init-averaging-means.png")
+    assert set(charts) == {"forward_ratio", "backward_ratio"}, charts
+    means = per_mean.result["means"]
+    for name, chart in charts.items():
+        assert chart["series"] == "3" and chart["xTicks"] == "0 1 2", chart  # its own steps, one per mean
+        side = name.split("_")[0]
+        for mean, m in means.items():  # the note gives each mean's value
+            shown = re.search(rf"{mean}: (\S+)", chart["note"]).group(1)
+            assert float(shown) == pytest.approx(m[f"{side}_ratio"], rel=1e-3), chart["note"]
+        for rgb in PALETTE_RGB:  # a dot per mean, in its colour
+            assert pixels_near(image, chart["box"], rgb) > 20, (name, rgb)
+    assert_labels_fit(charts)
+
+
+@browser
+def test_tick_labels_are_compact_in_the_page(stack, tmp_path):
+    """The page's own label function (charts.js), run in the browser: SI suffixes from ten thousand up, scientific
+    below 1e-3, the decimals the spacing needs; no "100,000" to be clipped to "00,000"."""
+    with Browser(tmp_path / "profile") as b:
+        b.open(f"{stack.api_url}/")
+        b.wait("window.gradlabCharts !== undefined")
+        label = "gradlabCharts.tickLabels({}, {})".format
+        assert b.js(label("[0, 50000, 100000, 150000]", "false")) == ["0", "50k", "100k", "150k"]
+        assert b.js(label("[1e5, 1.005e5, 1.01e5]", "false")) == ["100k", "100.5k", "101k"]
+        assert b.js(label("[2e6, 4e6]", "false")) == ["2M", "4M"]
+        assert b.js(label("[9e-8, 9.5e-8, 1e-7, 1.05e-7]", "false")) == ["9e-8", "9.5e-8", "1e-7", "1.05e-7"]
+        assert b.js(label("[0, 0.25, 0.5]", "false")) == ["0", "0.25", "0.50"]
+        assert b.js(label("[1500, 2000, 2500]", "false")) == ["1500", "2000", "2500"]
+        assert b.js(label("[1, 10, 100, 1000, 10000, 100000]", "true")) == ["1", "10", "100", "1000", "10k", "100k"]
+
+
+@browser
+@charts
+def test_study_page_leads_with_its_answer_and_fits_the_width(stack, study, tmp_path):
+    """The sentence names the setting that wins on the figure the verdicts rest on (max_relative_error: lower is
+    better), its mean ± CI and its paired difference with the 95 % CI; no table scrolls sideways at 1024 px."""
+    c = study["comparison"]
+    best = min(c["rows"], key=lambda r: r["figures"]["max_relative_error"]["mean"])
+    with Browser(tmp_path / "profile", width=1024, height=900) as b:
+        b.open(f"{stack.api_url}/studies/{study['id']}")
+        b.wait("document.body.dataset.state === 'done' && document.querySelector('#study-answer').textContent")
+        answer = b.js("document.querySelector('#study-answer').textContent")
+        b.js("document.querySelector('#all-figures').open = true")
+        widths = b.js(
+            "[document.documentElement.scrollWidth, document.documentElement.clientWidth, "
+            "...[...document.querySelectorAll('table')].map(t => t.scrollWidth - t.parentElement.clientWidth)]"
+        )
+        keep(b.screenshot(tmp_path / "study.png"))
+    assert answer.startswith(f"{best['label']}") and " wins on max_relative_error (lower is better): " in answer
+    f = best["figures"]["max_relative_error"]
+    assert f"{f['mean']:.4g}"[:5] in answer and "95 % CI" in answer, answer
+    other = next(r for r in c["rows"] if r is not best)
+    d = (
+        other["paired"]["max_relative_error"]
+        if best["setting"] == c["baseline"]
+        else best["paired"]["max_relative_error"]
+    )
+    assert f"{abs(d['mean']):.4g}"[:5] in answer, (answer, d)
+    assert widths[0] <= widths[1] and max(widths[2:]) <= 0, widths
+
+
+@browser
+def test_wide_npz_dataset_page_summarises_its_columns(stack, npz_64, tmp_path):
+    """64 int64 columns: one line of dtypes and ranges, the per-column table folded away, a few rows shortened."""
+    ds, x = npz_64
+    with Browser(tmp_path / "profile", width=WIDTH, height=900) as b:
+        b.open(f"{stack.api_url}/datasets/{ds['id']}")
+        b.wait("document.body.dataset.state === 'done'")
+        facts = b.js(
+            "Object.fromEntries([...document.querySelectorAll('#preview table.kv tr')]"
+            ".map(tr => [...tr.cells].map(td => td.textContent)))"
+        )
+        visible_int64 = b.js(
+            "[...document.querySelectorAll('#preview td')]"
+            ".filter(td => td.checkVisibility() && td.textContent === 'int64').length"
+        )
+        folded = b.js("[...document.querySelectorAll('#preview details')].map(d => [d.open, d.textContent.length])")
+        height = b.js("document.documentElement.scrollHeight")
+        keep(b.screenshot(tmp_path / "dataset-npz.png"))
+    assert facts["shape"] == "200 rows × 64 columns" and facts["source dtypes"] == "int64 × 64", facts
+    assert facts["min … max"] == f"{x.min()} … {x.max()}", facts
+    lo, hi = x.mean(axis=0).min(), x.mean(axis=0).max()
+    assert facts["column means"].split(" … ")[0] == f"{float(f'{lo:.4g}'):g}", (facts, lo, hi)
+    assert visible_int64 == 0 and folded[0][0] is False, folded  # the 64 column rows are there, folded
+    assert height < 1600  # was over 5,000 px: a row per column
+
+
+@browser
+def test_job_list_shows_model_and_dataset_with_links(stack, api, per_mean, npz_64, tmp_path):
+    """The list's "model · dataset" cell: a built-in model by name, an uploaded dataset (or model) as a link to its
+    page; the job page lists them too. Study membership is not in the job's JSON, so the list cannot show it."""
+    from tests.model_configs import TINY_GPT2
+
+    config = ("config.json", json.dumps(TINY_GPT2).encode(), "application/json")
+    model = api.post("/v1/models", files={"config": config}, timeout=120).json()
+    spec = {"kind": "init_averaging", "device": "cpu", "params": {"model": model["use_as"], "batch": 16, "trials": 1}}
+    queued = api.post("/v1/jobs", json=spec).json()
+    ds = npz_64[0]["id"]
+    with Browser(tmp_path / "profile", width=WIDTH, height=900) as b:
+        b.open(f"{stack.api_url}/")
+        b.wait(f"document.querySelector('a[href=\"/jobs/{queued['id']}\"]') !== null")
+        cells = b.js(
+            "Object.fromEntries([...document.querySelectorAll('#jobs tbody tr')].map(tr => "
+            "[tr.querySelector('a').getAttribute('href'), [tr.querySelector('.ran-on').textContent, "
+            "[...tr.querySelectorAll('.ran-on a')].map(a => a.getAttribute('href'))]]))"
+        )
+        keep(b.screenshot(tmp_path / "job-list.png"))
+        assert cells[f"/jobs/{per_mean.id}"] == [f"mlp · dataset {ds[:8]}", [f"/datasets/{ds}"]], cells
+        assert cells[f"/jobs/{queued['id']}"] == [f"model {model['id'][:8]} · digits", [f"/models/{model['id']}"]], (
+            cells
+        )
+        b.open(f"{stack.api_url}/jobs/{per_mean.id}")
+        b.wait("document.body.dataset.state === 'done'")
+        assert b.js(f"document.querySelector('#job-facts a[href=\"/datasets/{ds}\"]') !== null")
+        b.open(f"{stack.api_url}/models/{model['id']}")
+        b.wait("document.body.dataset.state === 'done'")
+        facts = b.js("[...document.querySelectorAll('#model-facts dd')].map(d => d.textContent)")
+        keep(b.screenshot(tmp_path / "model.png"))
+    assert model["id"] in facts and f"{model['n_params']:,}" in facts, facts

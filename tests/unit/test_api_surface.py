@@ -30,17 +30,14 @@ PUBLIC = {
     ("GET", "/compare"),
     ("GET", "/studies/{study_id}"),
     ("GET", "/datasets/{dataset_id}"),
+    ("GET", "/models/{model_id}"),
     ("GET", "/vendor/{name}"),
     # the Prometheus scrape endpoint checks its own scrape token (tests/integration/test_observability.py)
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
-    ("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"),
     ("HEAD", "/openapi.json"),
-    ("HEAD", "/docs"),
-    ("HEAD", "/docs/oauth2-redirect"),
-    ("HEAD", "/redoc"),
 }
 PUBLIC_MOUNTS = {"/static"}
 
