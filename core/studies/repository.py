@@ -8,15 +8,25 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
+    Exists,
     Row,
+    Select,
+    and_,
+    exists,
+    func,
     insert,
+    or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
+from core.db import paging
 from core.db.tables import (
+    ACTIVE_WHERE,
     Job,
     Study,
     StudyJob,
@@ -138,3 +148,68 @@ def cancel_study(session: Session, study_id: uuid.UUID) -> int:
     cancelled = jobs.cancel_children(session, children, "cancelled with its study", now)
     session.commit()
     return cancelled
+
+
+# --- the list ---------------------------------------------------------------------------------------------------
+
+
+def _children_where(*conditions) -> Exists:
+    """Whether the study of the row being read has a child job meeting ``conditions`` (primary-key probes of
+    ``study_jobs`` and ``jobs``, stopping at the first)."""
+    return exists().where(StudyJob.study_id == Study.id, Job.id == StudyJob.job_id, *conditions)
+
+
+def _with_active_child(tenant: str | None) -> Select[uuid.UUID]:
+    """The studies with a queued or running child: read from the active jobs alone (the partial index
+    ``ix_jobs_tenant_active``, whose condition is spelled as its own), so as many as admission lets be active."""
+    q = select(StudyJob.study_id).join(Job, Job.id == StudyJob.job_id).where(text(f"jobs.{ACTIVE_WHERE}"))
+    return q if tenant is None else q.where(Job.tenant == tenant)
+
+
+def _status_is(status: str, tenant: str | None) -> ColumnElement[bool]:
+    """A study's derived status (``stats.status``) as a condition on its row and its children."""
+    active = Study.id.in_(_with_active_child(tenant))
+    cancelled = Study.cancelled_at.is_not(None)
+    if status == JobStatus.queued:
+        return and_(active, ~cancelled, ~_children_where(Job.status != JobStatus.queued))
+    if status == JobStatus.running:
+        return and_(active, or_(cancelled, _children_where(Job.status != JobStatus.queued)))
+    if status == JobStatus.cancelled:
+        return and_(cancelled, ~active)
+    if status == JobStatus.succeeded:
+        return and_(~cancelled, ~_children_where(Job.status != JobStatus.succeeded))
+    if status == JobStatus.failed:
+        return and_(~cancelled, ~active, _children_where(Job.status.in_([JobStatus.failed, JobStatus.cancelled])))
+    raise ValueError(f"not a study status: {status}")
+
+
+def list_studies(
+    session: Session, *, tenant: str | None, status: str | None, kind: str | None, limit: int, cursor: str | None
+) -> tuple[list[Study], str | None]:
+    """A page of studies newest first (tenant None: every tenant's): a range of ``ix_studies_tenant_created`` (or
+    ``..._kind_created``). A status filter is decided per study walked, from its children: queued and running only
+    among the studies with an active child (read from the active jobs' partial index), cancelled from the row,
+    succeeded and failed by probing its children by primary key."""
+    q = select(Study).options(defer(Study.request))
+    if tenant is not None:
+        q = q.where(Study.tenant == tenant)
+    if kind:
+        q = q.where(Study.kind == kind)
+    if status:
+        q = q.where(_status_is(status, tenant))
+    rows = session.scalars(paging.newest_first(q, Study.created_at, Study.id, limit, cursor)).all()
+    return paging.page(rows, limit)
+
+
+def children_by_status(session: Session, study_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, tuple[int, float]]]:
+    """Per study, per status of its children: (how many, their summed progress); one grouped read for a page."""
+    out: dict[uuid.UUID, dict[str, tuple[int, float]]] = {sid: {} for sid in study_ids}
+    rows = session.execute(
+        select(StudyJob.study_id, Job.status, func.count(), func.sum(Job.progress))
+        .join(Job, Job.id == StudyJob.job_id)
+        .where(StudyJob.study_id.in_(study_ids))
+        .group_by(StudyJob.study_id, Job.status)
+    ).all()
+    for study_id, status, n, progress in rows:
+        out[study_id][status] = (n, float(progress or 0.0))
+    return out
