@@ -11,7 +11,6 @@ from sqlalchemy import (
     ColumnElement,
     Exists,
     Row,
-    Select,
     and_,
     exists,
     func,
@@ -153,33 +152,32 @@ def cancel_study(session: Session, study_id: uuid.UUID) -> int:
 # --- the list ---------------------------------------------------------------------------------------------------
 
 
-def _children_where(*conditions) -> Exists:
-    """Whether the study of the row being read has a child job meeting ``conditions`` (primary-key probes of
-    ``study_jobs`` and ``jobs``, stopping at the first)."""
-    return exists().where(StudyJob.study_id == Study.id, Job.id == StudyJob.job_id, *conditions)
+def _has_child(*conditions) -> Exists:
+    """Whether the study of the row being read has a child job meeting ``conditions``. The child's tenant, the
+    study's own, is spelled out so the planner may read the matching jobs from the tenant's job indexes and hash
+    them (the active ones: ``ix_jobs_tenant_active``; failed or cancelled: ``ix_jobs_tenant_status_kind_created``)
+    or probe each study's children by primary key, whichever it reckons cheaper."""
+    return exists().where(
+        StudyJob.study_id == Study.id, Job.id == StudyJob.job_id, Job.tenant == Study.tenant, *conditions
+    )
 
 
-def _with_active_child(tenant: str | None) -> Select[uuid.UUID]:
-    """The studies with a queued or running child: read from the active jobs alone (the partial index
-    ``ix_jobs_tenant_active``, whose condition is spelled as its own), so as many as admission lets be active."""
-    q = select(StudyJob.study_id).join(Job, Job.id == StudyJob.job_id).where(text(f"jobs.{ACTIVE_WHERE}"))
-    return q if tenant is None else q.where(Job.tenant == tenant)
-
-
-def _status_is(status: str, tenant: str | None) -> ColumnElement[bool]:
+def _status_is(status: str) -> ColumnElement[bool]:
     """A study's derived status (``stats.status``) as a condition on its row and its children."""
-    active = Study.id.in_(_with_active_child(tenant))
+    active = _has_child(text(f"jobs.{ACTIVE_WHERE}"))  # the partial index's own condition, so it applies
+    started = _has_child(Job.status != JobStatus.queued)
+    unsuccessful = _has_child(Job.status.in_([JobStatus.failed, JobStatus.cancelled]))
     cancelled = Study.cancelled_at.is_not(None)
     if status == JobStatus.queued:
-        return and_(active, ~cancelled, ~_children_where(Job.status != JobStatus.queued))
+        return and_(~cancelled, active, ~started)
     if status == JobStatus.running:
-        return and_(active, or_(cancelled, _children_where(Job.status != JobStatus.queued)))
+        return and_(active, or_(cancelled, started))
     if status == JobStatus.cancelled:
         return and_(cancelled, ~active)
     if status == JobStatus.succeeded:
-        return and_(~cancelled, ~_children_where(Job.status != JobStatus.succeeded))
+        return and_(~cancelled, ~active, ~unsuccessful)
     if status == JobStatus.failed:
-        return and_(~cancelled, ~active, _children_where(Job.status.in_([JobStatus.failed, JobStatus.cancelled])))
+        return and_(~cancelled, ~active, unsuccessful)
     raise ValueError(f"not a study status: {status}")
 
 
@@ -187,16 +185,15 @@ def list_studies(
     session: Session, *, tenant: str | None, status: str | None, kind: str | None, limit: int, cursor: str | None
 ) -> tuple[list[Study], str | None]:
     """A page of studies newest first (tenant None: every tenant's): a range of ``ix_studies_tenant_created`` (or
-    ``..._kind_created``). A status filter is decided per study walked, from its children: queued and running only
-    among the studies with an active child (read from the active jobs' partial index), cancelled from the row,
-    succeeded and failed by probing its children by primary key."""
+    ``..._kind_created``). A status filter is a condition on the study's row and on whether it has an active, a
+    started and a failed or cancelled child (``_has_child``)."""
     q = select(Study).options(defer(Study.request))
     if tenant is not None:
         q = q.where(Study.tenant == tenant)
     if kind:
         q = q.where(Study.kind == kind)
     if status:
-        q = q.where(_status_is(status, tenant))
+        q = q.where(_status_is(status))
     rows = session.scalars(paging.newest_first(q, Study.created_at, Study.id, limit, cursor)).all()
     return paging.page(rows, limit)
 
