@@ -233,7 +233,7 @@ def list_datasets(
         for ds in found
     ]
     header = ["id", "file", "status", "format", "kind", "rows×cols", "created"]
-    out.print(Fitted(header, rows, right=[5], optional=[6, 4, 3, 5]))
+    out.print(Fitted(header, rows, right=[5], optional=[6, 3, 5, 4]))
 
 
 @datasets_cli.command("show")

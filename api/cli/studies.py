@@ -140,7 +140,7 @@ def list_studies(
         ]
         for s in found
     ]
-    header = ["id", "kind", "status", "done", "settings×seeds", "jobs", "created"]
+    header = ["id", "kind", "status", "done", "grid", "jobs", "created"]  # grid: settings × seeds
     out.print(Fitted(header, rows, right=[3, 4], optional=[6, 5, 4]))
 
 
