@@ -499,10 +499,6 @@ class Client:
         body = {"filename": filename, "size": size, "sha256": sha256, "label_column": label_column}
         return self._request("POST", "/v1/datasets/uploads", json={k: v for k, v in body.items() if v}).json()
 
-    def upload(self, upload_id: str) -> dict:
-        """A resumable upload: its ``dataset_id``, ``status`` (the dataset's), ``offset`` received of ``size``."""
-        return self._request("GET", f"/v1/datasets/uploads/{upload_id}").json()
-
     def abort_upload(self, upload_id: str) -> None:
         """Give up an upload still in progress: its bytes and its dataset go (ApiError 409 once completed)."""
         self._request("DELETE", f"/v1/datasets/uploads/{upload_id}")
@@ -541,8 +537,8 @@ class Client:
     ) -> Dataset:
         """Upload ``path`` in chunks, resuming upload ``upload_id`` where the server left it when given (else a
         new one, announced through ``on_started(upload_id, dataset_id)`` so a caller can remember it and say which
-        dataset it makes); ``on_progress(sent, size)``
-        after each block. Returns the dataset as completed (validating); ``wait_dataset`` waits for its verdict."""
+        dataset it makes); ``on_progress(sent, size)`` after each block. Returns the dataset as completed
+        (validating); ``wait_dataset`` waits for its verdict."""
         path = Path(path)
         size = path.stat().st_size
         if upload_id is None:
