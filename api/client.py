@@ -201,7 +201,8 @@ class Dataset:
     columns: int | None = None
     has_labels: bool | None = None
     sha256: str | None = None
-    preview: dict[str, Any] | None = None
+    preview: dict[str, Any] | None = None  # on reading one dataset, not in the list
+    queue_position: int | None = None  # while its validation waits for a worker: 1 = validated next
 
     @property
     def settled(self) -> bool:
@@ -292,25 +293,26 @@ class Client:
     def get(self, job_id: str) -> Job:
         return Job.from_json(self._request("GET", f"/v1/jobs/{job_id}").json())
 
+    def _pages(self, path: str, query: Mapping[str, Any], limit: int | None, page_size: int) -> Iterator[dict]:
+        """The items of a newest-first list, following ``next_cursor`` page by page; at most ``limit`` (None: all)."""
+        cursor, seen = None, 0
+        while limit is None or seen < limit:
+            size = min(page_size, 500) if limit is None else min(page_size, 500, limit - seen)
+            params = {k: v for k, v in {**query, "limit": size, "cursor": cursor}.items() if v is not None}
+            page = self._request("GET", path, params=params).json()
+            for item in page["items"]:
+                seen += 1
+                yield item
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
     def list(
         self, status: str | None = None, kind: str | None = None, limit: int | None = None, page_size: int = 100
     ) -> Iterator[Job]:
         """Jobs newest first, following ``next_cursor`` page by page; at most ``limit`` of them (None: all)."""
-        cursor, seen = None, 0
-        while limit is None or seen < limit:
-            size = min(page_size, 500) if limit is None else min(page_size, 500, limit - seen)
-            query = {
-                k: v
-                for k, v in {"status": status, "kind": kind, "limit": size, "cursor": cursor}.items()
-                if v is not None
-            }
-            page = self._request("GET", "/v1/jobs", params=query).json()
-            for item in page["items"]:
-                seen += 1
-                yield Job.from_json(item)
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
+        for item in self._pages("/v1/jobs", {"status": status, "kind": kind}, limit, page_size):
+            yield Job.from_json(item)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued or running job; a finished one is an ApiError 409."""
@@ -460,10 +462,31 @@ class Client:
     def dataset(self, dataset_id: str) -> Dataset:
         return Dataset.from_json(self._request("GET", f"/v1/datasets/{dataset_id}").json())
 
-    def wait_dataset(self, dataset_id: str, timeout: float | None = None, poll_interval: float = 0.5) -> Dataset:
-        """The dataset once validated (ready or rejected); ``WaitTimeout`` after ``timeout`` seconds."""
+    def datasets(
+        self, status: str | None = None, format: str | None = None, limit: int | None = None, page_size: int = 100
+    ) -> Iterator[Dataset]:
+        """The caller's datasets newest first (without previews), all pages; at most ``limit`` (None: all).
+        ``status``: uploading, validating, ready or rejected; ``format``: npy, npz, csv, parquet or jsonl."""
+        for item in self._pages("/v1/datasets", {"status": status, "format": format}, limit, page_size):
+            yield Dataset.from_json(item)
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete a dataset and its stored files (ApiError 409 while a queued or running job uses it)."""
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
+
+    def wait_dataset(
+        self,
+        dataset_id: str,
+        timeout: float | None = None,
+        poll_interval: float = 0.5,
+        on_poll: Callable[[Dataset], None] | None = None,
+    ) -> Dataset:
+        """The dataset once validated (ready or rejected); ``on_poll`` sees each state read before (its
+        ``queue_position`` while it waits for a worker); ``WaitTimeout`` after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not (ds := self.dataset(dataset_id)).settled:
+            if on_poll is not None:
+                on_poll(ds)
             if deadline is not None and time.monotonic() + poll_interval > deadline:
                 raise WaitTimeout(f"dataset {dataset_id} still {ds.status} after {timeout:g} s")
             time.sleep(poll_interval)
@@ -475,6 +498,10 @@ class Client:
         """Begin a resumable upload; the answer has its ``id``, ``offset`` (0) and ``max_chunk_bytes``."""
         body = {"filename": filename, "size": size, "sha256": sha256, "label_column": label_column}
         return self._request("POST", "/v1/datasets/uploads", json={k: v for k, v in body.items() if v}).json()
+
+    def abort_upload(self, upload_id: str) -> None:
+        """Give up an upload still in progress: its bytes and its dataset go (ApiError 409 once completed)."""
+        self._request("DELETE", f"/v1/datasets/uploads/{upload_id}")
 
     def upload_offset(self, upload_id: str) -> int:
         """The bytes the server holds of the upload: where to resume."""
@@ -506,11 +533,12 @@ class Client:
         upload_id: str | None = None,
         chunk_bytes: int = 64 * 1024 * 1024,
         on_progress: Callable[[int, int], None] | None = None,
-        on_started: Callable[[str], None] | None = None,
+        on_started: Callable[[str, str], None] | None = None,
     ) -> Dataset:
         """Upload ``path`` in chunks, resuming upload ``upload_id`` where the server left it when given (else a
-        new one, announced through ``on_started`` so a caller can remember it); ``on_progress(sent, size)``
-        after each block. Returns the dataset as completed (validating); ``wait_dataset`` waits for its verdict."""
+        new one, announced through ``on_started(upload_id, dataset_id)`` so a caller can remember it and say which
+        dataset it makes); ``on_progress(sent, size)`` after each block. Returns the dataset as completed
+        (validating); ``wait_dataset`` waits for its verdict."""
         path = Path(path)
         size = path.stat().st_size
         if upload_id is None:
@@ -522,7 +550,7 @@ class Client:
             upload_id, offset = started["id"], 0
             chunk_bytes = min(chunk_bytes, started["max_chunk_bytes"])
             if on_started is not None:
-                on_started(upload_id)
+                on_started(upload_id, started["dataset_id"])
             if tokenizer is not None:
                 self.put_tokenizer(upload_id, tokenizer)
         else:
@@ -546,6 +574,13 @@ class Client:
 
     def study(self, study_id: str) -> dict:
         return self._request("GET", f"/v1/studies/{study_id}").json()
+
+    def studies(
+        self, status: str | None = None, kind: str | None = None, limit: int | None = None, page_size: int = 100
+    ) -> Iterator[dict]:
+        """The caller's studies newest first, all pages; at most ``limit`` (None: all). Each as the list answers
+        it: status, progress, counts of children per status, settings' labels, seeds (no comparison)."""
+        yield from self._pages("/v1/studies", {"status": status, "kind": kind}, limit, page_size)
 
     def cancel_study(self, study_id: str) -> dict:
         """Cancel the study's queued and running jobs; finished ones keep their results."""

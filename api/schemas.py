@@ -10,6 +10,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, create_model
 
 from core.db.tables import Job
+from core.studies.stats import StudyStatus
 from core.summary import Summary
 from core.techniques import specs
 
@@ -153,7 +154,7 @@ class KindOut(BaseModel):
 
 class DatasetOut(BaseModel):
     """An uploaded dataset. ``status``: uploading, validating, ready, or rejected (``reason`` names the field and
-    says why); kind, shape and ``preview`` once ready."""
+    says why); kind, shape and ``preview`` once ready (``preview`` only when one dataset is read, not in the list)."""
 
     id: UUID
     filename: str
@@ -168,10 +169,15 @@ class DatasetOut(BaseModel):
     size: int | None = Field(default=None, description="bytes stored (its canonical files), once ready")
     sha256: str | None = Field(default=None, description="of the upload as sent, once received whole")
     preview: dict[str, Any] | None = None
+    queue_position: int | None = Field(
+        None,
+        description="while validating and waiting for a worker (GET of one dataset): 1 when it is validated next; "
+        "null once a worker validates it",
+    )
     created_at: datetime
 
     @classmethod
-    def of(cls, row) -> DatasetOut:
+    def of(cls, row, detail: bool = True, queue_position: int | None = None) -> DatasetOut:
         return cls(
             id=row.id,
             filename=row.filename,
@@ -185,9 +191,36 @@ class DatasetOut(BaseModel):
             upload_size=row.upload_size,
             size=row.size,
             sha256=row.sha256,
-            preview=row.preview,
+            preview=row.preview if detail else None,
+            queue_position=queue_position,
             created_at=row.created_at,
         )
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
+    next_cursor: str | None
+
+
+class StudyBriefOut(BaseModel):
+    """A study as ``GET /v1/studies`` lists it: its state without the comparison (``GET /v1/studies/{id}``)."""
+
+    id: UUID
+    kind: str
+    status: StudyStatus
+    progress: float
+    counts: dict[str, int] = Field(description="children per status")
+    jobs: int = Field(description="how many child jobs: settings × seeds")
+    settings: list[str] = Field(description="each setting's label")
+    seeds: list[int]
+    created_at: datetime
+    cancelled_at: datetime | None
+    links: dict[str, str]
+
+
+class StudyPage(BaseModel):
+    items: list[StudyBriefOut]
+    next_cursor: str | None
 
 
 class UploadStart(BaseModel):

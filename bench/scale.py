@@ -45,6 +45,7 @@ import psycopg
 from sqlalchemy import event, text
 
 from bench.common import RESULTS, BenchStack, closed_loop, light_job, percentiles, run_async, write_results
+from core.db import paging
 from core.jobs import repository as job_store
 from core.metrics import repository as metric_store
 from core.metrics import rollup
@@ -348,7 +349,7 @@ def deep_cursor(sessions, tenant: str | None, status: str, kind: str, depth: flo
             .offset(int(total * depth))
             .limit(1)
         ).first()
-    return job_store.encode_cursor(row.created_at, row.id) if row else None
+    return paging.encode_cursor(row.created_at, row.id) if row else None
 
 
 def measure(url: str, keys: dict, sessions, probe: uuid.UUID, requests: int) -> dict:

@@ -11,18 +11,29 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
-from enum import StrEnum
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import typer
 import yaml
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from api.cli.common import STATUS_STYLE, api_client, err, load_spec, out
-from api.cli.datasets import upload as dataset_upload
+from api.cli.common import (
+    Fitted,
+    LiveLine,
+    State,
+    api_client,
+    err,
+    load_spec,
+    out,
+    print_json,
+    short_when,
+    status_text,
+    when,
+)
+from api.cli.datasets import datasets_cli
 from api.cli.studies import study_cli
 from api.client import Client, Event, Job, WaitTimeout
 from core.report import format_value, result_tables, summary_tables, verdict_text
@@ -31,78 +42,57 @@ client_cli = typer.Typer(
     help="Work with jobs on a gradlab API (GRADLAB_URL, GRADLAB_API_KEY).", no_args_is_help=True, add_completion=False
 )
 
-datasets_cli = typer.Typer(help="Upload datasets for jobs to train on.", no_args_is_help=True)
-datasets_cli.command("upload")(dataset_upload)
 client_cli.add_typer(datasets_cli, name="datasets")
 
 LATEST_METRICS = 6
 QUEUE_POLL_S = 1.0
 
 
-class Status(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
-def _status(status: str) -> Text:
-    return Text(status, style=STATUS_STYLE.get(status, ""))
-
-
-def _when(t: datetime | None) -> str:
-    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "—"
-
-
 VERDICT_STYLE = {"supports": "green", "contradicts": "red", "inconclusive": "yellow"}
 
 
-def _print_result(job: Job) -> None:
-    """The summary first (headline, verdict, comparison, key figures), then the full result's tables."""
+def _print_result(job: Job, full: bool) -> None:
+    """The summary (headline, verdict, comparison, key figures); with ``full``, the whole result's tables too,
+    else a line saying how to see them. A result without a summary is shown whole."""
     summary = (job.result or {}).get("summary")
     tables = result_tables(job.result or {})
     if summary:
         out.print(Text(summary["headline"], style="bold"))
         out.print(Text.assemble("verdict: ", (verdict_text(summary), VERDICT_STYLE[summary["verdict"]["outcome"]])))
+        if not full and tables:
+            tables, more = summary_tables(summary), len(tables)
+            for table in tables:
+                _print_table(table)
+            out.print(f"the full result ({more} more tables): gradlab show {job.id} --full", style="dim")
+            return
         tables = summary_tables(summary) + tables
     for table in tables:
-        t = Table(title=table.title, title_justify="left", show_lines=False)
-        for i, col in enumerate(table.columns):
-            t.add_column(col, justify="left" if i == 0 or table.title == "Result" else "right")
-        for row in table.rows:
-            t.add_row(*row)
-        out.print(t)
+        _print_table(table)
 
 
-def _print_outcome(job: Job) -> None:
-    """Final state of a job: its result tables, or why it did not succeed; exits 1 unless it succeeded."""
+def _print_table(table) -> None:
+    """One of ``core.report``'s tables, fitted to the terminal (its first column is the row's name)."""
+    right = () if table.title == "Result" else range(1, len(table.columns))
+    out.print(Fitted(table.columns, table.rows, title=table.title, right=right))
+
+
+def _print_outcome(job: Job, full: bool) -> None:
+    """Final state of a job: its result, or why it did not succeed; exits 1 unless it succeeded."""
     out.print(
         Text.assemble(
             "job ",
             (job.id, "bold"),
             " ",
-            _status(job.status),
+            status_text(job.status),
             f"  ({job.kind}, attempt {job.attempt}, device {job.device or '—'})",
         )
     )
     if job.succeeded:
-        _print_result(job)
+        _print_result(job, full)
         return
     if job.error:
         err.print(f"{job.error.type}: {job.error.message}", markup=False)
     raise typer.Exit(1)
-
-
-class _JobProgress(Progress):
-    """A progress bar with the job's latest metrics on the line below it."""
-
-    metrics_line = Text("")
-
-    def get_renderables(self):
-        yield self.make_tasks_table(self.tasks)
-        if self.metrics_line.plain:
-            yield self.metrics_line
 
 
 def _ordinal(n: int) -> str:
@@ -139,45 +129,32 @@ def _wait_in_queue(client: Client, job: Job, deadline: float | None, show: Calla
 
 
 def _watch(client: Client, job: Job, timeout: float | None) -> Job:
-    """Follow the job's events with a live progress bar until it is terminal; returns the final job."""
+    """Follow the job's events on one line (its state, progress, message and latest metrics) until it is
+    terminal; returns the final job."""
     latest: dict[str, tuple[int, float | None]] = {}
-    progress = _JobProgress(
-        SpinnerColumn(),
-        TextColumn("{task.fields[status]}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=out,
-        transient=False,
-    )
+    state: dict[str, Any] = {"status": job.status, "progress": job.progress, "message": job.message}
 
-    def on_event(event: Event) -> None:
-        if event.event == "status":
-            d = event.data
-            progress.update(
-                task,
-                completed=d["progress"] * 100,
-                description=d.get("message", ""),
-                status=f"[{STATUS_STYLE.get(d['status'], '')}]{d['status']}[/]",
-            )
-        elif event.event == "metric":
-            latest.pop(event.data["name"], None)  # re-insert: most recently updated last
-            latest[event.data["name"]] = (event.data["step"], event.data["value"])
-            shown = list(latest.items())[-LATEST_METRICS:]
-            progress.metrics_line = Text(
-                "  " + "  ".join(f"{n}={format_value(v)}@{s}" for n, (s, v) in shown), style="dim"
-            )
+    with LiveLine() as line:
 
-    deadline = None if timeout is None else time.monotonic() + timeout
-    with progress:
-        task = progress.add_task(
-            job.message,
-            total=100,
-            completed=job.progress * 100,  # type: ignore[arg-type]  # rich keeps a float (Task.completed); its annotation says int
-            status=f"[{STATUS_STYLE.get(job.status, '')}]{job.status}[/]",
-        )
-        _wait_in_queue(client, job, deadline, lambda text: progress.update(task, description=text))
+        def show() -> None:
+            shown = "  ".join(f"{n}={format_value(v)}@{s}" for n, (s, v) in list(latest.items())[-LATEST_METRICS:])
+            detail = f"{state['message']}  {shown}".strip()
+            line.update(state["status"], detail, fraction=state["progress"], key=state["status"])
+
+        def on_event(event: Event) -> None:
+            if event.event == "status":
+                state.update(
+                    status=event.data["status"],
+                    progress=event.data["progress"],
+                    message=event.data.get("message", ""),
+                )
+            elif event.event == "metric":
+                latest.pop(event.data["name"], None)  # re-insert: most recently updated last
+                latest[event.data["name"]] = (event.data["step"], event.data["value"])
+            show()
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        _wait_in_queue(client, job, deadline, lambda text: line.update("queued", text, key="queued"))
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.1)
         return client.wait(job.id, timeout=remaining, on_event=on_event)
 
@@ -196,12 +173,13 @@ def submit(
     timeout: float | None = typer.Option(
         None, min=1, help="with --wait: give up watching after this many seconds (exit 1; the job keeps running)"
     ),
+    full: bool = typer.Option(False, "--full", help="with --wait: every table of the result, not just its summary"),
 ) -> None:
-    """Submit a job; with --wait show live progress and metrics, then the result table (exit 1 if it failed)."""
+    """Submit a job; with --wait its progress on one line, then its summary (exit 1 if it failed)."""
     body = load_spec(spec)
     with api_client() as client:
         job = client.submit(body, idempotency_key=idempotency_key)
-        out.print(Text.assemble("submitted job ", (job.id, "bold"), f" ({job.kind}) ", _status(job.status)))
+        out.print(Text.assemble("submitted job ", (job.id, "bold"), f" ({job.kind}) ", status_text(job.status)))
         if not wait:
             out.print(f"follow it with: gradlab events {job.id} --follow", markup=False)
             return
@@ -213,45 +191,56 @@ def submit(
         except KeyboardInterrupt:
             err.print(f"stopped watching; job {job.id} keeps running (gradlab cancel {job.id} stops it)", markup=False)
             raise typer.Exit(130) from None
-        _print_outcome(final)
+        _print_outcome(final, full)
 
 
 @client_cli.command()
 def jobs(
-    status: Status | None = typer.Option(None, help="only jobs in this state"),
+    status: State | None = typer.Option(None, help="only jobs in this state"),
     kind: str | None = typer.Option(None, help="only jobs of this kind"),
     limit: int = typer.Option(20, min=1, max=10_000, help="at most this many, newest first"),
+    as_json: bool = typer.Option(False, "--json", help="the jobs as the API answers them, every field"),
 ) -> None:
     """List jobs, newest first."""
-    table = Table("id", "kind", "status", "progress", "message", "created")
     with api_client() as client:
-        for job in client.list(status=status.value if status else None, kind=kind, limit=limit):
-            table.add_row(
-                job.id, job.kind, _status(job.status), f"{job.progress:.0%}", job.message[:60], _when(job.created_at)
-            )
-    out.print(table)
+        found = list(client.list(status=status.value if status else None, kind=kind, limit=limit))
+        if as_json:
+            print_json([asdict(job) for job in found])
+            return
+    rows: list[list[str | Text]] = [
+        [job.id, job.kind, status_text(job.status), f"{job.progress:.0%}", short_when(job.created_at), job.message]
+        for job in found
+    ]
+    out.print(Fitted(["id", "kind", "status", "done", "created", "message"], rows, right=[3], optional=[5, 4]))
 
 
 @client_cli.command()
-def show(job_id: str = typer.Argument(..., help="job id")) -> None:
-    """A job's state, params, result tables, error and artifacts."""
+def show(
+    job_id: str = typer.Argument(..., help="job id"),
+    full: bool = typer.Option(False, "--full", help="every table of the result, not just its summary"),
+    as_json: bool = typer.Option(False, "--json", help="the job as the API answers it (the whole result)"),
+) -> None:
+    """A job's state, params, summary, error and artifacts."""
     with api_client() as client:
         job = client.get(job_id)
+        if as_json:
+            print_json(asdict(job))
+            return
         arts = client.artifacts(job_id)
     info = Table(show_header=False, box=None)
-    info.add_column(style="bold")
-    info.add_column()
+    info.add_column(style="bold", no_wrap=True)
+    info.add_column(overflow="fold")
     rows: list[tuple[str, str | Text]] = [
         ("id", job.id),
         ("kind", job.kind),
-        ("status", _status(job.status)),
+        ("status", status_text(job.status)),
         ("progress", f"{job.progress:.0%}  {job.message}"),
         ("attempt", str(job.attempt)),
         ("device", f"{job.device or '—'} (asked {job.device_requested})"),
         ("seed", str(job.seed)),
-        ("created", _when(job.created_at)),
-        ("started", _when(job.started_at)),
-        ("finished", _when(job.finished_at)),
+        ("created", when(job.created_at)),
+        ("started", when(job.started_at)),
+        ("finished", when(job.finished_at)),
         ("params", json.dumps(job.params, separators=(",", ":"))),
     ]
     if job.error:
@@ -261,12 +250,16 @@ def show(job_id: str = typer.Argument(..., help="job id")) -> None:
     for key, value in rows:
         info.add_row(key, value)
     out.print(info)
-    _print_result(job)
+    _print_result(job, full)
     if arts:
-        table = Table("artifact", "type", "size", title="Artifacts", title_justify="left")
-        for a in arts:
-            table.add_row(a.name, a.media_type, format_value(a.size))
-        out.print(table)
+        out.print(
+            Fitted(
+                ["artifact", "type", "size"],
+                [[a.name, a.media_type, format_value(a.size)] for a in arts],
+                title="Artifacts",
+                right=[2],
+            )
+        )
 
 
 @client_cli.command()
@@ -274,14 +267,16 @@ def cancel(job_id: str = typer.Argument(..., help="job id")) -> None:
     """Cancel a queued or running job (exit 1 if it had already finished)."""
     with api_client() as client:
         job = client.cancel(job_id)
-    out.print(Text.assemble("job ", (job.id, "bold"), " ", _status(job.status)))
+    out.print(Text.assemble("job ", (job.id, "bold"), " ", status_text(job.status)))
 
 
 def _event_line(event: Event) -> Text:
     d = event.data
     if event.event == "status":
         return Text.assemble(
-            ("status ", "bold"), _status(d["status"]), f" {d['progress']:.0%} attempt {d['attempt']}: {d['message']}"
+            ("status ", "bold"),
+            status_text(d["status"]),
+            f" {d['progress']:.0%} attempt {d['attempt']}: {d['message']}",
         )
     if event.event == "metric":
         return Text(f"metric step={d['step']} {d['name']}={format_value(d['value'])}")
@@ -336,10 +331,8 @@ def artifacts(
     """List a job's artifacts, or download them all with --out DIR."""
     with api_client() as client:
         if out_dir is None:
-            table = Table("name", "type", "size", "sha256")
-            for a in client.artifacts(job_id):
-                table.add_row(a.name, a.media_type, format_value(a.size), a.sha256[:16])
-            out.print(table)
+            rows = [[a.name, a.media_type, format_value(a.size), a.sha256] for a in client.artifacts(job_id)]
+            out.print(Fitted(["name", "type", "size", "sha256"], rows, right=[2], optional=[3]))
             return
         for path in client.download_artifacts(job_id, out_dir):
             out.print(str(path), markup=False)
@@ -358,12 +351,8 @@ def kinds(
             sys.stdout.write(text)
             return
         found = client.kinds()
-    table = Table(
-        "kind", "description", title="gradlab kinds KIND > spec.json prints an example spec", title_justify="left"
-    )
-    for k in found:
-        table.add_row(k.name, k.description)
-    out.print(table)
+    rows = [[k.name, k.description] for k in found]
+    out.print(Fitted(["kind", "description"], rows, title="gradlab kinds KIND > spec.json prints an example spec"))
 
 
 def register(cli: typer.Typer) -> None:

@@ -1,24 +1,17 @@
-"""``gradlab study submit|show|cancel``: a grid of settings over seeds as one study, followed with a progress bar
-and read as one comparison table (mean ± 95 % CI per setting, paired difference against the baseline)."""
+"""``gradlab study submit|list|show|cancel``: a grid of settings over seeds as one study, followed on one line and
+read as one comparison table (mean ± 95 % CI per setting, paired difference against the baseline)."""
 
 from __future__ import annotations
 
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import typer
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
 from rich.text import Text
 
-from api.cli.common import STATUS_STYLE, api_client, err, load_spec, out
+from api.cli.common import Fitted, LiveLine, State, api_client, err, load_spec, out, print_json, short_when, status_text
 from core.report import format_value
 
 study_cli = typer.Typer(help="Compare settings over seeds: one study, many ordinary jobs.", no_args_is_help=True)
@@ -40,18 +33,12 @@ def _print_study(study: dict) -> None:
             "study ",
             (study["id"], "bold"),
             " ",
-            (study["status"], STATUS_STYLE.get(study["status"], "")),
+            status_text(study["status"]),
             f"  ({study['kind']}, {len(study['jobs'])} jobs: {counts})",
         )
     )
     baseline = c["rows"][c["baseline"]]["label"] if c["rows"] else "—"
-    table = Table(
-        title=f"mean ± 95 % CI over seeds; Δ = paired difference from the baseline ({baseline})", title_justify="left"
-    )
-    for col in ("setting", "jobs ok", "verdicts"):
-        table.add_column(col)
-    for name in c["figures"]:
-        table.add_column(name, justify="right")
+    rows = []
     for row in c["rows"]:
         verdicts = ", ".join(f"{n} {v}" for v, n in row["verdicts"].items()) or "—"
         cells = []
@@ -60,28 +47,28 @@ def _print_study(study: dict) -> None:
             if row["paired"] and row["paired"][name]["n"]:
                 text += f"\nΔ {_stat(row['paired'][name])}"
             cells.append(text)
-        table.add_row(row["label"], f"{row['succeeded']}/{row['jobs']}", verdicts, *cells)
-    out.print(table)
+        rows.append([row["label"], f"{row['succeeded']}/{row['jobs']}", verdicts, *cells])
+    out.print(
+        Fitted(
+            ["setting", "jobs ok", "verdicts", *c["figures"]],
+            rows,
+            title=f"mean ± 95 % CI over seeds; Δ = paired difference from the baseline ({baseline})",
+            right=range(3, 3 + len(c["figures"])),
+            optional=[2],
+        )
+    )
 
 
 def _follow(client, study: dict, timeout: float | None) -> dict:
     deadline = None if timeout is None else time.monotonic() + timeout
-    with Progress(
-        TextColumn("{task.fields[status]}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=out,
-    ) as bar:
-        task = bar.add_task("", total=100, status=study["status"])
+    with LiveLine() as line:
         while True:
             done = sum(study["counts"].get(s, 0) for s in TERMINAL)
-            bar.update(
-                task,
-                completed=study["progress"] * 100,
-                status=study["status"],
-                description=f"{done}/{len(study['jobs'])} jobs finished",
+            line.update(
+                study["status"],
+                f"{done}/{len(study['jobs'])} jobs finished",
+                fraction=study["progress"],
+                key=study["status"],
             )
             if study["status"] in TERMINAL:
                 return study
@@ -107,7 +94,7 @@ def submit(
         None, min=1, help="with --wait: give up watching after this many seconds (exit 1; the study keeps running)"
     ),
 ) -> None:
-    """Submit a study; with --wait, a progress bar until every job finished, then the comparison table."""
+    """Submit a study; with --wait, its progress on one line until every job finished, then the comparison."""
     body = load_spec(spec)
     with api_client() as client:
         study = client.submit_study(body, idempotency_key=idempotency_key)
@@ -128,17 +115,50 @@ def submit(
         raise typer.Exit(1)
 
 
+@study_cli.command("list")
+def list_studies(
+    status: State | None = typer.Option(None, help="only studies in this state"),
+    kind: str | None = typer.Option(None, help="only studies of this kind"),
+    limit: int = typer.Option(20, min=1, max=10_000, help="at most this many, newest first"),
+    as_json: bool = typer.Option(False, "--json", help="the studies as the API lists them, every field"),
+) -> None:
+    """List your studies, newest first, with how many of their jobs are in each state."""
+    with api_client() as client:
+        found = list(client.studies(status=status.value if status else None, kind=kind, limit=limit))
+    if as_json:
+        print_json(found)
+        return
+    rows = [
+        [
+            s["id"],
+            s["kind"],
+            status_text(s["status"]),
+            f"{s['progress']:.0%}",
+            f"{len(s['settings'])}×{len(s['seeds'])}",
+            ", ".join(f"{n} {state}" for state, n in sorted(s["counts"].items())),
+            short_when(datetime.fromisoformat(s["created_at"])),
+        ]
+        for s in found
+    ]
+    header = ["id", "kind", "status", "done", "grid", "jobs", "created"]  # grid: settings × seeds
+    out.print(Fitted(header, rows, right=[3, 4], optional=[6, 5, 4]))
+
+
 @study_cli.command("show")
 def show(
     study_id: str = typer.Argument(..., help="study id"),
     csv: bool = typer.Option(False, "--csv", help="print the comparison as CSV instead"),
+    as_json: bool = typer.Option(False, "--json", help="the study as the API answers it"),
 ) -> None:
-    """A study's state and its comparison table (or CSV)."""
+    """A study's state and its comparison table (or CSV, or JSON)."""
     with api_client() as client:
         if csv:
             sys.stdout.write(client.study_csv(study_id))
             return
         study = client.study(study_id)
+    if as_json:
+        print_json(study)
+        return
     _print_study(study)
 
 

@@ -10,19 +10,20 @@ partial object, so a client resumes from what the store holds (``HEAD``), even a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import anyio.from_thread
-from fastapi import APIRouter, Depends, File, Form, Header, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from api.auth import principal
 from api.deps import app_settings, db, parse_id, publisher, session_factory
-from api.schemas import DatasetOut, UploadOut, UploadStart
+from api.schemas import DatasetOut, DatasetPage, UploadOut, UploadStart
 from core.blobs import blob_store
 from core.blobs.store import CHUNK
+from core.data.formats import FORMATS
 from core.datasets import service
 from core.db.tables import Dataset, DatasetUpload
 from core.keys.repository import Principal
@@ -30,6 +31,12 @@ from core.settings import Settings
 from workers.publish import Publisher
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+DatasetStatus = Literal["uploading", "validating", "ready", "rejected"]
+if TYPE_CHECKING:
+    DatasetFormat = str
+else:
+    DatasetFormat = Literal[FORMATS]  # the formats an upload may have, as the query parameter's choices
 
 
 # --- one request, small files -------------------------------------------------------------------------------------
@@ -220,8 +227,25 @@ def abort_upload(
     return Response(status_code=204)
 
 
+@router.get("", response_model=DatasetPage)
+def list_datasets(
+    session: Session = Depends(db),
+    who: Principal = Depends(principal),
+    status: DatasetStatus | None = None,
+    format: DatasetFormat | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+):
+    """The caller's datasets (an admin key: every tenant's), newest first, ``next_cursor`` to the next page; an
+    interrupted upload shows as ``uploading``. Without the previews: ``GET /v1/datasets/{id}`` has them."""
+    rows, nxt = service.list_datasets(session, who, status=status, fmt=format, limit=limit, cursor=cursor)
+    return DatasetPage(items=[DatasetOut.of(ds, detail=False) for ds in rows], next_cursor=nxt)
+
+
 @router.get("/{dataset_id}", response_model=DatasetOut)
 def get_dataset(dataset_id: str, session: Session = Depends(db), who: Principal = Depends(principal)):
     """Status (``uploading``, ``validating``, ``ready`` or ``rejected`` with the reason), kind, format, shape
-    and the preview: columns and dtypes, label balance, a few rows and basic statistics."""
-    return DatasetOut.of(service.dataset_of(session, who, parse_id(dataset_id, "dataset")))
+    and the preview: columns and dtypes, label balance, a few rows and basic statistics; while the validation
+    waits for a worker, its ``queue_position``."""
+    ds, place = service.dataset_with_place(session, who, parse_id(dataset_id, "dataset"))
+    return DatasetOut.of(ds, queue_position=place)

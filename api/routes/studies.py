@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 from fastapi.responses import JSONResponse
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import principal
 from api.deps import app_settings, db, parse_id, publisher
+from api.schemas import StudyBriefOut, StudyPage
 from core.db.tables import Study
 from core.keys.repository import Principal
 from core.settings import Settings
@@ -69,7 +70,7 @@ class StudyChild(BaseModel):
 class StudyOut(BaseModel):
     id: uuid.UUID
     kind: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: stats.StudyStatus
     progress: float
     created_at: datetime
     cancelled_at: datetime | None
@@ -123,6 +124,38 @@ def submit_study(
         response.status_code = 200
     response.headers["Location"] = f"/v1/studies/{study.id}"
     return _out(session, study)
+
+
+def _brief(brief: service.StudyBrief) -> StudyBriefOut:
+    study = brief.study
+    return StudyBriefOut(
+        id=study.id,
+        kind=study.kind,
+        status=brief.status,
+        progress=brief.progress,
+        counts=brief.counts,
+        jobs=sum(brief.counts.values()),
+        settings=[s["label"] for s in study.settings],
+        seeds=study.seeds,
+        created_at=study.created_at,
+        cancelled_at=study.cancelled_at,
+        links={"self": f"/v1/studies/{study.id}", "page": f"/studies/{study.id}"},
+    )
+
+
+@router.get("", response_model=StudyPage)
+def list_studies(
+    session: Session = Depends(db),
+    who: Principal = Depends(principal),
+    status: stats.StudyStatus | None = None,
+    kind: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+):
+    """The caller's studies (an admin key: every tenant's), newest first, ``next_cursor`` to the next page; each
+    with its status and counts of children per status, without the comparison (``GET /v1/studies/{id}``)."""
+    briefs, nxt = service.list_studies(session, who, status=status, kind=kind, limit=limit, cursor=cursor)
+    return StudyPage(items=[_brief(b) for b in briefs], next_cursor=nxt)
 
 
 @router.get("/{study_id}", response_model=StudyOut)

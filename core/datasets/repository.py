@@ -14,11 +14,13 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    tuple_,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from core.data.needs import DatasetInfo
+from core.db import paging
 from core.db.engine import rowcount
 from core.db.tables import (
     Dataset,
@@ -287,3 +289,38 @@ def sweep_datasets(
 def stored_bytes(session: Session) -> int:
     """Bytes of every dataset's canonical files in the blob store (from the rows' recorded sizes)."""
     return cast(int, session.execute(select(func.coalesce(func.sum(Dataset.size), 0))).scalar_one())
+
+
+# --- the list, and a validation's place in line -------------------------------------------------------------------
+
+
+def list_datasets(
+    session: Session, *, tenant: str | None, status: str | None, fmt: str | None, limit: int, cursor: str | None
+) -> tuple[list[Dataset], str | None]:
+    """A page of datasets newest first (tenant None: every tenant's), without their previews: a range of
+    ``ix_datasets_tenant_status_created`` or ``..._format_created`` (both filters: one range, the other filtered)."""
+    q = select(Dataset).options(defer(Dataset.preview), defer(Dataset.files))
+    if tenant is not None:
+        q = q.where(Dataset.tenant == tenant)
+    if status:
+        q = q.where(Dataset.status == status)
+    if fmt:
+        q = q.where(Dataset.format == fmt)
+    rows = session.scalars(paging.newest_first(q, Dataset.created_at, Dataset.id, limit, cursor)).all()
+    return paging.page(rows, limit)
+
+
+def validation_place(session: Session, ds: Dataset) -> int | None:
+    """1 + the validations waiting ahead of this one, while it waits unclaimed (those whose upload began before
+    it: ``validation_at`` moves at every republish, the order of first messages does not); None once a worker
+    validates it, or when it is not validating. Read from ``ix_datasets_status_validation``'s waiting rows."""
+    if ds.status != "validating" or ds.validation_worker is not None:
+        return None
+    ahead = session.scalar(
+        select(func.count()).where(
+            Dataset.status == "validating",
+            Dataset.validation_worker.is_(None),
+            tuple_(Dataset.created_at, Dataset.id) < tuple_(ds.created_at, ds.id),
+        )
+    )
+    return 1 + (ahead or 0)

@@ -33,7 +33,7 @@ from core.data.ingest import ingest
 from core.data.needs import dataset_refusal
 from core.datasets import repository as datasets
 from core.db.tables import Dataset, DatasetUpload, utcnow
-from core.errors import Conflict, Invalid, NotFound, TooLarge
+from core.errors import Conflict, Invalid, Malformed, NotFound, TooLarge
 from core.keys.repository import Principal
 from core.settings import Settings
 from core.techniques import specs
@@ -287,3 +287,24 @@ def beating(sessions: sessionmaker, interval_s: float, dataset_id: uuid.UUID, wo
     finally:
         stopping.set()
         thread.join()
+
+
+# --- reading: the list, and where a validation waits --------------------------------------------------------------
+
+
+def list_datasets(
+    session: Session, who: Principal, *, status: str | None, fmt: str | None, limit: int, cursor: str | None
+) -> tuple[list[Dataset], str | None]:
+    """The datasets the caller may see (an admin: every tenant's), newest first, a page at a time."""
+    try:
+        return datasets.list_datasets(
+            session, tenant=who.visible_tenant, status=status, fmt=fmt, limit=limit, cursor=cursor
+        )
+    except (ValueError, UnicodeDecodeError):
+        raise Malformed("cursor: not a cursor returned by this API") from None
+
+
+def dataset_with_place(session: Session, who: Principal, dataset_id: uuid.UUID) -> tuple[Dataset, int | None]:
+    """A dataset the caller may see and, while its validation waits for a worker, its place in line (1: next)."""
+    ds = dataset_of(session, who, dataset_id)
+    return ds, datasets.validation_place(session, ds)

@@ -182,10 +182,17 @@ class Dataset(Base):
     (``validating -> ready | rejected``, by compare-and-set, ``core.datasets.repository``)."""
 
     __tablename__ = "datasets"
-    __table_args__ = (Index("ix_datasets_status_validation", "status", "validation_at"),)
+    __table_args__ = (
+        Index("ix_datasets_status_validation", "status", "validation_at"),
+        # the dataset list, newest first (GET /v1/datasets): a tenant's, by status, by format; an admin's
+        Index("ix_datasets_tenant_created", "tenant", "created_at", "id"),
+        Index("ix_datasets_tenant_status_created", "tenant", "status", "created_at", "id"),
+        Index("ix_datasets_tenant_format_created", "tenant", "format", "created_at", "id"),
+        Index("ix_datasets_created", "created_at", "id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    tenant: Mapped[str] = mapped_column(String(64))
     filename: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default="ready")  # uploading | validating | ready | rejected
     reason: Mapped[str | None] = mapped_column(Text)  # why it was rejected: "<field>: <reason>"
@@ -267,7 +274,10 @@ class Study(Base):
     __tablename__ = "studies"
     __table_args__ = (
         UniqueConstraint("tenant", "idempotency_key", name="uq_studies_tenant_idempotency_key"),
-        Index("ix_studies_tenant_created", "tenant", "created_at"),
+        # the study list, newest first (GET /v1/studies): a tenant's, by kind; an admin's
+        Index("ix_studies_tenant_created", "tenant", "created_at", "id"),
+        Index("ix_studies_tenant_kind_created", "tenant", "kind", "created_at", "id"),
+        Index("ix_studies_created", "created_at", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

@@ -9,7 +9,6 @@ module that queries ``jobs`` and ``artifacts`` (a study's children are inserted 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import uuid
@@ -28,12 +27,12 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core.db import paging
 from core.db.engine import rowcount
 from core.db.tables import (
     ACTIVE_WHERE,
@@ -560,20 +559,6 @@ def _due_for_publishing(now: datetime, broker_started_at: datetime | None):
     return or_(*lost)
 
 
-def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{job_id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Raises ValueError on anything that is not a cursor this service made."""
-    raw = base64.urlsafe_b64decode(cursor.encode()).decode()
-    ts, jid = raw.split("|")
-    created_at = datetime.fromisoformat(ts)
-    if created_at.tzinfo is None:  # this service's cursors carry UTC; a naive one was made elsewhere
-        raise ValueError("cursor timestamp has no timezone")
-    return created_at, uuid.UUID(jid)
-
-
 def list_jobs(
     session: Session, *, tenant: str | None, status: str | None, kind: str | None, limit: int, cursor: str | None
 ) -> tuple[list[Job], str | None]:
@@ -585,14 +570,7 @@ def list_jobs(
         q = q.where(Job.status == status)
     if kind:
         q = q.where(Job.kind == kind)
-    if cursor:
-        ts, jid = decode_cursor(cursor)
-        # a row comparison, which PostgreSQL turns into an index bound: a deep page starts where the cursor points
-        # instead of filtering its way down from the newest job
-        q = q.where(tuple_(Job.created_at, Job.id) < tuple_(ts, jid))
-    rows = list(session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    nxt = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
-    return rows[:limit], nxt
+    return paging.page(list(session.scalars(paging.newest_first(q, Job.created_at, Job.id, limit, cursor))), limit)
 
 
 _FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)

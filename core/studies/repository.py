@@ -8,15 +8,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
+    Exists,
     Row,
+    and_,
+    exists,
+    func,
     insert,
+    or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
+from core.db import paging
 from core.db.tables import (
+    ACTIVE_WHERE,
     Job,
     Study,
     StudyJob,
@@ -138,3 +147,66 @@ def cancel_study(session: Session, study_id: uuid.UUID) -> int:
     cancelled = jobs.cancel_children(session, children, "cancelled with its study", now)
     session.commit()
     return cancelled
+
+
+# --- the list ---------------------------------------------------------------------------------------------------
+
+
+def _has_child(*conditions) -> Exists:
+    """Whether the study of the row being read has a child job meeting ``conditions``. The child's tenant, the
+    study's own, is spelled out so the planner may read the matching jobs from the tenant's job indexes and hash
+    them (the active ones: ``ix_jobs_tenant_active``; failed or cancelled: ``ix_jobs_tenant_status_kind_created``)
+    or probe each study's children by primary key, whichever it reckons cheaper."""
+    return exists().where(
+        StudyJob.study_id == Study.id, Job.id == StudyJob.job_id, Job.tenant == Study.tenant, *conditions
+    )
+
+
+def _status_is(status: str) -> ColumnElement[bool]:
+    """A study's derived status (``stats.status``) as a condition on its row and its children."""
+    active = _has_child(text(f"jobs.{ACTIVE_WHERE}"))  # the partial index's own condition, so it applies
+    started = _has_child(Job.status != JobStatus.queued)
+    unsuccessful = _has_child(Job.status.in_([JobStatus.failed, JobStatus.cancelled]))
+    cancelled = Study.cancelled_at.is_not(None)
+    if status == JobStatus.queued:
+        return and_(~cancelled, active, ~started)
+    if status == JobStatus.running:
+        return and_(active, or_(cancelled, started))
+    if status == JobStatus.cancelled:
+        return and_(cancelled, ~active)
+    if status == JobStatus.succeeded:
+        return and_(~cancelled, ~active, ~unsuccessful)
+    if status == JobStatus.failed:
+        return and_(~cancelled, ~active, unsuccessful)
+    raise ValueError(f"not a study status: {status}")
+
+
+def list_studies(
+    session: Session, *, tenant: str | None, status: str | None, kind: str | None, limit: int, cursor: str | None
+) -> tuple[list[Study], str | None]:
+    """A page of studies newest first (tenant None: every tenant's): a range of ``ix_studies_tenant_created`` (or
+    ``..._kind_created``). A status filter is a condition on the study's row and on whether it has an active, a
+    started and a failed or cancelled child (``_has_child``)."""
+    q = select(Study).options(defer(Study.request))
+    if tenant is not None:
+        q = q.where(Study.tenant == tenant)
+    if kind:
+        q = q.where(Study.kind == kind)
+    if status:
+        q = q.where(_status_is(status))
+    rows = session.scalars(paging.newest_first(q, Study.created_at, Study.id, limit, cursor)).all()
+    return paging.page(rows, limit)
+
+
+def children_by_status(session: Session, study_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, tuple[int, float]]]:
+    """Per study, per status of its children: (how many, their summed progress); one grouped read for a page."""
+    out: dict[uuid.UUID, dict[str, tuple[int, float]]] = {sid: {} for sid in study_ids}
+    rows = session.execute(
+        select(StudyJob.study_id, Job.status, func.count(), func.sum(Job.progress))
+        .join(Job, Job.id == StudyJob.job_id)
+        .where(StudyJob.study_id.in_(study_ids))
+        .group_by(StudyJob.study_id, Job.status)
+    ).all()
+    for study_id, status, n, progress in rows:
+        out[study_id][status] = (n, float(progress or 0.0))
+    return out

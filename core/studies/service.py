@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
 from core.db.tables import Study, utcnow
-from core.errors import Invalid, NotFound
+from core.errors import Invalid, Malformed, NotFound
 from core.jobs import admission
 from core.jobs import repository as jobs
 from core.jobs.service import Publisher, publish_new
@@ -175,3 +176,42 @@ def cancel(session: Session, who: Principal, study_id: uuid.UUID) -> Study:
     cancelled = studies.get_study(session, study.id)
     assert cancelled is not None  # found just above; cancelling keeps the row
     return cancelled
+
+
+# --- the list -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyBrief:
+    """A study as the list shows it: its row, and its state read from its children's counts (no comparison)."""
+
+    study: Study
+    status: stats.StudyStatus
+    progress: float
+    counts: dict[str, int]
+
+
+def list_studies(
+    session: Session, who: Principal, *, status: str | None, kind: str | None, limit: int, cursor: str | None
+) -> tuple[list[StudyBrief], str | None]:
+    """The studies the caller may see (an admin: every tenant's), newest first, a page at a time."""
+    try:
+        rows, nxt = studies.list_studies(
+            session, tenant=who.visible_tenant, status=status, kind=kind, limit=limit, cursor=cursor
+        )
+    except (ValueError, UnicodeDecodeError):
+        raise Malformed("cursor: not a cursor returned by this API") from None
+    children = studies.children_by_status(session, [s.id for s in rows])
+    briefs = []
+    for study in rows:
+        by_status = children[study.id]
+        counts = {s: n for s, (n, _) in by_status.items()}
+        briefs.append(
+            StudyBrief(
+                study,
+                stats.status_of_counts(counts, study.cancelled_at is not None),
+                stats.progress_of_counts(by_status),
+                counts,
+            )
+        )
+    return briefs, nxt

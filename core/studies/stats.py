@@ -14,12 +14,15 @@ import csv
 import io
 import itertools
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from scipy.stats import t as student_t
 
 ACTIVE = ("queued", "running")
+StudyStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -63,14 +66,20 @@ def expand(base: dict, grid: dict[str, list] | None, settings: list[dict] | None
     return out
 
 
-def status(children: list[Child], cancelled: bool) -> str:
+def status(children: list[Child], cancelled: bool) -> StudyStatus:
     """queued (nothing started) | running | cancelled | succeeded (every child) | failed (some did not succeed)."""
-    states = [c.status for c in children]
-    if any(s in ACTIVE for s in states):
-        return "queued" if all(s == "queued" for s in states) and not cancelled else "running"
+    return status_of_counts(Counter(c.status for c in children), cancelled)
+
+
+def status_of_counts(counts: Mapping[str, int], cancelled: bool) -> StudyStatus:
+    """``status`` from how many children are in each state (the study list reads counts, not children); the
+    same rule as ``core.studies.repository``'s status filter."""
+    states = {s for s, n in counts.items() if n}
+    if states & set(ACTIVE):
+        return "queued" if states == {"queued"} and not cancelled else "running"
     if cancelled:
         return "cancelled"
-    return "succeeded" if all(s == "succeeded" for s in states) else "failed"
+    return "succeeded" if states <= {"succeeded"} else "failed"
 
 
 def progress(children: list[Child]) -> float:
@@ -78,6 +87,14 @@ def progress(children: list[Child]) -> float:
     if not children:
         return 1.0
     return sum(1.0 if c.status not in ACTIVE else c.progress for c in children) / len(children)
+
+
+def progress_of_counts(by_status: Mapping[str, tuple[int, float]]) -> float:
+    """``progress`` from (how many, summed progress) of the children in each state."""
+    total = sum(n for n, _ in by_status.values())
+    if not total:
+        return 1.0
+    return sum(done if s in ACTIVE else n for s, (n, done) in by_status.items()) / total
 
 
 def mean_ci(values: list[float | None]) -> dict:

@@ -66,10 +66,9 @@ def client(stack, api):
 def cli(stack, client):
     runner = CliRunner()
 
-    def invoke(*args: str):
-        return runner.invoke(
-            client_cli, list(args), env={"GRADLAB_URL": stack.api_url, "GRADLAB_API_KEY": "", "COLUMNS": "200"}
-        )
+    def invoke(*args: str, env: dict[str, str] | None = None):
+        base = {"GRADLAB_URL": stack.api_url, "GRADLAB_API_KEY": "", "COLUMNS": "200"}
+        return runner.invoke(client_cli, list(args), env={**base, **(env or {})})
 
     return invoke
 
@@ -115,24 +114,34 @@ def all_metric_rows(api, job_id):
     ]
 
 
+def titles(output: str) -> set[str]:
+    """The lines that are a single word: the tables' titles among them."""
+    return {line.strip() for line in output.splitlines() if len(line.split()) == 1}
+
+
 # --- the CLI ---------------------------------------------------------------------------------------------------------
-def test_cli_submit_yaml_and_wait_prints_the_result_table(cli, client, tmp_path):
+def test_cli_submit_yaml_and_wait_prints_progress_then_the_summary(cli, client, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(FAST))
     res = cli("submit", str(spec), "--wait")
     assert res.exit_code == 0, res.output
     job_id = UUID.search(res.output).group(0)
     assert "succeeded" in res.output
-    assert "dimensions" in res.output and "min_dimension" in res.output  # the records table of the result
-    summary = client.get(job_id).result["summary"]  # the job's JSON carries the kind's answer, printed first
+    summary = client.get(job_id).result["summary"]  # the job's JSON carries the kind's answer, printed at the end
     assert summary["verdict"]["outcome"] == "supports" and summary["headline"].startswith("n > 8.33·ln N")
-    assert (
-        res.output.index("verdict: supports (elbow_over_formula")
-        < res.output.index("Comparison")
-        < res.output.index("min_dimension")
-    )
+    assert res.output.index("verdict: supports (elbow_over_formula") < res.output.index("Comparison")
     assert "100,000" in res.output  # numbers are formatted
-    assert client.get(job_id).succeeded
+    # progress is a line now and then (not a terminal here): one per state and tenth of the way at most
+    progress = [line for line in res.output.splitlines() if line.startswith(("queued ", "running ", "succeeded "))]
+    assert 2 <= len(progress) <= 1 + 11 + 1, progress
+    # the summary, not the whole result: its tables are behind --full
+    assert "dimensions" not in titles(res.output) and f"gradlab show {job_id} --full" in res.output
+    full = cli("submit", str(spec), "--wait", "--full")
+    assert full.exit_code == 0 and {"Result", "dimensions"} <= titles(full.output)
+    assert len(full.output.splitlines()) > len(res.output.splitlines()) + 10
+    shown = cli("show", job_id, "--full")
+    assert shown.exit_code == 0 and {"Result", "dimensions"} <= titles(shown.output)
+    assert json.loads(cli("show", job_id, "--json").output)["result"] == client.get(job_id).result
 
 
 def test_cli_exit_codes(cli, client, tmp_path):
@@ -193,7 +202,7 @@ def test_cli_artifacts_kinds_and_datasets(cli, client, finished, tmp_path):
         assert hashlib.sha256(data).hexdigest() == a.sha256 and len(data) == a.size
     assert "sweep.png" in cli("artifacts", finished.id).output
     res = cli("show", finished.id)
-    assert res.exit_code == 0 and "min_dimension" in res.output and "sweep.png" in res.output
+    assert res.exit_code == 0 and "Key figures" in res.output and "sweep.png" in res.output
 
     res = cli("kinds")
     assert res.exit_code == 0 and "embedding_dim" in res.output and "init_averaging" in res.output
@@ -220,10 +229,12 @@ def test_cli_upload_resumes_where_an_interrupted_run_stopped(cli, client, tmp_pa
     # a run that was interrupted after its first chunk: the server holds some bytes, the state file the id
     up = client.start_upload(data.name, size, hashlib.sha256(data.read_bytes()).hexdigest(), "label")
     client.append_chunk(up["id"], 0, data.read_bytes()[: size // 3])
-    dataset_cli._remember(dataset_cli._file_key(client, data), up["id"])
+    earlier = dataset_cli.Earlier(up["id"], up["dataset_id"], size, data.stat().st_mtime_ns)
+    dataset_cli._remember(dataset_cli._file_key(client, data), earlier)
 
     res = cli("datasets", "upload", str(data), "--label-column", "label", "--chunk-mib", "1")
     assert res.exit_code == 0, res.output
+    assert f"dataset {up['dataset_id']}: resuming upload {up['id']}" in res.output
     assert UUID.search(res.output).group(0) == up["dataset_id"]  # the same upload, finished
     ds = client.dataset(up["dataset_id"])
     assert (ds.status, ds.rows, ds.columns, ds.has_labels) == ("ready", 200_000, 2, True)
@@ -235,6 +246,19 @@ def test_cli_upload_resumes_where_an_interrupted_run_stopped(cli, client, tmp_pa
     bad.write_text("a,b\n1,x\n2,3\n")
     res = cli("datasets", "upload", str(bad))
     assert res.exit_code == 1 and "rejected: file: " in res.output and "invalid value 'x'" in res.output
+
+
+def test_cli_tables_fit_80_columns_and_cut_no_value(cli, client, finished):
+    narrow = {"COLUMNS": "80"}
+    res = cli("jobs", "--limit", "5", env=narrow)
+    assert res.exit_code == 0 and all(len(line) <= 80 for line in res.output.splitlines()), res.output
+    assert finished.id in res.output  # an id is never cut to "3f2a9c1e-1…"
+    assert "…" not in res.output
+    res = cli("show", finished.id, "--full", env=narrow)
+    assert res.exit_code == 0 and all(len(line) <= 80 for line in res.output.splitlines()), res.output
+    assert "100,000" in res.output.split() and "dimensions" in titles(res.output)  # whole numbers, not "100,0…"
+    res = cli("jobs", "--limit", "2", "--json")
+    assert [j["id"] for j in json.loads(res.output)] == [j.id for j in client.list(limit=2)]
 
 
 # --- the Python client -----------------------------------------------------------------------------------------------

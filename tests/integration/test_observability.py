@@ -271,7 +271,7 @@ def test_queue_position_and_eta_of_five_jobs_behind_one_worker(api, workers, db,
         check=False,
     )
     assert cli.returncode == 1, cli.stdout + cli.stderr
-    assert "6th in the cpu queue" in cli.stdout, cli.stdout
+    assert "6th in the cpu queue" in cli.stderr, cli.stderr  # progress goes to stderr, the outcome to stdout
 
     for job_id in [*queued, long_job]:
         api.post(f"/v1/jobs/{job_id}/cancel")
