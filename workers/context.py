@@ -193,9 +193,10 @@ class DbRunContext:
         blobs = blob_store(self.settings)
         cache = self.settings.data_dir / "model-cache" / model_id
         paths = {}
-        for f in row.files or []:
-            key = model_file_key(row.id, f["name"])
-            paths[f["name"]] = blobs.local_path(key) or _cached(blobs, key, cache / f["name"])
+        for name in (f["name"] for f in row.files or []):
+            if name.lower().endswith((".safetensors", ".pt2")):  # the config is the row's; the index was checked
+                key = model_file_key(row.id, name)
+                paths[name] = blobs.local_path(key) or _cached(blobs, key, cache / name)
         return ModelFiles(
             model_id=model_id,
             format=row.format,

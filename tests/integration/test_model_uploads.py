@@ -99,10 +99,10 @@ def refused(resp: httpx.Response, status: int, field: str, words: str) -> dict:
 # --- checkpoints --------------------------------------------------------------------------------------------------
 
 
-def llama_tensors(dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Every tensor of the tiny Llama, drawn with a spread (0.5) that no initialisation of the model uses."""
+def llama_tensors(dtype: torch.dtype, seed: int = 0, config: dict = TINY_LLAMA) -> dict[str, torch.Tensor]:
+    """Every tensor of a Llama, drawn with a spread (0.5) that no initialisation of the model uses."""
     gen = torch.Generator().manual_seed(seed)
-    shapes = {n: p.shape for n, p in hf_model(TINY_LLAMA).state_dict().items()}
+    shapes = {n: p.shape for n, p in hf_model(config).state_dict().items()}
     return {n: (0.5 * torch.randn(shape, generator=gen)).to(dtype) for n, shape in shapes.items()}
 
 
@@ -111,7 +111,13 @@ def write_config(folder: Path, config: dict) -> Path:
     return folder / "config.json"
 
 
-def sharded(folder: Path, tensors: dict[str, torch.Tensor], n: int = 3, weight_map: dict | None = None) -> list[Path]:
+def sharded(
+    folder: Path,
+    tensors: dict[str, torch.Tensor],
+    n: int = 3,
+    weight_map: dict | None = None,
+    config: dict = TINY_LLAMA,
+) -> list[Path]:
     """config.json, model.safetensors.index.json and ``n`` shards holding ``tensors`` round-robin."""
     folder.mkdir(parents=True, exist_ok=True)
     names = sorted(tensors)
@@ -123,7 +129,7 @@ def sharded(folder: Path, tensors: dict[str, torch.Tensor], n: int = 3, weight_m
     index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())}}
     (folder / "model.safetensors.index.json").write_text(json.dumps({**index, "weight_map": mapping}))
     return [
-        write_config(folder, TINY_LLAMA),
+        write_config(folder, config),
         folder / "model.safetensors.index.json",
         *(folder / s for s in shard_names),
     ]
@@ -467,6 +473,7 @@ def test_the_one_shot_500s_of_issue_27_are_422s_that_store_nothing(keys, stack, 
         ({"config": config[:-1] + b"," + deep + b"}"}, "config", "nested 30001 deep"),
         ({"config": config[:-1] + f', "x": {digits}}}'.encode()}, "config", "5000 digits"),
         ({"config": config[:-1] + b', "rope_theta": NaN}'}, "config", "NaN is not a JSON number"),
+        ({"config": config[:-1] + b', "rope_theta": NaN}', "weights": weights}, "config", "NaN"),  # left a blob
         ({"config": config[:-1] + b', "rope_theta": 1e999}'}, "config", "beyond the range"),
         ({"config": config, "weights": with_header(b"{" + deep + b"," + header[1:])}, "weights", "nested 30001 deep"),
         (
