@@ -11,10 +11,12 @@ import os
 import subprocess
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -616,3 +618,37 @@ def test_the_cli_uploads_a_checkpoint_directory_resumes_after_ctrl_c_and_lists_s
     with pytest.raises(ApiError) as missing:
         client.model(held["model_id"])
     assert missing.value.status == 404
+
+
+def test_an_abandoned_upload_is_swept_with_its_bytes(alice, worker, stack, blobs, tmp_path):
+    """The worker's sweeper removes an upload past its expiry: the row, then its partial objects."""
+    tensors = llama_tensors(torch.float32)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    files = [write_config(tmp_path, TINY_LLAMA), tmp_path / "model.safetensors"]
+    up = start(alice, files)
+    send_all(alice, up, files[:1])
+    assert any(up["id"] in f for f in stored_files(blobs))
+    engine = make_engine(stack.env["GRADLAB_DATABASE_URL"])
+    with engine.begin() as conn:  # as if its last chunk came a day ago
+        conn.execute(
+            sa.text("UPDATE model_uploads SET expires_at = :past WHERE id = :id"),
+            {"past": datetime.now(UTC) - timedelta(seconds=1), "id": uuid.UUID(up["id"])},
+        )
+    engine.dispose()
+    deadline = time.monotonic() + 30
+    while alice.get(f"/v1/models/uploads/{up['id']}").status_code != 404 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert_nothing_kept(alice, blobs, up)
+
+
+def test_a_bfloat16_run_is_budgeted_at_two_bytes_a_parameter(alice):
+    """2.6e9 parameters: weights and gradients take 19.6 GiB in float32, over a 16 GiB 'gpu' worker, and 9.8 GiB in
+    bfloat16, which fits with what autograd saves (no gpu worker takes the job here; it is cancelled)."""
+    big = {**TINY_GPT2, "n_embd": 4096, "n_head": 32, "n_layer": 12, "vocab_size": 50_000, "n_positions": 1024}
+    params = {"model": {"source": "hf_config", "config": big}, "means": ["arithmetic"], "batch": 1, "seq_len": 16}
+    job = {"kind": "init_averaging", "params": params, "device": "cuda"}
+    refused(alice.post("/v1/jobs", json=job), 422, "params.model", "of a 'gpu' worker")
+    params["model"]["dtype"] = "bfloat16"
+    queued = alice.post("/v1/jobs", json=job)
+    assert queued.status_code == 201, queued.text
+    assert alice.post(f"/v1/jobs/{queued.json()['id']}/cancel").status_code == 200
