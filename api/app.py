@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_caps={
             "/v1/datasets": settings.max_upload_bytes,
             "/v1/models": settings.max_model_upload_bytes,
+            "/v1/models/uploads/[^/]+/files/[^/]+": settings.max_upload_chunk_bytes,
             "/v1/datasets/uploads/[^/]+": settings.max_upload_chunk_bytes,
             "/v1/datasets/uploads/[^/]+/tokenizer": settings.max_tokenizer_bytes,
         },

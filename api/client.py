@@ -18,6 +18,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -102,6 +103,17 @@ def _blocks(fh, length: int, start: int, size: int, on_progress) -> Iterator[byt
         yield block
         if on_progress is not None:
             on_progress(start + sent, size)
+
+
+def _header_bytes(fh, name: str, size: int) -> int:
+    """What the first chunk of a .safetensors file must hold: its length prefix and whole header (the server checks
+    the header before it stores any data)."""
+    if not name.lower().endswith(".safetensors"):
+        return 0
+    fh.seek(0)
+    head = fh.read(8)
+    length = int.from_bytes(head, "little") if len(head) == 8 else 0
+    return 8 + length if length <= size - 8 else 0
 
 
 def _known(cls, data: Mapping) -> dict:
@@ -210,6 +222,34 @@ class Dataset:
 
     @classmethod
     def from_json(cls, data: Mapping) -> Dataset:
+        return cls(**{**_known(cls, data), "created_at": _time(data["created_at"])})
+
+
+@dataclass(frozen=True)
+class Model:
+    """A stored model; ``use_as`` is the spec a job names it by. ``config`` and ``layers`` (a config model) or
+    ``exported`` (inputs, outputs, parameters, operators of a .pt2) come with ``Client.model``."""
+
+    id: str
+    source: str
+    filename: str
+    format: str
+    n_params: int
+    n_tensors: int
+    has_weights: bool
+    created_at: datetime
+    use_as: dict[str, Any]
+    model_type: str | None = None
+    task: str | None = None
+    weights_size: int | None = None
+    weights_sha256: str | None = None
+    files: list[dict[str, Any]] | None = None
+    config: dict[str, Any] | None = None
+    layers: list[dict[str, Any]] | None = None
+    exported: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Model:
         return cls(**{**_known(cls, data), "created_at": _time(data["created_at"])})
 
 
@@ -564,6 +604,136 @@ class Client:
                     upload_id, offset, _blocks(fh, min(chunk_bytes, size - offset), offset, size, on_progress)
                 )
         return self.complete_upload(upload_id)
+
+    # --- models -----------------------------------------------------------------------------------------------
+    def upload_model(
+        self,
+        config: str | os.PathLike | None = None,
+        weights: str | os.PathLike | None = None,
+        program: str | os.PathLike | None = None,
+    ) -> Model:
+        """A small model in one request (at most the server's GRADLAB_MAX_MODEL_UPLOAD_BYTES), checked before the
+        answer: ``config`` (config.json) with optional ``weights`` (one .safetensors), or ``program`` (a .pt2).
+        Large or sharded ones: ``upload_model_resumable``."""
+        parts = {"config": config, "weights": weights, "program": program}
+        with ExitStack() as files:
+            sent = {
+                field: (Path(path).name, files.enter_context(Path(path).open("rb")), "application/octet-stream")
+                for field, path in parts.items()
+                if path is not None
+            }
+            return Model.from_json(self._request("POST", "/v1/models", files=sent).json())
+
+    def models(
+        self, source: str | None = None, format: str | None = None, limit: int | None = None, page_size: int = 100
+    ) -> Iterator[Model]:
+        """The tenant's models newest first, page by page; at most ``limit`` (None: all). ``source``: uploaded or
+        exported; ``format``: config, safetensors, sharded or exported."""
+        for item in self._pages("/v1/models", {"source": source, "format": format}, limit, page_size):
+            yield Model.from_json(item)
+
+    def _pages(self, path: str, filters: dict[str, Any], limit: int | None, page_size: int) -> Iterator[dict]:
+        """The items of a newest-first list, following ``next_cursor``; at most ``limit`` (None: all)."""
+        cursor, seen = None, 0
+        while limit is None or seen < limit:
+            size = min(page_size, 500) if limit is None else min(page_size, 500, limit - seen)
+            query = {k: v for k, v in {**filters, "limit": size, "cursor": cursor}.items() if v is not None}
+            page = self._request("GET", path, params=query).json()
+            for item in page["items"]:
+                seen += 1
+                yield item
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def model(self, model_id: str) -> Model:
+        return Model.from_json(self._request("GET", f"/v1/models/{model_id}").json())
+
+    def delete_model(self, model_id: str) -> None:
+        """Delete a model and its bytes; an ApiError 409 while a queued or running job uses it."""
+        self._request("DELETE", f"/v1/models/{model_id}")
+
+    def start_model_upload(self, files: Iterable[tuple[str, int]]) -> dict:
+        """Declare the (name, size) files of one model; the answer has the upload's ``id``, ``model_id`` and each
+        file's ``offset`` (0)."""
+        body = {"files": [{"name": name, "size": size} for name, size in files]}
+        return self._request("POST", "/v1/models/uploads", json=body).json()
+
+    def model_upload(self, upload_id: str) -> dict:
+        """The upload as the server holds it: each file's ``offset`` (bytes received), where to resume."""
+        return self._request("GET", f"/v1/models/uploads/{upload_id}").json()
+
+    def append_model_chunk(self, upload_id: str, name: str, offset: int, chunk: bytes | Iterable[bytes]) -> int:
+        """Send bytes of one file starting at ``offset``; returns its new offset."""
+        resp = self._request(
+            "PATCH",
+            f"/v1/models/uploads/{upload_id}/files/{name}",
+            content=chunk,
+            headers={"Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"},
+        )
+        return int(resp.json()["offset"])
+
+    def complete_model_upload(self, upload_id: str) -> Model:
+        """All bytes sent: the server checks the model and stores it (or refuses it, ApiError 422)."""
+        return Model.from_json(self._request("POST", f"/v1/models/uploads/{upload_id}/complete").json())
+
+    def upload_model_resumable(
+        self,
+        paths: Iterable[str | os.PathLike],
+        upload_id: str | None = None,
+        chunk_bytes: int = 64 * 1024 * 1024,
+        on_progress: Callable[[int, int], None] | None = None,
+        on_started: Callable[[dict], None] | None = None,
+    ) -> Model:
+        """Upload the files of one model (config.json with model.safetensors, or with a sharded checkpoint's index
+        and shards; or one .pt2) in chunks, resuming upload ``upload_id`` where the server left it when given (else
+        a new one, announced through ``on_started`` with the server's answer); ``on_progress(sent, total)`` after
+        each block. Returns the stored model."""
+        files = {Path(p).name: Path(p) for p in paths}
+        sizes = {name: path.stat().st_size for name, path in files.items()}
+        if upload_id is None:
+            started = self.start_model_upload(sizes.items())
+            if on_started is not None:
+                on_started(started)
+        else:
+            started = self.model_upload(upload_id)
+            if {(f["name"], f["size"]) for f in started["files"]} != set(sizes.items()):
+                raise ValueError(f"upload {upload_id} was declared with other files or sizes than these")
+        upload_id, model_id = started["id"], started["model_id"]
+        chunk_bytes = max(min(chunk_bytes, started["max_chunk_bytes"]), started["min_chunk_bytes"])
+        offsets = {f["name"]: f["offset"] for f in started["files"]}
+        total, before = sum(sizes.values()), 0
+        for name, path in files.items():
+            self._send_file(upload_id, name, path, offsets[name], before, total, chunk_bytes, on_progress)
+            before += sizes[name]
+        try:
+            return self.complete_model_upload(upload_id)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            return self.model(model_id)  # completed by an earlier call whose answer was lost
+
+    def _send_file(
+        self,
+        upload_id: str,
+        name: str,
+        path: Path,
+        offset: int,
+        before: int,
+        total: int,
+        chunk_bytes: int,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> None:
+        size = path.stat().st_size
+        if on_progress is not None:
+            on_progress(before + offset, total)
+        with path.open("rb") as fh:
+            while offset < size:
+                room = max(chunk_bytes, _header_bytes(fh, name, size)) if offset == 0 else chunk_bytes
+                fh.seek(offset)
+                offset = self.append_model_chunk(
+                    upload_id, name, offset, _blocks(fh, min(room, size - offset), before + offset, total, on_progress)
+                )
 
     # --- studies ----------------------------------------------------------------------------------------------
     def submit_study(self, spec: Mapping[str, Any], idempotency_key: str | None = None) -> dict:

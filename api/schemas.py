@@ -252,29 +252,42 @@ class ModelLayer(BaseModel):
     shape: list[int]
 
 
+class ModelFile(BaseModel):
+    name: str
+    size: int
+
+
 class ModelOut(BaseModel):
-    """An uploaded model; ``config`` and ``layers`` only on ``GET /v1/models/{id}`` and the upload's answer."""
+    """A stored model. ``source`` is how a job names it (``use_as``): ``uploaded`` (a config, with safetensors
+    weights in one file or sharded) or ``exported`` (a .pt2). Only on ``GET /v1/models/{id}`` and the upload's
+    answer: ``config`` and ``layers`` of a config model, ``exported`` (inputs, outputs, parameters, buffers,
+    constants, operators) of an exported one."""
 
     id: UUID
+    source: Literal["uploaded", "exported"]
     filename: str
-    format: str
-    model_type: str
-    task: str
+    format: Literal["config", "safetensors", "sharded", "exported"]
+    model_type: str | None = None
+    task: str | None = None
     n_params: int
     n_tensors: int
     has_weights: bool
     weights_size: int | None = None
     weights_sha256: str | None = None
+    files: list[ModelFile] | None = None
     created_at: datetime
     use_as: dict[str, Any]
     config: dict[str, Any] | None = None
     layers: list[ModelLayer] | None = None
+    exported: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, row, detail: bool = False) -> ModelOut:
         summary = row.summary
+        source = "exported" if row.format == "exported" else "uploaded"
         return cls(
             id=row.id,
+            source=source,
             filename=row.filename,
             format=row.format,
             model_type=row.model_type,
@@ -284,8 +297,51 @@ class ModelOut(BaseModel):
             has_weights=row.weights_size is not None,
             weights_size=row.weights_size,
             weights_sha256=row.weights_sha256,
+            files=row.files,
             created_at=row.created_at,
-            use_as={"source": "uploaded", "id": str(row.id)},
+            use_as={"source": source, "id": str(row.id)},
             config=row.config if detail else None,
-            layers=summary["layers"] if detail else None,
+            layers=summary.get("layers") if detail else None,
+            exported=summary.get("exported") if detail else None,
         )
+
+
+class ModelPage(BaseModel):
+    items: list[ModelOut]
+    next_cursor: str | None
+
+
+class ModelFileIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255, description="config.json, *.safetensors, the index, or *.pt2")
+    size: StrictInt = Field(ge=1, description="bytes of the whole file")
+
+
+class ModelUploadStart(BaseModel):
+    """``POST /v1/models/uploads``: the files of one model. ``config.json`` with ``model.safetensors``; or
+    ``config.json``, ``model.safetensors.index.json`` and every shard the index names; or one ``.pt2``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    files: list[ModelFileIn] = Field(min_length=1, max_length=1024)
+
+
+class ModelUploadFile(BaseModel):
+    name: str
+    size: int
+    offset: int
+
+
+class ModelUploadOut(BaseModel):
+    """A resumable model upload: send each file's chunks with ``PATCH .../files/{name}`` at ``Upload-Offset`` =
+    its ``offset``, then ``complete``; the model it makes is ``model_id``."""
+
+    id: UUID
+    model_id: UUID
+    status: Literal["uploading", "checking"]
+    format: str
+    files: list[ModelUploadFile]
+    expires_at: datetime
+    max_chunk_bytes: int
+    min_chunk_bytes: int

@@ -125,7 +125,14 @@ class Settings(BaseSettings):
     )
     max_artifact_bytes: int = 64 * 1024 * 1024
     max_timeout_s: int = 24 * 3600
-    max_model_upload_bytes: int = Field(default=256 * 1024 * 1024, description="config + safetensors of one model")
+    max_model_upload_bytes: int = Field(
+        default=256 * 1024 * 1024, description="Cap on a model sent in one request (POST /v1/models)."
+    )
+    max_model_bytes: int = Field(
+        default=256 * 1024**3,
+        gt=0,
+        description="Cap on a resumable model upload: all its files as declared (POST /v1/models/uploads).",
+    )
     cpu_worker_memory_gib: float = Field(default=8.0, gt=0, description="memory a job may use on a 'cpu' worker")
     gpu_worker_memory_gib: float = Field(default=16.0, gt=0, description="GPU memory a job may use on a 'gpu' worker")
     inspect_timeout_s: float = Field(default=120.0, gt=0, description="limit of one meta-device model inspection")

@@ -29,13 +29,14 @@ import torch
 from sqlalchemy.orm import sessionmaker
 
 from core.blobs import blob_store
-from core.blobs.layout import artifact_key, dataset_file_key
-from core.blobs.store import BlobStore, read_blob
+from core.blobs.layout import artifact_key, dataset_file_key, model_file_key
+from core.blobs.store import BlobStore
 from core.data.loader import DatasetView, open_dataset
 from core.datasets import repository as datasets
 from core.jobs import repository as jobs
 from core.jobs.states import JobStatus
 from core.networks import repository as networks
+from core.networks.stored import ModelFiles, archive_limits
 from core.settings import Settings
 from core.techniques.base import ForeignResource, JobCancelled, JobTimedOut
 from workers.retry import retrying
@@ -175,19 +176,35 @@ class DbRunContext:
         }
         return open_dataset(files, meta)
 
-    def load_model(self, model_id: str) -> tuple[dict, bytes | None]:
+    def load_model(self, model_id: str) -> ModelFiles:
+        """A stored model of the job's tenant: its config and its files on local disk, opened in place by the
+        loaders (memory-mapped): the directory store's own files, or copies cached under the data dir when the
+        store is S3."""
+
         def read():
             with self.sessions() as s:
-                meta = networks.model_meta(s, uuid.UUID(model_id))
-                return None if meta is None else (meta.tenant, meta.config, meta.weights_location)
+                return networks.model_meta(s, uuid.UUID(model_id))
 
-        found = retrying(read)
-        if found is None:
+        row = retrying(read)
+        if row is None:
             raise LookupError(f"model {model_id} not found")
-        tenant, config, key = found
-        if tenant != self.tenant:
+        if row.tenant != self.tenant:
             raise ForeignResource(f"model {model_id} is not a model of tenant {self.tenant}; the job may not load it")
-        return config, None if key is None else read_blob(blob_store(self.settings), key)
+        blobs = blob_store(self.settings)
+        cache = self.settings.data_dir / "model-cache" / model_id
+        paths = {}
+        for name in (f["name"] for f in row.files or []):
+            if name.lower().endswith((".safetensors", ".pt2")):  # the config is the row's; the index was checked
+                key = model_file_key(row.id, name)
+                paths[name] = blobs.local_path(key) or _cached(blobs, key, cache / name)
+        return ModelFiles(
+            model_id=model_id,
+            format=row.format,
+            config=row.config,
+            weights=tuple(p for name, p in paths.items() if name.lower().endswith(".safetensors")),
+            archive=next((p for name, p in paths.items() if name.lower().endswith(".pt2")), None),
+            limits=archive_limits(self.settings.max_model_bytes),
+        )
 
     def check_resources(self, dataset_ids: list[str], model_ids: list[str]) -> None:
         """``ForeignResource`` when any of these uploaded datasets or models is another tenant's (read before the

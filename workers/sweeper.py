@@ -6,16 +6,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from datetime import datetime, timedelta
 
 from celery import Celery
 from sqlalchemy.orm import sessionmaker
 
 from core.blobs import DirectoryStore, blob_store
-from core.blobs.layout import dataset_prefix, upload_partial_key
+from core.blobs.layout import dataset_prefix, model_prefix, model_upload_prefix, upload_partial_key
 from core.datasets import repository as datasets
 from core.db.tables import utcnow
 from core.jobs import repository as jobs
+from core.networks import repository as networks
 from core.settings import Settings
 from workers.publish import VALIDATE_DATASET_TASK, VALIDATION_QUEUE, publish
 from workers.telemetry import record_sweep
@@ -60,6 +62,7 @@ def sweep_once(sessions: sessionmaker, settings: Settings, app: Celery) -> jobs.
     if outcome.retried or outcome.failed:
         log.warning("sweeper: re-queued %s, failed %s", outcome.retried, outcome.failed)
     sweep_datasets(sessions, settings, app)
+    sweep_model_uploads(sessions, settings)
     return outcome
 
 
@@ -87,6 +90,19 @@ def sweep_datasets(sessions: sessionmaker, settings: Settings, app: Celery) -> d
             [u for u, _ in outcome.expired],
         )
     return outcome
+
+
+def sweep_model_uploads(sessions: sessionmaker, settings: Settings) -> list[uuid.UUID]:
+    """Model uploads that got no chunk before their expiry: rows, then every byte they named."""
+    with sessions() as s:
+        expired = networks.expired_uploads(s, utcnow())
+    blobs = blob_store(settings)
+    for upload_id, model_id in expired:
+        blobs.delete_prefix(model_upload_prefix(upload_id))
+        blobs.delete_prefix(model_prefix(model_id))
+    if expired:
+        log.warning("sweeper: model uploads expired %s", [u for u, _ in expired])
+    return [u for u, _ in expired]
 
 
 TEMPORARIES_EVERY_S = 600.0  # a walk of the whole directory store: rarely

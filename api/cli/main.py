@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from api.cli.jobs import register as register_client_commands
+from api.cli.models import models_cli
 from core import logs
 from core.settings import get_settings
 
@@ -137,6 +138,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path = typer.Option(
 
 keys_cli = typer.Typer(help="Create, list and revoke API keys (stored hashed).", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
+cli.add_typer(models_cli, name="models")
 
 
 def _sessions():

@@ -36,7 +36,26 @@ def upload_partial_key(upload_id: uuid.UUID | str) -> str:
 
 
 def model_weights_key(model_id: uuid.UUID | str) -> str:
-    return f"models/{model_id}/model.safetensors"
+    """A model's single safetensors file (as migration 0007 placed it; ``model_file_key`` of that name)."""
+    return model_file_key(model_id, "model.safetensors")
+
+
+def model_prefix(model_id: uuid.UUID | str) -> str:
+    """Every file of one stored model: its safetensors file or shards, or its .pt2."""
+    return f"models/{model_id}/"
+
+
+def model_file_key(model_id: uuid.UUID | str, name: str) -> str:
+    return f"{model_prefix(model_id)}{quote(name, safe='._-')}"
+
+
+def model_upload_prefix(upload_id: uuid.UUID | str) -> str:
+    """The partial objects of a resumable model upload, one per file."""
+    return f"uploads/models/{upload_id}/"
+
+
+def model_upload_partial_key(upload_id: uuid.UUID | str, index: int) -> str:
+    return f"{model_upload_prefix(upload_id)}{int(index)}"
 
 
 def job_artifacts_prefix(job_id: uuid.UUID | str) -> str:

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from core.data.builtin import BUILTIN_DATASETS, load_builtin
 from core.data.loader import ArraysView, DatasetView, as_view
-from core.networks.spec import HFConfigModel, UploadedModel
+from core.networks.spec import NAMES_MODELS
 
 
 def load_dataset(ref: str | UUID, ctx, accepts: tuple[str, ...] = ("arrays",)) -> DatasetView:
@@ -37,7 +37,7 @@ def uploaded_dataset_ids(params: BaseModel) -> list[str]:
     found: list[str] = []
 
     def walk(value) -> None:
-        if isinstance(value, (HFConfigModel, UploadedModel)):  # their UUIDs name models, not datasets
+        if isinstance(value, NAMES_MODELS):  # their UUIDs name models, not datasets
             return
         if isinstance(value, UUID):
             found.append(str(value))

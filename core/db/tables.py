@@ -247,7 +247,8 @@ class ApiKey(Base):
 
 
 class StoredModel(Base):
-    """An uploaded model: its config (JSON), its inspected summary, and where its safetensors weights are, when sent."""
+    """A stored model: a Hugging Face config (JSON) with its safetensors weights when sent (one file, or the shards
+    of a sharded checkpoint), or a ``torch.export`` program (.pt2); its inspected summary; where its files are."""
 
     __tablename__ = "models"
     __table_args__ = (Index("ix_models_tenant_created", "tenant", "created_at"),)
@@ -255,16 +256,37 @@ class StoredModel(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     tenant: Mapped[str] = mapped_column(String(64))
     filename: Mapped[str] = mapped_column(String(255))
-    format: Mapped[str] = mapped_column(String(16))
-    model_type: Mapped[str] = mapped_column(String(64))
-    task: Mapped[str] = mapped_column(String(16))
-    config: Mapped[dict] = mapped_column(JSON)
+    format: Mapped[str] = mapped_column(String(16))  # config | safetensors | sharded | exported
+    model_type: Mapped[str | None] = mapped_column(String(64))  # a config's model_type; None for exported
+    task: Mapped[str | None] = mapped_column(String(16))
+    config: Mapped[dict | None] = mapped_column(JSON)  # None for exported
     n_params: Mapped[int] = mapped_column(BigInteger)
     summary: Mapped[dict] = mapped_column(JSON)
-    weights_location: Mapped[str | None] = mapped_column(String(512))  # blob key of the safetensors, when sent
-    weights_size: Mapped[int | None] = mapped_column(BigInteger)
-    weights_sha256: Mapped[str | None] = mapped_column(String(64))
+    # the blob key of the file a loader opens first (the safetensors file, the checkpoint's index or the .pt2)
+    weights_location: Mapped[str | None] = mapped_column(String(512))
+    weights_size: Mapped[int | None] = mapped_column(BigInteger)  # all files together
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))  # of a single file sent in one request
+    files: Mapped[list | None] = mapped_column(JSON)  # [{name, size}] of every stored file (model_file_key)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ModelUpload(Base):
+    """A resumable model upload in progress: the files the client declared. The bytes received so far are the
+    store's partial objects (one per file); ``model_id`` names the model, and the blobs under its prefix, that
+    completing makes, so that every stored byte is named by a row."""
+
+    __tablename__ = "model_uploads"
+    __table_args__ = (Index("ix_model_uploads_expires", "expires_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    model_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    format: Mapped[str] = mapped_column(String(16))
+    files: Mapped[list] = mapped_column(JSON)  # [{name, size}] as declared
+    status: Mapped[str] = mapped_column(String(16), default="uploading")  # uploading | checking
+    checking_since: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when a completing request claimed it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Study(Base):

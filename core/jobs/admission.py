@@ -2,8 +2,9 @@
 child (``POST /v1/studies``): one path, so a study can never skip a check a job gets.
 
 - every uploaded dataset it names is its tenant's, ``ready``, and what the kind needs of it;
-- the model it names, and the weights an ``hf_config`` names, are uploaded models of its tenant, and the model builds
-  (on the ``meta`` device, in the inspector process) and fits the memory of its queue's worker;
+- the model it names, and the weights an ``hf_config`` names, are stored models of its tenant, and the model builds
+  (on the ``meta`` device, in the inspector process) and fits the memory of its queue's worker (in its run dtype);
+  an exported program is its tenant's and the kind takes one;
 - its tenant stays under its caps: queued plus running jobs, and submissions in the last ``RATE_WINDOW``.
 
 Resources are matched against the job's tenant, not the caller's rights: an admin key reads every tenant's rows,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel
@@ -27,11 +29,14 @@ from core.jobs.states import QUEUE_FOR_DEVICE
 from core.networks import repository as networks
 from core.networks.budget import estimate, refusal
 from core.networks.inspector import InspectionFailed, ModelRejected, inspect_model
-from core.networks.spec import BuiltinModel, HFConfigModel, UploadedModel
+from core.networks.spec import BuiltinModel, ExportedModel, HFConfigModel, UploadedModel
 from core.settings import Settings
 from core.techniques import specs
 
 RATE_WINDOW = timedelta(seconds=60)
+EXPORTED_KINDS: frozenset[str] = frozenset()
+"""Kinds whose run builds an exported program (``core.networks.resolve.load_exported``); every other kind refuses a
+``{"source": "exported"}`` model before it is queued."""
 
 
 def check_job(
@@ -47,24 +52,41 @@ def _model_refused(field: str, message: str) -> Invalid:
     return Invalid.of(field, message, "invalid_model")
 
 
+def _stored(session: Session, tenant: str, model_id: uuid.UUID, field: str, what: str):
+    """A stored model of ``tenant``; unknown ids, and other tenants', are refused alike."""
+    row = networks.model_meta(session, model_id)
+    if row is None or row.tenant != tenant:
+        raise _model_refused(field, f"{what}: model {model_id} not found")
+    return row
+
+
 def _buildable(session: Session, tenant: str, model, field: str) -> tuple[dict, list | None]:
-    """The spec as the inspector builds it (an uploaded model becomes its stored config), and the tensors of the
-    weights it names (None: its own initialisation). Unknown model ids, and other tenants', are refused alike."""
-
-    def stored(model_id: uuid.UUID, what: str):
-        row = networks.model_meta(session, model_id)
-        if row is None or row.tenant != tenant:
-            raise _model_refused(field, f"{what}: model {model_id} not found")
-        return row
-
+    """The spec as the inspector builds it, in float32 (a stored model becomes its config), and the tensors of the
+    weights it names (None: its own initialisation)."""
     if isinstance(model, UploadedModel):
-        return {"source": "hf_config", "config": stored(model.id, "id").config}, None
+        row = _stored(session, tenant, model.id, field, "id")
+        if row.config is None:
+            raise _model_refused(
+                field, f'id: model {model.id} is an exported program; name it as {{"source": "exported"}}'
+            )
+        return {"source": "hf_config", "config": row.config}, None
+    buildable = model.model_dump(mode="json", exclude={"weights", "dtype"})
     if isinstance(model, HFConfigModel) and model.weights is not None:
-        row = stored(model.weights, "weights")
-        if row.weights_size is None:
-            raise _model_refused(field, f"weights: model {model.weights} was uploaded without weights")
-        return model.model_dump(mode="json", exclude={"weights"}), row.summary["layers"]
-    return model.model_dump(mode="json", exclude={"weights"}), None
+        row = _stored(session, tenant, model.weights, field, "weights")
+        if row.format not in ("safetensors", "sharded"):
+            raise _model_refused(field, f"weights: model {model.weights} has no safetensors weights")
+        return buildable, row.summary["layers"]
+    return buildable, None
+
+
+def _check_exported(session: Session, tenant: str, kind: str, model: ExportedModel, field: str) -> None:
+    row = _stored(session, tenant, model.id, field, "id")
+    if row.format != "exported":
+        raise _model_refused(
+            field, f'id: model {model.id} is not an exported program; name it as {{"source": "uploaded"}}'
+        )
+    if kind not in EXPORTED_KINDS:
+        raise _model_refused(field, f"source: kind {kind} does not take an exported program")
 
 
 def _check_model(
@@ -73,6 +95,9 @@ def _check_model(
     """A job on a model is queued only when the model is its tenant's, builds, and its memory fits the queue's
     worker class."""
     model = getattr(params, "model", None)
+    if isinstance(model, ExportedModel):
+        _check_exported(session, tenant, kind, model, field)
+        return
     if not isinstance(model, (BuiltinModel, HFConfigModel, UploadedModel)):
         return
     buildable, weight_layers = _buildable(session, tenant, model, field)
@@ -94,6 +119,8 @@ def _check_model(
         assert isinstance(model, HFConfigModel)  # only an HF config names separate weights
         raise _model_refused(field, f"weights: the tensors of model {model.weights} do not match this config's")
     if workload is not None:
+        if getattr(model, "dtype", "float32") == "bfloat16":
+            workload = replace(workload, dtype_bytes=2)
         queue = QUEUE_FOR_DEVICE[device]
         why = refusal(
             estimate(summary["n_params"], summary["activation_bytes"], workload),

@@ -420,6 +420,12 @@ def status_of(session: Session, job_id: uuid.UUID) -> tuple[str, int] | None:
     return (row[0], row[1]) if row else None
 
 
+def active_params(session: Session, tenant: str) -> list[tuple[uuid.UUID, dict]]:
+    """(id, params) of the tenant's queued and running jobs: what they hold (at most its cap on active jobs)."""
+    rows = session.execute(select(Job.id, Job.params).where(Job.tenant == tenant, text(ACTIVE_WHERE))).all()
+    return [(r.id, r.params) for r in rows]
+
+
 def jobs_progress(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict]:
     """What event streams report of each job, {status, progress, message, attempt}, by job id, in one query (a job
     that does not exist is absent)."""

@@ -1,8 +1,10 @@
 """Networks: a model as a job parameter (the spec, pydantic, no torch), its build for workers (torch), and the
-uploaded models (``repository``, ``service``).
+stored models: sent in one request (``service``) or uploaded resumably (``uploads``), checked before their row is
+made (``intake``: ``strict_json``, ``safetensors_header``, ``checkpoint``, ``exported``), kept by ``repository``.
 
-``spec``, ``families``, ``checks``, ``budget``, ``safetensors_header``, ``inspector``, ``repository`` and ``service``
+``spec``, ``families``, ``checks``, ``budget``, ``safetensors_header``, ``strict_json``, ``checkpoint``,
+``inspector``, ``intake``, ``stored``, ``repository``, ``service``, ``uploads`` and ``exported`` (but its ``graph``)
 import no torch and no transformers: the API validates, checks, budgets and stores models with them. ``build``,
-``builtin``, ``meta_summary`` and ``analysis`` are the torch side, imported by workers, run modules and the
-inspector's child process.
+``builtin``, ``weights``, ``resolve``, ``meta_summary``, ``analysis`` and ``exported.graph`` are the torch side,
+imported by workers, run modules and the inspector's child process.
 """

@@ -7,7 +7,9 @@ the spec refused remote code); weights come only from safetensors.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, cast
 
 import torch
@@ -16,6 +18,7 @@ from torch import nn
 
 from core.networks import builtin
 from core.networks.spec import BuiltinModel, HFConfigModel
+from core.networks.weights import load_weights
 
 Task = Literal["classify", "causal_lm", "masked_lm"]
 MASK_EVERY = 7  # masked LM: one position in seven is masked (the mask token is the last id of the vocabulary)
@@ -104,13 +107,16 @@ def build(
     features: int | None = None,
     classes: int | None = None,
     device: torch.device | str = "cpu",
-    weights: bytes | None = None,
+    weights: Sequence[Path] | None = None,
 ) -> BuiltModel:
-    """The model, on ``device`` (``meta`` builds shapes only). ``weights``: safetensors bytes to load."""
+    """The model, on ``device`` (``meta`` builds shapes only), in the spec's run dtype. ``weights``: safetensors
+    files to load (memory-mapped, ``core.networks.weights``)."""
     with torch.device(device):
         built = _build_hf(spec) if isinstance(spec, HFConfigModel) else _build_builtin(spec, features, classes)
+    if isinstance(spec, HFConfigModel) and spec.dtype != "float32":
+        built.module.to(getattr(torch, spec.dtype))
     if weights is not None:
-        load_safetensors(built.module, weights)
+        load_weights(built.module, weights)
     return built
 
 
@@ -142,27 +148,6 @@ def _build_hf(spec: HFConfigModel) -> BuiltModel:
     module = auto.from_config(config, dtype=torch.float32)
     context = getattr(config, spec.family.context)
     return BuiltModel(module, task, config.vocab_size, context, hf=True)
-
-
-def load_safetensors(module: nn.Module, data: bytes) -> None:
-    """Load every tensor by name and shape; missing names may only be aliases of loaded ones (tied weights)."""
-    from safetensors.torch import load
-
-    tensors = load(data)
-    own = module.state_dict()
-    unexpected = sorted(set(tensors) - set(own))
-    if unexpected:
-        raise ValueError(f"weights: tensors the model does not have: {unexpected[:5]}")
-    for name, t in tensors.items():
-        if tuple(t.shape) != tuple(own[name].shape):
-            raise ValueError(f"weights: {name} has shape {tuple(t.shape)}, the model {tuple(own[name].shape)}")
-    distinct = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
-    missing = sorted((set(own) - set(tensors)) & distinct)
-    if missing:
-        raise ValueError(f"weights: tensors missing for {missing[:5]}")
-    module.load_state_dict({**own, **tensors}, strict=True)
-    if hasattr(module, "tie_weights"):
-        module.tie_weights()  # type: ignore[operator]  # nn.Module.__getattr__ says Tensor | Module; a method here
 
 
 class PooledEncoder(nn.Module):

@@ -1,4 +1,5 @@
-"""The ``model`` parameter: one discriminated union on ``source`` (builtin | hf_config | uploaded). No torch here.
+"""The ``model`` parameter: one discriminated union on ``source`` (builtin | hf_config | uploaded | exported). No
+torch here.
 
 Everything a config can do at build time is decided here, before a job is queued: only allowlisted native
 families (``families.FAMILIES``), no ``auto_map`` or other remote-code switch (transformers would otherwise build
@@ -9,6 +10,7 @@ such a config silently as its native class), bounded sizes and a bounded analyti
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any, Literal, TypedDict
 from uuid import UUID
 
@@ -45,6 +47,13 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+RunDtype = Literal["float32", "bfloat16"]
+DTYPE_DOC = (
+    "what the model runs in: float32, or bfloat16 (half the memory of weights, gradients and optimizer state); "
+    "stored weights of any float dtype are converted to it when loaded"
+)
+
+
 class BuiltinModel(_Spec):
     """A network the service defines: an MLP, a small CNN, a ResNet-style CNN, or a Transformer (encoder with a
     masked-LM head, or a causal LM). The MLP and CNNs read the dataset's rows; the Transformers read tokens."""
@@ -74,7 +83,8 @@ class HFConfigModel(_Spec):
 
     source: Literal["hf_config"]
     config: dict[str, Any]
-    weights: UUID | None = Field(None, description="id of an uploaded model whose model.safetensors to load")
+    weights: UUID | None = Field(None, description="id of an uploaded model whose safetensors weights to load")
+    dtype: RunDtype = Field("float32", description=DTYPE_DOC)
 
     @field_validator("config")
     @classmethod
@@ -92,15 +102,27 @@ class UploadedModel(_Spec):
 
     source: Literal["uploaded"]
     id: UUID
+    dtype: RunDtype = Field("float32", description=DTYPE_DOC)
 
 
-ModelSpec = Annotated[BuiltinModel | HFConfigModel | UploadedModel, Field(discriminator="source")]
+class ExportedModel(_Spec):
+    """A ``torch.export`` program (.pt2) uploaded with ``POST /v1/models``: its graph and weights, read by the checked
+    reader of ``core.networks.exported`` (no pickle, no code from the archive)."""
+
+    source: Literal["exported"]
+    id: UUID
+
+
+ModelSpec = Annotated[BuiltinModel | HFConfigModel | UploadedModel | ExportedModel, Field(discriminator="source")]
+NAMES_MODELS = (HFConfigModel, UploadedModel, ExportedModel)
+"""The sources whose UUIDs name stored models (never datasets)."""
 
 
 def uploaded_model_ids(params: BaseModel) -> list[str]:
-    """The uploaded models a job's params name: its ``model`` (``uploaded``) and the weights an ``hf_config`` loads."""
+    """The stored models a job's params name: its ``model`` (``uploaded``, ``exported``) and the weights an
+    ``hf_config`` loads."""
     model = getattr(params, "model", None)
-    if isinstance(model, UploadedModel):
+    if isinstance(model, UploadedModel | ExportedModel):
         return [str(model.id)]
     if isinstance(model, HFConfigModel) and model.weights is not None:
         return [str(model.weights)]
@@ -109,7 +131,11 @@ def uploaded_model_ids(params: BaseModel) -> list[str]:
 
 def check_hf_config(config: dict[str, Any]) -> None:
     """Raise ValueError("config.<field>: <why>") unless ``config`` is a bounded config of an allowlisted family."""
-    size = len(json.dumps(config, separators=(",", ":")))
+    try:
+        _check_numbers(config, "config")
+        size = len(json.dumps(config, separators=(",", ":")))
+    except RecursionError:
+        raise ValueError("config: nested too deep") from None
     if size > MAX_CONFIG_BYTES:
         raise ValueError(f"config: {size} bytes of JSON exceed the limit of {MAX_CONFIG_BYTES}")
     for key, why in REFUSED_KEYS.items():
@@ -131,6 +157,21 @@ def check_hf_config(config: dict[str, Any]) -> None:
     count = approx_params(sizes)
     if count > MAX_PARAMS:
         raise ValueError(f"config: about {count:.2e} parameters exceed the limit of {MAX_PARAMS:.0e}")
+
+
+def _check_numbers(value: Any, where: str) -> None:
+    """Numbers of a config are finite (PostgreSQL's JSON has no NaN) and integers fit in 64 bits (a size or an id;
+    a longer one is a mistake or a probe)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_numbers(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_numbers(item, f"{where}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: {value} is not a finite number")
+    elif isinstance(value, int) and not -(2**63) <= value < 2**64:
+        raise ValueError(f"{where}: an integer of {value.bit_length()} bits is beyond 64")
 
 
 def hf_sizes(config: dict[str, Any]) -> HFSizes:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from core.data.loader import DatasetView
+    from core.networks.stored import ModelFiles
 
 
 class Params(BaseModel):
@@ -65,8 +66,8 @@ class RunContext(Protocol):
     def load_dataset(self, dataset_id: str) -> DatasetView | Mapping[str, np.ndarray]:
         """An uploaded dataset: a ``core.data.loader`` view (memory-mapped), or arrays ``x`` and maybe ``y``."""
 
-    def load_model(self, model_id: str) -> tuple[dict, bytes | None]:
-        """Config (JSON object) and safetensors bytes (None without weights) of an uploaded model."""
+    def load_model(self, model_id: str) -> ModelFiles:
+        """A stored model: its config (None for an exported program) and its files on local disk."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from core.data.loader import DatasetView
+from core.networks.stored import ModelFiles
 from core.techniques.base import JobTimedOut
 
 
@@ -19,7 +20,7 @@ class LocalContext:
     seed: int = 0
     timeout_s: float | None = None
     datasets: dict[str, DatasetView | Mapping[str, np.ndarray]] = field(default_factory=dict)
-    models: dict[str, tuple[dict, bytes | None]] = field(default_factory=dict)
+    models: dict[str, ModelFiles] = field(default_factory=dict)
     metrics: list[tuple[int, str, float]] = field(default_factory=list)
     artifacts: dict[str, tuple[bytes, str]] = field(default_factory=dict)
     progress_log: list[tuple[float, str]] = field(default_factory=list)
@@ -41,7 +42,7 @@ class LocalContext:
     def load_dataset(self, dataset_id: str) -> DatasetView | Mapping[str, np.ndarray]:
         return self.datasets[dataset_id]
 
-    def load_model(self, model_id: str) -> tuple[dict, bytes | None]:
+    def load_model(self, model_id: str) -> ModelFiles:
         return self.models[model_id]
 
     def series(self, name: str) -> list[float]:

@@ -83,10 +83,10 @@ def test_weights_upload_is_stored_and_scoped_to_the_tenant(alice, stack, tmp_pat
     assert resp.status_code == 201, resp.text
     out = resp.json()
     assert out["has_weights"] and out["weights_size"] == len(blob)
-    assert out["id"] in [m["id"] for m in alice.get("/v1/models").json()]
+    assert out["id"] in [m["id"] for m in alice.get("/v1/models").json()["items"]]
     bob = {"Authorization": f"Bearer {make_key(stack, 'bob')}"}
     assert alice.get(f"/v1/models/{out['id']}", headers=bob).status_code == 404
-    assert out["id"] not in [m["id"] for m in alice.get("/v1/models", headers=bob).json()]
+    assert out["id"] not in [m["id"] for m in alice.get("/v1/models", headers=bob).json()["items"]]
 
 
 def test_remote_code_unknown_families_and_oversize_configs_are_refused(alice):

@@ -102,7 +102,7 @@ def test_safetensors_weights_round_trip(family, tmp_path):
     blob = (tmp_path / "model.safetensors").read_bytes()
     header, _ = read_header(io.BytesIO(blob), len(blob))
     assert set(header) <= set(source.state_dict())
-    built = build(spec(source="hf_config", config=TINY[family]), weights=blob)
+    built = build(spec(source="hf_config", config=TINY[family]), weights=[tmp_path / "model.safetensors"])
     ids = torch.randint(0, 512, (2, 12), generator=torch.Generator().manual_seed(0))
     source.eval(), built.module.eval()
     assert torch.equal(built.logits(ids), source(input_ids=ids).logits)

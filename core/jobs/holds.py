@@ -1,0 +1,41 @@
+"""What queued and running jobs hold: a stored model one of them names is not deleted under it.
+
+A job names a model in ``params.model``: ``{"source": "uploaded" | "exported", "id": ...}``, or an ``hf_config`` whose
+``weights`` are a stored model's (a study's children are jobs like any other). The check and the delete are two
+statements: a job admitted between them fails when its worker finds the model gone ("model ... not found").
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from core.errors import Conflict
+from core.jobs import repository as jobs
+from core.keys.repository import Principal
+from core.networks import service as networks
+from core.settings import Settings
+
+
+def models_named(params: dict[str, Any]) -> set[str]:
+    """The stored model ids a job's params (as stored, JSON) name."""
+    model = params.get("model")
+    if not isinstance(model, dict):
+        return set()
+    named = model.get("weights") if model.get("source") == "hf_config" else model.get("id")
+    return {str(named)} if isinstance(named, str) else set()
+
+
+def delete_model(session: Session, settings: Settings, who: Principal, model_id: uuid.UUID) -> None:
+    """Delete a model the caller may see, with its bytes; ``Conflict`` naming a queued or running job that uses
+    it."""
+    row = networks.model_of(session, who, model_id)
+    for job_id, params in jobs.active_params(session, row.tenant):
+        if str(model_id) in models_named(params):
+            raise Conflict(
+                f"model {model_id} is used by job {job_id}, which is queued or running; cancel it or wait for it "
+                "to finish"
+            )
+    networks.delete_model(session, settings, row)
