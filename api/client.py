@@ -632,20 +632,6 @@ class Client:
         for item in self._pages("/v1/models", {"source": source, "format": format}, limit, page_size):
             yield Model.from_json(item)
 
-    def _pages(self, path: str, filters: dict[str, Any], limit: int | None, page_size: int) -> Iterator[dict]:
-        """The items of a newest-first list, following ``next_cursor``; at most ``limit`` (None: all)."""
-        cursor, seen = None, 0
-        while limit is None or seen < limit:
-            size = min(page_size, 500) if limit is None else min(page_size, 500, limit - seen)
-            query = {k: v for k, v in {**filters, "limit": size, "cursor": cursor}.items() if v is not None}
-            page = self._request("GET", path, params=query).json()
-            for item in page["items"]:
-                seen += 1
-                yield item
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
-
     def model(self, model_id: str) -> Model:
         return Model.from_json(self._request("GET", f"/v1/models/{model_id}").json())
 

@@ -14,12 +14,11 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.orm import Session
 
-from core.db.cursor import decode_cursor, encode_cursor
+from core.db import paging
 from core.db.engine import rowcount
 from core.db.tables import (
     ModelUpload,
@@ -50,14 +49,8 @@ def list_models(
         query = query.where(StoredModel.tenant == tenant)
     if formats is not None:
         query = query.where(StoredModel.format.in_(formats))
-    if cursor:
-        created_at, model_id = decode_cursor(cursor)
-        query = query.where(tuple_(StoredModel.created_at, StoredModel.id) < tuple_(created_at, model_id))
-    rows = list(
-        session.execute(query.order_by(StoredModel.created_at.desc(), StoredModel.id.desc()).limit(limit + 1)).all()
-    )
-    nxt = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
-    return rows[:limit], nxt
+    rows = session.execute(paging.newest_first(query, StoredModel.created_at, StoredModel.id, limit, cursor)).all()
+    return paging.page(rows, limit)
 
 
 def delete_model(session: Session, model_id: uuid.UUID) -> bool:

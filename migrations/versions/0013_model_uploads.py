@@ -4,8 +4,8 @@ Existing models are a config with at most one ``model.safetensors``: their forma
 weights) or ``config`` (without), and ``files`` lists the one file. The downgrade keeps only those: sharded and
 exported models, and uploads in progress, are removed with their bytes (the earlier schema cannot name them).
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-08
 """
 
@@ -18,8 +18,8 @@ from core.blobs.layout import model_prefix, model_upload_prefix
 from core.blobs.store import BlobStore, open_store
 from core.settings import get_settings
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
