@@ -1,4 +1,4 @@
-"""Initializers for non-square weights that average the fan-in and fan-out (TECHNIQUES.md §4).
+"""Initializers for non-square weights that average the fan-in and fan-out (docs/techniques.md#init_averaging).
 
 Shaped like ``torch.nn.init``: in-place functions ending in ``_`` that take the weight tensor, read the fans the
 way torch does (weight is (out, in, *kernel); the receptive field multiplies both fans) and accept ``generator``.

@@ -1,4 +1,4 @@
-"""How many embedding dimensions a vocabulary of N items needs: n > 8.33·ln N (TECHNIQUES.md §1).
+"""How many embedding dimensions a vocabulary of N items needs: n > 8.33·ln N (docs/techniques.md#embedding_dim).
 
 Vectors spread uniformly on a sphere of radius √n give pair entropy H ≈ ln N² + h_n with h_n/n → −½·ln φ;
 asking H < 0 gives n > 2·ln N / (½·ln φ). Everything here works in log space: e^(n·cos θ) overflows for large n.

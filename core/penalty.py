@@ -4,8 +4,8 @@ For an MLP h^(t+1) = g^(t)(W^(t) h^(t) + b^(t)), h^(1) = x, and a scalar f of th
 
     ‖∇_x f‖² · Σ_t (1 + ‖h^(t)‖²) / (‖W^(t)‖₂² · ‖∂h^(t)/∂x‖₂²)  ≤  ‖∇_θ f‖²
 
-(TECHNIQUES.md §7). Each layer's term is bounded by that layer's share of the right side because, with
-δ = ∂f/∂z^(t+1), ∇_x f = (∂h^(t)/∂x)ᵀ W^(t)ᵀ δ while ‖∇_W f‖² + ‖∇_b f‖² = ‖δ‖² (1 + ‖h^(t)‖²).
+(docs/techniques.md#gradient_penalty_bound). Each layer's term is bounded by that layer's share of the right side
+because, with δ = ∂f/∂z^(t+1), ∇_x f = (∂h^(t)/∂x)ᵀ W^(t)ᵀ δ while ‖∇_W f‖² + ‖∇_b f‖² = ‖δ‖² (1 + ‖h^(t)‖²).
 
 The functions here take a plain ``nn.Sequential`` of ``nn.Linear`` layers and parameter-free elementwise
 activations; they never touch ``.grad`` of the model (everything runs on detached weights), so they can be

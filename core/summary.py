@@ -1,9 +1,9 @@
 """A job's answer in one screen: the shape every kind's ``summarize(params, result)`` returns, and the few helpers
 they share to build it (number formatting, mean ± sd over seeds).
 
-A summary answers the kind's question against the post's claim (TECHNIQUES.md): one headline sentence, a verdict with
-the statistic it rests on, one comparison table (rows = arms or settings; cells are numbers, text, or mean ± sd over
-seeds; never arrays: those stay in the result, the metrics and the artifacts), and flat key figures, which studies
+A summary answers the kind's question against the post's claim (docs/techniques.md): one headline sentence, a verdict
+with the statistic it rests on, one comparison table (rows = arms or settings; cells are numbers, text, or mean ± sd
+over seeds; never arrays: those stay in the result, the metrics and the artifacts), and flat key figures, which studies
 average over seeds. Pure Python: the API and the worker both import it, neither loads torch for it.
 """
 

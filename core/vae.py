@@ -1,6 +1,6 @@
 """Per-sample log-likelihood by importance sampling, a VAE to supply the proposal, and an exact reference model.
 
-TECHNIQUES.md §6: with a proposal q(z|x) and a model p(x, z),
+docs/techniques.md#vae_density: with a proposal q(z|x) and a model p(x, z),
     L_K(x) = log (1/K) Σ_k exp(log p(x, z_k) − log q(z_k|x)),   z_k ~ q(z|x),
 is the ELBO in expectation for K = 1 and the IWAE bound for K > 1 (non-decreasing in K, converging to log p(x)).
 Everything here is plain torch: no job, context or HTTP. Natural logs (nats) throughout.

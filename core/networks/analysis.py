@@ -1,6 +1,6 @@
 """What the techniques measure on a user's model (torch): its non-square weights and their averaged-fan variances
-(TECHNIQUES.md §4), variance ratios through the whole network, and the memory of gradient accumulation inside the
-optimizer versus an explicit buffer (§3)."""
+(docs/techniques.md#init_averaging), variance ratios through the whole network, and the memory of gradient accumulation
+inside the optimizer versus an explicit buffer (#momentum_accumulation)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The n > c·ln N check on a model's own sizes (TECHNIQUES.md §1): its token embedding against its vocabulary and
-its attention head against its context. Plain arithmetic on the config, so it needs neither torch nor a build."""
+"""The n > c·ln N check on a model's own sizes (docs/techniques.md#embedding_dim): its token embedding against its
+vocabulary and its attention head against its context. Plain arithmetic on the config, so it needs neither torch nor a
+build."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gradient accumulation folded into the momentum (TECHNIQUES.md §3): no extra gradient buffer.
+"""Gradient accumulation folded into the momentum (docs/techniques.md#momentum_accumulation): no extra gradient buffer.
 
 With EMA momentum m_t = β m_{t-1} + (1-β) g_t, accumulating k micro-gradients and then stepping is exactly
 
@@ -152,7 +152,8 @@ class AccumSGDM(_AccumOptimizer):
 
 
 class AccumAdam(_AccumOptimizer):
-    """Adam whose moment estimates also accumulate ``accum_steps`` micro-gradients (TECHNIQUES.md §3).
+    """Adam whose moment estimates also accumulate ``accum_steps`` micro-gradients
+    (docs/techniques.md#momentum_accumulation).
 
     m follows the exact rule with β1 (so it equals explicit accumulation's m); v follows it with β2 and g², i.e. it
     averages squared micro-gradients, hence v ≥ explicit accumulation's v (mean(g²) ≥ mean(g)²): an approximation.

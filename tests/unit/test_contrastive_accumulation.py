@@ -1,5 +1,6 @@
-"""Checks of TECHNIQUES.md §2: the InfoNCE definition and its analytic cases, the exactness of the chunked gradient
-(several chunk sizes, dropout on, both towers), the naive accumulation being different, BatchNorm refused, the job."""
+"""Checks of docs/techniques.md#contrastive_accumulation: the InfoNCE definition and its analytic cases, the exactness
+of the chunked gradient (several chunk sizes, dropout on, both towers), the naive accumulation being different,
+BatchNorm refused, the job."""
 
 import math
 

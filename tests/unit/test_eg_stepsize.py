@@ -1,4 +1,5 @@
-"""Checks of TECHNIQUES.md §8: EG identities, the ν closed form, the hypergradient, the ½aθ² regimes, the job."""
+"""Checks of docs/techniques.md#eg_stepsize: EG identities, the ν closed form, the hypergradient, the ½aθ² regimes, the
+job."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TECHNIQUES.md §1: the worked values, h_n/n by integration, and the empirical elbow on a known-rank target."""
+"""docs/techniques.md#embedding_dim: the worked values, h_n/n by integration, and the empirical elbow on a known-rank
+target."""
 
 import math
 

@@ -1,5 +1,5 @@
-"""Checks of TECHNIQUES.md §7: exact equality cases, the inequality on random MLPs, the per-layer identity against
-independent autograd, jacrev vs power iteration, and the job end to end."""
+"""Checks of docs/techniques.md#gradient_penalty_bound: exact equality cases, the inequality on random MLPs, the
+per-layer identity against independent autograd, jacrev vs power iteration, and the job end to end."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Job kind gradnorm_gan (TECHNIQUES.md §5): the in-region gradient identities of GN / GraN / plain normalization,
-the BatchNorm guard, the measurement tools checked on analytic cases, and short training runs."""
+"""Job kind gradnorm_gan (docs/techniques.md#gradnorm_gan): the in-region gradient identities of GN / GraN / plain
+normalization, the BatchNorm guard, the measurement tools checked on analytic cases, and short training runs."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def normalized_input_grad(D, x, variant, eps):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The identities of §5 on ReLU nets
+# The identities of docs/techniques.md#gradnorm_gan on ReLU nets
 
 
 def test_gn_gradient_identity_float64():

@@ -1,4 +1,5 @@
-"""TECHNIQUES.md §4: averaged variances, fans read as torch does, composed ratios and their Monte Carlo."""
+"""docs/techniques.md#init_averaging: averaged variances, fans read as torch does, composed ratios and their Monte
+Carlo."""
 
 import math
 

@@ -1,5 +1,6 @@
 """Model sources: spec checks, builds of every built-in and tiny HF family, safetensors, the n > c·ln N checks on a
-model's sizes, init tables and variance ratios, and accumulation memory (TECHNIQUES.md §1, §3, §4)."""
+model's sizes, init tables and variance ratios, and accumulation memory (docs/techniques.md: embedding_dim,
+momentum_accumulation, init_averaging)."""
 
 from __future__ import annotations
 

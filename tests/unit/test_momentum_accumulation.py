@@ -1,5 +1,5 @@
-"""Checks of TECHNIQUES.md §3: accumulation inside the momentum equals explicit accumulation (SGDM), its Adam
-analogue has the same m and a larger v, β̃^k values, state_dict resumption, and the job end to end."""
+"""Checks of docs/techniques.md#momentum_accumulation: accumulation inside the momentum equals explicit accumulation
+(SGDM), its Adam analogue has the same m and a larger v, β̃^k values, state_dict resumption, and the job end to end."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""vae_density: importance-sampled log p(x) (TECHNIQUES.md §6) checked on cases with a known answer."""
+"""vae_density: importance-sampled log p(x) (docs/techniques.md#vae_density) checked on cases with a known answer."""
 
 from __future__ import annotations
 

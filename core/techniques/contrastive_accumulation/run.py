@@ -1,5 +1,5 @@
 """Job kind ``contrastive_accumulation``: train a contrastive encoder at a large batch with the exact full-batch
-InfoNCE gradient in the memory of one chunk, and show that it is exact (TECHNIQUES.md §2).
+InfoNCE gradient in the memory of one chunk, and show that it is exact (docs/techniques.md#contrastive_accumulation).
 
 The batch is two augmented views (random pixel masking + Gaussian noise) of sampled rows. ``towers="shared"``: one
 encoder sees both views, interleaved (row 2i and 2i+1 are a pair), B = batch_size rows, the rest of the batch as

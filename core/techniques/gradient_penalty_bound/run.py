@@ -1,5 +1,5 @@
 """Job kind ``gradient_penalty_bound``: how tight ‖∇_x f‖² Σ_t (1+‖h‖²)/(‖W‖²‖∂h/∂x‖²) ≤ ‖∇_θ f‖² is on a real MLP,
-and how its factors move while the MLP trains (TECHNIQUES.md §7).
+and how its factors move while the MLP trains (docs/techniques.md#gradient_penalty_bound).
 
 Training runs in float32; every measurement runs on a float64 copy of the model, so that identity residuals sit
 at rounding level and a reported violation means a real one, not float32 noise.

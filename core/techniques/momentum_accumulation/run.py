@@ -1,4 +1,5 @@
-"""Job kind ``momentum_accumulation``: gradient accumulation hidden in the momentum (TECHNIQUES.md §3).
+"""Job kind ``momentum_accumulation``: gradient accumulation hidden in the momentum
+(docs/techniques.md#momentum_accumulation).
 
 Every arm sees the same micro-batches in the same order from the same initial weights (paired per seed), so the
 curves differ only by how and when the optimizer turns micro-gradients into updates:

@@ -1,9 +1,10 @@
 """Job kind ``vae_density``: a log-likelihood for each sample, by importance sampling through a trained VAE.
 
-TECHNIQUES.md §6. The VAE is trained with the ELBO (train_k = 1) or the IWAE bound (train_k > 1); then, on a train
-subset and on held-out rows it never saw, L_K = logsumexp_k log w_k − log K is reported for every K in ``eval_k``
-(fresh, independent draws per K), in nats and bits/dim, with the effective sample size as a tightness diagnostic.
-On ``linear_gaussian`` (p(z) = N(0, I), p(x|z) = N(Az + c, σ²I) with known A, c, σ) the exact log p(x) sits beside them.
+docs/techniques.md#vae_density. The VAE is trained with the ELBO (train_k = 1) or the IWAE bound (train_k > 1); then, on
+a train subset and on held-out rows it never saw, L_K = logsumexp_k log w_k − log K is reported for every K in
+``eval_k`` (fresh, independent draws per K), in nats and bits/dim, with the effective sample size as a tightness
+diagnostic. On ``linear_gaussian`` (p(z) = N(0, I), p(x|z) = N(Az + c, σ²I) with known A, c, σ) the exact log p(x) sits
+beside them.
 """
 
 from __future__ import annotations
