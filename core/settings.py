@@ -124,7 +124,6 @@ class Settings(BaseSettings):
         "one session, whatever the number of jobs and watchers).",
     )
     max_artifact_bytes: int = 64 * 1024 * 1024
-    max_timeout_s: int = 24 * 3600
     max_model_upload_bytes: int = Field(
         default=256 * 1024 * 1024, description="Cap on a model sent in one request (POST /v1/models)."
     )
