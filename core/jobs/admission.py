@@ -28,12 +28,16 @@ from core.jobs import repository as jobs
 from core.jobs.states import QUEUE_FOR_DEVICE
 from core.networks import repository as networks
 from core.networks.budget import estimate, refusal
-from core.networks.inspector import InspectionFailed, ModelRejected, inspect_model
+from core.networks.inspector import InspectionFailed, InspectorBusy, ModelRejected, inspect_model
+from core.networks.intake import inspector_busy
 from core.networks.spec import BuiltinModel, ExportedModel, HFConfigModel, UploadedModel
 from core.settings import Settings
 from core.techniques import specs
 
 RATE_WINDOW = timedelta(seconds=60)
+SEQUENCE_CLASSIFIER_KINDS = frozenset({"embedding_dim", "init_averaging"})
+"""Kinds that take a Hugging Face sequence classifier: they read its sizes or its initialisation; the others train
+a language model's targets, which a classifier's head does not predict."""
 EXPORTED_KINDS: frozenset[str] = frozenset()
 """Kinds whose run builds an exported program (``core.networks.resolve.load_exported``); every other kind refuses a
 ``{"source": "exported"}`` model before it is queued."""
@@ -109,12 +113,23 @@ def _check_model(
         return  # nothing to budget, and a built-in spec is fully checked by its own validation
     try:
         summary = inspect_model(
-            buildable, input=workload.input() if workload else None, timeout_s=settings.inspect_timeout_s
+            buildable,
+            input=workload.input() if workload else None,
+            timeout_s=settings.inspect_timeout_s,
+            max_waiting=settings.inspect_queue,
         )
     except ModelRejected as exc:
         raise _model_refused(field, str(exc)) from None
+    except InspectorBusy as exc:
+        raise inspector_busy(field, exc) from None
     except InspectionFailed as exc:
         raise Unavailable(f"{field}: could not be inspected now ({exc}); retry", headers={"Retry-After": "5"}) from None
+    if summary["task"] == "sequence_classification" and kind not in SEQUENCE_CLASSIFIER_KINDS:
+        raise _model_refused(
+            field,
+            f"task: kind {kind} trains a language model; this config builds a sequence classifier (set task to "
+            f"causal_lm or masked_lm, or use one of {sorted(SEQUENCE_CLASSIFIER_KINDS)})",
+        )
     if weight_layers is not None and weight_layers != summary["layers"]:
         assert isinstance(model, HFConfigModel)  # only an HF config names separate weights
         raise _model_refused(field, f"weights: the tensors of model {model.weights} do not match this config's")
