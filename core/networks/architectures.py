@@ -27,6 +27,7 @@ HEADS: dict[HFTask, dict[str, str]] = {
 BASE_HEADS = (modeling_auto.MODEL_MAPPING_NAMES, modeling_auto.MODEL_FOR_PRETRAINING_MAPPING_NAMES)
 """Classes that name no task of their own (the bare model, the pre-training heads): the model type's default."""
 EXPERT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts")
+FFN_FIELDS = ("intermediate_size", "ffn_dim", "n_inner", "hidden_dim", "d_ff")
 MAX_EXPERTS = 1024
 
 
@@ -39,6 +40,8 @@ class Sizes(TypedDict):
     vocab: int
     context: int | None  # None: no position embeddings or context length
     labels: int | None  # a sequence classifier's classes
+    ffn: int  # the feed-forward width (4·hidden where the config names none)
+    experts_per_token: int  # mixture-of-experts models: the experts each token goes through (else 1)
 
 
 def accepted_types() -> dict[HFTask, list[str]]:
@@ -135,6 +138,8 @@ def read_sizes(cfg: PretrainedConfig, task: HFTask) -> Sizes:
         vocab=_positive(text, "vocab_size", True),  # type: ignore[typeddict-item]
         context=_positive(text, "max_position_embeddings", False),
         labels=cfg.num_labels if task == "sequence_classification" else None,
+        ffn=next((v for f in FFN_FIELDS if isinstance(v := getattr(text, f, None), int) and v > 0), 4 * hidden),  # type: ignore[operator]
+        experts_per_token=getattr(text, "num_experts_per_tok", None) or 1,
     )
     names = {"hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads"}
     names |= {"kv_heads": "num_key_value_heads", "head_dim": "head_dim", "vocab": "vocab_size"}
