@@ -1,13 +1,16 @@
 """Every family of ``tests.model_configs`` end to end on real processes (API, its inspector child, one worker):
 embedding_dim checks each model's own sizes and init_averaging tables its non-square weights; a sequence
-classifier is refused by a kind that trains a language model; a full inspector queue is answered 429."""
+classifier is refused by a kind that trains a language model; a full inspector queue is answered 429; a dataset's
+token ids are checked against the model's vocabulary before a job or a study is queued."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import threading
 
+import numpy as np
 import pytest
 
 from tests.model_configs import FAMILIES, LLAMA_3_70B, TINY_BERT_CLASSIFIER, hf_model
@@ -122,3 +125,44 @@ def test_a_full_inspector_queue_is_answered_429_with_retry_after(api):
     busy = next(r for r in answers if r.status_code == 429)
     assert busy.headers["content-type"].startswith("application/problem+json")
     assert int(busy.headers["Retry-After"]) >= 1 and "could not be inspected now" in busy.json()["detail"]
+
+
+def token_dataset(api, top: int) -> str:
+    """A ready arrays dataset of token ids whose largest is ``top`` (the fact its validation records)."""
+    rows = np.random.default_rng(0).integers(0, top, size=(24, 16))
+    rows[0, 0], rows[3, 5] = 0, top
+    buf = io.BytesIO()
+    np.savez(buf, x=rows)
+    resp = api.post("/v1/datasets", files={"file": ("tokens.npz", buf.getvalue())})
+    assert resp.status_code == 201 and resp.json()["status"] == "ready", resp.text
+    assert api.get(f"/v1/datasets/{resp.json()['id']}").json()["preview"]["token_ids"] == {"min": 0, "max": top}
+    return resp.json()["id"]
+
+
+def momentum(model: dict, dataset: str) -> dict:
+    return {
+        "kind": "momentum_accumulation",
+        "device": "cpu",
+        "params": {"dataset": dataset, "model": model, "optimizer": "adam", "accum_steps": 2, "micro_batch": 4,
+                   "steps": 2, "seeds": 1, "eval_every": 2, "lr": 1e-3},
+    }  # fmt: skip
+
+
+def test_token_ids_are_checked_against_the_vocabulary_before_queueing(api):
+    gpt2 = {"source": "hf_config", "config": {**FAMILIES["gpt2"][0], "vocab_size": 50257}}
+    last = token_dataset(api, 50256)  # GPT-2's end-of-text: a causal LM reserves no id
+    resp = api.post("/v1/jobs", json=momentum(gpt2, last))
+    assert resp.status_code == 201, resp.text
+    api.post(f"/v1/jobs/{resp.json()['id']}/cancel")
+    beyond = token_dataset(api, 50257)
+    resp = api.post("/v1/jobs", json=momentum(gpt2, beyond))
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["errors"][0]
+    assert error["field"] == "params.dataset" and "0..50256" in error["message"] and "50257" in error["message"]
+    bert = {"source": "hf_config", "config": FAMILIES["bert"][0]}  # vocabulary 512: 511 is the mask token
+    resp = api.post("/v1/jobs", json=momentum(bert, token_dataset(api, 511)))
+    assert resp.status_code == 422 and "mask token" in resp.json()["detail"], resp.text
+    study = {"kind": "momentum_accumulation", "device": "cpu", "base": momentum(gpt2, beyond)["params"],
+             "grid": {"lr": [1e-3, 1e-2]}}  # fmt: skip
+    resp = api.post("/v1/studies", json=study)
+    assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == "base.dataset", resp.text

@@ -1,6 +1,7 @@
 """Any native transformers architecture through the inspector's real child process: the head each config is built
 with, parameters counted on the meta build (equal to a model built here independently), sizes read from the config
-class, refusals naming the field; and the inspector's recycling by memory, its cache and its bounded queue."""
+class, refusals naming the field; the inspector's recycling by memory, its cache and its bounded queue; and the
+token ids a model takes, against the range a dataset's validation records."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import math
 import threading
 import time
 
+import numpy as np
 import pytest
 
+from core.data import ingest
 from core.networks import inspector
 from core.networks.architectures import accepted_types
+from core.networks.build import build
 from core.networks.checks import model_checks
 from core.networks.meta_summary import answer
-from core.networks.spec import MAX_PARAMS
+from core.networks.spec import MAX_PARAMS, HFConfigModel
+from core.networks.tokens import token_rows
 from tests.model_configs import FAMILIES, LLAMA_3_70B, TINY_BERT, TINY_GPT2, TINY_LLAMA, hf_model
 
 SHAPE = {"batch": 2, "seq_len": 16, "features": None, "classes": None}
@@ -177,3 +182,28 @@ def test_a_full_queue_is_turned_away_with_a_retry_time():
     first.join()
     assert outcome == ["refused"] and inspector._waiting == 0
     assert inspector.inspect_model(hf({**TINY_LLAMA, "vocab_size": 1007}), max_waiting=0)["n_params"] > 0
+
+
+def test_a_causal_lm_takes_its_last_id_and_a_masked_lm_keeps_it_for_its_mask():
+    gpt2 = build(HFConfigModel(source="hf_config", config=TINY_GPT2), device="meta")
+    bert = build(HFConfigModel(source="hf_config", config=TINY_BERT), device="meta")
+    assert (gpt2.usable_ids, bert.usable_ids) == (512, 511)
+    rows = np.array([[0, 5, 511], [1, 2, 3]])
+    assert token_rows(rows, gpt2.usable_ids, 64).max() == 511
+    with pytest.raises(ValueError, match=r"token ids in \[0, 511\)"):
+        token_rows(rows, bert.usable_ids, 64)
+
+
+def test_the_token_id_range_is_scanned_block_by_block(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "SCAN_VALUES", 7)  # many blocks, the extremes in the last ones
+    x = np.full((10, 5), 3.0, dtype=np.float32)
+    x[9, 4], x[8, 0] = 700.0, 1.0
+    np.save(tmp_path / "x.npy", x)
+    assert ingest.token_id_range({"x.npy": tmp_path / "x.npy"}, "arrays") == {"min": 1, "max": 700}
+    x[9, 3] = 2.5
+    np.save(tmp_path / "x.npy", x)
+    assert ingest.token_id_range({"x.npy": tmp_path / "x.npy"}, "arrays") is None
+    np.save(tmp_path / "q.npy", np.arange(5, 40, dtype=np.int32))
+    np.save(tmp_path / "d.npy", np.arange(2, 30, dtype=np.int32))
+    files = {"query_tokens.npy": tmp_path / "q.npy", "document_tokens.npy": tmp_path / "d.npy"}
+    assert ingest.token_id_range(files, "pairs") == {"min": 2, "max": 39}
