@@ -36,9 +36,9 @@ from core.settings import Settings
 from core.techniques import specs
 
 RATE_WINDOW = timedelta(seconds=60)
-SEQUENCE_CLASSIFIER_KINDS = frozenset({"embedding_dim", "init_averaging"})
-"""Kinds that take a Hugging Face sequence classifier: they read its sizes or its initialisation; the others train
-a language model's targets, which a classifier's head does not predict."""
+SEQUENCE_CLASSIFIER_KINDS = frozenset({"embedding_dim", "init_averaging", "contrastive_accumulation"})
+"""Kinds that take a Hugging Face sequence classifier: they read its sizes or its initialisation, or pool its
+encoder; the others train a language model's targets, which a classifier's head does not predict."""
 EXPORTED_KINDS: frozenset[str] = frozenset()
 """Kinds whose run builds an exported program (``core.networks.resolve.load_exported``); every other kind refuses a
 ``{"source": "exported"}`` model before it is queued."""

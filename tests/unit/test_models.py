@@ -40,7 +40,8 @@ def spec(**fields):
 def test_the_spec_side_imports_neither_torch_nor_transformers():
     code = (
         "import sys; import core.networks.spec, core.networks.checks, core.networks.budget, core.networks.inspector, "
-        "core.networks.safetensors_header; bad = {'torch', 'transformers'} & set(sys.modules); "
+        "core.networks.safetensors_header, core.networks.intake, core.jobs.admission; "
+        "bad = {'torch', 'transformers'} & set(sys.modules); "
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
