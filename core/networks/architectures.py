@@ -108,37 +108,42 @@ def _field(cfg: PretrainedConfig, name: str) -> str:
     return f"config.{cfg.attribute_map.get(name, name)}"
 
 
-def _positive(cfg: PretrainedConfig, name: str, required: bool) -> int | None:
+def _optional(cfg: PretrainedConfig, name: str) -> int | None:
     value = getattr(cfg, name, None)
-    if value is None and not required:
-        return None
+    return None if value is None else _required(cfg, name)
+
+
+def _required(cfg: PretrainedConfig, name: str) -> int:
+    value = getattr(cfg, name, None)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{_field(cfg, name)}: required, a positive integer (got {value!r})")
     return value
 
 
+def _ffn(text: PretrainedConfig, hidden: int) -> int:
+    widths = (getattr(text, name, None) for name in FFN_FIELDS)
+    return next((w for w in widths if isinstance(w, int) and not isinstance(w, bool) and w > 0), 4 * hidden)
+
+
 def read_sizes(cfg: PretrainedConfig, task: HFTask) -> Sizes:
     """The sizes of a built config (its text part, for a multimodal one), each checked against ``SIZE_CAPS``."""
     text = cfg.get_text_config()
-    hidden = _positive(text, "hidden_size", True)
-    heads = _positive(text, "num_attention_heads", False)
-    head_dim = _positive(text, "head_dim", False)
-    if heads is None:
-        head_dim = None  # a state-space model's own "head_dim" is no attention head
-    elif head_dim is None:
-        if hidden % heads:  # type: ignore[operator]  # hidden is required, so an int here
+    hidden, heads, head_dim = _required(text, "hidden_size"), _optional(text, "num_attention_heads"), None
+    if heads is not None:  # a state-space model's own "head_dim" is no attention head's
+        head_dim = _optional(text, "head_dim")
+        if head_dim is None and hidden % heads:
             raise ValueError(f"{_field(text, 'num_attention_heads')}: hidden size {hidden} is not a multiple of it")
-        head_dim = hidden // heads  # type: ignore[operator]
+        head_dim = head_dim or hidden // heads
     sizes = Sizes(
-        hidden=hidden,  # type: ignore[typeddict-item]  # required above
-        layers=_positive(text, "num_hidden_layers", True),  # type: ignore[typeddict-item]
+        hidden=hidden,
+        layers=_required(text, "num_hidden_layers"),
         heads=heads,
-        kv_heads=_positive(text, "num_key_value_heads", False) or heads,
+        kv_heads=_optional(text, "num_key_value_heads") or heads,
         head_dim=head_dim,
-        vocab=_positive(text, "vocab_size", True),  # type: ignore[typeddict-item]
-        context=_positive(text, "max_position_embeddings", False),
+        vocab=_required(text, "vocab_size"),
+        context=_optional(text, "max_position_embeddings"),
         labels=cfg.num_labels if task == "sequence_classification" else None,
-        ffn=next((v for f in FFN_FIELDS if isinstance(v := getattr(text, f, None), int) and v > 0), 4 * hidden),  # type: ignore[operator]
+        ffn=_ffn(text, hidden),
         experts_per_token=getattr(text, "num_experts_per_tok", None) or 1,
     )
     names = {"hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads"}

@@ -166,3 +166,16 @@ def test_token_ids_are_checked_against_the_vocabulary_before_queueing(api):
              "grid": {"lr": [1e-3, 1e-2]}}  # fmt: skip
     resp = api.post("/v1/studies", json=study)
     assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == "base.dataset", resp.text
+
+
+def test_a_bert_classifier_checkpoint_is_stored_as_a_classifier(api, tmp_path):
+    model = hf_model(TINY_BERT_CLASSIFIER, "sequence_classification")
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    files = {
+        "config": ("config.json", json.dumps(TINY_BERT_CLASSIFIER).encode(), "application/json"),
+        "weights": ("model.safetensors", (tmp_path / "model.safetensors").read_bytes(), "application/octet-stream"),
+    }
+    resp = api.post("/v1/models", files=files)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["task"] == "sequence_classification"
+    assert resp.json()["n_params"] == sum(p.numel() for p in model.parameters())

@@ -48,7 +48,14 @@ def test_at_least_twenty_families_build_with_their_head(summaries):
 
 def test_sizes_come_from_the_config_class(summaries):
     gpt2 = {"hidden": 64, "layers": 2, "heads": 2, "kv_heads": 2, "head_dim": 32, "vocab": 512, "context": 64}
-    assert summaries["gpt2"]["sizes"] == {**gpt2, "labels": None}
+    assert summaries["gpt2"]["sizes"] == {
+        **gpt2,
+        "labels": None,
+        "ffn": 4 * 64,
+        "experts_per_token": 1,
+    }  # n_inner: None
+    mixtral = summaries["mixtral"]["sizes"]
+    assert (mixtral["ffn"], mixtral["experts_per_token"]) == (128, 2)
     qwen3 = summaries["qwen3"]["sizes"]
     assert (qwen3["heads"], qwen3["kv_heads"], qwen3["head_dim"]) == (4, 2, 32)  # explicit, not 64 / 4
     q_proj = next(
