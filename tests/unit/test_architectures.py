@@ -142,7 +142,7 @@ def test_the_child_is_recycled_by_its_memory(monkeypatch):
     inspector.inspect_model(hf({**TINY_LLAMA, "vocab_size": 1001}))
     first = inspector._CHILD.pid
     assert first is not None and inspector.rss_bytes(first) > 50 * 2**20  # torch and transformers are loaded
-    monkeypatch.setattr(inspector, "RECYCLE_RSS_BYTES", inspector.rss_bytes(first) - 1)
+    monkeypatch.setattr(inspector, "RECYCLE_RSS_BYTES", inspector.rss_bytes(first) // 2)
     inspector.inspect_model(hf({**TINY_LLAMA, "vocab_size": 1002}))
     assert inspector._CHILD.pid != first
     monkeypatch.undo()
