@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     cpu_worker_memory_gib: float = Field(default=8.0, gt=0, description="memory a job may use on a 'cpu' worker")
     gpu_worker_memory_gib: float = Field(default=16.0, gt=0, description="GPU memory a job may use on a 'gpu' worker")
     inspect_timeout_s: float = Field(default=120.0, gt=0, description="limit of one meta-device model inspection")
+    inspect_queue: int = Field(
+        default=16, ge=0, description="model inspections that may wait per API process; one more is answered 429"
+    )
 
     log_format: Literal["json", "console"] = Field(
         default="json", description="Log lines as JSON objects, or human-readable ('console', `gradlab up`'s)."

@@ -12,9 +12,32 @@ import shutil
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 from core.blobs.layout import dataset_file_key, dataset_raw_key, dataset_tokenizer_key
 from core.blobs.store import CHUNK, BlobStore
 from core.data.formats import UploadRejected, convert
+
+TOKEN_FILES = {"arrays": ("x.npy",), "text": ("tokens.npy",), "pairs": ("query_tokens.npy", "document_tokens.npy")}
+"""The canonical files a token model reads as ids, per dataset kind."""
+SCAN_VALUES = 1 << 20
+
+
+def token_id_range(files: dict[str, Path], kind: str) -> dict | None:
+    """{"min", "max"} of the values a token model would read as ids, scanned a block at a time: what a job's
+    admission checks against a model's vocabulary before queueing. None when some value is not a whole number
+    (an arrays dataset of features, not ids)."""
+    low, high = None, None
+    for name in TOKEN_FILES.get(kind, ()):
+        flat = np.load(files[name], mmap_mode="r", allow_pickle=False).reshape(-1)
+        for start in range(0, len(flat), SCAN_VALUES):
+            block = np.asarray(flat[start : start + SCAN_VALUES])
+            if block.dtype.kind == "f" and not np.array_equal(block, np.round(block)):
+                return None  # NaN, infinities and fractions alike
+            if len(block):
+                low = int(block.min()) if low is None else min(low, int(block.min()))
+                high = int(block.max()) if high is None else max(high, int(block.max()))
+    return None if low is None else {"min": low, "max": high}
 
 
 def local_copy(blobs: BlobStore, key: str, work_dir: Path, digest=None) -> Path:
@@ -75,6 +98,8 @@ def ingest(
         for name, path in found.files.items():
             with open(path, "rb") as fh:
                 stored += blobs.put(dataset_file_key(dataset_id, name), fh).size
-        return {**found.meta(), "sha256": sha256, "size": stored}
+        meta = found.meta()
+        meta["preview"] = {**meta["preview"], "token_ids": token_id_range(found.files, found.kind)}
+        return {**meta, "sha256": sha256, "size": stored}
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -34,6 +34,13 @@ def dataset_columns(session: Session, dataset_id: uuid.UUID) -> int | None:
     return session.scalar(select(Dataset.columns).where(Dataset.id == dataset_id))
 
 
+def dataset_token_ids(session: Session, dataset_id: uuid.UUID) -> tuple[bool, dict | None]:
+    """(whether its validation recorded the fact, the {"min", "max"} of the ids a token model would read from the
+    dataset: None when some value is not a whole number)."""
+    preview = session.scalar(select(Dataset.preview).where(Dataset.id == dataset_id)) or {}
+    return "token_ids" in preview, preview.get("token_ids")
+
+
 def dataset_infos(session: Session, dataset_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, DatasetInfo]]:
     """(tenant, status and what a job may need of it) of each of these uploaded datasets that exists: what a
     submission checks before queueing."""

@@ -258,7 +258,7 @@ class StoredModel(Base):
     filename: Mapped[str] = mapped_column(String(255))
     format: Mapped[str] = mapped_column(String(16))  # config | safetensors | sharded | exported
     model_type: Mapped[str | None] = mapped_column(String(64))  # a config's model_type; None for exported
-    task: Mapped[str | None] = mapped_column(String(16))
+    task: Mapped[str | None] = mapped_column(String(32))  # causal_lm | masked_lm | sequence_classification
     config: Mapped[dict | None] = mapped_column(JSON)  # None for exported
     n_params: Mapped[int] = mapped_column(BigInteger)
     summary: Mapped[dict] = mapped_column(JSON)

@@ -4,6 +4,7 @@ child (``POST /v1/studies``): one path, so a study can never skip a check a job 
 - every uploaded dataset it names is its tenant's, ``ready``, and what the kind needs of it;
 - the model it names, and the weights an ``hf_config`` names, are stored models of its tenant, and the model builds
   (on the ``meta`` device, in the inspector process) and fits the memory of its queue's worker (in its run dtype);
+  a token model's dataset holds ids its vocabulary has (the dataset's validation recorded their range);
   an exported program is its tenant's and the kind takes one;
 - its tenant stays under its caps: queued plus running jobs, and submissions in the last ``RATE_WINDOW``.
 
@@ -28,12 +29,16 @@ from core.jobs import repository as jobs
 from core.jobs.states import QUEUE_FOR_DEVICE
 from core.networks import repository as networks
 from core.networks.budget import estimate, refusal
-from core.networks.inspector import InspectionFailed, ModelRejected, inspect_model
+from core.networks.inspector import InspectionFailed, InspectorBusy, ModelRejected, inspect_model
+from core.networks.intake import inspector_busy
 from core.networks.spec import BuiltinModel, ExportedModel, HFConfigModel, UploadedModel
 from core.settings import Settings
 from core.techniques import specs
 
 RATE_WINDOW = timedelta(seconds=60)
+SEQUENCE_CLASSIFIER_KINDS = frozenset({"embedding_dim", "init_averaging", "contrastive_accumulation"})
+"""Kinds that take a Hugging Face sequence classifier: they read its sizes or its initialisation, or pool its
+encoder; the others train a language model's targets, which a classifier's head does not predict."""
 EXPORTED_KINDS: frozenset[str] = frozenset()
 """Kinds whose run builds an exported program (``core.networks.resolve.load_exported``); every other kind refuses a
 ``{"source": "exported"}`` model before it is queued."""
@@ -109,12 +114,25 @@ def _check_model(
         return  # nothing to budget, and a built-in spec is fully checked by its own validation
     try:
         summary = inspect_model(
-            buildable, input=workload.input() if workload else None, timeout_s=settings.inspect_timeout_s
+            buildable,
+            input=workload.input() if workload else None,
+            timeout_s=settings.inspect_timeout_s,
+            max_waiting=settings.inspect_queue,
         )
     except ModelRejected as exc:
         raise _model_refused(field, str(exc)) from None
+    except InspectorBusy as exc:
+        raise inspector_busy(field, exc) from None
     except InspectionFailed as exc:
         raise Unavailable(f"{field}: could not be inspected now ({exc}); retry", headers={"Retry-After": "5"}) from None
+    if summary["task"] == "sequence_classification" and kind not in SEQUENCE_CLASSIFIER_KINDS:
+        raise _model_refused(
+            field,
+            f"task: kind {kind} trains a language model; this config builds a sequence classifier (set task to "
+            f"causal_lm or masked_lm, or use one of {sorted(SEQUENCE_CLASSIFIER_KINDS)})",
+        )
+    if isinstance(dataset, uuid.UUID) and summary["sizes"] is not None:
+        _check_token_ids(session, dataset, summary, field.rsplit(".", 1)[0] + ".dataset")
     if weight_layers is not None and weight_layers != summary["layers"]:
         assert isinstance(model, HFConfigModel)  # only an HF config names separate weights
         raise _model_refused(field, f"weights: the tensors of model {model.weights} do not match this config's")
@@ -129,6 +147,26 @@ def _check_model(
         )
         if why is not None:
             raise _model_refused(field, why)
+
+
+def _check_token_ids(session: Session, dataset: uuid.UUID, summary: dict, field: str) -> None:
+    """A token model reads the dataset's values as ids: each in [0, vocabulary) — all of it for a causal LM or a
+    classifier (GPT-2's last id, 50256, is its end-of-text), all but the last id for a masked LM (its mask token)."""
+    recorded, ids = datasets.dataset_token_ids(session, dataset)
+    if not recorded:
+        return  # validated before the fact was kept: the run checks the ids as it reads them
+    if ids is None:
+        raise Invalid.of(field, f"dataset {dataset} holds values that are not whole numbers; a token model reads ids")
+    vocab = summary["sizes"]["vocab"]
+    usable = vocab - 1 if summary["task"] == "masked_lm" else vocab
+    if ids["min"] < 0 or ids["max"] >= usable:
+        why = " (the last id is the masked LM's mask token)" if usable < vocab else ""
+        raise Invalid.of(
+            field,
+            f"dataset {dataset} holds token ids {ids['min']}..{ids['max']}; the model's vocabulary takes "
+            f"0..{usable - 1}{why}",
+            "token_out_of_vocabulary",
+        )
 
 
 def caps(settings: Settings, now: datetime, n: int = 1) -> jobs.Admission:

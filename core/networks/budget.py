@@ -56,8 +56,16 @@ def estimate(n_params: int, activation_bytes: int, work: Workload) -> MemoryEsti
     )
 
 
+BUDGET_SETTINGS = {
+    "cpu": "GRADLAB_CPU_WORKER_MEMORY_GIB",
+    "gpu": "GRADLAB_GPU_WORKER_MEMORY_GIB",
+    "auto": "the smaller of GRADLAB_CPU_WORKER_MEMORY_GIB and GRADLAB_GPU_WORKER_MEMORY_GIB",
+}
+"""The setting that sets what one job may use on a worker of each queue (``core.settings``)."""
+
+
 def refusal(est: MemoryEstimate, queue: str, capacity: int) -> str | None:
-    """Why the job cannot fit a worker of ``queue`` (None when it fits)."""
+    """Why the job cannot fit a worker of ``queue`` (None when it fits), naming the setting that raises the budget."""
     if est.total <= capacity:
         return None
     gib = 2**30
@@ -65,5 +73,6 @@ def refusal(est: MemoryEstimate, queue: str, capacity: int) -> str | None:
         f"about {est.total / gib:.2f} GiB needed (weights {est.weights / gib:.2f}, gradients "
         f"{est.grads / gib:.2f}, optimizer state {est.optimizer / gib:.2f}, activations "
         f"{est.activations / gib:.2f}) for {est.n_params:,} parameters exceeds the {capacity / gib:.2f} GiB "
-        f"of a '{queue}' worker"
+        f"of a '{queue}' worker; the budget is set by {BUDGET_SETTINGS.get(queue, BUDGET_SETTINGS['auto'])} "
+        "(on the API and the workers); a smaller batch or model.dtype bfloat16 needs less"
     )

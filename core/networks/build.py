@@ -20,8 +20,11 @@ from core.networks import builtin
 from core.networks.spec import BuiltinModel, HFConfigModel
 from core.networks.weights import load_weights
 
-Task = Literal["classify", "causal_lm", "masked_lm"]
+Task = Literal["classify", "causal_lm", "masked_lm", "sequence_classification"]
 MASK_EVERY = 7  # masked LM: one position in seven is masked (the mask token is the last id of the vocabulary)
+LABELLED: tuple[Task, ...] = ("classify", "sequence_classification")
+UNPOSITIONED_CONTEXT = 2048
+"""The sequence length a model without positions (Mamba, RWKV's state) is fed at most, as a context."""
 
 
 @dataclass
@@ -31,10 +34,18 @@ class BuiltModel:
     vocab_size: int | None = None
     context: int | None = None
     hf: bool = False
+    labels: int | None = None  # a sequence classifier's classes
 
     @property
     def tokens(self) -> bool:
         return self.task != "classify"
+
+    @property
+    def usable_ids(self) -> int | None:
+        """Token ids a dataset may hold: the whole vocabulary, but for a masked LM's last id (its mask token)."""
+        if self.vocab_size is None:
+            return None
+        return self.vocab_size - 1 if self.task == "masked_lm" else self.vocab_size
 
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.module(input_ids=inputs).logits if self.hf else self.module(inputs)
@@ -45,7 +56,7 @@ class BuiltModel:
         """(logits, labels) flattened to (n, classes) and (n,), -100 where nothing is predicted: ``targets``
         (classify), the next token (causal LM) or the masked tokens (masked LM; ``mask`` marks them, default one
         position in ``MASK_EVERY``; the mask token is the vocabulary's last id)."""
-        if self.task == "classify":
+        if self.task in LABELLED:
             assert targets is not None  # a classifier's batch comes with its labels
             return self.logits(inputs), targets
         if self.task == "causal_lm":
@@ -87,12 +98,16 @@ class BuiltModel:
         """Random inputs of the right shape (on ``meta``: shapes only, nothing allocated): (inputs, targets or
         None)."""
         if self.tokens:
-            assert self.context is not None and self.vocab_size is not None  # set for every token model
+            assert self.vocab_size is not None  # set for every token model
+            assert self.context is not None  # set for every token model
             length = min(seq_len or self.context, self.context)
+            labels = self.labels
             if str(device) == "meta":
-                return torch.empty(batch, length, dtype=torch.long, device="meta"), None
+                ids = torch.empty(batch, length, dtype=torch.long, device="meta")
+                return ids, None if labels is None else torch.empty(batch, dtype=torch.long, device="meta")
             ids = torch.randint(0, self.vocab_size, (batch, length), generator=generator)
-            return ids.to(device), None
+            y = None if labels is None else torch.randint(0, labels, (batch,), generator=generator).to(device)
+            return ids.to(device), y
         assert features is not None and classes is not None  # a classifier is built for a dataset's sizes
         if str(device) == "meta":
             return (torch.empty(batch, features, device="meta"), torch.empty(batch, dtype=torch.long, device="meta"))
@@ -139,15 +154,21 @@ def _build_builtin(spec: BuiltinModel, features: int | None, classes: int | None
 
 
 def _build_hf(spec: HFConfigModel) -> BuiltModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-    fields = {k: v for k, v in spec.config.items() if k != "model_type"}
-    config = AutoConfig.for_model(spec.config["model_type"], **fields)
-    task = spec.family.task
-    auto = AutoModelForCausalLM if task == "causal_lm" else AutoModelForMaskedLM
+    from core.networks.architectures import instantiate, read_sizes, resolve_task
+
+    task = resolve_task(spec.config, spec.task)
+    config = instantiate(spec.config)
+    sizes = read_sizes(config, task)
+    auto = {
+        "causal_lm": AutoModelForCausalLM,
+        "masked_lm": AutoModelForMaskedLM,
+        "sequence_classification": AutoModelForSequenceClassification,
+    }[task]
     module = auto.from_config(config, dtype=torch.float32)
-    context = getattr(config, spec.family.context)
-    return BuiltModel(module, task, config.vocab_size, context, hf=True)
+    context = sizes["context"] or UNPOSITIONED_CONTEXT
+    return BuiltModel(module, task, sizes["vocab"], context, hf=True, labels=sizes["labels"])
 
 
 class PooledEncoder(nn.Module):

@@ -1,19 +1,26 @@
 """The n > c·ln N check on a model's own sizes (docs/techniques.md#embedding_dim): its token embedding against its
-vocabulary and its attention head against its context. Plain arithmetic on the config, so it needs neither torch nor a
-build."""
+vocabulary and its attention head against its context. Plain arithmetic on the sizes; a Hugging Face config's sizes
+are read from transformers' config class (``core.networks.architectures``, imported only when one is asked: workers)."""
 
 from __future__ import annotations
 
 import math
 
-from core.networks.spec import TRANSFORMER_ARCHS, BuiltinModel, HFConfigModel, hf_sizes
+from core.networks.spec import TRANSFORMER_ARCHS, BuiltinModel, HFConfigModel
+
+NOT_APPLICABLE = {
+    "no_heads": "the model has no attention heads (a state-space or recurrent model): no head size to check",
+    "no_context": "the model has no position embeddings or context length: no context to check the head against",
+}
 
 
-def embedding_sizes(model: BuiltinModel | HFConfigModel) -> dict[str, int] | None:
-    """hidden, vocab, head_dim and context of a Transformer spec; None for a model without token embeddings."""
+def embedding_sizes(model: BuiltinModel | HFConfigModel) -> dict[str, int | None] | None:
+    """hidden, vocab, head_dim and context of a Transformer spec (head_dim and context None where the architecture
+    has none); None for a model without token embeddings."""
     if isinstance(model, HFConfigModel):
-        s = hf_sizes(model.config)
-        assert s["head_dim"] is not None  # the model's validation refused a config without one
+        from core.networks.architectures import instantiate, read_sizes, resolve_task
+
+        s = read_sizes(instantiate(model.config), resolve_task(model.config, model.task))
         return {"hidden": s["hidden"], "vocab": s["vocab"], "head_dim": s["head_dim"], "context": s["context"]}
     if model.arch not in TRANSFORMER_ARCHS:
         return None
@@ -36,27 +43,33 @@ def largest_supported(n: int, coefficient: float) -> int:
     return largest
 
 
-def model_checks(sizes: dict[str, int], coefficient: float) -> dict:
-    """One row per embedding-like dimension, and the largest context the head size supports."""
-    rows = []
-    for what, n, big_n, field in (
-        ("token_embedding", sizes["hidden"], sizes["vocab"], "vocab_size"),
-        ("attention_head", sizes["head_dim"], sizes["context"], "context"),
-    ):
-        bound = coefficient * math.log(big_n) if big_n >= 2 else 0.0
-        rows.append(
-            {
-                "what": what,
-                "n": n,
-                "N": big_n,
-                "N_is": field,
-                "bound": bound,
-                "ok": n > bound,
-                "largest_N_supported": largest_supported(n, coefficient),
-            }
-        )
+def _row(what: str, n: int, big_n: int, field: str, coefficient: float) -> dict:
+    bound = coefficient * math.log(big_n) if big_n >= 2 else 0.0
+    return {
+        "what": what,
+        "applies": True,
+        "n": n,
+        "N": big_n,
+        "N_is": field,
+        "bound": bound,
+        "ok": n > bound,
+        "largest_N_supported": largest_supported(n, coefficient),
+    }
+
+
+def model_checks(sizes: dict[str, int | None], coefficient: float) -> dict:
+    """One row per embedding-like dimension (a row that does not apply says why), and the largest context the head
+    size supports (None without heads)."""
+    hidden, vocab, head_dim, context = sizes["hidden"], sizes["vocab"], sizes["head_dim"], sizes["context"]
+    assert hidden is not None and vocab is not None  # every token model has both
+    rows = [_row("token_embedding", hidden, vocab, "vocab_size", coefficient)]
+    if head_dim is None or context is None:
+        why = NOT_APPLICABLE["no_heads" if head_dim is None else "no_context"]
+        rows.append({"what": "attention_head", "applies": False, "n": head_dim, "N": context, "ok": None, "why": why})
+    else:
+        rows.append(_row("attention_head", head_dim, context, "context", coefficient))
     return {
         "rows": rows,
-        "max_context_for_head_dim": largest_supported(sizes["head_dim"], coefficient),
-        "all_ok": all(r["ok"] for r in rows),
+        "max_context_for_head_dim": None if head_dim is None else largest_supported(head_dim, coefficient),
+        "all_ok": all(r["ok"] for r in rows if r["applies"]),
     }

@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 from core.blobs.layout import model_prefix
 from core.blobs.store import BlobStore
 from core.db.tables import StoredModel
-from core.errors import Invalid, TooLarge, Unavailable
+from core.errors import Busy, Invalid, TooLarge, Unavailable
 from core.networks.exported.archive import read_archive
 from core.networks.exported.describe import describe
 from core.networks.exported.errors import ArchiveRejected
-from core.networks.inspector import InspectionFailed, ModelRejected, inspect_model
+from core.networks.inspector import InspectionFailed, InspectorBusy, ModelRejected, inspect_model
 from core.networks.spec import MAX_CONFIG_BYTES, HFConfigModel
 from core.networks.stored import archive_limits
 from core.networks.strict_json import JsonRefused, parse
@@ -37,6 +37,11 @@ def rejected(message: str) -> Invalid:
 
 def too_large(message: str) -> TooLarge:
     return TooLarge(message, errors=rejected(message).errors)
+
+
+def inspector_busy(field: str, exc: InspectorBusy) -> Busy:
+    """429: the inspector's queue is full; Retry-After is how long the requests ahead should take."""
+    return Busy(f"{field}: could not be inspected now ({exc}); retry", headers={"Retry-After": str(exc.retry_after)})
 
 
 def check_config(raw: bytes, where: str = "config") -> dict[str, Any]:
@@ -61,9 +66,13 @@ def inspect_config(settings: Settings, config: dict, header: dict[str, list] | N
     in ``header`` ({name: [dtype, shape]}) matched against it."""
     spec = {"source": "hf_config", "config": config}
     try:
-        return inspect_model(spec, weights_header=header, timeout_s=settings.inspect_timeout_s)
+        return inspect_model(
+            spec, weights_header=header, timeout_s=settings.inspect_timeout_s, max_waiting=settings.inspect_queue
+        )
     except ModelRejected as exc:
         raise rejected(str(exc)) from None
+    except InspectorBusy as exc:
+        raise inspector_busy("model", exc) from None
     except InspectionFailed as exc:
         raise Unavailable(f"model: could not be inspected now ({exc}); retry", headers={"Retry-After": "5"}) from None
 

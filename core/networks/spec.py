@@ -1,22 +1,21 @@
 """The ``model`` parameter: one discriminated union on ``source`` (builtin | hf_config | uploaded | exported). No
 torch here.
 
-Everything a config can do at build time is decided here, before a job is queued: only allowlisted native
-families (``families.FAMILIES``), no ``auto_map`` or other remote-code switch (transformers would otherwise build
-such a config silently as its native class), bounded sizes and a bounded analytic parameter count, so that the
-``meta``-device build that follows (``inspector``) is cheap whatever the user sends.
+What a config may hold is decided here, without transformers: bounded JSON (finite numbers, 64-bit integers, a
+bounded size) and no ``auto_map`` or other remote-code switch (transformers would otherwise build such a config
+silently as its native class). Whether its ``model_type`` has a native class with the head its task needs, its sizes
+(``SIZE_CAPS``) and its parameter count (``MAX_PARAMS``, counted on the ``meta`` build) are checked by the
+inspector's child process (``core.networks.architectures``), before a model is stored or a job is queued.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from core.networks.families import FAMILIES, Family
 
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_PARAMS = 20_000_000_000
@@ -27,20 +26,21 @@ REFUSED_KEYS = {
     "quantization_config": "quantized models need extra kernels; send a float config",
     "custom_pipelines": "names remote code",
 }
-SIZE_CAPS = {"hidden": 65_536, "layers": 512, "heads": 1_024, "vocab": 4_000_000, "context": 1_048_576}
-SizeRole = Literal["hidden", "layers", "heads", "vocab", "context"]
-# in the order of Family.size_fields
-SIZE_ROLES: tuple[SizeRole, ...] = ("hidden", "layers", "heads", "vocab", "context")
-
-
-class HFSizes(TypedDict):
-    hidden: int
-    layers: int
-    heads: int
-    vocab: int
-    context: int
-    ffn: int
-    head_dim: int | None  # None: hidden is not a multiple of heads (and the config names no head_dim)
+SIZE_CAPS = {
+    "hidden": 65_536,
+    "layers": 512,
+    "heads": 1_024,
+    "kv_heads": 1_024,
+    "head_dim": 65_536,
+    "vocab": 4_000_000,
+    "context": 1_048_576,
+    "labels": 100_000,
+}
+HFTask = Literal["causal_lm", "masked_lm", "sequence_classification"]
+TASK_DOC = (
+    "the head to build: causal_lm, masked_lm or sequence_classification; default: the head the config's "
+    "architectures names, else the model type's language-model head (masked for encoders, causal otherwise)"
+)
 
 
 class _Spec(BaseModel):
@@ -85,16 +85,13 @@ class HFConfigModel(_Spec):
     config: dict[str, Any]
     weights: UUID | None = Field(None, description="id of an uploaded model whose safetensors weights to load")
     dtype: RunDtype = Field("float32", description=DTYPE_DOC)
+    task: HFTask | None = Field(None, description=TASK_DOC)
 
     @field_validator("config")
     @classmethod
     def _safe_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         check_hf_config(config)
         return config
-
-    @property
-    def family(self) -> Family:
-        return FAMILIES[self.config["model_type"]]
 
 
 class UploadedModel(_Spec):
@@ -130,7 +127,8 @@ def uploaded_model_ids(params: BaseModel) -> list[str]:
 
 
 def check_hf_config(config: dict[str, Any]) -> None:
-    """Raise ValueError("config.<field>: <why>") unless ``config`` is a bounded config of an allowlisted family."""
+    """Raise ValueError("config.<field>: <why>") unless ``config`` is bounded JSON naming a model type and no remote
+    code (the rest is the inspector's: ``core.networks.architectures``)."""
     try:
         _check_numbers(config, "config")
         size = len(json.dumps(config, separators=(",", ":")))
@@ -141,22 +139,8 @@ def check_hf_config(config: dict[str, Any]) -> None:
     for key, why in REFUSED_KEYS.items():
         if key in config:
             raise ValueError(f"config.{key}: refused, it {why}")
-    model_type = config.get("model_type")
-    if model_type not in FAMILIES:
-        raise ValueError(
-            f"config.model_type: {model_type!r} is not a family this service builds (one of {sorted(FAMILIES)})"
-        )
-    family = FAMILIES[model_type]
-    sizes = hf_sizes(config)
-    for role, name in zip(SIZE_ROLES, family.size_fields):
-        value = sizes[role]
-        if not 1 <= value <= SIZE_CAPS[role]:
-            raise ValueError(f"config.{name}: {value} is outside 1..{SIZE_CAPS[role]}")
-    if sizes["head_dim"] is None:
-        raise ValueError(f"config.{family.heads}: {family.hidden}={sizes['hidden']} is not a multiple of it")
-    count = approx_params(sizes)
-    if count > MAX_PARAMS:
-        raise ValueError(f"config: about {count:.2e} parameters exceed the limit of {MAX_PARAMS:.0e}")
+    if not isinstance(config.get("model_type"), str):
+        raise ValueError("config.model_type: required, the name of a transformers model type (e.g. 'llama')")
 
 
 def _check_numbers(value: Any, where: str) -> None:
@@ -172,38 +156,3 @@ def _check_numbers(value: Any, where: str) -> None:
         raise ValueError(f"{where}: {value} is not a finite number")
     elif isinstance(value, int) and not -(2**63) <= value < 2**64:
         raise ValueError(f"{where}: an integer of {value.bit_length()} bits is beyond 64")
-
-
-def hf_sizes(config: dict[str, Any]) -> HFSizes:
-    """hidden, layers, heads, vocab, context, ffn and head_dim of a family config (ValueError naming a missing or
-    non-integer size field)."""
-    family = FAMILIES[config["model_type"]]
-    given: dict[str, int] = {}
-    for role, name in zip(SIZE_ROLES, family.size_fields):
-        value = config.get(name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"config.{name}: required, a positive integer (got {value!r})")  # noqa: TRY004 (a 422)
-        given[role] = value
-    hidden, heads = given["hidden"], given["heads"]
-    ffn = config.get(family.ffn) if family.ffn else None
-    explicit = config.get("head_dim")
-    if isinstance(explicit, int) and not isinstance(explicit, bool) and explicit > 0:
-        head_dim: int | None = explicit
-    else:
-        head_dim = hidden // heads if hidden % heads == 0 else None
-    return HFSizes(
-        hidden=hidden,
-        layers=given["layers"],
-        heads=heads,
-        vocab=given["vocab"],
-        context=given["context"],
-        ffn=ffn if isinstance(ffn, int) and not isinstance(ffn, bool) and ffn > 0 else 4 * hidden,
-        head_dim=head_dim,
-    )
-
-
-def approx_params(sizes: HFSizes) -> int:
-    """Embedding plus, per layer, attention (4·h²) and a gated feed-forward (3·h·ffn): an upper-side estimate that
-    bounds the config before anything is built."""
-    h = sizes["hidden"]
-    return sizes["vocab"] * h + sizes["context"] * h + sizes["layers"] * (4 * h * h + 3 * h * sizes["ffn"])

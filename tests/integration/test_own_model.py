@@ -89,13 +89,13 @@ def test_weights_upload_is_stored_and_scoped_to_the_tenant(alice, stack, tmp_pat
     assert out["id"] not in [m["id"] for m in alice.get("/v1/models", headers=bob).json()["items"]]
 
 
-def test_remote_code_unknown_families_and_oversize_configs_are_refused(alice):
+def test_remote_code_unknown_model_types_and_oversize_configs_are_refused(alice):
     remote = {**TINY_GPT2, "auto_map": {"AutoModelForCausalLM": "evil.Model"}}
     refused(alice.post("/v1/models", files={"config": config_file(remote)}), "config.auto_map", "remote code")
     refused(
         alice.post("/v1/models", files={"config": config_file({**TINY_GPT2, "model_type": "my_own_llm"})}),
         "config.model_type",
-        "not a family this service builds",
+        "has no native causal LM, masked LM or sequence classification class",
     )
     refused(
         alice.post("/v1/models", files={"config": config_file({**TINY_GPT2, "n_layer": 100_000})}),
@@ -104,6 +104,13 @@ def test_remote_code_unknown_families_and_oversize_configs_are_refused(alice):
     )
     huge = {**TINY_GPT2, "n_embd": 65_536, "n_head": 64, "n_layer": 512}
     refused(alice.post("/v1/models", files={"config": config_file(huge)}), "config", "parameters exceed")
+    # the sizes the old analytic estimate missed (issue 27.6): counted on the meta build, refused, nothing stored
+    before = len(alice.get("/v1/models").json()["items"])
+    types = {**TINY_BERT, "hidden_size": 8192, "num_attention_heads": 64, "type_vocab_size": 4_000_000}
+    refused(alice.post("/v1/models", files={"config": config_file(types)}), "config", "parameters exceed")
+    heads = {**TINY_LLAMA, "hidden_size": 4096, "num_attention_heads": 64, "head_dim": 65_536}
+    refused(alice.post("/v1/models", files={"config": config_file(heads)}), "config", "parameters exceed")
+    assert len(alice.get("/v1/models").json()["items"]) == before
     padded = {**TINY_GPT2, "padding": "x" * 70_000}
     resp = alice.post("/v1/models", files={"config": config_file(padded)})
     assert resp.status_code == 413 and "config" in resp.json()["detail"]

@@ -114,7 +114,7 @@ def test_text_windows_split_the_stream_at_a_row_boundary(tmp_path):
     windows = TextWindows(view, 8, vocab=300, holdout=0.2, device=torch.device("cpu"))
     assert windows.n_train == 8 and windows.hold_x.shape == (2, 8)
     assert windows.batch(np.array([5]))[0].tolist() == [list(b"abcdefgh")]
-    with pytest.raises(ValueError, match=r"token ids reach 104; the model's vocabulary takes ids in \[0, 99\)"):
+    with pytest.raises(ValueError, match=r"token ids reach 104; the model takes ids in \[0, 100\)"):
         TextWindows(view, 8, vocab=100, holdout=0.2, device=torch.device("cpu"))
 
 

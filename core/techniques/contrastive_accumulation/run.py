@@ -402,7 +402,7 @@ def _setup(p: ContrastiveAccumulationParams, ctx, data, rng: np.random.Generator
         if isinstance(data, PairsView):
             return _Setup(None, context, _PairBatches(data, p, rng, device, context, vocab), init, True)
         assert isinstance(data, ArraysView)
-        x = token_rows(data["x"], vocab, context, pixel_levels=p.dataset == "digits")
+        x = token_rows(data["x"], vocab - 1, context, pixel_levels=p.dataset == "digits")  # vocab - 1: the views' mask
         return _Setup(x, x.shape[1], _TokenBatches(x, p, rng, device, vocab - 1), init, True)
     assert isinstance(data, ArraysView)
     x = np.ascontiguousarray(data["x"], dtype=np.float32)

@@ -193,8 +193,8 @@ class _Data:
 
     def _tokens(self, params: EGStepSizeParams, ctx: RunContext, arrays: ArraysView, probe: BuiltModel) -> None:
         """Rows of token ids for a causal or masked LM; no labels, no standardization."""
-        assert probe.vocab_size is not None and probe.context is not None  # set for every token model
-        x = token_rows(arrays["x"], probe.vocab_size, probe.context, pixel_levels=params.dataset == "digits")
+        assert probe.vocab_size and probe.usable_ids and probe.context  # set for every token model
+        x = token_rows(arrays["x"], probe.usable_ids, probe.context, pixel_levels=params.dataset == "digits")
         if x.shape[0] < 10:
             raise ValueError("dataset: needs at least 10 rows")
         self.classes, self.dim = probe.vocab_size, x.shape[1]

@@ -71,10 +71,9 @@ class TextWindows:
     first ``1 - holdout`` of the rows train, the rest are held out; windows do not overlap."""
 
     def __init__(self, view: TextView, length: int, vocab: int, holdout: float, device: torch.device):
-        if len(view.tokens) and chunked_max(view.tokens) >= vocab - 1:
+        if len(view.tokens) and chunked_max(view.tokens) >= vocab:  # vocab: the ids the model takes (usable_ids)
             raise ValueError(
-                f"dataset: token ids reach {chunked_max(view.tokens)}; the model's vocabulary takes ids in "
-                f"[0, {vocab - 1}) (the last id, {vocab - 1}, is the mask token)"
+                f"dataset: token ids reach {chunked_max(view.tokens)}; the model takes ids in [0, {vocab})"
             )
         cut_row = len(view) - max(1, int(round(holdout * len(view))))
         cut = int(view.offsets[cut_row])

@@ -303,11 +303,12 @@ def _data(params: MomentumAccumulationParams, ctx: RunContext, dtype: torch.dtyp
         buildable, _ = materialize(params.model, ctx)
         probe = build(buildable, device="meta")
         assert probe.vocab_size is not None and probe.context is not None  # set for every token model
-        vocab, context = probe.vocab_size, probe.context
+        vocab, context, ids = probe.vocab_size, probe.context, probe.usable_ids
+        assert ids is not None  # a token model's
         if isinstance(view, TextView):
-            return TextWindows(view, context, vocab, params.holdout, ctx.device), vocab, probe
+            return TextWindows(view, context, ids, params.holdout, ctx.device), vocab, probe
         assert isinstance(view, ArraysView)
-        x = token_rows(view["x"], vocab, context, pixel_levels=params.dataset == "digits")
+        x = token_rows(view["x"], ids, context, pixel_levels=params.dataset == "digits")
         return Rows(x, None, params.holdout, ctx.seed, dtype, ctx.device, standardize=False), vocab, probe
     assert isinstance(view, ArraysView)
     if "y" not in view:
