@@ -29,14 +29,16 @@ from core.jobs.states import QUEUE_FOR_DEVICE
 from core.networks import repository as networks
 from core.networks.budget import estimate, refusal
 from core.networks.inspector import InspectionFailed, ModelRejected, inspect_model
-from core.networks.spec import BuiltinModel, ExportedModel, HFConfigModel, UploadedModel
+from core.networks.exported.roles import ROLES, step_bytes
+from core.networks.exported.roles import refusal as role_refusal
+from core.networks.spec import MODEL_FIELDS, BuiltinModel, ExportedModel, HFConfigModel, UploadedModel
 from core.settings import Settings
 from core.techniques import specs
 
 RATE_WINDOW = timedelta(seconds=60)
-EXPORTED_KINDS: frozenset[str] = frozenset()
-"""Kinds whose run builds an exported program (``core.networks.resolve.load_exported``); every other kind refuses a
-``{"source": "exported"}`` model before it is queued."""
+EXPORTED_KINDS = frozenset(ROLES)
+"""Kinds whose run builds exported programs (``core.networks.resolve.load_exported``), in the fields ``ROLES``
+names; every other kind refuses a ``{"source": "exported"}`` model before it is queued."""
 
 
 def check_job(
@@ -79,14 +81,43 @@ def _buildable(session: Session, tenant: str, model, field: str) -> tuple[dict, 
     return buildable, None
 
 
-def _check_exported(session: Session, tenant: str, kind: str, model: ExportedModel, field: str) -> None:
-    row = _stored(session, tenant, model.id, field, "id")
-    if row.format != "exported":
+def _check_exported(
+    session: Session, settings: Settings, tenant: str, kind: str, params: BaseModel, device: str, prefix: str
+) -> None:
+    """Each exported program the params name is the tenant's, plays its role (``roles.ROLES``) and, all together,
+    a step of them fits the queue's worker."""
+    roles = {role.field: role for role in ROLES.get(kind, ())}
+    needed = 0
+    for name in MODEL_FIELDS:
+        model = getattr(params, name, None)
+        if not isinstance(model, ExportedModel):
+            continue
+        field = f"{prefix}.{name}"
+        row = _stored(session, tenant, model.id, field, "id")
+        if row.format != "exported":
+            raise _model_refused(
+                field, f'id: model {model.id} is not an exported program; name it as {{"source": "uploaded"}}'
+            )
+        if name not in roles:
+            raise _model_refused(field, f"source: kind {kind} does not take an exported program")
+        described = row.summary["exported"]
+        why = role_refusal(roles[name], described)
+        if why is not None:
+            raise _model_refused(field, f"id: model {model.id}: {why}")
+        needed += step_bytes(roles[name], described, params)
+    queue = QUEUE_FOR_DEVICE[device]
+    capacity = settings.queue_memory_bytes(queue)
+    if needed > capacity:
         raise _model_refused(
-            field, f'id: model {model.id} is not an exported program; name it as {{"source": "uploaded"}}'
+            f"{prefix}.{roles_named(params, roles)}",
+            f"about {needed / 2**30:.2f} GiB needed (weights, gradients, Adam state and the graphs' values for one "
+            f"batch) exceeds the {capacity / 2**30:.2f} GiB of a '{queue}' worker; lower the batch",
         )
-    if kind not in EXPORTED_KINDS:
-        raise _model_refused(field, f"source: kind {kind} does not take an exported program")
+
+
+def roles_named(params: BaseModel, roles: dict) -> str:
+    """The first field naming an exported program: where a refusal of them all is reported."""
+    return next(name for name in roles if isinstance(getattr(params, name, None), ExportedModel))
 
 
 def _check_model(
@@ -94,10 +125,10 @@ def _check_model(
 ) -> None:
     """A job on a model is queued only when the model is its tenant's, builds, and its memory fits the queue's
     worker class."""
-    model = getattr(params, "model", None)
-    if isinstance(model, ExportedModel):
-        _check_exported(session, tenant, kind, model, field)
+    if any(isinstance(getattr(params, name, None), ExportedModel) for name in MODEL_FIELDS):
+        _check_exported(session, settings, tenant, kind, params, device, field.rsplit(".", 1)[0])
         return
+    model = getattr(params, "model", None)
     if not isinstance(model, (BuiltinModel, HFConfigModel, UploadedModel)):
         return
     buildable, weight_layers = _buildable(session, tenant, model, field)
