@@ -130,6 +130,18 @@ class ExportedModule(nn.Module):
             _bind(step[3], call(step, env, device), env)
         return env
 
+    @property
+    def program(self) -> Program:
+        return self._program
+
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one sample of the program's single input (its sizes after the batch's), as exported."""
+        inputs = self._program.inputs()
+        meta = self._program.tensor_values.get(inputs[0].name) if len(inputs) == 1 else None
+        if meta is None or any(not isinstance(s, int) for s in meta.shape[1:]):
+            raise ValueError("the exported program must take one tensor, dynamic in its first (batch) size only")
+        return tuple(int(s) for s in meta.shape[1:])
+
     def step(self, node: str) -> Step:
         """The operator call of the node named ``node``, to run alone with ``call``."""
         return self._steps[self._index[node]]
