@@ -4,6 +4,7 @@ decoder, gradnorm_gan on an exported critic and generator."""
 
 from __future__ import annotations
 
+import math
 import uuid
 from pathlib import Path
 
@@ -140,3 +141,106 @@ def test_gradient_penalty_bound_trains_and_measures_an_exported_conv_chain(tmp_p
 def test_gradient_penalty_bound_refuses_widths_with_an_exported_model():
     with pytest.raises(ValueError, match="widths: an exported model brings its own"):
         spec("gradient_penalty_bound", {"model": {"source": "exported", "id": str(uuid.uuid4())}, "widths": [8]})
+
+
+class PosteriorEncoder(nn.Module):
+    """x → (mean, log-variance) of a diagonal Gaussian, affine in x."""
+
+    def __init__(self, weight: torch.Tensor, shift: torch.Tensor, log_var: torch.Tensor):
+        super().__init__()
+        self.mean = nn.Linear(weight.shape[1], weight.shape[0])
+        self.log_var = nn.Parameter(log_var.clone())
+        with torch.no_grad():
+            self.mean.weight.copy_(weight)
+            self.mean.bias.copy_(shift)
+
+    def forward(self, x):
+        mean = self.mean(x)
+        return mean, self.log_var.expand_as(mean)
+
+
+class GaussianDecoder(nn.Module):
+    """z → (A z + c, log σ): a linear Gaussian decoder, whose log p(x) is known in closed form."""
+
+    def __init__(self, A: torch.Tensor, c: torch.Tensor, log_sigma: float):
+        super().__init__()
+        self.lin = nn.Linear(A.shape[1], A.shape[0])
+        self.log_scale = nn.Parameter(torch.full((A.shape[0],), log_sigma))
+        with torch.no_grad():
+            self.lin.weight.copy_(A)
+            self.lin.bias.copy_(c)
+
+    def forward(self, z):
+        mean = self.lin(z)
+        return mean, self.log_scale.expand_as(mean)
+
+
+def linear_gaussian_vae(tmp_path: Path, mean_scale: float = 1.0, seed: int = 4):
+    """A linear Gaussian decoder with orthogonal columns (so its posterior is diagonal) and the encoder that gives
+    that posterior exactly (its mean scaled by ``mean_scale``): archives, the data and their exact log p(x)."""
+    gen = torch.Generator().manual_seed(seed)
+    d, k, sigma = 6, 2, 0.5
+    q, _ = torch.linalg.qr(torch.randn(d, k, generator=gen))
+    A, c = q * torch.tensor([2.0, 0.7]), torch.randn(d, generator=gen) * 0.3
+    precision = torch.eye(k) + A.T @ A / sigma**2  # diagonal: A's columns are orthogonal
+    cov = torch.linalg.inv(precision)
+    encoder = PosteriorEncoder(mean_scale * cov @ A.T / sigma**2, -mean_scale * cov @ A.T @ c / sigma**2,
+                               torch.log(torch.diagonal(cov)))  # fmt: skip
+    decoder = GaussianDecoder(A, c, math.log(sigma))
+    x = (torch.randn(300, k, generator=gen) @ A.T + c + sigma * torch.randn(300, d, generator=gen)).double()
+    marginal = torch.distributions.MultivariateNormal(c.double(), (A @ A.T + sigma**2 * torch.eye(d)).double())
+    paths = (export(encoder, (torch.randn(4, d),), tmp_path / "enc.pt2"),
+             export(decoder, (torch.randn(4, k),), tmp_path / "dec.pt2"))  # fmt: skip
+    return paths, x.float().numpy(), marginal.log_prob(x)
+
+
+def vae_params(ids: dict, **extra) -> dict:
+    return {"dataset": ids["dataset"], "likelihood": "gaussian", "encoder": {"source": "exported", "id": ids["enc"]},
+            "decoder": {"source": "exported", "id": ids["dec"]}, "eval_k": [1, 10, 100], "eval_samples": 300,
+            **extra}  # fmt: skip
+
+
+def test_vae_density_of_an_exact_posterior_is_log_p_for_every_k(tmp_path):
+    (enc, dec), x, exact = linear_gaussian_vae(tmp_path)
+    ctx, ids = context_with({"enc": enc, "dec": dec}, x=x)
+    result = get_kind("vae_density").run(spec("vae_density", vae_params(ids, steps=0)), ctx)
+    n_train, n_heldout = result["n_train"], result["n_heldout"]
+    assert n_train + n_heldout == 300 and result["latent_dim"] == 2 and result["exported"]
+    exact_mean = float(exact.mean())
+    for split in ("train", "heldout"):
+        assert result[split]["elbo_nats"] is not None
+    pooled = [(n_train * t["nats"] + n_heldout * h["nats"]) / 300 for t, h in
+              zip(result["train"]["bounds"], result["heldout"]["bounds"])]  # fmt: skip
+    # q(z|x) = p(z|x): every weight p(x, z)/q(z|x) is p(x), so L_K = log p(x) for each row and K
+    assert pooled == pytest.approx([exact_mean] * 3, abs=2e-4)
+    assert result["train"]["ess_fraction_at_max_k"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_vae_density_of_a_poor_encoder_climbs_in_k_towards_log_p(tmp_path):
+    (enc, dec), x, exact = linear_gaussian_vae(tmp_path, mean_scale=0.4)
+    ctx, ids = context_with({"enc": enc, "dec": dec}, x=x)
+    result = get_kind("vae_density").run(spec("vae_density", vae_params(ids, steps=0, eval_k=[1, 10, 100, 1000])), ctx)
+    pooled = [(result["n_train"] * t["nats"] + result["n_heldout"] * h["nats"]) / 300 for t, h in
+              zip(result["train"]["bounds"], result["heldout"]["bounds"])]  # fmt: skip
+    assert all(a < b for a, b in zip(pooled, pooled[1:])), pooled
+    assert pooled[-1] <= float(exact.mean()) + 0.01
+    assert float(exact.mean()) - pooled[0] > 0.5  # the gap the poor proposal opens at K = 1
+
+
+def test_vae_density_trains_an_exported_pair(tmp_path):
+    (enc, dec), x, _ = linear_gaussian_vae(tmp_path, mean_scale=0.4)
+    ctx, ids = context_with({"enc": enc, "dec": dec}, x=x)
+    result = get_kind("vae_density").run(spec("vae_density", vae_params(ids, steps=60, lr=0.01)), ctx)
+    losses = ctx.series("train_loss")
+    assert len(losses) == 60 and np.mean(losses[-10:]) < np.mean(losses[:10])
+    assert result["final_heldout_neg_elbo"] is not None
+
+
+def test_vae_density_refuses_half_a_pair_and_mlp_sizes_with_exported_networks():
+    one = {"source": "exported", "id": str(uuid.uuid4())}
+    with pytest.raises(ValueError, match="decoder: exported networks come in pairs"):
+        spec("vae_density", {"encoder": one})
+    with pytest.raises(ValueError, match="hidden: set by the exported networks"):
+        spec("vae_density", {"encoder": one, "decoder": one, "hidden": [8]})
+    with pytest.raises(ValueError, match="steps: 0 evaluates an exported"):
+        spec("vae_density", {"steps": 0})
