@@ -387,7 +387,8 @@ class ModuleVAE(VAE):
         min_log_sigma: float = -7.0,
     ):
         nn.Module.__init__(self)
-        self.encoder, self.decoder, self.input_shape = encoder, decoder, tuple(input_shape)
+        self.encoder, self.decoder = encoder, decoder  # type: ignore[assignment]  # any module, not VAE's MLPs
+        self.input_shape = tuple(input_shape)
         self.data_dim, self.likelihood, self.levels = math.prod(self.input_shape), likelihood, levels
         self.min_log_sigma = min_log_sigma
         device = next(self.parameters()).device

@@ -28,9 +28,9 @@ from core.jobs import repository as jobs
 from core.jobs.states import QUEUE_FOR_DEVICE
 from core.networks import repository as networks
 from core.networks.budget import estimate, refusal
-from core.networks.inspector import InspectionFailed, ModelRejected, inspect_model
 from core.networks.exported.roles import ROLES, step_bytes
 from core.networks.exported.roles import refusal as role_refusal
+from core.networks.inspector import InspectionFailed, ModelRejected, inspect_model
 from core.networks.spec import MODEL_FIELDS, BuiltinModel, ExportedModel, HFConfigModel, UploadedModel
 from core.settings import Settings
 from core.techniques import specs

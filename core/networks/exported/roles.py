@@ -19,6 +19,7 @@ class Role:
     outputs: tuple[int, ...]
     rows: tuple[str, int]
     chain: bool = False
+    score: bool = False
 
 
 ROLES: dict[str, tuple[Role, ...]] = {
@@ -28,7 +29,7 @@ ROLES: dict[str, tuple[Role, ...]] = {
         Role("decoder", "z -> logits, mean, or (mean, log-scale)", (1, 2), ("batch_size", 3)),
     ),
     "gradnorm_gan": (
-        Role("critic", "x -> score", (1,), ("batch", 6)),
+        Role("critic", "x -> score", (1,), ("batch", 6), score=True),
         Role("generator", "z -> x", (1,), ("batch", 2)),
     ),
 }
@@ -36,7 +37,8 @@ ROLES: dict[str, tuple[Role, ...]] = {
 
 
 def refusal(role: Role, described: dict[str, Any]) -> str | None:
-    """Why the described program cannot play ``role`` (None when it can); the message starts with the reason."""
+    """Why the described program cannot play ``role`` (None when it can). Shapes after the first are as exported
+    (static); a score is one value per row."""
     n_inputs = len(described["inputs"])
     outputs = described["outputs"]
     n_outputs = len(outputs) if isinstance(outputs, list) else 1
@@ -44,6 +46,8 @@ def refusal(role: Role, described: dict[str, Any]) -> str | None:
         return f"the program takes {n_inputs} inputs; {role.field} maps {role.maps} from one tensor"
     if n_outputs not in role.outputs:
         return f"the program returns {n_outputs} tensors; {role.field} maps {role.maps}"
+    if role.score and isinstance(outputs, dict) and outputs.get("shape", [None, 1])[1:] not in ([], [1]):
+        return f"the program returns {outputs['shape'][1:]} values per row; {role.field} maps {role.maps} (one)"
     chain = described.get("chain")
     if role.chain and chain is not None and not chain["is_chain"]:
         return (

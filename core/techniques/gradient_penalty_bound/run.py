@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -21,8 +21,8 @@ from core.data import load_arrays
 from core.networks.resolve import load_exported
 from core.networks.spec import ExportedModel
 from core.penalty import gradient_bound_terms
-from core.techniques.gradient_penalty_bound.exported import ExportedChain
 from core.plots import new_figure, to_png
+from core.techniques.gradient_penalty_bound.exported import ExportedChain
 from core.techniques.gradient_penalty_bound.spec import (
     MAX_INPUT_DIM,
     POWER_MAX_ITER,
@@ -87,7 +87,7 @@ def _median(t: torch.Tensor) -> float | None:
 def measure(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, p: GradientPenaltyBoundParams) -> dict:
     """Both sides of the bound on a float64 copy of ``model`` for the measurement inputs, summarized over samples
     (an exported chain's copy is its dense form: a convolution's parameters are its unrolled matrix's entries)."""
-    m64 = model.dense() if isinstance(model, ExportedChain) else copy.deepcopy(model).double()
+    m64 = model.dense() if isinstance(model, ExportedChain) else cast(nn.Sequential, copy.deepcopy(model).double())
     target: torch.Tensor | int | None
     if p.f == "loss":
         reduce, target = "loss", ys

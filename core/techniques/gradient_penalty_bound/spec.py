@@ -82,9 +82,10 @@ class GradientPenaltyBoundParams(Params):
         pooling, attention, normalisation or residual connections has no such chain. An exported program's graph
         is judged at submit (``core.networks.exported.roles``); it brings its own layers and weights."""
         if isinstance(model, ExportedModel):
-            given = {"widths", "activation", "init"} & self.model_fields_set
-            if given:
-                raise ValueError(f"{sorted(given)[0]}: an exported model brings its own layers and weights")
+            fields = type(self).model_fields
+            given = [name for name in ("widths", "activation", "init") if getattr(self, name) != fields[name].default]
+            if given:  # compared with the defaults: the stored params, validated again by the worker, list them all
+                raise ValueError(f"{given[0]}: an exported model brings its own layers and weights")
             return
         if not isinstance(model, BuiltinModel) or model.arch != "mlp":
             what = (

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from core.data import load_arrays, load_builtin
+from core.networks.resolve import load_exported
 from core.plots import new_figure, to_png
 from core.techniques.base import RunContext
 from core.techniques.vae_density.spec import VaeDensityParams, check_budget
-from core.networks.resolve import load_exported
 from core.vae import VAE, Likelihood, LinearGaussian, ModuleVAE, bits_per_dim
 
 LEVELS = 256  # dequantized data are 8-bit: integers 0..255

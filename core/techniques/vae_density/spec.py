@@ -95,8 +95,9 @@ class VaeDensityParams(Params):
             if self.steps == 0:
                 raise ValueError("steps: 0 evaluates an exported encoder and decoder as sent; the MLP must train")
             check_budget(self, self.data_dim_if_known())
-        elif {"hidden", "latent_dim"} & self.model_fields_set:
-            raise ValueError(f"{sorted({'hidden', 'latent_dim'} & self.model_fields_set)[0]}: set by the exported networks")
+        elif self.hidden != [64, 64] or self.latent_dim != type(self).model_fields["latent_dim"].default:
+            # compared with the defaults: the stored params, validated again by the worker, list them all
+            raise ValueError(f"{'hidden' if self.hidden != [64, 64] else 'latent_dim'}: set by the exported networks")
         return self
 
     def data_dim_if_known(self) -> int | None:
