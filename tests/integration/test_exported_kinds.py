@@ -15,7 +15,7 @@ from torch import nn
 
 from tests.integration.test_own_model import make_key, refused, run_job
 from tests.unit.test_exported_archive import export
-from tests.unit.test_exported_kinds import leaky_critic, linear_gaussian_vae
+from tests.unit.test_exported_kinds import Residual, leaky_critic, linear_gaussian_vae
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +46,6 @@ def upload_rows(client, **arrays) -> str:
     resp = client.post("/v1/datasets", files={"file": ("rows.npz", buf.getvalue())})
     assert resp.status_code == 201, resp.text
     return resp.json()["id"]
-
-
-class Residual(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Linear(5, 5), nn.Linear(5, 3)
-
-    def forward(self, x):
-        return self.b(torch.tanh(self.a(x)) + x)
 
 
 def test_gradient_penalty_bound_on_an_exported_tanh_mlp(alice, worker, tmp_path):

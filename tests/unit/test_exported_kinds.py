@@ -16,7 +16,9 @@ from torch import nn
 from core.networks.exported.archive import read_archive
 from core.networks.exported.chain import find_chain
 from core.networks.exported.dense import dense_chain
+from core.networks.exported.describe import describe
 from core.networks.exported.graph import build_module
+from core.networks.exported.roles import ROLES, refusal, step_bytes
 from core.networks.stored import ModelFiles
 from core.penalty import gradient_bound_terms
 from core.techniques import get_kind
@@ -288,3 +290,41 @@ def test_gradnorm_gan_penalises_an_exported_critic_by_double_backward(tmp_path):
 def test_gradnorm_gan_refuses_spectral_norm_on_an_exported_critic():
     with pytest.raises(ValueError, match="constraint: spectral norm needs"):
         spec("gradnorm_gan", {"constraint": "spectral", "critic": {"source": "exported", "id": str(uuid.uuid4())}})
+
+
+def test_the_footprint_counts_batch_sized_values_per_row_and_the_rest_once(tmp_path):
+    path = export(
+        nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3)), (torch.randn(6, 5),), tmp_path / "m.pt2"
+    )
+    with read_archive(path) as archive:
+        described = describe(archive)
+    # per row: the input (5), linear (16), tanh (16), linear_1 (3) in float32; once: the 16·5 + 16 + 3·16 + 3 weights
+    assert described["footprint"] == {"bytes_per_row": 4 * (5 + 16 + 16 + 3), "fixed_bytes": 4 * (80 + 16 + 48 + 3)}
+    role = ROLES["gradient_penalty_bound"][0]
+    params = spec(
+        "gradient_penalty_bound", {"model": {"source": "exported", "id": str(uuid.uuid4())}, "batch_size": 10}
+    )
+    # weights, gradients, two Adam moments (16 bytes a parameter) and three copies of one batch's values
+    assert step_bytes(role, described, params) == 16 * 147 + 3 * (588 + 10 * 160)
+    assert refusal(role, described) is None
+
+
+def test_each_part_refuses_a_program_of_the_wrong_shape(tmp_path):
+    def described(model, args):
+        with read_archive(export(model, args, tmp_path / "m.pt2")) as archive:
+            return describe(archive)
+
+    encoder, critic, gpb = ROLES["vae_density"][0], ROLES["gradnorm_gan"][0], ROLES["gradient_penalty_bound"][0]
+    two_scores = described(nn.Linear(2, 2), (torch.randn(4, 2),))
+    assert refusal(encoder, two_scores) == "the program returns 1 tensors; encoder maps x -> (mean, log-variance)"
+    assert refusal(critic, two_scores) == "the program returns [2] values per row; critic maps x -> score (one)"
+    assert "node 'add' breaks it" in str(refusal(gpb, described(Residual(), (torch.randn(4, 5),))))
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)) + x)
