@@ -28,7 +28,7 @@ from core.jobs import repository as jobs
 from core.jobs.states import QUEUE_FOR_DEVICE
 from core.networks import repository as networks
 from core.networks.budget import estimate, refusal
-from core.networks.exported.roles import ROLES, step_bytes
+from core.networks.exported.roles import ROLES, sizes_refusal, step_bytes
 from core.networks.exported.roles import refusal as role_refusal
 from core.networks.inspector import InspectionFailed, ModelRejected, inspect_model
 from core.networks.spec import MODEL_FIELDS, BuiltinModel, ExportedModel, HFConfigModel, UploadedModel
@@ -84,10 +84,12 @@ def _buildable(session: Session, tenant: str, model, field: str) -> tuple[dict, 
 def _check_exported(
     session: Session, settings: Settings, tenant: str, kind: str, params: BaseModel, device: str, prefix: str
 ) -> None:
-    """Each exported program the params name is the tenant's, plays its role (``roles.ROLES``) and, all together,
-    a step of them fits the queue's worker."""
+    """Each exported program the params name is the tenant's and plays its role (``roles.ROLES``); their widths
+    agree with each other and an uploaded dataset's columns; and, all together, a step of them fits the queue's
+    worker."""
     roles = {role.field: role for role in ROLES.get(kind, ())}
     needed = 0
+    programs: dict[str, dict] = {}
     for name in MODEL_FIELDS:
         model = getattr(params, name, None)
         if not isinstance(model, ExportedModel):
@@ -105,6 +107,12 @@ def _check_exported(
         if why is not None:
             raise _model_refused(field, f"id: model {model.id}: {why}")
         needed += step_bytes(roles[name], described, params)
+        programs[name] = described
+    dataset = getattr(params, "dataset", None)
+    columns = datasets.dataset_columns(session, dataset) if isinstance(dataset, uuid.UUID) else None
+    disagree = sizes_refusal(programs, columns)
+    if disagree is not None:
+        raise _model_refused(f"{prefix}.{disagree[0]}", disagree[1])
     queue = QUEUE_FOR_DEVICE[device]
     capacity = settings.queue_memory_bytes(queue)
     if needed > capacity:

@@ -64,6 +64,12 @@ def test_gradient_penalty_bound_on_an_exported_tanh_mlp(alice, worker, tmp_path)
     assert result["max_identity_residual"] < 1e-9  # per-layer ‖∇_W f‖² + ‖∇_b f‖² = ‖δ‖²(1 + ‖h‖²)
     assert all(0 < r <= 1 + 1e-9 for r in result["ratio"]["max"])
 
+    wide = upload_rows(alice, x=np.zeros((20, 7), np.float32), y=np.arange(20) % 3)
+    refused(
+        alice.post("/v1/jobs", json={"kind": "gradient_penalty_bound", "params": {**params, "dataset": wide}}),
+        "params.model",
+        "the program takes 5 values per row; the dataset's rows have 7",
+    )
     broken = upload_program(alice, export(Residual(), (torch.randn(6, 5),), tmp_path / "residual.pt2"))
     refused(
         alice.post("/v1/jobs", json={"kind": "gradient_penalty_bound", "params": {**params, "model": broken}}),

@@ -18,7 +18,7 @@ from core.networks.exported.chain import find_chain
 from core.networks.exported.dense import dense_chain
 from core.networks.exported.describe import describe
 from core.networks.exported.graph import build_module
-from core.networks.exported.roles import ROLES, refusal, step_bytes
+from core.networks.exported.roles import ROLES, refusal, sizes_refusal, step_bytes
 from core.networks.stored import ModelFiles
 from core.penalty import gradient_bound_terms
 from core.techniques import get_kind
@@ -328,3 +328,26 @@ class Residual(nn.Module):
 
     def forward(self, x):
         return self.b(torch.tanh(self.a(x)) + x)
+
+
+def test_widths_must_agree_between_parts_and_with_the_dataset(tmp_path):
+    def described(model, args):
+        with read_archive(export(model, args, tmp_path / "m.pt2")) as archive:
+            return describe(archive)
+
+    (enc, dec), _, _ = linear_gaussian_vae(tmp_path)
+    with read_archive(enc) as a, read_archive(dec) as b:
+        pair = {"encoder": describe(a), "decoder": describe(b)}
+    assert sizes_refusal(pair, 6) is None
+    assert sizes_refusal(pair, 5) == ("encoder", "the program takes 6 values per row; the dataset's rows have 5")
+    wrong_latent = described(GaussianDecoder(torch.randn(6, 3), torch.zeros(6), 0.0), (torch.randn(4, 3),))
+    assert sizes_refusal({**pair, "decoder": wrong_latent}, None) == (
+        "decoder",
+        "the program takes 3 values per row; the encoder gives 2",
+    )
+    critic = described(leaky_critic(), (torch.randn(4, 2),))
+    generator = described(nn.Linear(3, 4), (torch.randn(4, 3),))
+    assert sizes_refusal({"critic": critic, "generator": generator}, None) == (
+        "critic",
+        "the program takes 2 values per row; the generator gives 4",
+    )

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,3 +65,35 @@ def step_bytes(role: Role, described: dict[str, Any], params: Any) -> int:
     rows = int(getattr(params, batch_field)) * int(getattr(params, "train_k", 1) if role.field == "decoder" else 1)
     foot = described.get("footprint", {"bytes_per_row": 0, "fixed_bytes": 0})
     return 16 * int(described["n_params"]) + copies * (foot["fixed_bytes"] + rows * foot["bytes_per_row"])
+
+
+def _width(entry: Any) -> int | None:
+    """Values per row of a described input or output tensor (None: a dynamic size past the batch, or not one)."""
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    if not isinstance(shape, list) or not all(isinstance(s, int) for s in shape[1:]):
+        return None
+    return math.prod(shape[1:])
+
+
+SIZES_AGREE = (("encoder", "outputs", "decoder", "inputs"), ("generator", "outputs", "critic", "inputs"))
+"""(field, side, field, side) pairs whose widths per row must agree: the latent z, the generated x."""
+TAKES_ROWS = ("model", "encoder", "critic")
+"""The parts that read the dataset's rows."""
+
+
+def sizes_refusal(described: dict[str, dict[str, Any]], columns: int | None) -> tuple[str, str] | None:
+    """(field, why) when the programs' widths per row disagree with each other or with the dataset's ``columns``
+    (None: unknown at submit); ``described``: each exported program's description by params field."""
+    for field in TAKES_ROWS:
+        if field in described and columns is not None:
+            width = _width(described[field]["inputs"][0])
+            if width is not None and width != columns:
+                return field, f"the program takes {width} values per row; the dataset's rows have {columns}"
+    for source, side, target, other in SIZES_AGREE:
+        if source in described and target in described:
+            out = described[source][side]
+            width = _width(out[0] if isinstance(out, list) else out)
+            takes = _width(described[target][other][0])
+            if width is not None and takes is not None and width != takes:
+                return target, f"the program takes {takes} values per row; the {source} gives {width}"
+    return None
