@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -112,7 +113,7 @@ def test_vae_density_on_an_exported_encoder_and_decoder(alice, worker, tmp_path)
     )
 
 
-def test_gradnorm_gan_on_an_exported_critic_and_generator(alice, worker, tmp_path):
+def test_gradnorm_gan_on_an_exported_critic_and_generator(alice, worker, stack, tmp_path):
     torch.manual_seed(5)
     critic = upload_program(alice, export(leaky_critic(), (torch.randn(4, 2),), tmp_path / "critic.pt2"))
     gen_net = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 2))
@@ -126,5 +127,16 @@ def test_gradnorm_gan_on_an_exported_critic_and_generator(alice, worker, tmp_pat
     refused(
         alice.post("/v1/jobs", json={"kind": "gradnorm_gan", "params": {**params, "critic": generator}}),
         "params.critic",
-        "returns",
+        "returns [2] values per row",
     )
+    held = alice.post("/v1/jobs", json={"kind": "gradnorm_gan", "params": {**params, "steps": 20000}})
+    assert held.status_code == 201, held.text
+    deleting = alice.delete(f"/v1/models/{generator['id']}")  # a queued job's generator is held, not deleted
+    assert deleting.status_code == 409 and "is used by job" in deleting.json()["detail"], deleting.text
+    assert alice.post(f"/v1/jobs/{held.json()['id']}/cancel").status_code in (200, 202)
+    with httpx.Client(base_url=stack.api_url, headers={"Authorization": f"Bearer {make_key(stack, 'bob')}"}) as bob:
+        refused(
+            bob.post("/v1/jobs", json={"kind": "gradnorm_gan", "params": params}),
+            "params.critic",
+            f"model {critic['id']} not found",
+        )
