@@ -351,3 +351,36 @@ def test_widths_must_agree_between_parts_and_with_the_dataset(tmp_path):
         "critic",
         "the program takes 2 values per row; the generator gives 4",
     )
+
+
+def _saved_bytes(module: nn.Module, x: torch.Tensor, double: bool) -> int:
+    """Bytes of the distinct tensors autograd saves for one backward (``double``: a gradient penalty's)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[id(t)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        x = x.requires_grad_(True)
+        out = module(x).sum()
+        if double:
+            (g,) = torch.autograd.grad(out, x, create_graph=True)
+            out = g.square().sum()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [(CHAINS["tanh_mlp"][0], (5,)), (ConvChain, (1, 4, 4)), (leaky_critic, (2,))],
+    ids=["mlp", "conv", "critic"],
+)
+def test_the_footprint_bounds_what_a_meta_device_trace_saves(make, shape, tmp_path):
+    """A batch of 64 through the program built on ``meta`` (no bytes): autograd saves at most the graph's values for
+    a backward, and under three times them for a double backward (the copies ``roles`` budgets)."""
+    path = export(make(), (torch.randn(6, *shape),), tmp_path / "m.pt2")
+    with read_archive(path) as archive:
+        module, foot = build_module(archive, device="meta"), describe(archive)["footprint"]
+    one_batch = foot["fixed_bytes"] + 64 * foot["bytes_per_row"]
+    assert 0 < _saved_bytes(module, torch.empty(64, *shape, device="meta"), double=False) <= one_batch
+    assert one_batch < _saved_bytes(module, torch.empty(64, *shape, device="meta"), double=True) <= 3 * one_batch
