@@ -1,8 +1,8 @@
 """The done test of issue 32: a small VAE (encoder + decoder), a GAN critic and generator and a tanh MLP are exported
-here (torch.export.export + torch.export.save), uploaded through the API, and vae_density, gradnorm_gan and
-gradient_penalty_bound run on them on a real worker; answers checked against closed forms (a linear Gaussian
-decoder's exact log p(x), the chain bound's identities, GN's unit gradient bound). Programs that cannot play a
-kind's part are refused at submit naming the field and the node or reason."""
+here (torch.export.export + torch.export.save), uploaded through the API, and vae_density, gradnorm_gan,
+gradient_penalty_bound and init_averaging run on them on a real worker; answers checked against closed forms (a
+linear Gaussian decoder's exact log p(x), the chain bound's identities, GN's unit gradient bound). Programs that
+cannot play a kind's part are refused at submit naming the field and the node or reason."""
 
 from __future__ import annotations
 
@@ -64,6 +64,10 @@ def test_gradient_penalty_bound_on_an_exported_tanh_mlp(alice, worker, tmp_path)
     assert result["violations"] == 0  # the inequality holds on every sample at every measurement
     assert result["max_identity_residual"] < 1e-9  # per-layer ‖∇_W f‖² + ‖∇_b f‖² = ‖δ‖²(1 + ‖h‖²)
     assert all(0 < r <= 1 + 1e-9 for r in result["ratio"]["max"])
+
+    table = run_job(alice, "init_averaging", {"dataset": dataset, "model": model, "batch": 64, "trials": 1})
+    assert [row["name"] for row in table["layers"]] == ["0.weight", "4.weight"]  # 12×5 and 3×12; 12×12 is square
+    assert table["layers"][0]["current_variance"] == pytest.approx(float(mlp[0].weight.double().var()), rel=1e-6)
 
     wide = upload_rows(alice, x=np.zeros((20, 7), np.float32), y=np.arange(20) % 3)
     refused(

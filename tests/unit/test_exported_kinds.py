@@ -384,3 +384,26 @@ def test_the_footprint_bounds_what_a_meta_device_trace_saves(make, shape, tmp_pa
     one_batch = foot["fixed_bytes"] + 64 * foot["bytes_per_row"]
     assert 0 < _saved_bytes(module, torch.empty(64, *shape, device="meta"), double=False) <= one_batch
     assert one_batch < _saved_bytes(module, torch.empty(64, *shape, device="meta"), double=True) <= 3 * one_batch
+
+
+def test_init_averaging_tables_an_exported_program_s_weights_and_its_variance_ratios(tmp_path):
+    torch.manual_seed(6)
+    original = ConvChain()
+    path = export(original, (torch.randn(6, 1, 4, 4),), tmp_path / "conv.pt2")
+    x = np.random.default_rng(1).normal(size=(50, 16)).astype(np.float32)
+    ctx, ids = context_with({"model": path}, x=x)
+    params = {"dataset": ids["dataset"], "model": {"source": "exported", "id": ids["model"]}, "batch": 32,
+              "means": ["arithmetic", "geometric"], "trials": 2}  # fmt: skip
+    result = get_kind("init_averaging").run(spec("init_averaging", params), ctx)
+    rows = {row["name"]: row for row in result["layers"]}
+    assert set(rows) == {"conv.weight", "head.weight"}  # 3×1×3×3 (fans 9, 27) and 4×48; the biases are 1-D
+    assert rows["conv.weight"]["fan_in"] == 9 and rows["conv.weight"]["fan_out"] == 27
+    assert rows["head.weight"]["current_variance"] == pytest.approx(float(original.head.weight.double().var()))
+    assert rows["head.weight"]["variance"]["arithmetic"] == pytest.approx(2 / (48 + 4))
+    rows_in = torch.as_tensor(x[:32])
+    rows_in = ((rows_in - rows_in.mean()) / (rows_in.std() + 1e-8)).reshape(32, 1, 4, 4)
+    out = original(rows_in).detach().double()
+    assert result["own_init"]["forward_ratio"] == pytest.approx(
+        float(out.square().mean() / rows_in.double().square().mean()), rel=1e-5
+    )
+    assert set(result["means"]) == {"arithmetic", "geometric"}

@@ -29,6 +29,7 @@ ROLES: dict[str, tuple[Role, ...]] = {
         Role("encoder", "x -> (mean, log-variance)", (2,), ("batch_size", 3)),
         Role("decoder", "z -> logits, mean, or (mean, log-scale)", (1, 2), ("batch_size", 3)),
     ),
+    "init_averaging": (Role("model", "x -> outputs", (1,), ("batch", 2)),),
     "gradnorm_gan": (
         Role("critic", "x -> score", (1,), ("batch", 6), score=True),
         Role("generator", "z -> x", (1,), ("batch", 2)),
