@@ -118,9 +118,13 @@ def _check_exported(
     if needed > capacity:
         raise _model_refused(
             f"{prefix}.{roles_named(params, roles)}",
-            f"about {needed / 2**30:.2f} GiB needed (weights, gradients, Adam state and the graphs' values for one "
-            f"batch) exceeds the {capacity / 2**30:.2f} GiB of a '{queue}' worker; lower the batch",
+            f"about {_size(needed)} needed (weights, gradients, Adam state and the graphs' values for one batch) "
+            f"exceeds the {_size(capacity)} of a '{queue}' worker; lower the batch",
         )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def roles_named(params: BaseModel, roles: dict) -> str:

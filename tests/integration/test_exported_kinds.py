@@ -19,9 +19,13 @@ from tests.unit.test_exported_archive import export
 from tests.unit.test_exported_kinds import Residual, leaky_critic, linear_gaussian_vae
 
 
+CPU_MIB = 2
+"""A 'cpu' worker's memory here: ample for the small networks below, too little for a 4096-wide layer."""
+
+
 @pytest.fixture(scope="module")
 def service_env(service_env):
-    return {**service_env, "GRADLAB_AUTH": "required"}
+    return {**service_env, "GRADLAB_AUTH": "required", "GRADLAB_CPU_WORKER_MEMORY_GIB": str(CPU_MIB / 1024)}
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +78,16 @@ def test_gradient_penalty_bound_on_an_exported_tanh_mlp(alice, worker, tmp_path)
         alice.post("/v1/jobs", json={"kind": "gradient_penalty_bound", "params": {**params, "dataset": wide}}),
         "params.model",
         "the program takes 5 values per row; the dataset's rows have 7",
+    )
+    wide_mlp = nn.Sequential(nn.Linear(5, 4096), nn.Tanh(), nn.Linear(4096, 3))
+    big = upload_program(alice, export(wide_mlp, (torch.randn(6, 5),), tmp_path / "wide.pt2"))
+    # 16 bytes for each of its 36,867 parameters, and 3 copies of its values for a batch: the weights once (4 bytes
+    # each) and 32 rows × 4 × (5 + 4096 + 4096 + 3) bytes: 4,181,076 bytes
+    refused(
+        alice.post("/v1/jobs", json={"kind": "gradient_penalty_bound", "params": {**params, "model": big}}),
+        "params.model",
+        f"about 4.0 MiB needed (weights, gradients, Adam state and the graphs' values for one batch) exceeds the "
+        f"{CPU_MIB:.1f} MiB of a 'auto' worker",
     )
     broken = upload_program(alice, export(Residual(), (torch.randn(6, 5),), tmp_path / "residual.pt2"))
     refused(
