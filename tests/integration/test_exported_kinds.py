@@ -18,7 +18,6 @@ from tests.integration.test_own_model import make_key, refused, run_job
 from tests.unit.test_exported_archive import export
 from tests.unit.test_exported_kinds import Residual, leaky_critic, linear_gaussian_vae
 
-
 CPU_MIB = 2
 """A 'cpu' worker's memory here: ample for the small networks below, too little for a 4096-wide layer."""
 
