@@ -443,3 +443,23 @@ def test_vae_density_with_a_bernoulli_decoder_stays_below_log_p_by_quadrature(tm
     # nondecreasing in K up to the sampling noise of 200 rows, where it has converged (L_100 and L_1000 both at log p)
     assert pooled[0] < pooled[1] < pooled[2] and pooled[3] > pooled[2] - 0.02, pooled
     assert float(exact.mean()) - 0.02 < pooled[-1] <= float(exact.mean()) + 0.01, float(exact.mean())
+
+
+def test_a_convolution_too_large_to_unroll_is_refused_before_it_is_unrolled(tmp_path):
+    class Wide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(1, 64, 3, padding=1), nn.Linear(64 * 64 * 64, 2)
+
+        def forward(self, x):
+            return self.head(torch.flatten(torch.tanh(self.conv(x)), 1))
+
+    path = export(Wide(), (torch.randn(2, 1, 64, 64),), tmp_path / "wide.pt2")
+    x = np.zeros((4, 4096), np.float32)
+    ctx, ids = context_with({"model": path}, x=x, y=np.arange(4) % 2)
+    params = spec(
+        "gradient_penalty_bound", {"dataset": ids["dataset"], "model": {"source": "exported", "id": ids["model"]}}
+    )
+    # unrolled, the convolution is a 262144 × 4096 matrix: terabytes in float64
+    with pytest.raises(ValueError, match=r"model: needs about \d+\.\d GiB, more than 4 GiB"):
+        get_kind("gradient_penalty_bound").run(params, ctx)

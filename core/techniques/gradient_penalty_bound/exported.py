@@ -25,7 +25,7 @@ class ExportedChain(nn.Module):
         self.shape = module.input_shape()
         if math.prod(self.shape) != features:
             raise ValueError(f"dataset: rows of {features} values do not fill the model's input {list(self.shape)}")
-        dims = [layer.out_features for layer in self.dense().children() if isinstance(layer, nn.Linear)]
+        dims = [_width(module, layer.node) for layer in self.chain.layers]  # read off the graph: dense() is large
         if dims[-1] < classes:
             raise ValueError(f"model: it returns {dims[-1]} logits, fewer than the dataset's {classes} classes")
         self.dims = [features, *dims]
@@ -38,3 +38,12 @@ class ExportedChain(nn.Module):
         device = next(self.module.parameters()).device
         example = torch.zeros(2, *self.shape, device=device)
         return dense_chain(self.module, self.chain, example)
+
+
+def _width(module: ExportedModule, node: str) -> int:
+    """Values per row of a node's output, as the graph recorded its shape."""
+    (found,) = [n for n in module.program.nodes if n.name == node]
+    meta = module.program.tensor_values.get(found.outputs[0]) if isinstance(found.outputs[0], str) else None
+    if meta is None or not all(isinstance(s, int) for s in meta.shape[1:]):
+        raise ValueError(f"model: the output of node {node!r} has no fixed size per row")
+    return math.prod(int(s) for s in meta.shape[1:])

@@ -115,6 +115,7 @@ def check_budget(p: GradientPenaltyBoundParams, d_in: int, classes: int, n: int,
     """Raise ValueError("<field>: ...") when the job's planned memory or work exceeds one worker's share.
 
     ``dims``: the widths of the chain when it is not the MLP of ``widths`` (an exported model, unrolled)."""
+    given = dims
     dims = dims or layer_dims(p, d_in, classes)
     d_in, hidden = dims[0], dims[1:-1]
     n_params = sum((a + 1) * b for a, b in zip(dims, dims[1:]))
@@ -128,7 +129,7 @@ def check_budget(p: GradientPenaltyBoundParams, d_in: int, classes: int, n: int,
     measure = measurements * (p.samples * (fwd_bwd + jac) + svd_w)
     memory = n_params * (4 * 4 + 8 * 2) + 3 * 4 * p.batch_size * sum(dims) + jac_bytes + 2 * 64 * 2**20 + n * d_in * 8
     if memory > MAX_BYTES:
-        field = "method" if jac_bytes > MAX_BYTES / 2 else "widths"
+        field = "method" if jac_bytes > MAX_BYTES / 2 else "widths" if given is None else "model"
         raise ValueError(f"{field}: needs about {memory / 2**30:.1f} GiB, more than {MAX_BYTES / 2**30:.0f} GiB")
     if train + measure > MAX_FLOPS:
         field = "steps" if train > measure else "samples"
