@@ -385,8 +385,11 @@ class ModuleVAE(VAE):
         fixed_sigma: float | None = None,
         levels: int = 256,
         min_log_sigma: float = -7.0,
+        row_bytes: int | None = None,
     ):
+        """``row_bytes``: what one draw through the decoder holds (all its values for one row), when known."""
         nn.Module.__init__(self)
+        self.row_bytes = row_bytes
         self.encoder, self.decoder = encoder, decoder  # type: ignore[assignment]  # any module, not VAE's MLPs
         self.input_shape = tuple(input_shape)
         self.data_dim, self.likelihood, self.levels = math.prod(self.input_shape), likelihood, levels
@@ -438,5 +441,5 @@ class ModuleVAE(VAE):
         return log_density
 
     def activation_bytes_per_row(self) -> int:
-        """Bytes of one draw's decoder output (mean and log-scale): the graph's own widths are not known here."""
-        return 2 * self.data_dim * next(self.parameters()).element_size()
+        """Bytes one draw holds in the decoder: ``row_bytes``, else its output's (mean and log-scale)."""
+        return self.row_bytes or 2 * self.data_dim * next(self.parameters()).element_size()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from core.data import load_arrays, load_builtin
+from core.networks.exported.footprint import footprint
 from core.networks.resolve import load_exported
 from core.plots import new_figure, to_png
 from core.techniques.base import RunContext
@@ -230,7 +231,10 @@ def _model(params: VaeDensityParams, ctx: RunContext, dim: int, likelihood: Like
         raise ValueError(f"encoder: {exc}") from None
     if math.prod(shape) != dim:
         raise ValueError(f"encoder: takes {list(shape)} ({math.prod(shape)} values), the data rows have {dim}")
-    return ModuleVAE(encoder, decoder, shape, likelihood, params.fixed_sigma, LEVELS).to(ctx.device)
+    row_bytes = footprint(decoder.program)["bytes_per_row"]  # evaluation chunks are sized by it
+    return ModuleVAE(encoder, decoder, shape, likelihood, params.fixed_sigma, LEVELS, row_bytes=row_bytes).to(
+        ctx.device
+    )
 
 
 def _decoder_sigma(model: VAE) -> dict | None:
