@@ -3,8 +3,8 @@ stored models: sent in one request (``service``) or uploaded resumably (``upload
 made (``intake``: ``strict_json``, ``safetensors_header``, ``checkpoint``, ``exported``), kept by ``repository``.
 
 ``spec``, ``families``, ``checks``, ``budget``, ``safetensors_header``, ``strict_json``, ``checkpoint``,
-``inspector``, ``intake``, ``stored``, ``repository``, ``service``, ``uploads`` and ``exported`` (but its ``graph``)
-import no torch and no transformers: the API validates, checks, budgets and stores models with them. ``build``,
-``builtin``, ``weights``, ``resolve``, ``meta_summary``, ``analysis`` and ``exported.graph`` are the torch side,
-imported by workers, run modules and the inspector's child process.
+``inspector``, ``intake``, ``stored``, ``repository``, ``service``, ``uploads`` and ``exported`` (but its ``graph``
+and ``dense``) import no torch and no transformers: the API validates, checks, budgets and stores models with them.
+``build``, ``builtin``, ``weights``, ``resolve``, ``meta_summary``, ``analysis``, ``exported.graph`` and
+``exported.dense`` are the torch side, imported by workers, run modules and the inspector's child process.
 """
