@@ -26,7 +26,8 @@ from core.costs import auto_method
 
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity)
 """Activation modules accepted between Linear layers: parameter-free and applied entry by entry, so the Jacobian
-of each is diagonal and the per-layer identity holds."""
+of each is diagonal and the per-layer identity holds. A module whose class sets ``elementwise = True`` (an exported
+graph's activation node, ``core.networks.exported.dense``) is accepted as well."""
 
 _CHUNK_BYTES = 64 * 2**20
 """Rough cap on the scratch memory of one vmapped chunk (jacrev rows, Frobenius basis vectors)."""
@@ -44,7 +45,7 @@ def split_layers(model: nn.Sequential) -> list[tuple[nn.Linear, tuple[nn.Module,
     for module in model:
         if isinstance(module, nn.Linear):
             layers.append((module, []))
-        elif isinstance(module, ELEMENTWISE):
+        elif isinstance(module, ELEMENTWISE) or getattr(module, "elementwise", False):
             if not layers:
                 raise ValueError("model must start with nn.Linear (h^(1) is the input itself)")
             layers[-1][1].append(module)

@@ -366,3 +366,80 @@ class VAE(nn.Module):
         else:
             bound = torch.logsumexp(self.log_joint(x, z) - q.log_prob(z, x), dim=0) - math.log(k)
         return -bound.mean()
+
+
+class ModuleVAE(VAE):
+    """A VAE from the user's own encoder and decoder modules (exported programs), prior N(0, I).
+
+    encoder: x (shaped as ``input_shape``) → (mean, log-variance) of q(z|x); decoder: z → Bernoulli logits, a
+    Gaussian mean (σ learned per dimension, or ``fixed_sigma``), or (mean, log-scale) of a Gaussian. Rows stay flat
+    (B, D) outside: they are reshaped to the encoder's input, and the decoder's outputs are flattened to D values.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        input_shape: Sequence[int],
+        likelihood: Likelihood = "gaussian",
+        fixed_sigma: float | None = None,
+        levels: int = 256,
+        min_log_sigma: float = -7.0,
+        row_bytes: int | None = None,
+    ):
+        """``row_bytes``: what one draw through the decoder holds (all its values for one row), when known."""
+        nn.Module.__init__(self)
+        self.row_bytes = row_bytes
+        self.encoder, self.decoder = encoder, decoder  # type: ignore[assignment]  # any module, not VAE's MLPs
+        self.input_shape = tuple(input_shape)
+        self.data_dim, self.likelihood, self.levels = math.prod(self.input_shape), likelihood, levels
+        self.min_log_sigma = min_log_sigma
+        device = next(self.parameters()).device
+        with torch.no_grad():
+            encoded = encoder(torch.zeros(2, *self.input_shape, device=device))
+            if not isinstance(encoded, (tuple, list)) or len(encoded) != 2 or encoded[0].shape != encoded[1].shape:
+                raise ValueError("encoder: must return (mean, log-variance) of one shape")
+            self.latent_dim = encoded[0][0].numel()
+            decoded = decoder(torch.zeros(2, self.latent_dim, device=device))
+        self.decoder_scale = isinstance(decoded, (tuple, list))
+        mean = decoded[0] if self.decoder_scale else decoded
+        if mean[0].numel() != self.data_dim:
+            raise ValueError(f"decoder: returns {mean[0].numel()} values per row, the data have {self.data_dim}")
+        if self.decoder_scale and likelihood == "bernoulli":
+            raise ValueError("decoder: returns (mean, log-scale), a Gaussian; the data are binary (bernoulli)")
+        if self.decoder_scale and fixed_sigma is not None:
+            raise ValueError("fixed_sigma: the decoder gives its own log-scale")
+        self.log_sigma = None
+        if likelihood != "bernoulli" and not self.decoder_scale:
+            if fixed_sigma is None:
+                self.log_sigma = nn.Parameter(torch.zeros(self.data_dim, device=device))
+            else:
+                self.register_buffer("log_sigma", torch.full((self.data_dim,), math.log(fixed_sigma), device=device))
+
+    def proposal(self, x: Tensor, generator: torch.Generator | None = None) -> DiagonalGaussian:
+        mean, log_var = self.encoder(x.reshape(len(x), *self.input_shape))
+        return DiagonalGaussian(mean.flatten(1), 0.5 * log_var.flatten(1), generator)
+
+    def decode(self, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Mean or logits, and the log-scale when the decoder gives one, each (..., B, D) for z (..., B, d_z)."""
+        out = self.decoder(z.reshape(-1, z.shape[-1]))
+        mean, log_scale = (out[0], out[1]) if self.decoder_scale else (out, None)
+        shape = (*z.shape[:-1], self.data_dim)
+        return mean.reshape(shape), None if log_scale is None else log_scale.expand_as(mean).reshape(shape)
+
+    def log_conditional(self, x: Tensor, z: Tensor) -> Tensor:
+        out, log_scale = self.decode(z)
+        if self.likelihood == "bernoulli":
+            return -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none").sum(-1)
+        log_sigma = self.log_sigma if log_scale is None else log_scale
+        assert log_sigma is not None  # only Bernoulli has none
+        log_sigma = log_sigma.clamp(min=self.min_log_sigma)
+        resid = (x - out) * torch.exp(-log_sigma)
+        log_density = -0.5 * (resid.square() + LOG_2PI).sum(-1) - log_sigma.expand_as(resid).sum(-1)
+        if self.likelihood == "dequantized":
+            return log_density - self.data_dim * math.log(self.levels)
+        return log_density
+
+    def activation_bytes_per_row(self) -> int:
+        """Bytes one draw holds in the decoder: ``row_bytes``, else its output's (mean and log-scale)."""
+        return self.row_bytes or 2 * self.data_dim * next(self.parameters()).element_size()

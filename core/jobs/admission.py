@@ -29,9 +29,11 @@ from core.jobs import repository as jobs
 from core.jobs.states import QUEUE_FOR_DEVICE
 from core.networks import repository as networks
 from core.networks.budget import estimate, refusal
+from core.networks.exported.roles import ROLES, sizes_refusal, step_bytes
+from core.networks.exported.roles import refusal as role_refusal
 from core.networks.inspector import InspectionFailed, InspectorBusy, ModelRejected, inspect_model
 from core.networks.intake import inspector_busy
-from core.networks.spec import BuiltinModel, ExportedModel, HFConfigModel, UploadedModel
+from core.networks.spec import MODEL_FIELDS, BuiltinModel, ExportedModel, HFConfigModel, UploadedModel
 from core.settings import Settings
 from core.techniques import specs
 
@@ -39,9 +41,6 @@ RATE_WINDOW = timedelta(seconds=60)
 SEQUENCE_CLASSIFIER_KINDS = frozenset({"embedding_dim", "init_averaging", "contrastive_accumulation"})
 """Kinds that take a Hugging Face sequence classifier: they read its sizes or its initialisation, or pool its
 encoder; the others train a language model's targets, which a classifier's head does not predict."""
-EXPORTED_KINDS: frozenset[str] = frozenset()
-"""Kinds whose run builds an exported program (``core.networks.resolve.load_exported``); every other kind refuses a
-``{"source": "exported"}`` model before it is queued."""
 
 
 def check_job(
@@ -84,14 +83,55 @@ def _buildable(session: Session, tenant: str, model, field: str) -> tuple[dict, 
     return buildable, None
 
 
-def _check_exported(session: Session, tenant: str, kind: str, model: ExportedModel, field: str) -> None:
-    row = _stored(session, tenant, model.id, field, "id")
-    if row.format != "exported":
+def _check_exported(
+    session: Session, settings: Settings, tenant: str, kind: str, params: BaseModel, device: str, prefix: str
+) -> None:
+    """Each exported program the params name is the tenant's and plays its role (``roles.ROLES``); their widths
+    agree with each other and an uploaded dataset's columns; and, all together, a step of them fits the queue's
+    worker."""
+    roles = {role.field: role for role in ROLES.get(kind, ())}
+    needed = 0
+    programs: dict[str, dict] = {}
+    for name in MODEL_FIELDS:
+        model = getattr(params, name, None)
+        if not isinstance(model, ExportedModel):
+            continue
+        field = f"{prefix}.{name}"
+        row = _stored(session, tenant, model.id, field, "id")
+        if row.format != "exported":
+            raise _model_refused(
+                field, f'id: model {model.id} is not an exported program; name it as {{"source": "uploaded"}}'
+            )
+        if name not in roles:
+            raise _model_refused(field, f"source: kind {kind} does not take an exported program")
+        described = row.summary["exported"]
+        why = role_refusal(roles[name], described)
+        if why is not None:
+            raise _model_refused(field, f"id: model {model.id}: {why}")
+        needed += step_bytes(roles[name], described, params)
+        programs[name] = described
+    dataset = getattr(params, "dataset", None)
+    columns = datasets.dataset_columns(session, dataset) if isinstance(dataset, uuid.UUID) else None
+    disagree = sizes_refusal(programs, columns)
+    if disagree is not None:
+        raise _model_refused(f"{prefix}.{disagree[0]}", disagree[1])
+    queue = QUEUE_FOR_DEVICE[device]
+    capacity = settings.queue_memory_bytes(queue)
+    if needed > capacity:
         raise _model_refused(
-            field, f'id: model {model.id} is not an exported program; name it as {{"source": "uploaded"}}'
+            f"{prefix}.{roles_named(params, roles)}",
+            f"about {_size(needed)} needed (weights, gradients, Adam state and the graphs' values for one batch) "
+            f"exceeds the {_size(capacity)} of a '{queue}' worker; lower the batch",
         )
-    if kind not in EXPORTED_KINDS:
-        raise _model_refused(field, f"source: kind {kind} does not take an exported program")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def roles_named(params: BaseModel, roles: dict) -> str:
+    """The first field naming an exported program: where a refusal of them all is reported."""
+    return next(name for name in roles if isinstance(getattr(params, name, None), ExportedModel))
 
 
 def _check_model(
@@ -99,10 +139,10 @@ def _check_model(
 ) -> None:
     """A job on a model is queued only when the model is its tenant's, builds, and its memory fits the queue's
     worker class."""
-    model = getattr(params, "model", None)
-    if isinstance(model, ExportedModel):
-        _check_exported(session, tenant, kind, model, field)
+    if any(isinstance(getattr(params, name, None), ExportedModel) for name in MODEL_FIELDS):
+        _check_exported(session, settings, tenant, kind, params, device, field.rsplit(".", 1)[0])
         return
+    model = getattr(params, "model", None)
     if not isinstance(model, (BuiltinModel, HFConfigModel, UploadedModel)):
         return
     buildable, weight_layers = _buildable(session, tenant, model, field)

@@ -1,7 +1,8 @@
 """What queued and running jobs hold: a stored model one of them names is not deleted under it.
 
-A job names a model in ``params.model``: ``{"source": "uploaded" | "exported", "id": ...}``, or an ``hf_config`` whose
-``weights`` are a stored model's (a study's children are jobs like any other). The check and the delete are two
+A job names a model in ``params.model`` (and exported ones in ``encoder``, ``decoder``, ``critic``, ``generator``):
+``{"source": "uploaded" | "exported", "id": ...}``, or an ``hf_config`` whose ``weights`` are a stored model's (a
+study's children are jobs like any other). The check and the delete are two
 statements: a job admitted between them fails when its worker finds the model gone ("model ... not found").
 """
 
@@ -16,16 +17,20 @@ from core.errors import Conflict
 from core.jobs import repository as jobs
 from core.keys.repository import Principal
 from core.networks import service as networks
+from core.networks.spec import MODEL_FIELDS
 from core.settings import Settings
 
 
 def models_named(params: dict[str, Any]) -> set[str]:
-    """The stored model ids a job's params (as stored, JSON) name."""
-    model = params.get("model")
-    if not isinstance(model, dict):
-        return set()
-    named = model.get("weights") if model.get("source") == "hf_config" else model.get("id")
-    return {str(named)} if isinstance(named, str) else set()
+    """The stored model ids a job's params (as stored, JSON) name, in any of ``MODEL_FIELDS``."""
+    found = set()
+    for field in MODEL_FIELDS:
+        model = params.get(field)
+        if isinstance(model, dict):
+            named = model.get("weights") if model.get("source") == "hf_config" else model.get("id")
+            if isinstance(named, str):
+                found.add(named)
+    return found
 
 
 def delete_model(session: Session, settings: Settings, who: Principal, model_id: uuid.UUID) -> None:

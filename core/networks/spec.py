@@ -115,15 +115,21 @@ NAMES_MODELS = (HFConfigModel, UploadedModel, ExportedModel)
 """The sources whose UUIDs name stored models (never datasets)."""
 
 
+MODEL_FIELDS = ("model", "encoder", "decoder", "critic", "generator")
+"""The params that may name a stored model: ``model``, and the exported networks of vae_density and gradnorm_gan."""
+
+
 def uploaded_model_ids(params: BaseModel) -> list[str]:
-    """The stored models a job's params name: its ``model`` (``uploaded``, ``exported``) and the weights an
-    ``hf_config`` loads."""
-    model = getattr(params, "model", None)
-    if isinstance(model, UploadedModel | ExportedModel):
-        return [str(model.id)]
-    if isinstance(model, HFConfigModel) and model.weights is not None:
-        return [str(model.weights)]
-    return []
+    """The stored models a job's params name: each ``MODEL_FIELDS`` entry (``uploaded``, ``exported``) and the
+    weights an ``hf_config`` loads."""
+    named = []
+    for field in MODEL_FIELDS:
+        model = getattr(params, field, None)
+        if isinstance(model, UploadedModel | ExportedModel):
+            named.append(str(model.id))
+        elif isinstance(model, HFConfigModel) and model.weights is not None:
+            named.append(str(model.weights))
+    return named
 
 
 def check_hf_config(config: dict[str, Any]) -> None:

@@ -282,7 +282,7 @@ def test_an_exported_program_uploads_is_described_and_built_by_the_workers_loade
     with pytest.raises(ForeignResource):
         load_exported(spec, context("bob"))
 
-    job = {"kind": "init_averaging", "params": {"model": {"source": "exported", "id": model.id}}}
+    job = {"kind": "embedding_dim", "params": {"vocab_sizes": [64], "model": {"source": "exported", "id": model.id}}}
     refused(alice.post("/v1/jobs", json=job), 422, "params.model", "does not take an exported program")
     refused(bob.post("/v1/jobs", json=job), 422, "params.model", f"model {model.id} not found")
     as_config = {

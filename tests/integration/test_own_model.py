@@ -156,7 +156,7 @@ def run_job(client, kind: str, params: dict) -> dict:
     resp = client.post("/v1/jobs", json={"kind": kind, "params": params, "device": "cpu"})
     assert resp.status_code == 201, resp.text
     done = wait_job(client, resp.json()["id"], timeout=240)
-    assert done["status"] == "succeeded", done
+    assert done["status"] == "succeeded", done.get("error") or done
     return done["result"]
 
 

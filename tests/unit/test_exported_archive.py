@@ -512,6 +512,37 @@ def test_an_operator_outside_aten_and_prims_is_refused(tanh_mlp, tmp_path):
         read_archive(path)
 
 
+_MARKER: dict[str, Path] = {}
+
+
+@torch.library.custom_op("gradlab_test::touch", mutates_args=())
+def _touch(x: torch.Tensor) -> torch.Tensor:
+    """An operator registered in this process that creates a file when it runs: what a worker with extension
+    libraries loaded (torchvision, a user's own) would offer a graph that names it."""
+    _MARKER["path"].touch()
+    return x.clone()
+
+
+@_touch.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+def test_a_registered_non_aten_operator_that_creates_a_file_is_refused_and_never_run(tmp_path):
+    class CallsIt(nn.Module):
+        def forward(self, x):
+            return torch.ops.gradlab_test.touch(x) * 2
+
+    path = export(CallsIt(), (torch.randn(3, 2),), tmp_path / "custom.pt2", dynamic=False)
+    _MARKER["path"] = tmp_path / "pwned"
+    torch.export.load(path).module()(torch.randn(3, 2))
+    assert _MARKER["path"].exists()  # the plain loader runs any operator the process has registered
+    _MARKER["path"].unlink()
+    with pytest.raises(ArchiveRejected, match="node 'touch' calls 'torch.ops.gradlab_test.touch.default', outside"):
+        read_archive(path)
+    assert not _MARKER["path"].exists()
+
+
 def test_an_aten_operator_off_the_allowlist_is_refused(tanh_mlp, tmp_path):
     secret = tmp_path / "secret"
     secret.write_bytes(b"\x00\x00\x80\x3f" * 18)  # 18 float32 ones: a file on the worker

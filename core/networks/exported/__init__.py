@@ -2,6 +2,7 @@
 
 ``archive`` checks the zip and its JSON and describes the weights, ``program`` is the graph as data, ``ops`` the
 operators a graph may call, ``guards`` the shape relations read from guards_code without running it, and
-``describe`` and ``chain`` answer questions about a graph: all without torch, for the API. ``graph`` builds the
-``nn.Module`` that runs it (torch; worker and inspector processes only).
+``describe``, ``chain`` and ``footprint`` answer questions about a graph and ``roles`` what each kind asks of one: all
+without torch, for the API. ``graph`` builds the ``nn.Module`` that runs it and ``dense`` a chain's Linear form
+(torch; worker and inspector processes only).
 """

@@ -34,13 +34,16 @@ _AFFINE_ARGS = {  # operator: (data argument, weight argument, bias argument)
 
 @dataclass(frozen=True)
 class Layer:
-    """One affine layer: its node, operator, weight and bias names (fqns), and the activations after it."""
+    """One affine layer: its node, operator, weight and bias names (fqns), and the activations after it; ``data``
+    the value the node reads and ``steps`` each activation's (node, value it reads)."""
 
     node: str
     op: str
     weight: str
     bias: str | None
     activations: tuple[str, ...] = ()
+    data: str = ""
+    steps: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,12 @@ class _Open:
     op: str
     weight: str
     bias: str | None
+    data: str = ""
     activations: list[str] = field(default_factory=list)
+    steps: list[tuple[str, str]] = field(default_factory=list)
+
+    def closed(self) -> Layer:
+        return Layer(self.node, self.op, self.weight, self.bias, tuple(self.activations), self.data, tuple(self.steps))
 
 
 def find_chain(program: Program) -> Chain:
@@ -86,26 +94,29 @@ def find_chain(program: Program) -> Chain:
             why = f"{current!r} feeds {len(after)} nodes (a branch or residual connection)"
             return _broken(layers, breaker.name if breaker else current, why if breaker else "the chain stops early")
         node = after[0]
-        step = _step(node, current, weights)
+        step = _step(node, current, weights, set(program.tensor_values))
         if isinstance(step, str):
             return _broken(layers, node.name, step)
         if step is None:  # a reorder
             pass
         elif isinstance(step, _Open):
+            step.data = current
             layers.append(step)
             step, node = _absorb_bias(step, node, users, weights)
         elif not layers:
             return _broken(layers, node.name, "the chain must start with an affine layer (h¹ is the input itself)")
         else:
             layers[-1].activations.append(step[0])
+            layers[-1].steps.append((node.name, current))
         current = _single_output(node)
     if not layers:
         return _broken(layers, outputs[0], "the graph has no affine layer")
-    return Chain(tuple(Layer(o.node, o.op, o.weight, o.bias, tuple(o.activations)) for o in layers))
+    return Chain(tuple(o.closed() for o in layers))
 
 
-def _step(node: Node, current: str, weights: dict[str, str]) -> _Open | tuple[str] | str | None:
-    """An affine layer (``_Open``), an activation (``(name,)``), a reorder (None), or why the node breaks it."""
+def _step(node: Node, current: str, weights: dict[str, str], values: set[str]) -> _Open | tuple[str] | str | None:
+    """An affine layer (``_Open``), an activation (``(name,)``), a reorder (None), or why the node breaks it.
+    ``values``: the names of tensor values (a size list may hold symbolic sizes, which are not)."""
     name = node.op.name if node.op.namespace == "aten" else node.op.qualified
     tensors = {arg: value.name for arg, value, _ in node.inputs if isinstance(value, Ref)}
     others = {arg: v for arg, v in tensors.items() if v != current}
@@ -118,7 +129,8 @@ def _step(node: Node, current: str, weights: dict[str, str]) -> _Open | tuple[st
         return _Open(node.name, f"aten.{name}", weights[tensors[weight]], weights.get(others.get(bias, "")))
     if name not in ACTIVATIONS and name not in _REORDERS and name != "dropout":
         return f"{node.op.qualified} is neither an affine layer nor an elementwise activation"
-    if others or any(isinstance(v, list) and any(isinstance(x, Ref) for x in v) for _, v, _ in node.inputs):
+    listed = [x for _, v, _ in node.inputs if isinstance(v, list) for x in v if isinstance(x, Ref)]
+    if others or any(x.name in values for x in listed):
         return f"{node.op.qualified} combines the chain's value with another tensor"
     if name == "dropout":
         return None if _argument(node, "train") is False else "aten.dropout in training mode is not an activation"
@@ -140,8 +152,7 @@ def _absorb_bias(layer: _Open, node: Node, users: dict[str, list[Node]], weights
 
 
 def _broken(layers: list[_Open], where: str, reason: str) -> Chain:
-    done = tuple(Layer(o.node, o.op, o.weight, o.bias, tuple(o.activations)) for o in layers)
-    return Chain(done, where, reason)
+    return Chain(tuple(o.closed() for o in layers), where, reason)
 
 
 def _weight_names(program: Program) -> dict[str, str]:

@@ -6,13 +6,16 @@ from collections import Counter
 from typing import Any
 
 from core.networks.exported.archive import Archive
+from core.networks.exported.chain import find_chain
+from core.networks.exported.footprint import footprint
 from core.networks.exported.program import Program, Tree
 
 
 def describe(archive: Archive) -> dict[str, Any]:
     """A JSON-ready summary. Shapes are the exported ones; a dynamic size shows as its symbol (``"s77"``).
 
-    ``outputs`` has the structure the model returns (a tensor's entry, or lists and objects of them)."""
+    ``outputs`` has the structure the model returns (a tensor's entry, or lists and objects of them); ``chain``
+    says whether gradient_penalty_bound can take it."""
     program = archive.program
 
     def tensors(kind: str) -> list[dict[str, Any]]:
@@ -37,7 +40,20 @@ def describe(archive: Archive) -> dict[str, Any]:
         "n_trainable": sum(n for n, p in zip(counts, parameters) if p["trainable"]),
         "n_nodes": len(program.nodes),
         "operators": dict(sorted(Counter(node.op.qualified for node in program.nodes).items())),
+        "chain": _chain(program),
+        "footprint": footprint(program),
     }
+
+
+def _chain(program: Program) -> dict[str, Any]:
+    """Whether the graph is a chain of affine layers and elementwise activations (``chain.find_chain``): its layers,
+    or the first node that breaks it and why. Kept with the model, so a job is judged at submit without the file."""
+    chain = find_chain(program)
+    layers = [
+        {"node": c.node, "op": c.op, "weight": c.weight, "bias": c.bias, "activations": list(c.activations)}
+        for c in chain.layers
+    ]
+    return {"is_chain": chain.is_chain, "layers": layers, "breaks_at": chain.breaks_at, "reason": chain.reason}
 
 
 def _value(program: Program, name: str) -> dict[str, Any]:

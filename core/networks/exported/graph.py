@@ -85,6 +85,7 @@ class ExportedModule(nn.Module):
         super().__init__()
         self._program = program
         self._steps = [_step(node) for node in program.nodes]
+        self._index = {node.name: i for i, node in enumerate(program.nodes)}
         self.constants = nn.Module()  # lifted constant tensors, apart so their names cannot clash with buffers
         for p in program.placeholders:
             if p.kind == "input":
@@ -97,6 +98,16 @@ class ExportedModule(nn.Module):
                 _attach(holder, p.target, value.detach(), persistent=p.persistent and p.kind == "buffer")
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> Any:
+        program = self._program
+        env = self.values(*args, **kwargs)
+        if program.buffer_mutations:
+            with torch.no_grad():
+                for name, fqn in program.buffer_mutations:
+                    _attribute(self, fqn).copy_(env[name])
+        return _unflatten(program.out_tree, iter([None if n is None else env[n] for n in program.outputs]))
+
+    def values(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> dict[str, Any]:
+        """Every value of the graph for these inputs, by name (buffers are not updated: ``forward`` does that)."""
         program = self._program
         if len(args) != program.arg_count or set(kwargs) != set(program.kwarg_names):
             named = f" and keywords {list(program.kwarg_names)}" if program.kwarg_names else ""
@@ -115,17 +126,31 @@ class ExportedModule(nn.Module):
             else:
                 env[p.name] = _attribute(self.constants if p.kind == "constant" else self, p.target)
         device = _device(env, program, self)
-        for fn, positional, keywords, outputs in self._steps:
-            result = fn(
-                *(_value(a, env, device) for a in positional),
-                **{k: _value(v, env, device) for k, v in keywords.items()},
-            )
-            _bind(outputs, result, env)
-        if program.buffer_mutations:
-            with torch.no_grad():
-                for name, fqn in program.buffer_mutations:
-                    _attribute(self, fqn).copy_(env[name])
-        return _unflatten(program.out_tree, iter([None if n is None else env[n] for n in program.outputs]))
+        for step in self._steps:
+            _bind(step[3], call(step, env, device), env)
+        return env
+
+    @property
+    def program(self) -> Program:
+        return self._program
+
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one sample of the program's single input (its sizes after the batch's), as exported."""
+        inputs = self._program.inputs()
+        meta = self._program.tensor_values.get(inputs[0].name) if len(inputs) == 1 else None
+        if meta is None or any(not isinstance(s, int) for s in meta.shape[1:]):
+            raise ValueError("the exported program must take one tensor, dynamic in its first (batch) size only")
+        return tuple(int(s) for s in meta.shape[1:])
+
+    def step(self, node: str) -> Step:
+        """The operator call of the node named ``node``, to run alone with ``call``."""
+        return self._steps[self._index[node]]
+
+
+def call(step: Step, env: dict[str, Any], device: torch.device) -> Any:
+    """Run one node's operator on the values in ``env``."""
+    fn, positional, keywords, _ = step
+    return fn(*(_value(a, env, device) for a in positional), **{k: _value(v, env, device) for k, v in keywords.items()})
 
 
 def build_module(archive: Archive, *, device: str | torch.device = "cpu") -> ExportedModule:

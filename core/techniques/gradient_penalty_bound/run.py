@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -18,8 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.data import load_arrays
+from core.networks.resolve import load_exported
+from core.networks.spec import ExportedModel
 from core.penalty import gradient_bound_terms
 from core.plots import new_figure, to_png
+from core.techniques.gradient_penalty_bound.exported import ExportedChain
 from core.techniques.gradient_penalty_bound.spec import (
     MAX_INPUT_DIM,
     POWER_MAX_ITER,
@@ -81,9 +84,10 @@ def _median(t: torch.Tensor) -> float | None:
     return _num(finite.median()) if finite.numel() else None
 
 
-def measure(model: nn.Sequential, xs: torch.Tensor, ys: torch.Tensor, p: GradientPenaltyBoundParams) -> dict:
-    """Both sides of the bound on a float64 copy of ``model`` for the measurement inputs, summarized over samples."""
-    m64 = copy.deepcopy(model).double()
+def measure(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, p: GradientPenaltyBoundParams) -> dict:
+    """Both sides of the bound on a float64 copy of ``model`` for the measurement inputs, summarized over samples
+    (an exported chain's copy is its dense form: a convolution's parameters are its unrolled matrix's entries)."""
+    m64 = model.dense() if isinstance(model, ExportedChain) else cast(nn.Sequential, copy.deepcopy(model).double())
     target: torch.Tensor | int | None
     if p.f == "loss":
         reduce, target = "loss", ys
@@ -183,8 +187,14 @@ def run(params: GradientPenaltyBoundParams, ctx) -> dict:
     n, d_in = x_np.shape
     gen = torch.Generator().manual_seed(ctx.seed)
     rng = np.random.default_rng(ctx.seed)
-    dims = layer_dims(params, d_in, classes)
-    model = build_mlp(dims, params.activation, params.init, gen).to(ctx.device)
+    model: nn.Module
+    if isinstance(params.model, ExportedModel):
+        model = ExportedChain(load_exported(params.model, ctx), d_in, classes)
+        dims = model.dims
+    else:
+        dims = layer_dims(params, d_in, classes)
+        model = build_mlp(dims, params.activation, params.init, gen).to(ctx.device)
+    check_budget(params, d_in, classes, n, dims)
     x_all = torch.from_numpy(x_np).to(ctx.device)
     y_all = torch.from_numpy(y_np).to(ctx.device)
     pick = torch.from_numpy(rng.choice(n, size=min(params.samples, n), replace=False)).to(ctx.device)
@@ -205,6 +215,7 @@ def run(params: GradientPenaltyBoundParams, ctx) -> dict:
         "f": params.f,
         "input_dim": d_in,
         "classes": classes,
+        "layer_dims": dims,
         "samples": int(pick.numel()),
         **_over_training(steps, history, len(dims) - 1),
         "final_loss": _num(full_loss),
@@ -231,14 +242,13 @@ def _labelled_rows(params: GradientPenaltyBoundParams, ctx) -> tuple[np.ndarray,
         raise ValueError(f"dataset: input dimension {d_in} exceeds {MAX_INPUT_DIM}")
     if params.target_class is not None and params.target_class >= classes:
         raise ValueError(f"target_class: the dataset has {classes} classes")
-    check_budget(params, d_in, classes, n)
     return x_np, y_np, classes
 
 
 def _train_measuring(
     params: GradientPenaltyBoundParams,
     ctx,
-    model: nn.Sequential,
+    model: nn.Module,
     x_all: torch.Tensor,
     y_all: torch.Tensor,
     pick: torch.Tensor,

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from core.costs import auto_method, measurement_flops
 from core.data.needs import DatasetNeeds
-from core.networks.spec import BuiltinModel, ModelSpec
+from core.networks.spec import BuiltinModel, ExportedModel, ModelSpec
 from core.techniques.base import KindSpec, Params
 
 MAX_BYTES = 4 * 2**30
@@ -59,8 +59,9 @@ class GradientPenaltyBoundParams(Params):
     )
     model: ModelSpec | None = Field(
         None,
-        description="a chain of affine layers and elementwise activations: the "
-        "builtin mlp (sets widths and activation relu); other models are refused",
+        description="a chain of affine layers and elementwise activations: the builtin mlp (sets widths and "
+        "activation relu), or an exported program (.pt2) whose graph is such a chain (linear or convolution layers, "
+        "any elementwise activation; trained from its own weights); other models are refused",
     )
 
     @model_validator(mode="after")
@@ -71,14 +72,21 @@ class GradientPenaltyBoundParams(Params):
             raise ValueError("every: must be at most steps")
         if self.steps // self.every + 2 > MAX_MEASUREMENTS:
             raise ValueError(f"every: steps/every gives more than {MAX_MEASUREMENTS} measurements")
-        if isinstance(self.dataset, str):
+        if isinstance(self.dataset, str) and not isinstance(self.model, ExportedModel):
             d_in, classes, n = BUILTIN_SHAPES[self.dataset]
             check_budget(self, d_in, classes, n)
         return self
 
     def _take_chain(self, model) -> None:
         """The bound factors ‖∂h/∂x‖ layer by layer along a chain h_{l+1} = σ(W_l h_l + b_l); a model with
-        convolutions and pooling, attention, normalisation or residual connections has no such chain."""
+        pooling, attention, normalisation or residual connections has no such chain. An exported program's graph
+        is judged at submit (``core.networks.exported.roles``); it brings its own layers and weights."""
+        if isinstance(model, ExportedModel):
+            fields = type(self).model_fields
+            given = [name for name in ("widths", "activation", "init") if getattr(self, name) != fields[name].default]
+            if given:  # compared with the defaults: the stored params, validated again by the worker, list them all
+                raise ValueError(f"{given[0]}: an exported model brings its own layers and weights")
+            return
         if not isinstance(model, BuiltinModel) or model.arch != "mlp":
             what = (
                 f"the builtin {model.arch}"
@@ -103,21 +111,25 @@ def layer_dims(p: GradientPenaltyBoundParams, d_in: int, classes: int) -> list[i
     return [d_in, *p.widths, classes]
 
 
-def check_budget(p: GradientPenaltyBoundParams, d_in: int, classes: int, n: int) -> None:
-    """Raise ValueError("<field>: ...") when the job's planned memory or work exceeds one worker's share."""
-    dims = layer_dims(p, d_in, classes)
+def check_budget(p: GradientPenaltyBoundParams, d_in: int, classes: int, n: int, dims: list[int] | None = None) -> None:
+    """Raise ValueError("<field>: ...") when the job's planned memory or work exceeds one worker's share.
+
+    ``dims``: the widths of the chain when it is not the MLP of ``widths`` (an exported model, unrolled)."""
+    given = dims
+    dims = dims or layer_dims(p, d_in, classes)
+    d_in, hidden = dims[0], dims[1:-1]
     n_params = sum((a + 1) * b for a, b in zip(dims, dims[1:]))
-    method = auto_method(d_in, p.widths, p.samples, POWER_MAX_ITER) if p.method == "auto" else p.method
+    method = auto_method(d_in, hidden, p.samples, POWER_MAX_ITER) if p.method == "auto" else p.method
     fwd_bwd = 6 * n_params
-    jac = measurement_flops(d_in, p.widths, method, POWER_MAX_ITER)
-    jac_bytes = 2 * p.samples * sum(p.widths) * d_in * 8 if method == "jacrev" else 0
+    jac = measurement_flops(d_in, hidden, method, POWER_MAX_ITER)
+    jac_bytes = 2 * p.samples * sum(hidden) * d_in * 8 if method == "jacrev" else 0
     svd_w = sum(10 * a * b * min(a, b) for a, b in zip(dims, dims[1:]))
     measurements = p.steps // p.every + 2
     train = p.steps * p.batch_size * fwd_bwd
     measure = measurements * (p.samples * (fwd_bwd + jac) + svd_w)
     memory = n_params * (4 * 4 + 8 * 2) + 3 * 4 * p.batch_size * sum(dims) + jac_bytes + 2 * 64 * 2**20 + n * d_in * 8
     if memory > MAX_BYTES:
-        field = "method" if jac_bytes > MAX_BYTES / 2 else "widths"
+        field = "method" if jac_bytes > MAX_BYTES / 2 else "widths" if given is None else "model"
         raise ValueError(f"{field}: needs about {memory / 2**30:.1f} GiB, more than {MAX_BYTES / 2**30:.0f} GiB")
     if train + measure > MAX_FLOPS:
         field = "steps" if train > measure else "samples"

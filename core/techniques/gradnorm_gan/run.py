@@ -34,6 +34,7 @@ from core.gan import (
     probe_critic,
     summarize_probes,
 )
+from core.techniques.gradnorm_gan.exported import Flat, exported_nets
 from core.techniques.gradnorm_gan.spec import GradnormGanParams, check_budget, image_side
 
 NORMALIZED: dict[str, Literal["gn", "gran", "plain"]] = {"gn": "gn", "gran": "gran", "plain_norm": "plain"}
@@ -183,11 +184,22 @@ class SavedBytes:
 class Trainer:
     """Holds the nets, optimizers and RNGs of one job; ``step`` is one generator update with its critic updates."""
 
-    def __init__(self, params: GradnormGanParams, data: Tensor, bounded: bool, seed: int, device: torch.device):
+    def __init__(
+        self,
+        params: GradnormGanParams,
+        data: Tensor,
+        bounded: bool,
+        seed: int,
+        device: torch.device,
+        given: tuple[Flat | None, Flat | None] = (None, None),
+    ):
+        """``given``: the user's (generator, critic), exported, in place of the built-in ones where not None."""
         self.p = params
         self.data = data
         self.device = device
-        self.G, self.D = build_nets(params, data.shape[1], bounded, seed)
+        self.G, self.D = build_nets(params, data.shape[1], bounded and given[0] is None, seed)
+        self.G, self.D = given[0] or self.G, given[1] or self.D
+        self.z_dim = given[0].width if given[0] is not None else params.z_dim
         self.G.to(device)
         self.D.to(device)
         variant = NORMALIZED.get(params.constraint)
@@ -202,7 +214,7 @@ class Trainer:
         return self.score(x).reshape(len(x))
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn(n, self.p.z_dim, generator=generator or self.dev_gen, device=self.device)
+        return torch.randn(n, self.z_dim, generator=generator or self.dev_gen, device=self.device)
 
     def real_batch(self) -> Tensor:
         idx = torch.randint(len(self.data), (self.p.batch,), generator=self.cpu_gen)
@@ -426,7 +438,7 @@ def run(params: GradnormGanParams, ctx) -> dict:
     if y is not None and centres is None:
         ctx.progress(0.0, "training the judge classifier on the real data")
         classifier, accuracy, held_out = train_classifier(x, y, ctx.seed, device, ctx.check_cancelled)
-    trainer = Trainer(params, x.to(device), bounded, ctx.seed, device)
+    trainer = Trainer(params, x.to(device), bounded, ctx.seed, device, exported_nets(params, ctx, x.shape[1]))
     eval_noise = torch.Generator(device=device).manual_seed(ctx.seed + 6)
     training = _train(params, ctx, trainer, centres, std, eval_noise)
 
@@ -459,6 +471,7 @@ def run(params: GradnormGanParams, ctx) -> dict:
         {
             "dataset": str(params.dataset),
             "constraint": params.constraint,
+            "exported": [name for name in ("critic", "generator") if getattr(params, name) is not None],
             "loss": params.loss,
             "steps_run": training.completed,
             "diverged_at_step": training.diverged_at,

@@ -8,6 +8,7 @@ from uuid import UUID
 
 from pydantic import Field, model_validator
 
+from core.networks.spec import ExportedModel
 from core.techniques.base import KindSpec, Params
 
 MEMORY_LIMIT_BYTES = 4 * 2**30
@@ -44,9 +45,19 @@ class GradnormGanParams(Params):
     eps: float = Field(default=1e-8, ge=1e-12, le=1.0, description="ε of GraN and plain_norm; GN's zero guard.")
     eval_samples: int = Field(default=2000, ge=256, le=10_000)
     log_every: int = Field(default=10, ge=1, le=1000)
+    critic: ExportedModel | None = Field(
+        default=None,
+        description="An exported program (.pt2) x -> score trained as the critic from its own weights (spectral "
+        "constraint excluded: it reparametrises nn.Linear modules, which an exported graph has not).",
+    )
+    generator: ExportedModel | None = Field(
+        default=None, description="An exported program z -> x trained as the generator; z_dim is its input's size."
+    )
 
     @model_validator(mode="after")
     def _fits_a_worker(self):
+        if self.critic is not None and self.constraint == "spectral":
+            raise ValueError("constraint: spectral norm needs the critic's nn.Linear modules; use gn, gran, gp, clip")
         dim = DATASET_DIMS.get(self.dataset) if isinstance(self.dataset, str) else None
         if self.arch == "conv" and dim == 2:
             raise ValueError("arch: conv needs image data (digits or an uploaded set of square images)")

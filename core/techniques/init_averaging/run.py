@@ -10,9 +10,10 @@ from core.data import load_arrays
 from core.networks.analysis import layer_table, reinit_nonsquare_, variance_ratios
 from core.networks.build import build
 from core.networks.resolve import materialize
-from core.networks.spec import TRANSFORMER_ARCHS, BuiltinModel
+from core.networks.spec import TRANSFORMER_ARCHS, BuiltinModel, ExportedModel
 from core.plots import new_figure, to_png
 from core.techniques.base import RunContext
+from core.techniques.init_averaging.exported import exported_inputs
 from core.techniques.init_averaging.spec import InitAveragingParams
 
 ACTIVATIONS = {"linear": torch.nn.Identity, "relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
@@ -136,7 +137,10 @@ def run_model(params: InitAveragingParams, ctx: RunContext) -> dict:
     """The user's network: its non-square weights, and variance ratios for its own init and each averaged one."""
     gen = torch.Generator().manual_seed(ctx.seed)
     ctx.progress(0.02, "building the model")
-    built, inputs = _model_inputs(params, ctx, gen)
+    if isinstance(params.model, ExportedModel):
+        built, inputs = exported_inputs(params, ctx)
+    else:
+        built, inputs = _model_inputs(params, ctx, gen)
     layers = layer_table(built.module, list(params.means))
     if not layers:
         raise ValueError("model: it has no non-square weight, so every averaged init equals its own")

@@ -16,10 +16,12 @@ import numpy as np
 import torch
 
 from core.data import load_arrays, load_builtin
+from core.networks.exported.footprint import footprint
+from core.networks.resolve import load_exported
 from core.plots import new_figure, to_png
 from core.techniques.base import RunContext
 from core.techniques.vae_density.spec import VaeDensityParams, check_budget
-from core.vae import VAE, Likelihood, LinearGaussian, bits_per_dim
+from core.vae import VAE, Likelihood, LinearGaussian, ModuleVAE, bits_per_dim
 
 LEVELS = 256  # dequantized data are 8-bit: integers 0..255
 EVAL_BATCH = 256  # data rows per evaluation batch (cancellation is checked between batches)
@@ -64,7 +66,8 @@ def _load(p: VaeDensityParams, ctx: RunContext) -> tuple[np.ndarray, Likelihood,
         raise ValueError("likelihood: dequantized needs integer x in 0..255")
     if likelihood == "bernoulli" and p.fixed_sigma is not None:
         raise ValueError("fixed_sigma: a Bernoulli likelihood has no variance")
-    check_budget(p, x.shape[1])
+    if p.encoder is None:  # exported networks are budgeted at submit from their graphs (networks.exported.roles)
+        check_budget(p, x.shape[1])
     return x.astype(np.float32), likelihood, None
 
 
@@ -174,9 +177,7 @@ def run(params: VaeDensityParams, ctx: RunContext) -> dict:
 
     x_all = torch.from_numpy(x_np).to(device)
     x_train, x_heldout = x_all[torch.from_numpy(train_idx).to(device)], x_all[torch.from_numpy(heldout_idx).to(device)]
-    init_gen = torch.Generator().manual_seed(ctx.seed)
-    model = VAE(dim, params.latent_dim, params.hidden, likelihood, params.fixed_sigma, LEVELS, generator=init_gen)
-    model.to(device)
+    model = _model(params, ctx, dim, likelihood)
     train_loss, monitor = _train(model, params, ctx, x_train, x_heldout)
 
     model.eval()
@@ -193,7 +194,8 @@ def run(params: VaeDensityParams, ctx: RunContext) -> dict:
     ctx.artifact("heldout_log_px.npy", _npy(table), "application/x-npy")
     title = f"L_K vs K: {params.dataset} ({likelihood}, train_k={params.train_k})"
     ctx.artifact("lk_vs_k.png", _plot_bounds(summaries, title), "image/png")
-    ctx.artifact("training.png", _plot_training(train_loss, monitor), "image/png")
+    if monitor:
+        ctx.artifact("training.png", _plot_training(train_loss, monitor), "image/png")
     ctx.progress(1.0, "done")
 
     return {
@@ -204,14 +206,36 @@ def run(params: VaeDensityParams, ctx: RunContext) -> dict:
         "n_heldout": int(n_heldout),
         "train_k": params.train_k,
         "eval_k": list(params.eval_k),
-        "final_train_loss": _num(np.mean(train_loss[-max(1, len(train_loss) // 10) :])),
-        "final_heldout_neg_elbo": _num(monitor[-1][1]),
+        "latent_dim": model.latent_dim,
+        "exported": params.encoder is not None,
+        "final_train_loss": _num(np.mean(train_loss[-max(1, len(train_loss) // 10) :])) if train_loss else None,
+        "final_heldout_neg_elbo": _num(monitor[-1][1]) if monitor else None,
         "decoder_sigma": _decoder_sigma(model),
         "true_sigma": None if truth is None else truth.sigma,
         "train": summaries["train"],
         "heldout": summaries["heldout"],
         "heldout_npy_columns": columns,
     }
+
+
+def _model(params: VaeDensityParams, ctx: RunContext, dim: int, likelihood: Likelihood) -> VAE:
+    """The MLP VAE of ``hidden`` and ``latent_dim``, or one of the exported encoder and decoder (as sent), on the
+    job's device."""
+    if params.encoder is None or params.decoder is None:
+        init_gen = torch.Generator().manual_seed(ctx.seed)
+        model = VAE(dim, params.latent_dim, params.hidden, likelihood, params.fixed_sigma, LEVELS, generator=init_gen)
+        return model.to(ctx.device)
+    encoder, decoder = load_exported(params.encoder, ctx), load_exported(params.decoder, ctx)
+    try:
+        shape = encoder.input_shape()
+    except ValueError as exc:
+        raise ValueError(f"encoder: {exc}") from None
+    if math.prod(shape) != dim:
+        raise ValueError(f"encoder: takes {list(shape)} ({math.prod(shape)} values), the data rows have {dim}")
+    row_bytes = footprint(decoder.program)["bytes_per_row"]  # evaluation chunks are sized by it
+    return ModuleVAE(encoder, decoder, shape, likelihood, params.fixed_sigma, LEVELS, row_bytes=row_bytes).to(
+        ctx.device
+    )
 
 
 def _decoder_sigma(model: VAE) -> dict | None:

@@ -7,6 +7,7 @@ from uuid import UUID
 
 from pydantic import Field, model_validator
 
+from core.networks.spec import ExportedModel
 from core.techniques.base import KindSpec, Params
 
 # The likelihood each built-in data set calls for; any other choice is refused (a Gaussian density on binary or
@@ -49,7 +50,9 @@ class VaeDensityParams(Params):
         default_factory=lambda: [64, 64], max_length=4, description="MLP widths; [] makes encoder/decoder affine."
     )
     train_k: int = Field(1, ge=1, le=64, description="1: ELBO training; >1: IWAE bound with that many samples.")
-    steps: int = Field(2000, ge=1, le=100_000)
+    steps: int = Field(
+        2000, ge=0, le=100_000, description="Training steps; 0 (exported encoder and decoder only): evaluate as sent."
+    )
     batch_size: int = Field(128, ge=1, le=1024)
     lr: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate.")
     eval_k: list[Annotated[int, Field(ge=1, le=5000)]] = Field(
@@ -64,6 +67,16 @@ class VaeDensityParams(Params):
     synthetic_dim: int = Field(8, ge=1, le=256, description="linear_gaussian: data dimension D.")
     synthetic_latent: int = Field(2, ge=1, le=64, description="linear_gaussian: true latent dimension.")
     synthetic_sigma: float = Field(0.5, ge=0.01, le=10.0, description="linear_gaussian: true noise σ.")
+    encoder: ExportedModel | None = Field(
+        None,
+        description="An exported program (.pt2) x -> (mean, log-variance) of q(z|x), used instead of the MLP; "
+        "give it with decoder.",
+    )
+    decoder: ExportedModel | None = Field(
+        None,
+        description="An exported program z -> Bernoulli logits, a Gaussian mean (σ learned, or fixed_sigma), or "
+        "(mean, log-scale); give it with encoder.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> VaeDensityParams:
@@ -76,7 +89,15 @@ class VaeDensityParams(Params):
                 raise ValueError(f"likelihood: {self.dataset} needs {resolved!r} (or 'auto'), not {self.likelihood!r}")
         if resolved == "bernoulli" and self.fixed_sigma is not None:
             raise ValueError("fixed_sigma: a Bernoulli likelihood has no variance")
-        check_budget(self, self.data_dim_if_known())
+        if (self.encoder is None) != (self.decoder is None):
+            raise ValueError(f"{'decoder' if self.decoder is None else 'encoder'}: exported networks come in pairs")
+        if self.encoder is None:
+            if self.steps == 0:
+                raise ValueError("steps: 0 evaluates an exported encoder and decoder as sent; the MLP must train")
+            check_budget(self, self.data_dim_if_known())
+        elif self.hidden != [64, 64] or self.latent_dim != type(self).model_fields["latent_dim"].default:
+            # compared with the defaults: the stored params, validated again by the worker, list them all
+            raise ValueError(f"{'hidden' if self.hidden != [64, 64] else 'latent_dim'}: set by the exported networks")
         return self
 
     def data_dim_if_known(self) -> int | None:
