@@ -229,7 +229,7 @@ class UploadStart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     filename: str = Field(min_length=1, max_length=255, description="its extension names the format")
-    size: int = Field(ge=1, description="bytes of the whole file")
+    size: int = Field(ge=1, strict=True, description="bytes of the whole file (a JSON integer, not a string)")
     sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$", description="checked by the validation")
     label_column: str | None = Field(default=None, min_length=1, max_length=128, pattern="^[^\x00]*$")
 

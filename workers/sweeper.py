@@ -15,6 +15,7 @@ from sqlalchemy.orm import sessionmaker
 from core.blobs import DirectoryStore, blob_store
 from core.blobs.layout import dataset_prefix, model_prefix, model_upload_prefix, upload_partial_key
 from core.datasets import repository as datasets
+from core.datasets.service import drop_upload_leftovers
 from core.db.tables import utcnow
 from core.jobs import repository as jobs
 from core.networks import repository as networks
@@ -79,6 +80,8 @@ def sweep_datasets(sessions: sessionmaker, settings: Settings, app: Celery) -> d
     for ds_id in outcome.republish:
         publish(app, ds_id, VALIDATION_QUEUE, VALIDATE_DATASET_TASK)  # failing, the next sweep publishes it again
     blobs = blob_store(settings)
+    for ds_id in outcome.rejected:
+        drop_upload_leftovers(blobs, ds_id)
     for upload_id, ds_id in outcome.expired:
         blobs.delete_partial(upload_partial_key(upload_id))
         blobs.delete_prefix(dataset_prefix(ds_id))

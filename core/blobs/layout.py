@@ -35,6 +35,11 @@ def upload_partial_key(upload_id: uuid.UUID | str) -> str:
     return f"uploads/{upload_id}"
 
 
+def tokenizer_staging_key(upload_id: uuid.UUID | str, token: str) -> str:
+    """A tokenizer.json as it streams in, before it is placed at ``dataset_tokenizer_key`` (one key per request)."""
+    return f"uploads/tokenizers/{upload_id}-{quote(token, safe='')}"
+
+
 def model_weights_key(model_id: uuid.UUID | str) -> str:
     """A model's single safetensors file (as migration 0007 placed it; ``model_file_key`` of that name)."""
     return model_file_key(model_id, "model.safetensors")
