@@ -89,11 +89,13 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     result: JobResult | None = None
     error: ErrorOut | None = None
+    study_id: UUID | None = Field(None, description="the study this job is a child of (links.study), if any")
     links: dict[str, str]
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job, study_id: UUID | None = None) -> JobOut:
         base = f"/v1/jobs/{job.id}"
+        study = {"study": f"/v1/studies/{study_id}"} if study_id is not None else {}
         return cls(
             id=job.id,
             kind=job.kind,
@@ -117,7 +119,9 @@ class JobOut(BaseModel):
                 "metrics": f"{base}/metrics",
                 "artifacts": f"{base}/artifacts",
                 "cancel": f"{base}/cancel",
+                **study,
             },
+            study_id=study_id,
         )
 
 

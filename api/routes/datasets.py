@@ -24,6 +24,7 @@ from core.blobs import blob_store
 from core.data.formats import FORMATS
 from core.datasets import service
 from core.db.tables import Dataset, DatasetUpload
+from core.jobs import holds
 from core.keys.repository import Principal
 from core.settings import Settings
 from workers.publish import Publisher
@@ -226,3 +227,16 @@ def get_dataset(dataset_id: str, session: Session = Depends(db), who: Principal 
     waits for a worker, its ``queue_position``."""
     ds, place = service.dataset_with_place(session, who, parse_id(dataset_id, "dataset"))
     return DatasetOut.of(ds, queue_position=place)
+
+
+@router.delete("/{dataset_id}", status_code=204, responses={409: {"description": "a queued or running job uses it"}})
+def delete_dataset(
+    dataset_id: str,
+    session: Session = Depends(db),
+    who: Principal = Depends(principal),
+    settings: Settings = Depends(app_settings),
+) -> Response:
+    """Delete a dataset and its bytes (an interrupted upload's too); refused (409) while a queued or running job
+    uses it, or while a worker validates it."""
+    holds.delete_dataset(session, settings, who, parse_id(dataset_id, "dataset"))
+    return Response(status_code=204)

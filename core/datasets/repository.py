@@ -170,6 +170,17 @@ def set_tokenizer(session: Session, dataset_id: uuid.UUID, place: Callable[[], N
     return None
 
 
+def delete_dataset(session: Session, dataset_id: uuid.UUID) -> tuple[bool, list[uuid.UUID]]:
+    """The row goes with its upload sessions (their ids returned: their partial bytes go next, by the caller), unless
+    a worker is validating it. (deleted, upload ids); False when it is validating or already gone."""
+    uploads = list(session.scalars(select(DatasetUpload.id).where(DatasetUpload.dataset_id == dataset_id)))
+    res = session.execute(delete(Dataset).where(Dataset.id == dataset_id, Dataset.status != "validating"))
+    if rowcount(res) == 1:
+        session.execute(delete(DatasetUpload).where(DatasetUpload.dataset_id == dataset_id))  # SQLite without FKs
+    session.commit()
+    return rowcount(res) == 1, uploads
+
+
 def abort_validation(session: Session, dataset_id: uuid.UUID) -> None:
     """A one-shot upload refused in the request: nothing of it is kept."""
     session.execute(delete(Dataset).where(Dataset.id == dataset_id))

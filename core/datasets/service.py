@@ -337,6 +337,22 @@ def abort(session: Session, settings: Settings, up: DatasetUpload, ds: Dataset) 
     blobs.delete_prefix(dataset_prefix(ds.id))
 
 
+def delete_dataset(session: Session, settings: Settings, ds: Dataset) -> None:
+    """The dataset's row (with its upload session), then its bytes: canonical files, and a partial upload's
+    (a row never names missing bytes). ``Conflict`` while a worker validates it. The caller checked that no queued
+    or running job uses it (``core.jobs.holds``)."""
+    ds_id = ds.id
+    deleted, uploads = datasets.delete_dataset(session, ds_id)
+    if not deleted:
+        if datasets.get_dataset(session, ds_id) is None:
+            raise NotFound(f"dataset {ds_id} not found")
+        raise Conflict(f"dataset {ds_id} is being validated; delete it once it is ready or rejected")
+    blobs = blob_store(settings)
+    for upload_id in uploads:
+        blobs.delete_partial(upload_partial_key(upload_id))
+    blobs.delete_prefix(dataset_prefix(ds_id))
+
+
 def drop_upload_leftovers(blobs: BlobStore, dataset_id: uuid.UUID) -> None:
     """Once a validation has settled (ready or rejected), the upload as sent and its tokenizer are of no more use:
     jobs read the canonical files only."""

@@ -71,3 +71,9 @@ def test_an_upload_to_s3_is_joined_validated_and_trained_on(stack, worker, bucke
         job = job_on(http, ds["id"])
         assert job.status_code == 201, job.text
         assert wait_job(http, job.json()["id"], timeout=300)["status"] == "succeeded"
+
+        gone = http.delete(f"/v1/datasets/{ds['id']}")  # its job is over: the dataset and its objects go
+        assert gone.status_code == 204, gone.text
+        assert not fs.exists(f"{name}/gradlab/datasets/{ds['id']}/x.npy")
+        assert not fs.exists(f"{name}/gradlab/datasets/{ds['id']}")
+        assert http.get(f"/v1/datasets/{ds['id']}").status_code == 404
