@@ -527,7 +527,7 @@ def test_wide_npz_dataset_page_summarises_its_columns(stack, npz_64, tmp_path):
 @browser
 def test_job_list_shows_model_and_dataset_with_links(stack, api, per_mean, npz_64, tmp_path):
     """The list's "model · dataset" cell: a built-in model by name, an uploaded dataset (or model) as a link to its
-    page; the job page lists them too. Study membership is not in the job's JSON, so the list cannot show it."""
+    page; the job page lists them too."""
     from tests.model_configs import TINY_GPT2
 
     config = ("config.json", json.dumps(TINY_GPT2).encode(), "application/json")
