@@ -70,7 +70,7 @@ def validate_dataset(sessions: sessionmaker, settings: Settings, dataset_id: str
     if not retrying(finish):
         log.warning("dataset %s: attempt %d was taken away from this worker", ds_id, claimed.attempt)
         return "lost"
-    drop_upload_leftovers(blobs, ds_id)  # the canonical files are what jobs read
+    drop_upload_leftovers(blobs, ds_id, claimed.upload_id)  # the canonical files are what jobs read
     status = "rejected" if "reason" in outcome else "ready"
     log.info("dataset %s: %s%s", ds_id, status, f" ({outcome['reason']})" if status == "rejected" else "")
     return status

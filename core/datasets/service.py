@@ -31,6 +31,7 @@ from core.blobs.layout import (
     dataset_raw_key,
     dataset_tokenizer_key,
     tokenizer_staging_key,
+    tokenizer_staging_prefix,
     upload_partial_key,
 )
 from core.blobs.store import BlobStore, BlobTooLarge, ChunkTooSmall, OffsetMismatch
@@ -292,6 +293,8 @@ def put_tokenizer(
             blobs.put(staged, blocks, settings.max_tokenizer_bytes)
         except BlobTooLarge:
             raise TooLarge(f"tokenizer: capped at {settings.max_tokenizer_bytes} bytes") from None
+        except FileNotFoundError:  # its folder went under it: the upload was given up, deleted or swept meanwhile
+            raise _gone(up_id) from None
 
         def place() -> None:
             with blobs.open(staged) as fh:
@@ -332,9 +335,15 @@ def abort(session: Session, settings: Settings, up: DatasetUpload, ds: Dataset) 
     """Give up an upload: its bytes and its dataset row go (only while it is still uploading)."""
     if not datasets.abort_upload(session, up.id, ds.id):
         raise Conflict(f"upload {up.id} is complete (dataset {ds.status})")
-    blobs = blob_store(settings)
-    blobs.delete_partial(upload_partial_key(up.id))
-    blobs.delete_prefix(dataset_prefix(ds.id))
+    drop_upload_bytes(blob_store(settings), up.id, ds.id)
+
+
+def drop_upload_bytes(blobs: BlobStore, upload_id: uuid.UUID, dataset_id: uuid.UUID) -> None:
+    """Every byte of an upload whose row is gone: its partial object, tokenizers a request left half-placed (an API
+    process killed mid-request) and the dataset's files."""
+    blobs.delete_partial(upload_partial_key(upload_id))
+    blobs.delete_prefix(tokenizer_staging_prefix(upload_id))
+    blobs.delete_prefix(dataset_prefix(dataset_id))
 
 
 def delete_dataset(session: Session, settings: Settings, ds: Dataset) -> None:
@@ -349,15 +358,17 @@ def delete_dataset(session: Session, settings: Settings, ds: Dataset) -> None:
         raise Conflict(f"dataset {ds_id} is being validated; delete it once it is ready or rejected")
     blobs = blob_store(settings)
     for upload_id in uploads:
-        blobs.delete_partial(upload_partial_key(upload_id))
+        drop_upload_bytes(blobs, upload_id, ds_id)
     blobs.delete_prefix(dataset_prefix(ds_id))
 
 
-def drop_upload_leftovers(blobs: BlobStore, dataset_id: uuid.UUID) -> None:
+def drop_upload_leftovers(blobs: BlobStore, dataset_id: uuid.UUID, upload_id: uuid.UUID | None = None) -> None:
     """Once a validation has settled (ready or rejected), the upload as sent and its tokenizer are of no more use:
     jobs read the canonical files only."""
     blobs.delete(dataset_raw_key(dataset_id))
     blobs.delete(dataset_tokenizer_key(dataset_id))
+    if upload_id is not None:
+        blobs.delete_prefix(tokenizer_staging_prefix(upload_id))
 
 
 @contextmanager

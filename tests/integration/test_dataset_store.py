@@ -84,7 +84,7 @@ def test_the_worker_sweeper_removes_an_abandoned_upload_and_stray_temporaries(se
     import time
 
     from core.blobs import blob_store
-    from core.blobs.layout import dataset_tokenizer_key, upload_partial_key
+    from core.blobs.layout import dataset_tokenizer_key, tokenizer_staging_key, upload_partial_key
     from core.settings import Settings
     from workers.app import make_celery
     from workers.sweeper import TEMPORARY_AGE_S, sweep_datasets, sweep_temporaries
@@ -96,6 +96,7 @@ def test_the_worker_sweeper_removes_an_abandoned_upload_and_stray_temporaries(se
     for upload in (up_id, kept_up):
         blobs.append_partial(upload_partial_key(upload), 0, [b"half"], 10)
     blobs.put(dataset_tokenizer_key(ds_id), [b"{}"])
+    blobs.put(tokenizer_staging_key(up_id, "left-by-a-killed-api"), [b"{}"])
     stray = tmp_path / "blobs" / "artifacts" / ".tmp-dead"
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"x")
@@ -104,6 +105,7 @@ def test_the_worker_sweeper_removes_an_abandoned_upload_and_stray_temporaries(se
     out = sweep_datasets(sessions, settings, make_celery(settings))
     assert out.expired == [(up_id, ds_id)]
     assert blobs.partial_size(upload_partial_key(up_id)) == 0 and not blobs.exists(dataset_tokenizer_key(ds_id))
+    assert not blobs.exists(tokenizer_staging_key(up_id, "left-by-a-killed-api"))
     assert blobs.partial_size(upload_partial_key(kept_up)) == 4  # a live upload keeps its bytes
     with sessions() as s:
         assert (

@@ -160,6 +160,15 @@ def test_a_tokenizer_sent_while_the_upload_is_given_up_is_404_not_500(http, stac
     assert not temporaries(blobs_dir) and not files_under(blobs_dir / "uploads")
 
 
+def test_giving_up_removes_a_tokenizer_left_half_placed_by_a_killed_api(http, blobs_dir):
+    up = start(http, "t.jsonl", 100)
+    left = blobs_dir / "uploads" / "tokenizers" / up["id"] / "0123abcd"  # streamed in, never placed: API killed
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"{}")
+    assert http.delete(f"/v1/datasets/uploads/{up['id']}").status_code == 204
+    assert not left.parent.exists()
+
+
 def test_an_expired_upload_refuses_chunks_before_the_sweeper_removes_it(http, pg_database):
     """No worker runs in this module yet, so no sweeper: the refusal is the API's own."""
     up = start(http, "x.npy", 10)
