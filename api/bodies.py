@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator, Iterator
 import anyio.from_thread
 from starlette.requests import ClientDisconnect, Request
 
-from core.blobs.store import CHUNK
+from api.limits import BodyTooLarge
+from core.blobs.store import CHUNK, BlobTooLarge
 
 
 async def blocks(request: Request) -> AsyncIterator[bytes]:
     """The request body in blocks of about a MiB (one thread hop per block, not per network read). When the client
-    goes away mid-body, what arrived is handed on before ``ClientDisconnect``: a resumable upload keeps it."""
+    goes away mid-body, what arrived is handed on before ``ClientDisconnect``: a resumable upload keeps it. A body past
+    the route's cap (``api.limits``) ends as ``BlobTooLarge``, which a store answers by keeping none of it."""
     buf = bytearray()
     try:
         async for piece in request.stream():
@@ -25,6 +27,8 @@ async def blocks(request: Request) -> AsyncIterator[bytes]:
         if buf:
             yield bytes(buf)
         raise
+    except BodyTooLarge as exc:  # past the route's body cap: the store drops this body whole, as past its own cap
+        raise BlobTooLarge(exc.detail.removeprefix("body: ")) from None
     if buf:
         yield bytes(buf)
 

@@ -89,11 +89,13 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     result: JobResult | None = None
     error: ErrorOut | None = None
+    study_id: UUID | None = Field(None, description="the study this job is a child of (links.study), if any")
     links: dict[str, str]
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job, study_id: UUID | None = None) -> JobOut:
         base = f"/v1/jobs/{job.id}"
+        study = {"study": f"/v1/studies/{study_id}"} if study_id is not None else {}
         return cls(
             id=job.id,
             kind=job.kind,
@@ -117,7 +119,9 @@ class JobOut(BaseModel):
                 "metrics": f"{base}/metrics",
                 "artifacts": f"{base}/artifacts",
                 "cancel": f"{base}/cancel",
+                **study,
             },
+            study_id=study_id,
         )
 
 
@@ -229,7 +233,7 @@ class UploadStart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     filename: str = Field(min_length=1, max_length=255, description="its extension names the format")
-    size: int = Field(ge=1, description="bytes of the whole file")
+    size: int = Field(ge=1, strict=True, description="bytes of the whole file (a JSON integer, not a string)")
     sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$", description="checked by the validation")
     label_column: str | None = Field(default=None, min_length=1, max_length=128, pattern="^[^\x00]*$")
 

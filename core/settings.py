@@ -97,6 +97,17 @@ class Settings(BaseSettings):
     max_upload_chunk_bytes: int = Field(
         default=256 * 1024**2, gt=0, description="Cap on one chunk (request body) of a resumable upload."
     )
+    max_open_uploads_per_tenant: int = Field(
+        default=16,
+        ge=1,
+        description="Resumable dataset uploads a tenant may have open (uploading, not expired) at once (409 beyond).",
+    )
+    max_open_upload_bytes_per_tenant: int = Field(
+        default=16 * 1024**3,
+        gt=0,
+        description="Bytes a tenant's open resumable dataset uploads may declare together (409 beyond): what an "
+        "abandoned upload can hold on disk until it expires.",
+    )
     max_tokenizer_bytes: int = Field(default=16 * 1024**2, gt=0, description="Cap on a tokenizer.json sent with text.")
     upload_expiry_s: float = Field(
         default=24 * 3600.0,

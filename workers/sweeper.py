@@ -13,8 +13,9 @@ from celery import Celery
 from sqlalchemy.orm import sessionmaker
 
 from core.blobs import DirectoryStore, blob_store
-from core.blobs.layout import dataset_prefix, model_prefix, model_upload_prefix, upload_partial_key
+from core.blobs.layout import model_prefix, model_upload_prefix
 from core.datasets import repository as datasets
+from core.datasets.service import drop_upload_bytes, drop_upload_leftovers
 from core.db.tables import utcnow
 from core.jobs import repository as jobs
 from core.networks import repository as networks
@@ -79,9 +80,10 @@ def sweep_datasets(sessions: sessionmaker, settings: Settings, app: Celery) -> d
     for ds_id in outcome.republish:
         publish(app, ds_id, VALIDATION_QUEUE, VALIDATE_DATASET_TASK)  # failing, the next sweep publishes it again
     blobs = blob_store(settings)
+    for ds_id in outcome.rejected:
+        drop_upload_leftovers(blobs, ds_id)
     for upload_id, ds_id in outcome.expired:
-        blobs.delete_partial(upload_partial_key(upload_id))
-        blobs.delete_prefix(dataset_prefix(ds_id))
+        drop_upload_bytes(blobs, upload_id, ds_id)
     if outcome.republish or outcome.rejected or outcome.expired:
         log.warning(
             "sweeper: validations republished %s, rejected %s; uploads expired %s",

@@ -19,7 +19,7 @@ from core.blobs.layout import dataset_raw_key, upload_partial_key
 from core.data.formats import UploadRejected
 from core.data.ingest import ingest
 from core.datasets import repository as datasets
-from core.datasets.service import beating
+from core.datasets.service import beating, drop_upload_leftovers
 from core.db.tables import utcnow
 from core.settings import Settings
 from workers.retry import retrying
@@ -70,7 +70,7 @@ def validate_dataset(sessions: sessionmaker, settings: Settings, dataset_id: str
     if not retrying(finish):
         log.warning("dataset %s: attempt %d was taken away from this worker", ds_id, claimed.attempt)
         return "lost"
-    blobs.delete(dataset_raw_key(ds_id))  # the canonical files are what jobs read
+    drop_upload_leftovers(blobs, ds_id, claimed.upload_id)  # the canonical files are what jobs read
     status = "rejected" if "reason" in outcome else "ready"
     log.info("dataset %s: %s%s", ds_id, status, f" ({outcome['reason']})" if status == "rejected" else "")
     return status

@@ -9,23 +9,22 @@ partial object, so a client resumes from what the store holds (``HEAD``), even a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Annotated, Literal
 
-import anyio.from_thread
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from api import bodies
 from api.auth import principal
 from api.deps import app_settings, db, parse_id, publisher, session_factory
 from api.schemas import DatasetOut, DatasetPage, UploadOut, UploadStart
 from core.blobs import blob_store
-from core.blobs.store import CHUNK
 from core.data.formats import FORMATS
 from core.datasets import service
 from core.db.tables import Dataset, DatasetUpload
+from core.jobs import holds
 from core.keys.repository import Principal
 from core.settings import Settings
 from workers.publish import Publisher
@@ -71,8 +70,10 @@ def upload(
 # --- resumable uploads --------------------------------------------------------------------------------------------
 
 
-def _upload_of(session: Session, who: Principal, upload_id: str) -> tuple[DatasetUpload, Dataset]:
-    return service.upload_of(session, who, parse_id(upload_id, "upload"))
+def _upload_of(
+    session: Session, who: Principal, upload_id: str, writing: bool = False
+) -> tuple[DatasetUpload, Dataset]:
+    return service.upload_of(session, who, parse_id(upload_id, "upload"), writing=writing)
 
 
 def _upload_out(settings: Settings, up: DatasetUpload, ds: Dataset, offset: int) -> UploadOut:
@@ -128,31 +129,6 @@ def upload_offset(
     return Response(headers={"Upload-Offset": str(offset), "Upload-Length": str(up.size), "Cache-Control": "no-store"})
 
 
-async def _blocks(request: Request) -> AsyncIterator[bytes]:
-    """The request body in blocks of about a MiB (one thread hop per block, not per network read)."""
-    buf = bytearray()
-    async for piece in request.stream():
-        buf += piece
-        if len(buf) >= CHUNK:
-            yield bytes(buf)
-            buf.clear()
-    if buf:
-        yield bytes(buf)
-
-
-def _pull(blocks: AsyncIterator[bytes]) -> Iterator[bytes]:
-    """The async body as a plain iterator, for a store writing in a worker thread."""
-
-    async def following() -> bytes:
-        return await blocks.__anext__()
-
-    while True:
-        try:
-            yield anyio.from_thread.run(following)
-        except StopAsyncIteration:
-            return
-
-
 @router.patch(
     "/uploads/{upload_id}",
     response_model=UploadOut,
@@ -167,10 +143,12 @@ async def append_chunk(
     settings: Settings = Depends(app_settings),
 ):
     """Append the body at ``Upload-Offset`` (which must be the bytes received so far)."""
-    up, ds = await run_in_threadpool(_upload_of, session, who, upload_id)
+    up, ds = await run_in_threadpool(_upload_of, session, who, upload_id, True)
+    declared = request.headers.get("content-length")
+    length = int(declared) if declared is not None and declared.isdigit() else None
     try:
         offset = await run_in_threadpool(
-            service.append, session, settings, up, ds, upload_offset, _pull(_blocks(request))
+            service.append, session, settings, up, ds, upload_offset, bodies.pull(bodies.blocks(request)), length
         )
     except ClientDisconnect:
         return Response(status_code=400)  # nobody reads it; what arrived is kept and HEAD reports it
@@ -186,8 +164,8 @@ async def put_tokenizer(
     settings: Settings = Depends(app_settings),
 ) -> Response:
     """The ``tokenizer.json`` for a JSON Lines text upload (read by the ``tokenizers`` library, no code run)."""
-    up, ds = await run_in_threadpool(_upload_of, session, who, upload_id)
-    await run_in_threadpool(service.put_tokenizer, session, settings, up, ds, _pull(_blocks(request)))
+    up, ds = await run_in_threadpool(_upload_of, session, who, upload_id, True)
+    await run_in_threadpool(service.put_tokenizer, session, settings, up, ds, bodies.pull(bodies.blocks(request)))
     return Response(status_code=204)
 
 
@@ -207,7 +185,7 @@ def complete_upload(
 ):
     """All bytes are in: a worker validates the upload (``status: validating``, then ``ready`` or ``rejected``).
     Completing again answers the dataset as it now is."""
-    up, ds = _upload_of(session, who, upload_id)
+    up, ds = _upload_of(session, who, upload_id, writing=True)
     response.headers["Location"] = f"/v1/datasets/{ds.id}"
     if not service.complete(session, settings, wakeups, up, ds):
         response.status_code = 200
@@ -249,3 +227,16 @@ def get_dataset(dataset_id: str, session: Session = Depends(db), who: Principal 
     waits for a worker, its ``queue_position``."""
     ds, place = service.dataset_with_place(session, who, parse_id(dataset_id, "dataset"))
     return DatasetOut.of(ds, queue_position=place)
+
+
+@router.delete("/{dataset_id}", status_code=204, responses={409: {"description": "a queued or running job uses it"}})
+def delete_dataset(
+    dataset_id: str,
+    session: Session = Depends(db),
+    who: Principal = Depends(principal),
+    settings: Settings = Depends(app_settings),
+) -> Response:
+    """Delete a dataset and its bytes (an interrupted upload's too); refused (409) while a queued or running job
+    uses it, or while a worker validates it."""
+    holds.delete_dataset(session, settings, who, parse_id(dataset_id, "dataset"))
+    return Response(status_code=204)

@@ -18,6 +18,7 @@ from core.jobs import service
 from core.jobs.states import JobStatus
 from core.keys.repository import Principal
 from core.settings import Settings
+from core.studies import service as study_service
 from workers.publish import Publisher
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -70,7 +71,8 @@ def list_jobs(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ):
     jobs, nxt = service.list_jobs(session, who, status=status, kind=kind, limit=limit, cursor=cursor)
-    return JobPage(items=[JobOut.of(j) for j in jobs], next_cursor=nxt)
+    parents = study_service.studies_of_jobs(session, [j.id for j in jobs])
+    return JobPage(items=[JobOut.of(j, parents.get(j.id)) for j in jobs], next_cursor=nxt)
 
 
 @router.get("/{job_id}", response_model=JobOut)
@@ -81,7 +83,7 @@ def get_job(
     settings: Settings = Depends(app_settings),
 ):
     job, place = fleet.job_with_place(session, settings, who, parse_id(job_id))
-    out = JobOut.of(job)
+    out = JobOut.of(job, study_service.studies_of_jobs(session, [job.id]).get(job.id))
     if place is not None:
         out.queue_position, out.eta_s = place
     return out

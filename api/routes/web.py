@@ -72,6 +72,51 @@ def job_page(job_id: str):
     return page("job.html", "job")
 
 
+# The list pages: one template (``listing.html``) with its heading, the filter the API takes and the columns that
+# the script (``initListing``) fills, newest first, a page at a time.
+LISTINGS = {
+    "studies": {
+        "heading": "Studies",
+        "filter_param": "status",
+        "choices": ["queued", "running", "succeeded", "failed", "cancelled"],
+        "columns": ["study", "kind", "status", "progress", "settings × seeds", "created"],
+        "empty": "No studies yet. Submit one with gradlab study submit study.json --wait (docs/studies.md).",
+    },
+    "datasets": {
+        "heading": "Datasets",
+        "filter_param": "status",
+        "choices": ["uploading", "validating", "ready", "rejected"],
+        "columns": ["dataset", "file", "status", "kind", "shape", "size", "created"],
+        "empty": "No datasets yet. Upload one with gradlab datasets upload FILE (docs/datasets.md).",
+    },
+    "models": {
+        "heading": "Models",
+        "filter_param": "source",
+        "choices": ["uploaded", "exported"],
+        "columns": ["model", "file", "type", "parameters", "weights", "created"],
+        "empty": "No models yet. Upload one with gradlab models upload config.json [model.safetensors].",
+    },
+}
+
+
+@router.get("/studies")
+def studies_page():
+    """The caller's studies, newest first, each linked to its comparison page."""
+    return page("listing.html", "studies", **LISTINGS["studies"])
+
+
+@router.get("/datasets")
+def datasets_page():
+    """The caller's uploaded datasets (an interrupted upload shows as uploading), each linked to its page."""
+    return page("listing.html", "datasets", **LISTINGS["datasets"])
+
+
+@router.get("/models")
+def models_page():
+    """The caller's stored models, each linked to its page."""
+    return page("listing.html", "models", **LISTINGS["models"])
+
+
 @router.get("/compare")
 def compare_page():
     """Jobs of one kind side by side (``?ids=a,b,…``, chosen on the job list): answers, then curves overlaid."""

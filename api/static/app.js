@@ -1,6 +1,7 @@
 /* The gradlab pages: the job list (/), a job's live page (/jobs/{id}), studies, comparisons, a dataset's preview
-   (/datasets/{id}) and an uploaded model (/models/{id}), all built on the public HTTP API. Each page is a template
-   (api/templates) naming itself in <body data-page>; charts.js, loaded first, holds the charts' arithmetic.
+   (/datasets/{id}), an uploaded model (/models/{id}) and the lists of studies, datasets and models (/studies,
+   /datasets, /models), all built on the public HTTP API. Each page is a template (api/templates) naming itself in
+   <body data-page>; charts.js, loaded first, holds the charts' arithmetic.
 
    When the server requires authentication, the API key typed into the header field is kept in localStorage and
    sent as "Authorization: Bearer …". A running job's page follows its Server-Sent Events, read with fetch rather
@@ -483,7 +484,9 @@
         showError(null);
         tbody.replaceChildren(...page.items.map(job => el("tr", {}, [
           el("td", {}, [pick(job)]),
-          el("td", {}, [el("a", {href: "/jobs/" + job.id, textContent: job.id.slice(0, 8)})]),
+          el("td", {}, [el("a", {href: "/jobs/" + job.id, textContent: job.id.slice(0, 8)}),
+                        ...(job.study_id ? [" in ", link("/studies/" + job.study_id, "study " + job.study_id.slice(0, 8),
+                                                         job.study_id)] : [])]),
           el("td", {textContent: job.kind}),
           el("td", {className: "ran-on"}, ranOn(job.params)),
           el("td", {}, [badge(job.status)]),
@@ -553,7 +556,8 @@
       const facts = [["id", job.id], ["attempt", job.attempt], ["device", `${job.device || "—"} (asked ${job.device_requested})`],
                      ["seed", job.seed], ["created", when(job.created_at)], ["started", when(job.started_at)],
                      ["finished", when(job.finished_at)], ["timeout", `${job.timeout_s} s`]];
-      const ran = [["model", modelNodes(job.params.model)], ["dataset", datasetNodes(job.params.dataset)]];
+      const ran = [["model", modelNodes(job.params.model)], ["dataset", datasetNodes(job.params.dataset)],
+                   ["study", job.study_id ? [link("/studies/" + job.study_id, job.study_id, job.study_id)] : []]];
       $("#job-facts").replaceChildren(...facts.map(([k, v]) =>
         el("div", {}, [el("dt", {textContent: k}), el("dd", {textContent: String(v)})])),
         ...ran.filter(([, nodes]) => nodes.length).map(([k, nodes]) => el("div", {}, [el("dt", {textContent: k}),
@@ -1019,6 +1023,62 @@
     load();
   }
 
+  // --- the lists of studies, datasets and models (listing.html) --------------------------------------------------
+  function bytes(n) {
+    if (n === null || n === undefined) return "—";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+    return i ? `${n.toFixed(n < 10 ? 1 : 0)} ${units[i]}` : `${n} B`;
+  }
+
+  function shape(ds) {
+    if (ds.rows === null || ds.rows === undefined) return "—";
+    return `${formatValue(ds.rows)} rows` + (ds.columns ? ` × ${formatValue(ds.columns)}` : "");
+  }
+
+  /* Each list: its API path and, per column of listing.html, the cell's nodes for one item. */
+  const LISTINGS = {
+    studies: {path: "/v1/studies", cells: s => [
+      [link("/studies/" + s.id, s.id.slice(0, 8), s.id)], [s.kind], [badge(s.status)],
+      [progressBar(s.progress), `${Math.round(s.progress * 100)}%`],
+      [`${s.settings.length} × ${s.seeds.length} (${s.jobs} jobs)`], [when(s.created_at)]]},
+    datasets: {path: "/v1/datasets", cells: d => [
+      [link("/datasets/" + d.id, d.id.slice(0, 8), d.id)], [d.filename], [badge(d.status)],
+      [d.kind || (d.status === "rejected" ? d.reason || "" : "—")], [shape(d)], [bytes(d.size ?? d.upload_size)],
+      [when(d.created_at)]]},
+    models: {path: "/v1/models", cells: m => [
+      [link("/models/" + m.id, m.id.slice(0, 8), m.id)], [m.filename], [m.model_type || m.format],
+      [formatValue(m.n_params)], [m.has_weights ? bytes(m.weights_size) : "none"], [when(m.created_at)]]},
+  };
+
+  function initListing(listing) {
+    let limit = 50, timer = null;
+    const filter = $("#filter");
+
+    async function refresh() {
+      clearTimeout(timer);
+      const q = new URLSearchParams({limit: String(limit)});
+      if (filter.value) q.set(filter.dataset.param, filter.value);
+      try {
+        const page = await (await api(listing.path + "?" + q)).json();
+        showError(null);
+        $("#items tbody").replaceChildren(...page.items.map(item =>
+          el("tr", {}, listing.cells(item).map(nodes => el("td", {}, nodes)))));
+        $("#empty").hidden = page.items.length > 0;
+        $("#more").hidden = !page.next_cursor || limit >= 500;
+        $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
+        document.body.dataset.state = "done";
+      } catch (e) { showError(e); }
+      timer = setTimeout(refresh, REFRESH_MS * 2);
+    }
+
+    filter.addEventListener("change", refresh);
+    $("#more").addEventListener("click", () => { limit = Math.min(500, limit + 50); refresh(); });
+    initKeyForm(refresh);
+    refresh();
+  }
+
   // an error outside a request (a chart that cannot be drawn) shows in the page's error box too
   window.addEventListener("error", ev => showError(ev.error || new Error(ev.message)));
 
@@ -1028,4 +1088,5 @@
   else if (document.body.dataset.page === "study") initStudy();
   else if (document.body.dataset.page === "dataset") initDataset();
   else if (document.body.dataset.page === "model") initModel();
+  else if (LISTINGS[document.body.dataset.page]) initListing(LISTINGS[document.body.dataset.page]);
 })();

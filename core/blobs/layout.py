@@ -35,6 +35,16 @@ def upload_partial_key(upload_id: uuid.UUID | str) -> str:
     return f"uploads/{upload_id}"
 
 
+def tokenizer_staging_prefix(upload_id: uuid.UUID | str) -> str:
+    """The tokenizer.json files of one upload as they stream in, before one is placed at ``dataset_tokenizer_key``."""
+    return f"uploads/tokenizers/{upload_id}/"
+
+
+def tokenizer_staging_key(upload_id: uuid.UUID | str, token: str) -> str:
+    """One request's tokenizer.json (a key per request, so two requests never write the same one)."""
+    return f"{tokenizer_staging_prefix(upload_id)}{quote(token, safe='')}"
+
+
 def model_weights_key(model_id: uuid.UUID | str) -> str:
     """A model's single safetensors file (as migration 0007 placed it; ``model_file_key`` of that name)."""
     return model_file_key(model_id, "model.safetensors")

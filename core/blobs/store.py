@@ -132,7 +132,7 @@ class DirectoryStore:
                 os.fsync(sink.fileno())
             os.replace(tmp, target)
         except BaseException:
-            os.unlink(tmp)
+            Path(tmp).unlink(missing_ok=True)  # a concurrent delete_prefix may have removed it
             raise
         dir_fd = os.open(target.parent, os.O_RDONLY)
         try:
@@ -165,7 +165,8 @@ class DirectoryStore:
 
     def append_partial(self, key: str, offset: int, source: BinaryIO | Iterable[bytes], total: int) -> int:
         """Append at ``offset`` (the bytes received so far), never past ``total``; returns the new size. What
-        arrived before the source failed is kept and fsynced, so the client resumes from there."""
+        arrived before the source failed is kept and fsynced, so the client resumes from there; a source that runs
+        past a cap (``BlobTooLarge``) is dropped whole."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as sink:
@@ -182,6 +183,9 @@ class DirectoryStore:
                         raise BlobTooLarge(f"past the declared size of {total} bytes")
                     sink.write(chunk)
                     size += len(chunk)
+            except BlobTooLarge:
+                sink.truncate(offset)  # a body past a cap is dropped whole, as on S3
+                raise
             finally:
                 sink.flush()
                 os.fsync(sink.fileno())

@@ -5,14 +5,17 @@ claimed it, like jobs), and the sweep of dead validations and abandoned uploads.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
 from sqlalchemy import (
     and_,
+    bindparam,
     delete,
     func,
+    literal,
     select,
     tuple_,
     update,
@@ -82,6 +85,32 @@ def add_dataset(session: Session, dataset: Dataset, upload: DatasetUpload | None
     return dataset
 
 
+# Serialises one tenant's upload starts on PostgreSQL until commit, so concurrent starts cannot overshoot its caps.
+_UPLOADS_LOCK = select(
+    func.pg_advisory_xact_lock(func.hashtextextended(literal("dataset-uploads:") + bindparam("tenant"), 0))
+)
+
+
+def add_upload_within(
+    session: Session, dataset: Dataset, upload: DatasetUpload, *, max_open: int, max_bytes: int, now: datetime
+) -> tuple[int, int] | None:
+    """The dataset's row and its upload session, if the tenant's open uploads (uploading, not expired) stay within
+    ``max_open`` sessions and ``max_bytes`` declared; else nothing is added and the answer is (open sessions, their
+    declared bytes)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_UPLOADS_LOCK, {"tenant": dataset.tenant})
+    count, declared = session.execute(
+        select(func.count(), func.coalesce(func.sum(DatasetUpload.size), 0))
+        .join(Dataset, Dataset.id == DatasetUpload.dataset_id)
+        .where(DatasetUpload.tenant == dataset.tenant, Dataset.status == "uploading", DatasetUpload.expires_at >= now)
+    ).one()
+    if count + 1 > max_open or declared + upload.size > max_bytes:
+        session.rollback()
+        return int(count), int(declared)
+    add_dataset(session, dataset, upload)
+    return None
+
+
 def get_dataset(session: Session, dataset_id: uuid.UUID) -> Dataset | None:
     return session.get(Dataset, dataset_id)
 
@@ -100,10 +129,11 @@ def upload_session(session: Session, upload_id: uuid.UUID) -> tuple[DatasetUploa
     return (row[0], row[1]) if row else None
 
 
-def touch_upload(session: Session, upload_id: uuid.UUID, expires_at: datetime) -> None:
-    """A chunk arrived: the session lives on."""
-    session.execute(update(DatasetUpload).where(DatasetUpload.id == upload_id).values(expires_at=expires_at))
+def touch_upload(session: Session, upload_id: uuid.UUID, expires_at: datetime) -> bool:
+    """A chunk arrived: the session lives on. False when the session is gone (given up or expired meanwhile)."""
+    res = session.execute(update(DatasetUpload).where(DatasetUpload.id == upload_id).values(expires_at=expires_at))
     session.commit()
+    return rowcount(res) == 1
 
 
 def complete_upload(session: Session, dataset_id: uuid.UUID, now: datetime) -> bool:
@@ -126,11 +156,36 @@ def abort_upload(session: Session, upload_id: uuid.UUID, dataset_id: uuid.UUID) 
     return rowcount(res) == 1
 
 
-def set_tokenizer(session: Session, dataset_id: uuid.UUID) -> None:
-    session.execute(
+def set_tokenizer(session: Session, dataset_id: uuid.UUID, place: Callable[[], None]) -> str | None:
+    """Mark the dataset as having a tokenizer and run ``place`` (which stores it) while the row is locked, only while
+    it is still uploading: a concurrent ``complete``, give-up or expiry waits for the commit, so the tokenizer is
+    in place before any validation can start, and nothing is written for a dataset already gone. None when done;
+    else the dataset's status (``"gone"``: no such dataset)."""
+    res = session.execute(
         update(Dataset).where(Dataset.id == dataset_id, Dataset.status == "uploading").values(has_tokenizer=True)
     )
+    if rowcount(res) != 1:  # nothing changed: ending the transaction by commit keeps the caller's rows loaded
+        status = session.scalar(select(Dataset.status).where(Dataset.id == dataset_id))
+        session.commit()
+        return status or "gone"
+    try:
+        place()
+    except BaseException:
+        session.rollback()
+        raise
     session.commit()
+    return None
+
+
+def delete_dataset(session: Session, dataset_id: uuid.UUID) -> tuple[bool, list[uuid.UUID]]:
+    """The row goes with its upload sessions (their ids returned: their partial bytes go next, by the caller), unless
+    a worker is validating it. (deleted, upload ids); False when it is validating or already gone."""
+    uploads = list(session.scalars(select(DatasetUpload.id).where(DatasetUpload.dataset_id == dataset_id)))
+    res = session.execute(delete(Dataset).where(Dataset.id == dataset_id, Dataset.status != "validating"))
+    if rowcount(res) == 1:
+        session.execute(delete(DatasetUpload).where(DatasetUpload.dataset_id == dataset_id))  # SQLite without FKs
+    session.commit()
+    return rowcount(res) == 1, uploads
 
 
 def abort_validation(session: Session, dataset_id: uuid.UUID) -> None:

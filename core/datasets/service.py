@@ -22,11 +22,19 @@ from datetime import timedelta
 from typing import BinaryIO, Protocol
 
 from pydantic import BaseModel
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.blobs import blob_store
-from core.blobs.layout import dataset_prefix, dataset_raw_key, dataset_tokenizer_key, upload_partial_key
-from core.blobs.store import BlobTooLarge, ChunkTooSmall, OffsetMismatch
+from core.blobs.layout import (
+    dataset_prefix,
+    dataset_raw_key,
+    dataset_tokenizer_key,
+    tokenizer_staging_key,
+    tokenizer_staging_prefix,
+    upload_partial_key,
+)
+from core.blobs.store import BlobStore, BlobTooLarge, ChunkTooSmall, OffsetMismatch
 from core.data import uploaded_dataset_ids
 from core.data.formats import UploadRejected, format_of
 from core.data.ingest import ingest
@@ -168,7 +176,8 @@ def start_upload(
     sha256: str | None,
     label_column: str | None,
 ) -> tuple[DatasetUpload, Dataset]:
-    """Begin a resumable upload of a declared name, size and (optionally) SHA-256 and label column."""
+    """Begin a resumable upload of a declared name, size and (optionally) SHA-256 and label column, within the
+    tenant's caps on open uploads (``max_open_uploads_per_tenant``, ``max_open_upload_bytes_per_tenant``)."""
     name = clean_filename(filename)
     if size > settings.max_dataset_upload_bytes:
         raise TooLarge(f"size: uploads are capped at {settings.max_dataset_upload_bytes} bytes")
@@ -182,17 +191,34 @@ def start_upload(
         created_at=ds.created_at,
         expires_at=ds.created_at + timedelta(seconds=settings.upload_expiry_s),
     )
-    datasets.add_dataset(session, ds, up)
+    max_open, max_bytes = settings.max_open_uploads_per_tenant, settings.max_open_upload_bytes_per_tenant
+    over = datasets.add_upload_within(session, ds, up, max_open=max_open, max_bytes=max_bytes, now=ds.created_at)
+    if over is not None:
+        count, declared = over
+        if count >= max_open:
+            why = f"the tenant has {count} open uploads, the most GRADLAB_MAX_OPEN_UPLOADS_PER_TENANT allows"
+        else:
+            why = (
+                f"the tenant's open uploads declare {declared} bytes; {size} more is over "
+                f"GRADLAB_MAX_OPEN_UPLOAD_BYTES_PER_TENANT ({max_bytes})"
+            )
+        raise Conflict(f"size: {why}; complete or delete one (DELETE /v1/datasets/uploads/{{id}}) first")
     return up, ds
 
 
-def upload_of(session: Session, who: Principal, upload_id: uuid.UUID) -> tuple[DatasetUpload, Dataset]:
+def upload_of(
+    session: Session, who: Principal, upload_id: uuid.UUID, *, writing: bool = False
+) -> tuple[DatasetUpload, Dataset]:
     """The upload and its dataset, read in a transaction that ends here: a chunk streaming for minutes holds no
-    database connection."""
+    database connection. ``writing`` (a chunk, a tokenizer, completing): an expired upload is gone already, whether
+    or not the sweeper has removed it yet."""
     found = datasets.upload_session(session, upload_id)
     session.commit()  # read only; the rows stay loaded (expire_on_commit is off)
     if found is None or not who.owns(found[0].tenant):
         raise NotFound(f"upload {upload_id} not found")
+    up, ds = found
+    if writing and ds.status == "uploading" and up.expires_at < utcnow():
+        raise NotFound(f"upload {upload_id} expired at {up.expires_at.isoformat()} (no chunk for a while)")
     return found
 
 
@@ -206,37 +232,81 @@ def _still_uploading(up: DatasetUpload, ds: Dataset) -> None:
         raise Conflict(f"upload {up.id} is complete (dataset {ds.status})")
 
 
+def _gone(upload_id: uuid.UUID) -> NotFound:
+    return NotFound(f"upload {upload_id} not found (given up or expired while this request ran)")
+
+
 def append(
-    session: Session, settings: Settings, up: DatasetUpload, ds: Dataset, offset: int, blocks: Iterable[bytes]
+    session: Session,
+    settings: Settings,
+    up: DatasetUpload,
+    ds: Dataset,
+    offset: int,
+    blocks: Iterable[bytes],
+    length: int | None = None,
 ) -> int:
-    """Append ``blocks`` at ``offset`` (which must be the bytes received so far); returns the bytes received."""
+    """Append ``blocks`` (``length`` bytes, when the request declares it) at ``offset`` (which must be the bytes
+    received so far); returns the bytes received. A chunk that would run past the declared size is refused whole
+    (413 with the ``Upload-Offset`` to resume at). If the upload was given up or expired while the chunk streamed,
+    its bytes go too: no partial object outlives its row."""
     _still_uploading(up, ds)
+    up_id, key = up.id, upload_partial_key(up.id)
+    blobs = blob_store(settings)
+    if length is not None and offset + length > up.size:
+        raise TooLarge(
+            f"body: {length} bytes at offset {offset} run past the declared size of {up.size} bytes",
+            headers={"Upload-Offset": str(blobs.partial_size(key))},
+        )
     try:
-        total = blob_store(settings).append_partial(upload_partial_key(up.id), offset, blocks, up.size)
+        total = blobs.append_partial(key, offset, blocks, up.size)
     except OffsetMismatch as exc:
         raise Conflict(
             f"upload-offset: {exc}; resume at {exc.received}", headers={"Upload-Offset": str(exc.received)}
         ) from None
     except BlobTooLarge as exc:
-        raise TooLarge(f"body: {exc}") from None
+        raise TooLarge(
+            f"body: {exc}; nothing of this chunk was kept", headers={"Upload-Offset": str(blobs.partial_size(key))}
+        ) from None
     except ChunkTooSmall as exc:
         raise Invalid(f"body: {exc}") from None
-    datasets.touch_upload(session, up.id, utcnow() + timedelta(seconds=settings.upload_expiry_s))
+    if not datasets.touch_upload(session, up.id, utcnow() + timedelta(seconds=settings.upload_expiry_s)):
+        if datasets.get_dataset(session, ds.id) is None:
+            blobs.delete_partial(key)  # the give-up removed its bytes before this chunk landed
+        session.commit()
+        raise _gone(up_id)
     return total
 
 
 def put_tokenizer(
     session: Session, settings: Settings, up: DatasetUpload, ds: Dataset, blocks: Iterator[bytes]
 ) -> None:
-    """The ``tokenizer.json`` of a JSON Lines text upload (read by the ``tokenizers`` library, no code run)."""
+    """The ``tokenizer.json`` of a JSON Lines text upload (read by the ``tokenizers`` library, no code run). It
+    streams to a key of its own, then is put in place under the dataset's row lock, only while the dataset is still
+    uploading (``repository.set_tokenizer``): a 204 means the validation reads it."""
     _still_uploading(up, ds)
     if ds.format != "jsonl":
         raise _rejected("tokenizer: only JSON Lines text (.jsonl) takes a tokenizer")
+    blobs, up_id, ds_id = blob_store(settings), up.id, ds.id
+    staged = tokenizer_staging_key(up_id, uuid.uuid4().hex)
     try:
-        blob_store(settings).put(dataset_tokenizer_key(ds.id), blocks, settings.max_tokenizer_bytes)
-    except BlobTooLarge:
-        raise TooLarge(f"tokenizer: capped at {settings.max_tokenizer_bytes} bytes") from None
-    datasets.set_tokenizer(session, ds.id)
+        try:
+            blobs.put(staged, blocks, settings.max_tokenizer_bytes)
+        except BlobTooLarge:
+            raise TooLarge(f"tokenizer: capped at {settings.max_tokenizer_bytes} bytes") from None
+        except FileNotFoundError:  # its folder went under it: the upload was given up, deleted or swept meanwhile
+            raise _gone(up_id) from None
+
+        def place() -> None:
+            with blobs.open(staged) as fh:
+                blobs.put(dataset_tokenizer_key(ds_id), fh)
+
+        status = datasets.set_tokenizer(session, ds_id, place)
+    finally:
+        blobs.delete(staged)
+    if status == "gone":
+        raise _gone(up_id)
+    if status is not None:
+        raise Conflict(f"upload {up_id} is complete (dataset {status}); the tokenizer was not kept")
 
 
 def complete(
@@ -251,9 +321,13 @@ def complete(
             f"upload-offset: {got} of the declared {up.size} bytes received; send the rest first",
             headers={"Upload-Offset": str(got)},
         )
+    up_id = up.id
     if datasets.complete_upload(session, ds.id, utcnow()):
         publisher.publish_validation(ds.id)  # if that fails, the sweeper publishes it again
-    session.refresh(ds)
+    try:
+        session.refresh(ds)
+    except InvalidRequestError:  # given up or expired meanwhile
+        raise _gone(up_id) from None
     return True
 
 
@@ -261,9 +335,40 @@ def abort(session: Session, settings: Settings, up: DatasetUpload, ds: Dataset) 
     """Give up an upload: its bytes and its dataset row go (only while it is still uploading)."""
     if not datasets.abort_upload(session, up.id, ds.id):
         raise Conflict(f"upload {up.id} is complete (dataset {ds.status})")
+    drop_upload_bytes(blob_store(settings), up.id, ds.id)
+
+
+def drop_upload_bytes(blobs: BlobStore, upload_id: uuid.UUID, dataset_id: uuid.UUID) -> None:
+    """Every byte of an upload whose row is gone: its partial object, tokenizers a request left half-placed (an API
+    process killed mid-request) and the dataset's files."""
+    blobs.delete_partial(upload_partial_key(upload_id))
+    blobs.delete_prefix(tokenizer_staging_prefix(upload_id))
+    blobs.delete_prefix(dataset_prefix(dataset_id))
+
+
+def delete_dataset(session: Session, settings: Settings, ds: Dataset) -> None:
+    """The dataset's row (with its upload session), then its bytes: canonical files, and a partial upload's
+    (a row never names missing bytes). ``Conflict`` while a worker validates it. The caller checked that no queued
+    or running job uses it (``core.jobs.holds``)."""
+    ds_id = ds.id
+    deleted, uploads = datasets.delete_dataset(session, ds_id)
+    if not deleted:
+        if datasets.get_dataset(session, ds_id) is None:
+            raise NotFound(f"dataset {ds_id} not found")
+        raise Conflict(f"dataset {ds_id} is being validated; delete it once it is ready or rejected")
     blobs = blob_store(settings)
-    blobs.delete_partial(upload_partial_key(up.id))
-    blobs.delete_prefix(dataset_prefix(ds.id))
+    for upload_id in uploads:
+        drop_upload_bytes(blobs, upload_id, ds_id)
+    blobs.delete_prefix(dataset_prefix(ds_id))
+
+
+def drop_upload_leftovers(blobs: BlobStore, dataset_id: uuid.UUID, upload_id: uuid.UUID | None = None) -> None:
+    """Once a validation has settled (ready or rejected), the upload as sent and its tokenizer are of no more use:
+    jobs read the canonical files only."""
+    blobs.delete(dataset_raw_key(dataset_id))
+    blobs.delete(dataset_tokenizer_key(dataset_id))
+    if upload_id is not None:
+        blobs.delete_prefix(tokenizer_staging_prefix(upload_id))
 
 
 @contextmanager

@@ -102,6 +102,14 @@ def get_study(session: Session, study_id: uuid.UUID) -> Study | None:
     return session.get(Study, study_id)
 
 
+def studies_of_jobs(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """The study of each of these jobs that is a study's child (by ``ix_study_jobs_job``)."""
+    if not job_ids:
+        return {}
+    rows = session.execute(select(StudyJob.job_id, StudyJob.study_id).where(StudyJob.job_id.in_(job_ids))).all()
+    return {r.job_id: r.study_id for r in rows}
+
+
 def child_job_ids(session: Session, study_id: uuid.UUID) -> list[uuid.UUID]:
     return list(session.scalars(select(StudyJob.job_id).where(StudyJob.study_id == study_id)))
 

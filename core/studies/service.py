@@ -215,3 +215,8 @@ def list_studies(
             )
         )
     return briefs, nxt
+
+
+def studies_of_jobs(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """The study each of these jobs belongs to, for those that are a study's children (the job pages link to it)."""
+    return studies.studies_of_jobs(session, job_ids)

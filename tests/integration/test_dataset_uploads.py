@@ -403,3 +403,27 @@ def test_a_malformed_parquet_upload_is_rejected_with_the_reason(http, worker, da
     ds = settle(http, up["dataset_id"])
     assert ds["status"] == "rejected" and ds["reason"].startswith(reason), ds
     assert ds["preview"] is None and ds["kind"] is None
+
+
+def test_a_dataset_is_deleted_with_its_bytes_but_not_while_a_job_uses_it(http, worker, stack):
+    blobs = Path(stack.env["GRADLAB_DATA_DIR"]) / "blobs"
+    rng = np.random.default_rng(3)
+    up = upload_all(http, "del.npz", npz_bytes(x=rng.normal(size=(200, 4)), y=np.arange(200) % 2))
+    ds = settle(http, up["dataset_id"])
+    assert ds["status"] == "ready" and sorted(p.name for p in (blobs / "datasets" / ds["id"]).iterdir())
+    job = job_on(http, ds["id"], steps=150)  # queued or running while the delete is tried
+    assert job.status_code == 201, job.text
+    refused = http.delete(f"/v1/datasets/{ds['id']}")
+    assert refused.status_code == 409 and job.json()["id"] in refused.json()["detail"], refused.text
+    assert http.post(f"/v1/jobs/{job.json()['id']}/cancel").status_code == 200
+    wait_job(http, job.json()["id"], timeout=120)
+    assert http.delete(f"/v1/datasets/{ds['id']}").status_code == 204
+    assert not (blobs / "datasets" / ds["id"]).exists()
+    assert http.get(f"/v1/datasets/{ds['id']}").status_code == 404
+    assert http.delete(f"/v1/datasets/{ds['id']}").status_code == 404
+
+    interrupted = start(http, "half.npy", 100)  # an upload given up half-way: listed as uploading, deleted whole
+    assert patch(http, interrupted["id"], 0, b"x" * 50).status_code == 200
+    assert http.delete(f"/v1/datasets/{interrupted['dataset_id']}").status_code == 204
+    assert not (blobs / "uploads" / interrupted["id"]).exists()
+    assert http.head(f"/v1/datasets/uploads/{interrupted['id']}").status_code == 404

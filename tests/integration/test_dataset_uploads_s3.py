@@ -71,3 +71,38 @@ def test_an_upload_to_s3_is_joined_validated_and_trained_on(stack, worker, bucke
         job = job_on(http, ds["id"])
         assert job.status_code == 201, job.text
         assert wait_job(http, job.json()["id"], timeout=300)["status"] == "succeeded"
+
+        gone = http.delete(f"/v1/datasets/{ds['id']}")  # its job is over: the dataset and its objects go
+        assert gone.status_code == 204, gone.text
+        assert not fs.exists(f"{name}/gradlab/datasets/{ds['id']}/x.npy")
+        assert not fs.exists(f"{name}/gradlab/datasets/{ds['id']}")
+        assert http.get(f"/v1/datasets/{ds['id']}").status_code == 404
+
+
+def test_a_tokenizer_on_s3_is_read_by_the_validation_and_nothing_of_it_stays(stack, worker, bucket):
+    """The tokenizer streams to an object of its own, is copied into place under the row lock, and goes once the
+    dataset is validated; a chunk past the declared size keeps nothing (S3 drops the chunk whole)."""
+    import json
+
+    fs, name = bucket
+    vocab = {"[UNK]": 0, "the": 1, "cat": 2, "sat": 3}
+    tokenizer = {
+        "version": "1.0",
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"},
+        "pre_tokenizer": {"type": "Whitespace"},
+    }
+    text = b"".join(json.dumps({"text": t}).encode() + b"\n" for t in ["the cat sat", "the cat", "sat"])
+    with httpx.Client(base_url=stack.api_url, timeout=120) as http:
+        up = start(http, "t.jsonl", len(text))
+        put = http.put(f"/v1/datasets/uploads/{up['id']}/tokenizer", content=json.dumps(tokenizer).encode())
+        assert put.status_code == 204, put.text
+        past = patch(http, up["id"], 0, text + b"x")
+        assert past.status_code == 413 and past.headers["Upload-Offset"] == "0", past.text
+        assert patch(http, up["id"], 0, text).json()["offset"] == len(text)
+        assert http.post(f"/v1/datasets/uploads/{up['id']}/complete").status_code == 202
+        ds = settle(http, up["dataset_id"])
+        assert ds["status"] == "ready", ds
+        assert (ds["preview"]["tokenizer"], ds["preview"]["token_length"]["tokens"]) == ("tokenizer.json", 6)
+        stored = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{name}/gradlab/datasets/{ds['id']}"))
+        assert stored == ["offsets.npy", "tokens.npy"]  # neither upload.raw nor tokenizer.json
+        assert not fs.exists(f"{name}/gradlab/uploads/tokenizers") or fs.ls(f"{name}/gradlab/uploads/tokenizers") == []

@@ -241,9 +241,6 @@ def test_cli_lists_datasets_and_studies_within_80_columns(cli, datasets, studies
     assert res.exit_code == 0 and fits(res.output) and "elbow" in res.output, res.output
 
 
-@pytest.mark.xfail(
-    strict=True, reason="DELETE /v1/datasets/{id} lands with the dataset-deletion branch; drop this mark then"
-)
 def test_cli_deletes_a_dataset(cli, api, keys, datasets):
     victim = datasets["npz"][0]
     assert cli("datasets", "delete", victim, key=keys["bob"], input="y\n").exit_code == 1  # not Bob's to delete

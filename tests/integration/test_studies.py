@@ -172,6 +172,29 @@ def test_bad_studies_are_refused_with_the_field(api):
     assert api.get("/v1/studies/not-a-uuid").status_code == 404
 
 
+def test_a_study_with_a_grid_key_2000_deep_is_422_naming_the_field_and_stores_nothing(api):
+    """Was a 500 (RecursionError): a dotted key of 2,000 parts, or values nested far deeper than any param, are
+    refused by the request's schema, before anything is expanded or stored."""
+    studies_before = len(api.get("/v1/studies", params={"limit": 500}).json()["items"])
+    jobs_before = len(api.get("/v1/jobs", params={"limit": 500}).json()["items"])
+    deep_key = ".".join(["sweep"] * 2000)
+    deep_value: list = []
+    for _ in range(40):
+        deep_value = [deep_value]
+    for body, field, says in [
+        ({**SLOW, "grid": {deep_key: [4, 8]}}, "grid", "2000 parts, more than 8"),
+        ({**SLOW, "grid": {"sweep.target_rank": [deep_value]}}, "grid", "nests more than 32 deep"),
+        ({**SLOW, "grid": None, "settings": [{deep_key: 4}]}, "settings", "settings[0] key 'sweep.sweep"),
+        ({**SLOW, "grid": {"sweep..target_rank": [4]}}, "grid", "'' is not a param name"),
+    ]:
+        resp = api.post("/v1/studies", json=body)
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["errors"][0]["field"] == field and says in resp.json()["detail"], resp.json()
+        assert len(resp.text) < 2000  # the 2,000-part key is not echoed whole
+    assert len(api.get("/v1/studies", params={"limit": 500}).json()["items"]) == studies_before
+    assert len(api.get("/v1/jobs", params={"limit": 500}).json()["items"]) == jobs_before
+
+
 def test_study_cancelled_midway_cancels_its_children(api, workers):
     study = api.post("/v1/studies", json=SLOW).json()
     wait_for(

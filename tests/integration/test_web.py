@@ -177,6 +177,14 @@ def test_pages_and_static_files_are_served_locally(api):
         else:
             assert got.status_code == 404 and "make install" in got.json()["detail"]
     assert api.get("/vendor/package.json").status_code == 404  # only the files the pages load
+    for name, heading in (("studies", "Studies"), ("datasets", "Datasets"), ("models", "Models")):
+        listing = api.get(f"/{name}")
+        assert (
+            listing.status_code == 200
+            and f'data-page="{name}"' in listing.text
+            and f"<h1>{heading}</h1>" in listing.text
+        )
+        assert listing.headers["content-security-policy"] == csp and "://" not in listing.text
 
 
 STUDY = {
@@ -519,7 +527,7 @@ def test_wide_npz_dataset_page_summarises_its_columns(stack, npz_64, tmp_path):
 @browser
 def test_job_list_shows_model_and_dataset_with_links(stack, api, per_mean, npz_64, tmp_path):
     """The list's "model · dataset" cell: a built-in model by name, an uploaded dataset (or model) as a link to its
-    page; the job page lists them too. Study membership is not in the job's JSON, so the list cannot show it."""
+    page; the job page lists them too."""
     from tests.model_configs import TINY_GPT2
 
     config = ("config.json", json.dumps(TINY_GPT2).encode(), "application/json")
@@ -548,3 +556,55 @@ def test_job_list_shows_model_and_dataset_with_links(stack, api, per_mean, npz_6
         facts = b.js("[...document.querySelectorAll('#model-facts dd')].map(d => d.textContent)")
         keep(b.screenshot(tmp_path / "model.png"))
     assert model["id"] in facts and f"{model['n_params']:,}" in facts, facts
+
+
+LIST_ROWS_JS = """[...document.querySelectorAll('#items tbody tr')].map(tr => ({
+  href: tr.querySelector('a').getAttribute('href'), cells: [...tr.cells].map(td => td.textContent)}))"""
+
+
+@browser
+def test_list_pages_link_each_item_and_every_page_links_to_them(stack, api, study, npz_64, tmp_path):
+    """/studies, /datasets and /models list the caller's items newest first, each a link to its page; the navigation
+    of the job list and of each job page leads to them, and a study's child links to its study (JobOut.study_id)."""
+    from tests.model_configs import TINY_GPT2
+
+    config = ("config.json", json.dumps(TINY_GPT2).encode(), "application/json")
+    model = api.post("/v1/models", files={"config": config}, timeout=120).json()
+    ds = npz_64[0]
+    child = study["jobs"][0]["id"]
+    job = api.get(f"/v1/jobs/{child}").json()
+    assert job["study_id"] == study["id"] and job["links"]["study"] == f"/v1/studies/{study['id']}", job
+    with Browser(tmp_path / "profile", width=WIDTH, height=900) as b:
+        seen = {}
+        for name in ("studies", "datasets", "models"):
+            b.open(f"{stack.api_url}/{name}")
+            b.wait("document.body.dataset.state === 'done'")
+            seen[name] = b.js(LIST_ROWS_JS)
+            keep(b.screenshot(tmp_path / f"list-{name}.png"))
+            assert b.blocked == [] and b.state()["violations"] == [] and b.state()["errors"] == [], b.state()
+        b.open(f"{stack.api_url}/datasets")
+        b.js(
+            "(() => { const f = document.querySelector('#filter'); f.value = 'rejected';"
+            " f.dispatchEvent(new Event('change')); })()"
+        )
+        b.wait("document.querySelector('#items tbody').children.length === 0")
+        assert b.js("document.querySelector('#empty').hidden") is False
+        navs = {}
+        for page in ("/", f"/jobs/{child}"):
+            b.open(f"{stack.api_url}{page}")
+            navs[page] = b.js("[...document.querySelectorAll('header nav a')].map(a => a.getAttribute('href'))")
+        b.wait(f"document.querySelector('#job-facts a[href=\"/studies/{study['id']}\"]') !== null")
+        b.open(f"{stack.api_url}/")
+        b.wait(f"document.querySelector('#jobs a[href=\"/studies/{study['id']}\"]') !== null")
+        keep(b.screenshot(tmp_path / "job-list-with-studies.png"))
+    studies = api.get("/v1/studies").json()["items"]
+    assert [r["href"] for r in seen["studies"]] == [f"/studies/{s['id']}" for s in studies]
+    row = next(r for r in seen["studies"] if r["href"] == f"/studies/{study['id']}")
+    assert row["cells"][1:3] == [study["kind"], "succeeded"], row
+    assert f"/datasets/{ds['id']}" in [r["href"] for r in seen["datasets"]]
+    row = next(r for r in seen["datasets"] if r["href"] == f"/datasets/{ds['id']}")
+    assert row["cells"][1:5] == ["wide.npz", "ready", "arrays", "200 rows × 64"], row
+    row = next(r for r in seen["models"] if r["href"] == f"/models/{model['id']}")
+    assert row["cells"][2:4] == ["gpt2", f"{model['n_params']:,}"], row
+    for links in navs.values():
+        assert {"/studies", "/datasets", "/models"} <= set(links), navs

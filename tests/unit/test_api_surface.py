@@ -31,6 +31,9 @@ PUBLIC = {
     ("GET", "/studies/{study_id}"),
     ("GET", "/datasets/{dataset_id}"),
     ("GET", "/models/{model_id}"),
+    ("GET", "/studies"),
+    ("GET", "/datasets"),
+    ("GET", "/models"),
     ("GET", "/vendor/{name}"),
     # the Prometheus scrape endpoint checks its own scrape token (tests/integration/test_observability.py)
     ("GET", "/metrics"),
