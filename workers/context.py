@@ -30,13 +30,14 @@ from sqlalchemy.orm import sessionmaker
 
 from core.blobs import blob_store
 from core.blobs.layout import artifact_key, dataset_file_key, model_file_key
-from core.blobs.store import BlobStore
+from core.blobs.store import BlobInfo, BlobStore
 from core.data.loader import DatasetView, open_dataset
 from core.datasets import repository as datasets
 from core.jobs import repository as jobs
 from core.jobs.states import JobStatus
 from core.networks import repository as networks
 from core.networks.stored import ModelFiles, archive_limits
+from core.renders import Recipe
 from core.settings import Settings
 from core.techniques.base import ForeignResource, JobCancelled, JobTimedOut
 from workers.retry import retrying
@@ -86,7 +87,6 @@ class DbRunContext:
         self._stop_seen_at: float | None = None
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # commits in row order, so metric ids follow logging order
-        self.images: list[tuple[str, bytes, str]] = []
         # appended by the job's thread, taken from the left by the writer: deque ends are thread-safe, so a logged
         # row costs no lock
         self._rows: collections.deque[tuple[int, str, float | None]] = collections.deque()
@@ -113,11 +113,16 @@ class DbRunContext:
         elif backlog >= 20 * self.settings.metric_flush_rows:
             self.flush()  # back-pressure: a technique logging faster than the database takes rows waits here
 
-    def artifact(self, name: str, data: bytes, media_type: str) -> None:
-        if len(data) > self.settings.max_artifact_bytes:
-            raise ValueError(f"artifact {name!r} is {len(data)} bytes, over the {self.settings.max_artifact_bytes} cap")
+    def artifact(self, name: str, data: bytes | Recipe, media_type: str) -> None:
+        """Store the bytes, then their row; a recipe is only a row, rendered to ``key`` when first asked for."""
         blobs, key = blob_store(self.settings), artifact_key(self.job_id, self.attempt, name)
-        info = blobs.put(key, [data])  # bytes first: a row never names a missing blob
+        if isinstance(data, Recipe):
+            stored, recipe = BlobInfo(size=0, sha256=""), data.as_json()
+        else:
+            if len(data) > self.settings.max_artifact_bytes:
+                cap = self.settings.max_artifact_bytes
+                raise ValueError(f"artifact {name!r} is {len(data)} bytes, over the {cap} cap")
+            stored, recipe = blobs.put(key, [data]), None  # bytes first: a row never names a missing blob
 
         def write() -> bool:
             with self.sessions() as s:
@@ -127,17 +132,17 @@ class DbRunContext:
                     self.attempt,
                     name,
                     media_type=media_type,
-                    size=info.size,
-                    sha256=info.sha256,
+                    size=stored.size,
+                    sha256=stored.sha256,
                     location=key,
+                    recipe=recipe,
                 )
 
         if not retrying(write):
-            blobs.delete(key)
+            if recipe is None:
+                blobs.delete(key)
             self._learn_why_not_ours()
         self.check_cancelled()
-        if media_type == "image/png":
-            self.images.append((name, data, media_type))
 
     def check_cancelled(self) -> None:
         if self._stopped_by is not None:

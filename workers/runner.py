@@ -18,7 +18,7 @@ from core.data import uploaded_dataset_ids
 from core.jobs import repository as jobs
 from core.jobs.states import JobStatus
 from core.networks.spec import uploaded_model_ids
-from core.report import html_report
+from core.renders import REPORT, Recipe
 from core.settings import Settings
 from core.techniques import get_kind
 from core.techniques.base import ForeignResource, JobCancelled, JobTimedOut
@@ -56,11 +56,16 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
 
     def claim():
         with sessions() as s:
-            return jobs.claim(s, jid, WORKER_NAME)
+            pick = jobs.fair_pick(s, jid)
+            return None if pick is None else jobs.claim(s, pick, WORKER_NAME)
 
     job = retrying(claim)
     if job is None:
         return "not-claimed"
+    if job.id != jid:
+        log.info("message of job %s runs job %s (another tenant's turn)", jid, job.id)
+        jid = job.id
+        logs.bind(job_id=str(jid))
     attempt = job.attempt
     logs.bind(attempt=attempt, kind=job.kind, tenant=job.tenant)
     log.info("job %s claimed: attempt %d of %s", jid, attempt, job.kind)
@@ -94,7 +99,7 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
         np.random.seed(job.seed % 2**32)
         result = json_safe(kind.run(params, ctx))
         attach_summary(kind, params, result)
-        ctx.artifact("report.html", html_report(job.kind, job.params, result, ctx.images), "text/html")
+        ctx.artifact("report.html", Recipe(REPORT), "text/html")  # made when first asked for, from the job's row
         ctx.close()
         return "succeeded" if ctx.finish(JobStatus.succeeded, result=result) else "lost"
     except JobCancelled:
