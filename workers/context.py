@@ -30,7 +30,7 @@ from sqlalchemy.orm import sessionmaker
 
 from core.blobs import blob_store
 from core.blobs.layout import artifact_key, dataset_file_key, model_file_key
-from core.blobs.store import BlobInfo, BlobStore
+from core.blobs.store import BlobStore
 from core.data.loader import DatasetView, open_dataset
 from core.datasets import repository as datasets
 from core.jobs import repository as jobs
@@ -91,6 +91,7 @@ class DbRunContext:
         # row costs no lock
         self._rows: collections.deque[tuple[int, str, float | None]] = collections.deque()
         self._progress: tuple[float, str] | None = None
+        self._recipes: list[dict] = []  # artifact rows of recipes not written yet (taken by the writer)
         self._stopped_by: type[Exception] | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()  # set with _stop, or when a full batch of rows waits
@@ -114,15 +115,18 @@ class DbRunContext:
             self.flush()  # back-pressure: a technique logging faster than the database takes rows waits here
 
     def artifact(self, name: str, data: bytes | Recipe, media_type: str) -> None:
-        """Store the bytes, then their row; a recipe is only a row, rendered to ``key`` when first asked for."""
-        blobs, key = blob_store(self.settings), artifact_key(self.job_id, self.attempt, name)
+        """Store the bytes, then their row. A recipe is only a row, rendered when first asked for: it is written
+        with the next heartbeat or the job's last flush (no transaction of its own)."""
         if isinstance(data, Recipe):
-            stored, recipe = BlobInfo(size=0, sha256=""), data.as_json()
-        else:
-            if len(data) > self.settings.max_artifact_bytes:
-                cap = self.settings.max_artifact_bytes
-                raise ValueError(f"artifact {name!r} is {len(data)} bytes, over the {cap} cap")
-            stored, recipe = blobs.put(key, [data]), None  # bytes first: a row never names a missing blob
+            row = dict(name=name, media_type=media_type, size=0, sha256="", recipe=data.as_json())
+            with self._lock:
+                self._recipes.append({**row, "location": artifact_key(self.job_id, self.attempt, name)})
+            self.check_cancelled()
+            return
+        if len(data) > self.settings.max_artifact_bytes:
+            raise ValueError(f"artifact {name!r} is {len(data)} bytes, over the {self.settings.max_artifact_bytes} cap")
+        blobs, key = blob_store(self.settings), artifact_key(self.job_id, self.attempt, name)
+        info = blobs.put(key, [data])  # bytes first: a row never names a missing blob
 
         def write() -> bool:
             with self.sessions() as s:
@@ -132,15 +136,13 @@ class DbRunContext:
                     self.attempt,
                     name,
                     media_type=media_type,
-                    size=stored.size,
-                    sha256=stored.sha256,
+                    size=info.size,
+                    sha256=info.sha256,
                     location=key,
-                    recipe=recipe,
                 )
 
         if not retrying(write):
-            if recipe is None:
-                blobs.delete(key)
+            blobs.delete(key)
             self._learn_why_not_ours()
         self.check_cancelled()
 
@@ -278,6 +280,7 @@ class DbRunContext:
         rows = [take() for _ in range(len(self._rows))]
         with self._lock:
             progress, self._progress = self._progress, None
+            recipes, self._recipes = self._recipes, []
         try:
             with self.sessions() as s:
                 ok = jobs.beat(
@@ -287,11 +290,13 @@ class DbRunContext:
                     progress[0] if progress else None,
                     progress[1] if progress else None,
                     rows,
+                    recipes,
                 )
         except Exception:
             self._rows.extendleft(reversed(rows))  # keep the rows for the next try, in their order
             with self._lock:
                 self._progress = self._progress or progress
+                self._recipes[:0] = recipes
             raise
         if ok:
             rows_ingested(len(rows))

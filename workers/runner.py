@@ -57,7 +57,7 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
     def claim():
         with sessions() as s:
             pick = jobs.fair_pick(s, jid)
-            return None if pick is None else jobs.claim(s, pick, WORKER_NAME)
+            return None if pick is None else jobs.claim(s, pick, WORKER_NAME, has_cuda=torch.cuda.is_available())
 
     job = retrying(claim)
     if job is None:
@@ -89,12 +89,6 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
             ctx.finish(JobStatus.failed, error_type=error_type, error_message=message[:2000])
             return "failed"
         ctx.check_resources(uploaded_dataset_ids(params), uploaded_model_ids(params))
-
-        def record_device():
-            with sessions() as s:
-                jobs.record_device(s, jid, attempt, str(ctx.device))
-
-        retrying(record_device)
         torch.manual_seed(job.seed)
         np.random.seed(job.seed % 2**32)
         result = json_safe(kind.run(params, ctx))

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -311,33 +312,42 @@ def mark_unpublished(session: Session, job_id: uuid.UUID) -> None:
     session.commit()
 
 
-def claim(session: Session, job_id: uuid.UUID, worker: str) -> Job | None:
+def claim(session: Session, job_id: uuid.UUID, worker: str, has_cuda: bool = False) -> Job | None:
     """queued -> running for this worker; None when someone else has it (or it is already finished).
 
-    A new attempt starts clean: metrics and artifacts of an attempt that died are removed in the same transaction.
+    One statement returns the claimed row and records the device the worker will run it on (``has_cuda``: the
+    worker has a CUDA device; a cuda job on a worker without one gets none, and fails as unavailable). A retry
+    starts clean: metrics and artifacts of an attempt that died are removed in the same transaction.
     """
     now = utcnow()
-    res = session.execute(
+    device = case(
+        {"cpu": "cpu", "cuda": "cuda" if has_cuda else None, "auto": "cuda" if has_cuda else "cpu"},
+        value=Job.device_requested,
+    )
+    job = session.scalars(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.queued)
         .values(
             status=JobStatus.running,
             attempt=Job.attempt + 1,
             worker=worker,
+            device=device,
             started_at=now,
             heartbeat_at=now,
             progress=0.0,
             message="running",
         )
-        .execution_options(synchronize_session=False)
-    )
-    if rowcount(res) != 1:
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).one_or_none()
+    if job is None:
         session.rollback()
         return None
-    metrics.delete_job_rows(session, job_id)
-    session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+    if job.attempt > 1:
+        metrics.delete_job_rows(session, job_id)
+        session.execute(delete(Artifact).where(Artifact.job_id == job_id))
     session.commit()
-    return session.get(Job, job_id, populate_existing=True)
+    return job
 
 
 FAIR_WINDOW = 1000
@@ -376,11 +386,6 @@ def _owned(job_id: uuid.UUID, attempt: int):
     return and_(Job.id == job_id, Job.status == JobStatus.running, Job.attempt == attempt)
 
 
-def record_device(session: Session, job_id: uuid.UUID, attempt: int, device: str) -> None:
-    session.execute(update(Job).where(_owned(job_id, attempt)).values(device=device))
-    session.commit()
-
-
 def beat(
     session: Session,
     job_id: uuid.UUID,
@@ -388,8 +393,10 @@ def beat(
     progress: float | None,
     message: str | None,
     metric_rows: list[tuple[int, str, float | None]],
+    artifacts: list[dict] | None = None,
 ) -> bool:
-    """Heartbeat, latest progress and buffered metrics in one transaction; False if the job is no longer ours."""
+    """Heartbeat, latest progress, buffered metrics and artifact rows (``Artifact`` column values: recipes, whose
+    bytes come later) in one transaction; False if the job is no longer ours."""
     values: dict = {"heartbeat_at": utcnow()}
     if progress is not None:
         values["progress"] = progress
@@ -403,6 +410,10 @@ def beat(
         return False
     if metric_rows:
         metrics.insert_rows(session, job_id, metric_rows)
+    if artifacts:
+        names = [a["name"] for a in artifacts]
+        session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.name.in_(names)))
+        session.execute(insert(Artifact), [{**a, "job_id": job_id, "created_at": utcnow()} for a in artifacts])
     session.commit()
     return True
 
