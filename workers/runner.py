@@ -31,6 +31,9 @@ from workers.retry import retrying
 log = logging.getLogger(__name__)
 
 
+CLAIM_TRIES = 10
+
+
 class DeviceUnavailable(Exception):
     pass
 
@@ -55,9 +58,17 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
     jid = uuid.UUID(job_id)
 
     def claim():
+        # a pick another worker claims first is picked again: a message that ran nothing would leave a queued job
+        # without one until the sweeper publishes it again
         with sessions() as s:
-            pick = jobs.fair_pick(s, jid)
-            return None if pick is None else jobs.claim(s, pick, WORKER_NAME, has_cuda=torch.cuda.is_available())
+            for _ in range(CLAIM_TRIES):
+                pick = jobs.fair_pick(s, jid)
+                if pick is None:
+                    return None
+                claimed = jobs.claim(s, pick, WORKER_NAME, has_cuda=torch.cuda.is_available())
+                if claimed is not None:
+                    return claimed
+            return None
 
     job = retrying(claim)
     if job is None:
