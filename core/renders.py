@@ -10,6 +10,7 @@ row and its PNG artifacts (``core.report``).
 from __future__ import annotations
 
 import importlib
+import math
 import threading
 from dataclasses import dataclass, field
 
@@ -28,7 +29,19 @@ class Recipe:
     args: dict = field(default_factory=dict)
 
     def as_json(self) -> dict:
-        return {"renderer": self.renderer, "args": self.args}
+        """What the artifact's row keeps; NaN and infinity become None (JSON has no spelling for them, and a plot
+        leaves a None point out as it does a NaN)."""
+        return {"renderer": self.renderer, "args": _finite(self.args)}
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def render(recipe: dict) -> bytes:
