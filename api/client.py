@@ -150,6 +150,7 @@ class Job:
     queue: str = ""
     queue_position: int | None = None  # while queued (GET of one job): 1 = starts next in its queue
     eta_s: float | None = None  # while queued: estimated seconds until it starts
+    queue_ahead_over: int | None = None  # while queued behind a long queue: more than this many jobs ahead
 
     @property
     def terminal(self) -> bool:

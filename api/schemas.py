@@ -79,6 +79,11 @@ class JobOut(BaseModel):
     attempt: int
     queue: str
     queue_position: int | None = Field(None, description="while queued: 1 when it starts next in its queue")
+    queue_ahead_over: int | None = Field(
+        None,
+        description="while queued behind a long queue: more than this many jobs are ahead of it (queue_position "
+        "and eta_s are then null)",
+    )
     eta_s: float | None = Field(
         None,
         description="while queued: estimated seconds until it starts, from recent "

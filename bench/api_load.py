@@ -505,7 +505,8 @@ def main() -> None:
         with httpx.Client(base_url=api_url, headers=bs.headers, timeout=30) as c:
             for i in range(args.seed_jobs):
                 gl_collect(_post_retrying(c, "/v1/jobs", light_job(10**9 + i)))
-            first_position = c.get(f"/v1/jobs/{job_ids[0]}").json().get("queue_position")
+            first = c.get(f"/v1/jobs/{job_ids[0]}").json()
+            first_position = first.get("queue_position") or f"more than {first.get('queue_ahead_over')}"
         queue_at_start = queue_length(bs.database_url)
         print(f"queue: {queue_at_start:,} jobs waiting; the first GET target is at position {first_position}")
         if ml_url:

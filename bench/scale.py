@@ -22,6 +22,7 @@ EXPLAIN (ANALYZE, BUFFERS) of every statement those paths run, and ``gradlab pru
 million rows) while GETs are timed against an idle window.
 
     python -m bench.scale [--fraction 1.0] [--requests 200]
+    python -m bench.scale --waiting 1000000   # only a queued job's GET behind 10 and behind 1,000,000 jobs
 
 ``--fraction`` scales every size (0.01 for a quick check of the script). Results: bench/results/scale.json, the
 plans in bench/results/scale_explain.txt, and the "Scale" section of bench/report.md.
@@ -666,12 +667,70 @@ def update_report(lines: list[str]) -> None:
     REPORT.write_text(text)
 
 
+def queue_place(requests: int, waiting: int) -> dict:
+    """GET /v1/jobs/{id} of a job queued behind 10, then behind ``waiting`` jobs (``bench.api_load.add_queue``):
+    latency over HTTP (the API's snapshot of the queue shared by the requests), and in-process the statements and
+    rows of one placing that takes a fresh snapshot, and of one that shares it."""
+    from bench.api_load import add_queue
+    from core.fleet import outlook
+    from core.fleet.service import alive_since
+    from core.settings import Settings
+
+    settings, out, have = Settings(), {}, 0
+    with BenchStack("scale-queue", auth="key") as bench:
+        sessions = bench.sessions()
+        url, _ = bench.start_api()
+        with httpx.Client(base_url=url, headers=bench.headers, timeout=60) as client:
+            for n in (10, waiting):
+                t0 = time.perf_counter()
+                add_queue(bench.database_url, n - have)
+                seeded_s, have = time.perf_counter() - t0, n
+                job = client.post("/v1/jobs", json=light_job(n)).json()  # behind every seeded job
+                times = timed_gets(client, f"/v1/jobs/{job['id']}", requests)
+                body = client.get(f"/v1/jobs/{job['id']}").json()
+                shared = outlook.Outlooks(settings.queue_position_exact_up_to, 60.0)
+                seen = {"statements": 0, "rows": 0}
+
+                def count(conn, cursor, statement, parameters, context, executemany, seen=seen):
+                    seen["statements"] += 1
+                    seen["rows"] += max(cursor.rowcount, 0)
+
+                cost = []
+                with sessions() as s:
+                    row = job_store.get_job(s, uuid.UUID(job["id"]))
+                    event.listen(s.get_bind(), "after_cursor_execute", count)
+                    for _ in range(2):  # the first takes the snapshot, the second shares it
+                        shared.place(s, row, alive_since(settings))
+                        cost.append(dict(seen))
+                        seen.update(statements=0, rows=0)
+                    event.remove(s.get_bind(), "after_cursor_execute", count)
+                pct = percentiles(times)
+                out[str(n)] = {
+                    "seeded_s": seeded_s,
+                    "p50_ms": pct["p50_ms"],
+                    "p99_ms": pct["p99_ms"],
+                    "queue_position": body.get("queue_position"),
+                    "queue_ahead_over": body.get("queue_ahead_over"),
+                    "fresh_snapshot": cost[0],
+                    "shared_snapshot": cost[1],
+                }
+                print(f"{n:>9,} waiting: {json.dumps(out[str(n)])}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fraction", type=float, default=1.0, help="scale every size (0.01: a quick check)")
     ap.add_argument("--requests", type=int, default=200, help="timed requests per GET case")
     ap.add_argument("--skip-prune", action="store_true")
+    ap.add_argument("--waiting", type=int, help="only a queued job's GET behind 10 and behind this many jobs")
     args = ap.parse_args()
+    if args.waiting:
+        load_before = os.getloadavg()
+        data = {"command": f"python -m bench.scale --waiting {args.waiting} --requests {args.requests}"}
+        data.update(load_before=list(load_before), cases=queue_place(args.requests, args.waiting))
+        write_results("scale_queue", {**data, "load_after": list(os.getloadavg())})
+        return
     started, load_before = time.perf_counter(), os.getloadavg()
     now = datetime.now(UTC)
     seed_s = 0.0

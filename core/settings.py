@@ -30,7 +30,20 @@ class Settings(BaseSettings):
         description="S3-compatible endpoint (MinIO, Ceph, ...); "
         "default: AWS. Credentials come from the usual AWS_* variables.",
     )
-    queues: str = Field(default="cpu,gpu,auto", description="Comma-separated queues a worker consumes.")
+    queues: str = Field(
+        default="cpu,gpu,auto,quick,validation",
+        description="Comma-separated queues a worker consumes: the device queues (cpu, gpu, auto) hold long jobs; "
+        "quick and validation are the lanes of quick jobs and dataset validations.",
+    )
+    lane_queues: str = Field(
+        default="quick,validation",
+        description="What the worker that `gradlab up` keeps for the lanes consumes.",
+    )
+    quick_job_max_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A job whose timeout_s is at most this goes to the quick lane (0: no quick lane).",
+    )
     extra_kinds: str = Field(
         default="",
         description="Comma-separated importable packages, each with a spec and a "
@@ -47,6 +60,17 @@ class Settings(BaseSettings):
         "this long after it was sent, then at doubling intervals (jobs.repository.sweep).",
     )
     sweep_interval_s: float = 5.0
+    queue_position_exact_up_to: int = Field(
+        default=1000,
+        ge=1,
+        description="A queued job's position is exact up to this many jobs ahead, then 'more than' this many; a GET "
+        "of it reads at most this many queued rows (core.fleet.outlook).",
+    )
+    queue_snapshot_max_age_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="How stale the per-process snapshot of a queue that places queued jobs may be.",
+    )
     max_attempts: int = 3
     stop_grace_s: float = Field(
         default=30.0,

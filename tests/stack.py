@@ -98,7 +98,10 @@ class Stack:
         raise AssertionError("unreachable")
 
     def start_worker(
-        self, queues: str = "cpu,gpu,auto", args: list[str] | None = None, extra_env: dict | None = None
+        self,
+        queues: str = "cpu,gpu,auto,quick,validation",
+        args: list[str] | None = None,
+        extra_env: dict | None = None,
     ) -> subprocess.Popen:
         proc = self._spawn(args or [str(BIN / "gradlab"), "worker", "--queues", queues], "worker", extra_env)
         self.wait_worker_ready(proc)

@@ -37,6 +37,7 @@ from core.jobs import repository as jobs
 from core.jobs.states import JobStatus
 from core.networks import repository as networks
 from core.networks.stored import ModelFiles, archive_limits
+from core.renders import Recipe
 from core.settings import Settings
 from core.techniques.base import ForeignResource, JobCancelled, JobTimedOut
 from workers.retry import retrying
@@ -86,11 +87,11 @@ class DbRunContext:
         self._stop_seen_at: float | None = None
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # commits in row order, so metric ids follow logging order
-        self.images: list[tuple[str, bytes, str]] = []
         # appended by the job's thread, taken from the left by the writer: deque ends are thread-safe, so a logged
         # row costs no lock
         self._rows: collections.deque[tuple[int, str, float | None]] = collections.deque()
         self._progress: tuple[float, str] | None = None
+        self._recipes: list[dict] = []  # artifact rows of recipes not written yet (taken by the writer)
         self._stopped_by: type[Exception] | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()  # set with _stop, or when a full batch of rows waits
@@ -113,7 +114,15 @@ class DbRunContext:
         elif backlog >= 20 * self.settings.metric_flush_rows:
             self.flush()  # back-pressure: a technique logging faster than the database takes rows waits here
 
-    def artifact(self, name: str, data: bytes, media_type: str) -> None:
+    def artifact(self, name: str, data: bytes | Recipe, media_type: str) -> None:
+        """Store the bytes, then their row. A recipe is only a row, rendered when first asked for: it is written
+        with the next heartbeat or the job's last flush (no transaction of its own)."""
+        if isinstance(data, Recipe):
+            row = dict(name=name, media_type=media_type, size=0, sha256="", recipe=data.as_json())
+            with self._lock:
+                self._recipes.append({**row, "location": artifact_key(self.job_id, self.attempt, name)})
+            self.check_cancelled()
+            return
         if len(data) > self.settings.max_artifact_bytes:
             raise ValueError(f"artifact {name!r} is {len(data)} bytes, over the {self.settings.max_artifact_bytes} cap")
         blobs, key = blob_store(self.settings), artifact_key(self.job_id, self.attempt, name)
@@ -136,8 +145,6 @@ class DbRunContext:
             blobs.delete(key)
             self._learn_why_not_ours()
         self.check_cancelled()
-        if media_type == "image/png":
-            self.images.append((name, data, media_type))
 
     def check_cancelled(self) -> None:
         if self._stopped_by is not None:
@@ -273,6 +280,7 @@ class DbRunContext:
         rows = [take() for _ in range(len(self._rows))]
         with self._lock:
             progress, self._progress = self._progress, None
+            recipes, self._recipes = self._recipes, []
         try:
             with self.sessions() as s:
                 ok = jobs.beat(
@@ -282,11 +290,13 @@ class DbRunContext:
                     progress[0] if progress else None,
                     progress[1] if progress else None,
                     rows,
+                    recipes,
                 )
         except Exception:
             self._rows.extendleft(reversed(rows))  # keep the rows for the next try, in their order
             with self._lock:
                 self._progress = self._progress or progress
+                self._recipes[:0] = recipes
             raise
         if ok:
             rows_ingested(len(rows))

@@ -8,6 +8,7 @@ from functools import cached_property
 
 from celery import Celery
 
+from core.jobs.states import VALIDATION_QUEUE
 from core.settings import Settings
 from workers.app import make_celery
 
@@ -15,7 +16,6 @@ log = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "gradlab.run_job"
 VALIDATE_DATASET_TASK = "gradlab.validate_dataset"
-VALIDATION_QUEUE = "auto"  # every worker, CPU or GPU, consumes it: validation needs no particular device
 
 
 def publish(app: Celery, job_id: uuid.UUID | str, queue: str, task: str = RUN_JOB_TASK) -> bool:

@@ -18,7 +18,7 @@ from core.data import uploaded_dataset_ids
 from core.jobs import repository as jobs
 from core.jobs.states import JobStatus
 from core.networks.spec import uploaded_model_ids
-from core.report import html_report
+from core.renders import REPORT, Recipe
 from core.settings import Settings
 from core.techniques import get_kind
 from core.techniques.base import ForeignResource, JobCancelled, JobTimedOut
@@ -29,6 +29,9 @@ from workers.restart import restart_worker_process
 from workers.retry import retrying
 
 log = logging.getLogger(__name__)
+
+
+CLAIM_TRIES = 10
 
 
 class DeviceUnavailable(Exception):
@@ -55,12 +58,25 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
     jid = uuid.UUID(job_id)
 
     def claim():
+        # a pick another worker claims first is picked again: a message that ran nothing would leave a queued job
+        # without one until the sweeper publishes it again
         with sessions() as s:
-            return jobs.claim(s, jid, WORKER_NAME)
+            for _ in range(CLAIM_TRIES):
+                pick = jobs.fair_pick(s, jid)
+                if pick is None:
+                    return None
+                claimed = jobs.claim(s, pick, WORKER_NAME, has_cuda=torch.cuda.is_available())
+                if claimed is not None:
+                    return claimed
+            return None
 
     job = retrying(claim)
     if job is None:
         return "not-claimed"
+    if job.id != jid:
+        log.info("message of job %s runs job %s (another tenant's turn)", jid, job.id)
+        jid = job.id
+        logs.bind(job_id=str(jid))
     attempt = job.attempt
     logs.bind(attempt=attempt, kind=job.kind, tenant=job.tenant)
     log.info("job %s claimed: attempt %d of %s", jid, attempt, job.kind)
@@ -84,17 +100,11 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
             ctx.finish(JobStatus.failed, error_type=error_type, error_message=message[:2000])
             return "failed"
         ctx.check_resources(uploaded_dataset_ids(params), uploaded_model_ids(params))
-
-        def record_device():
-            with sessions() as s:
-                jobs.record_device(s, jid, attempt, str(ctx.device))
-
-        retrying(record_device)
         torch.manual_seed(job.seed)
         np.random.seed(job.seed % 2**32)
         result = json_safe(kind.run(params, ctx))
         attach_summary(kind, params, result)
-        ctx.artifact("report.html", html_report(job.kind, job.params, result, ctx.images), "text/html")
+        ctx.artifact("report.html", Recipe(REPORT), "text/html")  # made when first asked for, from the job's row
         ctx.close()
         return "succeeded" if ctx.finish(JobStatus.succeeded, result=result) else "lost"
     except JobCancelled:

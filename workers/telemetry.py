@@ -131,11 +131,12 @@ def _measure_and_unbind(task_id=None, task=None, args=None, retval=None, state=N
     if task is None or task.name != RUN_JOB_TASK or not args:
         return
     attempt = logs.current("attempt")  # bound by the runner once it claimed the job
+    ran = logs.current("job_id") or str(args[0])  # the job it ran: the message's, or the fairer one it took
     try:
         if attempt is not None:
             record_outcome(
                 process.sessions(),
-                str(args[0]),
+                ran,
                 retval if isinstance(retval, str) else "failed",
                 process.WORKER_NAME,
                 attempt,

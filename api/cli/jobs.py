@@ -109,7 +109,10 @@ def _about(seconds: float) -> str:
 
 
 def queue_place(job: Job) -> str:
-    """ "3rd in the gpu queue, ~4 min" for a queued job that knows its place (empty otherwise)."""
+    """ "3rd in the gpu queue, ~4 min" for a queued job that knows its place, "more than 1,000 ahead in the cpu
+    queue" behind a long one (empty otherwise)."""
+    if job.status == "queued" and job.queue_ahead_over is not None:
+        return f"more than {job.queue_ahead_over:,} ahead in the {job.queue} queue"
     if job.status != "queued" or job.queue_position is None:
         return ""
     eta = "" if job.eta_s is None else f", ~{_about(job.eta_s)}"

@@ -116,24 +116,33 @@ def worker(
 
 @cli.command()
 def up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path = typer.Option(Path("data"))) -> None:
-    """Embedded all-in-one: SQLite + filesystem broker in DATA_DIR, migrate, one worker process and the API."""
+    """Embedded all-in-one: SQLite + filesystem broker in DATA_DIR, migrate, two worker processes and the API.
+
+    The first worker consumes every queue; the second only the lanes (quick jobs and dataset validations), so that
+    these start at once while a long training job holds the first."""
     os.environ["GRADLAB_DATA_DIR"] = str(data_dir.resolve())
     os.environ.setdefault("GRADLAB_AUTH", "disabled")
     os.environ.setdefault("GRADLAB_LOG_FORMAT", "console")  # a person reads these
     get_settings.cache_clear()
     _check_bind(host)
     migrate()
-    worker_proc = subprocess.Popen([sys.executable, "-m", "api.cli.main", "worker"], env=os.environ.copy())
+    worker = [sys.executable, "-m", "api.cli.main", "worker"]
+    procs = [
+        subprocess.Popen(worker, env=os.environ.copy()),
+        subprocess.Popen([*worker, "--queues", get_settings().lane_queues], env=os.environ.copy()),
+    ]
     typer.echo(f"gradlab is up: http://{host}:{port}  (API docs: http://{host}:{port}/docs; data in {data_dir})")
-    typer.echo("Ctrl-C stops the API and the worker.")
+    typer.echo("Ctrl-C stops the API and the workers.")
     try:
         api(host=host, port=port, workers=1)
     finally:
-        worker_proc.send_signal(signal.SIGTERM)
-        try:
-            worker_proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker_proc.kill()
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 keys_cli = typer.Typer(help="Create, list and revoke API keys (stored hashed).", no_args_is_help=True)

@@ -85,7 +85,7 @@ def get_job(
     job, place = fleet.job_with_place(session, settings, who, parse_id(job_id))
     out = JobOut.of(job, study_service.studies_of_jobs(session, [job.id]).get(job.id))
     if place is not None:
-        out.queue_position, out.eta_s = place
+        out.queue_position, out.eta_s, out.queue_ahead_over = place.position, place.eta_s, place.ahead_over
     return out
 
 
@@ -132,8 +132,13 @@ def metrics(
 
 
 @router.get("/{job_id}/artifacts", response_model=list[ArtifactOut])
-def list_artifacts(job_id: str, session: Session = Depends(db), who: Principal = Depends(principal)):
-    job, rows = service.artifacts_of(session, who, parse_id(job_id))
+def list_artifacts(
+    job_id: str,
+    session: Session = Depends(db),
+    who: Principal = Depends(principal),
+    settings: Settings = Depends(app_settings),
+):
+    job, rows = service.artifacts_of(session, settings, who, parse_id(job_id))
     return [
         ArtifactOut(name=n, media_type=m, size=s, sha256=h, url=f"/v1/jobs/{job.id}/artifacts/{n}")
         for n, m, s, h in rows
@@ -152,7 +157,7 @@ def get_artifact(
     who: Principal = Depends(principal),
     settings: Settings = Depends(app_settings),
 ):
-    art = service.artifact_of(session, who, parse_id(job_id), name)
+    art = service.artifact_of(session, settings, who, parse_id(job_id), name)
     return StreamingResponse(
         iter_blob(blob_store(settings), art.location),
         media_type=art.media_type,

@@ -174,6 +174,8 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     location: Mapped[str] = mapped_column(String(512))  # blob key (core.blobs.layout)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # set while the bytes are not rendered yet (core.renders): the first GET renders them to ``location``
+    recipe: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class Dataset(Base):

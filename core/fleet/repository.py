@@ -101,46 +101,20 @@ def queues(session: Session) -> dict[str, QueueState]:
     }
 
 
-@dataclass(frozen=True)
-class QueueOutlook:
-    """What a queued job's wait depends on: the jobs ahead of it by kind, the jobs the workers of its queue are
-    running (kind, seconds so far), how many live workers consume the queue, and recent run times per kind."""
-
-    position: int  # 1: next to start
-    ahead: dict[str, int]
-    running: list[tuple[str, float]]
-    workers: int
-    run_s: dict[str, list[float]]
-
-
 RUN_TIME_SAMPLE = 20
 
 
-def queue_outlook(session: Session, job: Job, alive_since: datetime) -> QueueOutlook:
-    """A queued job's place in its queue. Queued jobs start in publishing order (a retried or re-published job
-    goes to the back); a job whose publishing failed waits for the sweeper, behind every published one."""
-    mine = and_(Job.queue == job.queue, Job.status == JobStatus.queued, Job.id != job.id)
-    if job.published_at is not None:
-        before = or_(Job.published_at < job.published_at, and_(Job.published_at == job.published_at, Job.id < job.id))
-    else:
-        before = or_(Job.published_at.is_not(None), Job.created_at < job.created_at)
-    ahead = dict(session.execute(select(Job.kind, func.count()).where(mine, before).group_by(Job.kind)).all())
-    now = utcnow()
-    consumers = [s for s in workers(session, alive_since) if job.queue in s.worker.queues]
-    names = {s.worker.name for s in consumers}
-    running = [
-        (s.job_kind, (now - s.job_started_at).total_seconds())
-        for s in consumers
-        if s.job_kind is not None and s.job_started_at is not None  # set exactly when it runs a job
-    ]
-    kinds = set(ahead) | {kind for kind, _ in running}
-    return QueueOutlook(
-        position=1 + sum(ahead.values()),
-        ahead=ahead,
-        running=running,
-        workers=len(names),
-        run_s={kind: recent_run_seconds(session, kind, job.queue) for kind in kinds},
-    )
+def queue_head(session: Session, queue: str, limit: int) -> list[tuple[datetime | None, uuid.UUID, str]]:
+    """(published_at, id, kind) of the first ``limit`` queued jobs of ``queue`` in starting order: publishing order
+    (a retried or re-published job goes to the back), then jobs whose publishing failed (they wait for the sweeper).
+    A LIMITed walk of the queued-jobs index: it reads ``limit`` rows however long the queue."""
+    rows = session.execute(
+        select(Job.published_at, Job.id, Job.kind)
+        .where(Job.queue == queue, Job.status == JobStatus.queued)
+        .order_by(Job.published_at.asc().nulls_last(), Job.id)
+        .limit(limit)
+    ).all()
+    return [(r.published_at, r.id, r.kind) for r in rows]
 
 
 def recent_run_seconds(session: Session, kind: str, queue: str, n: int = RUN_TIME_SAMPLE) -> list[float]:

@@ -13,10 +13,10 @@ from core.datasets import repository as datasets
 from core.db.tables import Job, utcnow
 from core.errors import Forbidden
 from core.fleet import repository as fleet
-from core.fleet.queueing import estimate_wait_s
+from core.fleet.outlook import Place, outlooks
 from core.jobs import repository as jobs
 from core.jobs.service import job_of
-from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
+from core.jobs.states import LANE_QUEUES, QUEUE_FOR_DEVICE, JobStatus
 from core.keys.repository import Principal
 from core.networks import repository as networks
 from core.settings import Settings
@@ -65,19 +65,17 @@ def queue_views(session: Session, settings: Settings) -> list[QueueView]:
 
 
 def known_queues(queues: dict[str, fleet.QueueState]) -> list[str]:
-    return sorted(set(QUEUE_FOR_DEVICE.values()) | set(queues))
+    return sorted(set(QUEUE_FOR_DEVICE.values()) | set(LANE_QUEUES) | set(queues))
 
 
-def place_in_queue(session: Session, settings: Settings, job: Job) -> tuple[int, float | None]:
-    """A queued job's position in its queue (1: next) and the estimated seconds until it starts."""
-    look = fleet.queue_outlook(session, job, alive_since(settings))
-    eta = estimate_wait_s(look.ahead, look.running, look.workers, look.run_s)
-    return look.position, None if eta is None else round(eta, 1)
+def place_in_queue(session: Session, settings: Settings, job: Job) -> Place:
+    """A queued job's position in its queue (1: next) and the estimated seconds until it starts, from the
+    process's snapshot of the queue (``core.fleet.outlook``): its cost does not grow with the queue."""
+    shared = outlooks(session, settings.queue_position_exact_up_to, settings.queue_snapshot_max_age_s)
+    return shared.place(session, job, alive_since(settings))
 
 
-def job_with_place(
-    session: Session, settings: Settings, who: Principal, job_id: uuid.UUID
-) -> tuple[Job, tuple[int, float | None] | None]:
+def job_with_place(session: Session, settings: Settings, who: Principal, job_id: uuid.UUID) -> tuple[Job, Place | None]:
     """A job the caller may see and, while it is queued, its place in its queue and estimated wait."""
     job = job_of(session, who, job_id)
     return job, place_in_queue(session, settings, job) if job.status == JobStatus.queued else None

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -41,7 +42,7 @@ from core.db.tables import (
     utcnow,
 )
 from core.errors import Conflict
-from core.jobs.states import QUEUE_FOR_DEVICE, JobStatus
+from core.jobs.states import JobStatus, queue_for
 from core.metrics import repository as metrics
 
 
@@ -187,8 +188,10 @@ def queued_job_row(
     now: datetime,
     idempotency_key: str | None = None,
     body_hash: str | None = None,
+    quick_max_s: float = 0.0,
 ) -> dict:
-    """The column values of a new queued job, published at ``now`` (a job alone or a study's child)."""
+    """The column values of a new queued job, published at ``now`` (a job alone or a study's child); a job whose
+    ``timeout_s`` is at most ``quick_max_s`` goes to the quick lane (``states.queue_for``)."""
     return dict(
         id=uuid.uuid4(),
         tenant=tenant,
@@ -197,7 +200,7 @@ def queued_job_row(
         params=params,
         seed=seed,
         device_requested=device,
-        queue=QUEUE_FOR_DEVICE[device],
+        queue=queue_for(device, timeout_s, quick_max_s),
         timeout_s=timeout_s,
         progress=0.0,
         message="queued",
@@ -223,6 +226,7 @@ def create_job(
     admission: Admission | None = None,
     idempotency_key: str | None = None,
     body_hash: str | None = None,
+    quick_max_s: float = 0.0,
 ) -> tuple[Job, bool]:
     """Insert a queued job and commit. Returns (job, created); with a known key, the earlier job and False.
 
@@ -237,7 +241,17 @@ def create_job(
         if earlier is not None:
             return earlier, False
     values = queued_job_row(
-        tenant, kind, params, seed, device, timeout_s, republish_after_s, utcnow(), idempotency_key, body_hash
+        tenant,
+        kind,
+        params,
+        seed,
+        device,
+        timeout_s,
+        republish_after_s,
+        utcnow(),
+        idempotency_key,
+        body_hash,
+        quick_max_s,
     )
     try:
         # Core inserts: the ORM's unit of work cost about a tenth of the API's CPU per submission
@@ -298,42 +312,78 @@ def mark_unpublished(session: Session, job_id: uuid.UUID) -> None:
     session.commit()
 
 
-def claim(session: Session, job_id: uuid.UUID, worker: str) -> Job | None:
+def claim(session: Session, job_id: uuid.UUID, worker: str, has_cuda: bool = False) -> Job | None:
     """queued -> running for this worker; None when someone else has it (or it is already finished).
 
-    A new attempt starts clean: metrics and artifacts of an attempt that died are removed in the same transaction.
+    One statement returns the claimed row and records the device the worker will run it on (``has_cuda``: the
+    worker has a CUDA device; a cuda job on a worker without one gets none, and fails as unavailable). A retry
+    starts clean: metrics and artifacts of an attempt that died are removed in the same transaction.
     """
     now = utcnow()
-    res = session.execute(
+    device = case(
+        {"cpu": "cpu", "cuda": "cuda" if has_cuda else None, "auto": "cuda" if has_cuda else "cpu"},
+        value=Job.device_requested,
+    )
+    job = session.scalars(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.queued)
         .values(
             status=JobStatus.running,
             attempt=Job.attempt + 1,
             worker=worker,
+            device=device,
             started_at=now,
             heartbeat_at=now,
             progress=0.0,
             message="running",
         )
-        .execution_options(synchronize_session=False)
-    )
-    if rowcount(res) != 1:
+        .returning(Job)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).one_or_none()
+    if job is None:
         session.rollback()
         return None
-    metrics.delete_job_rows(session, job_id)
-    session.execute(delete(Artifact).where(Artifact.job_id == job_id))
+    if job.attempt > 1:
+        metrics.delete_job_rows(session, job_id)
+        session.execute(delete(Artifact).where(Artifact.job_id == job_id))
     session.commit()
-    return session.get(Job, job_id, populate_existing=True)
+    return job
+
+
+FAIR_WINDOW = 1000
+
+
+def fair_pick(session: Session, job_id: uuid.UUID) -> uuid.UUID | None:
+    """The job a worker should run for the wake-up message of job ``job_id``: per-tenant fairness within a queue.
+
+    A message wakes a worker for its queue, not for its job. Among the first ``FAIR_WINDOW`` queued jobs of the
+    queue (in starting order), the tenant with the fewest goes first, with its oldest job (ties: whoever's job is
+    older), so one tenant's 500 jobs do not hold back another's one; a queue of one tenant runs in order. A message
+    whose job was taken that way (or was cancelled) runs the next pick, so every queued job keeps a message of its
+    own in the broker. Bounded: at most ``FAIR_WINDOW`` queued rows are read, however long the queue."""
+    queue = session.scalar(select(Job.queue).where(Job.id == job_id))
+    if queue is None:
+        return None
+    order = (Job.published_at.asc().nulls_last(), Job.id)
+    head = (
+        select(Job.id, Job.tenant, func.row_number().over(order_by=order).label("pos"))
+        .where(Job.queue == queue, Job.status == JobStatus.queued)
+        .order_by(*order)
+        .limit(FAIR_WINDOW)
+        .subquery()
+    )
+    first = (
+        select(head.c.tenant)
+        .group_by(head.c.tenant)
+        .order_by(func.count(), func.min(head.c.pos))
+        .limit(1)
+        .scalar_subquery()
+    )
+    return session.scalar(select(head.c.id).where(head.c.tenant == first).order_by(head.c.pos).limit(1))
 
 
 def _owned(job_id: uuid.UUID, attempt: int):
     return and_(Job.id == job_id, Job.status == JobStatus.running, Job.attempt == attempt)
-
-
-def record_device(session: Session, job_id: uuid.UUID, attempt: int, device: str) -> None:
-    session.execute(update(Job).where(_owned(job_id, attempt)).values(device=device))
-    session.commit()
 
 
 def beat(
@@ -343,8 +393,10 @@ def beat(
     progress: float | None,
     message: str | None,
     metric_rows: list[tuple[int, str, float | None]],
+    artifacts: list[dict] | None = None,
 ) -> bool:
-    """Heartbeat, latest progress and buffered metrics in one transaction; False if the job is no longer ours."""
+    """Heartbeat, latest progress, buffered metrics and artifact rows (``Artifact`` column values: recipes, whose
+    bytes come later) in one transaction; False if the job is no longer ours."""
     values: dict = {"heartbeat_at": utcnow()}
     if progress is not None:
         values["progress"] = progress
@@ -358,6 +410,10 @@ def beat(
         return False
     if metric_rows:
         metrics.insert_rows(session, job_id, metric_rows)
+    if artifacts:
+        names = [a["name"] for a in artifacts]
+        session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.name.in_(names)))
+        session.execute(insert(Artifact), [{**a, "job_id": job_id, "created_at": utcnow()} for a in artifacts])
     session.commit()
     return True
 
@@ -617,9 +673,11 @@ def put_artifact(
     size: int,
     sha256: str,
     location: str,
+    recipe: dict | None = None,
 ) -> bool:
-    """Record (or replace) a named artifact whose bytes are already in the blob store; False if the job is no
-    longer ours (the caller then removes the blob it wrote)."""
+    """Record (or replace) a named artifact whose bytes are already in the blob store, or with ``recipe``, that
+    renders them to ``location`` when first asked for; False if the job is no longer ours (the caller then removes
+    the blob it wrote)."""
     if session.scalar(select(Job.id).where(_owned(job_id, attempt))) is None:
         return False
     session.execute(delete(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
@@ -632,10 +690,39 @@ def put_artifact(
             sha256=sha256,
             location=location,
             created_at=utcnow(),
+            recipe=recipe,
         )
     )
     session.commit()
     return True
+
+
+def settle_rendered(session: Session, artifact_id: int, size: int, sha256: str) -> None:
+    """A rendered artifact's bytes are at its location: record them and drop its recipe (a second renderer racing
+    wrote the same bytes)."""
+    session.execute(
+        update(Artifact)
+        .where(Artifact.id == artifact_id, Artifact.recipe.is_not(None))
+        .values(size=size, sha256=sha256, recipe=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def pending_artifacts(session: Session, job_id: uuid.UUID) -> Sequence[Artifact]:
+    """A job's artifacts still stored as recipes, PNGs first (the report shows them)."""
+    return session.scalars(
+        select(Artifact)
+        .where(Artifact.job_id == job_id, Artifact.recipe.is_not(None))
+        .order_by(Artifact.media_type != "image/png", Artifact.name)
+    ).all()
+
+
+def png_artifacts(session: Session, job_id: uuid.UUID) -> Sequence[Artifact]:
+    """A job's PNG artifacts' rows, by name (what its report shows)."""
+    return session.scalars(
+        select(Artifact).where(Artifact.job_id == job_id, Artifact.media_type == "image/png").order_by(Artifact.name)
+    ).all()
 
 
 def list_artifacts(session: Session, job_id: uuid.UUID) -> Sequence[Row[str, str, int, str]]:

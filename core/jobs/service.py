@@ -12,12 +12,16 @@ from typing import Protocol
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
+from core.blobs import blob_store
+from core.blobs.store import read_blob
 from core.db.tables import Artifact, Job, utcnow
 from core.errors import Conflict, Malformed, NotFound
 from core.jobs import admission
 from core.jobs import repository as jobs
 from core.keys.repository import Principal
 from core.metrics import repository as metrics
+from core.renders import REPORT, render
+from core.report import html_report
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,7 @@ def submit_job(
             admission=admission.caps(settings, now),
             idempotency_key=idempotency_key,
             body_hash=body_hash,
+            quick_max_s=settings.quick_job_max_s,
         )
     except jobs.AdmissionRefused as exc:
         raise admission.busy(settings, who.tenant, exc.usage, now) from None
@@ -136,16 +141,41 @@ def metric_rows(
     return metrics.read_metrics(session, job.id, name=name, after_step=after_step, cursor=cursor, limit=limit)
 
 
-def artifacts_of(session: Session, who: Principal, job_id: uuid.UUID) -> tuple[Job, Sequence]:
-    """The job and its artifacts (name, media_type, size, sha256), by name."""
+def artifacts_of(session: Session, settings: Settings, who: Principal, job_id: uuid.UUID) -> tuple[Job, Sequence]:
+    """The job and its artifacts (name, media_type, size, sha256), by name; listing them is asking for them, so
+    those stored as recipes are rendered first (their sizes and digests are then the real ones)."""
     job = job_of(session, who, job_id)
+    for art in jobs.pending_artifacts(session, job.id):
+        _render(session, settings, job, art)
     return job, jobs.list_artifacts(session, job.id)
 
 
-def artifact_of(session: Session, who: Principal, job_id: uuid.UUID, name: str) -> Artifact:
-    """One named artifact's row (where its bytes are) of a job the caller may see."""
+def artifact_of(session: Session, settings: Settings, who: Principal, job_id: uuid.UUID, name: str) -> Artifact:
+    """One named artifact's row (where its bytes are) of a job the caller may see; an artifact stored as a recipe
+    is rendered now, on its first GET (``core.renders``)."""
     job = job_of(session, who, job_id)
     art = jobs.artifact_row(session, job.id, name)
     if art is None:
         raise NotFound(f"artifact {name!r} not found for job {job_id}")
+    if art.recipe is not None:
+        _render(session, settings, job, art)
     return art
+
+
+def _render(session: Session, settings: Settings, job: Job, art: Artifact) -> None:
+    """Render a recipe's bytes to the artifact's location and record them; the report first renders the plots it
+    shows."""
+    store = blob_store(settings)
+    recipe = art.recipe or {}
+    if recipe.get("renderer") == REPORT:
+        images = []
+        for png in jobs.png_artifacts(session, job.id):
+            if png.recipe is not None:
+                _render(session, settings, job, png)
+            images.append((png.name, read_blob(store, png.location), png.media_type))
+        data = html_report(job.kind, job.params, job.result or {}, images)
+    else:
+        data = render(recipe)
+    stored = store.put(art.location, [data])
+    jobs.settle_rendered(session, art.id, stored.size, stored.sha256)
+    session.refresh(art)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from core.data.loader import DatasetView
     from core.networks.stored import ModelFiles
+    from core.renders import Recipe
 
 
 class Params(BaseModel):
@@ -57,8 +58,9 @@ class RunContext(Protocol):
     def metric(self, step: int, name: str, value: float) -> None:
         """Log one point of a time series; buffered, so it is cheap to call every step."""
 
-    def artifact(self, name: str, data: bytes, media_type: str) -> None:
-        """Store a named artifact (PNG plot, JSON, NPY array)."""
+    def artifact(self, name: str, data: bytes | Recipe, media_type: str) -> None:
+        """Store a named artifact (PNG plot, JSON, NPY array), or the recipe that renders it when first asked for
+        (``core.renders``)."""
 
     def check_cancelled(self) -> None:
         """Raise JobCancelled / JobTimedOut when the job must stop; call at least once per step."""

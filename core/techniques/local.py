@@ -11,6 +11,7 @@ import torch
 
 from core.data.loader import DatasetView
 from core.networks.stored import ModelFiles
+from core.renders import Recipe, render
 from core.techniques.base import JobTimedOut
 
 
@@ -32,8 +33,8 @@ class LocalContext:
     def metric(self, step: int, name: str, value: float) -> None:
         self.metrics.append((int(step), name, float(value)))
 
-    def artifact(self, name: str, data: bytes, media_type: str) -> None:
-        self.artifacts[name] = (data, media_type)
+    def artifact(self, name: str, data: bytes | Recipe, media_type: str) -> None:
+        self.artifacts[name] = (render(data.as_json()) if isinstance(data, Recipe) else data, media_type)
 
     def check_cancelled(self) -> None:
         if self.timeout_s is not None and time.monotonic() - self._started > self.timeout_s:

@@ -169,7 +169,7 @@ def test_message_published_twice_runs_once(stack, api, pg_database):
 
 
 def test_restart_with_jobs_in_every_state_changes_nothing_wrongly(stack, api, pg_database):
-    worker = stack.start_worker(queues="cpu,auto")
+    worker = stack.start_worker(queues="cpu,auto,quick")
     ok = api.post("/v1/jobs", json=QUICK).json()["id"]
     wait_job(api, ok)
     failed = api.post("/v1/jobs", json={**MEDIUM, "timeout_s": 1}).json()["id"]
@@ -193,7 +193,7 @@ def test_restart_with_jobs_in_every_state_changes_nothing_wrongly(stack, api, pg
     for proc in (api_proc, worker):
         proc.wait(timeout=120)
     stack.start_api()
-    worker = stack.start_worker(queues="cpu,auto")
+    worker = stack.start_worker(queues="cpu,auto,quick")
     with httpx.Client(base_url=stack.api_url, timeout=30) as client:
         assert wait_job(client, running, timeout=300)["status"] == "succeeded"
         sweep_witness(pg_database[1])  # the restarted worker's sweeper has looked at every job

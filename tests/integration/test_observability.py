@@ -81,6 +81,7 @@ def test_metrics_move_with_a_run_of_jobs_and_match_the_database(api, workers, db
     ids.append(api.post("/v1/jobs", json={**QUICK, "device": "cuda"}).json()["id"])  # W2 has no CUDA: fails
     done = [wait_job(api, job_id, timeout=120) for job_id in ids]
     assert [d["status"] for d in done] == ["succeeded"] * 3 + ["failed"], done
+    assert api.get(f"/v1/jobs/{ids[0]}/artifacts").status_code == 200  # renders its plot and report: bytes stored
 
     ran = rows(
         db,

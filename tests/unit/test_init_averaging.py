@@ -97,3 +97,18 @@ def test_job_reproduces_the_768_3072_ratios_and_stores_a_plot():
 def test_bad_params_are_refused(bad):
     with pytest.raises(ValidationError):
         InitAveragingParams(**bad)
+
+
+def test_the_plot_recipe_keeps_no_nan_and_still_draws():
+    """A diverging stack's moments (NaN, infinity) are stored as None, which JSON can hold; the plot still draws."""
+    from core.renders import Recipe, render
+
+    recipe = Recipe(
+        "init_averaging.forward_moments",
+        {"curves": {"arithmetic": [float("nan"), float("inf"), 0.5]}, "widths": [2, 2, 2, 2]}
+        | {"activation": "relu", "distribution": "normal"},
+    ).as_json()
+    assert recipe["args"]["curves"] == {"arithmetic": [None, None, 0.5]}
+    assert render(recipe).startswith(b"\x89PNG")
+    with pytest.raises(LookupError):
+        render({"renderer": "os.system", "args": {}})

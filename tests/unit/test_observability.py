@@ -105,3 +105,7 @@ def test_place_in_queue_in_words(position, eta, words):
 
 def test_no_place_once_running():
     assert queue_place(job(status="running", queue_position=None)) == ""
+
+
+def test_place_behind_a_long_queue_in_words():
+    assert queue_place(job(queue_position=None, queue_ahead_over=1000)) == "more than 1,000 ahead in the gpu queue"

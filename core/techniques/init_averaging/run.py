@@ -12,6 +12,7 @@ from core.networks.build import build
 from core.networks.resolve import materialize
 from core.networks.spec import TRANSFORMER_ARCHS, BuiltinModel, ExportedModel
 from core.plots import new_figure, to_png
+from core.renders import Recipe
 from core.techniques.base import RunContext
 from core.techniques.init_averaging.exported import exported_inputs
 from core.techniques.init_averaging.spec import InitAveragingParams
@@ -76,7 +77,17 @@ def run(params: InitAveragingParams, ctx: RunContext) -> dict:
         for i, v in enumerate(curves[mean], start=1):
             ctx.metric(i, f"forward_moment/{mean}", v)
     out["predicted_is_linear_case"] = True
-    ctx.artifact("forward_moments.png", _plot(curves, params), "image/png")
+    # drawn when first asked for (core.renders): the run does not wait for matplotlib
+    plot = Recipe(
+        "init_averaging.forward_moments",
+        {
+            "curves": curves,
+            "widths": params.widths,
+            "activation": params.activation,
+            "distribution": params.distribution,
+        },
+    )
+    ctx.artifact("forward_moments.png", plot, "image/png")
     return out
 
 
@@ -97,22 +108,6 @@ def _mean_result(widths: list[int], mean: Mean, draws: list[tuple[list[float], f
         "backward_ratio": backward,
         "predicted_backward_ratio": pred_bwd,
     }
-
-
-def _plot(curves: dict[str, list[float]], params: InitAveragingParams) -> bytes:
-    assert params.widths is not None  # plotted for the widths stack only
-    fig, ax = new_figure()
-    layers = list(range(len(params.widths)))
-    for mean, moments in curves.items():
-        ax.plot(layers, [1.0] + moments, "o-", label=mean)
-    ax.axhline(1.0, color="gray", ls=":")
-    ax.set_yscale("log")
-    ax.set_xticks(layers, [f"{i}\n({w})" for i, w in zip(layers, params.widths)])
-    ax.set_xlabel("layer (width)")
-    ax.set_ylabel("E[h²] / E[x²] (Monte Carlo)")
-    ax.set_title(f"Forward second moment, {params.activation} activations, {params.distribution} init")
-    ax.legend(title="mean of fans")
-    return to_png(fig)
 
 
 def _model_inputs(params: InitAveragingParams, ctx: RunContext, gen: torch.Generator):
