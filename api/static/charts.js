@@ -1,6 +1,6 @@
-/* The arithmetic of the pages' charts (app.js draws them with uPlot): which chart each metric goes to, the scales'
-   ranges, the axes' tick labels and widths. Functions of their arguments only (a canvas measures text), loaded on
-   every page before app.js; the page tests call them too, as window.gradlabCharts. */
+/* The arithmetic of the pages' charts (chartset.js draws them with uPlot): which chart each metric goes to, the
+   scales' ranges, the axes' tick labels and widths. Functions of their arguments only (a canvas measures text),
+   loaded on every page before the scripts that use them; the page tests call them too, as window.gradlabCharts. */
 window.gradlabCharts = (function () {
   "use strict";
 
