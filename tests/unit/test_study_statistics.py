@@ -13,8 +13,7 @@ import math
 import pytest
 
 from core.errors import Invalid
-from core.studies import service
-from core.studies import stats
+from core.studies import service, stats
 from core.studies.schemas import MAX_STUDY_JOBS, StudyRequest
 
 # t quantile at 0.975: with 1 degree of freedom tan(π (p − ½)); with 2, (2p − 1) / √(2 p (1 − p))
