@@ -27,7 +27,7 @@ def test_a_freed_storage_whose_address_is_reused_counts_again_and_a_live_one_onc
 
 
 def _measured(seed: int) -> _Training:
-    params = KIND.params(**{**KIND.example, "n_critic": 3, "batch": 32, "width": 16})
+    params = KIND.params(**{**KIND.example, "n_critic": 3, "batch": 32, "width": 16, "depth": 2, "n_data": 256})
     x, _, _, _ = mixture(params.dataset, params.n_data, torch.Generator().manual_seed(seed), params.mixture_std)
     out = _Training()
     _measured_step(Trainer(params, x, False, seed, torch.device("cpu")), out)
