@@ -17,6 +17,7 @@ while tests are only added); it refuses a module whose source changed since, whi
     python mutation/mutants.py --survivors     # after adding tests: the survivors again
     python mutation/mutants.py runs --sample 0 # the kinds' run modules: the functions computing reported figures
     python mutation/mutants.py run:vae_density --without tests/unit/test_reported_figures.py   # "before" score
+    python mutation/mutants.py issue33 --sample 6  # data, studies, rollup, summaries, model files (issue 33)
 """
 
 from __future__ import annotations
@@ -335,7 +336,9 @@ def _config_command(config: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help=f"modules (default: all; runs: every run:…): {', '.join(MODULES)}")
+    parser.add_argument(
+        "names", nargs="*", help=f"modules (default: all; runs: every run:…; issue33: the rest): {', '.join(MODULES)}"
+    )
     parser.add_argument("--sample", type=int, default=60, help="mutants per module, 0 for all (default 60)")
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per mutant's test run")
