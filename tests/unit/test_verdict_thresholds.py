@@ -194,6 +194,7 @@ def test_momentum_headline_and_table():
     worse = _momentum([0.25], [0.5], identity=2e-10)
     assert "did not beat" in worse["headline"] and "over 1 seed." in worse["headline"]
     assert "departs from" in worse["headline"]
+    assert "did not beat" in _momentum([0.5], [0.5])["headline"]  # no gain is not a win
     row = out["table"]["rows"][0]
     assert row[0] == "chi_exact" and row[1] == {"mean": 0.5, "sd": 0.125, "n": 4}
     assert row[2] == {"mean": 0.25, "sd": 0.125, "n": 4} and row[3:] == [30, 4096, 0.0]
