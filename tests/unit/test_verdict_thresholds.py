@@ -390,6 +390,7 @@ def test_vae_figures_and_headline():
     assert out["verdict"]["outcome"] == "supports"
     assert "L_K rises from K = 1 to K = 100 by 2 nats." in out["headline"]
     assert "falls" in _vae([-10.0, -10.5], [0.5, 0.5])["headline"]
+    assert "L_K rises from K = 1 to K = 10 by 0 nats" in _vae([-10.0, -10.0], [0.5, 0.5])["headline"]  # level
     assert [r[0] for r in out["table"]["rows"]] == [1, 10, 100] and out["table"]["rows"][0][-1] == -9.5
 
 
