@@ -348,3 +348,22 @@ def test_ingest_refuses_a_declared_sha256_that_does_not_match(tmp_path):
     assert meta["rows"] == 2 and meta["preview"]["token_length"]["tokens"] == 4
     files = ["offsets.npy", "tokens.npy"]
     assert meta["size"] == sum(blobs.open(dataset_file_key(dataset, f)).seek(0, 2) for f in files)
+
+
+def test_rows_past_the_stored_cap_are_refused_naming_the_last_row(out):
+    # 3 float32 columns and an int64 label: 20 bytes a row; chunks of 4 and 3 rows store 80, then 140 bytes
+    x, y = np.ones((7, 3)), np.zeros(7, dtype=np.int64)
+
+    def fill(cap: int):
+        for f in out.iterdir():
+            f.unlink()
+        sink = ArraysSink(out, 3, True, cap)
+        sink.add(x[:4], y[:4])
+        sink.add(x[4:], y[4:])
+        return sink.finish("npz")
+
+    assert fill(140).rows == 7
+    with pytest.raises(UploadRejected, match=r"^file: more than 139 bytes as stored \(after row 7\)$"):
+        fill(139)
+    with pytest.raises(UploadRejected, match=r"^file: more than 79 bytes as stored \(after row 4\)$"):
+        fill(79)
