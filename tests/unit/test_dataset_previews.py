@@ -282,6 +282,9 @@ def test_token_rows_refuse_offsets_that_do_not_span_the_tokens():
     with pytest.raises(ValueError, match="must be 1-D"):
         TokenRows(tokens, np.array([], dtype=np.int64))
     assert len(TokenRows(tokens, np.array([0, 4]))) == 1
+    assert len(TokenRows(tokens[:0], np.array([0]))) == 0  # a column of no rows: one offset
+    with pytest.raises(ValueError, match="must be 1-D"):
+        TokenRows(np.zeros((2, 2), dtype=np.int32), np.array([0, 2]))
 
 
 def test_arrays_view_rows_columns_and_labels():
@@ -333,6 +336,10 @@ def test_ingest_reports_the_uploads_sha256_and_the_stored_size(tmp_path, store):
     assert meta["size"] == sum(blobs.open(k).seek(0, 2) for k in stored)
     assert np.load(io.BytesIO(blobs.open(stored[0]).read())).tolist() == [[i, i * i] for i in range(40)]
     assert not (tmp_path / "work").exists()  # the scratch folder is emptied
+    (tmp_path / "ready").mkdir()  # a scratch folder that already exists is used
+    again = ingest(blobs, dataset, filename="d.csv", label_column=None, has_tokenizer=False, declared_sha256=None,
+                   max_stored_bytes=CAP, work_dir=tmp_path / "ready")  # fmt: skip
+    assert again["sha256"] == meta["sha256"] and again["size"] == meta["size"]
 
 
 def test_ingest_refuses_a_declared_sha256_that_does_not_match(tmp_path):
