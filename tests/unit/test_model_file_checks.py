@@ -44,6 +44,9 @@ def test_nesting_at_the_limit_and_one_past():
     assert parse(b"1.5e300", "f", 0) == 1.5e300 and parse(b"-0.25", "f", 0) == -0.25
     with pytest.raises(JsonRefused, match=r"^f: -1e400 is beyond the range"):
         parse(b"-1e400", "f", 0)
+    long = b"1." + b"0" * 60 + b"e999"  # a refusal quotes the number's first 40 characters
+    with pytest.raises(JsonRefused, match=r"^f: 1\.0{38} is beyond the range of a finite number$"):
+        parse(long, "f", 0)
     with pytest.raises(JsonRefused, match="^f: Infinity is not a JSON number"):
         parse(b"Infinity", "f", 0)
 
