@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from core.errors import TooLarge
 from core.networks.checkpoint import MAX_FILES, CheckpointRejected, layout_of, merge_shards, weight_map
 from core.networks.safetensors_header import (
     DTYPE_BYTES,
@@ -24,7 +25,9 @@ from core.networks.safetensors_header import (
     read_header,
 )
 from core.networks.strict_json import MAX_INT_DIGITS, JsonRefused, parse
+from core.networks.uploads import start_upload
 from core.networks.weights import load_weights
+from core.settings import Settings
 
 
 # --- strict JSON -------------------------------------------------------------------------------------------------
@@ -138,9 +141,10 @@ def test_header_length_fills_the_file_exactly_or_is_refused():
 
 # --- file layouts and sharded checkpoints ------------------------------------------------------------------------
 def test_file_count_and_name_length_at_their_limits():
-    shards = [f"m-{i:05d}.safetensors" for i in range(MAX_FILES - 2)]
+    assert MAX_FILES == 1024
+    shards = [f"m-{i:05d}.safetensors" for i in range(1022)]  # with the config and the index: 1024 files
     assert layout_of(["config.json", "m.safetensors.index.json", *shards]).format == "sharded"
-    with pytest.raises(CheckpointRejected, match=f"files: {MAX_FILES + 1} files; between 1 and {MAX_FILES}"):
+    with pytest.raises(CheckpointRejected, match="files: 1025 files; between 1 and 1024"):
         layout_of(["config.json", "m.safetensors.index.json", *shards, "extra.safetensors"])
     longest = "w" * (255 - len(".safetensors")) + ".safetensors"
     assert layout_of(["config.json", longest]).weights == (longest,)
@@ -187,6 +191,12 @@ def test_weight_map_parsing():
 def test_an_index_and_shards_that_disagree_are_refused_at_the_first_disagreement(mapping, headers, words):
     with pytest.raises(CheckpointRejected, match=f"^{words}"):
         merge_shards("i.json", mapping, headers)
+
+
+def test_an_index_over_16_mib_is_refused_from_its_declared_size():
+    files = [("config.json", 10), ("model.safetensors.index.json", 16 * 2**20 + 1), ("a.safetensors", 8)]
+    with pytest.raises(TooLarge, match=r"^files\[1\].size: .* of 16777217 bytes exceeds the limit of 16777216$"):
+        start_upload(None, Settings(), "t", files)  # refused from the sizes, before any database is touched
 
 
 # --- weights into a module ---------------------------------------------------------------------------------------
