@@ -236,3 +236,11 @@ def test_weights_split_over_files_load_and_a_missing_or_unknown_tensor_is_named(
     save_file({"1.bias": torch.ones(2)}, str(tmp_path / "d.safetensors"))
     with pytest.raises(ValueError, match=r"1.bias has shape \(2,\), the model \(1,\)"):
         load_weights(module, [tmp_path / "a.safetensors", tmp_path / "d.safetensors"])
+
+
+def test_a_refusal_names_the_first_five_missing_tensors(tmp_path):
+    module = nn.Sequential(*(nn.Linear(2, 2) for _ in range(4)))  # 8 tensors; the file holds one
+    save_file({"0.weight": torch.ones(2, 2)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ValueError, match=r"^weights: tensors missing for \['0.bias', '1.bias', '1.weight', '2.bias', "
+                       r"'2.weight'\]$"):  # fmt: skip
+        load_weights(module, [tmp_path / "w.safetensors"])
