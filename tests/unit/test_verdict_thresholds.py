@@ -402,7 +402,7 @@ def _eg(eg_acc: dict, sgd_acc: dict, optimizers=("sgd", "eg_stepsize"), seeds=1)
         by_scale = sgd_acc if o == "sgd" else eg_acc
         for s in scales:
             for acc in by_scale[s]:
-                runs.append({"optimizer": o, "lr_scale": s, "final_test_acc": acc, "final_test_loss": 0.5})
+                runs.append({"optimizer": o, "lr_scale": s, "final_test_acc": acc, "final_test_loss": 2 * s})
             settings.append(
                 {"optimizer": o, "lr_scale": s, "diverged_runs": 0, "rate_factor": 1.0, "mean_recovery_steps": None}
             )
@@ -443,6 +443,7 @@ def test_eg_worst_scale_is_the_lowest_mean_over_seeds_and_a_diverged_setting_cou
     assert "eg_stepsize ties with fixed-rate SGD at its worst scale" in tie["headline"]
     assert "(1 seed)" in tie["headline"]
     assert len(out["table"]["rows"]) == 4 and out["table"]["rows"][1][:2] == ["sgd", 1.0]
+    assert [row[3]["mean"] for row in out["table"]["rows"]] == [0.2, 2.0, 0.2, 2.0]  # each setting's own loss
 
 
 def test_eg_picks_eg_stepsize_before_the_funnel_and_needs_sgd():
