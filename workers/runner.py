@@ -20,6 +20,7 @@ from core.jobs.states import JobStatus
 from core.networks.spec import uploaded_model_ids
 from core.renders import REPORT, Recipe
 from core.settings import Settings
+from core.summary import Summary
 from core.techniques import get_kind
 from core.techniques.base import ForeignResource, JobCancelled, JobTimedOut
 from workers import telemetry
@@ -134,14 +135,21 @@ def execute_job(sessions: sessionmaker, settings: Settings, job_id: str) -> str:
 
 
 def attach_summary(kind, params, result: dict) -> None:
-    """``result["summary"]``: the kind's answer. A summary that cannot be built is logged, and the job keeps its
-    full result rather than failing after all its work."""
+    """``result["summary"]``: the kind's answer, or None when it cannot be built: the reason is logged, and the job
+    succeeds with its full result rather than failing after all its work."""
     if kind.summarize is None:
         return
     try:
-        result["summary"] = json_safe(kind.summarize(params, result))
-    except Exception:
-        log.exception("the %s summary could not be built; the result is stored without one", kind.name)
+        # checked as the API will read it: a kind's summary that does not fit the shape is no summary
+        result["summary"] = Summary.model_validate(json_safe(kind.summarize(params, result))).model_dump(mode="json")
+    except Exception as exc:
+        result["summary"] = None
+        log.exception(
+            "the %s summary could not be built (%s: %s); the job succeeds with summary null",
+            kind.name,
+            type(exc).__name__,
+            exc,
+        )
 
 
 def json_safe(value):

@@ -331,16 +331,28 @@ def test_reported_updates_are_the_weight_changes_that_happened(optimizer):
     global step hooks: steps//k for the accumulating arms (a stock arm that lost its χ gating would move on every
     micro-step and report it), steps for per-micro-batch. steps = 22 is not a multiple of k = 4: the partial last
     window makes no update."""
-    moved: dict[int, int] = {}
-    snapshots: dict[int, list[torch.Tensor]] = {}
+    # Optimizers are told apart by identity, held here: an arm's optimizer is freed when the arm ends, and a later
+    # arm's could then get the same id() and be counted as the same optimizer.
+    seen: list[torch.optim.Optimizer] = []
+    moved: list[int] = []
+    snapshots: list[list[torch.Tensor]] = []
+
+    def index(opt) -> int:
+        for i, known in enumerate(seen):
+            if known is opt:
+                return i
+        seen.append(opt)
+        moved.append(0)
+        snapshots.append([])
+        return len(seen) - 1
 
     def before(opt, args, kwargs):
-        snapshots[id(opt)] = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
+        snapshots[index(opt)] = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
 
     def after(opt, args, kwargs):
+        i = index(opt)
         params = [p for g in opt.param_groups for p in g["params"]]
-        changed = any(not torch.equal(a, p) for a, p in zip(snapshots[id(opt)], params))
-        moved[id(opt)] = moved.get(id(opt), 0) + int(changed)
+        moved[i] += int(any(not torch.equal(a, p) for a, p in zip(snapshots[i], params, strict=True)))
 
     hooks = [register_optimizer_step_pre_hook(before), register_optimizer_step_post_hook(after)]
     try:
@@ -359,7 +371,7 @@ def test_reported_updates_are_the_weight_changes_that_happened(optimizer):
     finally:
         for h in hooks:
             h.remove()
-    counted = list(moved.values())  # one optimizer per arm, created in the order of ARMS
+    counted = moved  # one optimizer per arm, created in the order of ARMS
     assert len(counted) == len(ARMS)
     for arm, n in zip(ARMS, counted):
         assert result["arms"][arm]["updates"] == n, arm

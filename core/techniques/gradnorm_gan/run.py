@@ -13,6 +13,7 @@ import io
 import json
 import math
 import time
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
@@ -158,14 +159,23 @@ def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, generator: torch.
 
 
 class SavedBytes:
-    """Counts the distinct storages autograd saves for backward (double backprop included) while active."""
+    """Counts the distinct storages autograd saves for backward (double backprop included) while active.
+
+    A storage is told apart by identity, not by address: a temporary freed between two critic updates leaves its
+    address to the next one's, and counting by address made the total depend on the allocator (it changed from run
+    to run). torch keeps one Python object per live storage, held here by weak reference only (the count keeps no
+    memory alive)."""
 
     def __init__(self) -> None:
-        self.sizes: dict[int, int] = {}
+        self.sizes: list[int] = []
+        self._seen: dict[int, list[weakref.ref]] = {}  # by address: the storages seen there, live or freed
 
     def pack(self, t: Tensor) -> Tensor:
         storage = t.untyped_storage()
-        self.sizes[storage.data_ptr()] = storage.nbytes()
+        at = self._seen.setdefault(storage.data_ptr(), [])
+        if not any(ref() is storage for ref in at):
+            at.append(weakref.ref(storage))
+            self.sizes.append(storage.nbytes())
         return t
 
     def __enter__(self):
@@ -178,7 +188,7 @@ class SavedBytes:
 
     @property
     def total(self) -> int:
-        return sum(self.sizes.values())
+        return sum(self.sizes)
 
 
 class Trainer:
