@@ -1,6 +1,7 @@
 # The two commands: `make run` (the service on the embedded default) and `make test` (the whole suite).
 # Every install takes its versions from constraints.txt (the resolved set, torch included); `make lock` rewrites it.
-# `make mutants` is the slow mutation testing of the technique math (docs/mutation.md); not part of CI.
+# `make mutants` is the slow mutation testing (docs/mutation.md): the technique math, summaries, statistics, data and
+# model-file checks; not part of CI.
 VENV ?= .venv
 # `make run HOST=0.0.0.0 PORT=8080 DATA_DIR=/srv/gradlab`: where `gradlab up` listens and keeps its data (set on the
 # command line; a HOST or PORT in the environment is not taken). A HOST beyond loopback needs GRADLAB_AUTH=required.
