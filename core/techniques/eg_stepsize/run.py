@@ -163,11 +163,13 @@ class _Data:
     def __init__(self, params: EGStepSizeParams, ctx: RunContext, probe: BuiltModel | None = None):
         view = load_dataset(params.dataset, ctx, dataset_needs(params).kinds)
         self.windows: TextWindows | None = None
+        self.y_train: torch.Tensor | None = None  # None: a token model (it predicts its own inputs)
+        self.y_eval: torch.Tensor | None = None
         if isinstance(view, TextView):
             assert probe is not None and probe.vocab_size is not None and probe.context is not None  # token model
             self.windows = TextWindows(view, probe.context, probe.vocab_size, HOLDOUT, ctx.device, params.eval_size, 0)
             self.classes, self.dim, self.n_train = probe.vocab_size, probe.context, self.windows.n_train
-            self.x_eval, self.y_eval = self.windows.hold_x, None
+            self.x_eval = self.windows.hold_x
             return
         assert isinstance(view, ArraysView)
         arrays = view
@@ -197,9 +199,9 @@ class _Data:
         x = (x - mean) / std
         dev = ctx.device
         self.x_train = torch.as_tensor(x[train], device=dev)
-        self.y_train: torch.Tensor | None = torch.as_tensor(y[train], dtype=torch.long, device=dev)  # None: tokens
+        self.y_train = torch.as_tensor(y[train], dtype=torch.long, device=dev)
         self.x_eval = torch.as_tensor(x[held], device=dev)
-        self.y_eval: torch.Tensor | None = torch.as_tensor(y[held], dtype=torch.long, device=dev)
+        self.y_eval = torch.as_tensor(y[held], dtype=torch.long, device=dev)
         self.n_train = len(train)
 
     def _tokens(self, params: EGStepSizeParams, ctx: RunContext, arrays: ArraysView, probe: BuiltModel) -> None:
@@ -214,7 +216,6 @@ class _Data:
         train, held = order[n_eval:], order[:n_eval]
         self.x_train = torch.as_tensor(x[train], device=ctx.device)
         self.x_eval = torch.as_tensor(x[held], device=ctx.device)
-        self.y_train = self.y_eval = None
         self.n_train = len(train)
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
