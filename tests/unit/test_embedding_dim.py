@@ -235,3 +235,10 @@ def test_a_record_stored_before_the_logarithms_still_reads():
 def test_neither_vocab_sizes_nor_model_is_refused_naming_the_field():
     with pytest.raises(ValidationError, match="vocab_sizes: give vocabulary sizes, a model, or both"):
         EmbeddingDimParams()
+
+
+def test_without_a_model_the_headline_keeps_the_rule_first():
+    params = EmbeddingDimParams(vocab_sizes=[512], entropy_dims=[16])
+    s = KIND.summarize(params, KIND.run(params, LocalContext()))
+    assert s["headline"].startswith("n > 8.33·ln N asks for 52 dimensions for N = 512; h_n/n = ")
+    assert s["table"]["columns"] == ["N", "8.33·ln N", "min dimension"] and s["question"].startswith("How many")

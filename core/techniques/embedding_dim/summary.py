@@ -57,7 +57,7 @@ def summarize(params, result: dict) -> dict:
     return summary(
         question=question,
         claim=claim,
-        headline=headline[0].upper() + headline[1:],
+        headline=headline[0].upper() + headline[1:] if checks else headline,  # "n > …" keeps its lower-case n
         outcome=outcome,
         statistic=statistic,
         rule=rule,
