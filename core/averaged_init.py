@@ -12,13 +12,14 @@ from typing import Literal
 
 import torch
 
-Mean = Literal["arithmetic", "geometric", "quadratic", "harmonic"]
-MEANS: tuple[str, ...] = ("arithmetic", "geometric", "quadratic", "harmonic")
+Mean = Literal["arithmetic", "geometric", "quadratic", "least_squares", "harmonic"]
+MEANS: tuple[str, ...] = ("arithmetic", "geometric", "quadratic", "least_squares", "harmonic")
 
 
 def averaged_variance(fan_in: int, fan_out: int, mean: Mean = "geometric") -> float:
-    """σ² = 1/mean(m, n): arithmetic 2/(m+n) (Glorot), geometric 1/√(mn), quadratic (m+n)/(m²+n²),
-    harmonic (1/m + 1/n)/2."""
+    """σ² = 1/mean(m, n): arithmetic 2/(m+n) (Glorot), geometric 1/√(mn), quadratic (root mean square)
+    √2/√(m²+n²), least_squares (m+n)/(m²+n²) (1 over the contraharmonic mean: the σ² minimising
+    (mσ²−1)² + (nσ²−1)²), harmonic (1/m + 1/n)/2."""
     m, n = float(fan_in), float(fan_out)
     if m <= 0 or n <= 0:
         raise ValueError("fans must be positive")
@@ -27,6 +28,8 @@ def averaged_variance(fan_in: int, fan_out: int, mean: Mean = "geometric") -> fl
     if mean == "geometric":
         return 1.0 / math.sqrt(m * n)
     if mean == "quadratic":
+        return 1.0 / math.sqrt((m * m + n * n) / 2.0)
+    if mean == "least_squares":
         return (m + n) / (m * m + n * n)
     if mean == "harmonic":
         return (1.0 / m + 1.0 / n) / 2.0

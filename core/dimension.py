@@ -7,6 +7,7 @@ asking H < 0 gives n > 2·ln N / (½·ln φ). Everything here works in log space
 from __future__ import annotations
 
 import math
+import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,6 +31,16 @@ def dimension_bound(vocab_size: int, coefficient: float = POST_COEFFICIENT) -> f
 def min_dimension(vocab_size: int, coefficient: float = POST_COEFFICIENT) -> int:
     """The smallest integer strictly above coefficient · ln N."""
     return math.floor(dimension_bound(vocab_size, coefficient)) + 1
+
+
+def supported_limit(n: int, coefficient: float = POST_COEFFICIENT) -> dict[str, float | None]:
+    """How large a vocabulary (or context) n dimensions support: N < N_max = e^(n/c), reported as ln N_max and
+    log10 N_max, which are exact at any n, and N_max itself as a float only where it is finite (n/c < ~709.78)."""
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    ln_max = n / coefficient
+    n_max = math.exp(ln_max) if ln_max < math.log(sys.float_info.max) else None
+    return {"ln_N_max": ln_max, "log10_N_max": ln_max / math.log(10), "N_max": n_max}
 
 
 def entropy_per_dim(n: int, grid: int = 400_001) -> float:

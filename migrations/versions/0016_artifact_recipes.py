@@ -4,7 +4,7 @@ A row with a recipe has no bytes yet: the API renders them on the first GET, sto
 and clears the recipe. The downgrade renders nothing: rows still waiting for their bytes are removed.
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-07
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0016"
-down_revision = "0014"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 

@@ -168,11 +168,16 @@ def test_embedding_dim_checks_an_uploaded_models_sizes(alice, worker):
         {"vocab_sizes": [512], "entropy_dims": [16], "model": {"source": "uploaded", "id": model["id"]}},
     )
     token, head = result["model_checks"]
-    # n=64 > 8.33·ln 512 = 52.0; head_dim 64/2 = 32 < 8.33·ln 64 = 34.6; 32 > 8.33·ln N holds up to N = 46
+    # n=64 > 8.33·ln 512 = 52.0; head_dim 64/2 = 32 < 8.33·ln 64 = 34.6; 32 > 8.33·ln N holds up to N = e^3.84 = 46.6
     assert (token["what"], token["n"], token["N"], token["ok"]) == ("token_embedding", 64, 512, True)
     assert token["bound"] == pytest.approx(8.33 * math.log(512))
     assert (head["what"], head["n"], head["N"], head["ok"]) == ("attention_head", 32, 64, False)
-    assert result["model_max_context_for_head_dim"] == 46 and result["model_all_ok"] is False
+    assert head["ln_N_max"] == pytest.approx(32 / 8.33) and head["N_max"] == pytest.approx(46.6, abs=0.05)
+    assert result["model_all_ok"] is False
+    summary = result["summary"]
+    assert summary["headline"].startswith("Token embedding n = 64") and "attention head n = 32" in summary["headline"]
+    assert summary["verdict"]["outcome"] == "contradicts"
+    assert summary["verdict"]["value"] == pytest.approx(32 / (8.33 * math.log(64)))
 
 
 def test_init_averaging_tables_every_nonsquare_weight_of_a_bert_config(alice, worker):
@@ -197,6 +202,9 @@ def test_init_averaging_tables_every_nonsquare_weight_of_a_bert_config(alice, wo
     assert set(result["means"]) == {"arithmetic", "geometric"}
     ratios = [result["own_init"], *result["means"].values()]
     assert all(r["forward_ratio"] > 0 and r["backward_ratio"] > 0 for r in ratios)
+    assert result["summary"]["headline"].startswith(f"{len(expected)} of the model's weights are non-square")
+    assert [row[0] for row in result["summary"]["table"]["rows"]] == ["own init", "arithmetic", "geometric"]
+    assert set(result["layer_moments"]) == {"own_init", "arithmetic", "geometric"}
 
 
 def test_momentum_accumulation_on_an_uploaded_llama_saves_one_parameter_sized_tensor(alice, worker, tmp_path):

@@ -2,6 +2,7 @@
 target."""
 
 import math
+import sys
 
 import pytest
 import torch
@@ -120,3 +121,125 @@ def test_low_rank_target_is_the_softmax_of_scaled_rank_r_logits():
     torch.testing.assert_close(target, torch.softmax(logits.flatten(), 0).reshape(6, 6), rtol=1e-12, atol=0)
     log_t = torch.log(target)
     assert int(torch.linalg.matrix_rank(log_t - log_t[0, 0])) <= 3  # rank 2, plus the normalizing constant
+
+
+# --- the model's own sizes (issue 29) --------------------------------------------------------------------------------
+QWEN25_05B = {  # Qwen2.5-0.5B's public config.json, the fields that size it
+    "model_type": "qwen2",
+    "architectures": ["Qwen2ForCausalLM"],
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "max_position_embeddings": 32768,
+    "tie_word_embeddings": True,
+}
+
+
+def test_supported_limit_is_exact_at_any_size():
+    """N_max = e^(n/c): 896 dimensions support 10^46.7 = 5.2e46 tokens (not the 2^62 an integer saturated at); past
+    n/c ≈ 709.78 the float overflows and only the logarithms are reported."""
+    qwen = dimension.supported_limit(896)
+    assert qwen["ln_N_max"] == pytest.approx(896 / 8.33, rel=1e-15)
+    assert qwen["log10_N_max"] == pytest.approx(896 / 8.33 / math.log(10), rel=1e-15)
+    assert qwen["log10_N_max"] == pytest.approx(46.714, abs=1e-3) and qwen["N_max"] == pytest.approx(5.2e46, rel=0.01)
+    huge = dimension.supported_limit(12288)  # a 70B-class width: e^1475 is not a float
+    assert huge["N_max"] is None and huge["log10_N_max"] == pytest.approx(12288 / 8.33 / math.log(10))
+    edge = math.log(sys.float_info.max)
+    assert dimension.supported_limit(7097, 10.0)["N_max"] is not None and 709.7 < edge
+    assert dimension.supported_limit(7098, 10.0)["N_max"] is None  # 709.8 > 709.78…
+    with pytest.raises(ValueError):
+        dimension.supported_limit(0)
+
+
+@pytest.mark.parametrize("n", [8, 32, 64, 100])
+def test_supported_limit_is_where_the_rule_flips(n):
+    """N just below N_max keeps n > c·ln N; just above breaks it."""
+    n_max = dimension.supported_limit(n)["N_max"]
+    assert n > 8.33 * math.log(n_max * (1 - 1e-9))
+    assert not n > 8.33 * math.log(n_max * (1 + 1e-9))
+
+
+def test_model_alone_leads_the_answer_with_its_failing_attention_head():
+    """Qwen2.5-0.5B: the token embedding passes (896 > 8.33·ln 151,936 = 99.39) and the head fails (64 ≤ 8.33·ln 32,768
+    = 86.61); the headline says so first and the verdict is not a green 'supports'."""
+    params = EmbeddingDimParams(model={"source": "hf_config", "config": QWEN25_05B}, entropy_dims=[512])
+    result = KIND.run(params, LocalContext())
+    assert result["dimensions"] == []
+    token, head = result["model_checks"]
+    assert "largest_N_supported" not in token
+    assert (token["n"], token["N"], token["ok"]) == (896, 151936, True)
+    assert token["bound"] == pytest.approx(99.39, abs=0.01)
+    assert (head["n"], head["N"], head["ok"]) == (64, 32768, False)
+    assert head["bound"] == pytest.approx(86.61, abs=0.01)
+    assert head["N_max"] == pytest.approx(math.exp(64 / 8.33)) and head["N_max"] == pytest.approx(2171.3, abs=0.1)
+    s = KIND.summarize(params, result)
+    assert s["headline"].startswith(
+        "Token embedding n = 896 for its vocabulary N = 151,936: n > 8.33·ln N = 99.4, holds"
+    )
+    assert "attention head n = 64 for its context N = 32,768: n ≤ 8.33·ln N = 86.6, FAILS" in s["headline"]
+    assert "10^46.7" in s["headline"] and "2,171" in s["headline"]
+    assert s["verdict"]["outcome"] == "contradicts"
+    assert s["verdict"]["statistic"] == "model_worst_n_over_bound"
+    assert s["verdict"]["value"] == pytest.approx(64 / (8.33 * math.log(32768)))
+    assert s["figures"]["model_checks_failing"] == 1
+    assert [row[0] for row in s["table"]["rows"]] == ["token embedding", "attention head"]
+    assert s["question"].startswith("Are this model's token embedding")
+
+
+def test_model_with_wide_enough_heads_supports_and_keeps_the_vocab_rows():
+    config = {**QWEN25_05B, "num_attention_heads": 7, "num_key_value_heads": 1}  # head_dim 128 > 86.61
+    params = EmbeddingDimParams(vocab_sizes=[512], model={"source": "hf_config", "config": config}, entropy_dims=[16])
+    result = KIND.run(params, LocalContext())
+    s = KIND.summarize(params, result)
+    assert s["verdict"]["outcome"] == "supports"
+    assert s["verdict"]["value"] == pytest.approx(128 / (8.33 * math.log(32768)))
+    assert [row[0] for row in s["table"]["rows"]] == ["token embedding", "attention head", "vocabulary"]
+    assert s["headline"].index("attention head") < s["headline"].index("52 dimensions for N = 512")
+
+
+def _model_result(n_head: int, bound: float, ok: bool) -> dict:
+    return {
+        "coefficient": 8.33,
+        "dimensions": [],
+        "entropy_per_dim": [{"n": 16, "h_n_over_n": -0.25}],
+        "entropy_per_dim_limit": dimension.ENTROPY_PER_DIM_LIMIT,
+        "model_checks": [
+            {"what": "token_embedding", "n": 64, "N": 512, "N_is": "vocab_size", "bound": 51.97, "ok": True},
+            {"what": "attention_head", "n": n_head, "N": 64, "N_is": "context", "bound": bound, "ok": ok},
+        ],
+    }
+
+
+def test_verdict_flips_at_the_bound():
+    """n = c·ln N is not n > c·ln N: at the bound the head fails; a hair above, it passes."""
+    at = KIND.summarize(None, _model_result(32, 32.0, False))
+    assert at["verdict"]["outcome"] == "contradicts" and at["verdict"]["value"] == 1.0
+    above = KIND.summarize(None, _model_result(32, 31.999, True))
+    assert above["verdict"]["outcome"] == "supports" and above["verdict"]["value"] == pytest.approx(32 / 31.999)
+
+
+def test_a_record_stored_before_the_logarithms_still_reads():
+    """Old results carry ``largest_N_supported`` (2^62 for any large n) and ``model_max_context_for_head_dim``: the
+    summary recomputes ln N_max = n/c from the row's n instead of trusting the saturated integer."""
+    old = _model_result(896, 86.61, True)
+    for row in old["model_checks"]:
+        row["largest_N_supported"] = 2**62
+    old["model_max_context_for_head_dim"] = 2**62
+    s = KIND.summarize(None, old)
+    assert "10^46.7" in s["headline"]  # e^(896/8.33), not 4.6e18
+    assert s["figures"]["model/attention_head/log10_N_max"] == pytest.approx(896 / 8.33 / math.log(10))
+
+
+def test_neither_vocab_sizes_nor_model_is_refused_naming_the_field():
+    with pytest.raises(ValidationError, match="vocab_sizes: give vocabulary sizes, a model, or both"):
+        EmbeddingDimParams()
+
+
+def test_without_a_model_the_headline_keeps_the_rule_first():
+    params = EmbeddingDimParams(vocab_sizes=[512], entropy_dims=[16])
+    s = KIND.summarize(params, KIND.run(params, LocalContext()))
+    assert s["headline"].startswith("n > 8.33·ln N asks for 52 dimensions for N = 512; h_n/n = ")
+    assert s["table"]["columns"] == ["N", "8.33·ln N", "min dimension"] and s["question"].startswith("How many")

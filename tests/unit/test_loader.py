@@ -14,9 +14,10 @@ import torch
 from core.data import load_dataset
 from core.data.formats import convert
 from core.data.loader import ArraysView, PairsView, TextView, as_view, open_dataset
+from core.data.windows import TextWindows
 from core.techniques import get_kind
 from core.techniques.local import LocalContext
-from core.techniques.momentum_accumulation.data import Rows, TextWindows
+from core.techniques.momentum_accumulation.data import Rows
 
 DS = "00000000-0000-4000-8000-00000000000a"
 
@@ -95,7 +96,7 @@ def test_a_job_refuses_a_dataset_of_the_wrong_kind(tmp_path):
 def test_rows_read_standardised_batches_equal_to_the_whole_array_computation():
     rng = np.random.default_rng(1)
     x, y = rng.normal(3.0, 2.0, size=(500, 6)).astype(np.float32), rng.integers(0, 4, 500)
-    rows = Rows(x, y, 0.2, seed=5, dtype=torch.float64, device=torch.device("cpu"), standardize=True)
+    rows = Rows(x, y, 0.2, 5, torch.float64, torch.device("cpu"), standardize=True, eval_rows=8192, probe_rows=512)
     split = np.random.default_rng(5).permutation(500)
     hold, train = split[:100], split[100:]
     xt = x[train].astype(np.float64)
@@ -111,11 +112,14 @@ def test_rows_read_standardised_batches_equal_to_the_whole_array_computation():
 def test_text_windows_split_the_stream_at_a_row_boundary(tmp_path):
     texts = ["abcdefgh"] * 10  # 80 tokens; held out: the last 2 rows (16 tokens)
     view, _ = _converted(tmp_path, "t.jsonl", _jsonl({"text": t} for t in texts))
-    windows = TextWindows(view, 8, vocab=300, holdout=0.2, device=torch.device("cpu"))
-    assert windows.n_train == 8 and windows.hold_x.shape == (2, 8)
+    cpu = torch.device("cpu")
+    windows = TextWindows(view, 8, vocab=300, holdout=0.2, device=cpu, eval_rows=8192, probe_rows=512)
+    assert windows.n_train == 8 and windows.hold_x.shape == (2, 8) and windows.probe_x.shape == (8, 8)
     assert windows.batch(np.array([5]))[0].tolist() == [list(b"abcdefgh")]
+    capped = TextWindows(view, 8, vocab=300, holdout=0.2, device=cpu, eval_rows=1, probe_rows=3)
+    assert capped.hold_x.tolist() == windows.hold_x[:1].tolist() and capped.probe_x.shape == (3, 8)
     with pytest.raises(ValueError, match=r"token ids reach 104; the model takes ids in \[0, 100\)"):
-        TextWindows(view, 8, vocab=100, holdout=0.2, device=torch.device("cpu"))
+        TextWindows(view, 8, vocab=100, holdout=0.2, device=cpu, eval_rows=8192, probe_rows=512)
 
 
 def test_momentum_accumulation_trains_a_token_model_on_a_text_dataset(tmp_path):
@@ -173,3 +177,35 @@ def test_contrastive_accumulation_trains_on_query_document_pairs(tmp_path, tower
     assert result["grad_check"]["rel_diff_accumulated"] < 1e-4
     assert result["linear_probe_accuracy"]["chunked"] is None  # pairs carry no labels to probe
     assert all(math.isfinite(v) for v in result["loss_curve"])
+
+
+def test_eg_stepsize_trains_a_token_model_on_a_text_dataset_as_momentum_does(tmp_path):
+    """The same periodic text through eg_stepsize: its windows are momentum_accumulation's (``TextWindows``), the
+    held-out set is the last fifth of the rows capped at eval_size windows, and the loss falls below uniform."""
+    view, _ = _converted(tmp_path, "t.jsonl", _jsonl({"text": "abcd" * 40} for _ in range(20)))
+    kind = get_kind("eg_stepsize")
+    model = {"source": "builtin", "arch": "causal_lm", "hidden": 32, "heads": 2, "depth": 1}
+    model |= {"vocab_size": 260, "context": 16}
+    params = kind.params(
+        dataset=DS,
+        model=model,
+        optimizers=[{"name": "adam", "lr": 0.01}],
+        lr_scales=[1.0],
+        steps=60,
+        batch_size=8,
+        eval_every=30,
+        eval_size=3,
+    )
+    result = kind.run(params, LocalContext(datasets={DS: view}))
+    assert (result["classes"], result["input_dim"]) == (260, 16)  # vocabulary, window = the model's context
+    loss = result["curves"]["adam"]["x1"]["test_loss"]
+    assert loss[0] > math.log(100) and loss[-1] < 1.0
+    assert kind.spec.dataset_needs(params).kinds == ("arrays", "text")
+    from core.networks.build import build
+    from core.techniques.eg_stepsize.run import _Data
+
+    probe = build(params.model, device="meta")
+    data = _Data(params, LocalContext(datasets={DS: view}), probe)
+    # 20 rows of 160 tokens: the last 4 rows (640 tokens, 40 windows of 16) are held out, 3 of them scored
+    assert data.n_train == 16 * 160 // 16 and data.x_eval.shape == (3, 16)
+    assert data.x_eval[0].tolist() == list(b"abcd" * 4)

@@ -376,3 +376,31 @@ def test_reported_updates_are_the_weight_changes_that_happened(optimizer):
     for arm, n in zip(ARMS, counted):
         assert result["arms"][arm]["updates"] == n, arm
         assert n == (22 if arm == "per_micro_batch" else 5), arm
+
+
+def test_eval_rows_caps_what_each_evaluation_scores():
+    """digits: 1797 rows, 20 % held out = 359. eval_rows = 5 scores 5 held-out rows and a 5-row train probe; a cap
+    above the held-out rows keeps all 359 and the 512-row probe."""
+    from core.techniques.momentum_accumulation.run import _data
+
+    base = {"steps": 8, "eval_every": 4, "seeds": 1, "arms": ["chi_exact"]}
+    capped, _, _ = _data(KIND.params(**base, eval_rows=5), LocalContext(), torch.float32)
+    assert capped.hold_x.shape == (5, 64) and capped.probe_x.shape == (5, 64)
+    full, _, _ = _data(KIND.params(**base, eval_rows=1000), LocalContext(), torch.float32)
+    assert full.hold_x.shape == (359, 64) and full.probe_x.shape == (512, 64)
+    assert torch.equal(capped.hold_x, full.hold_x[:5])  # the cap keeps a prefix of the same held-out rows
+    result = KIND.run(KIND.params(**base, eval_rows=5), LocalContext())
+    accuracy = result["arms"]["chi_exact"]["heldout_accuracy"]
+    assert all(round(a * 5) == pytest.approx(a * 5, abs=1e-9) for a in accuracy)  # a fraction of 5 rows
+
+
+def test_eval_rows_enters_the_budget():
+    """An MLP of 1,126,410 parameters evaluated every micro-step: the budget counts every digits row (1797, the
+    split is not known before the run) and the 512-row probe, 15 runs × 2,252,820 × (3000 + 1002·2309) ≈ 7.8e13
+    FLOP > 2e12; with eval_rows = 1 it is 15 × 2,252,820 × (3000 + 1002·2) ≈ 1.7e11."""
+    heavy = {"hidden": 1024, "micro_batch": 1, "steps": 1000, "eval_every": 1, "accum_steps": 1}
+    with pytest.raises(pydantic.ValidationError, match="floating-point operations"):
+        KIND.params(**heavy)
+    assert KIND.params(**heavy, eval_rows=1).eval_rows == 1
+    with pytest.raises(pydantic.ValidationError, match="eval_rows"):
+        KIND.params(eval_rows=0)

@@ -17,15 +17,16 @@ import matplotlib.pyplot as plt  # noqa: E402  (after core.plots, which selects 
 import numpy as np
 import torch
 
-from core.data import load_arrays
-from core.data.loader import ArraysView
+from core.data import load_dataset
+from core.data.loader import ArraysView, TextView
+from core.data.windows import TextWindows
 from core.networks.build import BuiltModel, build
 from core.networks.resolve import materialize
 from core.networks.tokens import token_rows
 from core.optim.eg import EGFunnel, EGStepSize, HypergradientSGD
 from core.plots import to_png
 from core.techniques.base import RunContext
-from core.techniques.eg_stepsize.spec import EGStepSizeParams, check_budget, token_model
+from core.techniques.eg_stepsize.spec import HOLDOUT, EGStepSizeParams, check_budget, dataset_needs, token_model
 
 DIVERGED_LOSS = 1e6
 EVAL_CHUNK = 256
@@ -156,10 +157,22 @@ def _seed_pair(seed: int, i: int) -> tuple[int, int]:
 
 
 class _Data:
-    """Standardized train / held-out tensors and, per seed, the rotation in force after each shift."""
+    """Standardized train / held-out tensors (a text dataset: windows of its token stream, read per batch) and, per
+    seed, the rotation in force after each shift."""
 
     def __init__(self, params: EGStepSizeParams, ctx: RunContext, probe: BuiltModel | None = None):
-        arrays = load_arrays(params.dataset, ctx)
+        view = load_dataset(params.dataset, ctx, dataset_needs(params).kinds)
+        self.windows: TextWindows | None = None
+        self.y_train: torch.Tensor | None = None  # None: a token model (it predicts its own inputs)
+        self.y_eval: torch.Tensor | None = None
+        if isinstance(view, TextView):
+            assert probe is not None and probe.vocab_size is not None and probe.context is not None  # token model
+            self.windows = TextWindows(view, probe.context, probe.vocab_size, HOLDOUT, ctx.device, params.eval_size, 0)
+            self.classes, self.dim, self.n_train = probe.vocab_size, probe.context, self.windows.n_train
+            self.x_eval = self.windows.hold_x
+            return
+        assert isinstance(view, ArraysView)
+        arrays = view
         if probe is not None and probe.tokens:
             self._tokens(params, ctx, arrays, probe)
             return
@@ -186,9 +199,9 @@ class _Data:
         x = (x - mean) / std
         dev = ctx.device
         self.x_train = torch.as_tensor(x[train], device=dev)
-        self.y_train: torch.Tensor | None = torch.as_tensor(y[train], dtype=torch.long, device=dev)  # None: tokens
+        self.y_train = torch.as_tensor(y[train], dtype=torch.long, device=dev)
         self.x_eval = torch.as_tensor(x[held], device=dev)
-        self.y_eval: torch.Tensor | None = torch.as_tensor(y[held], dtype=torch.long, device=dev)
+        self.y_eval = torch.as_tensor(y[held], dtype=torch.long, device=dev)
         self.n_train = len(train)
 
     def _tokens(self, params: EGStepSizeParams, ctx: RunContext, arrays: ArraysView, probe: BuiltModel) -> None:
@@ -203,8 +216,14 @@ class _Data:
         train, held = order[n_eval:], order[:n_eval]
         self.x_train = torch.as_tensor(x[train], device=ctx.device)
         self.x_eval = torch.as_tensor(x[held], device=ctx.device)
-        self.y_train = self.y_eval = None
         self.n_train = len(train)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training rows (text: windows) at positions ``idx`` of the train split, and their labels."""
+        if self.windows is not None:
+            return self.windows.batch(idx.numpy())
+        idx = idx.to(self.x_train.device)
+        return self.x_train[idx], None if self.y_train is None else self.y_train[idx]
 
     def rotations(self, params: EGStepSizeParams, rng: np.random.Generator, device) -> list[torch.Tensor | None]:
         """Rotation in force during each shift period: identity first, then a new random turn per shift."""
@@ -300,12 +319,11 @@ def _train(
         if t == params.steps:
             break
         ctx.check_cancelled()
-        idx = torch.randint(data.n_train, (params.batch_size,), generator=gen).to(ctx.device)
-        xb = data.x_train[idx]
+        xb, yb = data.batch(torch.randint(data.n_train, (params.batch_size,), generator=gen))
         if rotation is not None:
             xb = xb @ rotation
         opt.zero_grad(set_to_none=True)
-        loss = built.loss(xb, None if data.y_train is None else data.y_train[idx])
+        loss = built.loss(xb, yb)
         value = float(loss.detach())
         if not math.isfinite(value) or value > DIVERGED_LOSS:
             diverged_at = t

@@ -16,6 +16,7 @@ from core.techniques.base import KindSpec, Params
 MEMORY_BUDGET = 4 * 2**30
 WORK_BUDGET = 2e13  # multiply-adds in all runs together: tens of minutes on a CPU worker
 MAX_EVAL_POINTS = 1000
+HOLDOUT = 0.2  # the held-out fraction: a fifth of the rows (arrays) or of the rows of a text stream
 
 
 class SGDSpec(Params):
@@ -103,7 +104,13 @@ class EGStepSizeParams(Params):
     steps: int = Field(300, ge=1, le=20000)
     batch_size: int = Field(64, ge=1, le=4096)
     eval_every: int = Field(10, ge=1, le=20000, description="steps between held-out evaluations")
-    eval_size: int = Field(512, ge=16, le=8192, description="at most this many held-out samples")
+    eval_size: int = Field(
+        512,
+        ge=1,
+        le=8192,
+        description="held-out rows (text: windows of the model's context) scored at each evaluation: a large "
+        "model's evaluation costs about eval_size forward passes",
+    )
     shift_every: int = Field(0, ge=0, le=20000, description="rotate the inputs every this many steps; 0: never")
     shift_angle: float = Field(60.0, gt=0, le=180, description="degrees each shift rotates every random plane")
     recovery_tol: float = Field(0.1, ge=0, le=10, description="recovered: loss <= pre-shift loss x (1 + tol)")
@@ -124,8 +131,8 @@ class EGStepSizeParams(Params):
                 raise ValueError("shift_every: shifts rotate continuous input rows; a token model takes 0")
             if self.dataset == "clusters":
                 raise ValueError(
-                    "model: token models train on rows of token ids (digits, or an upload of integer "
-                    "rows); clusters is continuous"
+                    "model: token models train on token ids (digits, an upload of integer rows, or a text "
+                    "dataset); clusters is continuous"
                 )
         return self
 
@@ -165,13 +172,14 @@ def model_workload(params: EGStepSizeParams, columns: int | None) -> Workload | 
 
 
 def dataset_needs(params: EGStepSizeParams) -> DatasetNeeds:
-    """Classifiers need labelled rows (square images for a CNN); token models read rows of token ids."""
+    """Classifiers need labelled rows (square images for a CNN); token models read rows of token ids (arrays) or
+    windows of a text dataset's token stream, as momentum_accumulation does."""
     model = params.model
     if isinstance(model, str):
         return DatasetNeeds(labels=True)
     if isinstance(model, BuiltinModel) and not token_model(model):
         return DatasetNeeds(labels=True, square_rows=model.arch in ("cnn", "resnet"))
-    return DatasetNeeds()
+    return DatasetNeeds(kinds=("arrays", "text"))
 
 
 SPEC = KindSpec(

@@ -33,7 +33,9 @@ class SweepParams(BaseModel):
 
 
 class EmbeddingDimParams(Params):
-    vocab_sizes: list[Annotated[int, Field(ge=2, le=10**15)]] = Field(min_length=1, max_length=64)
+    vocab_sizes: list[Annotated[int, Field(ge=2, le=10**15)]] | None = Field(
+        None, min_length=1, max_length=64, description="vocabulary sizes N to bound; optional when model is given"
+    )
     coefficient: Annotated[float, Field(gt=0, le=1000)] | Literal["exact"] = dimension.POST_COEFFICIENT
     entropy_dims: list[Annotated[int, Field(ge=2, le=100_000)]] = Field(
         default_factory=lambda: [16, 64, 128, 512], min_length=1, max_length=32
@@ -47,6 +49,8 @@ class EmbeddingDimParams(Params):
 
     @model_validator(mode="after")
     def _model_has_embeddings(self):
+        if self.vocab_sizes is None and self.model is None:
+            raise ValueError("vocab_sizes: give vocabulary sizes, a model, or both")
         if isinstance(self.model, BuiltinModel) and self.model.arch not in TRANSFORMER_ARCHS:
             raise ValueError(
                 f"model.arch: {self.model.arch} has no token embedding; use transformer_encoder or "

@@ -7,7 +7,7 @@ import torch
 
 from core.averaged_init import Mean, averaged_normal_, averaged_uniform_, averaged_variance
 from core.data import load_arrays
-from core.networks.analysis import layer_table, reinit_nonsquare_, variance_ratios
+from core.networks.analysis import layer_table, nonsquare_weights, reinit_nonsquare_, variance_ratios
 from core.networks.build import build
 from core.networks.resolve import materialize
 from core.networks.spec import TRANSFORMER_ARCHS, BuiltinModel, ExportedModel
@@ -128,6 +128,25 @@ def _model_inputs(params: InitAveragingParams, ctx: RunContext, gen: torch.Gener
     return built, inputs.to(ctx.device)
 
 
+def _layer_profile(built, inputs: torch.Tensor, gen: torch.Generator) -> tuple[dict[str, float], list[float]]:
+    """``variance_ratios`` through the whole model, and the second moment E[h²] of each non-square layer's output in
+    the order the forward pass reaches them (the curve the job page draws: where the variance grows or fades)."""
+    moments: list[float] = []
+
+    def keep(_, __, output):
+        if isinstance(output, torch.Tensor):
+            moments.append(float(output.detach().double().pow(2).mean()))
+
+    names = {name.rsplit(".", 1)[0] for name, _ in nonsquare_weights(built.module)}
+    handles = [m.register_forward_hook(keep) for n, m in built.module.named_modules() if n in names]
+    try:
+        ratios = variance_ratios(built, inputs, gen)
+    finally:
+        for h in handles:
+            h.remove()
+    return ratios, moments
+
+
 def run_model(params: InitAveragingParams, ctx: RunContext) -> dict:
     """The user's network: its non-square weights, and variance ratios for its own init and each averaged one."""
     gen = torch.Generator().manual_seed(ctx.seed)
@@ -139,22 +158,29 @@ def run_model(params: InitAveragingParams, ctx: RunContext) -> dict:
     layers = layer_table(built.module, list(params.means))
     if not layers:
         raise ValueError("model: it has no non-square weight, so every averaged init equals its own")
-    own = variance_ratios(built, inputs, gen)
+    own, profile = _layer_profile(built, inputs, gen)
+    profiles = {"own_init": profile}
     ctx.progress(0.1, "own initialisation measured")
     means = {}
     for k, mean in enumerate(params.means):
         fwd = bwd = 0.0
+        summed: list[float] = []
         for t in range(params.trials):
             ctx.check_cancelled()
             reinit_nonsquare_(built.module, mean, params.distribution, gen)
-            ratios = variance_ratios(built, inputs, gen)
+            ratios, profile = _layer_profile(built, inputs, gen)
             fwd += ratios["forward_ratio"] / params.trials
             bwd += ratios["backward_ratio"] / params.trials
+            summed = [a + b for a, b in zip(summed, profile)] if summed else profile
             ctx.progress(0.1 + 0.85 * (k + (t + 1) / params.trials) / len(params.means), f"{mean}: draw {t + 1}")
         means[mean] = {"forward_ratio": fwd, "backward_ratio": bwd}
-        ctx.metric(k, f"forward_ratio/{mean}", fwd)
-        ctx.metric(k, f"backward_ratio/{mean}", bwd)
+        profiles[mean] = [v / params.trials for v in summed]
+    for init, profile in profiles.items():
+        for i, value in enumerate(profile):
+            if np.isfinite(value):
+                ctx.metric(i, f"layer_moment/{init}", value)
     ctx.artifact("model_variance_ratios.png", _model_plot(own, means), "image/png")
+    ctx.artifact("layer_moments.png", _profile_plot(profiles), "image/png")
     return {
         "model": {
             "task": built.task,
@@ -165,7 +191,20 @@ def run_model(params: InitAveragingParams, ctx: RunContext) -> dict:
         "own_init": own,
         "means": means,
         "layers": layers,
+        "layer_moments": profiles,
     }
+
+
+def _profile_plot(profiles: dict[str, list[float]]) -> bytes:
+    fig, ax = new_figure()
+    for init, profile in profiles.items():
+        ax.plot(range(len(profile)), profile, "-", label=init.replace("_", " "))
+    ax.set_yscale("log")
+    ax.set_xlabel("non-square layer, in forward order")
+    ax.set_ylabel("E[h²] of its output")
+    ax.set_title("Second moment through the model's non-square layers, per initialisation")
+    ax.legend(title="initialisation")
+    return to_png(fig)
 
 
 def _model_plot(own: dict, means: dict) -> bytes:

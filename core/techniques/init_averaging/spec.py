@@ -13,7 +13,8 @@ from core.techniques.base import KindSpec, Params
 
 BUILTIN_COLUMNS = {"digits": 64, "clusters": 16}
 UPLOAD_CLASSES = 256  # an uploaded dataset's label count is unknown before the run: budget generously
-Mean = Literal["arithmetic", "geometric", "quadratic", "harmonic"]  # core.averaged_init's, without importing torch
+# core.averaged_init's names (this module imports no torch); `quadratic` is the RMS mean since migration 0015
+Mean = Literal["arithmetic", "geometric", "quadratic", "least_squares", "harmonic"]
 DEFAULT_MEANS: tuple[Mean, ...] = ("arithmetic", "geometric", "quadratic")
 
 
@@ -26,7 +27,7 @@ class InitAveragingParams(Params):
         description="analyse this network instead of a linear stack: a table of "
         "its non-square weights and variance ratios through the whole model",
     )
-    means: list[Mean] = Field(default_factory=lambda: list(DEFAULT_MEANS), min_length=1, max_length=4)
+    means: list[Mean] = Field(default_factory=lambda: list(DEFAULT_MEANS), min_length=1, max_length=5)
     distribution: Literal["normal", "uniform"] = "normal"
     activation: Literal["linear", "relu", "tanh"] = Field("linear", description="widths only")
     batch: int = Field(1024, ge=1, le=65536)
@@ -72,7 +73,7 @@ SPEC = KindSpec(
     params=InitAveragingParams,
     example={
         "widths": [768, 3072, 768],
-        "means": ["arithmetic", "geometric", "quadratic", "harmonic"],
+        "means": ["arithmetic", "geometric", "quadratic", "least_squares", "harmonic"],
         "distribution": "normal",
         "activation": "linear",
         "batch": 512,

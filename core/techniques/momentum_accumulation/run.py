@@ -26,13 +26,14 @@ import torch
 from core.data import load_dataset
 from core.data.batches import chunked_max, chunked_min
 from core.data.loader import ArraysView, TextView
+from core.data.windows import TextWindows
 from core.networks.build import BuiltModel, build
 from core.networks.resolve import load_model, materialize
 from core.networks.tokens import token_rows
 from core.optim.accum import AccumAdam, AccumSGDM, beta_tilde, state_bytes
 from core.plots import new_figure, to_png
 from core.techniques.base import RunContext
-from core.techniques.momentum_accumulation.data import Rows, TextWindows
+from core.techniques.momentum_accumulation.data import Rows
 from core.techniques.momentum_accumulation.spec import (
     ARMS,
     EVAL_CHUNK,
@@ -40,6 +41,7 @@ from core.techniques.momentum_accumulation.spec import (
     check_budget,
     cnn_side,
     dataset_needs,
+    probe_rows,
     token_model,
 )
 
@@ -306,10 +308,14 @@ def _data(params: MomentumAccumulationParams, ctx: RunContext, dtype: torch.dtyp
         vocab, context, ids = probe.vocab_size, probe.context, probe.usable_ids
         assert ids is not None  # a token model's
         if isinstance(view, TextView):
-            return TextWindows(view, context, ids, params.holdout, ctx.device), vocab, probe
+            windows = TextWindows(
+                view, context, ids, params.holdout, ctx.device, params.eval_rows, probe_rows(params)
+            )
+            return windows, vocab, probe
         assert isinstance(view, ArraysView)
         x = token_rows(view["x"], ids, context, pixel_levels=params.dataset == "digits")
-        return Rows(x, None, params.holdout, ctx.seed, dtype, ctx.device, standardize=False), vocab, probe
+        rows = Rows(x, None, params.holdout, ctx.seed, dtype, ctx.device, False, params.eval_rows, probe_rows(params))
+        return rows, vocab, probe
     assert isinstance(view, ArraysView)
     if "y" not in view:
         raise ValueError("dataset: needs integer labels y for classification")
@@ -319,7 +325,8 @@ def _data(params: MomentumAccumulationParams, ctx: RunContext, dtype: torch.dtyp
     classes = chunked_max(y) + 1
     if isinstance(params.model, str):
         check_budget(params, len(x), x.shape[1], classes)
-    return Rows(x, y, params.holdout, ctx.seed, dtype, ctx.device, standardize=True), classes, None
+    rows = Rows(x, y, params.holdout, ctx.seed, dtype, ctx.device, True, params.eval_rows, probe_rows(params))
+    return rows, classes, None
 
 
 def run(params: MomentumAccumulationParams, ctx: RunContext) -> dict:

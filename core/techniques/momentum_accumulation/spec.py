@@ -18,7 +18,7 @@ ARMS: tuple[Arm, ...] = ("explicit_buffer", "chi_exact", "beta_tilde_lr_chi", "l
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 BUILTIN_SHAPES = {"digits": (1797, 64, 10), "clusters": (2000, 16, 10)}  # rows, features, classes
 EVAL_CHUNK = 256
-TRAIN_PROBE = 512
+TRAIN_PROBE = 512  # at most this many training rows in the train-loss probe (fewer when eval_rows is smaller)
 MAX_EVAL_ROWS = 8192  # held-out rows (or text windows) kept in memory and evaluated; training reads sampled rows
 MAX_BYTES = 4 * 2**30
 MAX_FLOPS = 2e12
@@ -46,6 +46,14 @@ class MomentumAccumulationParams(Params):
     seeds: int = Field(3, ge=1, le=10, description="independent runs (init and data order) per arm")
     eval_every: int = Field(50, ge=1, le=100_000, description="micro-steps between held-out evaluations")
     holdout: float = Field(0.2, ge=0.05, le=0.5, description="fraction of rows held out")
+    eval_rows: int = Field(
+        MAX_EVAL_ROWS,
+        ge=1,
+        le=MAX_EVAL_ROWS,
+        description="held-out rows (text: windows) scored at each evaluation, and the cap of the train-loss probe "
+        f"(at most {TRAIN_PROBE} rows): each evaluation costs about eval_rows + min(eval_rows, {TRAIN_PROBE}) "
+        "forward passes of the model",
+    )
     dtype: Literal["float32", "float64"] = "float32"
 
     @model_validator(mode="after")
@@ -96,7 +104,7 @@ def check_budget(params: MomentumAccumulationParams, rows: int, features: int, c
         fwd = 2 * n_params
         act = features + 2 * h + classes
     item = 8 if params.dtype == "float64" else 4
-    resident = min(rows, MAX_EVAL_ROWS) + TRAIN_PROBE  # rows held in memory; training rows are read per micro-batch
+    resident = min(rows, params.eval_rows) + probe_rows(params)  # in memory; training rows are read per micro-batch
     need = item * (5 * n_params + 3 * act * (params.micro_batch + EVAL_CHUNK) + resident * (features + 1))
     if need > MAX_BYTES:
         raise ValueError(f"hidden: weights, optimizer state and activations need {need / 2**30:.1f} GiB (> 4 GiB)")
@@ -105,6 +113,11 @@ def check_budget(params: MomentumAccumulationParams, rows: int, features: int, c
     flops = runs * fwd * (3 * params.micro_batch * params.steps + evals * resident)
     if flops > MAX_FLOPS:
         raise ValueError(f"steps: about {flops:.1e} floating-point operations (> {MAX_FLOPS:.0e})")
+
+
+def probe_rows(params: MomentumAccumulationParams) -> int:
+    """Training rows scored for the train-loss curve: ``TRAIN_PROBE``, or ``eval_rows`` when that is smaller."""
+    return min(TRAIN_PROBE, params.eval_rows)
 
 
 def token_model(model) -> bool:
