@@ -30,7 +30,8 @@ class TextWindows:
         probe_rows: int,
     ):
         if len(view.tokens) and chunked_max(view.tokens) >= vocab:
-            raise ValueError(f"dataset: token ids reach {chunked_max(view.tokens)}; the model takes ids in [0, {vocab})")
+            top = chunked_max(view.tokens)
+            raise ValueError(f"dataset: token ids reach {top}; the model takes ids in [0, {vocab})")
         cut_row = len(view) - max(1, int(round(holdout * len(view))))
         cut = int(view.offsets[cut_row])
         self.view, self.length, self.device, self.features = view, length, device, length

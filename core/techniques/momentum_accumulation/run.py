@@ -308,9 +308,7 @@ def _data(params: MomentumAccumulationParams, ctx: RunContext, dtype: torch.dtyp
         vocab, context, ids = probe.vocab_size, probe.context, probe.usable_ids
         assert ids is not None  # a token model's
         if isinstance(view, TextView):
-            windows = TextWindows(
-                view, context, ids, params.holdout, ctx.device, params.eval_rows, probe_rows(params)
-            )
+            windows = TextWindows(view, context, ids, params.holdout, ctx.device, params.eval_rows, probe_rows(params))
             return windows, vocab, probe
         assert isinstance(view, ArraysView)
         x = token_rows(view["x"], ids, context, pixel_levels=params.dataset == "digits")
