@@ -40,9 +40,9 @@ BROWSER_CONNECTIONS = 6
 def _result(rng: random.Random) -> dict:
     """An init_averaging-shaped result with Monte Carlo-like noise, and its summary, as the worker stores them."""
     kind = get_kind("init_averaging")
-    params = kind.params(widths=[768, 3072, 768], means=["arithmetic", "geometric", "quadratic", "harmonic"])
+    params = kind.params(widths=[768, 3072, 768], means=["arithmetic", "geometric", "least_squares", "harmonic"])
     means = {}
-    for mean, ratio in (("arithmetic", 0.64), ("geometric", 1.0), ("quadratic", 0.346), ("harmonic", 1.5625)):
+    for mean, ratio in (("arithmetic", 0.64), ("geometric", 1.0), ("least_squares", 0.346), ("harmonic", 1.5625)):
         f, b = ratio * (1 + rng.gauss(0, 0.01)), ratio * (1 + rng.gauss(0, 0.01))
         means[mean] = {
             "layer_variances": [1e-3, 1e-3],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from core.dimension import supported_limit
 from core.networks.spec import TRANSFORMER_ARCHS, BuiltinModel, HFConfigModel
 
 NOT_APPLICABLE = {
@@ -32,17 +33,6 @@ def embedding_sizes(model: BuiltinModel | HFConfigModel) -> dict[str, int | None
     }
 
 
-def largest_supported(n: int, coefficient: float) -> int:
-    """The largest N with n > c·ln N, i.e. N < e^(n/c)."""
-    limit = n / coefficient
-    if limit > 43:  # e^43 > 2^62: any vocabulary or context fits
-        return 2**62
-    largest = math.ceil(math.exp(limit)) - 1
-    while largest > 1 and not n > coefficient * math.log(largest):  # float rounding at the edge
-        largest -= 1
-    return largest
-
-
 def _row(what: str, n: int, big_n: int, field: str, coefficient: float) -> dict:
     bound = coefficient * math.log(big_n) if big_n >= 2 else 0.0
     return {
@@ -53,13 +43,13 @@ def _row(what: str, n: int, big_n: int, field: str, coefficient: float) -> dict:
         "N_is": field,
         "bound": bound,
         "ok": n > bound,
-        "largest_N_supported": largest_supported(n, coefficient),
+        **supported_limit(n, coefficient),
     }
 
 
 def model_checks(sizes: dict[str, int | None], coefficient: float) -> dict:
-    """One row per embedding-like dimension (a row that does not apply says why), and the largest context the head
-    size supports (None without heads)."""
+    """One row per embedding-like dimension (a row that does not apply says why), each with how large an N its n
+    supports (``core.dimension.supported_limit``: ln and log10 of N_max, exact at any size)."""
     hidden, vocab, head_dim, context = sizes["hidden"], sizes["vocab"], sizes["head_dim"], sizes["context"]
     assert hidden is not None and vocab is not None  # every token model has both
     rows = [_row("token_embedding", hidden, vocab, "vocab_size", coefficient)]
@@ -68,8 +58,4 @@ def model_checks(sizes: dict[str, int | None], coefficient: float) -> dict:
         rows.append({"what": "attention_head", "applies": False, "n": head_dim, "N": context, "ok": None, "why": why})
     else:
         rows.append(_row("attention_head", head_dim, context, "context", coefficient))
-    return {
-        "rows": rows,
-        "max_context_for_head_dim": None if head_dim is None else largest_supported(head_dim, coefficient),
-        "all_ok": all(r["ok"] for r in rows if r["applies"]),
-    }
+    return {"rows": rows, "all_ok": all(r["ok"] for r in rows if r["applies"])}

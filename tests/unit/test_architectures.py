@@ -72,7 +72,7 @@ def test_a_model_without_attention_gets_the_checks_that_apply():
     token, head = checks["rows"]
     assert token["applies"] and token["ok"] and token["bound"] == pytest.approx(8.33 * math.log(512))
     assert head["applies"] is False and head["ok"] is None and "no attention heads" in head["why"]
-    assert checks["all_ok"] is True and checks["max_context_for_head_dim"] is None
+    assert checks["all_ok"] is True and "ln_N_max" not in head
 
 
 def test_a_sequence_classification_config_is_not_built_as_a_masked_lm():

@@ -25,7 +25,7 @@ from core.networks.analysis import (
     variance_ratios,
 )
 from core.networks.build import BuiltModel, build
-from core.networks.checks import embedding_sizes, largest_supported, model_checks
+from core.networks.checks import embedding_sizes, model_checks
 from core.networks.safetensors_header import WeightsRejected, read_header
 from core.networks.spec import ModelSpec
 from tests.model_configs import TINY, TINY_BERT, TINY_GPT2, hf_model
@@ -155,16 +155,9 @@ def test_model_checks_on_gpt2_small_sizes():
     assert (token["n"], token["N"]) == (768, 50257) and token["bound"] == pytest.approx(8.33 * math.log(50257))
     assert (head["n"], head["N"]) == (64, 1024) and head["bound"] == pytest.approx(8.33 * math.log(1024))
     assert token["ok"] and head["ok"] and checks["all_ok"]
-    top = checks["max_context_for_head_dim"]
-    assert 64 > 8.33 * math.log(top) and not 64 > 8.33 * math.log(top + 1)
+    assert head["ln_N_max"] == pytest.approx(64 / 8.33) and head["N_max"] == pytest.approx(math.exp(64 / 8.33))
     narrow = model_checks({"hidden": 64, "vocab": 50257, "head_dim": 16, "context": 4096}, 8.33)
     assert [r["ok"] for r in narrow["rows"]] == [False, False]
-
-
-def test_largest_supported_is_the_edge_of_the_bound():
-    for n in (2, 9, 17, 64, 128, 300):
-        top = largest_supported(n, 8.33)
-        assert n > 8.33 * math.log(top) and not n > 8.33 * math.log(top + 1)
 
 
 def test_layer_table_lists_every_nonsquare_weight_with_its_init_variance():

@@ -37,21 +37,12 @@ def run(params: EmbeddingDimParams, ctx: RunContext) -> dict:
         sizes = embedding_sizes(buildable)
         assert sizes is not None  # the params' validator refused a model without token embeddings
         checks = model_checks(sizes, coefficient)
-        result["model_checks"] = [_with_limit(row, coefficient) for row in checks["rows"]]
+        result["model_checks"] = checks["rows"]
         result["model_all_ok"] = checks["all_ok"]
     if params.sweep is not None:
         result["sweep"] = _sweep(params.sweep, coefficient, ctx)
     ctx.progress(1.0, "done")
     return result
-
-
-def _with_limit(row: dict, coefficient: float) -> dict:
-    """A model check row with how large an N its n supports, as ``dimension.supported_limit`` reports it (exact at
-    any size) in place of an integer that saturates."""
-    out = {k: v for k, v in row.items() if k != "largest_N_supported"}
-    if isinstance(row.get("n"), int) and row["n"] >= 1:
-        out.update(dimension.supported_limit(row["n"], coefficient))
-    return out
 
 
 def _dimensions(vocab_sizes: list[int], coefficient: float) -> list[dict]:
