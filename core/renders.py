@@ -10,9 +10,10 @@ row and its PNG artifacts (``core.report``).
 from __future__ import annotations
 
 import importlib
-import math
 import threading
 from dataclasses import dataclass, field
+
+from core.json_values import json_safe
 
 REPORT = "report"
 
@@ -31,17 +32,7 @@ class Recipe:
     def as_json(self) -> dict:
         """What the artifact's row keeps; NaN and infinity become None (JSON has no spelling for them, and a plot
         leaves a None point out as it does a NaN)."""
-        return {"renderer": self.renderer, "args": _finite(self.args)}
-
-
-def _finite(value):
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+        return {"renderer": self.renderer, "args": json_safe(self.args)}
 
 
 def render(recipe: dict) -> bytes:

@@ -155,3 +155,22 @@ def wait_job(
             return job
         time.sleep(0.1)
     raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
+
+
+def start_embedded(tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """``gradlab up`` as a user starts it (no GRADLAB_ setting from this environment), on a free port, its data under
+    ``tmp_path/d`` and its output in ``tmp_path/up.log``; (the process, its base URL) once it answers."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADLAB_")}
+    with open(tmp_path / "up.log", "wb") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "gradlab"), "up", "--port", str(port), "--data-dir", str(tmp_path / "d")],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/healthz", timeout=90)
+    return proc, url

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 
 import numpy as np
@@ -17,6 +16,7 @@ from core.blobs.layout import attempt_prefix
 from core.data import uploaded_dataset_ids
 from core.jobs import repository as jobs
 from core.jobs.states import JobStatus
+from core.json_values import json_safe
 from core.networks.spec import uploaded_model_ids
 from core.renders import REPORT, Recipe
 from core.settings import Settings
@@ -150,17 +150,6 @@ def attach_summary(kind, params, result: dict) -> None:
             type(exc).__name__,
             exc,
         )
-
-
-def json_safe(value):
-    """NaN and infinity become None: JSON (and PostgreSQL's json type) has no spelling for them."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def _close_quietly(ctx: DbRunContext) -> None:

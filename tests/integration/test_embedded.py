@@ -9,24 +9,13 @@ import time
 
 import httpx
 
-from tests.stack import BIN, ROOT, free_port, wait_http, wait_job
+from tests.stack import start_embedded, wait_job
 
 
 def test_gradlab_up_runs_jobs_and_stops_cleanly(tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADLAB_")}
-    log = open(tmp_path / "up.log", "wb")
-    proc = subprocess.Popen(
-        [str(BIN / "gradlab"), "up", "--port", str(port), "--data-dir", str(tmp_path / "d")],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc, url = start_embedded(tmp_path)
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=90)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with httpx.Client(base_url=url, timeout=30) as client:
             assert client.get("/readyz").status_code == 200
             ids = [
                 client.post("/v1/jobs", json={"kind": k, "params": p}).json()["id"]
@@ -59,7 +48,7 @@ def test_gradlab_up_runs_jobs_and_stops_cleanly(tmp_path):
             assert (ds["status"], ds["rows"], ds["columns"]) == ("ready", 50, 2), ds
         assert (tmp_path / "d" / "gradlab.sqlite3").exists()
         text = (tmp_path / "up.log").read_text()
-        assert f"http://127.0.0.1:{port}" in text and "gradlab.run_job" in text  # a Celery worker ran the task
+        assert url in text and "gradlab.run_job" in text  # a Celery worker ran the task
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         t0 = time.monotonic()

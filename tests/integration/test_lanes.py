@@ -15,7 +15,7 @@ from datetime import datetime
 import httpx
 import yaml
 
-from tests.stack import BIN, ROOT, free_port, wait_http, wait_job
+from tests.stack import BIN, ROOT, start_embedded, wait_job
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 LONG = {
@@ -161,20 +161,9 @@ def _celery(stack):
 
 
 def test_gradlab_up_keeps_a_lane_for_quick_jobs_and_validations(tmp_path):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADLAB_")}
-    log = open(tmp_path / "up.log", "wb")
-    proc = subprocess.Popen(
-        [str(BIN / "gradlab"), "up", "--port", str(port), "--data-dir", str(tmp_path / "d")],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc, url = start_embedded(tmp_path)
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=90)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with httpx.Client(base_url=url, timeout=30) as client:
             deadline = time.monotonic() + 90
             while _quick_workers(client) < 2:  # both workers have announced themselves
                 assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()[-3000:]

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from workers.runner import DeviceUnavailable, json_safe, pick_device
+from core.json_values import json_safe
+from workers.runner import DeviceUnavailable, pick_device
 
 
 def test_results_with_nan_or_infinity_are_stored_as_null():
