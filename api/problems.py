@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -89,6 +90,18 @@ def field_path(loc: tuple, kinds: set[str]) -> str:
     return out or "body"
 
 
+_NAMED = re.compile(r"Value error, ([A-Za-z_][A-Za-z0-9_]*): (.+)", re.DOTALL)
+
+
+def _named_by_message(msg: str, field: str) -> tuple[str, str]:
+    """A model's own validator (several fields at once) names the field it refuses by starting its message with
+    ``name: ``; the problem then names that field under the model's path, like any field's own error."""
+    match = _NAMED.fullmatch(msg)
+    if match is None:
+        return msg, field
+    return match.group(2), f"{field}.{match.group(1)}" if field != "body" else match.group(1)
+
+
 def install(app: FastAPI, kinds: set[str]) -> None:
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem):
@@ -104,6 +117,7 @@ def install(app: FastAPI, kinds: set[str]) -> None:
         errors = []
         for e in exc.errors():
             msg, field = e.get("msg", "invalid"), field_path(tuple(e.get("loc", ())), kinds)
+            msg, field = _named_by_message(msg, field)
             if e.get("type") in ("union_tag_invalid", "union_tag_not_found") and field == "body":
                 msg, field = f"missing or unknown kind; expected one of {sorted(kinds)}", "kind"
             errors.append({"field": field, "message": msg, "type": e.get("type", "")})
