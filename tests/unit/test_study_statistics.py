@@ -228,6 +228,7 @@ def test_study_refusals_name_the_field():
     assert _refusal(grid={"trials": []})["field"] == "grid.trials"
     assert _refusal(seeds=[1, 2, 1])["field"] == "seeds"
     assert _refusal(grid={"trials": [1, 2]}, baseline=2)["field"] == "baseline"
+    assert _refusal(grid={"trials": [1, 2]}, baseline=3)["field"] == "baseline"  # past the end by more than one
     assert len(service.expand(_request(grid={"trials": [1, 2]}, baseline=1))) == 2
     with pytest.raises(Invalid) as caught:
         service.expand(StudyRequest(kind="no_such_kind"))
