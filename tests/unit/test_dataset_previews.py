@@ -29,6 +29,7 @@ from core.data.formats.inspection import (
     check_size,
 )
 from core.data.formats.tokens import TokenColumn
+from core.data import ingest as ingest_module
 from core.data.ingest import ingest
 from core.data.loader import ArraysView, PairsView, TextView, TokenRows, as_view, open_dataset
 
@@ -374,3 +375,13 @@ def test_rows_past_the_stored_cap_are_refused_naming_the_last_row(out):
         fill(139)
     with pytest.raises(UploadRejected, match=r"^file: more than 79 bytes as stored \(after row 4\)$"):
         fill(79)
+
+
+def test_token_id_range_spans_every_block_and_is_none_without_values(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest_module, "SCAN_VALUES", 3)  # blocks [5, 9, 2], [7, 4, 11], [3]
+    np.save(tmp_path / "tokens.npy", np.array([5, 9, 2, 7, 4, 11, 3], dtype=np.int64))
+    files = {"tokens.npy": tmp_path / "tokens.npy"}
+    assert ingest_module.token_id_range(files, "text") == {"min": 2, "max": 11}
+    assert ingest_module.token_id_range(files, "csv") is None  # no file of ids for the kind
+    np.save(tmp_path / "tokens.npy", np.array([], dtype=np.int64))
+    assert ingest_module.token_id_range(files, "text") is None  # no value: no range

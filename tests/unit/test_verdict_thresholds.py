@@ -257,7 +257,7 @@ def test_gradient_penalty_figures_and_the_tables_rows():
 
 
 # --- gradnorm_gan: a normalized critic supports while max ‖∇D̂‖ ≤ 1 + 1e-3 --------------------------------------------
-def _gan(constraint: str, real, fake, interp, quality=None) -> dict:
+def _gan(constraint: str, real, fake, interp, quality=None, diverged_at_step=None) -> dict:
     result = {
         "lipschitz": {
             "grad_max_real": real,
@@ -276,6 +276,8 @@ def _gan(constraint: str, real, fake, interp, quality=None) -> dict:
         "constraint": constraint,
         "loss": "hinge",
     }
+    if diverged_at_step is not None:
+        result["diverged_at_step"] = diverged_at_step
     return checked(gan.summarize(None, result))
 
 
@@ -325,6 +327,12 @@ def test_gradnorm_figures_headline_and_table():
     assert "9 digit classes covered, classifier Fréchet distance 2.5" in mnist["headline"]
     raw = _gan("gn", 0.5, 0.5, 0.5, {"frechet_raw": 0.125})
     assert "Fréchet distance 0.125" in raw["headline"]
+
+
+def test_gradnorm_headline_names_the_step_of_divergence_only_when_there_was_one():
+    assert _gan("gn", 0.5, 0.5, 0.5)["headline"].startswith("gn critic (hinge loss, 40 steps): max")
+    diverged = _gan("gn", 0.5, 0.5, 0.5, diverged_at_step=17)["headline"]
+    assert diverged.startswith("gn critic (hinge loss, 40 steps, diverged at step 17): max")
 
 
 # --- vae_density: the largest drop of L_K (and excess over exact) in standard errors: ≤ 2 supports, > 3 contradicts --
