@@ -264,7 +264,7 @@ def test_token_rows_by_hand():
     assert len(rows) == 3 and rows.lengths().tolist() == [3, 1, 4]
     assert rows.lengths(np.array([2, 0])).tolist() == [4, 3]
     assert bytes(rows[-1].astype(np.uint8)) == b"efgh" and bytes(rows[-3].astype(np.uint8)) == b"abc"
-    for bad in (3, -4):
+    for bad in (3, 4, 7, -4):  # 4 and 7 would wrap to rows 1 and 1 if only the index 3 were refused
         with pytest.raises(IndexError):
             rows[bad]
     assert rows.tiled(np.array([1, 0]), 5).tolist() == [[100] * 5, [97, 98, 99, 97, 98]]
