@@ -19,6 +19,7 @@ import pytest
 from core.blobs.layout import dataset_file_key, dataset_raw_key
 from core.blobs.store import DirectoryStore
 from core.data.formats import UploadRejected, convert
+from core.data.formats import arrays as arrays_module
 from core.data.formats.arrays import ArraysSink
 from core.data.formats.inspection import (
     MAX_BALANCE_LABELS,
@@ -385,3 +386,17 @@ def test_token_id_range_spans_every_block_and_is_none_without_values(tmp_path, m
     assert ingest_module.token_id_range(files, "csv") is None  # no file of ids for the kind
     np.save(tmp_path / "tokens.npy", np.array([], dtype=np.int64))
     assert ingest_module.token_id_range(files, "text") is None  # no value: no range
+
+
+def test_arrays_sink_takes_exactly_max_rows_and_refuses_labels_missing_or_unasked(out, monkeypatch):
+    monkeypatch.setattr(arrays_module, "MAX_ROWS", 5)  # the boundary, not the constant (pinned in check_size's test)
+    sink = ArraysSink(out, 1, False, CAP)
+    sink.add(np.ones((3, 1)))
+    sink.add(np.ones((2, 1)))  # 5 rows exactly
+    with pytest.raises(UploadRejected, match=r"^x: more than 5 rows$"):
+        sink.add(np.ones((1, 1)))
+    assert sink.finish("npy").rows == 5
+    with pytest.raises(ValueError, match="labels given for an unlabelled dataset"):
+        ArraysSink(out, 1, False, CAP).add(np.ones((2, 1)), np.zeros(2, dtype=np.int64))
+    with pytest.raises(ValueError, match="or missing for a labelled one"):
+        ArraysSink(out, 1, True, CAP).add(np.ones((2, 1)))
