@@ -88,6 +88,13 @@ def test_each_dtypes_width(dtype, width):
         _read(_blob({"t": _entry(dtype, [2, 3], 0, 6 * width + 1)}, 6 * width + 1))
 
 
+def test_dtype_widths_are_torchs_element_sizes():
+    torch_dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                    "BOOL": torch.bool}  # fmt: skip
+    assert DTYPE_BYTES == {name: dtype.itemsize for name, dtype in torch_dtypes.items()}
+
+
 @pytest.mark.parametrize(
     ("entries", "data", "words"),
     [
@@ -99,6 +106,8 @@ def test_each_dtypes_width(dtype, width):
         ({"a": _entry("F32", [1], 4, 0)}, 4, "data_offsets outside"),
         ({"a": _entry("F32", [1], -4, 0)}, 4, "data_offsets outside"),
         ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4, 8]}}, 8, "data_offsets outside"),
+        ({"a": {"dtype": "F32", "shape": [0], "data_offsets": [0]}}, 0, "data_offsets outside"),  # one offset
+        ({"a": {"dtype": "F32", "shape": [0], "data_offsets": []}}, 0, "data_offsets outside"),
         ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4.0]}}, 4, "data_offsets outside"),
         ({"a": {"dtype": "F32", "shape": [1]}}, 4, "expected dtype, shape and data_offsets"),
         ({"a": _entry("F8", [1], 0, 1)}, 1, "dtype 'F8' is not one of"),
