@@ -182,6 +182,9 @@ def test_weight_map_parsing():
             weight_map(raw, "i")
     with pytest.raises(CheckpointRejected, match=r"^i: weight_map\['a'\] is not a file name"):
         weight_map(b'{"weight_map": {"a": 3}}', "i")
+    long = "t" * 80 + "u"  # the name is quoted to its first 80 characters
+    with pytest.raises(CheckpointRejected, match=rf"^i: weight_map\['{'t' * 80}'\] is not a file name"):
+        weight_map(json.dumps({"weight_map": {long: 3}}).encode(), "i")
     with pytest.raises(CheckpointRejected, match="^i: JSON nested 4 deep"):
         weight_map(b'{"weight_map": {"a": [["s"]]}}', "i")
 
@@ -195,6 +198,9 @@ def test_weight_map_parsing():
         ({"a": "s1", "b": "s1"}, {"s1": {"a": 1}}, "s1: i.json puts tensor b in it, and the shard lacks it"),
         ({"a": "s1", "b": "s2"}, {"s1": {"a": 1, "b": 1}, "s2": {}}, "s1: holds tensor b, which i.json puts in s2"),
         ({"a": "s1"}, {"s1": {"a": 1, "z": 1}}, "s1: tensor z is not in i.json's weight_map"),
+        # several at fault: the first in sorted order is named
+        ({"a": "s3", "b": "s2", "c": "s1"}, {"s1": {"c": 1}}, "files: s2, which i.json names, is missing"),
+        ({"a": "s1"}, {"s1": {"a": 1, "y": 1, "x": 1, "z": 1}}, "s1: tensor x is not in i.json's weight_map"),
     ],
 )
 def test_an_index_and_shards_that_disagree_are_refused_at_the_first_disagreement(mapping, headers, words):
