@@ -329,7 +329,7 @@ def test_gradnorm_figures_headline_and_table():
     assert "Fréchet distance 0.125" in raw["headline"]
 
 
-def test_gradnorm_headline_names_the_step_of_divergence_only_when_there_was_one():
+def test_gradnorm_headline_names_the_step_it_diverged_at_only_when_it_did():
     assert _gan("gn", 0.5, 0.5, 0.5)["headline"].startswith("gn critic (hinge loss, 40 steps): max")
     diverged = _gan("gn", 0.5, 0.5, 0.5, diverged_at_step=17)["headline"]
     assert diverged.startswith("gn critic (hinge loss, 40 steps, diverged at step 17): max")
