@@ -18,6 +18,7 @@ import pytest
 
 from core.blobs.layout import dataset_file_key, dataset_raw_key
 from core.blobs.store import DirectoryStore
+from core.data import ingest as ingest_module
 from core.data.formats import UploadRejected, convert
 from core.data.formats import arrays as arrays_module
 from core.data.formats.arrays import ArraysSink
@@ -30,7 +31,6 @@ from core.data.formats.inspection import (
     check_size,
 )
 from core.data.formats.tokens import TokenColumn
-from core.data import ingest as ingest_module
 from core.data.ingest import ingest
 from core.data.loader import ArraysView, PairsView, TextView, TokenRows, as_view, open_dataset
 
