@@ -97,6 +97,15 @@ def test_compare_takes_numeric_figures_in_first_seen_order_and_a_later_baseline(
     assert second["succeeded"] == 2 and second["figures"]["a"]["n"] == 1
 
 
+def test_a_cancelled_child_counts_as_a_job_neither_succeeded_nor_failed():
+    states = ["succeeded", "failed", "cancelled", "queued", "running"]
+    children = [
+        _kid(0, seed, {"a": 1.0} if state == "succeeded" else None, status=state) for seed, state in enumerate(states)
+    ]
+    (row,) = stats.compare(["base"], 0, children)["rows"]
+    assert (row["jobs"], row["succeeded"], row["failed"]) == (5, 1, 1)
+
+
 def test_csv_has_a_row_per_setting_and_five_columns_per_figure():
     children = [_kid(0, 0, {"acc": 0.5}, outcome="supports"), _kid(1, 0, {"acc": 0.75}, outcome="contradicts")]
     children.append(_kid(1, 1, status="failed"))
