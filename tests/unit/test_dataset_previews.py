@@ -351,8 +351,9 @@ def test_ingest_refuses_a_declared_sha256_that_does_not_match(tmp_path):
     blobs.put(dataset_raw_key(dataset), io.BytesIO(raw))
     digest = hashlib.sha256(raw).hexdigest()
     kw = {"filename": "d.jsonl", "label_column": None, "has_tokenizer": False, "max_stored_bytes": CAP}
-    with pytest.raises(UploadRejected, match=f"hash to {digest}, not the declared {'0' * 64}"):
-        ingest(blobs, dataset, declared_sha256="0" * 64, work_dir=tmp_path / "w1", **kw)
+    for declared in ("0" * 64, "f" * 64):  # sorting before the true digest, and after it
+        with pytest.raises(UploadRejected, match=f"hash to {digest}, not the declared {declared}"):
+            ingest(blobs, dataset, declared_sha256=declared, work_dir=tmp_path / "w1", **kw)
     meta = ingest(blobs, dataset, declared_sha256=digest, work_dir=tmp_path / "w2", **kw)
     assert meta["rows"] == 2 and meta["preview"]["token_length"]["tokens"] == 4
     files = ["offsets.npy", "tokens.npy"]
