@@ -31,7 +31,7 @@ from core.settings import Settings
 
 
 # --- strict JSON -------------------------------------------------------------------------------------------------
-def test_integers_up_to_twenty_digits_either_sign():
+def test_integers_of_up_to_twenty_figures_either_sign():
     assert MAX_INT_DIGITS == 20
     assert parse(b"[" + b"9" * 20 + b", -" + b"9" * 20 + b"]", "f", 1) == [10**20 - 1, -(10**20 - 1)]
     with pytest.raises(JsonRefused, match="^f: an integer of 21 digits; at most 20$"):

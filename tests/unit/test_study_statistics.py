@@ -97,7 +97,7 @@ def test_compare_takes_numeric_figures_in_first_seen_order_and_a_later_baseline(
     assert second["succeeded"] == 2 and second["figures"]["a"]["n"] == 1
 
 
-def test_a_cancelled_child_counts_as_a_job_neither_succeeded_nor_failed():
+def test_a_cancelled_child_is_counted_neither_succeeded_nor_failed():
     states = ["succeeded", "failed", "cancelled", "queued", "running"]
     children = [
         _kid(0, seed, {"a": 1.0} if state == "succeeded" else None, status=state) for seed, state in enumerate(states)
