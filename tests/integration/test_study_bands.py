@@ -14,6 +14,7 @@ from core.jobs import repository as job_store
 from core.jobs.states import JobStatus
 from core.metrics import repository as metric_store
 from core.studies import repository as study_store
+from core.studies import service as study_service
 from core.studies import stats as studies
 
 
@@ -121,3 +122,19 @@ def test_a_study_is_finished_when_no_child_is_queued_or_running(sessions):
         assert not study_store.study_is_finished(s, study.id)  # one running
         job_store.finish(s, b, claimed.attempt, JobStatus.succeeded, result={})
         assert study_store.study_is_finished(s, study.id)
+
+
+def test_the_service_labels_each_settings_band_and_a_metric_never_logged_has_width_one_and_no_points(sessions):
+    # two settings of two seeds, steps 0..3 (width 2 at 2 points); setting 1 is 1 higher at every step
+    logged = {(i, k): [(step, float(step + i + 2 * k)) for step in range(4)] for i in range(2) for k in range(2)}
+    with sessions() as s:
+        study = _study(s, logged, 2, 2)
+        got, finished = study_service.bands(s, study, "loss", 2)
+        none, _ = study_service.bands(s, study, "nothing", 2)
+    assert finished and got["name"] == "loss" and got["width"] == 2
+    assert [b["label"] for b in got["settings"]] == ["s0", "s1"]
+    # bucket means per child: steps 0-1 → 0.5 + i + 2k, steps 2-3 → 2.5 + i + 2k; over the seeds k = 0, 1: + 1
+    assert [b["steps"] for b in got["settings"]] == [[0, 2], [0, 2]]
+    assert [b["mean"] for b in got["settings"]] == [[1.5, 3.5], [2.5, 4.5]]
+    assert none["width"] == 1 and [b["label"] for b in none["settings"]] == ["s0", "s1"]
+    assert all(b["steps"] == [] for b in none["settings"])

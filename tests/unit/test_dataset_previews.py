@@ -18,7 +18,9 @@ import pytest
 
 from core.blobs.layout import dataset_file_key, dataset_raw_key
 from core.blobs.store import DirectoryStore
+from core.data import ingest as ingest_module
 from core.data.formats import UploadRejected, convert
+from core.data.formats import arrays as arrays_module
 from core.data.formats.arrays import ArraysSink
 from core.data.formats.inspection import (
     MAX_BALANCE_LABELS,
@@ -263,7 +265,7 @@ def test_token_rows_by_hand():
     assert len(rows) == 3 and rows.lengths().tolist() == [3, 1, 4]
     assert rows.lengths(np.array([2, 0])).tolist() == [4, 3]
     assert bytes(rows[-1].astype(np.uint8)) == b"efgh" and bytes(rows[-3].astype(np.uint8)) == b"abc"
-    for bad in (3, -4):
+    for bad in (3, 4, 7, -4):  # 4 and 7 would wrap to rows 1 and 1 if only the index 3 were refused
         with pytest.raises(IndexError):
             rows[bad]
     assert rows.tiled(np.array([1, 0]), 5).tolist() == [[100] * 5, [97, 98, 99, 97, 98]]
@@ -349,8 +351,9 @@ def test_ingest_refuses_a_declared_sha256_that_does_not_match(tmp_path):
     blobs.put(dataset_raw_key(dataset), io.BytesIO(raw))
     digest = hashlib.sha256(raw).hexdigest()
     kw = {"filename": "d.jsonl", "label_column": None, "has_tokenizer": False, "max_stored_bytes": CAP}
-    with pytest.raises(UploadRejected, match=f"hash to {digest}, not the declared {'0' * 64}"):
-        ingest(blobs, dataset, declared_sha256="0" * 64, work_dir=tmp_path / "w1", **kw)
+    for declared in ("0" * 64, "f" * 64):  # sorting before the true digest, and after it
+        with pytest.raises(UploadRejected, match=f"hash to {digest}, not the declared {declared}"):
+            ingest(blobs, dataset, declared_sha256=declared, work_dir=tmp_path / "w1", **kw)
     meta = ingest(blobs, dataset, declared_sha256=digest, work_dir=tmp_path / "w2", **kw)
     assert meta["rows"] == 2 and meta["preview"]["token_length"]["tokens"] == 4
     files = ["offsets.npy", "tokens.npy"]
@@ -374,3 +377,27 @@ def test_rows_past_the_stored_cap_are_refused_naming_the_last_row(out):
         fill(139)
     with pytest.raises(UploadRejected, match=r"^file: more than 79 bytes as stored \(after row 4\)$"):
         fill(79)
+
+
+def test_token_id_range_spans_every_block_and_is_none_without_values(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest_module, "SCAN_VALUES", 3)  # blocks [5, 9, 2], [7, 4, 11], [3]
+    np.save(tmp_path / "tokens.npy", np.array([5, 9, 2, 7, 4, 11, 3], dtype=np.int64))
+    files = {"tokens.npy": tmp_path / "tokens.npy"}
+    assert ingest_module.token_id_range(files, "text") == {"min": 2, "max": 11}
+    assert ingest_module.token_id_range(files, "csv") is None  # no file of ids for the kind
+    np.save(tmp_path / "tokens.npy", np.array([], dtype=np.int64))
+    assert ingest_module.token_id_range(files, "text") is None  # no value: no range
+
+
+def test_arrays_sink_takes_exactly_max_rows_and_refuses_labels_missing_or_unasked(out, monkeypatch):
+    monkeypatch.setattr(arrays_module, "MAX_ROWS", 5)  # the boundary, not the constant (pinned in check_size's test)
+    sink = ArraysSink(out, 1, False, CAP)
+    sink.add(np.ones((3, 1)))
+    sink.add(np.ones((2, 1)))  # 5 rows exactly
+    with pytest.raises(UploadRejected, match=r"^x: more than 5 rows$"):
+        sink.add(np.ones((1, 1)))
+    assert sink.finish("npy").rows == 5
+    with pytest.raises(ValueError, match="labels given for an unlabelled dataset"):
+        ArraysSink(out, 1, False, CAP).add(np.ones((2, 1)), np.zeros(2, dtype=np.int64))
+    with pytest.raises(ValueError, match="or missing for a labelled one"):
+        ArraysSink(out, 1, True, CAP).add(np.ones((2, 1)))

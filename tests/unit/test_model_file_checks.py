@@ -31,7 +31,7 @@ from core.settings import Settings
 
 
 # --- strict JSON -------------------------------------------------------------------------------------------------
-def test_integers_up_to_twenty_digits_either_sign():
+def test_integers_of_up_to_twenty_figures_either_sign():
     assert MAX_INT_DIGITS == 20
     assert parse(b"[" + b"9" * 20 + b", -" + b"9" * 20 + b"]", "f", 1) == [10**20 - 1, -(10**20 - 1)]
     with pytest.raises(JsonRefused, match="^f: an integer of 21 digits; at most 20$"):
@@ -88,6 +88,13 @@ def test_each_dtypes_width(dtype, width):
         _read(_blob({"t": _entry(dtype, [2, 3], 0, 6 * width + 1)}, 6 * width + 1))
 
 
+def test_dtype_widths_are_torchs_element_sizes():
+    torch_dtypes = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                    "BOOL": torch.bool}  # fmt: skip
+    assert DTYPE_BYTES == {name: dtype.itemsize for name, dtype in torch_dtypes.items()}
+
+
 @pytest.mark.parametrize(
     ("entries", "data", "words"),
     [
@@ -99,6 +106,8 @@ def test_each_dtypes_width(dtype, width):
         ({"a": _entry("F32", [1], 4, 0)}, 4, "data_offsets outside"),
         ({"a": _entry("F32", [1], -4, 0)}, 4, "data_offsets outside"),
         ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4, 8]}}, 8, "data_offsets outside"),
+        ({"a": {"dtype": "F32", "shape": [0], "data_offsets": [0]}}, 0, "data_offsets outside"),  # one offset
+        ({"a": {"dtype": "F32", "shape": [0], "data_offsets": []}}, 0, "data_offsets outside"),
         ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4.0]}}, 4, "data_offsets outside"),
         ({"a": {"dtype": "F32", "shape": [1]}}, 4, "expected dtype, shape and data_offsets"),
         ({"a": _entry("F8", [1], 0, 1)}, 1, "dtype 'F8' is not one of"),
@@ -173,6 +182,9 @@ def test_weight_map_parsing():
             weight_map(raw, "i")
     with pytest.raises(CheckpointRejected, match=r"^i: weight_map\['a'\] is not a file name"):
         weight_map(b'{"weight_map": {"a": 3}}', "i")
+    long = "t" * 80 + "u"  # the name is quoted to its first 80 characters
+    with pytest.raises(CheckpointRejected, match=rf"^i: weight_map\['{'t' * 80}'\] is not a file name"):
+        weight_map(json.dumps({"weight_map": {long: 3}}).encode(), "i")
     with pytest.raises(CheckpointRejected, match="^i: JSON nested 4 deep"):
         weight_map(b'{"weight_map": {"a": [["s"]]}}', "i")
 
@@ -186,6 +198,9 @@ def test_weight_map_parsing():
         ({"a": "s1", "b": "s1"}, {"s1": {"a": 1}}, "s1: i.json puts tensor b in it, and the shard lacks it"),
         ({"a": "s1", "b": "s2"}, {"s1": {"a": 1, "b": 1}, "s2": {}}, "s1: holds tensor b, which i.json puts in s2"),
         ({"a": "s1"}, {"s1": {"a": 1, "z": 1}}, "s1: tensor z is not in i.json's weight_map"),
+        # several at fault: the first in sorted order is named
+        ({"a": "s3", "b": "s2", "c": "s1"}, {"s1": {"c": 1}}, "files: s2, which i.json names, is missing"),
+        ({"a": "s1"}, {"s1": {"a": 1, "y": 1, "x": 1, "z": 1}}, "s1: tensor x is not in i.json's weight_map"),
     ],
 )
 def test_an_index_and_shards_that_disagree_are_refused_at_the_first_disagreement(mapping, headers, words):

@@ -97,6 +97,15 @@ def test_compare_takes_numeric_figures_in_first_seen_order_and_a_later_baseline(
     assert second["succeeded"] == 2 and second["figures"]["a"]["n"] == 1
 
 
+def test_a_cancelled_child_is_counted_neither_succeeded_nor_failed():
+    states = ["succeeded", "failed", "cancelled", "queued", "running"]
+    children = [
+        _kid(0, seed, {"a": 1.0} if state == "succeeded" else None, status=state) for seed, state in enumerate(states)
+    ]
+    (row,) = stats.compare(["base"], 0, children)["rows"]
+    assert (row["jobs"], row["succeeded"], row["failed"]) == (5, 1, 1)
+
+
 def test_csv_has_a_row_per_setting_and_five_columns_per_figure():
     children = [_kid(0, 0, {"acc": 0.5}, outcome="supports"), _kid(1, 0, {"acc": 0.75}, outcome="contradicts")]
     children.append(_kid(1, 1, status="failed"))
@@ -228,6 +237,7 @@ def test_study_refusals_name_the_field():
     assert _refusal(grid={"trials": []})["field"] == "grid.trials"
     assert _refusal(seeds=[1, 2, 1])["field"] == "seeds"
     assert _refusal(grid={"trials": [1, 2]}, baseline=2)["field"] == "baseline"
+    assert _refusal(grid={"trials": [1, 2]}, baseline=3)["field"] == "baseline"  # past the end by more than one
     assert len(service.expand(_request(grid={"trials": [1, 2]}, baseline=1))) == 2
     with pytest.raises(Invalid) as caught:
         service.expand(StudyRequest(kind="no_such_kind"))

@@ -38,7 +38,9 @@ def checked(out: dict) -> dict:
 
 
 # --- contrastive_accumulation: supports when accumulated ≤ 1e-4 and naive ≥ 10× it; contradicts above 1e-3 ---------
-def _contrastive(exact: float | None, naive: float | None, time: dict | None = None) -> dict:
+def _contrastive(
+    exact: float | None, naive: float | None, time: dict | None = None, memory: dict | None = None
+) -> dict:
     result = {
         "grad_check": {
             "rel_diff_accumulated": exact,
@@ -47,7 +49,7 @@ def _contrastive(exact: float | None, naive: float | None, time: dict | None = N
             "chunk_size": 16,
         },
         "time_per_step_s": time if time is not None else {"full": 2.0, "chunked": 3.0, "naive": 2.5},
-        "peak_memory_bytes": {"full": 4000, "chunked": 1000, "naive": 1500},
+        "peak_memory_bytes": memory if memory is not None else {"full": 4000, "chunked": 1000, "naive": 1500},
         "linear_probe_accuracy": {"full": 0.75, "chunked": 0.5, "naive": 0.25},
         "final_loss": {"full": 1.5, "chunked": 1.25, "naive": 2.5},
         "methods": ["chunked", "naive", "full"],
@@ -83,6 +85,10 @@ def test_contrastive_headline_and_table_carry_the_ratios_and_each_methods_figure
     # time 3.0 / 2.0 s per step, peak memory 1000 / 4000 bytes
     assert "costs 1.5× the time of a full batch with 0.25× its peak memory." in out["headline"]
     assert "(B = 64, chunks of 16)" in out["headline"]
+    for memory in ({"full": None, "chunked": 1000, "naive": 1500}, {"full": 4000, "chunked": None, "naive": 1500}):
+        # one peak missing: the time ratio alone, no memory ratio
+        alone = _contrastive(2.0**-14, 0.5, memory=memory)["headline"]
+        assert alone.endswith("costs 1.5× the time of a full batch.")
     assert out["table"]["rows"] == [
         ["chunked", 2.0**-14, 1.25, 3.0, 1000, 0.5],
         ["naive", 0.5, 2.5, 2.5, 1500, 0.25],
@@ -257,7 +263,7 @@ def test_gradient_penalty_figures_and_the_tables_rows():
 
 
 # --- gradnorm_gan: a normalized critic supports while max ‖∇D̂‖ ≤ 1 + 1e-3 --------------------------------------------
-def _gan(constraint: str, real, fake, interp, quality=None) -> dict:
+def _gan(constraint: str, real, fake, interp, quality=None, diverged_at_step=None) -> dict:
     result = {
         "lipschitz": {
             "grad_max_real": real,
@@ -276,6 +282,8 @@ def _gan(constraint: str, real, fake, interp, quality=None) -> dict:
         "constraint": constraint,
         "loss": "hinge",
     }
+    if diverged_at_step is not None:
+        result["diverged_at_step"] = diverged_at_step
     return checked(gan.summarize(None, result))
 
 
@@ -325,6 +333,12 @@ def test_gradnorm_figures_headline_and_table():
     assert "9 digit classes covered, classifier Fréchet distance 2.5" in mnist["headline"]
     raw = _gan("gn", 0.5, 0.5, 0.5, {"frechet_raw": 0.125})
     assert "Fréchet distance 0.125" in raw["headline"]
+
+
+def test_gradnorm_headline_names_the_step_it_diverged_at_only_when_it_did():
+    assert _gan("gn", 0.5, 0.5, 0.5)["headline"].startswith("gn critic (hinge loss, 40 steps): max")
+    diverged = _gan("gn", 0.5, 0.5, 0.5, diverged_at_step=17)["headline"]
+    assert diverged.startswith("gn critic (hinge loss, 40 steps, diverged at step 17): max")
 
 
 # --- vae_density: the largest drop of L_K (and excess over exact) in standard errors: ≤ 2 supports, > 3 contradicts --
@@ -391,6 +405,8 @@ def test_vae_figures_and_headline():
     assert "L_K rises from K = 1 to K = 100 by 2 nats." in out["headline"]
     assert "falls" in _vae([-10.0, -10.5], [0.5, 0.5])["headline"]
     assert "L_K rises from K = 1 to K = 10 by 0 nats" in _vae([-10.0, -10.0], [0.5, 0.5])["headline"]  # level
+    at_zero = _vae([-0.5, 0.0], [0.5, 0.5])["headline"]  # a bound of exactly 0 nats is a value, not a missing one
+    assert "L_K rises from K = 1 to K = 10 by 0.5 nats" in at_zero
     assert [r[0] for r in out["table"]["rows"]] == [1, 10, 100] and out["table"]["rows"][0][-1] == -9.5
 
 
