@@ -421,9 +421,10 @@ def npz_64(api):
 
 
 @pytest.fixture(scope="module")
-def per_mean(stack, npz_64):
-    """init_averaging on a model logs one figure per mean at step = the mean's index ("forward_ratio/geometric" at
-    1): charts that were empty, each at a different x range. Its dataset is the uploaded .npz (a link on the list)."""
+def per_mean(stack, job, npz_64):  # job: its worker
+    """init_averaging on a model: a curve per initialisation (its own and each mean's) of E[h²] over the model's
+    non-square layers, ``layer_moment/<init>`` at step = the layer's place. Its dataset is the uploaded .npz (a link
+    on the list)."""
     spec = {
         "kind": "init_averaging",
         "device": "cpu",
@@ -442,18 +443,17 @@ def per_mean(stack, npz_64):
 
 @browser
 @charts
-def test_a_figure_per_mean_is_one_chart_over_the_means(stack, per_mean, tmp_path):
-    charts, image = charts_on(f"{stack.api_url}/jobs/{per_mean.id}", tmp_path, "init-averaging-means.png")
-    assert set(charts) == {"forward_ratio", "backward_ratio"}, charts
-    means = per_mean.result["means"]
-    for name, chart in charts.items():
-        assert chart["series"] == "3" and chart["xTicks"] == "0 1 2", chart  # its own steps, one per mean
-        side = name.split("_")[0]
-        for mean, m in means.items():  # the note gives each mean's value
-            shown = re.search(rf"{mean}: (\S+)", chart["note"]).group(1)
-            assert float(shown) == pytest.approx(m[f"{side}_ratio"], rel=1e-3), chart["note"]
-        for rgb in PALETTE_RGB:  # a dot per mean, in its colour
-            assert pixels_near(image, chart["box"], rgb) > 20, (name, rgb)
+def test_a_model_job_draws_a_curve_per_initialisation_over_its_layers(stack, per_mean, tmp_path):
+    charts, image = charts_on(f"{stack.api_url}/jobs/{per_mean.id}", tmp_path, "init-averaging-layers.png")
+    assert set(charts) == {"layer_moment"}, charts
+    chart = charts["layer_moment"]
+    moments = per_mean.result["layer_moments"]
+    inits = ["own_init", *per_mean.result["means"]]
+    assert set(moments) == set(inits) and chart["series"] == str(len(inits)), chart
+    ticks = [float(t) for t in chart["xTicks"].split()]
+    assert ticks[0] == 0 and ticks[-1] <= len(moments["own_init"]) - 1, chart  # its own steps: the layers
+    for rgb in PALETTE_RGB:  # the first three inits' curves, each in its colour
+        assert pixels_near(image, chart["box"], rgb) > 20, rgb
     assert_labels_fit(charts)
 
 
