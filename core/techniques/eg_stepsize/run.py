@@ -256,6 +256,19 @@ def _fresh(params: EGStepSizeParams, data: _Data, template: BuiltModel | None) -
     return BuiltModel(copy.deepcopy(template.module), template.task, template.vocab_size, template.context, template.hf)
 
 
+def _record_rates(rates: dict, quantities: dict, t: int, tag: str, ctx: RunContext) -> None:
+    """Append step ``t``'s adapted quantities (per quantity and layer: mean, min, max) to ``rates``, and log each
+    layer's mean."""
+    for quantity, layers in quantities.items():
+        for layer, stat in layers.items():
+            series = rates.setdefault(quantity, {}).setdefault(layer, {"step": [], "mean": [], "min": [], "max": []})
+            series["step"].append(t)
+            for key, value in zip(("mean", "min", "max"), stat):
+                series[key].append(_finite(value))
+            if math.isfinite(stat[0]):
+                ctx.metric(t, f"{tag}/{quantity}/{layer}/mean", stat[0])
+
+
 def _train(
     params,
     spec,
@@ -294,16 +307,7 @@ def _train(
                     ctx.metric(t, f"{tag}/{key}", value)
             _note_recovery(shifts, t, test_loss, params.recovery_tol)
             if record_rates:
-                for quantity, layers in adapted_quantities(opt, named).items():
-                    for layer, stat in layers.items():
-                        series = rates.setdefault(quantity, {}).setdefault(
-                            layer, {"step": [], "mean": [], "min": [], "max": []}
-                        )
-                        series["step"].append(t)
-                        for key, value in zip(("mean", "min", "max"), stat):
-                            series[key].append(_finite(value))
-                        if math.isfinite(stat[0]):
-                            ctx.metric(t, f"{tag}/{quantity}/{layer}/mean", stat[0])
+                _record_rates(rates, adapted_quantities(opt, named), t, tag, ctx)
             if params.shift_every and 0 < t < params.steps and t % params.shift_every == 0:
                 period += 1
                 rotation = rotations[period]
@@ -367,18 +371,7 @@ def run(params: EGStepSizeParams, ctx: RunContext) -> dict:
     labels = _labels([spec.name for spec in params.optimizers])
     eval_steps = sorted(set(range(0, params.steps, params.eval_every)) | {params.steps})
     seeds = [_seed_pair(ctx.seed, i) for i in range(params.seeds)]
-    inits, rotations = [], []
-    template = None
-    for model_seed, shift_seed in seeds:
-        gen = torch.Generator().manual_seed(model_seed)
-        if buildable is None:
-            inits.append(_build_model(data.dim, data.classes, params, gen).state_dict())
-        else:  # the user's model: its own initialisation from torch's RNG (uploaded weights: the same every seed)
-            torch.manual_seed(model_seed)
-            built = build(buildable, features=data.dim, classes=data.classes, weights=weights)
-            template = template or built
-            inits.append({k: v.detach().clone() for k, v in built.module.state_dict().items()})
-        rotations.append(data.rotations(params, np.random.default_rng(shift_seed), ctx.device))
+    inits, rotations, template = _starts(params, data, buildable, weights, seeds, ctx)
     total = len(labels) * len(params.lr_scales) * params.seeds
     runs: list[dict] = []
     curves: dict[str, dict[str, dict]] = {}
@@ -404,19 +397,7 @@ def run(params: EGStepSizeParams, ctx: RunContext) -> dict:
                     template=template,
                 )
                 per_seed.append(out)
-                runs.append(
-                    {
-                        "optimizer": label,
-                        "lr_scale": scale,
-                        "lr": lr,
-                        "seed": i,
-                        "diverged_at": out["diverged_at"],
-                        "final_test_loss": out["curve"]["test_loss"][-1],
-                        "final_test_acc": out["curve"]["test_acc"][-1],
-                        "rate_factor": out["rate_factor"],
-                        "shifts": out["shifts"],
-                    }
-                )
+                runs.append(_run_row(label, scale, lr, i, out))
                 done += 1
                 ctx.progress(done / total, f"{label} lr x{scale:g} seed {i}")
             curves.setdefault(label, {})[key] = {
@@ -443,6 +424,39 @@ def run(params: EGStepSizeParams, ctx: RunContext) -> dict:
         "runs": runs,
         "curves": curves,
         "rates": rates,
+    }
+
+
+def _starts(params: EGStepSizeParams, data, buildable, weights, seeds: list[tuple[int, int]], ctx: RunContext):
+    """Per seed the model's initial state and the input rotations, shared by every optimizer and rate (so they start
+    alike), and the built user's model whose module the runs copy (None for the built-in MLP)."""
+    inits, rotations = [], []
+    template = None
+    for model_seed, shift_seed in seeds:
+        gen = torch.Generator().manual_seed(model_seed)
+        if buildable is None:
+            inits.append(_build_model(data.dim, data.classes, params, gen).state_dict())
+        else:  # the user's model: its own initialisation from torch's RNG (uploaded weights: the same every seed)
+            torch.manual_seed(model_seed)
+            built = build(buildable, features=data.dim, classes=data.classes, weights=weights)
+            template = template or built
+            inits.append({k: v.detach().clone() for k, v in built.module.state_dict().items()})
+        rotations.append(data.rotations(params, np.random.default_rng(shift_seed), ctx.device))
+    return inits, rotations, template
+
+
+def _run_row(label: str, scale: float, lr: float, seed: int, out: dict) -> dict:
+    """One training run as the result lists it."""
+    return {
+        "optimizer": label,
+        "lr_scale": scale,
+        "lr": lr,
+        "seed": seed,
+        "diverged_at": out["diverged_at"],
+        "final_test_loss": out["curve"]["test_loss"][-1],
+        "final_test_acc": out["curve"]["test_acc"][-1],
+        "rate_factor": out["rate_factor"],
+        "shifts": out["shifts"],
     }
 
 
