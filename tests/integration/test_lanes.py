@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime
 
 import httpx
+import pytest
 import yaml
 
 from tests.stack import BIN, ROOT, start_embedded, wait_job
@@ -93,15 +94,20 @@ def _native(command: list[str]) -> list[str]:
     return [str(BIN / command[0]), *command[1:]]
 
 
-def test_compose_workers_keep_a_lane_for_quick_jobs_and_validations(stack, api):
+@pytest.fixture(scope="module")
+def compose_workers(stack, api):
+    """The compose stack's general and lanes workers, run natively with their compose commands."""
     for service in ("worker-cpu", "worker-lanes"):
         stack.start_worker(args=_native(COMPOSE["services"][service]["command"]))
+
+
+def test_compose_workers_keep_a_lane_for_quick_jobs_and_validations(compose_workers, api):
     quick_work_starts_behind_training(api)
 
 
-def test_one_tenants_many_jobs_do_not_hold_back_anothers_one(stack, api, pg_database):
+def test_one_tenants_many_jobs_do_not_hold_back_anothers_one(compose_workers, stack, api, pg_database):
     """Tenant A fills the quick queue with 30 jobs, then B submits one: B's is among the first to start, not the
-    31st (the workers of the previous test are still there; two consume the quick queue)."""
+    31st (both compose workers consume the quick queue)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.orm import Session
 
