@@ -11,6 +11,7 @@ delete are two statements: a job admitted between them fails when its worker fin
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -40,12 +41,7 @@ def delete_model(session: Session, settings: Settings, who: Principal, model_id:
     """Delete a model the caller may see, with its bytes; ``Conflict`` naming a queued or running job that uses
     it."""
     row = networks.model_of(session, who, model_id)
-    for job_id, params in jobs.active_params(session, row.tenant):
-        if str(model_id) in models_named(params):
-            raise Conflict(
-                f"model {model_id} is used by job {job_id}, which is queued or running; cancel it or wait for it "
-                "to finish"
-            )
+    _refuse_while_used(session, row.tenant, "model", model_id, models_named)
     networks.delete_model(session, settings, row)
 
 
@@ -72,10 +68,16 @@ def delete_dataset(session: Session, settings: Settings, who: Principal, dataset
     """Delete a dataset the caller may see, with its bytes; ``Conflict`` naming a queued or running job that uses
     it (or while a worker validates it)."""
     ds = datasets.dataset_of(session, who, dataset_id)
-    for job_id, params in jobs.active_params(session, ds.tenant):
-        if str(dataset_id) in datasets_named(params):
-            raise Conflict(
-                f"dataset {dataset_id} is used by job {job_id}, which is queued or running; cancel it or wait for "
-                "it to finish"
-            )
+    _refuse_while_used(session, ds.tenant, "dataset", dataset_id, datasets_named)
     datasets.delete_dataset(session, settings, ds)
+
+
+def _refuse_while_used(
+    session: Session, tenant: str, what: str, rid: uuid.UUID, named: Callable[[dict[str, Any]], set[str]]
+) -> None:
+    """``Conflict`` naming the first queued or running job of ``tenant`` whose params name ``rid``."""
+    for job_id, params in jobs.active_params(session, tenant):
+        if str(rid) in named(params):
+            raise Conflict(
+                f"{what} {rid} is used by job {job_id}, which is queued or running; cancel it or wait for it to finish"
+            )
