@@ -29,7 +29,7 @@ from tests.stack import BIN, ROOT, Stack, free_port
 
 MiB = 1024 * 1024
 JOB = {"kind": "init_averaging", "params": {"widths": [8, 8]}}
-FEW_TENS_OF_MIB = 40 * MiB  # a refused upload may raise the API's peak RSS by at most this much
+FEW_TENS_OF_MIB = 64 * MiB  # a refused upload may raise the API's peak RSS by at most this much (a bomb: GiBs)
 STORED_CAP = 64 * MiB
 INLINE_CAP = 48 * MiB  # what a one-shot upload, converted in the API process, may store
 
