@@ -93,7 +93,7 @@ def _activations(built: BuiltModel, sizes: dict | None, shape: dict) -> tuple[in
     batch, seq_len = shape["batch"], shape.get("seq_len")
     try:
         return saved_activation_bytes(built, batch, seq_len, shape.get("features"), shape.get("classes")), True
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError):  # an op with no meta kernel (Mixtral's routing, DeBERTa's attention)
         if sizes is None or built.context is None:
             raise
         return modelled_activation_bytes(sizes, batch, min(seq_len or built.context, built.context)), False
